@@ -1,0 +1,174 @@
+"""The `feedgrid` command: run, migrate, seed and operate a FeedGrid installation."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from schemas.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    name="feedgrid",
+    help=(
+        "FeedGrid: one registry of a city's cameras and sensors, with sharing policy, signed "
+        "retrieval and usage analytics.\n\nSettings come from FEEDGRID_* environment variables "
+        "(see README). `feedgrid up` runs everything on one machine."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as error:
+        typer.secho(str(error), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _admin_token(settings: Settings) -> str:
+    """The city-admin token: FEEDGRID_ADMIN_TOKEN, else one generated once under var/."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.var_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = "fga_" + secrets.token_urlsafe(24)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the registry database and the ClickHouse tables to the newest schema (idempotent)."""
+    settings = _settings()
+    _migrate(settings)
+    typer.echo("migrations applied")
+
+
+def _migrate(settings: Settings) -> None:
+    from registry_api.migrate import upgrade_registry
+
+    upgrade_registry(settings.database_url)
+    try:
+        from streams.migrations import apply_migrations
+    except ModuleNotFoundError:
+        return
+    apply_migrations(settings.clickhouse_url)
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers_inside: Annotated[
+        bool, typer.Option("--with-worker/--without-worker", help="Also run the Faust agents in this process")
+    ] = False,
+) -> None:
+    """Run the HTTP API (and the outbox relay). Scale mode: run several behind a load balancer."""
+    settings = _settings(embedded_worker=workers_inside)
+    _serve(settings, host, port)
+
+
+@app.command()
+def worker() -> None:
+    """Run the Faust agents and the ClickHouse sink as a worker of the consumer group (scale mode)."""
+    settings = _settings()
+    from streams.worker import run_worker
+
+    run_worker(settings)
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    kafka: Annotated[bool, typer.Option(help="Start the local Kafka broker if none answers")] = True,
+    demo: Annotated[bool, typer.Option(help="Load the demo city on first start")] = True,
+) -> None:
+    """Run every role in one process: API + outbox relay + Faust agents + ClickHouse sink.
+
+    Uses the embedded defaults (SQLite registry, chdb analytics) unless FEEDGRID_* says
+    otherwise, starts the local Kafka broker when needed, migrates, and loads the demo city.
+    """
+    settings = _settings(embedded_worker=True)
+    token = _admin_token(settings)
+    settings = _settings(embedded_worker=True, admin_token=token)
+    if kafka:
+        from deploy.local_kafka import start_kafka
+
+        bootstrap_port = int(settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
+        start_kafka(port=bootstrap_port)
+    _migrate(settings)
+    base_url = f"http://{host}:{port}"
+    _print_welcome(base_url, token)
+    after_start = None
+    if demo:
+        from deploy.demo import load_demo_city_once
+
+        after_start = lambda: load_demo_city_once(settings, base_url, token)  # noqa: E731
+    _serve(settings, host, port, after_start=after_start)
+
+
+def _print_welcome(base_url: str, token: str) -> None:
+    typer.secho("\nFeedGrid is starting", fg=typer.colors.GREEN, bold=True)
+    typer.echo(f"  API docs      {base_url}/docs")
+    typer.echo(f"  readiness     {base_url}/readyz")
+    typer.echo(f"  metrics       {base_url}/metrics")
+    typer.echo(f"  admin token   {token}")
+    typer.echo(
+        f"  try           curl -H 'Authorization: Bearer {token}' "
+        f"'{base_url}/v1/feeds?near=103.83,36.06,500&limit=5'\n"
+    )
+
+
+def _serve(settings: Settings, host: str, port: int, after_start: object = None) -> None:
+    import uvicorn
+
+    from registry_api.app import create_app
+    from registry_api.observability import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    application = create_app(settings)
+    config = uvicorn.Config(application, host=host, port=port, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve())
+        if callable(after_start):
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.1)
+            if server.started:
+                await after_start()
+        await serving
+
+    asyncio.run(main())
+
+
+def _mount_subcommands() -> None:
+    from deploy.local_kafka import kafka_app
+    from deploy.local_postgres import postgres_app
+    from deploy.seed.cli import seed_command
+
+    app.add_typer(kafka_app, name="kafka", help="The local Apache Kafka broker (KRaft, one node).")
+    app.add_typer(postgres_app, name="postgres", help="A throwaway local PostgreSQL cluster for tests.")
+    app.command(name="seed")(seed_command)
+
+
+_mount_subcommands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The FastAPI application: ``registry_api.app:app``, or ``create_app(settings)`` in tests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+
+from registry_api.errors import install_error_handlers
+from registry_api.health.routes import router as health_router
+from registry_api.identity.routes import router as identity_router
+from registry_api.observability import BodySizeLimitMiddleware, RequestMetricsMiddleware, configure_logging
+from registry_api.runtime import Runtime
+from schemas.settings import Settings, get_settings
+
+log = logging.getLogger("feedgrid.app")
+
+DESCRIPTION = """
+FeedGrid is one registry of a city's cameras and IoT sensors across departments: register
+feeds with geospatial metadata and sharing rules, find them by place and kind, request access,
+and retrieve them through signed short-lived tokens. Every change and access is an event.
+
+Authenticate with `Authorization: Bearer <API key or identity-provider JWT>`.
+"""
+
+# Extra lifespan steps (the embedded Faust worker) register here; each gets the runtime.
+LifespanHook = Callable[[FastAPI, Runtime], "AsyncIterator[None]"]
+
+
+def create_app(settings: Settings | None = None, *, embedded_worker: bool | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    run_worker = settings.embedded_worker if embedded_worker is None else embedded_worker
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.build(settings)
+        app.state.runtime = runtime
+        async with AsyncExitStack() as stack:
+            await runtime.start()
+            stack.push_async_callback(runtime.stop)
+            if run_worker:
+                from streams.app import embedded_worker as worker_context
+
+                await stack.enter_async_context(worker_context(settings, runtime))
+            log.info("feedgrid api ready", extra={"database": _safe_url(settings.database_url)})
+            yield
+
+    app = FastAPI(
+        title="FeedGrid",
+        version="0.1.0",
+        description=DESCRIPTION,
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware)
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(identity_router)
+    app.state.settings = settings
+    return app
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _app_from_environment() -> FastAPI:
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `registry_api.app:app` is built on first access, so importing this module for
+    # create_app() does not read the environment.
+    if name == "app":
+        application = _app_from_environment()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

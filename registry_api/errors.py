@@ -1,0 +1,117 @@
+"""Errors as clients see them: ``{"code", "message", "details"}`` with a 4xx status.
+
+A 5xx means we have a bug; it is logged with its traceback and answered without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("feedgrid.errors")
+
+
+class ApiError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        if status_code:
+            self.status_code = status_code
+        self.details = details
+        self.headers = headers
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+
+
+class PreconditionFailed(ApiError):
+    status_code = 412
+    code = "version_mismatch"
+
+
+class Unprocessable(ApiError):
+    status_code = 422
+    code = "invalid"
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "details": details}
+
+
+def _clean_validation_errors(errors: Any) -> list[dict[str, Any]]:
+    cleaned = []
+    for item in errors:
+        entry = {"loc": list(item.get("loc", ())), "msg": item.get("msg"), "type": item.get("type")}
+        cleaned.append(entry)
+    return cleaned
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, error: ApiError) -> ORJSONResponse:
+        return ORJSONResponse(
+            error_body(error.code, error.message, error.details),
+            status_code=error.status_code,
+            headers=error.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, error: RequestValidationError) -> ORJSONResponse:
+        details = _clean_validation_errors(error.errors())
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"])
+        return ORJSONResponse(
+            error_body("invalid_request", f"{where}: {first['msg']}", details), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> ORJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            error.status_code, "http_error"
+        )
+        return ORJSONResponse(
+            error_body(code, str(error.detail)), status_code=error.status_code, headers=error.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, error: Exception) -> ORJSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return ORJSONResponse(
+            error_body("internal_error", "an internal error occurred; it has been logged"),
+            status_code=500,
+        )

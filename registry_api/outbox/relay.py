@@ -1,0 +1,177 @@
+"""The outbox relay: publishes committed events to Kafka in commit order, then marks them sent.
+
+Kafka being down never fails an API call: rows wait here and the relay retries with backoff.
+Delivery is at least once (a crash between publish and mark re-sends a batch); consumers
+deduplicate on the CloudEvents id. On PostgreSQL only the replica holding an advisory lock
+relays, so two API replicas never interleave their publishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter, Gauge
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from registry_api.outbox.models import OutboxMessage
+from schemas.events import utcnow
+from schemas.settings import Settings
+from schemas.topics import topic_name
+
+log = logging.getLogger("feedgrid.relay")
+
+RELAYED = Counter("feedgrid_outbox_relayed_total", "Outbox events published to Kafka")
+BACKLOG = Gauge("feedgrid_outbox_backlog", "Outbox events waiting for Kafka (last seen)")
+RELAY_ERRORS = Counter("feedgrid_outbox_errors_total", "Failed attempts to publish outbox events")
+
+RELAY_LOCK_KEY = 0x0FEED6D1
+SENT_RETENTION = timedelta(hours=24)
+
+
+class OutboxRelay:
+    def __init__(
+        self, settings: Settings, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions = sessions
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._lock_connection: AsyncConnection | None = None
+        self.is_leader = False
+
+    def notify(self) -> None:
+        """Called after a commit that added outbox rows, so delivery does not wait for a poll."""
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close_producer()
+        if self._lock_connection is not None:
+            await self._lock_connection.close()
+            self._lock_connection = None
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                if not await self._hold_leadership():
+                    await asyncio.sleep(2.0)
+                    continue
+                published = await self.publish_pending()
+                backoff = 0.5
+                if published == 0:
+                    await self._idle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                RELAY_ERRORS.inc()
+                log.warning("outbox relay cannot publish yet: %s", error)
+                await self._close_producer()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _idle(self) -> None:
+        self._wakeup.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), self.settings.relay_idle_seconds)
+
+    async def _hold_leadership(self) -> bool:
+        if self.settings.is_sqlite:
+            self.is_leader = True
+            return True
+        if self._lock_connection is None:
+            self._lock_connection = await self.engine.connect()
+            self.is_leader = False
+        if not self.is_leader:
+            result = await self._lock_connection.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": RELAY_LOCK_KEY}
+            )
+            self.is_leader = bool(result.scalar())
+            await self._lock_connection.commit()
+        return self.is_leader
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=5,
+                compression_type="lz4",
+                max_batch_size=1024 * 1024,
+                request_timeout_ms=15_000,
+            )
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _close_producer(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def publish_pending(self) -> int:
+        """Publishes one batch of unsent rows in id order; returns how many were published."""
+        async with self.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(OutboxMessage.id, OutboxMessage.topic, OutboxMessage.key, OutboxMessage.payload)
+                    .where(OutboxMessage.sent_at.is_(None))
+                    .order_by(OutboxMessage.id)
+                    .limit(self.settings.relay_batch_size)
+                )
+            ).all()
+            if not rows:
+                BACKLOG.set(0)
+                return 0
+            producer = await self._ensure_producer()
+            deliveries = [
+                await producer.send(
+                    topic_name(self.settings.topic_prefix, row.topic),
+                    value=row.payload,
+                    key=row.key.encode(),
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*deliveries)
+            ids = [row.id for row in rows]
+            now = utcnow()
+            await session.execute(
+                update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(sent_at=now)
+            )
+            await session.execute(
+                delete(OutboxMessage).where(OutboxMessage.sent_at < now - SENT_RETENTION)
+            )
+            await session.commit()
+            RELAYED.inc(len(rows))
+            BACKLOG.set(max(0, len(rows) - len(ids)))
+            return len(rows)
+
+    async def backlog(self) -> int:
+        async with self.sessions() as session:
+            from sqlalchemy import func
+
+            return int(
+                await session.scalar(
+                    select(func.count()).select_from(OutboxMessage).where(OutboxMessage.sent_at.is_(None))
+                )
+                or 0
+            )

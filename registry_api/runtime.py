@@ -1,0 +1,79 @@
+"""Everything one API process holds for its lifetime, built once at start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from registry_api.db import create_engine, session_factory
+from registry_api.identity.service import ApiKeyResolver
+from registry_api.outbox.relay import OutboxRelay
+from schemas.settings import Settings
+from streams.kafka_admin import ensure_topics
+
+log = logging.getLogger("feedgrid.runtime")
+
+
+class Component(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    api_keys: ApiKeyResolver
+    relay: OutboxRelay
+    components: list[Component] = field(default_factory=list)
+    topics_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        engine = create_engine(settings.database_url)
+        sessions = session_factory(engine)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            api_keys=ApiKeyResolver(),
+            relay=OutboxRelay(settings, engine, sessions),
+        )
+
+    async def start(self) -> None:
+        self._background.append(asyncio.create_task(self._create_topics_when_possible()))
+        if self.settings.relay_enabled:
+            await self.relay.start()
+        for component in self.components:
+            await component.start()
+
+    async def stop(self) -> None:
+        for component in reversed(self.components):
+            with contextlib.suppress(Exception):
+                await component.stop()
+        await self.relay.stop()
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.engine.dispose()
+
+    async def _create_topics_when_possible(self) -> None:
+        """Kafka may be down at start: keep trying in the background, never block the API."""
+        delay = 0.5
+        while True:
+            try:
+                await ensure_topics(self.settings)
+                self.topics_ready.set()
+                return
+            except Exception as error:
+                log.warning("kafka topics not created yet: %s", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)

@@ -1,0 +1,116 @@
+"""CloudEvents envelopes and the event payloads that travel through Kafka.
+
+These models are the contract between the API, the relay, the agents and the sink. A change
+to a payload is a new ``dataschema`` version, never a silent edit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+EVENT_SOURCE_REGISTRY = "/feedgrid/registry"
+
+FEED_EVENT_TYPES = (
+    "feedgrid.feed.registered",
+    "feedgrid.feed.updated",
+    "feedgrid.feed.retired",
+    "feedgrid.feed.status",
+)
+ACCESS_EVENT_TYPES = (
+    "feedgrid.access.requested",
+    "feedgrid.access.decided",
+    "feedgrid.grant.issued",
+    "feedgrid.grant.revoked",
+    "feedgrid.retrieval.started",
+    "feedgrid.retrieval.ended",
+    "feedgrid.retrieval.denied",
+)
+HEARTBEAT_EVENT_TYPE = "feedgrid.heartbeat"
+ALERT_EVENT_TYPE = "feedgrid.alert.raised"
+
+SCHEMA_FEED_METADATA_V1 = "feedgrid:feed-metadata:v1"
+SCHEMA_ACCESS_EVENT_V1 = "feedgrid:access-event:v1"
+SCHEMA_HEARTBEAT_V1 = "feedgrid:heartbeat:v1"
+SCHEMA_ALERT_V1 = "feedgrid:alert:v1"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 envelope in structured JSON mode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, description="event_id: the dedup key")
+    source: str = EVENT_SOURCE_REGISTRY
+    type: str
+    time: datetime = Field(default_factory=utcnow)
+    subject: str | None = None
+    datacontenttype: Literal["application/json"] = "application/json"
+    dataschema: str | None = None
+    data: dict[str, Any]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CloudEvent:
+        return cls.model_validate_json(raw)
+
+
+class AccessEventData(BaseModel):
+    """Payload of every event on the access-events topic (one flat shape for the sink)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feed_id: str
+    requester_department: str | None = None
+    requester_user: str | None = None
+    owner_department: str | None = None
+    request_id: str | None = None
+    grant_id: str | None = None
+    token_id: str | None = None
+    action: str | None = None
+    purpose: str | None = None
+    decision: Literal["granted", "pending", "denied", "revoked", "allowed"] | None = None
+    reason: str | None = None
+    emergency: bool = False
+    protocol: str | None = None
+    media_server: str | None = None
+    client_ip: str | None = None
+    bytes: int = Field(0, ge=0)
+    duration_seconds: float = Field(0.0, ge=0)
+    requested_at: datetime | None = None
+    decided_at: datetime | None = None
+    grant_valid_from: datetime | None = None
+    grant_valid_until: datetime | None = None
+
+
+class HeartbeatData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    feed_id: str
+    status: Literal["online", "offline"] = "online"
+    seen_at: datetime
+    reporter: str | None = None
+
+
+class AlertData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str
+    severity: Literal["info", "warning", "critical"] = "warning"
+    feed_id: str | None = None
+    requester_department: str | None = None
+    requester_user: str | None = None
+    grant_id: str | None = None
+    message: str
+    evidence: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,110 @@
+"""Every setting FeedGrid reads, in one place.
+
+Settings come from environment variables prefixed ``FEEDGRID_`` (or a ``.env`` file). The
+embedded defaults run everything on one machine; scale mode only changes the URLs.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_BOOTSTRAP_ENTRY = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+_TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FEEDGRID_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = Field(
+        "sqlite+aiosqlite:///./var/registry.db",
+        description="Registry database: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
+    )
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
+    clickhouse_url: str = Field(
+        "chdb://./var/analytics",
+        description="Analytics store: chdb:///path (embedded) or http(s)://user:pass@host:port/db",
+    )
+    admin_token: str | None = Field(
+        None, min_length=16, description="Bootstrap bearer token of the city administrator"
+    )
+    signing_key_dir: Path = Field(Path("./var/keys"), description="Ed25519 retrieval-token keys")
+    topic_prefix: str = Field("feedgrid.", description="Prefix of every Kafka topic name")
+    topic_partitions: int = Field(6, ge=1, le=1000)
+    topic_replication: int = Field(1, ge=1, le=10)
+    var_dir: Path = Field(Path("./var"), description="Where local state (Kafka, keys, demo) lives")
+
+    embedded_worker: bool = Field(
+        True, description="Run the Faust agents and the ClickHouse sink inside the API process"
+    )
+    relay_enabled: bool = Field(True, description="Run the outbox relay inside the API process")
+    relay_batch_size: int = Field(500, ge=1, le=100_000)
+    relay_idle_seconds: float = Field(0.2, gt=0, le=60)
+
+    log_format: Literal["json", "console"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="Largest accepted request body")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if value.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + value.removeprefix("sqlite:///")
+        if not (value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")):
+            raise ValueError("must be sqlite+aiosqlite:///<file> or postgresql+asyncpg://<user>@<host>/<db>")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if not entries or not all(_BOOTSTRAP_ENTRY.match(entry) for entry in entries):
+            raise ValueError("must be host:port[,host:port...]")
+        return ",".join(entries)
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_scheme(cls, value: str) -> str:
+        if not value.startswith(("chdb://", "http://", "https://")):
+            raise ValueError("must start with chdb://, http:// or https://")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _legal_topic_prefix(cls, value: str) -> str:
+        if not _TOPIC_PREFIX.match(value):
+            raise ValueError("may only hold letters, digits, '.', '_' and '-'")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+class SettingsError(RuntimeError):
+    """Raised at start when a setting is invalid; the message names each bad variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            field = str(item["loc"][0]) if item["loc"] else "?"
+            problems.append(f"FEEDGRID_{field.upper()}: {item['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,57 @@
+"""The analytics store, reached only through clickhouse-connect.
+
+``chdb://path`` runs the ClickHouse engine inside this process (one process per data
+directory); ``http(s)://`` talks to a server or cluster. Everything above this module is the
+same code for both.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+_clients: dict[str, Client] = {}
+_lock = threading.Lock()
+
+
+def chdb_path(url: str) -> Path | None:
+    if not url.startswith("chdb://"):
+        return None
+    return Path(url.removeprefix("chdb://")).expanduser().resolve()
+
+
+def connect(url: str) -> Client:
+    """One client per URL per process: chdb forbids two engines on one data directory."""
+    with _lock:
+        client = _clients.get(url)
+        if client is None:
+            client = _open(url)
+            _clients[url] = client
+        return client
+
+
+def _open(url: str) -> Client:
+    path = chdb_path(url)
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+    parsed = urlparse(url)
+    return clickhouse_connect.get_client(
+        host=parsed.hostname or "localhost",
+        port=parsed.port or (8443 if parsed.scheme == "https" else 8123),
+        username=parsed.username or "default",
+        password=parsed.password or "",
+        database=(parsed.path or "/").strip("/") or "default",
+        secure=parsed.scheme == "https",
+    )
+
+
+def analytics_ready(url: str) -> bool:
+    try:
+        return int(connect(url).command("SELECT 1")) == 1  # type: ignore[arg-type]
+    except Exception:
+        return False

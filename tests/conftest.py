@@ -1,0 +1,122 @@
+"""Shared fixtures: real Kafka, real SQLite and PostgreSQL, an app per test.
+
+The broker and the PostgreSQL cluster are started by ./deploy/test (or by these fixtures when
+missing). Every test gets its own topic prefix and its own database, so tests never see each
+other's events or rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from registry_api.app import create_app
+from registry_api.migrate import upgrade_registry
+from schemas.settings import Settings
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+KAFKA_BOOTSTRAP = os.environ.get("FEEDGRID_TEST_KAFKA", "127.0.0.1:9092")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "FEEDGRID_TEST_POSTGRES", "postgresql+asyncpg://feedgrid:feedgrid@127.0.0.1:55432/feedgrid"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("FEEDGRID_VAR_DIR", str(Path.cwd() / "var"))
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    from deploy.local_kafka import broker_answers, start_kafka
+
+    if not broker_answers(KAFKA_BOOTSTRAP, 3.0):
+        start_kafka(port=int(KAFKA_BOOTSTRAP.rsplit(":", 1)[1]))
+    return KAFKA_BOOTSTRAP
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "registry.db"
+    upgrade_registry(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> str:
+    from deploy.local_postgres import start_postgres
+
+    start_postgres()
+    name = f"feedgrid_template_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_postgres_command(f'CREATE DATABASE "{name}"'))
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade_registry(url)
+    return name
+
+
+async def _postgres_command(statement: str) -> None:
+    engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated registry database: once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        target = tmp_path / "registry.db"
+        shutil.copy(template, target)
+        yield f"sqlite+aiosqlite:///{target}"
+        return
+    template_name: str = request.getfixturevalue("postgres_template")
+    name = f"feedgrid_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_postgres_command(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(_postgres_command(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def settings(database_url: str, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
+        clickhouse_url=f"chdb://{tmp_path / 'analytics'}",
+        admin_token=ADMIN_TOKEN,
+        topic_prefix=topic_prefix,
+        topic_partitions=3,
+        signing_key_dir=tmp_path / "keys",
+        var_dir=tmp_path / "var",
+        embedded_worker=False,
+        relay_idle_seconds=0.05,
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on a running app (lifespan started: relay, topics, components)."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://feedgrid.test", timeout=60
+        ) as http:
+            http.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+            http.app = application  # type: ignore[attr-defined]
+            yield http
