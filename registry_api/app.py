@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 
 from registry_api.errors import install_error_handlers
 from registry_api.health.routes import router as health_router
@@ -52,7 +51,6 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
         title="FeedGrid",
         version="0.1.0",
         description=DESCRIPTION,
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

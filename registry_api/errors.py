@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("feedgrid.errors")
@@ -83,35 +83,35 @@ def _clean_validation_errors(errors: Any) -> list[dict[str, Any]]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, error: ApiError) -> ORJSONResponse:
-        return ORJSONResponse(
+    async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(
             error_body(error.code, error.message, error.details),
             status_code=error.status_code,
             headers=error.headers,
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_request: Request, error: RequestValidationError) -> ORJSONResponse:
+    async def _invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
         details = _clean_validation_errors(error.errors())
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"])
-        return ORJSONResponse(
+        return JSONResponse(
             error_body("invalid_request", f"{where}: {first['msg']}", details), status_code=422
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, error: StarletteHTTPException) -> ORJSONResponse:
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             error.status_code, "http_error"
         )
-        return ORJSONResponse(
+        return JSONResponse(
             error_body(code, str(error.detail)), status_code=error.status_code, headers=error.headers
         )
 
     @app.exception_handler(Exception)
-    async def _bug(request: Request, error: Exception) -> ORJSONResponse:
+    async def _bug(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return ORJSONResponse(
+        return JSONResponse(
             error_body("internal_error", "an internal error occurred; it has been logged"),
             status_code=500,
         )

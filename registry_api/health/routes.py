@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Response
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -42,7 +42,7 @@ async def _check_clickhouse(runtime: RuntimeDep) -> tuple[bool, str]:
 
 
 @router.get("/readyz", summary="Every dependency answers: registry DB, Kafka, ClickHouse")
-async def readyz(runtime: RuntimeDep) -> ORJSONResponse:
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
     started = time.perf_counter()
     names = ("database", "kafka", "clickhouse")
     results = await asyncio.gather(
@@ -55,7 +55,7 @@ async def readyz(runtime: RuntimeDep) -> ORJSONResponse:
         "checks": checks,
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
     }
-    return ORJSONResponse(body, status_code=200 if ready else 503)
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
