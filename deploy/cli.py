@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -67,10 +66,15 @@ def _migrate(settings: Settings) -> None:
 
 @app.command()
 def api(
-    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default)")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default)")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers_inside: Annotated[
-        bool, typer.Option("--with-worker/--without-worker", help="Also run the Faust agents in this process")
+        bool,
+        typer.Option(
+            "--with-worker/--without-worker", help="Also run the Faust agents in this process"
+        ),
     ] = False,
 ) -> None:
     """Run the HTTP API (and the outbox relay). Scale mode: run several behind a load balancer."""
@@ -80,7 +84,7 @@ def api(
 
 @app.command()
 def worker() -> None:
-    """Run the Faust agents and the ClickHouse sink as a worker of the consumer group (scale mode)."""
+    """Run the Faust agents and the ClickHouse sink as one worker of the group (scale mode)."""
     settings = _settings()
     from streams.worker import run_worker
 
@@ -91,7 +95,9 @@ def worker() -> None:
 def up(
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    kafka: Annotated[bool, typer.Option(help="Start the local Kafka broker if none answers")] = True,
+    kafka: Annotated[
+        bool, typer.Option(help="Start the local Kafka broker if none answers")
+    ] = True,
     demo: Annotated[bool, typer.Option(help="Load the demo city on first start")] = True,
 ) -> None:
     """Run every role in one process: API + outbox relay + Faust agents + ClickHouse sink.
@@ -159,7 +165,9 @@ def _mount_subcommands() -> None:
     from deploy.seed.cli import seed_command
 
     app.add_typer(kafka_app, name="kafka", help="The local Apache Kafka broker (KRaft, one node).")
-    app.add_typer(postgres_app, name="postgres", help="A throwaway local PostgreSQL cluster for tests.")
+    app.add_typer(
+        postgres_app, name="postgres", help="A throwaway local PostgreSQL cluster for tests."
+    )
     app.command(name="seed")(seed_command)
 
 

@@ -163,15 +163,23 @@ def install_kafka(force: bool = False, echo: Echo | None = None) -> bool:
         if mvn is None:
             raise KafkaLauncherError("Maven (mvn) is not on PATH: apt-get install -y maven")
         if shutil.which("java") is None:
-            raise KafkaLauncherError("java is not on PATH: apt-get install -y openjdk-17-jre-headless")
+            raise KafkaLauncherError(
+                "java is not on PATH: apt-get install -y openjdk-17-jre-headless"
+            )
         version = kafka_version()
         staging = paths.root / "libs.new"
         shutil.rmtree(staging, ignore_errors=True)
         echo(f"Resolving Apache Kafka {version} jars with Maven into {paths.libs} ...")
         command = [
-            mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM_PATH),
-            "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
-        ]  # fmt: skip
+            mvn,
+            "-q",
+            "-B",
+            "-Dstyle.color=never",
+            "-f",
+            str(POM_PATH),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+        ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
             output = (result.stdout + result.stderr).strip().splitlines()[-30:]
@@ -391,9 +399,14 @@ def format_storage(paths: KafkaPaths, echo: Echo | None = None) -> bool:
     cluster_id = _random_cluster_id()
     echo(f"Formatting KRaft storage in {paths.data} (cluster id {cluster_id}) ...")
     command = _java_base(paths) + [
-        "kafka.tools.StorageTool", "format", "--standalone",
-        "-t", cluster_id, "-c", str(paths.config),
-    ]  # fmt: skip
+        "kafka.tools.StorageTool",
+        "format",
+        "--standalone",
+        "-t",
+        cluster_id,
+        "-c",
+        str(paths.config),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=paths.root)
     if result.returncode != 0 or not paths.meta_properties.exists():
         output = (result.stdout + result.stderr).strip().splitlines()[-30:]
@@ -550,7 +563,7 @@ def stop_kafka(timeout: float = 30, echo: Echo | None = None) -> bool:
     pid = read_pid(paths)
     if pid is None:
         paths.pid_file.unlink(missing_ok=True)
-        echo("Kafka is not running (no live broker pid in " f"{paths.pid_file}).")
+        echo(f"Kafka is not running (no live broker pid in {paths.pid_file}).")
         return False
     echo(f"Stopping Kafka (pid {pid}) ...")
     started = time.monotonic()
@@ -621,8 +634,11 @@ def start(
 ) -> None:
     """Start the broker in the background and wait until it answers (installs jars if needed).
 
-    Formats the KRaft storage on first start. Exit 0 when it runs (already running is fine),
-    non-zero with the tail of <var>/kafka/server.log when it cannot start.
+    Formats the KRaft storage on first start only.
+
+    Exit 0 when the broker runs (already running is fine).
+
+    Exit 1 with the tail of <var>/kafka/server.log when it cannot start.
     """
     try:
         start_kafka(port=port, timeout=timeout, echo=typer.echo)
@@ -652,7 +668,12 @@ def status(
         managed = f"pid {state.pid}" if state.pid is not None else "not started from this var dir"
         typer.echo(f"Kafka running on {HOST}:{state.port} ({managed})")
         return
-    typer.echo(f"Kafka not running on {HOST}:{state.port}")
+    if state.pid is not None:
+        typer.echo(
+            f"Kafka not answering on {HOST}:{state.port} (pid {state.pid} alive: starting or hung)"
+        )
+    else:
+        typer.echo(f"Kafka not running on {HOST}:{state.port}")
     raise typer.Exit(1)
 
 

@@ -118,9 +118,7 @@ def _postgis_installed(version: str) -> bool:
 def _apt(args: list[str], echo: Echo) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     echo("$ apt-get " + " ".join(args))
-    return subprocess.run(
-        ["apt-get", *args], capture_output=True, text=True, check=False, env=env
-    )
+    return subprocess.run(["apt-get", *args], capture_output=True, text=True, check=False, env=env)
 
 
 def install_postgres(postgis: bool = True, echo: Echo | None = None) -> bool:
@@ -280,7 +278,9 @@ def configured_port(paths: PostgresPaths | None = None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _pg_ctl(paths: PostgresPaths, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _pg_ctl(
+    paths: PostgresPaths, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return _run_as_server_user(
         [str(bin_dir(paths) / "pg_ctl"), "-D", str(paths.data), *args],
         check=check,
@@ -310,14 +310,17 @@ def _initdb(paths: PostgresPaths, echo: Echo) -> None:
     _run_as_server_user(
         [
             str(bin_dir(paths) / "initdb"),
-            "-D", str(paths.data),
-            "-U", "postgres",
-            "-E", "UTF8",
+            "-D",
+            str(paths.data),
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
             "--locale=C",
             "--auth-local=trust",
             "--auth-host=scram-sha-256",
             "--no-sync",
-        ]  # fmt: skip
+        ]
     )
 
 
@@ -339,14 +342,23 @@ def _psql(paths: PostgresPaths, port: int, sql: str, database: str = "postgres")
     result = _run_as_server_user(
         [
             str(bin_dir(paths) / "psql"),
-            "-X", "-q", "-t", "-A",
-            "-v", "ON_ERROR_STOP=1",
-            "-h", str(paths.socket_dir),
-            "-p", str(port),
-            "-U", "postgres",
-            "-d", database,
-            "-c", sql,
-        ]  # fmt: skip
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(paths.socket_dir),
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-c",
+            sql,
+        ]
     )
     return result.stdout.strip()
 
@@ -382,9 +394,7 @@ def _wait_accepting(paths: PostgresPaths, port: int, timeout: float) -> None:
         time.sleep(0.3)
 
 
-def start_postgres(
-    port: int = DEFAULT_PORT, timeout: float = 60, echo: Echo | None = None
-) -> str:
+def start_postgres(port: int = DEFAULT_PORT, timeout: float = 60, echo: Echo | None = None) -> str:
     """Start (initialising once) the local cluster; return its SQLAlchemy URL.
 
     Idempotent: an already running cluster is left alone (role and database are ensured).
@@ -480,7 +490,9 @@ def install(
         raise _fail(error) from None
     if not ran:
         versions = ", ".join(_installed_versions())
-        typer.echo(f"PostgreSQL {versions} already installed" + (" (with PostGIS)" if postgis else ""))
+        typer.echo(
+            f"PostgreSQL {versions} already installed" + (" (with PostGIS)" if postgis else "")
+        )
 
 
 @postgres_app.command()

@@ -11,7 +11,11 @@ from fastapi import FastAPI
 from registry_api.errors import install_error_handlers
 from registry_api.health.routes import router as health_router
 from registry_api.identity.routes import router as identity_router
-from registry_api.observability import BodySizeLimitMiddleware, RequestMetricsMiddleware, configure_logging
+from registry_api.observability import (
+    BodySizeLimitMiddleware,
+    RequestMetricsMiddleware,
+    configure_logging,
+)
 from registry_api.runtime import Runtime
 from schemas.settings import Settings, get_settings
 

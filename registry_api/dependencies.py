@@ -41,7 +41,9 @@ async def get_principal(
 ) -> Principal:
     if credentials is None or not credentials.credentials:
         raise Unauthorized(
-            "a bearer token is required", code="missing_token", headers={"WWW-Authenticate": "Bearer"}
+            "a bearer token is required",
+            code="missing_token",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     token = credentials.credentials
     admin_token = runtime.settings.admin_token
@@ -50,7 +52,9 @@ async def get_principal(
     principal = await runtime.api_keys.resolve(session, token)
     if principal is None:
         raise Unauthorized(
-            "the bearer token is not valid", code="invalid_token", headers={"WWW-Authenticate": "Bearer"}
+            "the bearer token is not valid",
+            code="invalid_token",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     return principal
 

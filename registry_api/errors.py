@@ -105,7 +105,9 @@ def install_error_handlers(app: FastAPI) -> None:
             error.status_code, "http_error"
         )
         return JSONResponse(
-            error_body(code, str(error.detail)), status_code=error.status_code, headers=error.headers
+            error_body(code, str(error.detail)),
+            status_code=error.status_code,
+            headers=error.headers,
         )
 
     @app.exception_handler(Exception)

@@ -139,13 +139,20 @@ class _BodyTooLarge(Exception):
 
 async def _send_too_large(send: Send, limit: int) -> None:
     body = orjson.dumps(
-        {"code": "payload_too_large", "message": f"request body exceeds {limit} bytes", "details": None}
+        {
+            "code": "payload_too_large",
+            "message": f"request body exceeds {limit} bytes",
+            "details": None,
+        }
     )
     await send(
         {
             "type": "http.response.start",
             "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
         "sqlite+aiosqlite:///./var/registry.db",
         description="Registry database: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
     )
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated"
+    )
     clickhouse_url: str = Field(
         "chdb://./var/analytics",
         description="Analytics store: chdb:///path (embedded) or http(s)://user:pass@host:port/db",
@@ -48,9 +50,62 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(500, ge=1, le=100_000)
     relay_idle_seconds: float = Field(0.2, gt=0, le=60)
 
+    retrieval_token_ttl_seconds: int = Field(
+        900, ge=30, le=86_400, description="Lifetime of a retrieval token (never past its grant)"
+    )
+    signing_key_rotation_days: float = Field(
+        30.0, gt=0, le=3650, description="Age after which a new retrieval-token signing key is made"
+    )
+    token_issuer: str = Field("feedgrid", min_length=1, description="`iss` of retrieval tokens")
+    idp_issuer: str | None = Field(
+        None, description="Issuer (`iss`) of the city identity provider's JWTs"
+    )
+    idp_jwks_url: str | None = Field(None, description="JWKS URL of the city identity provider")
+    idp_audience: str | None = Field(
+        None, description="Expected `aud` of identity-provider JWTs, if any"
+    )
+    idp_department_claim: str = Field(
+        "department", description="Claim naming the user's department"
+    )
+    idp_roles_claim: str = Field("roles", description="Claim listing the user's FeedGrid roles")
+    idp_jwks_cache_seconds: float = Field(300.0, gt=0, le=86_400)
+    media_gateway_host: str = Field(
+        "127.0.0.1", description="Host of the media gateway in retrieval URLs"
+    )
+    media_gateway_app: str = Field(
+        "live",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="First path segment of every media path",
+    )
+    media_gateway_rtsp_port: int = Field(8554, ge=1, le=65535)
+    media_gateway_rtmp_port: int = Field(1935, ge=1, le=65535)
+    media_gateway_hls_port: int = Field(8888, ge=1, le=65535)
+    media_gateway_webrtc_port: int = Field(8889, ge=1, le=65535)
+    media_gateway_srt_port: int = Field(8890, ge=1, le=65535)
+    media_gateway_mqtt_port: int = Field(1883, ge=1, le=65535)
+    media_gateway_http_port: int = Field(8080, ge=1, le=65535, description="Sensor data over HTTP")
+    emergency_grant_minutes: int = Field(
+        30,
+        ge=1,
+        le=240,
+        description="Longest emergency (live-only) grant, pending the owner's review",
+    )
+    city_timezone: str = Field(
+        "Asia/Shanghai", description="Where working-day deadlines are counted"
+    )
+    revocation_refresh_seconds: float = Field(
+        0.25, gt=0, le=5, description="How often each process reloads revocations from the database"
+    )
+    hook_event_flush_seconds: float = Field(
+        0.05, gt=0, le=10, description="Media-server hook events are written in batches this often"
+    )
+    hook_event_batch_size: int = Field(1000, ge=1, le=100_000)
+
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="Largest accepted request body")
+    max_body_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Largest accepted request body"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -59,8 +114,12 @@ class Settings(BaseSettings):
             return "postgresql+asyncpg://" + value.split("://", 1)[1]
         if value.startswith("sqlite:///"):
             return "sqlite+aiosqlite:///" + value.removeprefix("sqlite:///")
-        if not (value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")):
-            raise ValueError("must be sqlite+aiosqlite:///<file> or postgresql+asyncpg://<user>@<host>/<db>")
+        if not (
+            value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")
+        ):
+            raise ValueError(
+                "must be sqlite+aiosqlite:///<file> or postgresql+asyncpg://<user>@<host>/<db>"
+            )
         return value
 
     @field_validator("kafka_bootstrap")

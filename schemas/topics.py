@@ -20,11 +20,21 @@ class TopicSpec:
 
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
     # Latest state per feed survives compaction; the sink keeps every version in ClickHouse.
-    TopicSpec(FEED_METADATA, "feed_id", {"cleanup.policy": "compact", "min.compaction.lag.ms": "3600000"}),
-    TopicSpec(ACCESS_EVENTS, "feed_id", {"cleanup.policy": "delete", "retention.ms": str(14 * 86_400_000)}),
+    TopicSpec(
+        FEED_METADATA, "feed_id", {"cleanup.policy": "compact", "min.compaction.lag.ms": "3600000"}
+    ),
+    TopicSpec(
+        ACCESS_EVENTS, "feed_id", {"cleanup.policy": "delete", "retention.ms": str(14 * 86_400_000)}
+    ),
     TopicSpec(HEARTBEATS, "feed_id", {"cleanup.policy": "delete", "retention.ms": str(86_400_000)}),
-    TopicSpec(ALERTS, "subject", {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000)}),
-    TopicSpec(DEAD_LETTER, "original key", {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000)}),
+    TopicSpec(
+        ALERTS, "subject", {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000)}
+    ),
+    TopicSpec(
+        DEAD_LETTER,
+        "original key",
+        {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000)},
+    ),
 )
 
 

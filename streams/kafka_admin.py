@@ -22,7 +22,7 @@ async def broker_ready(bootstrap: str, timeout: float = 3.0) -> bool:
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         return bool(client.cluster.brokers())
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         return False
     finally:
         await client.close()
@@ -30,7 +30,9 @@ async def broker_ready(bootstrap: str, timeout: float = 3.0) -> bool:
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create every topic FeedGrid uses, with its cleanup policy. Idempotent; returns new names."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000
+    )
     await admin.start()
     created: list[str] = []
     try:

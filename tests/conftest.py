@@ -93,7 +93,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def settings(database_url: str, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Settings:
+def settings(
+    database_url: str, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> Settings:
     return Settings(
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,

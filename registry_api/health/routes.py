@@ -48,7 +48,10 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     results = await asyncio.gather(
         _check_database(runtime), _check_kafka(runtime), _check_clickhouse(runtime)
     )
-    checks = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in zip(names, results, strict=True)}
+    checks = {
+        name: {"ok": ok, "detail": detail}
+        for name, (ok, detail) in zip(names, results, strict=True)
+    }
     ready = all(check["ok"] for check in checks.values())
     body = {
         "status": "ready" if ready else "not_ready",

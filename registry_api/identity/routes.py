@@ -7,7 +7,13 @@ from fastapi import APIRouter, Depends, Path, status
 from registry_api.dependencies import PrincipalDep, SessionDep, require_roles
 from registry_api.identity import service
 from registry_api.identity.principal import Principal
-from schemas.identity import DEPARTMENT_CODE_PATTERN, ApiKeyCreate, ApiKeyIssued, DepartmentCreate, DepartmentOut
+from schemas.identity import (
+    DEPARTMENT_CODE_PATTERN,
+    ApiKeyCreate,
+    ApiKeyIssued,
+    DepartmentCreate,
+    DepartmentOut,
+)
 
 router = APIRouter(prefix="/v1/departments", tags=["identity"])
 
@@ -27,9 +33,7 @@ async def list_departments(session: SessionDep, _: PrincipalDep) -> object:
     return await service.list_departments(session)
 
 
-@router.post(
-    "/{code}/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyIssued
-)
+@router.post("/{code}/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyIssued)
 async def issue_api_key(
     code: DepartmentCode, payload: ApiKeyCreate, session: SessionDep, _: CityAdmin
 ) -> ApiKeyIssued:

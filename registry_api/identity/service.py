@@ -43,7 +43,9 @@ async def get_department(session: AsyncSession, code: str) -> Department:
     return department
 
 
-async def issue_api_key(session: AsyncSession, department_code: str, payload: ApiKeyCreate) -> ApiKeyIssued:
+async def issue_api_key(
+    session: AsyncSession, department_code: str, payload: ApiKeyCreate
+) -> ApiKeyIssued:
     await get_department(session, department_code)
     key_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)

@@ -133,7 +133,12 @@ class OutboxRelay:
         async with self.sessions() as session:
             rows = (
                 await session.execute(
-                    select(OutboxMessage.id, OutboxMessage.topic, OutboxMessage.key, OutboxMessage.payload)
+                    select(
+                        OutboxMessage.id,
+                        OutboxMessage.topic,
+                        OutboxMessage.key,
+                        OutboxMessage.payload,
+                    )
                     .where(OutboxMessage.sent_at.is_(None))
                     .order_by(OutboxMessage.id)
                     .limit(self.settings.relay_batch_size)
@@ -171,7 +176,9 @@ class OutboxRelay:
 
             return int(
                 await session.scalar(
-                    select(func.count()).select_from(OutboxMessage).where(OutboxMessage.sent_at.is_(None))
+                    select(func.count())
+                    .select_from(OutboxMessage)
+                    .where(OutboxMessage.sent_at.is_(None))
                 )
                 or 0
             )

@@ -16,9 +16,7 @@ def enqueue(session: AsyncSession, topic_suffix: str, key: str, event: CloudEven
     )
 
 
-async def enqueue_many(
-    session: AsyncSession, rows: list[tuple[str, str, CloudEvent]]
-) -> None:
+async def enqueue_many(session: AsyncSession, rows: list[tuple[str, str, CloudEvent]]) -> None:
     """Bulk variant for imports: one INSERT for many events, same transaction."""
     if not rows:
         return

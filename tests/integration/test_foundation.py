@@ -63,7 +63,9 @@ async def test_topics_are_created_at_start_with_their_cleanup_policy(
         read_back = configs[topic_name(settings.topic_prefix, spec.suffix)]
         for key, value in spec.config.items():
             assert read_back[key] == value, (spec.suffix, key)
-    assert configs[topic_name(settings.topic_prefix, "feed-metadata")]["cleanup.policy"] == "compact"
+    assert (
+        configs[topic_name(settings.topic_prefix, "feed-metadata")]["cleanup.policy"] == "compact"
+    )
 
 
 async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
@@ -71,7 +73,9 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    assert 'feedgrid_http_requests_total{method="GET",route="/healthz",status="200"}' in response.text
+    assert (
+        'feedgrid_http_requests_total{method="GET",route="/healthz",status="200"}' in response.text
+    )
 
 
 async def test_openapi_docs_are_served(client: httpx.AsyncClient) -> None:
@@ -81,13 +85,22 @@ async def test_openapi_docs_are_served(client: httpx.AsyncClient) -> None:
     assert (await client.get("/docs")).status_code == 200
 
 
-async def test_department_api_key_grants_its_roles_and_nothing_more(client: httpx.AsyncClient) -> None:
+async def test_department_api_key_grants_its_roles_and_nothing_more(
+    client: httpx.AsyncClient,
+) -> None:
     created = await client.post(
         "/v1/departments",
-        json={"code": "lz-jtj", "name": "Transport Bureau", "kind": "transport", "answer_deadline_days": 3},
+        json={
+            "code": "lz-jtj",
+            "name": "Transport Bureau",
+            "kind": "transport",
+            "answer_deadline_days": 3,
+        },
     )
     assert created.status_code == 201, created.text
-    issued = await client.post("/v1/departments/lz-jtj/api-keys", json={"name": "alice", "roles": ["requester"]})
+    issued = await client.post(
+        "/v1/departments/lz-jtj/api-keys", json={"name": "alice", "roles": ["requester"]}
+    )
     assert issued.status_code == 201
     key = issued.json()["key"]
 
@@ -99,8 +112,12 @@ async def test_department_api_key_grants_its_roles_and_nothing_more(client: http
     )
     assert refused.status_code == 403
     assert refused.json()["code"] == "role_required"
-    assert (await client.get("/v1/departments", headers={"Authorization": "Bearer fgk_nope_nope"})).status_code == 401
-    assert (await client.get("/v1/departments", headers={"Authorization": key[:-2] + "xx"})).status_code == 401
+    assert (
+        await client.get("/v1/departments", headers={"Authorization": "Bearer fgk_nope_nope"})
+    ).status_code == 401
+    assert (
+        await client.get("/v1/departments", headers={"Authorization": key[:-2] + "xx"})
+    ).status_code == 401
 
 
 async def test_duplicate_department_is_a_conflict(client: httpx.AsyncClient) -> None:
@@ -118,7 +135,9 @@ async def test_missing_token_is_401_with_a_reason(client: httpx.AsyncClient) -> 
 
 
 async def test_invalid_body_is_422_with_code_and_location(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/departments", json={"code": "BAD CODE", "name": "x", "kind": "police"})
+    response = await client.post(
+        "/v1/departments", json={"code": "BAD CODE", "name": "x", "kind": "police"}
+    )
     assert response.status_code == 422
     body = response.json()
     assert body["code"] == "invalid_request"
@@ -134,7 +153,10 @@ async def test_oversized_body_is_refused_with_413(settings: Settings) -> None:
             response = await http.post(
                 "/v1/departments",
                 content=b'{"code":"' + b"a" * 5000 + b'"}',
-                headers={"Authorization": f"Bearer {settings.admin_token}", "Content-Type": "application/json"},
+                headers={
+                    "Authorization": f"Bearer {settings.admin_token}",
+                    "Content-Type": "application/json",
+                },
             )
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"

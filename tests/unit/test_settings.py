@@ -43,7 +43,9 @@ def test_invalid_setting_fails_naming_the_variable(
     assert variable in str(raised.value)
 
 
-def test_cli_exits_2_with_the_variable_name_on_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_exits_2_with_the_variable_name_on_bad_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from typer.testing import CliRunner
 
     from deploy.cli import app

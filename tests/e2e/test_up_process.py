@@ -1,0 +1,74 @@
+"""`feedgrid up` as a user runs it: one real process with the API, relay and Faust agents."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.kafka
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_feedgrid_up_serves_ready_api_with_embedded_worker(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    port = _free_port()
+    env = os.environ | {
+        "FEEDGRID_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/registry.db",
+        "FEEDGRID_CLICKHOUSE_URL": f"chdb://{tmp_path}/analytics",
+        "FEEDGRID_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "FEEDGRID_TOPIC_PREFIX": f"up{uuid.uuid4().hex[:8]}.",
+        "FEEDGRID_VAR_DIR": str(tmp_path / "var"),
+        "FEEDGRID_LOG_FORMAT": "json",
+    }
+    env.pop("FEEDGRID_ADMIN_TOKEN", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", "up", "--port", str(port), "--no-demo", "--no-kafka"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ready = None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert ready is not None and ready.status_code == 200, ready.text if ready else "no answer"
+        token = (tmp_path / "var" / "admin-token").read_text().strip()
+        listed = httpx.get(
+            f"http://127.0.0.1:{port}/v1/departments", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert listed.status_code == 200
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert "feedgrid_http_requests_total" in metrics
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert process.returncode == 0, output[-3000:]
+    assert "admin token" in output
+    assert "faust agents running in-process" in output
