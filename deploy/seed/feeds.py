@@ -261,6 +261,7 @@ SENSOR_TYPES: tuple[SensorType, ...] = (
     ),
 )
 _SENSOR_TYPE_TABLE = WeightedTable([(t, t.weight) for t in SENSOR_TYPES])
+_SENSOR_PLACEMENT = {t.key: WeightedTable(list(t.placement)) for t in SENSOR_TYPES}
 
 CAMERA_MIN_SPACING_M = 9.0
 SENSOR_MIN_SPACING_M = 9.0
@@ -626,6 +627,10 @@ def _sharing_block(
     }
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def _publish_date(rng: Rand) -> str:
     return (_PUBLISH_EPOCH + timedelta(days=rng.randint(0, _PUBLISH_DAYS))).isoformat()
 
@@ -841,7 +846,7 @@ def _generate_sensors(
     for _ in range(count):
         st = rng.weighted(_SENSOR_TYPE_TABLE)
         owner = rng.weighted(st.owners)
-        component = rng.weighted(WeightedTable(list(st.placement)))
+        component = rng.weighted(_SENSOR_PLACEMENT[st.key])
         records.append((st, owner, source.draw(rng, component)))
     if not records:
         return []
@@ -891,8 +896,8 @@ def _generate_sensors(
             "resource_name": f"{name} observations",
             "resource_code": resource_code,
             "abstract": (
-                f"Observations of a {st.label} at {place} ({district} District), run by the "
-                f"{owner_names[owner]}: "
+                f"Observations of {_article(st.label)} {st.label} at {place} "
+                f"({district} District), run by the {owner_names[owner]}: "
                 + ", ".join(ds[0] for ds in st.datastreams) + "."
             ),
             "format": "application/json",

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.errors import Conflict, NotFound
+from registry_api.identity.idp import IdentityProviderTokens, looks_like_jwt
 from registry_api.identity.models import ApiKey, Department
 from registry_api.identity.principal import Principal
 from schemas.events import utcnow
@@ -70,10 +71,14 @@ async def issue_api_key(
 
 
 class ApiKeyResolver:
-    """Turns a bearer API key into a principal; caches hits briefly so hooks stay fast."""
+    """Turns a bearer token into a principal: an API key, or a JWT from the city's identity
+    provider when one is configured. Caches hits briefly so hooks stay fast."""
 
-    def __init__(self, ttl_seconds: float = 5.0) -> None:
+    def __init__(
+        self, ttl_seconds: float = 5.0, identity_provider: IdentityProviderTokens | None = None
+    ) -> None:
         self.ttl_seconds = ttl_seconds
+        self.identity_provider = identity_provider
         self._cache: dict[str, tuple[float, Principal]] = {}
 
     async def resolve(self, session: AsyncSession, token: str) -> Principal | None:
@@ -81,6 +86,8 @@ class ApiKeyResolver:
         now = time.monotonic()
         if cached and cached[0] > now:
             return cached[1]
+        if self.identity_provider is not None and looks_like_jwt(token):
+            return await self.identity_provider.resolve(token)
         parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != API_KEY_PREFIX:
             return None

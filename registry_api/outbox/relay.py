@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import timedelta
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from registry_api.outbox.models import OutboxMessage
@@ -26,11 +27,12 @@ from schemas.topics import topic_name
 log = logging.getLogger("feedgrid.relay")
 
 RELAYED = Counter("feedgrid_outbox_relayed_total", "Outbox events published to Kafka")
-BACKLOG = Gauge("feedgrid_outbox_backlog", "Outbox events waiting for Kafka (last seen)")
+LAST_PUBLISHED = Gauge("feedgrid_outbox_last_published_id", "Highest outbox id published to Kafka")
 RELAY_ERRORS = Counter("feedgrid_outbox_errors_total", "Failed attempts to publish outbox events")
 
 RELAY_LOCK_KEY = 0x0FEED6D1
 SENT_RETENTION = timedelta(hours=24)
+PURGE_EVERY_SECONDS = 300.0
 
 
 class OutboxRelay:
@@ -45,6 +47,7 @@ class OutboxRelay:
         self._producer: AIOKafkaProducer | None = None
         self._lock_connection: AsyncConnection | None = None
         self.is_leader = False
+        self._last_purge = 0.0
 
     def notify(self) -> None:
         """Called after a commit that added outbox rows, so delivery does not wait for a poll."""
@@ -145,7 +148,6 @@ class OutboxRelay:
                 )
             ).all()
             if not rows:
-                BACKLOG.set(0)
                 return 0
             producer = await self._ensure_producer()
             deliveries = [
@@ -162,18 +164,24 @@ class OutboxRelay:
             await session.execute(
                 update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(sent_at=now)
             )
-            await session.execute(
-                delete(OutboxMessage).where(OutboxMessage.sent_at < now - SENT_RETENTION)
-            )
             await session.commit()
             RELAYED.inc(len(rows))
-            BACKLOG.set(max(0, len(rows) - len(ids)))
-            return len(rows)
+            LAST_PUBLISHED.set(ids[-1])
+        if time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS:
+            await self.purge_sent()
+        return len(rows)
+
+    async def purge_sent(self) -> None:
+        """Sent rows are kept a day for inspection, then removed."""
+        async with self.sessions() as session:
+            await session.execute(
+                delete(OutboxMessage).where(OutboxMessage.sent_at < utcnow() - SENT_RETENTION)
+            )
+            await session.commit()
+        self._last_purge = time.monotonic()
 
     async def backlog(self) -> int:
         async with self.sessions() as session:
-            from sqlalchemy import func
-
             return int(
                 await session.scalar(
                     select(func.count())

@@ -1,0 +1,122 @@
+"""The audit hash chain as pure functions.
+
+Each entry's hash is sha256 over the canonical JSON of every field of the entry, including the
+previous entry's hash. Altering a row breaks its own hash; removing a row breaks the sequence
+and the next row's link; removing the newest rows is caught against the chain head, which holds
+the last sequence number and hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
+    """Sorted keys, no whitespace, datetimes at microsecond precision in UTC."""
+    normalised = {
+        key: canonical_time(value) if isinstance(value, datetime) else value
+        for key, value in fields.items()
+    }
+    return orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)
+
+
+def entry_hash(fields: Mapping[str, Any]) -> str:
+    """``fields`` hold everything stored in the entry except its own hash (with ``previous_hash``)."""
+    return hashlib.sha256(canonical_bytes(fields)).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    seq: int
+    previous_hash: str
+    entry_hash: str
+    fields: Mapping[str, Any]  # as passed to entry_hash(), previous_hash included
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    seq: int
+    problem: str  # altered_entry | missing_entry | broken_link | truncated
+    message: str
+
+
+class ChainVerifier:
+    """Checks links one at a time, so a long chain can be streamed from the database."""
+
+    def __init__(self, previous_hash: str = GENESIS_HASH, previous_seq: int = 0) -> None:
+        self.previous_hash = previous_hash
+        self.previous_seq = previous_seq
+        self.checked = 0
+        self.broken: ChainBreak | None = None
+
+    def check(self, link: ChainLink) -> ChainBreak | None:
+        if self.broken is not None:
+            return self.broken
+        expected_seq = self.previous_seq + 1
+        if link.seq != expected_seq:
+            return self._break(
+                expected_seq,
+                "missing_entry",
+                f"entry {expected_seq} is missing (the next entry found is {link.seq})",
+            )
+        if link.previous_hash != self.previous_hash:
+            return self._break(
+                link.seq, "broken_link", f"entry {link.seq} does not link to entry {self.previous_seq}"
+            )
+        if entry_hash(link.fields) != link.entry_hash:
+            return self._break(link.seq, "altered_entry", f"entry {link.seq} was altered after it was written")
+        self.previous_hash = link.entry_hash
+        self.previous_seq = link.seq
+        self.checked += 1
+        return None
+
+    def finish(self, head_seq: int, head_hash: str) -> ChainBreak | None:
+        """Compares the end of the chain with the head recorded at the last append."""
+        if self.broken is not None:
+            return self.broken
+        if self.previous_seq < head_seq:
+            return self._break(
+                self.previous_seq + 1,
+                "truncated",
+                f"entries {self.previous_seq + 1} to {head_seq} are missing from the end of the chain",
+            )
+        if self.previous_seq == head_seq and self.previous_hash != head_hash:
+            return self._break(head_seq, "altered_entry", f"entry {head_seq} differs from the chain head")
+        return None
+
+    def _break(self, seq: int, problem: str, message: str) -> ChainBreak:
+        self.broken = ChainBreak(seq, problem, message)
+        return self.broken
+
+
+def verify_links(links: Iterable[ChainLink]) -> ChainBreak | None:
+    verifier = ChainVerifier()
+    for link in links:
+        found = verifier.check(link)
+        if found is not None:
+            return found
+    return None
+
+
+def extend_chain(previous_hash: str, previous_seq: int, entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Numbers and hashes new entries after the given head; returns them ready to insert."""
+    chained = []
+    for entry in entries:
+        previous_seq += 1
+        fields = dict(entry, seq=previous_seq, previous_hash=previous_hash)
+        digest = entry_hash(fields)
+        chained.append(dict(fields, entry_hash=digest))
+        previous_hash = digest
+    return chained

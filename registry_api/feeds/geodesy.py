@@ -1,0 +1,195 @@
+"""Metric geometry on the WGS84 ellipsoid: distances, search boxes and field-of-view polygons.
+
+Distances are true geodesics (pyproj ``Geod.inv``). Field-of-view polygons are built in a
+local frame around the camera: a point ``r`` metres away at bearing ``b`` is offset by
+``(r sin b, r cos b)`` metres east/north, scaled by the ellipsoid's radii of curvature and
+walked on a unit sphere (see :func:`offset_points`). Compared with the exact geodesic
+(``Geod.fwd``) the vertices are off by under 0.1 mm at 300 m and under 10 cm at 10 km
+(tests/unit/test_spatial_geodesy.py), which is why ranges are capped at 10 km.
+
+Every function is vectorised with numpy; the scalar helpers call the vector ones, so the
+polygons the spatial index tests against are exactly the ones the API shows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import shapely
+from pyproj import Geod
+
+WGS84_A = 6_378_137.0
+WGS84_F = 1 / 298.257223563
+WGS84_E2 = WGS84_F * (2 - WGS84_F)
+GEOD = Geod(ellps="WGS84")
+
+MAX_FOV_RANGE_M = 10_000.0
+# A sector is the apex plus ARC_POINTS points on its arc; a 360 degree view is a ring of
+# ARC_POINTS - 1 distinct points (the sagitta is under 0.5 % of the range).
+ARC_POINTS = 33
+
+FloatArray = np.ndarray
+
+
+def _radii(lat_rad: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Meridional (M) and prime-vertical (N) radii of curvature at the given latitudes."""
+    sin2 = np.sin(lat_rad) ** 2
+    w = np.sqrt(1.0 - WGS84_E2 * sin2)
+    meridional = WGS84_A * (1.0 - WGS84_E2) / (w**3)
+    prime_vertical = WGS84_A / w
+    return meridional, prime_vertical
+
+
+def offset_points(
+    lon: FloatArray, lat: FloatArray, east_m: FloatArray, north_m: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Lon/lat of the points ``east_m``/``north_m`` metres from (lon, lat); arrays broadcast.
+
+    The offsets are scaled by the ellipsoid's radii of curvature at (lon, lat), which gets the
+    first order exact, and then walked as a great circle on a unit sphere whose latitude is the
+    geodetic latitude: that reproduces the geodesic's convergence (the second order) too.
+    """
+    lat_rad = np.radians(lat)
+    meridional, prime_vertical = _radii(lat_rad)
+    north_angle = north_m / meridional
+    east_angle = east_m / prime_vertical
+    travelled = np.hypot(north_angle, east_angle)
+    bearing = np.arctan2(east_angle, north_angle)
+    sin_lat, cos_lat = np.sin(lat_rad), np.cos(lat_rad)
+    sin_travelled, cos_travelled = np.sin(travelled), np.cos(travelled)
+    new_lat_rad = np.arcsin(sin_lat * cos_travelled + cos_lat * sin_travelled * np.cos(bearing))
+    delta_lon = np.arctan2(
+        np.sin(bearing) * sin_travelled * cos_lat, cos_travelled - sin_lat * np.sin(new_lat_rad)
+    )
+    return lon + np.degrees(delta_lon), np.degrees(new_lat_rad)
+
+
+def _arc_bearings(heading: FloatArray, angle: FloatArray) -> FloatArray:
+    """(n, ARC_POINTS) bearings, clockwise from north, from the left edge to the right edge."""
+    steps = np.linspace(0.0, 1.0, ARC_POINTS)
+    start = heading - angle / 2.0
+    return start[:, None] + angle[:, None] * steps[None, :]
+
+
+def fov_rings(
+    lon: FloatArray, lat: FloatArray, heading: FloatArray, angle: FloatArray, range_m: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Closed exterior rings of the field-of-view polygons, split by shape.
+
+    Returns ``(sectors, circles)``: ``sectors`` has shape (n, ARC_POINTS + 2, 2) for the views
+    narrower than 360 degrees (apex, arc, apex), ``circles`` (m, ARC_POINTS, 2) for the full
+    views (the arc's first and last points coincide). Rows keep the input order within each
+    group; use ``angle >= 360`` to tell which input went where.
+    """
+    lon, lat, heading, angle, range_m = (
+        np.asarray(value, dtype=np.float64) for value in (lon, lat, heading, angle, range_m)
+    )
+    full = angle >= 360.0
+    bearings = np.radians(_arc_bearings(heading, np.minimum(angle, 360.0)))
+    east = range_m[:, None] * np.sin(bearings)
+    north = range_m[:, None] * np.cos(bearings)
+    arc_lon, arc_lat = offset_points(lon[:, None], lat[:, None], east, north)
+    # A ring goes counter-clockwise on the map (right-hand rule of RFC 7946): reverse the arc.
+    arc = np.stack([arc_lon[:, ::-1], arc_lat[:, ::-1]], axis=-1)
+    circles = arc[full].copy()
+    circles[:, -1, :] = circles[:, 0, :]
+    part = ~full
+    apex = np.stack([lon[part], lat[part]], axis=-1)[:, None, :]
+    sectors = np.concatenate([apex, arc[part], apex], axis=1)
+    return sectors, circles
+
+
+def fov_polygons(
+    lon: FloatArray, lat: FloatArray, heading: FloatArray, angle: FloatArray, range_m: FloatArray
+) -> np.ndarray:
+    """Shapely polygons of the fields of view, in input order (an object array)."""
+    angle = np.asarray(angle, dtype=np.float64)
+    sectors, circles = fov_rings(lon, lat, heading, angle, range_m)
+    result = np.empty(angle.shape[0], dtype=object)
+    full = angle >= 360.0
+    if sectors.shape[0]:
+        result[~full] = shapely.polygons(sectors)
+    if circles.shape[0]:
+        result[full] = shapely.polygons(circles)
+    return result
+
+
+def fov_polygon(
+    lon: float, lat: float, heading: float, angle: float, range_m: float
+) -> shapely.Polygon:
+    polygon = fov_polygons(
+        np.array([lon]), np.array([lat]), np.array([heading]), np.array([angle]), np.array([range_m])
+    )[0]
+    return polygon  # type: ignore[no-any-return]
+
+
+def fov_bounds(
+    lon: FloatArray,
+    lat: FloatArray,
+    heading: FloatArray,
+    angle: FloatArray,
+    range_m: FloatArray,
+    chunk: int = 50_000,
+) -> FloatArray:
+    """(n, 4) min lon, min lat, max lon, max lat of each field of view (vertex bounds)."""
+    count = len(lon)
+    bounds = np.empty((count, 4), dtype=np.float64)
+    for begin in range(0, count, chunk):
+        end = min(begin + chunk, count)
+        window = slice(begin, end)
+        angle_part = np.asarray(angle[window], dtype=np.float64)
+        sectors, circles = fov_rings(
+            lon[window], lat[window], heading[window], angle_part, range_m[window]
+        )
+        part = np.empty((end - begin, 4))
+        full = angle_part >= 360.0
+        for rings, rows in ((sectors, ~full), (circles, full)):
+            if rings.shape[0]:
+                part[rows, 0:2] = rings.min(axis=1)
+                part[rows, 2:4] = rings.max(axis=1)
+        bounds[window] = part
+    return bounds
+
+
+def geodesic_distance_m(
+    lon1: FloatArray | float, lat1: FloatArray | float, lon2: FloatArray, lat2: FloatArray
+) -> FloatArray:
+    """True distances in metres on the WGS84 ellipsoid from point(s) 1 to points 2."""
+    lon2 = np.asarray(lon2, dtype=np.float64)
+    lat2 = np.asarray(lat2, dtype=np.float64)
+    if lon2.size == 0:
+        return np.empty(0, dtype=np.float64)
+    lon1_array = np.broadcast_to(np.asarray(lon1, dtype=np.float64), lon2.shape)
+    lat1_array = np.broadcast_to(np.asarray(lat1, dtype=np.float64), lat2.shape)
+    _, _, distance = GEOD.inv(lon1_array, lat1_array, lon2, lat2)
+    return np.asarray(distance, dtype=np.float64)
+
+
+def radius_box(lon: float, lat: float, metres: float) -> tuple[float, float, float, float]:
+    """A lon/lat box that surely contains every point within ``metres`` of (lon, lat).
+
+    Padded by 1 % + 1 m against the curvature the local formulas ignore; near the poles the
+    box spans every longitude.
+    """
+    padded = metres * 1.01 + 1.0
+    lat_rad = math.radians(lat)
+    meridional, prime = (float(value) for value in _radii(np.array(lat_rad)))
+    dlat = math.degrees(padded / meridional)
+    min_lat = max(-90.0, lat - dlat)
+    max_lat = min(90.0, lat + dlat)
+    widest = max(abs(min_lat), abs(max_lat))
+    if widest >= 89.0:
+        return -180.0, min_lat, 180.0, max_lat
+    dlon = math.degrees(padded / (prime * math.cos(math.radians(widest))))
+    if dlon >= 180.0:
+        return -180.0, min_lat, 180.0, max_lat
+    return lon - dlon, min_lat, lon + dlon, max_lat
+
+
+def geodesic_area_m2(geometry: shapely.Geometry) -> float:
+    """Area in square metres of a lon/lat polygon on the ellipsoid."""
+    if geometry.is_empty:
+        return 0.0
+    area, _ = GEOD.geometry_area_perimeter(geometry)
+    return abs(float(area))

@@ -1,0 +1,108 @@
+"""The audit hash chain as pure functions: altered, removed and truncated entries are found."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from registry_api.audit.chain import (
+    GENESIS_HASH,
+    ChainLink,
+    ChainVerifier,
+    canonical_bytes,
+    entry_hash,
+    extend_chain,
+    verify_links,
+)
+
+T0 = datetime(2025, 3, 12, 2, 0, tzinfo=UTC)
+
+
+def _entries(count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_type": "feedgrid.retrieval.started",
+            "occurred_at": T0 + timedelta(seconds=index),
+            "feed_id": f"feed-{index}",
+            "data": {"feed_id": f"feed-{index}", "bytes": index, "duration_seconds": 0.5},
+        }
+        for index in range(count)
+    ]
+
+
+def _links(rows: list[dict[str, Any]]) -> list[ChainLink]:
+    return [
+        ChainLink(
+            seq=row["seq"],
+            previous_hash=row["previous_hash"],
+            entry_hash=row["entry_hash"],
+            fields={key: value for key, value in row.items() if key != "entry_hash"},
+        )
+        for row in rows
+    ]
+
+
+def test_canonical_json_ignores_key_order_and_time_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    local = T0.astimezone(ZoneInfo("Asia/Shanghai"))
+    assert canonical_bytes({"b": 1, "a": T0}) == canonical_bytes({"a": local, "b": 1})
+    assert canonical_bytes({"a": T0}) == b'{"a":"2025-03-12T02:00:00.000000Z"}'
+
+
+def test_intact_chain_verifies() -> None:
+    rows = extend_chain(GENESIS_HASH, 0, _entries(5))
+    assert [row["seq"] for row in rows] == [1, 2, 3, 4, 5]
+    assert rows[0]["previous_hash"] == GENESIS_HASH
+    assert all(rows[i]["previous_hash"] == rows[i - 1]["entry_hash"] for i in range(1, 5))
+    assert verify_links(_links(rows)) is None
+
+
+def test_chain_continues_from_a_head() -> None:
+    first = extend_chain(GENESIS_HASH, 0, _entries(3))
+    second = extend_chain(first[-1]["entry_hash"], 3, _entries(2))
+    assert verify_links(_links(first + second)) is None
+
+
+def test_altered_entry_is_reported_at_its_sequence_number() -> None:
+    rows = extend_chain(GENESIS_HASH, 0, _entries(5))
+    rows[2] = dict(rows[2], data={**rows[2]["data"], "bytes": 999})
+    broken = verify_links(_links(rows))
+    assert broken is not None and (broken.seq, broken.problem) == (3, "altered_entry")
+
+
+def test_altered_entry_with_recomputed_hash_breaks_the_next_link() -> None:
+    rows = extend_chain(GENESIS_HASH, 0, _entries(5))
+    forged = {key: value for key, value in rows[1].items() if key != "entry_hash"}
+    forged["feed_id"] = "someone-else"
+    rows[1] = dict(forged, entry_hash=entry_hash(forged))
+    broken = verify_links(_links(rows))
+    assert broken is not None and (broken.seq, broken.problem) == (3, "broken_link")
+
+
+def test_removed_entry_is_reported_as_missing() -> None:
+    rows = extend_chain(GENESIS_HASH, 0, _entries(5))
+    del rows[3]
+    broken = verify_links(_links(rows))
+    assert broken is not None and (broken.seq, broken.problem) == (4, "missing_entry")
+
+
+def test_removed_newest_entries_are_caught_against_the_head() -> None:
+    rows = extend_chain(GENESIS_HASH, 0, _entries(5))
+    verifier = ChainVerifier()
+    for link in _links(rows[:3]):
+        assert verifier.check(link) is None
+    broken = verifier.finish(head_seq=5, head_hash=rows[-1]["entry_hash"])
+    assert broken is not None and (broken.seq, broken.problem) == (4, "truncated")
+
+
+@given(st.integers(min_value=1, max_value=30), st.data())
+def test_any_single_change_is_detected_at_or_before_the_next_entry(count: int, data: st.DataObject) -> None:
+    rows = extend_chain(GENESIS_HASH, 0, _entries(count))
+    target = data.draw(st.integers(min_value=0, max_value=count - 1))
+    rows[target] = dict(rows[target], event_type="feedgrid.retrieval.denied")
+    broken = verify_links(_links(rows))
+    assert broken is not None and broken.seq == target + 1
