@@ -16,6 +16,7 @@ from registry_api.observability import (
     RequestMetricsMiddleware,
     configure_logging,
 )
+from registry_api.ratelimit import build_rate_limiters
 from registry_api.runtime import Runtime
 from schemas.settings import Settings, get_settings
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
     app.include_router(health_router)
     app.include_router(identity_router)
     app.state.settings = settings
+    app.state.rate_limiters = build_rate_limiters(settings)
     return app
 
 

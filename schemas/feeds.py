@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
 import shapely
 from pydantic import (
@@ -19,7 +19,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    PrivateAttr,
     Tag,
     field_validator,
     model_validator,
@@ -43,6 +42,7 @@ FEED_STATUSES: tuple[str, ...] = ("online", "offline", "unknown")
 
 SENSOR_CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 MEDIA_PATH_PATTERN = r"^[A-Za-z0-9._/-]{1,256}$"
+STREAM_URL_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@]*@?[^\s/?#@]+(?:[/?#][^\s]*)?$"
 TAG_PATTERN = r"^[^,\s](?:[^,\x00-\x1f]{0,62}[^,\s])?$"
 MAX_FOV_RANGE_M = 10_000.0
 MAX_NEAR_METRES = 20_000.0
@@ -121,18 +121,16 @@ class PolygonGeometry(BaseModel):
 
     type: Literal["Polygon"]
     coordinates: Annotated[list[Ring], Field(min_length=1, max_length=100)]
-    _shape: shapely.Polygon | None = PrivateAttr(default=None)
-
     @model_validator(mode="after")
     def _valid_polygon(self) -> PolygonGeometry:
         _check_vertex_cap(sum(len(ring) for ring in self.coordinates), self.MAX_VERTICES)
-        self._shape = _polygon_from_rings(self.coordinates)
+        self.__dict__["to_shapely"] = _polygon_from_rings(self.coordinates)
         return self
 
+    @cached_property
     def to_shapely(self) -> shapely.Geometry:
-        if self._shape is None:
-            self._shape = _polygon_from_rings(self.coordinates)
-        return self._shape
+        """The polygon as a Shapely geometry (built once, during validation)."""
+        return _polygon_from_rings(self.coordinates)
 
 
 class SearchPolygon(PolygonGeometry):
@@ -147,14 +145,12 @@ class SearchMultiPolygon(BaseModel):
 
     type: Literal["MultiPolygon"]
     coordinates: Annotated[list[Annotated[list[Ring], Field(min_length=1)]], Field(min_length=1)]
-    _shape: shapely.MultiPolygon | None = PrivateAttr(default=None)
-
     @model_validator(mode="after")
     def _valid_multipolygon(self) -> SearchMultiPolygon:
         _check_vertex_cap(
             sum(len(ring) for polygon in self.coordinates for ring in polygon), self.MAX_VERTICES
         )
-        self._shape = self._build()
+        self.__dict__["to_shapely"] = self._build()
         return self
 
     def _build(self) -> shapely.MultiPolygon:
@@ -163,10 +159,9 @@ class SearchMultiPolygon(BaseModel):
             raise ValueError(f"the multipolygon is not valid: {explain_validity(shape)}")
         return shape
 
+    @cached_property
     def to_shapely(self) -> shapely.Geometry:
-        if self._shape is None:
-            self._shape = self._build()
-        return self._shape
+        return self._build()
 
 
 SearchGeometry = Annotated[SearchPolygon | SearchMultiPolygon, Field(discriminator="type")]
@@ -190,24 +185,16 @@ class StreamEndpoint(BaseModel):
 
     protocol: StreamProtocol
     url: str = Field(
-        min_length=1, max_length=2048, description="Internal URL: only the owner and the city admin see it"
+        max_length=2048,
+        pattern=STREAM_URL_PATTERN,
+        description="Internal URL (scheme://host...): only the owner and the city admin see it",
     )
     media_path: str = Field(pattern=MEDIA_PATH_PATTERN, description="Path on the media gateway")
-
-    @field_validator("url")
-    @classmethod
-    def _url_shape(cls, url: str) -> str:
-        if any(character.isspace() or ord(character) < 32 for character in url):
-            raise ValueError("the URL may not contain spaces or control characters")
-        parts = urlsplit(url)
-        if not parts.scheme or not parts.netloc:
-            raise ValueError("the URL needs a scheme and a host, e.g. rtsp://10.0.0.1:554/path")
-        return url
 
     @field_validator("media_path")
     @classmethod
     def _no_parent_segments(cls, path: str) -> str:
-        if ".." in path.split("/") or path.startswith("/"):
+        if path.startswith("/") or "/../" in f"/{path}/":
             raise ValueError("the media path may not start with '/' or contain '..'")
         return path
 
@@ -297,13 +284,11 @@ class FeedProperties(BaseModel):
     sharing: Sharing
     tags: list[Tag_] = Field(default_factory=list, max_length=32)
 
-    _gb: GbCode | None = PrivateAttr(default=None)
-
     @model_validator(mode="after")
     def _kind_rules(self) -> FeedProperties:
         if self.kind == "camera":
             try:
-                self._gb = decode_gb28181(self.code)
+                decode_gb28181(self.code)
             except InvalidGbCode as error:
                 raise ValueError(f"invalid GB/T 28181 code: {error}") from None
             if self.datastreams:
@@ -321,9 +306,7 @@ class FeedProperties(BaseModel):
 
     @property
     def gb(self) -> GbCode | None:
-        if self.kind == "camera" and self._gb is None:
-            self._gb = decode_gb28181(self.code)
-        return self._gb
+        return decode_gb28181(self.code) if self.kind == "camera" else None
 
 
 class FeedCreate(FeedProperties):

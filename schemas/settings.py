@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     )
     hook_event_batch_size: int = Field(1000, ge=1, le=100_000)
 
+    rate_limit_requests_per_second: float = Field(
+        20.0, gt=0, description="Access-request calls per second per identity (sustained)"
+    )
+    rate_limit_requests_burst: int = Field(100, ge=1)
+    rate_limit_hooks_per_second: float = Field(
+        5000.0, gt=0, description="Media-server hook checks per second per gateway identity"
+    )
+    rate_limit_hooks_burst: int = Field(10_000, ge=1)
+
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(

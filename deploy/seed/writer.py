@@ -45,11 +45,34 @@ FILES = (
 MANIFEST = "manifest.json"
 
 
-def _write(path: Path, data: bytes) -> dict[str, Any]:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+class _Out:
+    """A file written under a temporary name, hashed on the way, renamed when complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.file = self.tmp.open("wb")
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+
+    def close(self, records: int | None = None) -> dict[str, Any]:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        info: dict[str, Any] = {"sha256": self.hash.hexdigest(), "bytes": self.size}
+        if records is not None:
+            info["records"] = records
+        return info
+
+
+def _write(path: Path, data: bytes, records: int | None = None) -> dict[str, Any]:
+    out = _Out(path)
+    out.write(data)
+    return out.close(records)
 
 
 def _ndjson(lines: list[bytes]) -> bytes:
@@ -138,24 +161,26 @@ def write_demo_city(
 
         files: dict[str, dict[str, Any]] = {}
         files["departments.json"] = _write(
-            out_dir / "departments.json", orjson.dumps(depts, option=orjson.OPT_INDENT_2) + b"\n"
+            out_dir / "departments.json",
+            orjson.dumps(depts, option=orjson.OPT_INDENT_2) + b"\n",
+            len(depts),
         )
-        files["departments.json"]["records"] = len(depts)
         bar.advance(t_files)
-        lines = [orjson.dumps(f) for f in features]
-        files["feeds.ndjson"] = _write(out_dir / "feeds.ndjson", _ndjson(lines))
-        files["feeds.ndjson"]["records"] = len(lines)
+        ndjson = _Out(out_dir / "feeds.ndjson")
+        geojson = _Out(out_dir / "feeds.geojson")
+        geojson.write(b'{"type":"FeatureCollection","features":[')
+        for i, feature in enumerate(features):
+            line = orjson.dumps(feature)
+            ndjson.write(line + b"\n")
+            geojson.write(line if i == 0 else b"," + line)
+        geojson.write(b"]}\n")
+        files["feeds.ndjson"] = ndjson.close(len(features))
         bar.advance(t_files)
-        collection = b'{"type":"FeatureCollection","features":[' + b",".join(lines) + b"]}\n"
-        del lines
-        files["feeds.geojson"] = _write(out_dir / "feeds.geojson", collection)
-        files["feeds.geojson"]["records"] = len(features)
-        del collection
+        files["feeds.geojson"] = geojson.close(len(features))
         bar.advance(t_files)
         files["access-requests.ndjson"] = _write(
-            out_dir / "access-requests.ndjson", _ndjson(request_lines)
+            out_dir / "access-requests.ndjson", _ndjson(request_lines), len(request_lines)
         )
-        files["access-requests.ndjson"]["records"] = len(request_lines)
         bar.advance(t_files)
 
         order = [d["code"] for d in depts]

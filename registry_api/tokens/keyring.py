@@ -1,9 +1,10 @@
 """The Ed25519 key ring that signs retrieval tokens.
 
 Keys live as PKCS#8 PEM files in ``settings.signing_key_dir`` (shared by every API replica),
-one file per key id. The newest key signs; a key is rotated out after the rotation period, and
-its public half stays published in the JWKS until every token it signed has expired, so media
-servers verifying through the JWKS never meet a token whose key is gone. A replica that sees
+one file per key id. A new key is published in the JWKS a few minutes before it starts signing
+(media servers cache the JWKS), then signs until the next rotation; its public half stays
+published until every token it signed has expired, so a media server verifying through the
+JWKS never meets a token whose key it cannot know. A replica that sees
 an unknown key id rereads the directory (at most once a second), so keys made by another
 replica are picked up without a restart.
 """
@@ -28,6 +29,8 @@ from schemas.events import utcnow
 KEY_SUFFIX = ".pem"
 # A retired key stays published this much longer than the longest token it may have signed.
 PUBLICATION_GRACE = timedelta(minutes=2)
+# A new key is in the JWKS this long before it signs (longer than the JWKS cache lifetime).
+PREPUBLICATION = timedelta(minutes=5)
 RESCAN_INTERVAL_SECONDS = 1.0
 
 
@@ -110,11 +113,14 @@ class KeyRing:
 
     def _rotate_if_due(self) -> None:
         newest = self._newest()
-        if newest is None or self.clock() - newest.created_at >= self.rotation_period:
+        if newest is None:
+            self._write_new_key(created=self.clock() - PREPUBLICATION)
+        elif self.clock() - newest.created_at >= self.rotation_period - PREPUBLICATION:
             self._write_new_key()
 
-    def _write_new_key(self) -> SigningKey:
-        created = self.clock().replace(microsecond=0)
+    def _write_new_key(self, created: datetime | None = None) -> SigningKey:
+        """A key made now starts signing after PREPUBLICATION; back-date it to sign at once."""
+        created = (created or self.clock()).replace(microsecond=0)
         kid = new_key_id(created)
         private = Ed25519PrivateKey.generate()
         pem = private.private_bytes(
@@ -143,20 +149,32 @@ class KeyRing:
         ordered = self._ordered()
         return ordered[-1] if ordered else None
 
+    def _signing_start(self, key: SigningKey) -> datetime:
+        return key.created_at + PREPUBLICATION
+
+    def _active(self) -> SigningKey | None:
+        """The newest key already past its pre-publication; the oldest if none is yet."""
+        ordered = self._ordered()
+        now = self.clock()
+        ready = [key for key in ordered if self._signing_start(key) <= now]
+        return ready[-1] if ready else (ordered[0] if ordered else None)
+
     def _retired_beyond_publication(self) -> list[SigningKey]:
         """Keys whose successor has been signing longer than any token of theirs can live."""
         ordered = self._ordered()
         now = self.clock()
         dead = []
         for key, successor in zip(ordered, ordered[1:], strict=False):
-            if now - successor.created_at > self.longest_token + PUBLICATION_GRACE:
+            if now - self._signing_start(successor) > self.longest_token + PUBLICATION_GRACE:
                 dead.append(key)
         return dead
 
-    def rotate(self) -> SigningKey:
-        """Makes a new signing key now; the previous ones stay published until their tokens expire."""
+    def rotate(self, *, immediately: bool = False) -> SigningKey:
+        """Makes a new key now; it signs after PREPUBLICATION (or at once when ``immediately``,
+        for a compromised key). Earlier keys stay published until their tokens expire."""
         with self._lock:
-            key = self._write_new_key()
+            created = self.clock() - PREPUBLICATION if immediately else None
+            key = self._write_new_key(created)
             self._prune()
             return key
 
@@ -164,11 +182,11 @@ class KeyRing:
 
     def signing_key(self) -> SigningKey:
         newest = self._newest()
-        if newest is None or self.clock() - newest.created_at >= self.rotation_period:
+        if newest is None or self.clock() - newest.created_at >= self.rotation_period - PREPUBLICATION:
             self.load()
-            newest = self._newest()
-        assert newest is not None
-        return newest
+        active = self._active()
+        assert active is not None
+        return active
 
     def public_key(self, kid: str) -> Ed25519PublicKey | None:
         key = self._keys.get(kid)

@@ -69,21 +69,28 @@ def test_jwks_publishes_okp_ed25519_public_keys_only(tmp_path: Path) -> None:
     assert decoded["feed"] == "f1"
 
 
-def test_rotation_keeps_old_key_published_until_its_tokens_expire(tmp_path: Path) -> None:
+def test_rotation_publishes_the_new_key_before_it_signs_and_the_old_until_its_tokens_expire(
+    tmp_path: Path,
+) -> None:
     clock = Clock(START)
     ring = _ring(tmp_path, clock, rotation=timedelta(days=1))
     tokens = RetrievalTokens(ring, issuer="feedgrid", ttl=TTL)
     old_kid = ring.signing_key().kid
     old_token, _ = _mint(tokens, clock.now)
 
-    clock.now = START + timedelta(days=1, seconds=1)
-    new_kid = ring.signing_key().kid
-    assert new_kid != old_kid
+    clock.now = START + timedelta(days=1)
+    assert ring.signing_key().kid == old_kid  # the new key is made, published, not signing yet
+    (new_key, old_key) = ring.jwks()["keys"]
+    assert old_key["kid"] == old_kid and new_key["kid"] != old_kid
+    new_kid = new_key["kid"]
+
+    clock.now = START + timedelta(days=1, minutes=5, seconds=1)
+    assert ring.signing_key().kid == new_kid
     assert [key["kid"] for key in ring.jwks()["keys"]] == [new_kid, old_kid]
-    # A token signed just before rotation still verifies after it.
+    # A token signed before rotation still verifies after it.
     assert tokens.verify(old_token, now=(START + timedelta(minutes=5)).timestamp()).feed_id == "f1"
 
-    clock.now = START + timedelta(days=1, minutes=30)
+    clock.now = START + timedelta(days=1, minutes=5 + 15 + 2, seconds=2)
     assert [key["kid"] for key in ring.jwks()["keys"]] == [new_kid]
     assert not (tmp_path / f"{old_kid}.pem").exists()
 
@@ -93,7 +100,7 @@ def test_a_second_replica_picks_up_a_key_made_by_the_first(tmp_path: Path) -> No
     first = _ring(tmp_path, clock)
     second = _ring(tmp_path, clock)
     assert first.signing_key().kid == second.signing_key().kid
-    rotated = first.rotate()
+    rotated = first.rotate(immediately=True)
     token, _ = _mint(RetrievalTokens(first, issuer="feedgrid", ttl=TTL), datetime.now(UTC))
     assert jwt.get_unverified_header(token)["kid"] == rotated.kid
     import time

@@ -1,0 +1,41 @@
+-- object: usage_departments_minute
+-- placement: sharded by cityHash64(owner_department, requester_department)
+-- Retrievals per minute by owner department, requester department, kind and region, kept by
+-- the materialized view below from every insert into access_events.
+CREATE TABLE IF NOT EXISTS {{usage_departments_minute}} {{on_cluster}}
+(
+    bucket DateTime('UTC'),
+    owner_department LowCardinality(String),
+    requester_department LowCardinality(String),
+    kind LowCardinality(String),
+    region LowCardinality(String),
+    retrievals SimpleAggregateFunction(sum, UInt64),
+    denied SimpleAggregateFunction(sum, UInt64),
+    bytes SimpleAggregateFunction(sum, UInt64),
+    seconds SimpleAggregateFunction(sum, Float64),
+    requesters AggregateFunction(uniqExact, String)
+)
+ENGINE = {{engine: AggregatingMergeTree}}
+PARTITION BY toYYYYMM(bucket)
+ORDER BY (bucket, owner_department, requester_department, kind, region)
+TTL bucket + INTERVAL 35 DAY
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- object: usage_departments_minute_mv
+-- placement: view
+CREATE MATERIALIZED VIEW IF NOT EXISTS {{usage_departments_minute_mv}} {{on_cluster}}
+TO {{usage_departments_minute}}
+AS SELECT
+    toStartOfMinute(time) AS bucket,
+    owner_department,
+    requester_department,
+    kind,
+    region,
+    countIf(type = 'retrieval.started') AS retrievals,
+    countIf(type = 'retrieval.denied') AS denied,
+    sumIf(bytes, type = 'retrieval.ended') AS bytes,
+    sumIf(duration_seconds, type = 'retrieval.ended') AS seconds,
+    uniqExactStateIf(concat(requester_department, '/', requester_user), type = 'retrieval.started') AS requesters
+FROM {{access_events}}
+WHERE type IN ('retrieval.started', 'retrieval.ended', 'retrieval.denied')
+GROUP BY bucket, owner_department, requester_department, kind, region

@@ -1,0 +1,40 @@
+-- object: usage_departments_hour
+-- placement: sharded by cityHash64(owner_department, requester_department)
+-- Retrievals per hour by owner department, requester department, kind and region, kept by
+-- the materialized view below from every insert into access_events.
+CREATE TABLE IF NOT EXISTS {{usage_departments_hour}} {{on_cluster}}
+(
+    bucket DateTime('UTC'),
+    owner_department LowCardinality(String),
+    requester_department LowCardinality(String),
+    kind LowCardinality(String),
+    region LowCardinality(String),
+    retrievals SimpleAggregateFunction(sum, UInt64),
+    denied SimpleAggregateFunction(sum, UInt64),
+    bytes SimpleAggregateFunction(sum, UInt64),
+    seconds SimpleAggregateFunction(sum, Float64),
+    requesters AggregateFunction(uniqExact, String)
+)
+ENGINE = {{engine: AggregatingMergeTree}}
+PARTITION BY toYYYYMM(bucket)
+ORDER BY (bucket, owner_department, requester_department, kind, region)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- object: usage_departments_hour_mv
+-- placement: view
+CREATE MATERIALIZED VIEW IF NOT EXISTS {{usage_departments_hour_mv}} {{on_cluster}}
+TO {{usage_departments_hour}}
+AS SELECT
+    toStartOfHour(time) AS bucket,
+    owner_department,
+    requester_department,
+    kind,
+    region,
+    countIf(type = 'retrieval.started') AS retrievals,
+    countIf(type = 'retrieval.denied') AS denied,
+    sumIf(bytes, type = 'retrieval.ended') AS bytes,
+    sumIf(duration_seconds, type = 'retrieval.ended') AS seconds,
+    uniqExactStateIf(concat(requester_department, '/', requester_user), type = 'retrieval.started') AS requesters
+FROM {{access_events}}
+WHERE type IN ('retrieval.started', 'retrieval.ended', 'retrieval.denied')
+GROUP BY bucket, owner_department, requester_department, kind, region

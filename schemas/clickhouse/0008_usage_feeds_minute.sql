@@ -1,0 +1,43 @@
+-- object: usage_feeds_minute
+-- placement: sharded by cityHash64(feed_id)
+-- Retrievals per minute and feed (with its owner, kind and region, and the requester
+-- department), kept by the materialized view below from every insert into access_events.
+CREATE TABLE IF NOT EXISTS {{usage_feeds_minute}} {{on_cluster}}
+(
+    bucket DateTime('UTC'),
+    feed_id String,
+    owner_department LowCardinality(String),
+    requester_department LowCardinality(String),
+    kind LowCardinality(String),
+    region LowCardinality(String),
+    retrievals SimpleAggregateFunction(sum, UInt64),
+    denied SimpleAggregateFunction(sum, UInt64),
+    bytes SimpleAggregateFunction(sum, UInt64),
+    seconds SimpleAggregateFunction(sum, Float64),
+    requesters AggregateFunction(uniqExact, String)
+)
+ENGINE = {{engine: AggregatingMergeTree}}
+PARTITION BY toYYYYMM(bucket)
+ORDER BY (bucket, feed_id, owner_department, requester_department, kind, region)
+TTL bucket + INTERVAL 35 DAY
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- object: usage_feeds_minute_mv
+-- placement: view
+CREATE MATERIALIZED VIEW IF NOT EXISTS {{usage_feeds_minute_mv}} {{on_cluster}}
+TO {{usage_feeds_minute}}
+AS SELECT
+    toStartOfMinute(time) AS bucket,
+    feed_id,
+    owner_department,
+    requester_department,
+    kind,
+    region,
+    countIf(type = 'retrieval.started') AS retrievals,
+    countIf(type = 'retrieval.denied') AS denied,
+    sumIf(bytes, type = 'retrieval.ended') AS bytes,
+    sumIf(duration_seconds, type = 'retrieval.ended') AS seconds,
+    uniqExactStateIf(concat(requester_department, '/', requester_user), type = 'retrieval.started') AS requesters
+FROM {{access_events}}
+WHERE type IN ('retrieval.started', 'retrieval.ended', 'retrieval.denied')
+GROUP BY bucket, feed_id, owner_department, requester_department, kind, region
