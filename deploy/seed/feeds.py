@@ -662,6 +662,8 @@ def _camera_tags(rng: Rand, cam: _Camera, river_m: float) -> list[str]:
         tags = [rng.choice(("street", "market", "square", "construction site", "park"))]
     elif ind == "09":
         tags = [rng.choice(("industrial", "construction site", "park", "landfill"))]
+    elif ind == "00" and not on_road:
+        tags = ["street"]
     if on_road and "road" not in tags:
         tags.insert(0, "road")
         if river_m < 250 and rng.chance(0.5):

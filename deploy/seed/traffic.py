@@ -196,7 +196,7 @@ def generate_access_requests(
         purpose = _PURPOSE_OF.get(requester, "city management")
         if rng.chance(0.2):
             purpose = rng.choice(_ALL_PURPOSES)
-        emergency_p = 0.25 if requester in (deps.EMB, deps.FIRE) else 0.03
+        emergency_p = 0.15 if requester in (deps.EMB, deps.FIRE) else 0.02
         selection: dict[str, Any]
         if rng.chance(_INCIDENT_SHARE.get(requester, 0.0)):
             inc = rng.choice(incidents)
@@ -206,7 +206,7 @@ def generate_access_requests(
             department = rng.choice(owners) if owners and rng.chance(0.65) else None
             selection = {"near": [inc.lon, inc.lat, inc.radius_m], "kind": "camera",
                          "department": department}
-            emergency = rng.chance(0.6 if requester in (deps.EMB, deps.FIRE) else 0.1)
+            emergency = rng.chance(0.45 if requester in (deps.EMB, deps.FIRE) else 0.08)
             out.append((at, seq, _request(requester, purpose, action, _duration(rng, action),
                                           emergency, selection, at)))
             continue

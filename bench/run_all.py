@@ -1,0 +1,128 @@
+"""`./deploy/bench`: runs every benchmark, each beside its baseline, and writes the report.
+
+Each benchmark script prints JSON lines: ``{"name", "value", "unit", "baseline",
+"baseline_value", "target", ...}``. This runner collects them into
+``bench/results/latest.json`` and a Markdown table ``bench/results/latest.md`` with the ratio
+to the baseline and the target of each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+BENCHMARKS = ("bench_registry", "bench_access", "bench_pipeline")
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_benchmark(module: str, quick: bool, timeout: float) -> tuple[list[dict[str, Any]], str]:
+    command = [sys.executable, "-m", f"bench.{module}"] + (["--quick"] if quick else [])
+    try:
+        finished = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return [], f"{module}: timed out after {timeout:.0f}s"
+    figures = []
+    for line in finished.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                figure = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "name" in figure and "value" in figure:
+                figure["benchmark"] = module
+                figures.append(figure)
+    problem = (
+        ""
+        if finished.returncode == 0
+        else f"{module}: exit {finished.returncode}: "
+        + (finished.stderr.strip().splitlines() or ["(no output)"])[-1]
+    )
+    return figures, problem
+
+
+def ratio(figure: dict[str, Any]) -> float | None:
+    value, baseline = figure.get("value"), figure.get("baseline_value")
+    if isinstance(value, int | float) and isinstance(baseline, int | float) and baseline:
+        return round(value / baseline, 3)
+    return None
+
+
+def markdown_table(figures: list[dict[str, Any]]) -> str:
+    lines = [
+        "| figure | value | baseline (same run) | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for figure in figures:
+        baseline = figure.get("baseline")
+        baseline_text = (
+            f"{baseline}: {figure.get('baseline_value')}" if baseline is not None else "-"
+        )
+        met = {True: "yes", False: "no"}.get(figure.get("met"), "-")  # type: ignore[arg-type]
+        figure_ratio = ratio(figure)
+        lines.append(
+            f"| {figure['name']} | {figure['value']} {figure.get('unit', '')} | {baseline_text} "
+            f"| {'-' if figure_ratio is None else figure_ratio} | {figure.get('target', '-')} "
+            f"| {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, minutes")
+    parser.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
+    args = parser.parse_args(argv)
+    selected = args.only or list(BENCHMARKS)
+    console = Console(stderr=True)
+    figures: list[dict[str, Any]] = []
+    problems: list[str] = []
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("benchmarks", total=len(selected))
+        for module in selected:
+            progress.update(task, description=f"running {module}")
+            found, problem = run_benchmark(
+                module, args.quick, timeout=1800 if not args.quick else 600
+            )
+            figures.extend(found)
+            if problem:
+                problems.append(problem)
+            progress.advance(task)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "quick": args.quick,
+        "seconds": round(time.perf_counter() - started, 1),
+        "figures": [figure | {"ratio": ratio(figure)} for figure in figures],
+        "problems": problems,
+    }
+    (args.out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown_table(figures)
+    (args.out / "latest.md").write_text(
+        f"# Benchmark report ({'quick' if args.quick else 'full'}, {report['generated_at']})\n\n"
+        + table
+        + ("\nProblems:\n" + "\n".join(f"- {p}" for p in problems) + "\n" if problems else "")
+    )
+    console.print(table)
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""ClickHouse DDL: numbered SQL files, rendered for one node or for a cluster.
+
+Each ``NNNN_name.sql`` file is one migration holding one or more statements. Every statement
+is preceded by two header comments::
+
+    -- object: access_events
+    -- placement: sharded by cityHash64(feed_id)      (or: everywhere, or: view)
+
+and uses placeholders instead of the parts that differ between the two ways of running:
+
+``{{name}}``
+    an object of the schema (this file's or another's);
+``{{on_cluster}}``
+    nothing on one node, ``ON CLUSTER 'c'`` on a cluster;
+``{{engine: ReplacingMergeTree(version)}}``
+    the table engine; on a cluster it becomes its ``Replicated...`` twin.
+
+One node (chdb embedded, or a single ClickHouse server) gets the statement with the names
+as written. A cluster gets, for a ``sharded`` table, ``<name>_local`` with the replicated
+engine plus a ``Distributed`` table called ``<name>`` over it, so queries use the same names
+in both variants. ``everywhere`` tables are replicated to every node without sharding;
+views are created on every node, reading and writing the local tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+
+SQL_DIR = Path(__file__).parent
+BOOTSTRAP_VERSION = 0
+LOCAL_SUFFIX = "_local"
+
+_FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+_OBJECT_HEADER = re.compile(r"^--\s*object:\s*(?P<name>[a-z][a-z0-9_]*)\s*$", re.MULTILINE)
+_PLACEMENT_HEADER = re.compile(r"^--\s*placement:\s*(?P<placement>.+?)\s*$", re.MULTILINE)
+_SHARDED = re.compile(r"^sharded by (?P<key>.+)$")
+_PLACEHOLDER = re.compile(r"\{\{\s*(?P<body>[^{}]+?)\s*\}\}")
+_ENGINE = re.compile(r"^engine:\s*(?P<engine>[A-Za-z]*MergeTree)\s*(?:\((?P<args>.*)\))?$")
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+class SchemaError(ValueError):
+    """A DDL file does not follow the conventions above."""
+
+
+class Placement(StrEnum):
+    sharded = "sharded"
+    everywhere = "everywhere"
+    view = "view"
+
+
+@dataclass(frozen=True)
+class SchemaObject:
+    name: str
+    placement: Placement
+    sharding_key: str | None
+    template: str
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    checksum: str
+    objects: tuple[SchemaObject, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where the DDL goes: ``cluster=None`` is one node (chdb or a single server)."""
+
+    cluster: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cluster is not None and not _CLUSTER_NAME.match(self.cluster):
+            raise SchemaError(f"cluster name {self.cluster!r} must match {_CLUSTER_NAME.pattern}")
+
+
+SINGLE_NODE = Topology()
+
+
+def _parse_statement(text: str, source: str) -> SchemaObject:
+    name_match = _OBJECT_HEADER.search(text)
+    placement_match = _PLACEMENT_HEADER.search(text)
+    if name_match is None or placement_match is None:
+        raise SchemaError(f"{source}: each statement needs '-- object:' and '-- placement:' headers")
+    placement_text = placement_match["placement"]
+    sharded = _SHARDED.match(placement_text)
+    if sharded:
+        placement, key = Placement.sharded, sharded["key"]
+    elif placement_text in (Placement.everywhere, Placement.view):
+        placement, key = Placement(placement_text), None
+    else:
+        raise SchemaError(f"{source}: unknown placement {placement_text!r}")
+    return SchemaObject(name_match["name"], placement, key, text.strip())
+
+
+def _split_statements(text: str) -> list[str]:
+    return [part for part in re.split(r";\s*(?:\n|$)", text) if part.strip()]
+
+
+@cache
+def load_migrations() -> tuple[Migration, ...]:
+    """Every migration in version order, starting with the bootstrap (schema_migrations)."""
+    migrations = []
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if match is None:
+            raise SchemaError(f"{path.name}: migration files are named NNNN_name.sql")
+        text = path.read_text(encoding="utf-8")
+        objects = tuple(_parse_statement(part, path.name) for part in _split_statements(text))
+        migrations.append(
+            Migration(
+                version=int(match["version"]),
+                name=match["name"],
+                checksum=hashlib.sha256(text.encode()).hexdigest(),
+                objects=objects,
+            )
+        )
+    versions = [migration.version for migration in migrations]
+    if versions != list(range(len(versions))):
+        raise SchemaError(f"migration versions must be 0, 1, 2, ... without gaps: {versions}")
+    return tuple(migrations)
+
+
+@cache
+def schema_objects() -> dict[str, SchemaObject]:
+    objects: dict[str, SchemaObject] = {}
+    for migration in load_migrations():
+        for item in migration.objects:
+            if item.name in objects:
+                raise SchemaError(f"object {item.name!r} is defined twice")
+            objects[item.name] = item
+    return objects
+
+
+def physical_name(name: str, topology: Topology) -> str:
+    """The name a statement must use for ``name`` on this topology (local table or not)."""
+    item = schema_objects().get(name)
+    if item is None:
+        raise SchemaError(f"unknown schema object {name!r}")
+    if topology.cluster is not None and item.placement is Placement.sharded:
+        return name + LOCAL_SUFFIX
+    return name
+
+
+def _replicated_engine(engine: str, args: str | None, zookeeper_path: str) -> str:
+    arguments = [f"'{zookeeper_path}'", "'{replica}'"]
+    if args and args.strip():
+        arguments.append(args.strip())
+    return f"Replicated{engine}({', '.join(arguments)})"
+
+
+def _render_placeholder(body: str, item: SchemaObject, topology: Topology) -> str:
+    if body == "on_cluster":
+        return f"ON CLUSTER '{topology.cluster}'" if topology.cluster else ""
+    engine = _ENGINE.match(body)
+    if engine is not None:
+        if topology.cluster is None:
+            args = engine["args"]
+            return f"{engine['engine']}({args})" if args is not None else engine["engine"]
+        if item.placement is Placement.view:
+            raise SchemaError(f"view {item.name!r} cannot have an engine")
+        shard = "{shard}" if item.placement is Placement.sharded else "all"
+        path = f"/clickhouse/tables/{shard}/{{database}}/{physical_name(item.name, topology)}"
+        return _replicated_engine(engine["engine"], engine["args"], path)
+    if re.fullmatch(r"[a-z][a-z0-9_]*", body):
+        return physical_name(body, topology)
+    raise SchemaError(f"{item.name}: unknown placeholder {{{{{body}}}}}")
+
+
+def _strip_comments(sql: str) -> str:
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    return "\n".join(lines).strip()
+
+
+def render_object(item: SchemaObject, topology: Topology) -> list[str]:
+    """The statements creating ``item`` on ``topology`` (two for a sharded cluster table)."""
+    sql = _PLACEHOLDER.sub(lambda match: _render_placeholder(match["body"], item, topology), item.template)
+    statements = [re.sub(r"[ \t]+\n", "\n", _strip_comments(sql))]
+    if topology.cluster is not None and item.placement is Placement.sharded:
+        local = physical_name(item.name, topology)
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {item.name} ON CLUSTER '{topology.cluster}' AS {local}\n"
+            f"ENGINE = Distributed('{topology.cluster}', currentDatabase(), '{local}', "
+            f"{item.sharding_key})"
+        )
+    return statements
+
+
+def render_migration(migration: Migration, topology: Topology) -> list[str]:
+    return [sql for item in migration.objects for sql in render_object(item, topology)]
+
+
+def render_schema(topology: Topology) -> list[str]:
+    """The whole schema as statements, in migration order (for review or a manual apply)."""
+    return [sql for migration in load_migrations() for sql in render_migration(migration, topology)]
