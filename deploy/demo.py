@@ -1,14 +1,12 @@
-"""Loading the demo city into a running FeedGrid through its public HTTP API."""
+"""Loading the demo city into a running FeedGrid once, when `feedgrid up` starts."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from pathlib import Path
-from typing import Any
 
-import httpx
 import orjson
 
 from schemas.settings import Settings
@@ -16,50 +14,34 @@ from schemas.settings import Settings
 log = logging.getLogger("feedgrid.demo")
 
 
-async def load_city(directory: Path, base_url: str, token: str) -> dict[str, Any]:
-    """Creates the departments (existing ones are kept) and bulk-imports the feeds."""
-    headers = {"Authorization": f"Bearer {token}"}
-    departments = orjson.loads((directory / "departments.json").read_bytes())
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=600) as http:
-        for department in departments:
-            response = await http.post("/v1/departments", json=department)
-            if response.status_code not in (201, 409):
-                response.raise_for_status()
-        started = time.perf_counter()
-        response = await http.post(
-            "/v1/feeds/bulk",
-            content=(directory / "feeds.ndjson").read_bytes(),
-            headers={"Content-Type": "application/x-ndjson"},
-        )
-        response.raise_for_status()
-        summary: dict[str, Any] = response.json()
-    summary["seconds"] = round(time.perf_counter() - started, 2)
-    summary["departments"] = len(departments)
-    return summary
-
-
 async def load_demo_city_once(settings: Settings, base_url: str, token: str) -> None:
     """Generates the demo city if needed and loads it once per registry database."""
+    from deploy.seed.cli import load_into_api
     from deploy.seed.writer import write_demo_city
 
     directory = settings.var_dir / "demo"
     if not (directory / "manifest.json").exists():
         log.info("generating the demo city into %s", directory)
-        write_demo_city(directory, progress=True)
-    marker = (
-        directory / f".loaded-{hashlib.sha256(settings.database_url.encode()).hexdigest()[:12]}"
-    )
+        await asyncio.to_thread(write_demo_city, directory)
+    database_id = hashlib.sha256(settings.database_url.encode()).hexdigest()[:12]
+    marker = directory / f".loaded-{database_id}"
     if marker.exists():
         log.info("demo city already loaded (remove %s to load it again)", marker)
         return
-    summary = await load_city(directory, base_url, token)
-    rejected = summary.get("rejected", [])
+    started = time.perf_counter()
+    try:
+        summary = await asyncio.to_thread(load_into_api, directory, base_url, token)
+    except Exception as error:
+        log.error("the demo city could not be loaded: %s", error)
+        return
+    bulk = summary.get("bulk", {})
+    rejected = bulk.get("rejected", [])
     log.info(
-        "demo city loaded: %s created, %s updated, %s unchanged, %s rejected in %ss",
-        summary.get("created"),
-        summary.get("updated"),
-        summary.get("unchanged"),
+        "demo city loaded: %s created, %s updated, %s unchanged, %s rejected in %.1fs",
+        bulk.get("created"),
+        bulk.get("updated"),
+        bulk.get("unchanged"),
         len(rejected),
-        summary["seconds"],
+        time.perf_counter() - started,
     )
-    marker.write_text(orjson.dumps(summary | {"rejected": rejected[:20]}).decode())
+    marker.write_text(orjson.dumps(summary | {"bulk": bulk | {"rejected": rejected[:20]}}).decode())

@@ -10,7 +10,9 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from registry_api.access.components import AccessServices
 from registry_api.db import create_engine, session_factory
+from registry_api.identity.idp import IdentityProviderTokens
 from registry_api.identity.service import ApiKeyResolver
 from registry_api.outbox.relay import OutboxRelay
 from schemas.settings import Settings
@@ -31,6 +33,7 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     api_keys: ApiKeyResolver
     relay: OutboxRelay
+    access: AccessServices
     components: list[Component] = field(default_factory=list)
     topics_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -39,13 +42,17 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         engine = create_engine(settings.database_url)
         sessions = session_factory(engine)
-        return cls(
+        runtime = cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
-            api_keys=ApiKeyResolver(),
+            api_keys=ApiKeyResolver(identity_provider=IdentityProviderTokens.from_settings(settings)),
             relay=OutboxRelay(settings, engine, sessions),
+            access=AccessServices(settings, sessions),
         )
+        runtime.access.hook_events.on_written = runtime.relay.notify
+        runtime.components.append(runtime.access)
+        return runtime
 
     async def start(self) -> None:
         self._background.append(asyncio.create_task(self._create_topics_when_possible()))

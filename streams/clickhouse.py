@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -21,7 +21,19 @@ _lock = threading.Lock()
 def chdb_path(url: str) -> Path | None:
     if not url.startswith("chdb://"):
         return None
-    return Path(url.removeprefix("chdb://")).expanduser().resolve()
+    return Path(url.removeprefix("chdb://").split("?", 1)[0]).expanduser().resolve()
+
+
+def cluster_name(url: str) -> str | None:
+    """The ClickHouse cluster named by ``?cluster=`` on a server URL (scale mode), else None."""
+    if url.startswith("chdb://"):
+        return None
+    values = parse_qs(urlparse(url).query).get("cluster")
+    return values[0] if values else None
+
+
+def is_embedded(url: str) -> bool:
+    return url.startswith("chdb://")
 
 
 def connect(url: str) -> Client:

@@ -351,4 +351,3 @@ PLACES: tuple[tuple[str, float, float], ...] = (
     ("Honggu Gate", 103.540, 36.180),
     ("Shuchuan", 103.650, 36.185),
 )
-

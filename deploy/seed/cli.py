@@ -82,7 +82,8 @@ def _shorten(value: Any, items: int = 10) -> Any:
 
 def _print_summary(console: Console, manifest: dict[str, Any], out: Path, seconds: float) -> None:
     counts = manifest["counts"]
-    table = Table(title=f"Demo city in {out} ({seconds:.1f} s, seed {manifest['seed']})")
+    console.print(f"[b]Demo city[/b] in {out}: {seconds:.1f} s, seed {manifest['seed']}")
+    table = Table()
     table.add_column("owner")
     table.add_column("cameras", justify="right")
     table.add_column("sensors", justify="right")

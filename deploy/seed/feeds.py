@@ -51,8 +51,12 @@ ProgressCallback = Callable[[str, int], None]
 # Static tables
 
 CAMERA_OWNER_KINDS = WeightedTable(
-    [("public_security", 0.60), ("urban_management", 0.17), ("transport", 0.15),
-     ("environment", 0.08)]
+    [
+        ("public_security", 0.60),
+        ("urban_management", 0.17),
+        ("transport", 0.15),
+        ("environment", 0.08),
+    ]
 )
 
 # GB/T 28181 digits 9-10 allowed for each owner kind.
@@ -197,67 +201,121 @@ class SensorType:
 
 SENSOR_TYPES: tuple[SensorType, ...] = (
     SensorType(
-        "air_quality", "aq", "air quality station",
-        WeightedTable([(deps.EEB, 1.0)]), 0.24,
+        "air_quality",
+        "aq",
+        "air quality station",
+        WeightedTable([(deps.EEB, 1.0)]),
+        0.24,
         (("road", 0.2), ("centre", 0.5), ("uniform", 0.3)),
-        (("pm25", "PM2.5 concentration", "ug/m3"), ("pm10", "PM10 concentration", "ug/m3"),
-         ("no2", "NO2 concentration", "ug/m3"), ("so2", "SO2 concentration", "ug/m3"),
-         ("o3", "O3 concentration", "ug/m3"), ("co", "CO concentration", "mg/m3")),
-        "hour", WeightedTable([("mqtt", 0.8), ("http", 0.2)]),
-        (0.92, 0.08, 0.0), 0.8, ("air",),
+        (
+            ("pm25", "PM2.5 concentration", "ug/m3"),
+            ("pm10", "PM10 concentration", "ug/m3"),
+            ("no2", "NO2 concentration", "ug/m3"),
+            ("so2", "SO2 concentration", "ug/m3"),
+            ("o3", "O3 concentration", "ug/m3"),
+            ("co", "CO concentration", "mg/m3"),
+        ),
+        "hour",
+        WeightedTable([("mqtt", 0.8), ("http", 0.2)]),
+        (0.92, 0.08, 0.0),
+        0.8,
+        ("air",),
     ),
     SensorType(
-        "noise", "ns", "noise monitor",
-        WeightedTable([(deps.EEB, 0.65), (deps.CMB, 0.35)]), 0.16,
+        "noise",
+        "ns",
+        "noise monitor",
+        WeightedTable([(deps.EEB, 0.65), (deps.CMB, 0.35)]),
+        0.16,
         (("road", 0.4), ("centre", 0.5), ("uniform", 0.1)),
-        (("laeq", "Equivalent continuous A-weighted sound level", "dB(A)"),
-         ("lmax", "Maximum A-weighted sound level", "dB(A)")),
-        "minute", WeightedTable([("mqtt", 0.7), ("http", 0.3)]),
-        (0.85, 0.14, 0.01), 0.5, ("noise",),
+        (
+            ("laeq", "Equivalent continuous A-weighted sound level", "dB(A)"),
+            ("lmax", "Maximum A-weighted sound level", "dB(A)"),
+        ),
+        "minute",
+        WeightedTable([("mqtt", 0.7), ("http", 0.3)]),
+        (0.85, 0.14, 0.01),
+        0.5,
+        ("noise",),
     ),
     SensorType(
-        "water_level", "wl", "water level gauge",
-        WeightedTable([(deps.WAB, 0.8), (deps.EEB, 0.2)]), 0.14,
+        "water_level",
+        "wl",
+        "water level gauge",
+        WeightedTable([(deps.WAB, 0.8), (deps.EEB, 0.2)]),
+        0.14,
         (("river", 1.0),),
-        (("water_level", "Water level above gauge datum", "m"),
-         ("discharge", "Discharge", "m3/s")),
-        "minute", WeightedTable([("mqtt", 0.85), ("http", 0.15)]),
-        (0.75, 0.22, 0.03), 0.4, ("river", "flood"),
+        (("water_level", "Water level above gauge datum", "m"), ("discharge", "Discharge", "m3/s")),
+        "minute",
+        WeightedTable([("mqtt", 0.85), ("http", 0.15)]),
+        (0.75, 0.22, 0.03),
+        0.4,
+        ("river", "flood"),
     ),
     SensorType(
-        "rain_gauge", "rg", "rain gauge",
-        WeightedTable([(deps.WAB, 1.0)]), 0.08,
+        "rain_gauge",
+        "rg",
+        "rain gauge",
+        WeightedTable([(deps.WAB, 1.0)]),
+        0.08,
         (("centre", 0.4), ("uniform", 0.6)),
         (("rainfall", "Precipitation", "mm"), ("rain_intensity", "Rainfall intensity", "mm/h")),
-        "minute", WeightedTable([("mqtt", 0.9), ("http", 0.1)]),
-        (0.95, 0.05, 0.0), 0.6, ("rain", "flood"),
+        "minute",
+        WeightedTable([("mqtt", 0.9), ("http", 0.1)]),
+        (0.95, 0.05, 0.0),
+        0.6,
+        ("rain", "flood"),
     ),
     SensorType(
-        "traffic_counter", "tc", "traffic counter",
-        WeightedTable([(deps.TB, 1.0)]), 0.26,
+        "traffic_counter",
+        "tc",
+        "traffic counter",
+        WeightedTable([(deps.TB, 1.0)]),
+        0.26,
         (("roadside", 1.0),),
-        (("vehicle_count", "Vehicle count", "vehicles/min"),
-         ("mean_speed", "Mean vehicle speed", "km/h"),
-         ("occupancy", "Lane occupancy", "%")),
-        "minute", WeightedTable([("http", 0.6), ("mqtt", 0.4)]),
-        (0.80, 0.19, 0.01), 0.1, ("road", "traffic"),
+        (
+            ("vehicle_count", "Vehicle count", "vehicles/min"),
+            ("mean_speed", "Mean vehicle speed", "km/h"),
+            ("occupancy", "Lane occupancy", "%"),
+        ),
+        "minute",
+        WeightedTable([("http", 0.6), ("mqtt", 0.4)]),
+        (0.80, 0.19, 0.01),
+        0.1,
+        ("road", "traffic"),
     ),
     SensorType(
-        "waterlogging", "wd", "waterlogging sensor",
-        WeightedTable([(deps.CMB, 0.6), (deps.WAB, 0.4)]), 0.07,
+        "waterlogging",
+        "wd",
+        "waterlogging sensor",
+        WeightedTable([(deps.CMB, 0.6), (deps.WAB, 0.4)]),
+        0.07,
         (("road", 0.5), ("centre", 0.5)),
         (("water_depth", "Standing water depth", "cm"),),
-        "minute", WeightedTable([("mqtt", 1.0)]),
-        (0.80, 0.20, 0.0), 0.1, ("underpass", "flood"),
+        "minute",
+        WeightedTable([("mqtt", 1.0)]),
+        (0.80, 0.20, 0.0),
+        0.1,
+        ("underpass", "flood"),
     ),
     SensorType(
-        "water_quality", "wq", "water quality station",
-        WeightedTable([(deps.EEB, 1.0)]), 0.05,
+        "water_quality",
+        "wq",
+        "water quality station",
+        WeightedTable([(deps.EEB, 1.0)]),
+        0.05,
         (("river", 1.0),),
-        (("ph", "pH", "pH"), ("dissolved_oxygen", "Dissolved oxygen", "mg/L"),
-         ("turbidity", "Turbidity", "NTU"), ("ammonia_n", "Ammonia nitrogen", "mg/L")),
-        "hour", WeightedTable([("mqtt", 0.7), ("http", 0.3)]),
-        (0.85, 0.13, 0.02), 0.3, ("river", "water"),
+        (
+            ("ph", "pH", "pH"),
+            ("dissolved_oxygen", "Dissolved oxygen", "mg/L"),
+            ("turbidity", "Turbidity", "NTU"),
+            ("ammonia_n", "Ammonia nitrogen", "mg/L"),
+        ),
+        "hour",
+        WeightedTable([("mqtt", 0.7), ("http", 0.3)]),
+        (0.85, 0.13, 0.02),
+        0.3,
+        ("river", "water"),
     ),
 )
 _SENSOR_TYPE_TABLE = WeightedTable([(t, t.weight) for t in SENSOR_TYPES])
@@ -266,7 +324,11 @@ _SENSOR_PLACEMENT = {t.key: WeightedTable(list(t.placement)) for t in SENSOR_TYP
 CAMERA_MIN_SPACING_M = 9.0
 SENSOR_MIN_SPACING_M = 9.0
 DUPLICATE_SHARE = 0.005
-DUPLICATE_KINDS = ("same_code", "same_stream", "near_position")
+# Named like the registry's duplicate reasons. Each planted pair matches exactly one rule:
+# same_code and same_stream_url pairs sit 4-15 m apart (the two departments surveyed the
+# device differently), nearby_overlapping_view pairs 0.5-2.5 m apart with other codes and URLs.
+DUPLICATE_KINDS = ("same_code", "same_stream_url", "nearby_overlapping_view")
+NEARBY_M = 3.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +392,20 @@ class PointSource:
                         return False
         return True
 
+    def neighbours(self, lon: float, lat: float, radius_m: float) -> list[tuple[float, float]]:
+        """Registered points within ``radius_m`` (at most the minimum spacing) of (lon, lat)."""
+        cx, cy = self._cell(lon, lat)
+        found = []
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for olon, olat in self._cells.get((cx + dx, cy + dy), ()):
+                    if haversine_m(lon, lat, olon, olat) <= radius_m:
+                        found.append((olon, olat))
+        return found
+
+    def add(self, lon: float, lat: float) -> None:
+        self._cells.setdefault(self._cell(lon, lat), []).append((lon, lat))
+
     def _raw(self, rng: Rand, component: str) -> Placement:
         if component in ("road", "roadside"):
             p = self.roads.sample(rng, 45.0 if component == "road" else 8.0)
@@ -350,7 +426,7 @@ class PointSource:
             p = self._raw(rng, component)
             p.lon, p.lat = round(p.lon, 6), round(p.lat, 6)
             if in_bbox(p.lon, p.lat) and self._free(p.lon, p.lat):
-                self._cells.setdefault(self._cell(p.lon, p.lat), []).append((p.lon, p.lat))
+                self.add(p.lon, p.lat)
                 return p
 
 
@@ -392,7 +468,7 @@ class _Camera:
     sharing: str
     protocol: str
     host: int
-    stream_from: int | None = None  # same_stream duplicate: index of the camera it copies
+    stream_from: int | None = None  # same_stream_url duplicate: index of the camera it copies
 
 
 @dataclass
@@ -443,20 +519,29 @@ def _camera_fov(rng: Rand, type_code: str, place: Placement) -> dict[str, Any] |
     if type_code == "121":  # checkpoint: looks along the road, narrow and short
         base = (place.bearing or 0.0) + (180.0 if rng.chance(0.5) else 0.0)
         heading = base + rng.normal(0, 4) if along else rng.uniform(0, 360)
-        return {"heading": _wrap_heading(heading), "angle": rng.randint(20, 45),
-                "range_m": rng.randint(20, 60)}
+        return {
+            "heading": _wrap_heading(heading),
+            "angle": rng.randint(20, 45),
+            "range_m": rng.randint(20, 60),
+        }
     if rng.chance(0.08):
         return None
     if rng.chance(0.16):  # dome / PTZ
-        return {"heading": _wrap_heading(rng.uniform(0, 360)), "angle": 360,
-                "range_m": rng.randint(80, 300)}
+        return {
+            "heading": _wrap_heading(rng.uniform(0, 360)),
+            "angle": 360,
+            "range_m": rng.randint(80, 300),
+        }
     if along and rng.chance(0.7):
         base = (place.bearing or 0.0) + (180.0 if rng.chance(0.5) else 0.0)
         heading = base + rng.normal(0, 20)
     else:
         heading = rng.uniform(0, 360)
-    return {"heading": _wrap_heading(heading), "angle": rng.randint(30, 110),
-            "range_m": rng.randint(15, 160)}
+    return {
+        "heading": _wrap_heading(heading),
+        "angle": rng.randint(30, 110),
+        "range_m": rng.randint(15, 160),
+    }
 
 
 def _pick3(rng: Rand, probs: tuple[float, float, float]) -> str:
@@ -470,7 +555,7 @@ def _pick3(rng: Rand, probs: tuple[float, float, float]) -> str:
 
 def _generate_cameras(
     count: int, seed: int, counters: _Counters, progress: ProgressCallback | None
-) -> list[_Camera]:
+) -> tuple[list[_Camera], PointSource]:
     rng = Rand(f"feedgrid-demo:{seed}:cameras")
     source = PointSource(CAMERA_MIN_SPACING_M)
     cams: list[_Camera] = []
@@ -494,47 +579,74 @@ def _generate_cameras(
         sharing = _pick3(rng, _CAMERA_SHARING[industry])
         protocol = rng.weighted(_CAMERA_PROTOCOLS[kind])
         cams.append(
-            _Camera(kind, owner, industry, type_code, network, place, code, fov, sharing,
-                    protocol, counters.next_host(owner))
+            _Camera(
+                kind,
+                owner,
+                industry,
+                type_code,
+                network,
+                place,
+                code,
+                fov,
+                sharing,
+                protocol,
+                counters.next_host(owner),
+            )
         )
         if progress and (i + 1) % 1000 == 0:
             progress("cameras", 1000)
     if progress and count % 1000:
         progress("cameras", count % 1000)
-    return cams
+    return cams, source
 
 
 def _plant_duplicates(
-    cams: list[_Camera], seed: int, counters: _Counters
+    cams: list[_Camera], source: PointSource, seed: int, counters: _Counters
 ) -> list[tuple[str, int, int]]:
-    """Turn ~0.5 % of transport / urban-management cameras into re-registrations.
+    """Turn ~0.5 % of transport / urban-management cameras into re-registrations of
+    public-security road cameras. Returns (kind, original index, duplicate index) triples.
 
-    Returns (kind, original index, duplicate index) triples.
+    Cameras are at least CAMERA_MIN_SPACING_M apart, and every duplicate is placed so that
+    it is within NEARBY_M of nothing but (for nearby_overlapping_view) its original.
     """
     rng = Rand(f"feedgrid-demo:{seed}:duplicates")
     slots = [i for i, c in enumerate(cams) if c.owner_kind in ("transport", "urban_management")]
     originals = [
-        i for i, c in enumerate(cams)
+        i
+        for i, c in enumerate(cams)
         if c.owner_kind == "public_security" and c.industry == "00" and c.fov is not None
     ]
     if not slots or not originals:
         return []
     n = min(max(1, round(DUPLICATE_SHARE * len(slots))), len(slots), len(originals))
     chosen_slots = rng.sample(slots, n)
-    chosen_originals = rng.sample(originals, n)
+    candidates = iter(rng.sample(originals, len(originals)))
     planted = []
-    for k, (si, oi) in enumerate(zip(chosen_slots, chosen_originals, strict=True)):
+    for k, si in enumerate(chosen_slots):
         kind = DUPLICATE_KINDS[k % len(DUPLICATE_KINDS)]
+        nearby = kind == "nearby_overlapping_view"
+        placed = None
+        for oi in candidates:
+            orig = cams[oi]
+            for _ in range(40):
+                dist = rng.uniform(0.5, 2.5) if nearby else rng.uniform(4.0, 15.0)
+                lon, lat = destination(orig.place.lon, orig.place.lat, rng.uniform(0, 360), dist)
+                lon, lat = round(lon, 6), round(lat, 6)
+                d = haversine_m(lon, lat, orig.place.lon, orig.place.lat)
+                if not in_bbox(lon, lat) or (d > NEARBY_M - 0.3 if nearby else d < NEARBY_M + 0.5):
+                    continue
+                close = source.neighbours(lon, lat, NEARBY_M + 0.5)
+                if close == ([(orig.place.lon, orig.place.lat)] if nearby else []):
+                    placed = (oi, lon, lat)
+                    break
+            if placed:
+                break
+        if placed is None:
+            break  # no original left: plant fewer
+        oi, lon, lat = placed
+        source.add(lon, lat)
         dup, orig = cams[si], cams[oi]
         assert orig.fov is not None
-        if kind == "near_position":
-            dist = rng.uniform(0.5, 2.5)
-        else:
-            dist = rng.uniform(0.2, 2.0)
-        lon, lat = destination(orig.place.lon, orig.place.lat, rng.uniform(0, 360), dist)
-        lon, lat = round(lon, 6), round(lat, 6)
-        if not in_bbox(lon, lat):
-            lon, lat = orig.place.lon, orig.place.lat
         dup.place = Placement(lon, lat, orig.place.component, orig.place.line, orig.place.bearing)
         dup.fov = {
             "heading": _wrap_heading(orig.fov["heading"] + rng.uniform(-12.0, 12.0)),
@@ -546,7 +658,7 @@ def _plant_duplicates(
         else:
             region8 = district_of(lon, lat).code + "00"
             dup.code = counters.gb_code(region8, dup.industry, dup.type_code, dup.network)
-        if kind == "same_stream":
+        if kind == "same_stream_url":
             dup.stream_from = oi
             dup.protocol = orig.protocol
         planted.append((kind, oi, si))
@@ -589,8 +701,7 @@ def _sharing_block(
     if cls == "unconditional":
         return {"class": cls, "conditions": None, "legal_basis": None}
     if cls == "not_shared":
-        return {"class": cls, "conditions": None,
-                "legal_basis": rng.choice(_LEGAL_BASIS[owner])}
+        return {"class": cls, "conditions": None, "legal_basis": rng.choice(_LEGAL_BASIS[owner])}
     affinity = [c for c in _AFFINITY[owner] if c in all_codes and c != owner]
     departments = sorted(rng.sample(affinity, rng.randint(2, 4)))
     owner_purposes = _OWNER_PURPOSES[owner]
@@ -664,6 +775,8 @@ def _camera_tags(rng: Rand, cam: _Camera, river_m: float) -> list[str]:
         tags = [rng.choice(("industrial", "construction site", "park", "landfill"))]
     elif ind == "00" and not on_road:
         tags = ["street"]
+    elif ind == "04" and not on_road:
+        tags = ["road"]
     if on_road and "road" not in tags:
         tags.insert(0, "road")
         if river_m < 250 and rng.chance(0.5):
@@ -768,8 +881,11 @@ def _camera_features(
     for i, c in enumerate(cams):
         if c.stream_from is not None:
             src = streams[c.stream_from]
-            streams[i] = {"protocol": src["protocol"], "url": src["url"],
-                          "media_path": f"{c.owner}/{c.code}"}
+            streams[i] = {
+                "protocol": src["protocol"],
+                "url": src["url"],
+                "media_path": f"{c.owner}/{c.code}",
+            }
     owner_names = {d["code"]: d["name"] for d in deps.departments()}
     recent: dict[str, list[str]] = {}
     out: list[Feature] = []
@@ -779,12 +895,17 @@ def _camera_features(
         site = _site_label(tags)
         name = f"{place} {site} camera {counters.name(place, site)}"
         altitude = (
-            None if rng.chance(0.1)
+            None
+            if rng.chance(0.1)
             else round(_ground_m(river_m[i], rng.normal(0, 6)) + rng.uniform(3, 15), 1)
         )
         coverage = None
-        if (c.fov is not None and c.fov["angle"] >= 10 and c.fov["range_m"] >= 20
-                and rng.chance(0.01)):
+        if (
+            c.fov is not None
+            and c.fov["angle"] >= 10
+            and c.fov["range_m"] >= 20
+            and rng.chance(0.01)
+        ):
             coverage = _coverage(c.place.lon, c.place.lat, c.fov)
         resource_code = counters.resource_code(c.owner, "V")
         related: list[str] = []
@@ -839,7 +960,10 @@ def _camera_features(
 
 
 def _generate_sensors(
-    count: int, seed: int, counters: _Counters, all_codes: set[str],
+    count: int,
+    seed: int,
+    counters: _Counters,
+    all_codes: set[str],
     progress: ProgressCallback | None,
 ) -> list[Feature]:
     rng = Rand(f"feedgrid-demo:{seed}:sensors")
@@ -870,12 +994,18 @@ def _generate_sensors(
         if protocol == "mqtt":
             url = f"mqtt://10.20.0.{_MQTT_BROKER[owner]}:1883/{st.abbr}/{serial:06d}"
         else:
-            url = (f"http://10.20.1.{_MQTT_BROKER[owner]}:8080/api/v1/{st.abbr}/"
-                   f"{serial:06d}/observations")
-        mount = 0.0 if st.key in ("water_level", "water_quality", "waterlogging") else (
-            rng.uniform(2, 20) if st.key == "air_quality" else rng.uniform(2, 8))
-        ground = _ground_m(river_m[i], 0.0 if st.key in ("water_level", "water_quality")
-                           else rng.normal(0, 6))
+            url = (
+                f"http://10.20.1.{_MQTT_BROKER[owner]}:8080/api/v1/{st.abbr}/"
+                f"{serial:06d}/observations"
+            )
+        mount = (
+            0.0
+            if st.key in ("water_level", "water_quality", "waterlogging")
+            else (rng.uniform(2, 20) if st.key == "air_quality" else rng.uniform(2, 8))
+        )
+        ground = _ground_m(
+            river_m[i], 0.0 if st.key in ("water_level", "water_quality") else rng.normal(0, 6)
+        )
         altitude = None if rng.chance(0.05) else round(ground + mount, 1)
         cls = _pick3(rng, st.sharing)
         sharing = _sharing_block(rng, owner, cls, False, all_codes)
@@ -900,7 +1030,8 @@ def _generate_sensors(
             "abstract": (
                 f"Observations of {_article(st.label)} {st.label} at {place} "
                 f"({district} District), run by the {owner_names[owner]}: "
-                + ", ".join(ds[0] for ds in st.datastreams) + "."
+                + ", ".join(ds[0] for ds in st.datastreams)
+                + "."
             ),
             "format": "application/json",
             "classification": "theme" if u < 0.6 else "basic" if u < 0.9 else "department",
@@ -974,8 +1105,8 @@ def generate_feeds(
         raise ValueError("counts must not be negative")
     all_codes = set(deps.department_codes())
     counters = _Counters()
-    cams = _generate_cameras(cameras, seed, counters, progress)
-    planted = _plant_duplicates(cams, seed, counters)
+    cams, source = _generate_cameras(cameras, seed, counters, progress)
+    planted = _plant_duplicates(cams, source, seed, counters)
     features = _camera_features(cams, seed, counters, all_codes)
     features.extend(_generate_sensors(sensors, seed, counters, all_codes, progress))
     duplicates = [_duplicate_entry(kind, oi, di, features) for kind, oi, di in planted]

@@ -5,8 +5,10 @@ The mix is skewed the way real exchanges are: a few departments (transport, emer
 management, public security, urban management) make most requests; transport, emergency
 management, fire rescue and police ask for road cameras near incidents in bursts; the rest ask
 for named feeds or search near a place, with a daily rhythm (office hours, rush hours) and
-quieter weekends. Some requests fall outside the written conditions of the feeds, or target
-``not_shared`` feeds, on purpose: the policy engine must refuse or route them.
+quieter weekends. Only public security marks requests as emergencies (break-glass live view),
+mostly around incidents. Nothing steers requests to the conditions written on the feeds, so
+some fall outside them or target ``not_shared`` feeds: the policy engine must refuse or route
+those.
 """
 
 from __future__ import annotations
@@ -68,12 +70,84 @@ _SENSOR_ACTION = WeightedTable([("read", 0.9), ("download", 0.1)])
 _INCIDENT_ACTION = WeightedTable([("live", 0.8), ("playback", 0.15), ("snapshot", 0.05)])
 
 # Requests per hour of day (UTC is used as local time in the demo).
-_OFFICE_HOURS = (0.2, 0.1, 0.1, 0.1, 0.1, 0.2, 0.4, 0.8, 1.6, 2.4, 2.6, 2.4,
-                 1.4, 1.2, 2.2, 2.4, 2.3, 1.8, 1.0, 0.7, 0.6, 0.5, 0.4, 0.3)
-_TRAFFIC_HOURS = (0.3, 0.2, 0.2, 0.2, 0.3, 0.6, 1.4, 2.8, 3.0, 2.0, 1.6, 1.6,
-                  1.7, 1.5, 1.6, 1.8, 2.2, 3.0, 3.2, 2.0, 1.4, 1.0, 0.7, 0.5)
-_ROUND_THE_CLOCK = (0.7, 0.6, 0.5, 0.5, 0.5, 0.6, 0.8, 1.1, 1.3, 1.3, 1.3, 1.3,
-                    1.2, 1.2, 1.3, 1.3, 1.3, 1.3, 1.3, 1.2, 1.1, 1.0, 0.9, 0.8)
+_OFFICE_HOURS = (
+    0.2,
+    0.1,
+    0.1,
+    0.1,
+    0.1,
+    0.2,
+    0.4,
+    0.8,
+    1.6,
+    2.4,
+    2.6,
+    2.4,
+    1.4,
+    1.2,
+    2.2,
+    2.4,
+    2.3,
+    1.8,
+    1.0,
+    0.7,
+    0.6,
+    0.5,
+    0.4,
+    0.3,
+)
+_TRAFFIC_HOURS = (
+    0.3,
+    0.2,
+    0.2,
+    0.2,
+    0.3,
+    0.6,
+    1.4,
+    2.8,
+    3.0,
+    2.0,
+    1.6,
+    1.6,
+    1.7,
+    1.5,
+    1.6,
+    1.8,
+    2.2,
+    3.0,
+    3.2,
+    2.0,
+    1.4,
+    1.0,
+    0.7,
+    0.5,
+)
+_ROUND_THE_CLOCK = (
+    0.7,
+    0.6,
+    0.5,
+    0.5,
+    0.5,
+    0.6,
+    0.8,
+    1.1,
+    1.3,
+    1.3,
+    1.3,
+    1.3,
+    1.2,
+    1.2,
+    1.3,
+    1.3,
+    1.3,
+    1.3,
+    1.3,
+    1.2,
+    1.1,
+    1.0,
+    0.9,
+    0.8,
+)
 _HOURS = {
     "office": WeightedTable(list(enumerate(_OFFICE_HOURS))),
     "traffic": WeightedTable(list(enumerate(_TRAFFIC_HOURS))),
@@ -159,6 +233,7 @@ def generate_access_requests(
     rng = Rand(f"feedgrid-demo:{seed}:traffic")
     codes = [str(d["code"]) for d in departments]
     known = set(codes)
+    kinds = {str(d["code"]): str(d.get("kind", "other")) for d in departments}
     requester_table = _requester_table(codes)
 
     cameras: list[int] = []
@@ -196,7 +271,8 @@ def generate_access_requests(
         purpose = _PURPOSE_OF.get(requester, "city management")
         if rng.chance(0.2):
             purpose = rng.choice(_ALL_PURPOSES)
-        emergency_p = 0.15 if requester in (deps.EMB, deps.FIRE) else 0.02
+        # Emergency (break-glass) access is for public security only.
+        emergency_allowed = kinds.get(requester) == "public_security"
         selection: dict[str, Any]
         if rng.chance(_INCIDENT_SHARE.get(requester, 0.0)):
             inc = rng.choice(incidents)
@@ -204,19 +280,28 @@ def generate_access_requests(
             action = rng.weighted(_INCIDENT_ACTION)
             owners = [c for c in (deps.TB, deps.PSB) if c in known and c != requester]
             department = rng.choice(owners) if owners and rng.chance(0.65) else None
-            selection = {"near": [inc.lon, inc.lat, inc.radius_m], "kind": "camera",
-                         "department": department}
-            emergency = rng.chance(0.45 if requester in (deps.EMB, deps.FIRE) else 0.08)
-            out.append((at, seq, _request(requester, purpose, action, _duration(rng, action),
-                                          emergency, selection, at)))
+            selection = {
+                "near": [inc.lon, inc.lat, inc.radius_m],
+                "kind": "camera",
+                "department": department,
+            }
+            emergency = emergency_allowed and rng.chance(0.4)
+            out.append(
+                (
+                    at,
+                    seq,
+                    _request(
+                        requester, purpose, action, _duration(rng, action), emergency, selection, at
+                    ),
+                )
+            )
             continue
         at = clock.draw(rng, rhythm)
         want_sensor = rng.chance(0.6 if requester in _SENSOR_MINDED else 0.08)
         pool = (sensors if want_sensor else cameras) or sensors or cameras
         if not pool:  # no features at all: search around the centre
             action = "live"
-            selection = {"near": [CENTRE[0], CENTRE[1], 1000], "kind": "camera",
-                         "department": None}
+            selection = {"near": [CENTRE[0], CENTRE[1], 1000], "kind": "camera", "department": None}
         else:
             # Another department's feed (departments rarely ask for their own).
             for _ in range(20):
@@ -235,11 +320,21 @@ def generate_access_requests(
             else:
                 lon, lat = position(anchor)
                 department = p["owner"] if rng.chance(0.5) and p["owner"] in known else None
-                selection = {"near": [lon, lat, rng.choice((200, 500, 1000, 2000))],
-                             "kind": kind, "department": department}
-        emergency = rng.chance(emergency_p)
-        out.append((at, seq, _request(requester, purpose, action, _duration(rng, action),
-                                      emergency, selection, at)))
+                selection = {
+                    "near": [lon, lat, rng.choice((200, 500, 1000, 2000))],
+                    "kind": kind,
+                    "department": department,
+                }
+        emergency = emergency_allowed and rng.chance(0.03)
+        out.append(
+            (
+                at,
+                seq,
+                _request(
+                    requester, purpose, action, _duration(rng, action), emergency, selection, at
+                ),
+            )
+        )
     out.sort(key=lambda item: (item[0], item[1]))
     for _, _, request in out:
         yield request

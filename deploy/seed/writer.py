@@ -151,8 +151,7 @@ def write_demo_city(
 
         request_lines: list[bytes] = []
         by_requester: Counter[str] = Counter()
-        for request in generate_access_requests(features, depts, requests, seed, start,
-                                                DEMO_DAYS):
+        for request in generate_access_requests(features, depts, requests, seed, start, DEMO_DAYS):
             request_lines.append(orjson.dumps(request))
             by_requester[request["requester"]] += 1
             if len(request_lines) % 250 == 0:

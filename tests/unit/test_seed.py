@@ -38,12 +38,29 @@ DISTRICT_CODES = {d.code for d in DISTRICTS}
 MEDIA_PATH = re.compile(r"^[A-Za-z0-9._/-]+$")
 SENSOR_CODE = re.compile(r"^(lz-[a-z]+)-([a-z]{2})-(\d{6})$")
 PROPERTY_KEYS = {
-    "kind", "code", "owner", "name", "altitude", "fov", "coverage", "stream", "datastreams",
-    "catalog", "sharing", "tags",
+    "kind",
+    "code",
+    "owner",
+    "name",
+    "altitude",
+    "fov",
+    "coverage",
+    "stream",
+    "datastreams",
+    "catalog",
+    "sharing",
+    "tags",
 }
 CATALOG_KEYS = {
-    "resource_name", "resource_code", "abstract", "format", "classification", "update_cycle",
-    "open_to_public", "publish_date", "related_codes",
+    "resource_name",
+    "resource_code",
+    "abstract",
+    "format",
+    "classification",
+    "update_cycle",
+    "open_to_public",
+    "publish_date",
+    "related_codes",
 }
 
 
@@ -105,7 +122,10 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(
 def test_manifest_hashes_and_files_agree(city: tuple[Path, dict[str, Any]]) -> None:
     out, manifest = city
     assert set(manifest["files"]) == {
-        "departments.json", "feeds.ndjson", "feeds.geojson", "access-requests.ndjson"
+        "departments.json",
+        "feeds.ndjson",
+        "feeds.geojson",
+        "access-requests.ndjson",
     }
     for name, info in manifest["files"].items():
         data = (out / name).read_bytes()
@@ -163,9 +183,7 @@ def test_every_feature_follows_the_bulk_import_contract(features: list[dict[str,
         stream = p["stream"]
         assert set(stream) == {"protocol", "url", "media_path"}
         assert stream["protocol"] in {"rtsp", "rtmp", "hls", "webrtc", "gb28181", "mqtt", "http"}
-        assert stream["url"].split("://")[0] in {
-            "rtsp", "rtmp", "http", "gb28181", "mqtt"
-        }
+        assert stream["url"].split("://")[0] in {"rtsp", "rtmp", "http", "gb28181", "mqtt"}
         assert MEDIA_PATH.fullmatch(stream["media_path"]) and ".." not in stream["media_path"]
         assert stream["media_path"] == f"{p['owner']}/{p['code']}"
         catalog = p["catalog"]
@@ -219,7 +237,11 @@ def test_gb_code_helpers() -> None:
     code = make_gb_code("62010200", "00", "132", "0", 42)
     assert code == "62010200001320000042"
     assert parse_gb_code(code) == {
-        "region": "62010200", "industry": "00", "type": "132", "network": "0", "serial": "000042"
+        "region": "62010200",
+        "industry": "00",
+        "type": "132",
+        "network": "0",
+        "serial": "000042",
     }
     for bad in ("6201020000132000004", "6201020000132000004x", "620102000013200000421"):
         with pytest.raises(ValueError):
@@ -260,10 +282,12 @@ def test_codes_unique_except_the_planted_duplicates(
     features: list[dict[str, Any]], cameras: list[dict[str, Any]], planted: list[dict[str, Any]]
 ) -> None:
     assert planted, "a 5,000-camera city must have planted duplicates"
-    assert {d["kind"] for d in planted} == {"same_code", "same_stream", "near_position"}
-    transport_urban = sum(
-        1 for f in cameras if f["properties"]["owner"] in ("lz-tb", "lz-cmb")
-    )
+    assert {d["kind"] for d in planted} == {
+        "same_code",
+        "same_stream_url",
+        "nearby_overlapping_view",
+    }
+    transport_urban = sum(1 for f in cameras if f["properties"]["owner"] in ("lz-tb", "lz-cmb"))
     assert len(planted) == max(1, round(0.005 * transport_urban))
     for d in planted:
         orig = features[d["original"]["line"]]["properties"]
@@ -283,7 +307,7 @@ def test_codes_unique_except_the_planted_duplicates(
     repeated_urls = {u: n for u, n in urls.items() if n > 1}
     assert set(repeated_urls.values()) <= {2}
     assert set(repeated_urls) == {
-        d["original"]["stream_url"] for d in planted if d["kind"] == "same_stream"
+        d["original"]["stream_url"] for d in planted if d["kind"] == "same_stream_url"
     }
 
 
@@ -313,23 +337,27 @@ def test_only_the_planted_pairs_sit_within_3_m(
         expected = set()
         if kind == "camera":
             for d in planted:
-                a, b = d["original"]["line"], d["duplicate"]["line"]
-                expected.add((min(a, b), max(a, b)))
+                if d["kind"] == "nearby_overlapping_view":
+                    a, b = d["original"]["line"], d["duplicate"]["line"]
+                    expected.add((min(a, b), max(a, b)))
         assert close == expected
     for d in planted:
         a = features[d["original"]["line"]]["properties"]
         b = features[d["duplicate"]["line"]]["properties"]
-        assert d["distance_m"] <= 3.0
         assert a["fov"] and b["fov"] and a["fov"]["angle"] == b["fov"]["angle"]
         assert _heading_delta(a["fov"]["heading"], b["fov"]["heading"]) <= 15.0
-        if d["kind"] == "near_position":
+        if d["kind"] == "nearby_overlapping_view":
+            assert d["distance_m"] <= 3.0
             assert a["code"] != b["code"] and a["stream"]["url"] != b["stream"]["url"]
+        else:  # found by exactly one rule: the code or the URL, not the position
+            assert 3.0 < d["distance_m"] <= 16.0
 
 
 def test_positions_are_denser_along_the_valley(cameras: list[dict[str, Any]]) -> None:
     def share(lon0: float, lat0: float, lon1: float, lat1: float) -> float:
         inside = sum(
-            1 for f in cameras
+            1
+            for f in cameras
             if lon0 <= f["geometry"]["coordinates"][0] <= lon1
             and lat0 <= f["geometry"]["coordinates"][1] <= lat1
         )
@@ -353,7 +381,8 @@ def test_sharing_proportions(features: list[dict[str, Any]], cameras: list[dict[
     assert abs(classes["not_shared"] / n - 0.07) < 0.02
     not_shared = [f for f in cameras if f["properties"]["sharing"]["class"] == "not_shared"]
     internal = sum(
-        1 for f in not_shared
+        1
+        for f in not_shared
         if f["properties"]["owner"] == "lz-psb" and f["properties"]["code"][8:10] == "02"
     )
     assert internal / len(not_shared) > 0.6
@@ -434,7 +463,13 @@ def test_access_requests_are_deterministic_and_referential(
     stamps = []
     for r in first:
         assert set(r) == {
-            "requester", "purpose", "action", "duration_minutes", "emergency", "selection", "at"
+            "requester",
+            "purpose",
+            "action",
+            "duration_minutes",
+            "emergency",
+            "selection",
+            "at",
         }
         assert r["requester"] in dept_codes
         assert r["purpose"] in PURPOSES
@@ -456,17 +491,15 @@ def test_access_requests_are_deterministic_and_referential(
         stamps.append(at)
     assert stamps == sorted(stamps)
 
+    emergencies = [r for r in first if r["emergency"]]
+    assert emergencies and {r["requester"] for r in emergencies} == {"lz-psb"}
     volume = Counter(r["requester"] for r in first)
     top4 = sum(n for _, n in volume.most_common(4))
     assert top4 > 0.5 * len(first)  # a few departments make most requests
     # transport and emergency management mostly look for cameras near incidents
-    near = [
-        r for r in first if "near" in r["selection"] and r["requester"] in ("lz-tb", "lz-emb")
-    ]
+    near = [r for r in first if "near" in r["selection"] and r["requester"] in ("lz-tb", "lz-emb")]
     assert sum(r["selection"]["kind"] == "camera" for r in near) > 0.8 * len(near) > 0
-    hours = Counter(
-        datetime.strptime(r["at"], "%Y-%m-%dT%H:%M:%SZ").hour for r in first
-    )
+    hours = Counter(datetime.strptime(r["at"], "%Y-%m-%dT%H:%M:%SZ").hour for r in first)
     assert sum(hours[h] for h in range(8, 19)) > 2 * sum(hours[h] for h in (0, 1, 2, 3, 4, 5))
 
 
@@ -502,15 +535,24 @@ def test_cli_help_and_small_run(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     result = runner.invoke(
         seed_app,
-        ["--out", str(out), "--cameras", "300", "--sensors", "30", "--requests", "20",
-         "--no-progress"],
+        [
+            "--out",
+            str(out),
+            "--cameras",
+            "300",
+            "--sensors",
+            "30",
+            "--requests",
+            "20",
+            "--no-progress",
+        ],
     )
     assert result.exit_code == 0, result.output
     manifest = orjson.loads((out / "manifest.json").read_bytes())
     assert manifest["counts"]["by_kind"] == {"camera": 300, "sensor": 30}
-    refused = runner.invoke(seed_app, ["--out", str(out), "--cameras", "1", "--load"], env={
-        "FEEDGRID_ADMIN_TOKEN": ""
-    })
+    refused = runner.invoke(
+        seed_app, ["--out", str(out), "--cameras", "1", "--load"], env={"FEEDGRID_ADMIN_TOKEN": ""}
+    )
     assert refused.exit_code == 2
 
 

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from registry_api.db import Base, UtcDateTime
+
+
+class AccessRequest(Base):
+    """A department asking for feeds, for one purpose, some actions and a time window."""
+
+    __tablename__ = "access_requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requester: Mapped[str] = mapped_column(String(200))
+    requester_department: Mapped[str] = mapped_column(ForeignKey("departments.code"), index=True)
+    purpose: Mapped[str] = mapped_column(String(200))
+    actions: Mapped[list[str]] = mapped_column(JSON)
+    valid_from: Mapped[datetime] = mapped_column(UtcDateTime())
+    valid_until: Mapped[datetime] = mapped_column(UtcDateTime())
+    emergency: Mapped[bool] = mapped_column(Boolean, default=False)
+    emergency_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    area: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    selection: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+class AccessRequestFeed(Base):
+    """The decision on one feed of a request: granted, pending (with a due time) or denied."""
+
+    __tablename__ = "access_request_feeds"
+    __table_args__ = (
+        Index("ix_access_request_feeds_owner_outcome", "owner_department", "outcome"),
+    )
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id"), primary_key=True)
+    feed_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_department: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(String(1200))
+    actions: Mapped[list[str]] = mapped_column(JSON)
+    due_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    grant_id: Mapped[str | None] = mapped_column(ForeignKey("grants.id"), nullable=True, index=True)
+    review_required: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Grant(Base):
+    """Feeds of one owner granted to one department for a window and actions; revocable."""
+
+    __tablename__ = "grants"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id"), index=True)
+    requester: Mapped[str] = mapped_column(String(200))
+    requester_department: Mapped[str] = mapped_column(String(32), index=True)
+    owner_department: Mapped[str] = mapped_column(String(32), index=True)
+    actions: Mapped[list[str]] = mapped_column(JSON)
+    valid_from: Mapped[datetime] = mapped_column(UtcDateTime())
+    valid_until: Mapped[datetime] = mapped_column(UtcDateTime())
+    emergency: Mapped[bool] = mapped_column(Boolean, default=False)
+    review_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+
+class GrantFeed(Base):
+    __tablename__ = "grant_feeds"
+
+    grant_id: Mapped[str] = mapped_column(ForeignKey("grants.id"), primary_key=True)
+    feed_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
