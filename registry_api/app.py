@@ -8,8 +8,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from registry_api.access.routes import grants_router, requests_router
+from registry_api.audit.routes import router as audit_router
 from registry_api.errors import install_error_handlers
 from registry_api.health.routes import router as health_router
+from registry_api.hooks.routes import router as hooks_router
 from registry_api.identity.routes import router as identity_router
 from registry_api.observability import (
     BodySizeLimitMiddleware,
@@ -18,6 +21,7 @@ from registry_api.observability import (
 )
 from registry_api.ratelimit import build_rate_limiters
 from registry_api.runtime import Runtime
+from registry_api.tokens.routes import router as jwks_router
 from schemas.settings import Settings, get_settings
 
 log = logging.getLogger("feedgrid.app")
@@ -63,6 +67,11 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(identity_router)
+    app.include_router(requests_router)
+    app.include_router(grants_router)
+    app.include_router(hooks_router)
+    app.include_router(audit_router)
+    app.include_router(jwks_router)
     app.state.settings = settings
     app.state.rate_limiters = build_rate_limiters(settings)
     return app

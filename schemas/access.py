@@ -21,7 +21,13 @@ class AccessAction(StrEnum):
 
 
 CAMERA_ACTIONS = frozenset(
-    {AccessAction.live, AccessAction.playback, AccessAction.snapshot, AccessAction.ptz, AccessAction.download}
+    {
+        AccessAction.live,
+        AccessAction.playback,
+        AccessAction.snapshot,
+        AccessAction.ptz,
+        AccessAction.download,
+    }
 )
 SENSOR_ACTIONS = frozenset({AccessAction.read, AccessAction.download})
 
@@ -40,6 +46,7 @@ class ReasonCode(StrEnum):
     conditions_met = "conditions_met"
     emergency_live_access = "emergency_live_access"
     approved_by_owner = "approved_by_owner"
+    emergency_confirmed = "emergency_confirmed"
     department_not_in_conditions = "department_not_in_conditions"
     purpose_not_in_conditions = "purpose_not_in_conditions"
     action_not_in_conditions = "action_not_in_conditions"
@@ -79,10 +86,13 @@ class AccessRequestCreate(BaseModel):
     actions: list[AccessAction] = Field(min_length=1, max_length=6)
     valid_from: datetime | None = Field(None, description="Start of the window; now when absent")
     duration_minutes: int = Field(60, ge=1, le=60 * 24 * 366)
-    emergency: bool = Field(False, description="Public security only, with a reason: live view at once")
+    emergency: bool = Field(
+        False, description="Public security only, with a reason: live view at once"
+    )
     emergency_reason: str | None = Field(None, max_length=500)
     area: SearchGeometry | None = Field(
-        None, description="GeoJSON Polygon of the area of interest (checked against area conditions)"
+        None,
+        description="GeoJSON Polygon of the area of interest (checked against area conditions)",
     )
 
     @model_validator(mode="after")

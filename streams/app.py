@@ -1,53 +1,98 @@
-"""The Faust application: built from settings, run embedded in the API or as `feedgrid worker`."""
+"""The Faust application: built from settings, run embedded in the API or as `feedgrid worker`.
+
+Both ways run :func:`run_stream_worker`: make sure the topics and the ClickHouse tables exist
+(waiting for Kafka and ClickHouse if they are not there yet), start the agents, run until told
+to stop. Embedded, it runs as a background task of the API's lifespan, so the API serves even
+while Kafka is still down; standalone, ``streams.worker`` runs it until SIGTERM.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import faust
 from faust.contrib.asgi import faust_app_running
-from prometheus_client import Counter
 
 from schemas.settings import Settings
-from schemas.topics import FEED_METADATA, topic_name
+from streams.context import StreamContext, build_stream_context
+from streams.kafka_admin import ensure_topics
+from streams.migrations import apply_migrations
+from streams.registry_status import RegistryStatusWriter
+from streams.tuning import StreamTuning, load_tuning
 
 log = logging.getLogger("feedgrid.streams")
 
-EVENTS_SEEN = Counter("feedgrid_stream_events_total", "Events consumed by the agents", ["topic"])
+EMBEDDED_START_WAIT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 20.0
 
 
 def build_faust_app(settings: Settings) -> faust.App:
-    app = faust.App(
-        f"{settings.topic_prefix}worker",
-        broker=[f"kafka://{entry}" for entry in settings.kafka_bootstrap.split(",")],
-        store="memory://",
-        web_enabled=False,
-        topic_replication_factor=settings.topic_replication,
-        topic_partitions=settings.topic_partitions,
-        broker_commit_every=1000,
-        broker_commit_interval=1.0,
-        stream_wait_empty=False,
-        consumer_auto_offset_reset="earliest",
-    )
-    feed_metadata = app.topic(
-        topic_name(settings.topic_prefix, FEED_METADATA), value_type=bytes, value_serializer="raw"
-    )
+    """The Faust app with every agent registered (for tools that want the app alone)."""
+    return build_stream_context(settings).app
 
-    @app.agent(feed_metadata, concurrency=1)
-    async def count_feed_metadata(stream: Any) -> None:
-        async for _payload in stream:
-            EVENTS_SEEN.labels(FEED_METADATA).inc()
 
-    return app
+async def prepare_dependencies(settings: Settings) -> None:
+    """Topics and ClickHouse tables, created if missing; retries until both answer."""
+    delay = 0.5
+    while True:
+        try:
+            await ensure_topics(settings)
+            await asyncio.to_thread(apply_migrations, settings.clickhouse_url)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("stream worker waiting for kafka/clickhouse: %s", error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+async def run_stream_worker(
+    context: StreamContext, stop: asyncio.Event, started: asyncio.Event | None = None
+) -> None:
+    await prepare_dependencies(context.settings)
+    async with faust_app_running(context.app, stop_timeout=STOP_TIMEOUT_SECONDS):
+        log.info(
+            "faust agents running in-process",
+            extra={"agents": sorted(context.agents), "topic_prefix": context.settings.topic_prefix},
+        )
+        if started is not None:
+            started.set()
+        await stop.wait()
+    await context.registry.close()
 
 
 @asynccontextmanager
-async def embedded_worker(settings: Settings, runtime: object) -> AsyncIterator[faust.App]:
-    """Runs the Faust agents on the API's event loop (one process, the embedded default)."""
-    app = build_faust_app(settings)
-    async with faust_app_running(app, stop_timeout=15.0):
-        log.info("faust agents running in-process")
-        yield app
+async def embedded_worker(
+    settings: Settings, runtime: object, tuning: StreamTuning | None = None
+) -> AsyncIterator[StreamContext]:
+    """Runs the agents and the sink on the API's event loop (one process, the embedded default)."""
+    sessions = getattr(runtime, "sessions", None)
+    context = build_stream_context(
+        settings,
+        tuning or load_tuning(),
+        registry=RegistryStatusWriter(settings.database_url, sessions),
+    )
+    stop, started = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_stream_worker(context, stop, started), name="stream-worker")
+    waiting = asyncio.create_task(started.wait())
+    await asyncio.wait(
+        {task, waiting}, timeout=EMBEDDED_START_WAIT_SECONDS, return_when="FIRST_COMPLETED"
+    )
+    waiting.cancel()
+    if task.done() and task.exception() is not None:
+        raise RuntimeError("the embedded stream worker failed to start") from task.exception()
+    if not started.is_set():
+        log.warning("stream worker not started yet; it keeps trying in the background")
+    try:
+        yield context
+    finally:
+        stop.set()
+        if not started.is_set():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, STOP_TIMEOUT_SECONDS + 5)

@@ -39,10 +39,10 @@ def _describe(error: ValidationError) -> str:
     return f"schema violation at {where}: {item['msg']}"
 
 
-def _decode(
-    model: type[EventT], raw: object, types: tuple[str, ...], dataschema: str
-) -> EventT:
-    if not isinstance(raw, bytes | bytearray | memoryview) or not raw:
+def _decode(model: type[EventT], raw: object, types: tuple[str, ...], dataschema: str) -> EventT:
+    if isinstance(raw, memoryview):
+        raw = raw.tobytes()
+    if not isinstance(raw, bytes | bytearray) or not raw:
         raise InvalidMessage("empty or non-binary message value")
     try:
         event = model.model_validate_json(raw)

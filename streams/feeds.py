@@ -23,6 +23,7 @@ class FeedEventData(BaseModel):
 
     id: str = Field(min_length=1, validation_alias=AliasChoices("id", "feed_id"))
     version: int = Field(0, ge=0)
+    revision: int = Field(0, ge=0, description="Counts every change, status changes included")
     kind: str = ""
     code: str = ""
     owner: str = Field("", validation_alias=AliasChoices("owner", "owner_department"))
@@ -37,7 +38,11 @@ class FeedEventData(BaseModel):
 
 
 class FeedSnapshot(BaseModel):
-    """The enrichment record kept per feed in the agents' feed table."""
+    """The enrichment record kept per feed in the agents' feed table.
+
+    ``version`` orders every state of the feed: the registry's revision (which also counts
+    status changes), or its content version when the event has no revision.
+    """
 
     feed_id: str
     version: int
@@ -87,10 +92,12 @@ def snapshot_from_event(event: CloudEvent) -> tuple[FeedSnapshot, FeedEventData]
         raise InvalidMessage(f"invalid feed data: {_first_error(error)}") from None
     region, industry = _gb_parts(data)
     longitude, latitude = _point(data.location)
-    sharing_class = str((data.sharing or {}).get("class") or (data.sharing or {}).get("sharing_class") or "")
+    sharing_class = str(
+        (data.sharing or {}).get("class") or (data.sharing or {}).get("sharing_class") or ""
+    )
     snapshot = FeedSnapshot(
         feed_id=data.id,
-        version=data.version,
+        version=max(data.revision, data.version),
         owner_department=data.owner,
         kind=data.kind,
         region=data.region or region,

@@ -11,7 +11,13 @@ import logging
 
 from clickhouse_connect.driver.client import Client
 
-from schemas.clickhouse import BOOTSTRAP_VERSION, Migration, Topology, load_migrations, render_migration
+from schemas.clickhouse import (
+    BOOTSTRAP_VERSION,
+    Migration,
+    Topology,
+    load_migrations,
+    render_migration,
+)
 from streams.clickhouse import cluster_name, connect
 
 log = logging.getLogger("feedgrid.clickhouse.migrations")
@@ -52,8 +58,8 @@ def apply_migrations(url: str) -> list[int]:
         if stored is not None:
             if stored != migration.checksum:
                 raise MigrationError(
-                    f"ClickHouse migration {migration.version:04d}_{migration.name} was changed after "
-                    "it was applied; add a new numbered file instead"
+                    f"ClickHouse migration {migration.version:04d}_{migration.name} was changed "
+                    "after it was applied; add a new numbered file instead"
                 )
             continue
         _apply(client, migration, topology)

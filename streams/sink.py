@@ -42,7 +42,9 @@ log = logging.getLogger("feedgrid.sink")
 
 ROWS_WRITTEN = Counter("feedgrid_sink_rows_total", "Rows inserted into ClickHouse", ["table"])
 DUPLICATES_DROPPED = Counter(
-    "feedgrid_sink_duplicates_total", "Rows not inserted because their event id was stored", ["table"]
+    "feedgrid_sink_duplicates_total",
+    "Rows not inserted because their event id was stored",
+    ["table"],
 )
 WRITE_ERRORS = Counter("feedgrid_sink_errors_total", "Failed insert attempts (retried)", ["table"])
 SINK_AVAILABLE = Gauge("feedgrid_sink_available", "1 while ClickHouse accepts inserts, else 0")

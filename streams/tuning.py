@@ -17,6 +17,10 @@ class StreamTuning(BaseSettings):
     flush_seconds: float = Field(
         0.5, gt=0, le=60, description="Longest an event waits in a batch before it is inserted"
     )
+    stream_buffer: int = Field(
+        20_000, ge=100, le=1_000_000, description="Messages Faust prefetches per agent"
+    )
+    max_poll_records: int = Field(5_000, ge=1, le=100_000, description="Records per fetch")
     retry_initial_seconds: float = Field(0.2, gt=0, le=60)
     retry_max_seconds: float = Field(10.0, gt=0, le=600)
     heartbeat_silence_seconds: float = Field(
@@ -32,7 +36,9 @@ class StreamTuning(BaseSettings):
         600.0, gt=0, le=86_400, description="Window in which one token seen from two IPs alerts"
     )
     session_expiry_seconds: float = Field(
-        6 * 3600.0, gt=0, description="A retrieval never reported as ended stops counting after this"
+        6 * 3600.0,
+        gt=0,
+        description="A retrieval never reported as ended stops counting after this",
     )
     metrics_port: int | None = Field(
         None, ge=0, le=65_535, description="Serve /metrics on this port in `feedgrid worker`"

@@ -119,7 +119,9 @@ def decide(feed: FeedSharing, request: RequestFacts, context: PolicyContext) -> 
             ReasonCode.action_not_supported, f"a {feed.feed_kind} does not support: {names}"
         )
     if feed.owner_department == request.requester_department:
-        return _granted(ReasonCode.own_department, "the feed belongs to the requesting department", request)
+        return _granted(
+            ReasonCode.own_department, "the feed belongs to the requesting department", request
+        )
     if feed.sharing_class is SharingClass.not_shared:
         basis = feed.legal_basis or "no legal basis recorded"
         return _denied(ReasonCode.not_shared_legal_basis, f"not shared: {basis}")
@@ -127,7 +129,9 @@ def decide(feed: FeedSharing, request: RequestFacts, context: PolicyContext) -> 
         return _granted(ReasonCode.unconditional_sharing, "unconditional sharing", request)
     unmet = first_unmet_condition(feed.conditions, request)
     if unmet is None:
-        return _granted(ReasonCode.conditions_met, "the request fits the feed's conditions", request)
+        return _granted(
+            ReasonCode.conditions_met, "the request fits the feed's conditions", request
+        )
     if request.emergency and AccessAction.live in request.actions:
         # Only where the rules would make it wait: an emergency never gets less than the rules give.
         return _emergency_grant(request, context)
@@ -147,7 +151,10 @@ def first_unmet_condition(
     conditions: SharingConditions, request: RequestFacts
 ) -> tuple[ReasonCode, str] | None:
     """The first written condition the request does not fit, in a fixed order."""
-    if conditions.departments is not None and request.requester_department not in conditions.departments:
+    if (
+        conditions.departments is not None
+        and request.requester_department not in conditions.departments
+    ):
         return ReasonCode.department_not_in_conditions, (
             f"department {request.requester_department} is not among the conditions' departments"
         )
@@ -164,9 +171,13 @@ def first_unmet_condition(
         return ReasonCode.duration_exceeds_conditions, (
             f"{request.duration_minutes:.0f} minutes asked, at most {limit} allowed"
         )
-    if conditions.area is not None and (request.area is None or not conditions.area.covers(request.area)):
+    if conditions.area is not None and (
+        request.area is None or not conditions.area.covers(request.area)
+    ):
         return ReasonCode.area_outside_conditions, (
-            "no area of interest given" if request.area is None else "the area of interest is outside the allowed area"
+            "no area of interest given"
+            if request.area is None
+            else "the area of interest is outside the allowed area"
         )
     return None
 

@@ -80,7 +80,11 @@ class GrantStates:
                 return None
         if grant_id in self._revoked and not known.revoked:
             known = GrantState(
-                known.grant_id, known.owner_department, known.requester_department, known.valid_until, True
+                known.grant_id,
+                known.owner_department,
+                known.requester_department,
+                known.valid_until,
+                True,
             )
         return known
 

@@ -33,7 +33,7 @@ def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
 
 
 def entry_hash(fields: Mapping[str, Any]) -> str:
-    """``fields`` hold everything stored in the entry except its own hash (with ``previous_hash``)."""
+    """``fields``: everything stored in the entry but its own hash (``previous_hash`` included)."""
     return hashlib.sha256(canonical_bytes(fields)).hexdigest()
 
 
@@ -73,10 +73,14 @@ class ChainVerifier:
             )
         if link.previous_hash != self.previous_hash:
             return self._break(
-                link.seq, "broken_link", f"entry {link.seq} does not link to entry {self.previous_seq}"
+                link.seq,
+                "broken_link",
+                f"entry {link.seq} does not link to entry {self.previous_seq}",
             )
         if entry_hash(link.fields) != link.entry_hash:
-            return self._break(link.seq, "altered_entry", f"entry {link.seq} was altered after it was written")
+            return self._break(
+                link.seq, "altered_entry", f"entry {link.seq} was altered after it was written"
+            )
         self.previous_hash = link.entry_hash
         self.previous_seq = link.seq
         self.checked += 1
@@ -90,10 +94,12 @@ class ChainVerifier:
             return self._break(
                 self.previous_seq + 1,
                 "truncated",
-                f"entries {self.previous_seq + 1} to {head_seq} are missing from the end of the chain",
+                f"entries {self.previous_seq + 1} to {head_seq} are missing from the chain's end",
             )
         if self.previous_seq == head_seq and self.previous_hash != head_hash:
-            return self._break(head_seq, "altered_entry", f"entry {head_seq} differs from the chain head")
+            return self._break(
+                head_seq, "altered_entry", f"entry {head_seq} differs from the chain head"
+            )
         return None
 
     def _break(self, seq: int, problem: str, message: str) -> ChainBreak:
@@ -110,7 +116,9 @@ def verify_links(links: Iterable[ChainLink]) -> ChainBreak | None:
     return None
 
 
-def extend_chain(previous_hash: str, previous_seq: int, entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def extend_chain(
+    previous_hash: str, previous_seq: int, entries: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Numbers and hashes new entries after the given head; returns them ready to insert."""
     chained = []
     for entry in entries:

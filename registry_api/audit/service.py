@@ -1,4 +1,4 @@
-"""Recording access events: one audit-chain link and one Kafka event each, in the caller's transaction.
+"""Recording access events: an audit-chain link and a Kafka event each, in the caller's transaction.
 
 Every decision, approval, revocation and retrieval goes through :func:`record_access_events`,
 so the audit log in the registry database and the ``access-events`` topic always hold the same
@@ -175,7 +175,10 @@ async def verify_chain(session: AsyncSession) -> AuditVerification:
         rows = list(
             (
                 await session.scalars(
-                    select(AuditEntry).where(AuditEntry.seq > after).order_by(AuditEntry.seq).limit(VERIFY_BATCH)
+                    select(AuditEntry)
+                    .where(AuditEntry.seq > after)
+                    .order_by(AuditEntry.seq)
+                    .limit(VERIFY_BATCH)
                 )
             ).all()
         )

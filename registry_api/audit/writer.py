@@ -23,7 +23,9 @@ from registry_api.audit.service import AccessEvent, record_access_events
 
 log = logging.getLogger("feedgrid.audit.writer")
 
-WRITTEN = Counter("feedgrid_hook_events_written_total", "Hook access events written to the audit log")
+WRITTEN = Counter(
+    "feedgrid_hook_events_written_total", "Hook access events written to the audit log"
+)
 WAITING = Gauge("feedgrid_hook_events_waiting", "Hook access events waiting for their batch")
 DROPPED = Counter("feedgrid_hook_events_dropped_total", "Hook access events dropped (buffer full)")
 
@@ -77,7 +79,9 @@ class BufferedAccessEvents:
         written = 0
         async with self._write_lock:
             while self._waiting:
-                batch = [self._waiting.popleft() for _ in range(min(self.batch_size, len(self._waiting)))]
+                batch = [
+                    self._waiting.popleft() for _ in range(min(self.batch_size, len(self._waiting)))
+                ]
                 try:
                     async with self.sessions() as session:
                         await record_access_events(session, batch)
@@ -104,6 +108,8 @@ class BufferedAccessEvents:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("cannot write hook events yet (%d waiting): %s", len(self._waiting), error)
+                log.warning(
+                    "cannot write hook events yet (%d waiting): %s", len(self._waiting), error
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -104,7 +104,9 @@ class IdentityProviderTokens:
         if isinstance(raw_roles, str):
             raw_roles = raw_roles.split()
         known = {role.value for role in Role}
-        roles = frozenset(Role(role) for role in raw_roles if isinstance(role, str) and role in known)
+        roles = frozenset(
+            Role(role) for role in raw_roles if isinstance(role, str) and role in known
+        )
         department = claims.get(self.department_claim)
         if not isinstance(department, str) or not department:
             department = None
@@ -139,5 +141,7 @@ class IdentityProviderTokens:
             self._keys = keys
         except (httpx.HTTPError, ValueError) as error:
             # Keep the keys we had: a provider outage must not log everyone out at once.
-            log.warning("cannot fetch the identity provider's JWKS from %s: %s", self.jwks_url, error)
+            log.warning(
+                "cannot fetch the identity provider's JWKS from %s: %s", self.jwks_url, error
+            )
         self._fetched_at = time.monotonic()

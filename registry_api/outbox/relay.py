@@ -62,9 +62,18 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._close_producer()
-        if self._lock_connection is not None:
-            await self._lock_connection.close()
-            self._lock_connection = None
+        await self._release_leadership()
+
+    async def _release_leadership(self) -> None:
+        # The lock belongs to the database session: drop the connection rather than return it
+        # to the pool, or a pooled session would keep holding it.
+        connection, self._lock_connection = self._lock_connection, None
+        self.is_leader = False
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+            with contextlib.suppress(Exception):
+                await connection.close()
 
     async def _run(self) -> None:
         backoff = 0.5
@@ -83,6 +92,8 @@ class OutboxRelay:
                 RELAY_ERRORS.inc()
                 log.warning("outbox relay cannot publish yet: %s", error)
                 await self._close_producer()
+                if not self.settings.is_sqlite:
+                    await self._release_leadership()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 

@@ -42,7 +42,9 @@ class SigningKey:
     public_key: Ed25519PublicKey
 
     def jwk(self) -> dict[str, str]:
-        raw = self.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        raw = self.public_key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
         return {
             "kty": "OKP",
             "crv": "Ed25519",
@@ -182,7 +184,10 @@ class KeyRing:
 
     def signing_key(self) -> SigningKey:
         newest = self._newest()
-        if newest is None or self.clock() - newest.created_at >= self.rotation_period - PREPUBLICATION:
+        if (
+            newest is None
+            or self.clock() - newest.created_at >= self.rotation_period - PREPUBLICATION
+        ):
             self.load()
         active = self._active()
         assert active is not None
@@ -198,7 +203,10 @@ class KeyRing:
 
     def published(self) -> list[SigningKey]:
         """The keys in the JWKS: the signing key and every retired key whose tokens may live."""
-        if time.monotonic() - self._last_scan >= RESCAN_INTERVAL_SECONDS or self._retired_beyond_publication():
+        if (
+            time.monotonic() - self._last_scan >= RESCAN_INTERVAL_SECONDS
+            or self._retired_beyond_publication()
+        ):
             self.load()
         return list(reversed(self._ordered()))
 

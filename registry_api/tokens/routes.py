@@ -1,11 +1,10 @@
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 from registry_api.dependencies import RuntimeDep
-
-import orjson
 
 router = APIRouter(tags=["tokens"])
 
@@ -18,4 +17,6 @@ router = APIRouter(tags=["tokens"])
 async def jwks(runtime: RuntimeDep) -> Response:
     body = orjson.dumps(runtime.access.keyring.jwks())
     # Short cache: a rotated key must reach media servers well before its first token does.
-    return Response(body, media_type="application/json", headers={"Cache-Control": "public, max-age=60"})
+    return Response(
+        body, media_type="application/json", headers={"Cache-Control": "public, max-age=60"}
+    )

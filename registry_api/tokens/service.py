@@ -131,7 +131,9 @@ class RetrievalTokens:
         token = jwt.encode(payload, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
         return MintedToken(token, claims)
 
-    def verify(self, token: str, *, now: float | None = None, check_time: bool = True) -> RetrievalClaims:
+    def verify(
+        self, token: str, *, now: float | None = None, check_time: bool = True
+    ) -> RetrievalClaims:
         """Checks signature, issuer and audience (cached per token), then the time window."""
         claims = self._verified.get(token)
         if claims is None:
@@ -171,7 +173,9 @@ class RetrievalTokens:
                 },
             )
         except jwt.InvalidSignatureError:
-            raise TokenRejected("token_bad_signature", "the token signature does not verify") from None
+            raise TokenRejected(
+                "token_bad_signature", "the token signature does not verify"
+            ) from None
         except jwt.PyJWTError as error:
             raise TokenRejected("token_invalid", f"the token is not acceptable: {error}") from None
         try:

@@ -1,6 +1,7 @@
 -- object: feed_metadata
 -- placement: sharded by cityHash64(feed_id)
--- Every version of every feed's metadata; the highest version wins (FINAL, or argMax).
+-- Every state of every feed's metadata; the highest version wins (FINAL, or argMax).
+-- version is the registry's revision of the feed, which counts every change (status too).
 CREATE TABLE IF NOT EXISTS {{feed_metadata}} {{on_cluster}}
 (
     feed_id String,

@@ -88,7 +88,9 @@ def _parse_statement(text: str, source: str) -> SchemaObject:
     name_match = _OBJECT_HEADER.search(text)
     placement_match = _PLACEMENT_HEADER.search(text)
     if name_match is None or placement_match is None:
-        raise SchemaError(f"{source}: each statement needs '-- object:' and '-- placement:' headers")
+        raise SchemaError(
+            f"{source}: each statement needs '-- object:' and '-- placement:' headers"
+        )
     placement_text = placement_match["placement"]
     sharded = _SHARDED.match(placement_text)
     if sharded:
@@ -181,7 +183,9 @@ def _strip_comments(sql: str) -> str:
 
 def render_object(item: SchemaObject, topology: Topology) -> list[str]:
     """The statements creating ``item`` on ``topology`` (two for a sharded cluster table)."""
-    sql = _PLACEHOLDER.sub(lambda match: _render_placeholder(match["body"], item, topology), item.template)
+    sql = _PLACEHOLDER.sub(
+        lambda match: _render_placeholder(match["body"], item, topology), item.template
+    )
     statements = [re.sub(r"[ \t]+\n", "\n", _strip_comments(sql))]
     if topology.cluster is not None and item.placement is Placement.sharded:
         local = physical_name(item.name, topology)

@@ -100,7 +100,9 @@ def test_removed_newest_entries_are_caught_against_the_head() -> None:
 
 
 @given(st.integers(min_value=1, max_value=30), st.data())
-def test_any_single_change_is_detected_at_or_before_the_next_entry(count: int, data: st.DataObject) -> None:
+def test_any_single_change_is_detected_at_or_before_the_next_entry(
+    count: int, data: st.DataObject
+) -> None:
     rows = extend_chain(GENESIS_HASH, 0, _entries(count))
     target = data.draw(st.integers(min_value=0, max_value=count - 1))
     rows[target] = dict(rows[target], event_type="feedgrid.retrieval.denied")

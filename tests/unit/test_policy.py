@@ -26,7 +26,9 @@ from schemas.access import AccessAction, Outcome, ReasonCode
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 # A Wednesday morning in Lanzhou.
 NOW = datetime(2025, 3, 12, 2, 0, tzinfo=UTC)
-CONTEXT = PolicyContext(now=NOW, owner_deadline_days=3, emergency_grant_minutes=30, timezone=SHANGHAI)
+CONTEXT = PolicyContext(
+    now=NOW, owner_deadline_days=3, emergency_grant_minutes=30, timezone=SHANGHAI
+)
 
 OWNER = "lz-jtj"
 REQUESTER = "lz-cgj"
@@ -48,7 +50,9 @@ def _feed(sharing: SharingClass, **overrides: object) -> FeedSharing:
         "feed_kind": "camera",
         "sharing_class": sharing,
         "conditions": CONDITIONS if sharing is SharingClass.conditional else SharingConditions(),
-        "legal_basis": "Data Security Law (2021): control-centre video" if sharing is SharingClass.not_shared else None,
+        "legal_basis": "Data Security Law (2021): control-centre video"
+        if sharing is SharingClass.not_shared
+        else None,
     }
     values.update(overrides)
     return FeedSharing(**values)  # type: ignore[arg-type]
@@ -69,7 +73,9 @@ def _request(**overrides: object) -> RequestFacts:
 
 
 def test_unconditional_feed_is_granted_at_once_for_any_department() -> None:
-    decision = decide(_feed(SharingClass.unconditional), _request(requester_department="lz-any"), CONTEXT)
+    decision = decide(
+        _feed(SharingClass.unconditional), _request(requester_department="lz-any"), CONTEXT
+    )
     assert decision.outcome is Outcome.granted
     assert decision.reason is ReasonCode.unconditional_sharing
     assert decision.valid_until == NOW + timedelta(minutes=60)
@@ -86,7 +92,10 @@ def test_conditional_feed_is_granted_when_every_condition_fits() -> None:
     [
         ({"requester_department": "lz-hb"}, ReasonCode.department_not_in_conditions),
         ({"purpose": "curiosity"}, ReasonCode.purpose_not_in_conditions),
-        ({"actions": frozenset({AccessAction.live, AccessAction.playback})}, ReasonCode.action_not_in_conditions),
+        (
+            {"actions": frozenset({AccessAction.live, AccessAction.playback})},
+            ReasonCode.action_not_in_conditions,
+        ),
         ({"valid_until": NOW + timedelta(minutes=121)}, ReasonCode.duration_exceeds_conditions),
         ({"area": box(104.0, 36.0, 104.1, 36.1)}, ReasonCode.area_outside_conditions),
         ({"area": None}, ReasonCode.area_outside_conditions),
@@ -112,7 +121,9 @@ def test_not_shared_feed_is_denied_citing_its_legal_basis() -> None:
 
 
 def test_not_shared_feed_stays_denied_in_an_emergency() -> None:
-    request = _request(requester_department_kind="public_security", emergency=True, emergency_reason="fire")
+    request = _request(
+        requester_department_kind="public_security", emergency=True, emergency_reason="fire"
+    )
     decision = decide(_feed(SharingClass.not_shared), request, CONTEXT)
     assert decision.reason is ReasonCode.not_shared_legal_basis
 
@@ -135,7 +146,9 @@ def test_emergency_from_public_security_gets_live_only_briefly_and_goes_to_revie
 
 
 def test_emergency_never_gets_less_than_the_rules_give() -> None:
-    request = _request(requester_department_kind="public_security", emergency=True, emergency_reason="x")
+    request = _request(
+        requester_department_kind="public_security", emergency=True, emergency_reason="x"
+    )
     decision = decide(_feed(SharingClass.unconditional), request, CONTEXT)
     assert decision.reason is ReasonCode.unconditional_sharing
     assert not decision.review_required
@@ -148,7 +161,9 @@ def test_emergency_from_another_department_is_refused() -> None:
 
 
 def test_emergency_without_a_reason_is_refused() -> None:
-    request = _request(requester_department_kind="public_security", emergency=True, emergency_reason=" ")
+    request = _request(
+        requester_department_kind="public_security", emergency=True, emergency_reason=" "
+    )
     with pytest.raises(EmergencyNotAllowed):
         decide(_feed(SharingClass.conditional), request, CONTEXT)
 
@@ -159,10 +174,15 @@ def test_owner_department_always_gets_its_own_feed() -> None:
 
 
 def test_sensor_actions_on_a_camera_are_denied_as_unsupported() -> None:
-    decision = decide(_feed(SharingClass.unconditional), _request(actions=frozenset({AccessAction.read})), CONTEXT)
+    decision = decide(
+        _feed(SharingClass.unconditional), _request(actions=frozenset({AccessAction.read})), CONTEXT
+    )
     assert (decision.outcome, decision.reason) == (Outcome.denied, ReasonCode.action_not_supported)
     sensor = _feed(SharingClass.unconditional, feed_kind="sensor")
-    assert decide(sensor, _request(actions=frozenset({AccessAction.read})), CONTEXT).outcome is Outcome.granted
+    assert (
+        decide(sensor, _request(actions=frozenset({AccessAction.read})), CONTEXT).outcome
+        is Outcome.granted
+    )
     assert decide(sensor, _request(actions=LIVE), CONTEXT).reason is ReasonCode.action_not_supported
 
 

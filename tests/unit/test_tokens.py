@@ -109,7 +109,9 @@ def test_a_second_replica_picks_up_a_key_made_by_the_first(tmp_path: Path) -> No
     assert RetrievalTokens(second, issuer="feedgrid", ttl=TTL).verify(token).grant_id == "g1"
 
 
-def test_token_carries_user_department_grant_feed_actions_and_mediamtx_permissions(tmp_path: Path) -> None:
+def test_token_carries_user_department_grant_feed_actions_and_mediamtx_permissions(
+    tmp_path: Path,
+) -> None:
     ring = _ring(tmp_path, Clock(START))
     tokens = RetrievalTokens(ring, issuer="feedgrid", ttl=TTL)
     now = datetime.now(UTC).replace(microsecond=0)
@@ -145,7 +147,9 @@ def test_token_for_a_future_grant_starts_with_the_grant(tmp_path: Path) -> None:
     with pytest.raises(TokenRejected) as early:
         tokens.verify(token, now=now.timestamp())
     assert early.value.code == "token_not_yet_valid"
-    assert tokens.verify(token, now=(now + timedelta(hours=1, seconds=1)).timestamp()).feed_id == "f1"
+    assert (
+        tokens.verify(token, now=(now + timedelta(hours=1, seconds=1)).timestamp()).feed_id == "f1"
+    )
 
 
 def test_expired_token_is_rejected_even_after_a_cached_verification(tmp_path: Path) -> None:
@@ -157,13 +161,19 @@ def test_expired_token_is_rejected_even_after_a_cached_verification(tmp_path: Pa
         tokens.verify(token, now=(now + TTL + timedelta(seconds=1)).timestamp())
     assert expired.value.code == "token_expired"
     # Bytes and durations of ended sessions are still attributed to the token's grant.
-    assert tokens.verify(token, now=(now + timedelta(days=1)).timestamp(), check_time=False).grant_id == "g1"
+    assert (
+        tokens.verify(token, now=(now + timedelta(days=1)).timestamp(), check_time=False).grant_id
+        == "g1"
+    )
 
 
 @pytest.mark.parametrize(
     ("tamper", "code"),
     [
-        (lambda token: token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"), "token_bad_signature"),
+        (
+            lambda token: token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"),
+            "token_bad_signature",
+        ),
         (lambda token: "not-a-jwt", "token_malformed"),
     ],
 )
@@ -178,14 +188,27 @@ def test_tampered_or_garbage_tokens_are_rejected(tmp_path: Path, tamper: object,
 def test_token_signed_by_a_foreign_key_is_rejected(tmp_path: Path) -> None:
     tokens = RetrievalTokens(_ring(tmp_path, Clock(START)), issuer="feedgrid", ttl=TTL)
     now = datetime.now(UTC)
-    claims = {"iss": "feedgrid", "aud": AUDIENCE, "sub": "x", "grant": "g", "feed": "f", "path": "p",
-              "jti": "j", "nbf": int(now.timestamp()), "exp": int(now.timestamp()) + 60}
+    claims = {
+        "iss": "feedgrid",
+        "aud": AUDIENCE,
+        "sub": "x",
+        "grant": "g",
+        "feed": "f",
+        "path": "p",
+        "jti": "j",
+        "nbf": int(now.timestamp()),
+        "exp": int(now.timestamp()) + 60,
+    }
     own_kid = tokens.keyring.signing_key().kid
-    forged = jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": own_kid})
+    forged = jwt.encode(
+        claims, Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": own_kid}
+    )
     with pytest.raises(TokenRejected) as same_kid:
         tokens.verify(forged)
     assert same_kid.value.code == "token_bad_signature"
-    unknown = jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": "fg-x"})
+    unknown = jwt.encode(
+        claims, Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": "fg-x"}
+    )
     with pytest.raises(TokenRejected) as unknown_kid:
         tokens.verify(unknown)
     assert unknown_kid.value.code == "token_unknown_key"

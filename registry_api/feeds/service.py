@@ -1,0 +1,359 @@
+"""Registering, reading, changing and retiring feeds: plain functions over a session.
+
+Every write commits the feed row and its feed-metadata event in one transaction, then makes
+the change visible in this process's index. Callers notify the outbox relay after the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry_api.errors import ApiError, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
+from registry_api.feeds.documents import (
+    can_see_internal,
+    content_values,
+    feed_document,
+    input_document,
+    new_feed_id,
+)
+from registry_api.feeds.events import FEED_REGISTERED, FEED_RETIRED, FEED_UPDATED, outbox_row
+from registry_api.feeds.models import Feed
+from registry_api.feeds.spatial import FeedIndex, FeedRecord, IndexQuery, InvalidCursor
+from registry_api.identity.models import Department
+from registry_api.identity.principal import Principal
+from registry_api.outbox.service import enqueue_many
+from schemas.events import utcnow
+from schemas.feeds import FeedCreate, FeedFeature, FeedFilters, FeedProperties, FeedSearch, PointGeometry
+
+feeds = Feed.__table__
+IMMUTABLE_FIELDS = ("kind", "owner", "code")
+PAGE_LIMIT_DEFAULT = 100
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def validation_details(error: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(item.get("loc", ())), "msg": item.get("msg"), "type": item.get("type")}
+        for item in error.errors(include_url=False, include_input=False)
+    ]
+
+
+def invalid_feed(error: ValidationError) -> Unprocessable:
+    details = validation_details(error)
+    first = details[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return Unprocessable(f"{where}: {first['msg']}" if where else str(first["msg"]), code="invalid_feed", details=details)
+
+
+def split_body(body: FeedCreate | FeedFeature) -> tuple[FeedProperties, PointGeometry]:
+    if isinstance(body, FeedFeature):
+        return body.properties, body.geometry
+    return body, body.location
+
+
+def require_feed_admin(principal: Principal, owner: str) -> None:
+    if not principal.administers(owner):
+        raise Forbidden(
+            f"only the admins of department {owner!r} (or the city admin) may change its feeds",
+            code="not_feed_admin",
+        )
+
+
+async def require_department(session: AsyncSession, code: str) -> None:
+    if await session.get(Department, code) is None:
+        raise Unprocessable(f"department {code!r} does not exist", code="unknown_department")
+
+
+async def load_row(session: AsyncSession, feed_id: str, *, for_update: bool = False) -> Mapping[str, Any]:
+    statement = select(feeds).where(feeds.c.id == feed_id)
+    if for_update:
+        statement = statement.with_for_update()
+    row = (await session.execute(statement)).mappings().first()
+    if row is None:
+        raise NotFound(f"feed {feed_id!r} does not exist", code="feed_not_found")
+    return row
+
+
+def parse_if_match(value: str | None, *, required: bool) -> int | None:
+    """``If-Match: 3``, ``"3"`` or ``W/"3"`` -> 3."""
+    if value is None or not value.strip():
+        if required:
+            raise ApiError(
+                "send If-Match: <version> (from the ETag of GET) to change a feed",
+                status_code=428,
+                code="precondition_required",
+            )
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise PreconditionFailed(f"If-Match must be a feed version, got {value!r}", code="bad_if_match")
+    return int(text)
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def record_of(row: Mapping[str, Any]) -> FeedRecord:
+    return FeedRecord.from_row(row)
+
+
+async def duplicate_hints(
+    session: AsyncSession, owner: str, code: str, url_key: str, exclude_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Live feeds of other departments with the same code or the same stream."""
+    statement = select(feeds.c.id, feeds.c.owner, feeds.c.code, feeds.c.stream_url_key).where(
+        feeds.c.owner != owner,
+        feeds.c.retired_at.is_(None),
+        (feeds.c.code == code) | (feeds.c.stream_url_key == url_key),
+    )
+    hints = []
+    for row in (await session.execute(statement)).all():
+        if row.id == exclude_id:
+            continue
+        reasons = []
+        if row.code == code:
+            reasons.append("same_code")
+        if row.stream_url_key == url_key:
+            reasons.append("same_stream_url")
+        hints.append({"feed_id": row.id, "owner": row.owner, "reasons": reasons})
+    return hints
+
+
+# ---------------------------------------------------------------------------- writes
+
+
+async def register_feed(
+    session: AsyncSession, index: FeedIndex, principal: Principal, body: FeedCreate | FeedFeature
+) -> dict[str, Any]:
+    """Stores a new feed and its ``feed.registered`` event; 409 if (owner, code) is taken."""
+    properties, location = split_body(body)
+    require_feed_admin(principal, properties.owner)
+    await require_department(session, properties.owner)
+    values = content_values(properties, location)
+    existing = (
+        await session.execute(
+            select(feeds.c.id, feeds.c.retired_at).where(
+                feeds.c.owner == properties.owner, feeds.c.code == properties.code
+            )
+        )
+    ).first()
+    if existing is not None:
+        raise Conflict(
+            f"department {properties.owner!r} already registered code {properties.code!r}",
+            code="feed_exists",
+            details={"id": existing.id, "retired": existing.retired_at is not None},
+        )
+    now = utcnow()
+    row = {
+        **values,
+        "id": new_feed_id(),
+        "status": "unknown",
+        "last_seen": None,
+        "version": 1,
+        "revision": 1,
+        "created_at": now,
+        "updated_at": now,
+        "retired_at": None,
+    }
+    hints = await duplicate_hints(session, properties.owner, properties.code, values["stream_url_key"])
+    await session.execute(insert(feeds), [row])
+    await enqueue_many(session, [outbox_row(FEED_REGISTERED, row)])
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(
+            f"department {properties.owner!r} already registered code {properties.code!r}",
+            code="feed_exists",
+        ) from None
+    index.apply([record_of(row)])
+    document = feed_document(row, show_url=True)
+    document["duplicates"] = hints
+    return document
+
+
+async def get_feed(session: AsyncSession, principal: Principal, feed_id: str) -> dict[str, Any]:
+    row = await load_row(session, feed_id)
+    return feed_document(row, show_url=can_see_internal(principal, row["owner"]))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: objects merge key by key, ``null`` removes, the rest replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+async def update_feed(
+    session: AsyncSession,
+    index: FeedIndex,
+    principal: Principal,
+    feed_id: str,
+    patch: dict[str, Any],
+    if_match: str | None,
+) -> dict[str, Any]:
+    """Applies a merge patch if ``If-Match`` names the current version (else 412)."""
+    expected = parse_if_match(if_match, required=True)
+    row = await load_row(session, feed_id, for_update=True)
+    require_feed_admin(principal, row["owner"])
+    if row["retired_at"] is not None:
+        raise Conflict(f"feed {feed_id} is retired", code="feed_retired")
+    if expected != row["version"]:
+        raise PreconditionFailed(
+            f"feed {feed_id} is at version {row['version']}, not {expected}",
+            details={"current_version": row["version"]},
+        )
+    for name in IMMUTABLE_FIELDS:
+        if name in patch and patch[name] != row[name]:
+            raise Unprocessable(f"{name} cannot change; register a new feed instead", code="immutable_field")
+    merged = merge_patch(input_document(row), patch)
+    try:
+        body = FeedCreate.model_validate(merged, strict=None)
+    except ValidationError as error:
+        raise invalid_feed(error) from None
+    values = content_values(body, body.location)
+    if values["content_hash"] == row["content_hash"]:
+        return feed_document(row, show_url=True)
+    now = utcnow()
+    changes = {
+        **values,
+        "version": row["version"] + 1,
+        "revision": row["revision"] + 1,
+        "updated_at": now,
+    }
+    result = await session.execute(
+        update(feeds)
+        .where(and_(feeds.c.id == feed_id, feeds.c.version == expected))
+        .values(**changes)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        await session.rollback()
+        raise PreconditionFailed(f"feed {feed_id} changed meanwhile; read it again")
+    updated = {**row, **changes}
+    await enqueue_many(session, [outbox_row(FEED_UPDATED, updated)])
+    await session.commit()
+    index.apply([record_of(updated)])
+    return feed_document(updated, show_url=True)
+
+
+async def retire_feed(
+    session: AsyncSession, index: FeedIndex, principal: Principal, feed_id: str, if_match: str | None
+) -> dict[str, Any]:
+    """Soft delete: the feed stays, says it is retired, and leaves searches by default."""
+    expected = parse_if_match(if_match, required=False)
+    row = await load_row(session, feed_id, for_update=True)
+    require_feed_admin(principal, row["owner"])
+    if expected is not None and expected != row["version"]:
+        raise PreconditionFailed(
+            f"feed {feed_id} is at version {row['version']}, not {expected}",
+            details={"current_version": row["version"]},
+        )
+    if row["retired_at"] is not None:
+        return feed_document(row, show_url=True)
+    now = utcnow()
+    changes = {
+        "retired_at": now,
+        "updated_at": now,
+        "version": row["version"] + 1,
+        "revision": row["revision"] + 1,
+    }
+    await session.execute(
+        update(feeds).where(and_(feeds.c.id == feed_id, feeds.c.version == row["version"])).values(**changes)
+    )
+    retired = {**row, **changes}
+    await enqueue_many(session, [outbox_row(FEED_RETIRED, retired)])
+    await session.commit()
+    index.apply([record_of(retired)])
+    return feed_document(retired, show_url=True)
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+def index_query(filters: FeedFilters) -> IndexQuery:
+    geometry = None
+    relation = "intersects"
+    if isinstance(filters, FeedSearch) and filters.geometry is not None:
+        geometry = filters.geometry.to_shapely
+        relation = filters.relation
+    return IndexQuery(
+        owner=filters.department,
+        kind=filters.kind,
+        industry=filters.industry,
+        type_code=filters.type_code,
+        region=filters.region,
+        sharing=filters.sharing,
+        status=filters.status,
+        tag=filters.tag,
+        text=filters.q,
+        include_retired=filters.include_retired,
+        bbox=(
+            (filters.bbox.min_lon, filters.bbox.min_lat, filters.bbox.max_lon, filters.bbox.max_lat)
+            if filters.bbox
+            else None
+        ),
+        near=(filters.near.lon, filters.near.lat, filters.near.metres) if filters.near else None,
+        sees=(filters.sees.lon, filters.sees.lat) if filters.sees else None,
+        geometry=geometry,
+        relation=relation,
+    )
+
+
+async def load_rows(session: AsyncSession, feed_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+    if not feed_ids:
+        return {}
+    result = await session.execute(select(feeds).where(feeds.c.id.in_(list(feed_ids))))
+    return {row["id"]: row for row in result.mappings()}
+
+
+async def search_feeds(
+    session: AsyncSession,
+    index: FeedIndex,
+    principal: Principal,
+    filters: FeedFilters,
+    *,
+    limit: int = PAGE_LIMIT_DEFAULT,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """One page of feeds matching the filters, as the caller may see them."""
+    try:
+        page = index.search(index_query(filters), limit=limit, cursor=cursor)
+    except InvalidCursor as error:
+        raise Unprocessable(str(error), code="invalid_cursor") from None
+    rows = await load_rows(session, page.ids)
+    items = []
+    for position, feed_id in enumerate(page.ids):
+        row = rows.get(feed_id)
+        if row is None:  # registered in another process and not followed yet
+            continue
+        document = feed_document(row, show_url=can_see_internal(principal, row["owner"]))
+        if page.distances is not None:
+            document["distance_m"] = round(page.distances[position], 2)
+        items.append(document)
+    return {"items": items, "total": page.total, "next_cursor": page.next_cursor}
+
+
+async def search_feed_ids(index: FeedIndex, search: FeedSearch) -> list[str]:
+    """Ids of the first ``search.limit`` feeds a search finds (for access requests by area)."""
+    try:
+        return index.search(index_query(search), limit=search.limit, cursor=search.cursor).ids
+    except InvalidCursor as error:
+        raise Unprocessable(str(error), code="invalid_cursor") from None

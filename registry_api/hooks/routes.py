@@ -1,0 +1,214 @@
+"""Authorization hooks for media servers, each in the protocol its server speaks.
+
+The media server authenticates with a gateway API key, as ``Authorization: Bearer`` or, for
+servers that can only be given a URL, as ``?access_token=`` in the hook URL.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry_api.dependencies import CITY_ADMIN, RuntimeDep
+from registry_api.errors import Forbidden, Unauthorized
+from registry_api.hooks.service import Attempt, RetrievalGate, Verdict
+from registry_api.identity.principal import Principal
+from schemas.identity import Role
+
+router = APIRouter(prefix="/v1/hooks", tags=["media-server hooks"])
+
+JSON = "application/json"
+MEDIAMTX_ACTIONS = {"read": "live", "playback": "playback"}
+ZLM_ALLOW = orjson.dumps({"code": 0, "msg": "success"})
+
+
+async def gateway_identity(request: Request, runtime: RuntimeDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    token = token or request.query_params.get("access_token", "")
+    if not token:
+        raise Unauthorized("a gateway API key is required", code="missing_token")
+    admin = runtime.settings.admin_token
+    if admin and hmac.compare_digest(token.encode(), admin.encode()):
+        return CITY_ADMIN
+    async with runtime.sessions() as session:
+        principal = await runtime.api_keys.resolve(session, token)
+    if principal is None:
+        raise Unauthorized("the gateway API key is not valid", code="invalid_token")
+    if not principal.has_any(Role.gateway):
+        raise Forbidden("hooks need the gateway role", code="role_required")
+    return principal
+
+
+Gateway = Annotated[Principal, Depends(gateway_identity)]
+
+
+def get_gate(request: Request) -> RetrievalGate:
+    gate: RetrievalGate | None = getattr(request.app.state, "retrieval_gate", None)
+    if gate is None:
+        runtime = request.app.state.runtime
+        gate = RetrievalGate(runtime.access, runtime.sessions)
+        request.app.state.retrieval_gate = gate
+    return gate
+
+
+Gate = Annotated[RetrievalGate, Depends(get_gate)]
+
+
+def _token_in_query(query: str) -> str | None:
+    for key, value in parse_qsl(query.lstrip("?"), keep_blank_values=False):
+        if key in ("token", "jwt"):
+            return value
+    return None
+
+
+def _refusal(verdict: Verdict, status_code: int = 403) -> Response:
+    body = orjson.dumps({"code": verdict.code, "message": verdict.message})
+    return Response(body, status_code=status_code, media_type=JSON)
+
+
+# ------------------------------------------------------------------------------ MediaMTX
+
+
+class MediaMtxAuth(BaseModel):
+    """What MediaMTX posts with ``authMethod: http``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    ip: str = ""
+    action: str
+    path: str = ""
+    protocol: str = ""
+    id: str | None = None
+    query: str = ""
+
+
+@router.post("/mediamtx/auth", summary="MediaMTX authMethod http: 2xx allows, 401 asks, 403 denies")
+async def mediamtx_auth(body: MediaMtxAuth, gate: Gate, gateway: Gateway) -> Response:
+    token = body.token or _token_in_query(body.query) or body.password
+    if not token and not body.user:
+        # No credentials at all: 401 makes RTSP clients retry with them. Not an attempt yet.
+        return Response(
+            orjson.dumps({"code": "missing_token", "message": "credentials required"}),
+            status_code=401,
+            media_type=JSON,
+        )
+    attempt = Attempt(
+        server="mediamtx",
+        token=token or None,
+        action=MEDIAMTX_ACTIONS.get(body.action),
+        path=body.path,
+        protocol=body.protocol or None,
+        client_ip=body.ip or None,
+        media_server=gateway.subject,
+    )
+    verdict = await gate.check(attempt)
+    return Response(status_code=200) if verdict.allowed else _refusal(verdict)
+
+
+# ------------------------------------------------------------------------------ ZLMediaKit
+
+
+class ZlmOnPlay(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    scheme: str = Field("", alias="schema", description="rtsp, rtmp, hls, ...")
+    vhost: str = ""
+    app: str
+    stream: str
+    params: str = ""
+    ip: str = ""
+    port: int | None = None
+    id: str = ""
+    mediaServerId: str = ""  # noqa: N815 - ZLMediaKit's field name
+
+
+class ZlmFlowReport(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    totalBytes: int = 0  # noqa: N815
+    duration: float = 0.0
+    player: bool = True
+    ip: str = ""
+    id: str = ""
+    app: str
+    stream: str
+    params: str = ""
+    mediaServerId: str = ""  # noqa: N815
+
+
+def _zlm_attempt(
+    body: ZlmOnPlay | ZlmFlowReport, gateway: Principal, protocol: str | None
+) -> Attempt:
+    return Attempt(
+        server="zlmediakit",
+        token=_token_in_query(body.params),
+        action="live",
+        path=f"{body.app}/{body.stream}",
+        protocol=protocol,
+        client_ip=body.ip or None,
+        session_id=body.id or None,
+        media_server=body.mediaServerId or gateway.subject,
+    )
+
+
+@router.post("/zlmediakit/on_play", summary='ZLMediaKit on_play: {"code": 0} allows')
+async def zlmediakit_on_play(body: ZlmOnPlay, gate: Gate, gateway: Gateway) -> Response:
+    verdict = await gate.check(_zlm_attempt(body, gateway, body.scheme or None))
+    if verdict.allowed:
+        return Response(ZLM_ALLOW, media_type=JSON)
+    return Response(orjson.dumps({"code": -1, "msg": verdict.code}), media_type=JSON)
+
+
+@router.post("/zlmediakit/on_flow_report", summary="ZLMediaKit on_flow_report: bytes and duration")
+async def zlmediakit_on_flow_report(body: ZlmFlowReport, gate: Gate, gateway: Gateway) -> Response:
+    if body.player:
+        await gate.ended(
+            _zlm_attempt(body, gateway, None),
+            bytes_sent=body.totalBytes,
+            duration_seconds=body.duration,
+        )
+    return Response(ZLM_ALLOW, media_type=JSON)
+
+
+# ------------------------------------------------------------------------------ nginx-rtmp
+
+
+async def _nginx_attempt(request: Request, gateway: Principal) -> Attempt:
+    form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    token = form.get("token") or _token_in_query(
+        urlsplit(form.get("tcurl", form.get("tcUrl", ""))).query
+    )
+    app = form.get("app", "")
+    name = form.get("name", "")
+    session = f"{form.get('addr', '')}:{form.get('clientid', '')}"
+    return Attempt(
+        server="nginx-rtmp",
+        token=token,
+        action="live",
+        path=f"{app}/{name}",
+        protocol="rtmp",
+        client_ip=form.get("addr") or None,
+        session_id=session,
+        media_server=gateway.subject,
+    )
+
+
+@router.post("/nginx-rtmp/on_play", summary="nginx-rtmp on_play (form-encoded): 2xx allows")
+async def nginx_rtmp_on_play(request: Request, gate: Gate, gateway: Gateway) -> Response:
+    verdict = await gate.check(await _nginx_attempt(request, gateway))
+    return Response(status_code=200) if verdict.allowed else _refusal(verdict)
+
+
+@router.post("/nginx-rtmp/on_play_done", summary="nginx-rtmp on_play_done: the session ended")
+async def nginx_rtmp_on_play_done(request: Request, gate: Gate, gateway: Gateway) -> Response:
+    await gate.ended(await _nginx_attempt(request, gateway))
+    return Response(status_code=200)

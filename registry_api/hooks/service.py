@@ -1,0 +1,172 @@
+"""One retrieval check for every media server: token, feed, action, grant, revocation.
+
+The fast path touches no database: the token is verified locally (signature cached per token),
+the grant comes from the in-memory grant states (read once per grant, revocations polled), and
+the retrieval event is handed to the batched writer. Only a grant seen for the first time, or a
+refusal that must name a feed by its path, costs a query.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from registry_api.access.components import AccessServices
+from registry_api.access.feed_views import FeedPathIndex
+from registry_api.audit.service import (
+    RETRIEVAL_DENIED,
+    RETRIEVAL_ENDED,
+    RETRIEVAL_STARTED,
+    AccessEvent,
+)
+from registry_api.tokens.service import RetrievalClaims, TokenRejected
+from schemas.events import AccessEventData
+
+HOOK_DECISIONS = Counter(
+    "feedgrid_hook_decisions_total", "Media-server retrieval checks", ["server", "outcome", "code"]
+)
+UNKNOWN_FEED = "unknown"
+MAX_TRACKED_SESSIONS = 100_000
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A player asking a media server for a feed, in FeedGrid terms."""
+
+    server: str  # mediamtx | zlmediakit | nginx-rtmp
+    token: str | None
+    action: str | None  # a FeedGrid action (live, playback); None for one we never grant
+    path: str  # the gateway path: <app>/<media path>
+    protocol: str | None = None
+    client_ip: str | None = None
+    session_id: str | None = None
+    media_server: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    code: str
+    message: str
+    claims: RetrievalClaims | None = None
+
+
+def _refuse(code: str, message: str, claims: RetrievalClaims | None = None) -> Verdict:
+    return Verdict(False, code, message, claims)
+
+
+class RetrievalGate:
+    def __init__(self, access: AccessServices, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.access = access
+        self.sessions = sessions
+        self.paths = FeedPathIndex(access.settings.media_gateway_app)
+
+    async def check(self, attempt: Attempt) -> Verdict:
+        verdict = await self._decide(attempt)
+        HOOK_DECISIONS.labels(
+            attempt.server, "allowed" if verdict.allowed else "denied", verdict.code
+        ).inc()
+        await self._record(attempt, verdict)
+        if verdict.allowed and attempt.session_id:
+            sessions = self.access.play_sessions
+            sessions[self._session_key(attempt)] = time.monotonic()
+            if len(sessions) > MAX_TRACKED_SESSIONS:  # ends never reported: forget the oldest
+                del sessions[next(iter(sessions))]
+        return verdict
+
+    async def _decide(self, attempt: Attempt) -> Verdict:
+        if not attempt.token:
+            return _refuse("missing_token", "no retrieval token")
+        try:
+            claims = self.access.tokens.verify(attempt.token)
+        except TokenRejected as rejected:
+            return _refuse(rejected.code, rejected.message)
+        if claims.media_path != attempt.path:
+            return _refuse("token_for_another_feed", "the token is for another feed", claims)
+        if attempt.action is None or not claims.allows(attempt.action):
+            return _refuse(
+                "action_not_granted", f"the grant does not allow {attempt.action or 'this'}", claims
+            )
+        grants = self.access.grants
+        if grants.is_revoked(claims.grant_id):
+            return _refuse("grant_revoked", "the grant was revoked", claims)
+        state = await grants.state(claims.grant_id)
+        if state is None:
+            return _refuse("unknown_grant", "the token names no grant", claims)
+        if state.revoked:
+            return _refuse("grant_revoked", "the grant was revoked", claims)
+        if state.valid_until <= time.time():
+            return _refuse("grant_expired", "the grant has ended", claims)
+        return Verdict(True, "allowed", "allowed", claims)
+
+    async def _record(self, attempt: Attempt, verdict: Verdict) -> None:
+        claims = verdict.claims
+        if claims is not None and verdict.code != "token_for_another_feed":
+            feed_id = claims.feed_id
+        else:
+            async with self.sessions() as session:
+                feed_id = await self.paths.feed_id(session, attempt.path) or UNKNOWN_FEED
+        state = await self.access.grants.state(claims.grant_id) if claims is not None else None
+        data = AccessEventData(
+            feed_id=feed_id,
+            requester_department=claims.department if claims else None,
+            requester_user=claims.subject if claims else None,
+            owner_department=state.owner_department if state else None,
+            grant_id=claims.grant_id if claims else None,
+            token_id=claims.token_id if claims else None,
+            action=attempt.action,
+            decision="allowed" if verdict.allowed else "denied",
+            reason=verdict.code,
+            protocol=attempt.protocol,
+            media_server=attempt.media_server,
+            client_ip=attempt.client_ip,
+        )
+        event_type = RETRIEVAL_STARTED if verdict.allowed else RETRIEVAL_DENIED
+        self.access.hook_events.add(AccessEvent(event_type, data, attempt.media_server))
+
+    def _session_key(self, attempt: Attempt) -> str:
+        return f"{attempt.server}:{attempt.media_server}:{attempt.session_id}"
+
+    async def ended(
+        self,
+        attempt: Attempt,
+        *,
+        bytes_sent: int = 0,
+        duration_seconds: float | None = None,
+    ) -> None:
+        """A session ended: its bytes and duration, attributed to the token's grant."""
+        started = self.access.play_sessions.pop(self._session_key(attempt), None)
+        if duration_seconds is None:
+            duration_seconds = time.monotonic() - started if started is not None else 0.0
+        claims = None
+        if attempt.token:
+            try:
+                claims = self.access.tokens.verify(attempt.token, check_time=False)
+            except TokenRejected:
+                claims = None
+        if claims is not None and claims.media_path == attempt.path:
+            feed_id = claims.feed_id
+            state = await self.access.grants.state(claims.grant_id)
+        else:
+            claims = None
+            state = None
+            async with self.sessions() as session:
+                feed_id = await self.paths.feed_id(session, attempt.path) or UNKNOWN_FEED
+        data = AccessEventData(
+            feed_id=feed_id,
+            requester_department=claims.department if claims else None,
+            requester_user=claims.subject if claims else None,
+            owner_department=state.owner_department if state else None,
+            grant_id=claims.grant_id if claims else None,
+            token_id=claims.token_id if claims else None,
+            action=attempt.action,
+            protocol=attempt.protocol,
+            media_server=attempt.media_server,
+            client_ip=attempt.client_ip,
+            bytes=max(0, bytes_sent),
+            duration_seconds=max(0.0, duration_seconds),
+        )
+        self.access.hook_events.add(AccessEvent(RETRIEVAL_ENDED, data, attempt.media_server))

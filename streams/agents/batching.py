@@ -1,0 +1,47 @@
+"""Consuming a stream in batches whose offsets are committed only after they were handled.
+
+``stream.noack_take(n, within)`` hands over up to ``n`` events (or what arrived within
+``within`` seconds) and, unlike ``take()``, acknowledges none of them. The handler turns them
+into rows and awaits the sink, which returns only once ClickHouse holds the rows; only then are
+the events acknowledged. Faust commits an offset once it and every earlier offset of the
+partition are acknowledged, so the committed position never passes unstored data. With
+``concurrency=1`` there is one handler per agent and acknowledgements come in offset order.
+
+The handler must not raise for a bad message (those go to the dead-letter topic) nor for an
+unavailable dependency (the sink and the publisher retry); if the task is cancelled mid-batch
+(shutdown, rebalance) nothing of the batch is acknowledged and it is delivered again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from streams.tuning import StreamTuning
+
+EVENTS_HANDLED = Counter(
+    "feedgrid_stream_events_total", "Events consumed and acknowledged by the agents", ["agent"]
+)
+BATCH_SECONDS = Histogram(
+    "feedgrid_stream_batch_seconds",
+    "Time to handle one batch, sink included",
+    ["agent"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
+
+
+async def consume_in_batches(
+    stream: Any, tuning: StreamTuning, name: str, handle: BatchHandler
+) -> None:
+    async for events in stream.noack_take(tuning.batch_size, tuning.flush_seconds):
+        started = time.perf_counter()
+        await handle(events)
+        for event in events:
+            await stream.ack(event)
+        EVENTS_HANDLED.labels(name).inc(len(events))
+        BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
