@@ -11,11 +11,12 @@ from fastapi import FastAPI
 from registry_api.access.routes import grants_router, requests_router
 from registry_api.audit.routes import router as audit_router
 from registry_api.errors import install_error_handlers
+from registry_api.feeds.routes import router as feeds_router
 from registry_api.health.routes import router as health_router
 from registry_api.hooks.routes import router as hooks_router
 from registry_api.identity.routes import router as identity_router
 from registry_api.observability import (
-    BodySizeLimitMiddleware,
+    RequestGuardMiddleware,
     RequestMetricsMiddleware,
     configure_logging,
 )
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(settings)
+        # The API answers feed searches from its in-memory index (loaded at start).
+        runtime.components.insert(0, runtime.feed_index)
         app.state.runtime = runtime
         async with AsyncExitStack() as stack:
             await runtime.start()
@@ -62,11 +65,12 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGuardMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware)
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(identity_router)
+    app.include_router(feeds_router)
     app.include_router(requests_router)
     app.include_router(grants_router)
     app.include_router(hooks_router)

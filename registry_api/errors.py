@@ -15,6 +15,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("feedgrid.errors")
 
+MALFORMED_BODY = (
+    "the body could not be parsed: it must be JSON in UTF-8, nested at most a few hundred "
+    "levels, with numbers of sane size"
+)
+
 
 class ApiError(Exception):
     status_code = 400
@@ -100,14 +105,19 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            error.status_code, "http_error"
-        )
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {
+            400: "malformed_body",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }.get(error.status_code, "http_error")
+        message = str(error.detail)
+        if error.status_code == 400:
+            refusal = getattr(request.state, "body_refusal", None)
+            code, message = ("nul_character", refusal) if refusal else (code, MALFORMED_BODY)
         return JSONResponse(
-            error_body(code, str(error.detail)),
-            status_code=error.status_code,
-            headers=error.headers,
+            error_body(code, message), status_code=error.status_code, headers=error.headers
         )
 
     @app.exception_handler(Exception)

@@ -99,8 +99,16 @@ class RequestMetricsMiddleware:
             HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
 
 
-class BodySizeLimitMiddleware:
-    """Refuses bodies over the limit with 413 before they are read into memory."""
+NUL_IN_BODY = "the request body contains a NUL character (\\u0000)"
+
+
+class RequestGuardMiddleware:
+    """Refuses, before any route runs, what no route should ever see.
+
+    - bodies over the size limit: 413, without reading them into memory;
+    - the NUL character, in the query string or as a JSON ``\\u0000`` escape: 400. No text
+      field has a use for it, and PostgreSQL cannot store it in text columns.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -110,45 +118,55 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", ""):
+            await _send_refusal(send, 400, "nul_character", "the request contains a NUL character")
+            return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await _send_too_large(send, self.max_bytes)
             return
         received = 0
-        too_large = False
+        tail = b""
 
         async def guarded_receive() -> Message:
-            nonlocal received, too_large
+            nonlocal received, tail
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > self.max_bytes:
-                    too_large = True
-                    raise _BodyTooLarge
+                    raise _Refused(413)
+                if b"\\u0000" in tail + chunk:
+                    # Routes turn a failed body read into a 400; this tells them why.
+                    scope.setdefault("state", {})["body_refusal"] = NUL_IN_BODY
+                    raise _Refused(400)
+                tail = chunk[-5:]
             return message
 
         try:
             await self.app(scope, guarded_receive, send)
-        except _BodyTooLarge:
-            await _send_too_large(send, self.max_bytes)
+        except _Refused as refused:
+            if refused.status == 413:
+                await _send_too_large(send, self.max_bytes)
+            else:
+                await _send_refusal(send, 400, "nul_character", NUL_IN_BODY)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _Refused(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
 
 
 async def _send_too_large(send: Send, limit: int) -> None:
-    body = orjson.dumps(
-        {
-            "code": "payload_too_large",
-            "message": f"request body exceeds {limit} bytes",
-            "details": None,
-        }
-    )
+    await _send_refusal(send, 413, "payload_too_large", f"request body exceeds {limit} bytes")
+
+
+async def _send_refusal(send: Send, status: int, code: str, message: str) -> None:
+    body = orjson.dumps({"code": code, "message": message, "details": None})
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

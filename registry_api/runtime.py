@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from registry_api.access.components import AccessServices
 from registry_api.db import create_engine, session_factory
+from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.idp import IdentityProviderTokens
 from registry_api.identity.service import ApiKeyResolver
 from registry_api.outbox.relay import OutboxRelay
@@ -34,6 +35,8 @@ class Runtime:
     api_keys: ApiKeyResolver
     relay: OutboxRelay
     access: AccessServices
+    # Built for every process, loaded only where registered as a component (the API).
+    feed_index: FeedIndex
     components: list[Component] = field(default_factory=list)
     topics_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -49,6 +52,7 @@ class Runtime:
             api_keys=ApiKeyResolver(identity_provider=IdentityProviderTokens.from_settings(settings)),
             relay=OutboxRelay(settings, engine, sessions),
             access=AccessServices(settings, sessions),
+            feed_index=FeedIndex(sessions),
         )
         runtime.access.hook_events.on_written = runtime.relay.notify
         runtime.components.append(runtime.access)

@@ -121,6 +121,7 @@ class PolygonGeometry(BaseModel):
 
     type: Literal["Polygon"]
     coordinates: Annotated[list[Ring], Field(min_length=1, max_length=100)]
+
     @model_validator(mode="after")
     def _valid_polygon(self) -> PolygonGeometry:
         _check_vertex_cap(sum(len(ring) for ring in self.coordinates), self.MAX_VERTICES)
@@ -145,6 +146,7 @@ class SearchMultiPolygon(BaseModel):
 
     type: Literal["MultiPolygon"]
     coordinates: Annotated[list[Annotated[list[Ring], Field(min_length=1)]], Field(min_length=1)]
+
     @model_validator(mode="after")
     def _valid_multipolygon(self) -> SearchMultiPolygon:
         _check_vertex_cap(
@@ -175,9 +177,15 @@ class FieldOfView(BaseModel):
 
     model_config = _STRICT
 
-    heading: float = Field(ge=0, lt=360, allow_inf_nan=False, description="Degrees clockwise from north")
-    angle: float = Field(ge=1, le=360, allow_inf_nan=False, description="Width of the view in degrees")
-    range_m: float = Field(gt=0, le=MAX_FOV_RANGE_M, allow_inf_nan=False, description="Reach in metres")
+    heading: float = Field(
+        ge=0, lt=360, allow_inf_nan=False, description="Degrees clockwise from north"
+    )
+    angle: float = Field(
+        ge=1, le=360, allow_inf_nan=False, description="Width of the view in degrees"
+    )
+    range_m: float = Field(
+        gt=0, le=MAX_FOV_RANGE_M, allow_inf_nan=False, description="Reach in metres"
+    )
 
 
 class StreamEndpoint(BaseModel):

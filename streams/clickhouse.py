@@ -37,13 +37,27 @@ def is_embedded(url: str) -> bool:
 
 
 def connect(url: str) -> Client:
-    """One client per URL per process: chdb forbids two engines on one data directory."""
+    """One client per URL per process: chdb forbids two engines on one data directory.
+
+    chdb also runs one engine per process: opening another data directory closes the client
+    of the previous one first (a process serves one directory; tests move between several).
+    """
     with _lock:
         client = _clients.get(url)
         if client is None:
+            if is_embedded(url):
+                for other in [known for known in _clients if is_embedded(known)]:
+                    _clients.pop(other).close()
             client = _open(url)
             _clients[url] = client
         return client
+
+
+def disconnect(url: str | None = None) -> None:
+    """Closes the client of ``url`` (every client when None); the next connect reopens it."""
+    with _lock:
+        for known in [known for known in _clients if url is None or known == url]:
+            _clients.pop(known).close()
 
 
 def _open(url: str) -> Client:

@@ -111,18 +111,19 @@ def _event_data(
     actions: Iterable[str],
     **fields: object,
 ) -> AccessEventData:
-    return AccessEventData(
-        feed_id=feed_id,
-        requester_department=request.requester_department,
-        requester_user=request.requester,
-        owner_department=owner,
-        request_id=request.id,
-        action=",".join(sorted(actions)) or None,
-        purpose=request.purpose,
-        emergency=request.emergency,
-        requested_at=request.created_at,
-        **fields,  # type: ignore[arg-type]
-    )
+    values: dict[str, object] = {
+        "feed_id": feed_id,
+        "requester_department": request.requester_department,
+        "requester_user": request.requester,
+        "owner_department": owner,
+        "request_id": request.id,
+        "action": ",".join(sorted(actions)) or None,
+        "purpose": request.purpose,
+        "emergency": request.emergency,
+        "requested_at": request.created_at,
+    }
+    values.update(fields)
+    return AccessEventData.model_validate(values)
 
 
 def _grant_row(
@@ -390,6 +391,7 @@ async def _load_request(
                 select(AccessRequestFeed)
                 .where(AccessRequestFeed.request_id == request_id)
                 .order_by(AccessRequestFeed.feed_id)
+                .execution_options(populate_existing=True)
             )
         ).all()
     )

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry_api.errors import Conflict, Unprocessable
 from registry_api.feeds.documents import content_values, new_feed_id
 from registry_api.feeds.events import FEED_REGISTERED, FEED_UPDATED, outbox_row
-from registry_api.feeds.models import Feed
+from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import record_of, validation_details
 from registry_api.feeds.spatial import DELTA_LIMIT, FeedIndex
 from registry_api.identity.models import Department
@@ -34,13 +34,18 @@ from registry_api.outbox.service import enqueue_many
 from schemas.events import utcnow
 from schemas.feeds import BulkFlag, BulkReject, BulkResult, FeedFeature
 
-feeds = Feed.__table__
+feeds = feeds_table
 MAX_FEATURES = 250_000
 WRITE_CHUNK = 5_000
 LOOKUP_CHUNK = 400
 YIELD_EVERY = 5_000
 
-NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/geo+json-seq", "application/jsonl")
+NDJSON_TYPES = (
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/geo+json-seq",
+    "application/jsonl",
+)
 
 
 @contextmanager
@@ -80,12 +85,15 @@ def parse_body(body: bytes, content_type: str | None) -> ParsedBody:
             if document.get("type") == "FeatureCollection":
                 features = document.get("features")
                 if not isinstance(features, list):
-                    raise Unprocessable("a FeatureCollection needs a features array", code="invalid_bulk")
+                    raise Unprocessable(
+                        "a FeatureCollection needs a features array", code="invalid_bulk"
+                    )
                 return ParsedBody(features)
             if document.get("type") == "Feature":
                 return ParsedBody([document])
             raise Unprocessable(
-                "expected a GeoJSON FeatureCollection, a Feature, or NDJSON features", code="invalid_bulk"
+                "expected a GeoJSON FeatureCollection, a Feature, or NDJSON features",
+                code="invalid_bulk",
             )
         if isinstance(document, list):
             return ParsedBody(document)
@@ -141,7 +149,9 @@ async def validate_features(
                 try:
                     feature = FeedFeature.model_validate(item)
                 except ValidationError as error:
-                    rejected.append(BulkReject(index=index, code=_code_of(item), message=_first_error(error)))
+                    rejected.append(
+                        BulkReject(index=index, code=_code_of(item), message=_first_error(error))
+                    )
                     continue
                 properties = feature.properties
                 problem = None
@@ -151,7 +161,9 @@ async def validate_features(
                     problem = f"you may not write feeds of department {properties.owner!r}"
                 elif (properties.owner, properties.code) in seen:
                     first = seen[(properties.owner, properties.code)]
-                    problem = f"the same owner and code appear earlier in this batch (index {first})"
+                    problem = (
+                        f"the same owner and code appear earlier in this batch (index {first})"
+                    )
                 if problem:
                     rejected.append(BulkReject(index=index, code=properties.code, message=problem))
                     continue
@@ -161,7 +173,9 @@ async def validate_features(
     return candidates
 
 
-async def _existing_rows(session: AsyncSession, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+async def _existing_rows(
+    session: AsyncSession, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], Any]:
     """Current rows for (owner, code) keys, looked up in chunks."""
     columns = (
         feeds.c.id, feeds.c.owner, feeds.c.code, feeds.c.content_hash, feeds.c.version,
@@ -182,7 +196,9 @@ async def _existing_rows(session: AsyncSession, keys: list[tuple[str, str]]) -> 
     return found
 
 
-async def _codes_elsewhere(session: AsyncSession, codes: list[str]) -> dict[str, list[tuple[str, str]]]:
+async def _codes_elsewhere(
+    session: AsyncSession, codes: list[str]
+) -> dict[str, list[tuple[str, str]]]:
     """For each code, the live feeds (id, owner) that carry it, all departments."""
     holders: dict[str, list[tuple[str, str]]] = {}
     for begin in range(0, len(codes), LOOKUP_CHUNK):
@@ -198,20 +214,27 @@ async def _codes_elsewhere(session: AsyncSession, codes: list[str]) -> dict[str,
 
 
 async def bulk_upsert(
-    session: AsyncSession, index: FeedIndex, principal: Principal, body: bytes, content_type: str | None
+    session: AsyncSession,
+    index: FeedIndex,
+    principal: Principal,
+    body: bytes,
+    content_type: str | None,
 ) -> BulkResult:
     with garbage_collector_paused():
         parsed = parse_body(body, content_type)
     if len(parsed.items) > MAX_FEATURES:
         raise Unprocessable(
-            f"{len(parsed.items)} features in one call; at most {MAX_FEATURES}", code="bulk_too_large"
+            f"{len(parsed.items)} features in one call; at most {MAX_FEATURES}",
+            code="bulk_too_large",
         )
     departments = set((await session.execute(select(Department.code))).scalars().all())
     rejected = list(parsed.rejected)
     candidates = await validate_features(parsed.items, principal, departments, rejected)
     del parsed
 
-    existing = await _existing_rows(session, [(c.values["owner"], c.values["code"]) for c in candidates])
+    existing = await _existing_rows(
+        session, [(c.values["owner"], c.values["code"]) for c in candidates]
+    )
     now = utcnow()
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
@@ -267,7 +290,11 @@ async def bulk_upsert(
     flagged = await _flag_duplicate_codes(session, touched)
     rejected.sort(key=lambda reject: reject.index)
     return BulkResult(
-        created=len(inserts), updated=len(updates), unchanged=unchanged, rejected=rejected, flagged=flagged
+        created=len(inserts),
+        updated=len(updates),
+        unchanged=unchanged,
+        rejected=rejected,
+        flagged=flagged,
     )
 
 
@@ -282,7 +309,11 @@ async def _write_updates(session: AsyncSession, updates: list[dict[str, Any]]) -
     for begin in range(0, len(updates), WRITE_CHUNK):
         chunk = updates[begin : begin + WRITE_CHUNK]
         parameters = [
-            {"b_id": row["id"], "b_expected": row["version"] - 1, **{f"b_{name}": row[name] for name in names}}
+            {
+                "b_id": row["id"],
+                "b_expected": row["version"] - 1,
+                **{f"b_{name}": row[name] for name in names},
+            }
             for row in chunk
         ]
         result = await session.execute(statement, parameters)
@@ -306,7 +337,11 @@ async def _flag_duplicate_codes(session: AsyncSession, touched: list[Candidate])
         ]
         if others:
             flags.append(
-                BulkFlag(index=candidate.index, code=values["code"], feed_id=values["id"], duplicates=others)
+                BulkFlag(
+                    index=candidate.index,
+                    code=values["code"],
+                    feed_id=values["id"],
+                    duplicates=others,
+                )
             )
     return flags
-

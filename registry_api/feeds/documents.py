@@ -23,7 +23,7 @@ from registry_api.feeds.geodesy import fov_polygon
 from registry_api.identity.principal import Principal
 from schemas.feeds import FeedProperties, PointGeometry
 
-Row = Mapping[str, Any]
+Row = Mapping[Any, Any]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 POLYGON_DECIMALS = 7  # about 1 cm

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,11 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.errors import Unprocessable
 from registry_api.feeds.geodesy import fov_polygons, geodesic_area_m2
-from registry_api.feeds.models import Feed
+from registry_api.feeds.models import feeds_table
 from registry_api.feeds.spatial import FeedIndex, IndexQuery, close_pairs
 from registry_api.identity.principal import Principal
 
-feeds = Feed.__table__
+feeds = feeds_table
 REASONS = ("same_code", "same_stream_url", "nearby_overlapping_view")
 DEFAULT_DISTANCE_M = 5.0
 MAX_DISTANCE_M = 100.0
@@ -50,9 +50,11 @@ def _live_groups_by(column: Any, *, cameras_only: bool) -> Any:
 
 async def _grouped_by(
     session: AsyncSession, column: Any, *, cameras_only: bool
-) -> dict[str, list[Mapping[str, Any]]]:
-    keys = (await session.execute(_live_groups_by(column, cameras_only=cameras_only))).scalars().all()
-    groups: dict[str, list[Mapping[str, Any]]] = {}
+) -> dict[str, list[Mapping[Any, Any]]]:
+    keys = (
+        (await session.execute(_live_groups_by(column, cameras_only=cameras_only))).scalars().all()
+    )
+    groups: dict[str, list[Mapping[Any, Any]]] = {}
     for begin in range(0, len(keys), 400):
         chunk = list(keys[begin : begin + 400])
         statement = select(
@@ -66,7 +68,7 @@ async def _grouped_by(
     return groups
 
 
-def _member(row: Mapping[str, Any]) -> dict[str, Any]:
+def _member(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "owner": row["owner"],
@@ -77,7 +79,9 @@ def _member(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _group(reason: str, rows: list[Mapping[str, Any]], evidence: dict[str, Any]) -> dict[str, Any]:
+def _group(
+    reason: str, rows: Sequence[Mapping[Any, Any]], evidence: dict[str, Any]
+) -> dict[str, Any]:
     members = sorted((_member(row) for row in rows), key=lambda member: member["id"])
     return {
         "reason": reason,
@@ -106,7 +110,9 @@ async def _stream_groups(session: AsyncSession, principal: Principal) -> list[di
     return found
 
 
-def _overlap_m2(fov: np.ndarray, lon: np.ndarray, lat: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+def _overlap_m2(
+    fov: np.ndarray, lon: np.ndarray, lat: np.ndarray, first: np.ndarray, second: np.ndarray
+) -> np.ndarray:
     """Overlap area of the two fields of view of each pair; NaN where one has none."""
     overlap = np.full(first.shape[0], np.nan)
     both = ~np.isnan(fov[first, 0]) & ~np.isnan(fov[second, 0])
@@ -137,7 +143,9 @@ def _connected(pairs: list[tuple[int, int]]) -> list[list[int]]:
     return [sorted(group) for group in members.values()]
 
 
-async def _nearby_groups(session: AsyncSession, index: FeedIndex, distance_m: float) -> list[dict[str, Any]]:
+async def _nearby_groups(
+    session: AsyncSession, index: FeedIndex, distance_m: float
+) -> list[dict[str, Any]]:
     live = index.matching_columns(IndexQuery())
     first, second, distance = close_pairs(live["lon"], live["lat"], distance_m)
     candidate = (live["kind"][first] == live["kind"][second]) & (
@@ -152,7 +160,9 @@ async def _nearby_groups(session: AsyncSession, index: FeedIndex, distance_m: fl
         return []
     ids = [value.decode() for value in live["ids"]]
     pair_evidence: dict[int, list[dict[str, Any]]] = {}
-    for a, b, metres, shared in zip(first.tolist(), second.tolist(), distance.tolist(), overlap.tolist(), strict=True):
+    for a, b, metres, shared in zip(
+        first.tolist(), second.tolist(), distance.tolist(), overlap.tolist(), strict=True
+    ):
         pair_evidence.setdefault(a, []).append(
             {
                 "feeds": [ids[a], ids[b]],
@@ -165,7 +175,13 @@ async def _nearby_groups(session: AsyncSession, index: FeedIndex, distance_m: fl
     rows = {}
     for begin in range(0, len(wanted), 400):
         statement = select(
-            feeds.c.id, feeds.c.owner, feeds.c.kind, feeds.c.code, feeds.c.name, feeds.c.lon, feeds.c.lat
+            feeds.c.id,
+            feeds.c.owner,
+            feeds.c.kind,
+            feeds.c.code,
+            feeds.c.name,
+            feeds.c.lon,
+            feeds.c.lat,
         ).where(feeds.c.id.in_(wanted[begin : begin + 400]))
         rows.update({row["id"]: row for row in (await session.execute(statement)).mappings()})
     groups = []
@@ -192,7 +208,9 @@ def _decode_offset(cursor: str) -> int:
             raise ValueError
         return int(text[2:])
     except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise Unprocessable("the cursor is not one this API handed out", code="invalid_cursor") from None
+        raise Unprocessable(
+            "the cursor is not one this API handed out", code="invalid_cursor"
+        ) from None
 
 
 async def find_duplicates(

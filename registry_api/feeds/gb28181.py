@@ -130,13 +130,16 @@ class GbCode:
 
 def decode_gb28181(code: str) -> GbCode:
     """Validates and decodes ``code``; raises :class:`InvalidGbCode` with the reason."""
-    if not isinstance(code, str) or len(code) != CODE_LENGTH or not code.isascii() or not code.isdigit():
+    if (
+        not isinstance(code, str)
+        or len(code) != CODE_LENGTH
+        or not code.isascii()
+        or not code.isdigit()
+    ):
         raise InvalidGbCode(f"a GB/T 28181 code is exactly {CODE_LENGTH} digits, got {code!r}")
     decoded = GbCode(code)
     if decoded.province not in PROVINCE_CODES:
-        raise InvalidGbCode(
-            f"digits 1-2 ({decoded.province}) are not a GB/T 2260 province code"
-        )
+        raise InvalidGbCode(f"digits 1-2 ({decoded.province}) are not a GB/T 2260 province code")
     if decoded.industry not in INDUSTRIES:
         raise InvalidGbCode(f"digits 9-10 ({decoded.industry}) are not a known industry code")
     if decoded.type_code not in DEVICE_TYPES:

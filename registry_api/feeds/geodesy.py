@@ -119,7 +119,11 @@ def fov_polygon(
     lon: float, lat: float, heading: float, angle: float, range_m: float
 ) -> shapely.Polygon:
     polygon = fov_polygons(
-        np.array([lon]), np.array([lat]), np.array([heading]), np.array([angle]), np.array([range_m])
+        np.array([lon]),
+        np.array([lat]),
+        np.array([heading]),
+        np.array([angle]),
+        np.array([range_m]),
     )[0]
     return polygon  # type: ignore[no-any-return]
 

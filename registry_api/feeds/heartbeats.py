@@ -16,16 +16,22 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.feeds.events import FEED_STATUS, outbox_row
-from registry_api.feeds.models import Feed
+from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import load_rows, record_of
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.principal import Principal
 from registry_api.outbox.service import enqueue_many
-from schemas.events import HEARTBEAT_EVENT_TYPE, SCHEMA_HEARTBEAT_V1, CloudEvent, HeartbeatData, utcnow
+from schemas.events import (
+    HEARTBEAT_EVENT_TYPE,
+    SCHEMA_HEARTBEAT_V1,
+    CloudEvent,
+    HeartbeatData,
+    utcnow,
+)
 from schemas.feeds import HeartbeatBatch, HeartbeatReject, HeartbeatResult
 from schemas.topics import HEARTBEATS
 
-feeds = Feed.__table__
+feeds = feeds_table
 CLOCK_SKEW = timedelta(minutes=5)
 LOOKUP_CHUNK = 400
 
@@ -77,7 +83,13 @@ async def record_heartbeats(
         if problem:
             rejected.append(HeartbeatReject(index=position, feed_id=item.feed_id, message=problem))
             continue
-        events.append((HEARTBEATS, item.feed_id, _heartbeat_event(item.feed_id, item.status, seen_at, reporter)))
+        events.append(
+            (
+                HEARTBEATS,
+                item.feed_id,
+                _heartbeat_event(item.feed_id, item.status, seen_at, reporter),
+            )
+        )
         newest = latest.get(item.feed_id)
         if newest is None or seen_at >= newest[0]:
             latest[item.feed_id] = (seen_at, item.status)
@@ -110,7 +122,7 @@ async def record_heartbeats(
             ),
             seen_updates,
         )
-    changed_rows: dict[str, Mapping[str, Any]] = {}
+    changed_rows: dict[str, Mapping[Any, Any]] = {}
     if status_changed:
         changed_rows = await load_rows(session, status_changed)
         events += [outbox_row(FEED_STATUS, changed_rows[feed_id]) for feed_id in status_changed]
@@ -119,5 +131,7 @@ async def record_heartbeats(
     if changed_rows:
         index.apply(record_of(row) for row in changed_rows.values())
     return HeartbeatResult(
-        accepted=len(batch.items) - len(rejected), status_changed=len(status_changed), rejected=rejected
+        accepted=len(batch.items) - len(rejected),
+        status_changed=len(status_changed),
+        rejected=rejected,
     )

@@ -11,7 +11,17 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -89,3 +99,7 @@ class Feed(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+# The table for Core statements (bulk inserts, updates, searches): typed for mypy.
+feeds_table: Table = Feed.__table__  # type: ignore[assignment]

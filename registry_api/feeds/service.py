@@ -14,7 +14,14 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry_api.errors import ApiError, Conflict, Forbidden, NotFound, PreconditionFailed, Unprocessable
+from registry_api.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+)
 from registry_api.feeds.documents import (
     can_see_internal,
     content_values,
@@ -23,15 +30,22 @@ from registry_api.feeds.documents import (
     new_feed_id,
 )
 from registry_api.feeds.events import FEED_REGISTERED, FEED_RETIRED, FEED_UPDATED, outbox_row
-from registry_api.feeds.models import Feed
+from registry_api.feeds.models import feeds_table
 from registry_api.feeds.spatial import FeedIndex, FeedRecord, IndexQuery, InvalidCursor
 from registry_api.identity.models import Department
 from registry_api.identity.principal import Principal
 from registry_api.outbox.service import enqueue_many
 from schemas.events import utcnow
-from schemas.feeds import FeedCreate, FeedFeature, FeedFilters, FeedProperties, FeedSearch, PointGeometry
+from schemas.feeds import (
+    FeedCreate,
+    FeedFeature,
+    FeedFilters,
+    FeedProperties,
+    FeedSearch,
+    PointGeometry,
+)
 
-feeds = Feed.__table__
+feeds = feeds_table
 IMMUTABLE_FIELDS = ("kind", "owner", "code")
 PAGE_LIMIT_DEFAULT = 100
 
@@ -50,7 +64,11 @@ def invalid_feed(error: ValidationError) -> Unprocessable:
     details = validation_details(error)
     first = details[0]
     where = ".".join(str(part) for part in first["loc"])
-    return Unprocessable(f"{where}: {first['msg']}" if where else str(first["msg"]), code="invalid_feed", details=details)
+    return Unprocessable(
+        f"{where}: {first['msg']}" if where else str(first["msg"]),
+        code="invalid_feed",
+        details=details,
+    )
 
 
 def split_body(body: FeedCreate | FeedFeature) -> tuple[FeedProperties, PointGeometry]:
@@ -72,7 +90,9 @@ async def require_department(session: AsyncSession, code: str) -> None:
         raise Unprocessable(f"department {code!r} does not exist", code="unknown_department")
 
 
-async def load_row(session: AsyncSession, feed_id: str, *, for_update: bool = False) -> Mapping[str, Any]:
+async def load_row(
+    session: AsyncSession, feed_id: str, *, for_update: bool = False
+) -> Mapping[Any, Any]:
     statement = select(feeds).where(feeds.c.id == feed_id)
     if for_update:
         statement = statement.with_for_update()
@@ -97,7 +117,9 @@ def parse_if_match(value: str | None, *, required: bool) -> int | None:
         text = text[2:]
     text = text.strip('"')
     if not text.isdigit():
-        raise PreconditionFailed(f"If-Match must be a feed version, got {value!r}", code="bad_if_match")
+        raise PreconditionFailed(
+            f"If-Match must be a feed version, got {value!r}", code="bad_if_match"
+        )
     return int(text)
 
 
@@ -105,7 +127,7 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def record_of(row: Mapping[str, Any]) -> FeedRecord:
+def record_of(row: Mapping[Any, Any]) -> FeedRecord:
     return FeedRecord.from_row(row)
 
 
@@ -167,7 +189,9 @@ async def register_feed(
         "updated_at": now,
         "retired_at": None,
     }
-    hints = await duplicate_hints(session, properties.owner, properties.code, values["stream_url_key"])
+    hints = await duplicate_hints(
+        session, properties.owner, properties.code, values["stream_url_key"]
+    )
     await session.execute(insert(feeds), [row])
     await enqueue_many(session, [outbox_row(FEED_REGISTERED, row)])
     try:
@@ -223,7 +247,9 @@ async def update_feed(
         )
     for name in IMMUTABLE_FIELDS:
         if name in patch and patch[name] != row[name]:
-            raise Unprocessable(f"{name} cannot change; register a new feed instead", code="immutable_field")
+            raise Unprocessable(
+                f"{name} cannot change; register a new feed instead", code="immutable_field"
+            )
     merged = merge_patch(input_document(row), patch)
     try:
         body = FeedCreate.model_validate(merged, strict=None)
@@ -255,7 +281,11 @@ async def update_feed(
 
 
 async def retire_feed(
-    session: AsyncSession, index: FeedIndex, principal: Principal, feed_id: str, if_match: str | None
+    session: AsyncSession,
+    index: FeedIndex,
+    principal: Principal,
+    feed_id: str,
+    if_match: str | None,
 ) -> dict[str, Any]:
     """Soft delete: the feed stays, says it is retired, and leaves searches by default."""
     expected = parse_if_match(if_match, required=False)
@@ -276,7 +306,9 @@ async def retire_feed(
         "revision": row["revision"] + 1,
     }
     await session.execute(
-        update(feeds).where(and_(feeds.c.id == feed_id, feeds.c.version == row["version"])).values(**changes)
+        update(feeds)
+        .where(and_(feeds.c.id == feed_id, feeds.c.version == row["version"]))
+        .values(**changes)
     )
     retired = {**row, **changes}
     await enqueue_many(session, [outbox_row(FEED_RETIRED, retired)])
@@ -317,7 +349,7 @@ def index_query(filters: FeedFilters) -> IndexQuery:
     )
 
 
-async def load_rows(session: AsyncSession, feed_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+async def load_rows(session: AsyncSession, feed_ids: Sequence[str]) -> dict[str, Mapping[Any, Any]]:
     if not feed_ids:
         return {}
     result = await session.execute(select(feeds).where(feeds.c.id.in_(list(feed_ids))))

@@ -97,7 +97,7 @@ class FeedRecord:
     coverage: shapely.Geometry | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> FeedRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> FeedRecord:
         coverage = row["coverage"]
         return cls(
             id=row["id"],
@@ -206,7 +206,9 @@ def decode_cursor(cursor: str) -> tuple[str, float | None]:
         payload = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
         last_id = payload["i"]
         distance = payload.get("d")
-        if not isinstance(last_id, str) or not (distance is None or isinstance(distance, int | float)):
+        if not isinstance(last_id, str) or not (
+            distance is None or isinstance(distance, int | float)
+        ):
             raise TypeError
         return last_id, None if distance is None else float(distance)
     except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
@@ -217,7 +219,9 @@ def decode_cursor(cursor: str) -> tuple[str, float | None]:
 
 
 def _grid_row(lat: np.ndarray | float) -> np.ndarray:
-    return np.clip(np.floor((np.asarray(lat) + 90.0) / CELL_DEGREES), 0, GRID_ROWS - 1).astype(np.int64)
+    return np.clip(np.floor((np.asarray(lat) + 90.0) / CELL_DEGREES), 0, GRID_ROWS - 1).astype(
+        np.int64
+    )
 
 
 def _grid_column(lon: np.ndarray | float) -> np.ndarray:
@@ -291,7 +295,9 @@ class Columns:
         return cls.from_records([], Vocabulary(), Vocabulary())
 
     @classmethod
-    def from_records(cls, records: Sequence[FeedRecord], owners: Vocabulary, tags: Vocabulary) -> Columns:
+    def from_records(
+        cls, records: Sequence[FeedRecord], owners: Vocabulary, tags: Vocabulary
+    ) -> Columns:
         count = len(records)
         fov = np.full((count, 3), np.nan)
         coverage = np.empty(count, dtype=object)
@@ -313,15 +319,21 @@ class Columns:
             owner=np.fromiter((owners.code(record.owner) for record in records), np.int32, count),
             kind=np.fromiter((_KIND_CODE[record.kind] for record in records), np.int8, count),
             industry=np.fromiter(
-                (int(record.industry) if record.industry else -1 for record in records), np.int16, count
+                (int(record.industry) if record.industry else -1 for record in records),
+                np.int16,
+                count,
             ),
             type_code=np.fromiter(
-                (int(record.type_code) if record.type_code else -1 for record in records), np.int16, count
+                (int(record.type_code) if record.type_code else -1 for record in records),
+                np.int16,
+                count,
             ),
             region=np.fromiter(
                 (int(record.region) if record.region else -1 for record in records), np.int64, count
             ),
-            sharing=np.fromiter((_SHARING_CODE[record.sharing] for record in records), np.int8, count),
+            sharing=np.fromiter(
+                (_SHARING_CODE[record.sharing] for record in records), np.int8, count
+            ),
             status=np.fromiter((_STATUS_CODE[record.status] for record in records), np.int8, count),
             retired=np.fromiter((record.retired for record in records), np.bool_, count),
             names=np.array([record.name.casefold() for record in records] or [], dtype=object),
@@ -380,19 +392,23 @@ class Columns:
             fov=np.concatenate([first.fov, second.fov]),
             coverage=np.concatenate([first.coverage, second.coverage]),
             footprint=np.concatenate([first.footprint, second.footprint]),
-            tag_rows=np.concatenate([first.tag_rows, second.tag_rows + len(first)]).astype(np.int32),
+            tag_rows=np.concatenate([first.tag_rows, second.tag_rows + len(first)]).astype(
+                np.int32
+            ),
             tag_codes=np.concatenate([first.tag_codes, second.tag_codes]),
         )
 
 
-def _footprints(lon: np.ndarray, lat: np.ndarray, fov: np.ndarray, coverage: np.ndarray) -> np.ndarray:
+def _footprints(
+    lon: np.ndarray, lat: np.ndarray, fov: np.ndarray, coverage: np.ndarray
+) -> np.ndarray:
     bounds = np.full((lon.shape[0], 4), np.nan)
     has_fov = ~np.isnan(fov[:, 0])
     if has_fov.any():
         bounds[has_fov] = fov_bounds(
             lon[has_fov], lat[has_fov], fov[has_fov, 0], fov[has_fov, 1], fov[has_fov, 2]
         )
-    has_coverage = np.flatnonzero(np.not_equal(coverage, None))
+    has_coverage = np.flatnonzero(shapely.is_geometry(coverage))
     if has_coverage.size:
         cover_bounds = shapely.bounds(coverage[has_coverage].astype(object))
         current = bounds[has_coverage]
@@ -432,11 +448,19 @@ class Snapshot:
         big = counts > MAX_FOOTPRINT_CELLS
         self.oversized = rows[big].astype(np.int32)
         rows, row0, col0, width, counts = (
-            rows[~big], row0[~big], col0[~big], width[~big], counts[~big]
+            rows[~big],
+            row0[~big],
+            col0[~big],
+            width[~big],
+            counts[~big],
         )
         owner = np.repeat(np.arange(rows.shape[0]), counts)
         local = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        keys = (row0[owner] + local // width[owner]) * GRID_COLUMNS + col0[owner] + local % width[owner]
+        keys = (
+            (row0[owner] + local // width[owner]) * GRID_COLUMNS
+            + col0[owner]
+            + local % width[owner]
+        )
         order = np.argsort(keys, kind="stable")
         self.footprint_keys = keys[order]
         self.footprint_rows = rows[owner[order]].astype(np.int32)
@@ -497,7 +521,11 @@ class Snapshot:
         if has_fov.any():
             chosen = rows[has_fov]
             polygons[has_fov] = fov_polygons(
-                self.columns.lon[chosen], self.columns.lat[chosen], fov[has_fov, 0], fov[has_fov, 1], fov[has_fov, 2]
+                self.columns.lon[chosen],
+                self.columns.lat[chosen],
+                fov[has_fov, 0],
+                fov[has_fov, 1],
+                fov[has_fov, 2],
             )
         return polygons, self.columns.coverage[rows]
 
@@ -515,7 +543,9 @@ class Snapshot:
         shapely.prepare(geometry)
         box = tuple(float(value) for value in geometry.bounds)
         points = self.points_in_box(box)  # type: ignore[arg-type]
-        inside = points[shapely.intersects_xy(geometry, self.columns.lon[points], self.columns.lat[points])]
+        inside = points[
+            shapely.intersects_xy(geometry, self.columns.lon[points], self.columns.lat[points])
+        ]
         if relation == "within":
             return inside
         candidates = self.footprints_touching(box)  # type: ignore[arg-type]
@@ -548,13 +578,18 @@ class Snapshot:
         distances = None
         if query.near is not None:
             lon, lat, metres = query.near
-            distances = geodesic_distance_m(lon, lat, self.columns.lon[rows], self.columns.lat[rows])
+            distances = geodesic_distance_m(
+                lon, lat, self.columns.lon[rows], self.columns.lat[rows]
+            )
             close = distances <= metres
             rows, distances = rows[close], distances[close]
         return Matches(rows, distances)
 
     def _filter_attributes(
-        self, rows: np.ndarray | None, query: IndexQuery, vocabularies: tuple[Vocabulary, Vocabulary]
+        self,
+        rows: np.ndarray | None,
+        query: IndexQuery,
+        vocabularies: tuple[Vocabulary, Vocabulary],
     ) -> np.ndarray:
         c = self.columns
         owners, tags = vocabularies
@@ -598,7 +633,9 @@ def _is_sorted(values: np.ndarray) -> bool:
     return values.shape[0] < 2 or bool(np.all(values[:-1] <= values[1:]))
 
 
-def merge_snapshot(base: Snapshot, records: Sequence[FeedRecord], owners: Vocabulary, tags: Vocabulary) -> Snapshot:
+def merge_snapshot(
+    base: Snapshot, records: Sequence[FeedRecord], owners: Vocabulary, tags: Vocabulary
+) -> Snapshot:
     """A new snapshot: ``base`` with ``records`` replacing (or adding to) its rows."""
     incoming = Columns.from_records(records, owners, tags)
     if base.size == 0:
@@ -696,7 +733,7 @@ class FeedIndex:
             if len(self._delta.records) > DELTA_LIMIT:
                 self._schedule_merge()
 
-    def apply_event(self, event_data: Mapping[str, Any]) -> None:
+    def apply_event(self, event_data: Mapping[Any, Any]) -> None:
         """Applies one feed-metadata event (the scale-mode follower's entry point)."""
         self.apply([record_from_document(event_data)])
 
@@ -722,7 +759,8 @@ class FeedIndex:
         remaining = {
             feed_id: record
             for feed_id, record in delta.items()
-            if (row := base.row_of(feed_id)) is None or int(base.columns.revision[row]) < record.revision
+            if (row := base.row_of(feed_id)) is None
+            or int(base.columns.revision[row]) < record.revision
         }
         superseded = np.zeros(base.size, dtype=bool)
         superseded[base.rows_of(list(remaining))] = True
@@ -780,10 +818,12 @@ class FeedIndex:
             next_cursor = (
                 encode_cursor(decoded[-1], float(page_distances[-1])) if more and decoded else None
             )
-            return IndexPage(decoded, [float(value) for value in page_distances], total, next_cursor)
+            return IndexPage(
+                decoded, [float(value) for value in page_distances], total, next_cursor
+            )
         ids = np.sort(ids) if len(found) > 1 else ids
         if after is not None:
-            ids = ids[np.searchsorted(ids, after[0].encode(), side="right"):]
+            ids = ids[np.searchsorted(ids, after[0].encode(), side="right") :]
         page = [value.decode() for value in ids[:limit]]
         next_cursor = encode_cursor(page[-1], None) if ids.shape[0] > limit and page else None
         return IndexPage(page, None, total, next_cursor)
@@ -806,7 +846,9 @@ class FeedIndex:
         }
 
 
-def close_pairs(lon: np.ndarray, lat: np.ndarray, metres: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def close_pairs(
+    lon: np.ndarray, lat: np.ndarray, metres: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (i < j) of points at most ``metres`` apart, with its geodesic distance.
 
     Points go into cells at least ``metres`` wide; only the own and the neighbouring cells
@@ -846,7 +888,7 @@ def close_pairs(lon: np.ndarray, lat: np.ndarray, metres: float) -> tuple[np.nda
     return low, high, distance[close]
 
 
-def record_from_document(document: Mapping[str, Any]) -> FeedRecord:
+def record_from_document(document: Mapping[Any, Any]) -> FeedRecord:
     """A record from a feed document (an event's data or the API's JSON)."""
     gb = document.get("gb28181") or {}
     fov = document.get("fov")

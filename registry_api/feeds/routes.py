@@ -1,0 +1,273 @@
+"""HTTP endpoints of the feed registry. Thin: validation in the schemas, logic in the services."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, status
+from fastapi.responses import ORJSONResponse
+from pydantic import ValidationError
+
+from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, require_roles
+from registry_api.errors import Unprocessable
+from registry_api.feeds import bulk, duplicates, heartbeats, service
+from registry_api.feeds.spatial import FeedIndex
+from registry_api.identity.principal import Principal
+from registry_api.runtime import Runtime
+from schemas.feeds import (
+    BulkResult,
+    DuplicateReport,
+    FeedCreateBody,
+    FeedFilters,
+    FeedOut,
+    FeedPage,
+    FeedSearch,
+    FeedStatus,
+    HeartbeatBatch,
+    HeartbeatResult,
+    SharingClass,
+)
+from schemas.identity import DEPARTMENT_CODE_PATTERN, Role
+
+router = APIRouter(tags=["feeds"])
+
+FeedId = Annotated[str, Path(min_length=1, max_length=64, description="Feed id")]
+Gateway = Annotated[Principal, Depends(require_roles(Role.gateway))]
+
+
+def get_feed_index(runtime: RuntimeDep) -> FeedIndex:
+    return runtime.feed_index
+
+
+IndexDep = Annotated[FeedIndex, Depends(get_feed_index)]
+
+
+def _with_etag(document: dict[str, Any], status_code: int = 200) -> ORJSONResponse:
+    return ORJSONResponse(
+        document, status_code=status_code, headers={"ETag": service.etag(document["version"])}
+    )
+
+
+def _wrote(runtime: Runtime) -> None:
+    runtime.relay.notify()
+
+
+@router.post(
+    "/v1/feeds",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FeedOut,
+    summary="Register a camera or sensor",
+    responses={409: {"description": "The department already registered this code"}},
+)
+async def register_feed(
+    body: Annotated[FeedCreateBody, Body()],
+    session: SessionDep,
+    runtime: RuntimeDep,
+    index: IndexDep,
+    principal: PrincipalDep,
+) -> ORJSONResponse:
+    """The feed's properties with a ``location`` Point, or a GeoJSON Feature. The answer lists
+    ``duplicates``: feeds of other departments with the same code or stream."""
+    document = await service.register_feed(session, index, principal, body)
+    _wrote(runtime)
+    response = _with_etag(document, status.HTTP_201_CREATED)
+    response.headers["Location"] = f"/v1/feeds/{document['id']}"
+    return response
+
+
+def feed_filters(
+    department: Annotated[str | None, Query(pattern=DEPARTMENT_CODE_PATTERN)] = None,
+    kind: Annotated[str | None, Query(pattern="^(camera|sensor)$")] = None,
+    industry: Annotated[str | None, Query(description="GB/T 28181 industry, 2 digits")] = None,
+    type_code: Annotated[str | None, Query(description="GB/T 28181 type, 3 digits")] = None,
+    region: Annotated[
+        str | None, Query(description="Administrative-code prefix, 2-8 digits")
+    ] = None,
+    sharing: Annotated[SharingClass | None, Query()] = None,
+    status: Annotated[FeedStatus | None, Query()] = None,
+    tag: Annotated[str | None, Query()] = None,
+    q: Annotated[str | None, Query(description="Text in the name")] = None,
+    bbox: Annotated[str | None, Query(description="minLon,minLat,maxLon,maxLat")] = None,
+    near: Annotated[
+        str | None, Query(description="lon,lat,metres: true distance, nearest first")
+    ] = None,
+    sees: Annotated[
+        str | None, Query(description="lon,lat: cameras whose view holds this point")
+    ] = None,
+    include_retired: bool = False,
+) -> FeedFilters:
+    raw = {
+        "department": department, "kind": kind, "industry": industry, "type_code": type_code,
+        "region": region, "sharing": sharing, "status": status, "tag": tag, "q": q, "bbox": bbox,
+        "near": near, "sees": sees, "include_retired": include_retired,
+    }  # fmt: skip
+    try:
+        return FeedFilters.model_validate(
+            {key: value for key, value in raw.items() if value is not None}
+        )
+    except ValidationError as error:
+        details = service.validation_details(error)
+        first = details[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise Unprocessable(
+            f"{where}: {first['msg']}", code="invalid_filter", details=details
+        ) from None
+
+
+@router.get("/v1/feeds", response_model=FeedPage, summary="List and find feeds")
+async def list_feeds(
+    filters: Annotated[FeedFilters, Depends(feed_filters)],
+    session: SessionDep,
+    index: IndexDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = service.PAGE_LIMIT_DEFAULT,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> ORJSONResponse:
+    """Filters combine with AND. ``near`` pages nearest first, the rest in registration order.
+    Retired feeds only with ``include_retired=true``."""
+    page = await service.search_feeds(
+        session, index, principal, filters, limit=limit, cursor=cursor
+    )
+    return ORJSONResponse(page)
+
+
+@router.post("/v1/feeds/search", response_model=FeedPage, summary="Find feeds in an area")
+async def search_feeds(
+    search: FeedSearch, session: SessionDep, index: IndexDep, principal: PrincipalDep
+) -> ORJSONResponse:
+    """The list filters plus a GeoJSON Polygon or MultiPolygon with ``relation`` within or
+    intersects (a district, a road buffer)."""
+    page = await service.search_feeds(
+        session, index, principal, search, limit=search.limit, cursor=search.cursor
+    )
+    return ORJSONResponse(page)
+
+
+@router.post(
+    "/v1/feeds/bulk",
+    response_model=BulkResult,
+    summary="Upsert many features by (owner, code)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/geo+json": {
+                    "schema": {"type": "object", "description": "FeatureCollection"}
+                },
+                "application/x-ndjson": {
+                    "schema": {"type": "string", "description": "One Feature a line"}
+                },
+            },
+        }
+    },
+)
+async def bulk_import(
+    request: Request,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    index: IndexDep,
+    principal: PrincipalDep,
+) -> ORJSONResponse:
+    """A FeatureCollection or NDJSON Features (the demo-city format). Bad features are listed
+    in ``rejected`` and never sink the batch; cameras whose code another department holds are
+    stored and listed in ``flagged``."""
+    body = await request.body()
+    result = await bulk.bulk_upsert(
+        session, index, principal, body, request.headers.get("content-type")
+    )
+    _wrote(runtime)
+    return ORJSONResponse(result.model_dump())
+
+
+@router.get("/v1/feeds/{feed_id}", response_model=FeedOut, summary="One feed")
+async def get_feed(feed_id: FeedId, session: SessionDep, principal: PrincipalDep) -> ORJSONResponse:
+    """Other departments see the public fields: never ``stream.url``. The ETag is the version."""
+    return _with_etag(await service.get_feed(session, principal, feed_id))
+
+
+@router.patch(
+    "/v1/feeds/{feed_id}",
+    response_model=FeedOut,
+    summary="Change a feed (JSON merge patch, If-Match required)",
+    responses={
+        412: {"description": "If-Match names an old version"},
+        428: {"description": "No If-Match"},
+    },
+)
+async def update_feed(
+    feed_id: FeedId,
+    patch: Annotated[
+        dict[str, Any],
+        Body(
+            examples=[
+                {"name": "North gate camera", "fov": {"heading": 90, "angle": 60, "range_m": 80}}
+            ]
+        ),
+    ],
+    session: SessionDep,
+    runtime: RuntimeDep,
+    index: IndexDep,
+    principal: PrincipalDep,
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+) -> ORJSONResponse:
+    """Fields given replace the current ones, ``null`` clears optional ones; kind, owner and
+    code cannot change."""
+    document = await service.update_feed(session, index, principal, feed_id, patch, if_match)
+    _wrote(runtime)
+    return _with_etag(document)
+
+
+@router.delete("/v1/feeds/{feed_id}", response_model=FeedOut, summary="Retire a feed (soft delete)")
+async def retire_feed(
+    feed_id: FeedId,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    index: IndexDep,
+    principal: PrincipalDep,
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+) -> ORJSONResponse:
+    """The feed is kept and says ``retired: true``; it leaves searches unless asked for."""
+    document = await service.retire_feed(session, index, principal, feed_id, if_match)
+    _wrote(runtime)
+    return _with_etag(document)
+
+
+@router.get(
+    "/v1/catalog/duplicates", response_model=DuplicateReport, summary="Suspected duplicates"
+)
+async def catalog_duplicates(
+    session: SessionDep,
+    index: IndexDep,
+    principal: PrincipalDep,
+    reason: Annotated[
+        str | None, Query(pattern="^(same_code|same_stream_url|nearby_overlapping_view)$")
+    ] = None,
+    department: Annotated[str | None, Query(pattern=DEPARTMENT_CODE_PATTERN)] = None,
+    distance_m: Annotated[
+        float, Query(gt=0, le=duplicates.MAX_DISTANCE_M)
+    ] = duplicates.DEFAULT_DISTANCE_M,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> ORJSONResponse:
+    """Groups of feeds of different departments that look like one device, with the evidence:
+    the same GB/T 28181 code, the same stream, or the same kind within ``distance_m`` metres
+    with overlapping fields of view."""
+    report = await duplicates.find_duplicates(
+        session, index, principal, reason=reason, department=department,
+        distance_m=distance_m, limit=limit, cursor=cursor,
+    )  # fmt: skip
+    return ORJSONResponse(report)
+
+
+@router.post("/v1/heartbeats", response_model=HeartbeatResult, summary="Report liveness (gateways)")
+async def post_heartbeats(
+    batch: HeartbeatBatch,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    index: IndexDep,
+    principal: Gateway,
+) -> ORJSONResponse:
+    """Batched liveness of many feeds; the newest report of each sets its status."""
+    result = await heartbeats.record_heartbeats(session, index, principal, batch)
+    _wrote(runtime)
+    return ORJSONResponse(result.model_dump())

@@ -1,0 +1,168 @@
+"""Kafka -> Faust agents -> ClickHouse (chdb), on the real broker: enrichment, dead letters,
+feed versions, and consumption that pauses while ClickHouse refuses inserts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas.settings import Settings
+from schemas.topics import DEAD_LETTER
+from streams.clickhouse import connect
+from streams.migrations import apply_migrations
+from tests.integration.streams_support import (
+    ACCESS_TOPIC,
+    FEED_TOPIC,
+    Retrieval,
+    access_event,
+    close_analytics,
+    decode_json,
+    feed_document,
+    feed_event,
+    grant_issued,
+    make_settings,
+    produce,
+    query,
+    read_topic,
+    running_worker,
+    wait_for_value,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def stream_settings(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, sqlite_template: Path
+) -> Iterator[Settings]:
+    settings = make_settings(tmp_path, kafka_bootstrap, topic_prefix, sqlite_template)
+    yield settings
+    close_analytics(settings)
+
+
+async def register_feeds(settings: Settings, documents: list[dict[str, object]]) -> None:
+    await produce(settings, FEED_TOPIC, [feed_event(document) for document in documents])
+    await wait_for_value(
+        settings, "SELECT count() FROM feed_metadata FINAL", len(documents), timeout=60
+    )
+
+
+async def test_access_events_arrive_enriched_in_clickhouse(stream_settings: Settings) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    camera = feed_document("feed-cam-1", "lz-psb", serial=1, industry="00", region="62010200")
+    sensor = feed_document("feed-aq-1", "lz-hbj", kind="sensor", serial=7, sharing_class="unconditional")
+    async with running_worker(stream_settings):
+        await register_feeds(stream_settings, [camera, sensor])
+        events = [
+            grant_issued("feed-cam-1", "g-1", "lz-jtj", now - timedelta(hours=1), now + timedelta(hours=1)),
+            *Retrieval("feed-cam-1", "lz-jtj", "alice", "g-1", now, 30.0, 1_000_000).events(),
+            access_event(
+                "access.requested", "feed-aq-1", now, request_id="r-1", requester_department="lz-jtj"
+            ),
+        ]
+        await produce(stream_settings, ACCESS_TOPIC, events)
+        stored = await wait_for_value(stream_settings, "SELECT count() FROM access_events", 4)
+    assert stored == 4
+    rows = query(
+        stream_settings,
+        "SELECT type, owner_department, kind, region, industry, sharing_class, requester_department, "
+        "concurrent_viewers FROM access_events ORDER BY time, type",
+    )
+    by_type = {row[0]: row[1:] for row in rows}
+    assert by_type["retrieval.started"] == ("lz-psb", "camera", "620102", "00", "conditional", "lz-jtj", 1)
+    assert by_type["retrieval.ended"][:5] == ("lz-psb", "camera", "620102", "00", "conditional")
+    assert by_type["retrieval.ended"][6] == 0  # the viewer left
+    assert by_type["access.requested"][:4] == ("lz-hbj", "sensor", "", "")
+    assert by_type["access.requested"][4] == "unconditional"
+    ids = {str(event.id) for event in events}
+    stored_ids = {row[0] for row in query(stream_settings, "SELECT toString(event_id) FROM access_events")}
+    assert stored_ids == ids
+    usage = query(
+        stream_settings,
+        "SELECT sum(retrievals), sum(bytes), sum(seconds), uniqExactMerge(requesters) "
+        "FROM usage_departments_minute WHERE owner_department = 'lz-psb'",
+    )
+    assert usage == [(1, 1_000_000, 30.0, 1)]
+    decisions = query(stream_settings, "SELECT request_id, decision, owner_department FROM decisions FINAL")
+    assert decisions == [("r-1", "pending", "lz-hbj")]
+
+
+async def test_malformed_messages_go_to_dead_letter_and_the_worker_goes_on(
+    stream_settings: Settings,
+) -> None:
+    now = datetime.now(UTC)
+    wrong_type = access_event("retrieval.started", "feed-x", now, requester_department="lz-jtj")
+    wrong_type.type = "feedgrid.something.else"
+    bad_payload = access_event("retrieval.started", "feed-x", now, bytes=-5)
+    malformed = [
+        ("feed-x", b"{not json"),
+        ("feed-x", bad_payload.to_bytes()),
+        ("feed-x", wrong_type.to_bytes()),
+        ("feed-x", b"\xff\xfe binary"),
+    ]
+    good = Retrieval("feed-x", "lz-jtj", "bob", "g-9", now, 5.0, 500).events()
+    async with running_worker(stream_settings):
+        await produce(stream_settings, ACCESS_TOPIC, [*malformed[:2], good[0], *malformed[2:], good[1]])
+        stored = await wait_for_value(stream_settings, "SELECT count() FROM access_events", 2)
+        letters = await read_topic(stream_settings, DEAD_LETTER, at_least=4)
+    assert stored == 2
+    assert len(letters) == 4
+    bodies = sorted((decode_json(record.value) for record in letters), key=lambda body: body["offset"])
+    for body in bodies:
+        assert body["topic"] == f"{stream_settings.topic_prefix}access-events"
+        assert body["key"] == "feed-x"
+        assert isinstance(body["partition"], int) and isinstance(body["offset"], int)
+    reasons = [body["reason"] for body in bodies]
+    assert "schema violation" in reasons[0]
+    assert "data.bytes" in reasons[1]
+    assert "unexpected event type" in reasons[2]
+    assert bodies[0]["payload"] == "{not json"
+    assert bodies[3]["payload"] is None and bodies[3]["payload_base64"]
+    assert all(record.key == b"feed-x" for record in letters)
+
+
+async def test_feed_metadata_keeps_versions_and_the_latest_wins(stream_settings: Settings) -> None:
+    first = feed_document("feed-v", "lz-psb", revision=1)
+    second = {**feed_document("feed-v", "lz-psb", revision=3), "name": "renamed", "status": "offline"}
+    older = {**feed_document("feed-v", "lz-psb", revision=2), "name": "stale"}
+    async with running_worker(stream_settings) as context:
+        await produce(
+            stream_settings,
+            FEED_TOPIC,
+            [feed_event(first), feed_event(second, "feedgrid.feed.updated"), feed_event(older, "feedgrid.feed.updated")],
+        )
+        await wait_for_value(stream_settings, "SELECT count() FROM feed_metadata", 3)
+        snapshot = context.feed("feed-v")
+    latest = query(stream_settings, "SELECT version, name, status FROM feed_metadata FINAL")
+    assert latest == [(3, "renamed", "offline")]
+    assert snapshot is not None and snapshot["version"] == 3 and snapshot["name"] == "renamed"
+
+
+async def test_consumption_pauses_while_clickhouse_refuses_and_resumes_without_loss(
+    stream_settings: Settings,
+) -> None:
+    now = datetime.now(UTC)
+    await asyncio.to_thread(apply_migrations, stream_settings.clickhouse_url)
+    client = connect(stream_settings.clickhouse_url)
+    client.command("DETACH TABLE access_events")
+    retrievals = [
+        Retrieval("feed-p", "lz-jtj", f"user{i}", "g-p", now + timedelta(seconds=i), 2.0, 100 * i)
+        for i in range(100)
+    ]
+    events = [event for retrieval in retrievals for event in retrieval.events()]
+    async with running_worker(stream_settings) as context:
+        await produce(stream_settings, ACCESS_TOPIC, events)
+        await asyncio.sleep(3)
+        assert context.sink.available is False
+        client.command("ATTACH TABLE access_events")
+        stored = await wait_for_value(stream_settings, "SELECT count() FROM access_events", len(events))
+        assert context.sink.available is True
+    assert stored == len(events)
+    assert query(stream_settings, "SELECT uniqExact(event_id) FROM access_events") == [(len(events),)]
+    assert query(
+        stream_settings, "SELECT sum(retrievals), sum(bytes) FROM usage_feeds_minute WHERE feed_id = 'feed-p'"
+    ) == [(100, sum(100 * i for i in range(100)))]
