@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     relay_enabled: bool = Field(True, description="Run the outbox relay inside the API process")
     relay_batch_size: int = Field(500, ge=1, le=100_000)
     relay_idle_seconds: float = Field(0.2, gt=0, le=60)
+    outbox_retention_hours: float = Field(
+        1.0, ge=0, le=720, description="How long sent outbox rows are kept for inspection"
+    )
 
     retrieval_token_ttl_seconds: int = Field(
         900, ge=30, le=86_400, description="Lifetime of a retrieval token (never past its grant)"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, status
-from fastapi.responses import ORJSONResponse
+import orjson
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, require_roles
@@ -42,8 +43,16 @@ def get_feed_index(runtime: RuntimeDep) -> FeedIndex:
 IndexDep = Annotated[FeedIndex, Depends(get_feed_index)]
 
 
-def _with_etag(document: dict[str, Any], status_code: int = 200) -> ORJSONResponse:
-    return ORJSONResponse(
+def json_response(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """JSON encoded by orjson (datetimes as RFC 3339), bypassing response-model re-validation:
+    the services already return documents in the shape the response models describe."""
+    return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
+
+
+def _with_etag(document: dict[str, Any], status_code: int = 200) -> Response:
+    return json_response(
         document, status_code=status_code, headers={"ETag": service.etag(document["version"])}
     )
 
@@ -65,7 +74,7 @@ async def register_feed(
     runtime: RuntimeDep,
     index: IndexDep,
     principal: PrincipalDep,
-) -> ORJSONResponse:
+) -> Response:
     """The feed's properties with a ``location`` Point, or a GeoJSON Feature. The answer lists
     ``duplicates``: feeds of other departments with the same code or stream."""
     document = await service.register_feed(session, index, principal, body)
@@ -122,25 +131,25 @@ async def list_feeds(
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = service.PAGE_LIMIT_DEFAULT,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
-) -> ORJSONResponse:
+) -> Response:
     """Filters combine with AND. ``near`` pages nearest first, the rest in registration order.
     Retired feeds only with ``include_retired=true``."""
     page = await service.search_feeds(
         session, index, principal, filters, limit=limit, cursor=cursor
     )
-    return ORJSONResponse(page)
+    return json_response(page)
 
 
 @router.post("/v1/feeds/search", response_model=FeedPage, summary="Find feeds in an area")
 async def search_feeds(
     search: FeedSearch, session: SessionDep, index: IndexDep, principal: PrincipalDep
-) -> ORJSONResponse:
+) -> Response:
     """The list filters plus a GeoJSON Polygon or MultiPolygon with ``relation`` within or
     intersects (a district, a road buffer)."""
     page = await service.search_feeds(
         session, index, principal, search, limit=search.limit, cursor=search.cursor
     )
-    return ORJSONResponse(page)
+    return json_response(page)
 
 
 @router.post(
@@ -167,7 +176,7 @@ async def bulk_import(
     runtime: RuntimeDep,
     index: IndexDep,
     principal: PrincipalDep,
-) -> ORJSONResponse:
+) -> Response:
     """A FeatureCollection or NDJSON Features (the demo-city format). Bad features are listed
     in ``rejected`` and never sink the batch; cameras whose code another department holds are
     stored and listed in ``flagged``."""
@@ -176,11 +185,11 @@ async def bulk_import(
         session, index, principal, body, request.headers.get("content-type")
     )
     _wrote(runtime)
-    return ORJSONResponse(result.model_dump())
+    return json_response(result.model_dump())
 
 
 @router.get("/v1/feeds/{feed_id}", response_model=FeedOut, summary="One feed")
-async def get_feed(feed_id: FeedId, session: SessionDep, principal: PrincipalDep) -> ORJSONResponse:
+async def get_feed(feed_id: FeedId, session: SessionDep, principal: PrincipalDep) -> Response:
     """Other departments see the public fields: never ``stream.url``. The ETag is the version."""
     return _with_etag(await service.get_feed(session, principal, feed_id))
 
@@ -209,7 +218,7 @@ async def update_feed(
     index: IndexDep,
     principal: PrincipalDep,
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
-) -> ORJSONResponse:
+) -> Response:
     """Fields given replace the current ones, ``null`` clears optional ones; kind, owner and
     code cannot change."""
     document = await service.update_feed(session, index, principal, feed_id, patch, if_match)
@@ -225,7 +234,7 @@ async def retire_feed(
     index: IndexDep,
     principal: PrincipalDep,
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
-) -> ORJSONResponse:
+) -> Response:
     """The feed is kept and says ``retired: true``; it leaves searches unless asked for."""
     document = await service.retire_feed(session, index, principal, feed_id, if_match)
     _wrote(runtime)
@@ -248,7 +257,7 @@ async def catalog_duplicates(
     ] = duplicates.DEFAULT_DISTANCE_M,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
-) -> ORJSONResponse:
+) -> Response:
     """Groups of feeds of different departments that look like one device, with the evidence:
     the same GB/T 28181 code, the same stream, or the same kind within ``distance_m`` metres
     with overlapping fields of view."""
@@ -256,7 +265,7 @@ async def catalog_duplicates(
         session, index, principal, reason=reason, department=department,
         distance_m=distance_m, limit=limit, cursor=cursor,
     )  # fmt: skip
-    return ORJSONResponse(report)
+    return json_response(report)
 
 
 @router.post("/v1/heartbeats", response_model=HeartbeatResult, summary="Report liveness (gateways)")
@@ -266,8 +275,8 @@ async def post_heartbeats(
     runtime: RuntimeDep,
     index: IndexDep,
     principal: Gateway,
-) -> ORJSONResponse:
+) -> Response:
     """Batched liveness of many feeds; the newest report of each sets its status."""
     result = await heartbeats.record_heartbeats(session, index, principal, batch)
     _wrote(runtime)
-    return ORJSONResponse(result.model_dump())
+    return json_response(result.model_dump())

@@ -31,7 +31,6 @@ LAST_PUBLISHED = Gauge("feedgrid_outbox_last_published_id", "Highest outbox id p
 RELAY_ERRORS = Counter("feedgrid_outbox_errors_total", "Failed attempts to publish outbox events")
 
 RELAY_LOCK_KEY = 0x0FEED6D1
-SENT_RETENTION = timedelta(hours=24)
 PURGE_EVERY_SECONDS = 300.0
 
 
@@ -183,11 +182,10 @@ class OutboxRelay:
         return len(rows)
 
     async def purge_sent(self) -> None:
-        """Sent rows are kept a day for inspection, then removed."""
+        """Sent rows are kept a while for inspection (outbox_retention_hours), then removed."""
+        cutoff = utcnow() - timedelta(hours=self.settings.outbox_retention_hours)
         async with self.sessions() as session:
-            await session.execute(
-                delete(OutboxMessage).where(OutboxMessage.sent_at < utcnow() - SENT_RETENTION)
-            )
+            await session.execute(delete(OutboxMessage).where(OutboxMessage.sent_at < cutoff))
             await session.commit()
         self._last_purge = time.monotonic()
 

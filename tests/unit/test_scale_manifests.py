@@ -2,10 +2,12 @@
 
 Docker and Kubernetes are not available to the test suite, so everything here is checked by
 parsing: every YAML parses; every FEEDGRID_* variable the manifests set is a field of
-schemas.settings.Settings and its value validates; the four variables a real deployment needs
-are set for the api, worker and migrate roles; the commands are real `feedgrid` subcommands
-and options; Kafka runs 3 brokers with replication factor 3 and the topics of schemas/topics.py;
-the ClickHouse cluster is 2 shards x 2 replicas and carries one name everywhere.
+schemas.settings.Settings (or of the workers' FEEDGRID_STREAM_* tuning) and its value
+validates; the four variables a real deployment needs are set for the api, worker and migrate
+roles; the commands are real `feedgrid` subcommands and options; Kafka runs 3 brokers with
+replication factor 3 and the topics of schemas/topics.py; the ClickHouse cluster is 2 shards x
+2 replicas and carries one name everywhere, including the `?cluster=` of FEEDGRID_CLICKHOUSE_URL
+that `feedgrid migrate` reads.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections import Counter
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
@@ -61,6 +63,27 @@ UNRESOLVED = "<resolved at run time>"
 
 def settings_variables() -> set[str]:
     return {PREFIX + name.upper() for name in Settings.model_fields}
+
+
+def known_variables() -> set[str]:
+    """Settings, plus the workers' FEEDGRID_STREAM_* knobs (streams/tuning.py) when present."""
+    known = settings_variables()
+    try:
+        from streams.tuning import StreamTuning
+    except Exception:  # noqa: BLE001 - optional: the streams package may be mid-edit
+        return known
+    prefix = str(StreamTuning.model_config.get("env_prefix", ""))
+    return known | {prefix + name.upper() for name in StreamTuning.model_fields}
+
+
+def clickhouse_cluster_of(url: str) -> str | None:
+    """The cluster a FEEDGRID_CLICKHOUSE_URL names, as the code reads it."""
+    try:
+        from streams.clickhouse import cluster_name
+    except Exception:  # noqa: BLE001 - same rule as streams.clickhouse.cluster_name
+        values = parse_qs(urlparse(url).query).get("cluster")
+        return values[0] if values else None
+    return cluster_name(url)
 
 
 def validate_settings(env: Env, where: str) -> None:
@@ -375,6 +398,11 @@ def k8s_role(role: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return matches[0]
 
 
+def option_value(argv: list[str], option: str) -> str:
+    assert option in argv, f"`feedgrid {' '.join(argv)}` does not pass {option}"
+    return argv[argv.index(option) + 1]
+
+
 def hosts_of(bootstrap: str) -> list[tuple[str, int]]:
     pairs = []
     for entry in bootstrap.split(","):
@@ -490,9 +518,9 @@ def test_every_feedgrid_variable_set_is_a_settings_field() -> None:
     assignments = all_feedgrid_assignments()
     assert len(assignments) > 20
     unknown = sorted(
-        {f"{key} ({where})" for where, key in assignments if key not in settings_variables()}
+        {f"{key} ({where})" for where, key in assignments if key not in known_variables()}
     )
-    assert not unknown, f"set in deploy/scale but not a field of Settings: {unknown}"
+    assert not unknown, f"set in deploy/scale but read by no settings class: {unknown}"
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -558,7 +586,7 @@ def test_static_command_parse_matches_typer_when_the_cli_imports() -> None:
 def test_api_listens_where_the_balancer_and_probes_look() -> None:
     _, service = compose_role("api")
     argv = compose_argv(service)
-    host, port = argv[argv.index("--host") + 1], int(argv[argv.index("--port") + 1])
+    host, port = option_value(argv, "--host"), int(option_value(argv, "--port"))
     assert host == "0.0.0.0"
     nginx = (SCALE / "nginx" / "api.conf").read_text()
     assert re.search(rf"server\s+{re.escape(compose_role('api')[0])}:{port}\b", nginx)
@@ -571,7 +599,7 @@ def test_api_listens_where_the_balancer_and_probes_look() -> None:
 
     workload, container = k8s_role("api")
     argv = [str(a) for a in container["command"]][1:]
-    k8s_port = int(argv[argv.index("--port") + 1])
+    k8s_port = int(option_value(argv, "--port"))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert k8s_port in ports.values()
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -782,7 +810,9 @@ def test_clickhouse_cluster_is_two_shards_of_two_replicas() -> None:
     assert len(shards) == 2 and all(len(replicas) == 2 for replicas in shards)
     servers = services_by_image("clickhouse/clickhouse-server")
     assert sorted(h for replicas in shards for h in replicas) == sorted(servers)
-    assert compose().get("x-clickhouse-cluster") == name
+    for service_name, service in feedgrid_services().items():
+        url = compose_env(service)["FEEDGRID_CLICKHOUSE_URL"]
+        assert clickhouse_cluster_of(url) == name, f"{service_name}: ?cluster= is not {name}"
 
     shard_macros: dict[str, set[str]] = {}
     replica_macros = []
@@ -864,8 +894,10 @@ def test_k8s_clickhouse_matches_the_cluster_config() -> None:
     assert sum(c["layout"]["replicasCount"] for c in chk["spec"]["configuration"]["clusters"]) == 3
     zookeeper = chi["spec"]["configuration"]["zookeeper"]["nodes"]
     assert [n["host"] for n in zookeeper] == [f"keeper-{chk['metadata']['name']}"]
-    configmap = k8s_one("ConfigMap")
-    assert configmap["metadata"]["annotations"]["feedgrid/clickhouse-cluster"] == name
+    for role in ROLES:
+        _, container = k8s_role(role)
+        url = k8s_container_env(container)["FEEDGRID_CLICKHOUSE_URL"]
+        assert clickhouse_cluster_of(url) == name, f"k8s {role}: ?cluster= is not {name}"
     _, container = k8s_role("api")
     env = k8s_container_env(container)
     assert (
@@ -876,3 +908,28 @@ def test_k8s_clickhouse_matches_the_cluster_config() -> None:
     assert database.hostname == f"{cnpg['metadata']['name']}-rw"
     assert database.username == cnpg["spec"]["bootstrap"]["initdb"]["owner"]
     assert database.path.strip("/") == cnpg["spec"]["bootstrap"]["initdb"]["database"]
+
+
+def test_api_replicas_share_one_writable_signing_key_directory() -> None:
+    """The key ring (registry_api/tokens/keyring.py) is written by whichever replica rotates."""
+    name, service = compose_role("api")
+    key_dir = compose_env(service).get("FEEDGRID_SIGNING_KEY_DIR")
+    assert key_dir, f"compose service {name} does not set FEEDGRID_SIGNING_KEY_DIR"
+    volumes = compose().get("volumes") or {}
+    mounts = [str(v).split(":") for v in service.get("volumes") or []]
+    shared = [m for m in mounts if m[1] == key_dir and m[0] in volumes]
+    assert shared and "ro" not in shared[0][2:], (
+        f"{name}: {key_dir} is not a shared writable volume"
+    )
+
+    workload, container = k8s_role("api")
+    key_dir = k8s_container_env(container).get("FEEDGRID_SIGNING_KEY_DIR")
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == key_dir)
+    assert not mount.get("readOnly")
+    volume = next(v for v in pod_spec(workload)["volumes"] if v["name"] == mount["name"])
+    claim = next(
+        c
+        for c in k8s_kind("PersistentVolumeClaim")
+        if c["metadata"]["name"] == volume["persistentVolumeClaim"]["claimName"]
+    )
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
