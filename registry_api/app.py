@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -9,8 +10,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from registry_api.access.routes import grants_router, requests_router
+from registry_api.analytics.routes import router as analytics_router
 from registry_api.audit.routes import router as audit_router
 from registry_api.errors import install_error_handlers
+from registry_api.feeds.bulk_validation import HelperWarmup
 from registry_api.feeds.routes import router as feeds_router
 from registry_api.health.routes import router as health_router
 from registry_api.hooks.routes import router as hooks_router
@@ -46,11 +49,16 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(settings)
-        # The API answers feed searches from its in-memory index (loaded at start).
+        # The API answers feed searches from its in-memory index (loaded at start) and
+        # checks large bulk imports in a helper process (started in the background).
         runtime.components.insert(0, runtime.feed_index)
+        runtime.components.append(HelperWarmup())
         app.state.runtime = runtime
         async with AsyncExitStack() as stack:
             await runtime.start()
+            # What start-up built (the feed index, tables, routes) lives as long as the process:
+            # keep it out of the cyclic GC's full scans, which otherwise stall requests.
+            gc.freeze()
             stack.push_async_callback(runtime.stop)
             if run_worker:
                 from streams.app import embedded_worker as worker_context
@@ -68,14 +76,17 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
     app.add_middleware(RequestGuardMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware)
     install_error_handlers(app)
+    # Hooks first: media servers call them thousands of times a second, and routes are
+    # matched in order.
+    app.include_router(hooks_router)
     app.include_router(health_router)
     app.include_router(identity_router)
     app.include_router(feeds_router)
     app.include_router(requests_router)
     app.include_router(grants_router)
-    app.include_router(hooks_router)
     app.include_router(audit_router)
     app.include_router(jwks_router)
+    app.include_router(analytics_router)
     app.state.settings = settings
     app.state.rate_limiters = build_rate_limiters(settings)
     return app

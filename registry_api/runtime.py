@@ -49,7 +49,9 @@ class Runtime:
             settings=settings,
             engine=engine,
             sessions=sessions,
-            api_keys=ApiKeyResolver(identity_provider=IdentityProviderTokens.from_settings(settings)),
+            api_keys=ApiKeyResolver(
+                identity_provider=IdentityProviderTokens.from_settings(settings)
+            ),
             relay=OutboxRelay(settings, engine, sessions),
             access=AccessServices(settings, sessions),
             feed_index=FeedIndex(sessions),

@@ -179,7 +179,14 @@ class FeedRetrieval(BaseModel):
     feed_id: str
     protocol: str = Field(description="The feed's own protocol; its URL comes first")
     media_path: str = Field(description="The path on the media gateway")
-    token: str
+    token: str = Field(
+        description="EdDSA JWT (also verifiable by MediaMTX authMethod jwt via the JWKS)"
+    )
+    compact_token: str | None = Field(
+        None,
+        description="The same grant in under 256 characters, for RTMP (nginx-rtmp cuts play "
+        "arguments at 256 bytes); checked by FeedGrid's hooks only",
+    )
     token_id: str
     expires_at: datetime
     urls: list[RetrievalUrl]

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         0.25, gt=0, le=5, description="How often each process reloads revocations from the database"
     )
     hook_event_flush_seconds: float = Field(
-        0.05, gt=0, le=10, description="Media-server hook events are written in batches this often"
+        0.2, gt=0, le=10, description="Media-server hook events are written in batches this often"
     )
     hook_event_batch_size: int = Field(1000, ge=1, le=100_000)
 

@@ -35,8 +35,11 @@ def build_faust_app(settings: Settings) -> faust.App:
     return build_stream_context(settings).app
 
 
-async def prepare_dependencies(settings: Settings) -> None:
-    """Topics and ClickHouse tables, created if missing; retries until both answer."""
+async def prepare_dependencies(settings: Settings, waiting: asyncio.Event | None = None) -> None:
+    """Topics and ClickHouse tables, created if missing; retries until both answer.
+
+    ``waiting`` is set at the first failure, so a caller can stop waiting for the start.
+    """
     delay = 0.5
     while True:
         try:
@@ -47,14 +50,19 @@ async def prepare_dependencies(settings: Settings) -> None:
             raise
         except Exception as error:
             log.warning("stream worker waiting for kafka/clickhouse: %s", error)
+            if waiting is not None:
+                waiting.set()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 15.0)
 
 
 async def run_stream_worker(
-    context: StreamContext, stop: asyncio.Event, started: asyncio.Event | None = None
+    context: StreamContext,
+    stop: asyncio.Event,
+    started: asyncio.Event | None = None,
+    waiting: asyncio.Event | None = None,
 ) -> None:
-    await prepare_dependencies(context.settings)
+    await prepare_dependencies(context.settings, waiting)
     async with faust_app_running(context.app, stop_timeout=STOP_TIMEOUT_SECONDS):
         log.info(
             "faust agents running in-process",
@@ -72,18 +80,27 @@ async def embedded_worker(
 ) -> AsyncIterator[StreamContext]:
     """Runs the agents and the sink on the API's event loop (one process, the embedded default)."""
     sessions = getattr(runtime, "sessions", None)
+    feed_index = getattr(runtime, "feed_index", None)
     context = build_stream_context(
         settings,
         tuning or load_tuning(),
-        registry=RegistryStatusWriter(settings.database_url, sessions),
+        registry=RegistryStatusWriter(
+            settings.database_url,
+            sessions,
+            on_status=getattr(feed_index, "apply_event", None),
+        ),
     )
-    stop, started = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(run_stream_worker(context, stop, started), name="stream-worker")
-    waiting = asyncio.create_task(started.wait())
+    stop, started, waiting = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        run_stream_worker(context, stop, started, waiting), name="stream-worker"
+    )
+    # The API waits for the agents when Kafka answers (the usual start), never for Kafka.
+    watchers = {asyncio.create_task(started.wait()), asyncio.create_task(waiting.wait())}
     await asyncio.wait(
-        {task, waiting}, timeout=EMBEDDED_START_WAIT_SECONDS, return_when="FIRST_COMPLETED"
+        {task, *watchers}, timeout=EMBEDDED_START_WAIT_SECONDS, return_when="FIRST_COMPLETED"
     )
-    waiting.cancel()
+    for watcher in watchers:
+        watcher.cancel()
     if task.done() and task.exception() is not None:
         raise RuntimeError("the embedded stream worker failed to start") from task.exception()
     if not started.is_set():

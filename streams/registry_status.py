@@ -1,29 +1,35 @@
 """Writing liveness transitions back to the registry's feeds table.
 
-A transition found by the heartbeat agent updates the feed's ``status`` and ``last_seen``,
-bumps its ``revision`` and, in the same transaction, adds a ``feedgrid.feed.status`` event to
-the outbox, the way every registry change is published. Only a real change is written, so
-replays and repeated detections are no-ops.
+The heartbeat agent finds transitions the registry cannot see by itself, chiefly a feed going
+offline because its heartbeats stopped. Each one is written the way the registry writes its
+own status changes (``registry_api.feeds.heartbeats``): ``status`` set, ``last_seen`` moved
+forward only, ``revision`` bumped, and a ``feedgrid.feed.status`` event with the full state
+added to the outbox in the same transaction. Only a real change is written, so replays and
+repeated detections are no-ops. In the embedded process the API's feed index is told too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from registry_api.db import create_engine, session_factory
 from registry_api.feeds.documents import event_data
-from registry_api.feeds.models import Feed
-from registry_api.outbox.service import enqueue
-from schemas.events import SCHEMA_FEED_METADATA_V1, CloudEvent, utcnow
-from schemas.topics import FEED_METADATA
+from registry_api.feeds.events import FEED_STATUS, outbox_row
+from registry_api.feeds.models import feeds_table
+from registry_api.feeds.service import load_rows
+from registry_api.outbox.service import enqueue_many
 
 log = logging.getLogger("feedgrid.streams.registry")
+
+feeds = feeds_table
+StatusListener = Callable[[Mapping[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,10 @@ class RegistryStatusWriter:
         self,
         database_url: str,
         sessions: async_sessionmaker[AsyncSession] | None = None,
+        on_status: StatusListener | None = None,
     ) -> None:
         self.database_url = database_url
+        self.on_status = on_status
         self._sessions = sessions
         self._own_engine: AsyncEngine | None = None
 
@@ -60,41 +68,35 @@ class RegistryStatusWriter:
         """Applies the changes in one transaction; returns how many feeds changed status."""
         if not changes:
             return 0
-        changed = 0
+        changed: list[str] = []
         async with self._session_factory()() as session:
             for change in changes:
-                values: dict[str, object] = {
-                    "status": change.status,
-                    "revision": Feed.revision + 1,
-                    "updated_at": utcnow(),
-                }
+                values: dict[str, Any] = {"status": change.status, "revision": feeds.c.revision + 1}
                 if change.last_seen is not None:
-                    values["last_seen"] = change.last_seen
+                    values["last_seen"] = case(
+                        (feeds.c.last_seen.is_(None), change.last_seen),
+                        (feeds.c.last_seen < change.last_seen, change.last_seen),
+                        else_=feeds.c.last_seen,
+                    )
                 result = await session.execute(
-                    update(Feed)
-                    .where(Feed.id == change.feed_id, Feed.status != change.status)
+                    update(feeds)
+                    .where(
+                        feeds.c.id == change.feed_id,
+                        feeds.c.status != change.status,
+                        feeds.c.retired_at.is_(None),
+                    )
                     .values(**values)
                 )
-                if not result.rowcount:  # type: ignore[attr-defined]
-                    continue
-                changed += 1
-                row = (
-                    (await session.execute(select(Feed.__table__).where(Feed.id == change.feed_id)))
-                    .mappings()
-                    .one()
-                )
-                enqueue(
-                    session,
-                    FEED_METADATA,
-                    change.feed_id,
-                    CloudEvent(
-                        type="feedgrid.feed.status",
-                        subject=change.feed_id,
-                        dataschema=SCHEMA_FEED_METADATA_V1,
-                        data=event_data(dict(row)),
-                    ),
-                )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    changed.append(change.feed_id)
+            rows = await load_rows(session, changed)
+            await enqueue_many(
+                session, [outbox_row(FEED_STATUS, rows[feed_id]) for feed_id in changed]
+            )
             await session.commit()
+        if self.on_status is not None:
+            for feed_id in changed:
+                self.on_status(event_data(rows[feed_id]))
         if changed:
-            log.info("registry status updated for %d feeds", changed)
-        return changed
+            log.info("registry status updated for %d feeds", len(changed))
+        return len(changed)

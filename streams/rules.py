@@ -250,12 +250,16 @@ def _action_allowed(action: str | None, granted: frozenset[str]) -> bool:
     return action in granted or bool(_COVERED_BY.get(action, set()) & granted)
 
 
+def parse_grants(grants: dict[str, dict[str, Any]] | None) -> dict[str, GrantState]:
+    return {grant_id: GrantState.from_json(value) for grant_id, value in (grants or {}).items()}
+
+
 def check_retrieval(
     event_id: uuid.UUID,
     time: datetime,
     data: AccessEventData,
     owner_department: str,
-    grants: dict[str, dict[str, Any]] | None,
+    grants: dict[str, GrantState],
 ) -> RaisedAlert | None:
     """Judges one retrieval.started against the grants known for its feed."""
     requester = data.requester_department or ""
@@ -271,14 +275,13 @@ def check_retrieval(
         "token_id": data.token_id,
         "trigger_event_id": event_id,
     }
-    grant_json = (grants or {}).get(data.grant_id or "")
+    grant = grants.get(data.grant_id or "")
     problem: str | None = None
     if not data.grant_id:
         problem = "the retrieval names no grant"
-    elif grant_json is None:
+    elif grant is None:
         problem = f"grant {data.grant_id} is not known for this feed"
     else:
-        grant = GrantState.from_json(grant_json)
         if grant.revoked_at is not None and time.timestamp() >= grant.revoked_at:
             problem = f"grant {grant.grant_id} was revoked"
         elif grant.requester_department and requester and grant.requester_department != requester:
@@ -354,15 +357,31 @@ class FeedOpened:
     def requester(self) -> str:
         return f"{self.requester_department}/{self.requester_user}"
 
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.__dict__)
-
     @classmethod
-    def from_bytes(cls, raw: bytes) -> FeedOpened:
-        value = orjson.loads(raw)
-        value["event_id"] = uuid.UUID(value["event_id"])
-        value["time"] = datetime.fromisoformat(value["time"])
-        return cls(**value)
+    def from_json(cls, value: dict[str, Any]) -> FeedOpened:
+        return cls(
+            **{
+                **value,
+                "event_id": uuid.UUID(value["event_id"]),
+                "time": datetime.fromisoformat(value["time"]),
+            }
+        )
+
+
+def encode_opened(records: Iterable[FeedOpened]) -> bytes:
+    """One requester-activity message: a requester's retrievals from one batch, in order.
+
+    Batching them (instead of one message per retrieval) keeps the repartitioning cheap; the
+    order per requester holds because one requester's messages share a partition.
+    """
+    return orjson.dumps([record.__dict__ for record in records])
+
+
+def decode_opened(raw: bytes) -> list[FeedOpened]:
+    value = orjson.loads(raw)
+    if not isinstance(value, list):
+        raise ValueError("a requester-activity message is a JSON list")
+    return [FeedOpened.from_json(item) for item in value]
 
 
 @dataclass

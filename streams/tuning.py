@@ -21,6 +21,12 @@ class StreamTuning(BaseSettings):
         20_000, ge=100, le=1_000_000, description="Messages Faust prefetches per agent"
     )
     max_poll_records: int = Field(5_000, ge=1, le=100_000, description="Records per fetch")
+    session_timeout_seconds: float = Field(
+        30.0,
+        ge=6,
+        le=300,
+        description="A worker silent this long leaves the consumer group (its partitions move)",
+    )
     retry_initial_seconds: float = Field(0.2, gt=0, le=60)
     retry_max_seconds: float = Field(10.0, gt=0, le=600)
     heartbeat_silence_seconds: float = Field(

@@ -1,7 +1,8 @@
 """Ready-to-use retrieval URLs on the configured media gateway, one set per granted feed.
 
 Video is re-served by the gateway in every protocol it speaks, the feed's own protocol first
-(GB/T 28181 devices are re-served as RTSP). RTSP and RTMP carry the token as ``?token=``;
+(GB/T 28181 devices are re-served as RTSP). RTSP carries the JWT as ``?token=``, RTMP the
+compact token (nginx-rtmp cuts play arguments at 256 bytes);
 HLS and WebRTC (WHEP) take it as ``Authorization: Bearer``. Sensors are served over MQTT
 (token as the password) and HTTP (bearer). The feed's internal URL never appears here.
 """
@@ -18,7 +19,9 @@ SENSOR_ORDER = ("mqtt", "http")
 BEARER_NOTE = "send the token as 'Authorization: Bearer <token>'"
 
 
-def _video_url(protocol: str, settings: Settings, path: str, token: str) -> RetrievalUrl:
+def _video_url(
+    protocol: str, settings: Settings, path: str, token: str, compact_token: str | None
+) -> RetrievalUrl:
     host = settings.media_gateway_host
     quoted = quote(token, safe="")
     if protocol == "rtsp":
@@ -29,11 +32,17 @@ def _video_url(protocol: str, settings: Settings, path: str, token: str) -> Retr
             note="the token is in the URL; keep the URL private",
         )
     if protocol == "rtmp":
+        app, stream = path.split("/", 1)
+        rtmp_token = quote(compact_token, safe="") if compact_token else quoted
         return RetrievalUrl(
             protocol="rtmp",
-            url=f"rtmp://{host}:{settings.media_gateway_rtmp_port}/{path}?token={quoted}",
+            url=f"rtmp://{host}:{settings.media_gateway_rtmp_port}/{path}?token={rtmp_token}",
             auth="query_token",
-            note="the token is in the URL; keep the URL private",
+            note=(
+                "the compact token is in the URL; keep it private. RTMP application "
+                f"{app!r}, stream {stream!r}: clients that split the URL elsewhere take "
+                f"-rtmp_app {app} -rtmp_playpath '{stream}?token=...' (FFmpeg)"
+            ),
         )
     if protocol == "hls":
         return RetrievalUrl(
@@ -68,11 +77,17 @@ def _sensor_url(protocol: str, settings: Settings, path: str) -> RetrievalUrl:
 
 
 def retrieval_urls(
-    settings: Settings, *, feed_kind: str, feed_protocol: str, path: str, token: str
+    settings: Settings,
+    *,
+    feed_kind: str,
+    feed_protocol: str,
+    path: str,
+    token: str,
+    compact_token: str | None = None,
 ) -> list[RetrievalUrl]:
     if feed_kind == "sensor":
         order = sorted(SENSOR_ORDER, key=lambda protocol: protocol != feed_protocol)
         return [_sensor_url(protocol, settings, path) for protocol in order]
     first = "rtsp" if feed_protocol == "gb28181" else feed_protocol
     order = sorted(VIDEO_ORDER, key=lambda protocol: protocol != first)
-    return [_video_url(protocol, settings, path, token) for protocol in order]
+    return [_video_url(protocol, settings, path, token, compact_token) for protocol in order]

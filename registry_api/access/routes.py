@@ -9,6 +9,7 @@ from registry_api.access import service
 from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, require_roles
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.principal import Principal
+from registry_api.ratelimit import limit
 from registry_api.runtime import Runtime
 from schemas.access import (
     AccessRequestCreate,
@@ -36,7 +37,12 @@ RequestId = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[0-9a-f]
 GrantId = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$")]
 
 
-@requests_router.post("", status_code=status.HTTP_201_CREATED, response_model=AccessRequestOut)
+@requests_router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AccessRequestOut,
+    dependencies=[Depends(limit("requests"))],
+)
 async def request_access(
     payload: AccessRequestCreate, session: SessionDep, runtime: RuntimeDep, principal: Requester
 ) -> AccessRequestOut:

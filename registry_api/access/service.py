@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import exists, insert, select, update
+from sqlalchemy import Table, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.access.feed_views import FeedFacts, gateway_path, load_feed_facts, sharing_view
@@ -25,6 +25,7 @@ from registry_api.access.policy import (
     decide,
 )
 from registry_api.access.retrieval import retrieval_urls
+from registry_api.audit.bulk import execute_insert, prepare_insert
 from registry_api.audit.service import (
     ACCESS_DECIDED,
     ACCESS_REQUESTED,
@@ -66,6 +67,13 @@ RevocationListener = Callable[[str, datetime], None]
 class Gone(ApiError):
     status_code = 410
     code = "gone"
+
+
+class TABLES:
+    requests: Table = AccessRequest.__table__  # type: ignore[assignment]
+    request_feeds: Table = AccessRequestFeed.__table__  # type: ignore[assignment]
+    grants: Table = Grant.__table__  # type: ignore[assignment]
+    grant_feeds: Table = GrantFeed.__table__  # type: ignore[assignment]
 
 
 def new_id() -> str:
@@ -276,19 +284,19 @@ async def create_access_request(
         if grant is not None:
             events.append(_grant_issued_event(request, feed_id, grant, "policy", now))
 
-    session.add(request)
-    await session.flush()
+    # Driver-level inserts: one request writes a hundred rows to each table.
+    dialect = (await session.connection()).dialect
+    request_row = {column.name: getattr(request, column.name) for column in TABLES.requests.columns}
+    await execute_insert(session, prepare_insert(TABLES.requests, [request_row], dialect))
     if grants:
-        await session.execute(insert(Grant), list(grants.values()))
-        await session.execute(
-            insert(GrantFeed),
-            [
-                {"grant_id": item["grant_id"], "feed_id": item["feed_id"]}
-                for item in items
-                if item["grant_id"]
-            ],
-        )
-    await session.execute(insert(AccessRequestFeed), items)
+        await execute_insert(session, prepare_insert(TABLES.grants, list(grants.values()), dialect))
+        grant_feeds = [
+            {"grant_id": item["grant_id"], "feed_id": item["feed_id"]}
+            for item in items
+            if item["grant_id"]
+        ]
+        await execute_insert(session, prepare_insert(TABLES.grant_feeds, grant_feeds, dialect))
+    await execute_insert(session, prepare_insert(TABLES.request_feeds, items, dialect))
     await record_access_events(session, events)
     await session.commit()
     return _request_out(request, [AccessRequestFeed(**item) for item in items])
@@ -912,6 +920,7 @@ async def retrieval(
                 protocol=feed.stream_protocol,
                 media_path=path,
                 token=minted.token,
+                compact_token=minted.compact,
                 token_id=minted.claims.token_id,
                 expires_at=minted.expires_at,
                 urls=retrieval_urls(
@@ -920,6 +929,7 @@ async def retrieval(
                     feed_protocol=feed.stream_protocol,
                     path=path,
                     token=minted.token,
+                    compact_token=minted.compact,
                 ),
             )
         )

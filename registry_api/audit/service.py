@@ -7,20 +7,26 @@ events with the same ids.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, insert, or_, select, update
+import orjson
+from sqlalchemy import Select, Table, or_, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry_api.audit.bulk import DriverInsert, execute_insert, prepare_insert
 from registry_api.audit.chain import ChainLink, ChainVerifier, extend_chain
 from registry_api.audit.models import HASHED_COLUMNS, AuditChainHead, AuditEntry
-from registry_api.outbox.service import enqueue_many
+from registry_api.outbox.models import OutboxMessage
 from schemas.access import AuditEntryOut, AuditPage, AuditVerification
-from schemas.events import SCHEMA_ACCESS_EVENT_V1, AccessEventData, CloudEvent, utcnow
+from schemas.events import EVENT_SOURCE_REGISTRY, SCHEMA_ACCESS_EVENT_V1, AccessEventData, utcnow
 from schemas.topics import ACCESS_EVENTS
 
 ACCESS_REQUESTED = "feedgrid.access.requested"
@@ -33,6 +39,23 @@ RETRIEVAL_DENIED = "feedgrid.retrieval.denied"
 
 CHAIN_HEAD_ID = 1
 VERIFY_BATCH = 5_000
+PREPARE_SLICE = 50
+AUDIT_TABLE: Table = AuditEntry.__table__  # type: ignore[assignment]
+OUTBOX_TABLE: Table = OutboxMessage.__table__  # type: ignore[assignment]
+
+
+_ids = random.Random()
+# A forked child must not repeat its parent's ids (consumers deduplicate on them).
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_event_id() -> uuid.UUID:
+    """A random (version 4) UUID without a system call per id: event ids must be unique, not
+    unpredictable, and the hooks make thousands a second (uuid4() reads os.urandom each time)."""
+    value = _ids.getrandbits(128)
+    value = (value & ~(0xF << 76)) | (0x4 << 76)  # version 4
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value)
 
 
 @dataclass(frozen=True)
@@ -42,7 +65,7 @@ class AccessEvent:
     event_type: str
     data: AccessEventData
     actor: str | None = None
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=new_event_id)
     occurred_at: datetime = field(default_factory=utcnow)
 
     def audit_fields(self) -> dict[str, Any]:
@@ -62,21 +85,88 @@ class AccessEvent:
             "data": payload,
         }
 
-    def cloud_event(self, payload: dict[str, Any]) -> CloudEvent:
-        return CloudEvent(
-            id=self.event_id,
-            type=self.event_type,
-            time=self.occurred_at,
-            subject=self.data.feed_id,
-            dataschema=SCHEMA_ACCESS_EVENT_V1,
-            data=payload,
+    def cloud_event_bytes(self, payload: dict[str, Any]) -> bytes:
+        """The CloudEvent envelope (schemas.events.CloudEvent) serialized directly: this runs
+        thousands of times a second for the hooks, and a model round trip would double it."""
+        return orjson.dumps(
+            {
+                "specversion": "1.0",
+                "id": str(self.event_id),
+                "source": EVENT_SOURCE_REGISTRY,
+                "type": self.event_type,
+                "time": self.occurred_at,
+                "subject": self.data.feed_id,
+                "datacontenttype": "application/json",
+                "dataschema": SCHEMA_ACCESS_EVENT_V1,
+                "data": payload,
+            }
         )
 
 
-async def record_access_events(session: AsyncSession, events: Sequence[AccessEvent]) -> None:
+@dataclass(frozen=True)
+class PreparedEvents:
+    audit: DriverInsert
+    outbox: DriverInsert
+    last_seq: int
+    last_hash: str
+
+
+def prepare_events(
+    head_seq: int, head_hash: str, events: Sequence[AccessEvent], now: datetime, dialect: Dialect
+) -> PreparedEvents:
+    """The chain links and outbox rows of ``events`` after the given head: CPU only, no I/O."""
+    rows = extend_chain(head_hash, head_seq, [event.audit_fields() for event in events])
+    outbox = [
+        {
+            "topic": ACCESS_EVENTS,
+            "key": event.data.feed_id,
+            "payload": event.cloud_event_bytes(row["data"]),
+            "created_at": now,
+        }
+        for event, row in zip(events, rows, strict=True)
+    ]
+    return PreparedEvents(
+        audit=prepare_insert(AUDIT_TABLE, rows, dialect),
+        outbox=prepare_insert(OUTBOX_TABLE, outbox, dialect),
+        last_seq=rows[-1]["seq"],
+        last_hash=rows[-1]["entry_hash"],
+    )
+
+
+async def _prepare_in_slices(
+    head_seq: int, head_hash: str, events: Sequence[AccessEvent], now: datetime, dialect: Dialect
+) -> PreparedEvents:
+    """prepare_events() a slice at a time, letting the event loop run between slices: a batch
+    of a thousand events costs tens of milliseconds of CPU, which must not stall the requests
+    waiting on the loop. (A worker thread would not help: it holds the GIL in 5 ms turns, and
+    the loop gives the GIL up at every socket call.)"""
+    slices: list[PreparedEvents] = []
+    for start in range(0, len(events), PREPARE_SLICE):
+        prepared = prepare_events(
+            head_seq, head_hash, events[start : start + PREPARE_SLICE], now, dialect
+        )
+        slices.append(prepared)
+        head_seq, head_hash = prepared.last_seq, prepared.last_hash
+        await asyncio.sleep(0)
+    return PreparedEvents(
+        audit=DriverInsert(
+            slices[0].audit.sql, [row for part in slices for row in part.audit.params]
+        ),
+        outbox=DriverInsert(
+            slices[0].outbox.sql, [row for part in slices for row in part.outbox.params]
+        ),
+        last_seq=head_seq,
+        last_hash=head_hash,
+    )
+
+
+async def record_access_events(
+    session: AsyncSession, events: Sequence[AccessEvent], *, cooperative: bool = False
+) -> None:
     """Appends the events to the audit chain and the outbox. The caller commits.
 
     Call it last before the commit: on PostgreSQL it holds the chain-head row lock until then.
+    ``cooperative`` prepares large batches in slices, yielding to the event loop in between.
     """
     if not events:
         return
@@ -91,21 +181,19 @@ async def record_access_events(session: AsyncSession, events: Sequence[AccessEve
             .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
         )
     ).one()
-    fields = [event.audit_fields() for event in events]
-    rows = extend_chain(head.last_hash, head.last_seq, fields)
-    await session.execute(insert(AuditEntry), rows)
+    dialect = (await session.connection()).dialect
+    if cooperative:
+        prepared = await _prepare_in_slices(head.last_seq, head.last_hash, events, now, dialect)
+    else:
+        prepared = prepare_events(head.last_seq, head.last_hash, events, now, dialect)
+    await execute_insert(session, prepared.audit)
     await session.execute(
         update(AuditChainHead)
         .where(AuditChainHead.id == CHAIN_HEAD_ID)
-        .values(last_seq=rows[-1]["seq"], last_hash=rows[-1]["entry_hash"])
+        .values(last_seq=prepared.last_seq, last_hash=prepared.last_hash)
     )
-    await enqueue_many(
-        session,
-        [
-            (ACCESS_EVENTS, event.data.feed_id, event.cloud_event(row["data"]))
-            for event, row in zip(events, rows, strict=True)
-        ],
-    )
+    # The rows enqueue_many() would write, with the envelopes serialized above.
+    await execute_insert(session, prepared.outbox)
 
 
 @dataclass(frozen=True)

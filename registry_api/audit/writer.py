@@ -72,9 +72,11 @@ class BufferedAccessEvents:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(Exception):
-            await self.flush()
+            # No relay wake-up here: the relay is being stopped too, and waking a task while it
+            # is cancelled can swallow the cancellation (asyncio.wait_for in Python 3.11).
+            await self.flush(notify=False)
 
-    async def flush(self) -> int:
+    async def flush(self, *, notify: bool = True) -> int:
         """Writes everything waiting now; returns how many events were written."""
         written = 0
         async with self._write_lock:
@@ -84,7 +86,7 @@ class BufferedAccessEvents:
                 ]
                 try:
                     async with self.sessions() as session:
-                        await record_access_events(session, batch)
+                        await record_access_events(session, batch, cooperative=True)
                         await session.commit()
                 except BaseException:
                     self._waiting.extendleft(reversed(batch))
@@ -92,7 +94,7 @@ class BufferedAccessEvents:
                 written += len(batch)
                 WRITTEN.inc(len(batch))
         WAITING.set(len(self._waiting))
-        if written:
+        if written and notify:
             self.on_written()
         return written
 
@@ -100,8 +102,9 @@ class BufferedAccessEvents:
         backoff = self.flush_seconds
         while True:
             self._batch_full.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._batch_full.wait(), self.flush_seconds)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_seconds):
+                    await self._batch_full.wait()
             try:
                 await self.flush()
                 backoff = self.flush_seconds

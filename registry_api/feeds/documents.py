@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import orjson
 
-from registry_api.feeds.gb28181 import decode_gb28181
-from registry_api.feeds.geodesy import fov_polygon
+from registry_api.feeds.gb28181 import DEVICE_TYPES, INDUSTRIES, NETWORKS
+from registry_api.feeds.geodesy import fov_ring_arrays
 from registry_api.identity.principal import Principal
 from schemas.feeds import FeedProperties, PointGeometry
 
@@ -29,30 +30,61 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 POLYGON_DECIMALS = 7  # about 1 cm
 
 
-def new_feed_id() -> str:
-    """A ULID: 48-bit millisecond time + 80 random bits, 26 Crockford base-32 characters.
+_ALPHABET = np.frombuffer(_CROCKFORD.encode(), dtype=np.uint8)
+_FIVE_BITS = np.array([16, 8, 4, 2, 1], dtype=np.uint8)
+ID_LENGTH = 24
 
-    Ids sort by registration time, which keeps list pages stable and appends cheap.
+
+def new_feed_ids(count: int) -> list[str]:
+    """``count`` ids: 48-bit millisecond time then 72 random bits, as 24 Crockford base-32
+    characters (5 bits each, most significant first, so text order is time order).
+
+    Ids sort by registration time, which keeps list pages stable and index merges cheap.
+    Built with numpy: a bulk import names 57,000 feeds at once.
     """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    characters = []
-    for _ in range(26):
-        characters.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(characters))
+    millis = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    raw = np.empty((count, 15), dtype=np.uint8)
+    raw[:, :6] = np.frombuffer(millis, dtype=np.uint8)
+    raw[:, 6:] = np.frombuffer(os.urandom(9 * count), dtype=np.uint8).reshape(count, 9)
+    groups = np.unpackbits(raw, axis=1).reshape(count, ID_LENGTH, 5) @ _FIVE_BITS
+    text = _ALPHABET[groups].tobytes().decode()
+    return [text[i : i + ID_LENGTH] for i in range(0, count * ID_LENGTH, ID_LENGTH)]
+
+
+def new_feed_id() -> str:
+    return new_feed_ids(1)[0]
+
+
+def gb28181_document(row: Row) -> dict[str, str]:
+    """The decoded parts of a camera's code, from the columns that hold them."""
+    return {
+        "region": row["gb_region"],
+        "industry": row["gb_industry"],
+        "industry_label": INDUSTRIES[row["gb_industry"]],
+        "type": row["gb_type"],
+        "type_label": DEVICE_TYPES[row["gb_type"]],
+        "network": row["gb_network"],
+        "network_label": NETWORKS[row["gb_network"]],
+        "serial": row["code"][14:],
+    }
+
+
+_URL_PARTS = re.compile(r"^([^:]+)://(?:[^@/?#]*@)?([^/?#]*)([^#]*)")
 
 
 def stream_url_key(url: str) -> str:
-    """Hash of the stream URL with credentials dropped and scheme/host lower-cased.
+    """Hash of the stream URL with credentials and fragment dropped, scheme and host
+    lower-cased and a trailing slash ignored.
 
     Two registrations of one stream compare equal through it without the URL itself being
     shown to anyone who may not see it.
     """
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    path = parts.path.rstrip("/") or ""
-    normalised = urlunsplit((parts.scheme.lower(), netloc, path, parts.query, ""))
+    match = _URL_PARTS.match(url)
+    if match is None:
+        normalised = url
+    else:
+        scheme, host, rest = match.groups()
+        normalised = f"{scheme.lower()}://{host.lower()}{rest.rstrip('/')}"
     return hashlib.sha256(normalised.encode()).hexdigest()
 
 
@@ -87,9 +119,8 @@ def content_values(properties: FeedProperties, location: PointGeometry) -> dict[
         "sharing": properties.sharing.model_dump(mode="json", by_alias=True),
         "tags": list(properties.tags),
     }
-    values["content_hash"] = hashlib.sha1(
-        orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()
+    # The values are built in a fixed order (nested documents in field order): no key sorting.
+    values["content_hash"] = hashlib.sha1(orjson.dumps(values)).hexdigest()
     return values
 
 
@@ -104,16 +135,38 @@ def fov_of(row: Row) -> dict[str, float] | None:
     return {"heading": row["fov_heading"], "angle": row["fov_angle"], "range_m": row["fov_range_m"]}
 
 
-def fov_polygon_geojson(row: Row) -> dict[str, Any] | None:
-    if row["fov_heading"] is None:
-        return None
-    polygon = fov_polygon(
-        row["lon"], row["lat"], row["fov_heading"], row["fov_angle"], row["fov_range_m"]
+def fov_polygons_geojson(rows: Sequence[Row]) -> list[dict[str, Any] | None]:
+    """The field-of-view polygons of the rows as GeoJSON (computed together: one numpy pass)."""
+    with_view = [position for position, row in enumerate(rows) if row["fov_heading"] is not None]
+    polygons: list[dict[str, Any] | None] = [None] * len(rows)
+    if not with_view:
+        return polygons
+    chosen = [rows[position] for position in with_view]
+    rings = fov_ring_arrays(
+        np.array([row["lon"] for row in chosen]),
+        np.array([row["lat"] for row in chosen]),
+        np.array([row["fov_heading"] for row in chosen]),
+        np.array([row["fov_angle"] for row in chosen]),
+        np.array([row["fov_range_m"] for row in chosen]),
     )
-    ring = [
-        [round(x, POLYGON_DECIMALS), round(y, POLYGON_DECIMALS)] for x, y in polygon.exterior.coords
-    ]
-    return {"type": "Polygon", "coordinates": [ring]}
+    for position, ring in zip(with_view, rings, strict=True):
+        polygons[position] = {
+            "type": "Polygon",
+            "coordinates": [np.round(ring, POLYGON_DECIMALS).tolist()],
+        }
+    return polygons
+
+
+def feed_documents(rows: Sequence[Row], principal: Principal) -> list[dict[str, Any]]:
+    """Documents of many rows as ``principal`` may see them, polygons computed in one pass."""
+    documents = []
+    for row, polygon in zip(rows, fov_polygons_geojson(rows), strict=True):
+        document = feed_document(
+            row, show_url=can_see_internal(principal, row["owner"]), with_polygon=False
+        )
+        document["fov_polygon"] = polygon
+        documents.append(document)
+    return documents
 
 
 def feed_document(row: Row, *, show_url: bool, with_polygon: bool = True) -> dict[str, Any]:
@@ -131,7 +184,7 @@ def feed_document(row: Row, *, show_url: bool, with_polygon: bool = True) -> dic
         "altitude": row["altitude"],
         "fov": fov_of(row),
         "coverage": row["coverage"],
-        "gb28181": decode_gb28181(row["code"]).as_dict() if row["kind"] == "camera" else None,
+        "gb28181": gb28181_document(row) if row["kind"] == "camera" else None,
         "stream": stream,
         "datastreams": row["datastreams"],
         "catalog": row["catalog"],
@@ -147,7 +200,7 @@ def feed_document(row: Row, *, show_url: bool, with_polygon: bool = True) -> dic
         "retired_at": row["retired_at"],
     }
     if with_polygon:
-        document["fov_polygon"] = fov_polygon_geojson(row)
+        document["fov_polygon"] = fov_polygons_geojson([row])[0]
     return document
 
 

@@ -31,7 +31,7 @@ from registry_api.identity.principal import Principal
 
 feeds = feeds_table
 REASONS = ("same_code", "same_stream_url", "nearby_overlapping_view")
-DEFAULT_DISTANCE_M = 5.0
+DEFAULT_DISTANCE_M = 3.0
 MAX_DISTANCE_M = 100.0
 
 

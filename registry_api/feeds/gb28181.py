@@ -15,6 +15,7 @@ the services and the stream agents share them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 CODE_LENGTH = 20
@@ -128,6 +129,7 @@ class GbCode:
         }
 
 
+@functools.lru_cache(maxsize=4096)  # a bulk import decodes each code twice in a row
 def decode_gb28181(code: str) -> GbCode:
     """Validates and decodes ``code``; raises :class:`InvalidGbCode` with the reason."""
     if (

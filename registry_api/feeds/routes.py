@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, status
 import orjson
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, status
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, require_roles
-from registry_api.errors import Unprocessable
 from registry_api.feeds import bulk, duplicates, heartbeats, service
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.principal import Principal
@@ -36,8 +35,9 @@ FeedId = Annotated[str, Path(min_length=1, max_length=64, description="Feed id")
 Gateway = Annotated[Principal, Depends(require_roles(Role.gateway))]
 
 
-def get_feed_index(runtime: RuntimeDep) -> FeedIndex:
-    return runtime.feed_index
+async def get_feed_index(request: Request) -> FeedIndex:
+    # async (and not through RuntimeDep): a sync dependency costs a thread-pool round trip
+    return request.app.state.runtime.feed_index  # type: ignore[no-any-return]
 
 
 IndexDep = Annotated[FeedIndex, Depends(get_feed_index)]
@@ -48,7 +48,8 @@ def json_response(
 ) -> Response:
     """JSON encoded by orjson (datetimes as RFC 3339), bypassing response-model re-validation:
     the services already return documents in the shape the response models describe."""
-    return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
+    body = orjson.dumps(content, option=orjson.OPT_UTC_Z)  # times as 2026-05-01T08:00:00Z
+    return Response(body, status_code, headers, media_type="application/json")
 
 
 def _with_etag(document: dict[str, Any], status_code: int = 200) -> Response:
@@ -84,7 +85,7 @@ async def register_feed(
     return response
 
 
-def feed_filters(
+async def feed_filters(
     department: Annotated[str | None, Query(pattern=DEPARTMENT_CODE_PATTERN)] = None,
     kind: Annotated[str | None, Query(pattern="^(camera|sensor)$")] = None,
     industry: Annotated[str | None, Query(description="GB/T 28181 industry, 2 digits")] = None,
@@ -115,12 +116,7 @@ def feed_filters(
             {key: value for key, value in raw.items() if value is not None}
         )
     except ValidationError as error:
-        details = service.validation_details(error)
-        first = details[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise Unprocessable(
-            f"{where}: {first['msg']}", code="invalid_filter", details=details
-        ) from None
+        raise service.unprocessable(error, "invalid_filter") from None
 
 
 @router.get("/v1/feeds", response_model=FeedPage, summary="List and find feeds")

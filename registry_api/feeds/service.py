@@ -22,15 +22,18 @@ from registry_api.errors import (
     PreconditionFailed,
     Unprocessable,
 )
+from registry_api.feeds import sqlite_rows as sqlite_fast
 from registry_api.feeds.documents import (
     can_see_internal,
     content_values,
     feed_document,
+    feed_documents,
     input_document,
     new_feed_id,
 )
 from registry_api.feeds.events import FEED_REGISTERED, FEED_RETIRED, FEED_UPDATED, outbox_row
 from registry_api.feeds.models import feeds_table
+from registry_api.feeds.problems import first_problem, validation_details
 from registry_api.feeds.spatial import FeedIndex, FeedRecord, IndexQuery, InvalidCursor
 from registry_api.identity.models import Department
 from registry_api.identity.principal import Principal
@@ -53,22 +56,9 @@ PAGE_LIMIT_DEFAULT = 100
 # ---------------------------------------------------------------------------- helpers
 
 
-def validation_details(error: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"loc": list(item.get("loc", ())), "msg": item.get("msg"), "type": item.get("type")}
-        for item in error.errors(include_url=False, include_input=False)
-    ]
-
-
-def invalid_feed(error: ValidationError) -> Unprocessable:
+def unprocessable(error: ValidationError, code: str) -> Unprocessable:
     details = validation_details(error)
-    first = details[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return Unprocessable(
-        f"{where}: {first['msg']}" if where else str(first["msg"]),
-        code="invalid_feed",
-        details=details,
-    )
+    return Unprocessable(first_problem(details), code=code, details=details)
 
 
 def split_body(body: FeedCreate | FeedFeature) -> tuple[FeedProperties, PointGeometry]:
@@ -132,7 +122,7 @@ def record_of(row: Mapping[Any, Any]) -> FeedRecord:
 
 
 async def duplicate_hints(
-    session: AsyncSession, owner: str, code: str, url_key: str, exclude_id: str | None = None
+    session: AsyncSession, owner: str, code: str, url_key: str
 ) -> list[dict[str, Any]]:
     """Live feeds of other departments with the same code or the same stream."""
     statement = select(feeds.c.id, feeds.c.owner, feeds.c.code, feeds.c.stream_url_key).where(
@@ -142,8 +132,6 @@ async def duplicate_hints(
     )
     hints = []
     for row in (await session.execute(statement)).all():
-        if row.id == exclude_id:
-            continue
         reasons = []
         if row.code == code:
             reasons.append("same_code")
@@ -254,7 +242,7 @@ async def update_feed(
     try:
         body = FeedCreate.model_validate(merged, strict=None)
     except ValidationError as error:
-        raise invalid_feed(error) from None
+        raise unprocessable(error, "invalid_feed") from None
     values = content_values(body, body.location)
     if values["content_hash"] == row["content_hash"]:
         return feed_document(row, show_url=True)
@@ -356,6 +344,19 @@ async def load_rows(session: AsyncSession, feed_ids: Sequence[str]) -> dict[str,
     return {row["id"]: row for row in result.mappings()}
 
 
+async def load_page_rows(
+    session: AsyncSession, feed_ids: Sequence[str]
+) -> dict[str, Mapping[Any, Any]]:
+    """Rows to render as documents (timestamps may be RFC 3339 text rather than datetimes).
+
+    On SQLite the rows come straight from the driver: a page of 100 feeds is read in half
+    the time SQLAlchemy's result processing takes, which matters for search latency.
+    """
+    if not feed_ids or not sqlite_fast.is_sqlite(session):
+        return await load_rows(session, feed_ids)
+    return await sqlite_fast.select_rows(session, feed_ids)  # type: ignore[return-value]
+
+
 async def search_feeds(
     session: AsyncSession,
     index: FeedIndex,
@@ -370,16 +371,13 @@ async def search_feeds(
         page = index.search(index_query(filters), limit=limit, cursor=cursor)
     except InvalidCursor as error:
         raise Unprocessable(str(error), code="invalid_cursor") from None
-    rows = await load_rows(session, page.ids)
-    items = []
-    for position, feed_id in enumerate(page.ids):
-        row = rows.get(feed_id)
-        if row is None:  # registered in another process and not followed yet
-            continue
-        document = feed_document(row, show_url=can_see_internal(principal, row["owner"]))
-        if page.distances is not None:
+    rows = await load_page_rows(session, page.ids)
+    # a feed registered by another replica and not followed yet has no row here: skipped
+    found = [position for position, feed_id in enumerate(page.ids) if feed_id in rows]
+    items = feed_documents([rows[page.ids[position]] for position in found], principal)
+    if page.distances is not None:
+        for document, position in zip(items, found, strict=True):
             document["distance_m"] = round(page.distances[position], 2)
-        items.append(document)
     return {"items": items, "total": page.total, "next_cursor": page.next_cursor}
 
 

@@ -179,7 +179,7 @@ class IndexQuery:
 
 @dataclass
 class Matches:
-    """Rows of one snapshot that match, ascending; distances aligned when the query is ``near``."""
+    """Rows of one snapshot that match (any order); distances aligned for ``near``."""
 
     rows: np.ndarray
     distances: np.ndarray | None = None
@@ -315,7 +315,7 @@ class Columns:
         lat = np.fromiter((record.lat for record in records), np.float64, count)
         return cls(
             ids=np.array([record.id for record in records], dtype=ID_DTYPE),
-            revision=np.fromiter((record.revision for record in records), np.int64, count),
+            revision=np.fromiter((record.revision for record in records), np.int32, count),
             owner=np.fromiter((owners.code(record.owner) for record in records), np.int32, count),
             kind=np.fromiter((_KIND_CODE[record.kind] for record in records), np.int8, count),
             industry=np.fromiter(
@@ -329,7 +329,7 @@ class Columns:
                 count,
             ),
             region=np.fromiter(
-                (int(record.region) if record.region else -1 for record in records), np.int64, count
+                (int(record.region) if record.region else -1 for record in records), np.int32, count
             ),
             sharing=np.fromiter(
                 (_SHARING_CODE[record.sharing] for record in records), np.int8, count
@@ -374,29 +374,63 @@ class Columns:
         )
 
     @staticmethod
+    def concat_all(parts: Sequence[Columns]) -> Columns:
+        """The parts one after another (each column copied once)."""
+        if not parts:
+            return Columns.empty()
+        offsets = np.cumsum([0] + [len(part) for part in parts[:-1]])
+        joined = {
+            name: np.concatenate([getattr(part, name) for part in parts])
+            for name in Columns.__dataclass_fields__
+            if name != "tag_rows"
+        }
+        joined["tag_rows"] = np.concatenate(
+            [part.tag_rows + offset for part, offset in zip(parts, offsets, strict=True)]
+        ).astype(np.int32)
+        return Columns(**joined)
+
+    @staticmethod
     def concat(first: Columns, second: Columns) -> Columns:
-        return Columns(
-            ids=np.concatenate([first.ids, second.ids]),
-            revision=np.concatenate([first.revision, second.revision]),
-            owner=np.concatenate([first.owner, second.owner]),
-            kind=np.concatenate([first.kind, second.kind]),
-            industry=np.concatenate([first.industry, second.industry]),
-            type_code=np.concatenate([first.type_code, second.type_code]),
-            region=np.concatenate([first.region, second.region]),
-            sharing=np.concatenate([first.sharing, second.sharing]),
-            status=np.concatenate([first.status, second.status]),
-            retired=np.concatenate([first.retired, second.retired]),
-            names=np.concatenate([first.names, second.names]),
-            lon=np.concatenate([first.lon, second.lon]),
-            lat=np.concatenate([first.lat, second.lat]),
-            fov=np.concatenate([first.fov, second.fov]),
-            coverage=np.concatenate([first.coverage, second.coverage]),
-            footprint=np.concatenate([first.footprint, second.footprint]),
-            tag_rows=np.concatenate([first.tag_rows, second.tag_rows + len(first)]).astype(
-                np.int32
-            ),
-            tag_codes=np.concatenate([first.tag_codes, second.tag_codes]),
-        )
+        return Columns.concat_all([first, second])
+
+
+@dataclass
+class IndexPart:
+    """Index columns of freshly validated features, built without the index's state (in the
+    bulk helper process): ids, revisions and statuses are blanks, owners and tags are coded
+    in a vocabulary of their own. :meth:`adopt` completes the rows that get written."""
+
+    columns: Columns
+    owners: list[str]
+    tags: list[str]
+
+    @classmethod
+    def of(cls, rows: Iterable[Mapping[Any, Any]]) -> IndexPart:
+        blanks = {"id": "", "revision": 0, "status": "unknown", "retired_at": None}
+        records = [FeedRecord.from_row({**row, **blanks}) for row in rows]
+        owners, tags = Vocabulary(), Vocabulary()
+        return cls(Columns.from_records(records, owners, tags), owners.values, tags.values)
+
+    def adopt(
+        self,
+        positions: Sequence[int],
+        ids: Sequence[str],
+        revisions: Sequence[int],
+        statuses: Sequence[str],
+        owners: Vocabulary,
+        tags: Vocabulary,
+    ) -> Columns:
+        """The rows at ``positions`` with their ids, revisions and statuses, coded in the
+        index's own vocabularies."""
+        chosen = self.columns.take(np.asarray(positions, dtype=np.int64))
+        owner_codes = np.array([owners.code(name) for name in self.owners] or [0], dtype=np.int32)
+        tag_codes = np.array([tags.code(name) for name in self.tags] or [0], dtype=np.int32)
+        chosen.ids = np.array(ids, dtype=ID_DTYPE)
+        chosen.revision = np.array(revisions, dtype=np.int32)
+        chosen.status = np.array([_STATUS_CODE[status] for status in statuses], dtype=np.int8)
+        chosen.owner = owner_codes[chosen.owner]
+        chosen.tag_codes = tag_codes[chosen.tag_codes]
+        return chosen
 
 
 def _footprints(
@@ -426,7 +460,7 @@ def _footprints(
 class Snapshot:
     """Immutable, id-sorted columns with their grids. Built off the event loop for big sets."""
 
-    def __init__(self, columns: Columns) -> None:
+    def __init__(self, columns: Columns, *, prepare: bool = False) -> None:
         order = np.argsort(columns.ids, kind="stable") if not _is_sorted(columns.ids) else None
         self.columns = columns.take(order) if order is not None else columns
         c = self.columns
@@ -435,6 +469,32 @@ class Snapshot:
         self.point_order = np.argsort(keys, kind="stable").astype(np.int32)
         self.point_keys = keys[self.point_order]
         self._build_footprint_grid()
+        self._groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if prepare:  # base snapshots are built off the event loop: sort the groups there too
+            for name in GROUPED_ATTRIBUTES:
+                self._group(name)
+
+    def _group(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(values sorted, rows in that order) of a categorical attribute; within one value
+        the rows ascend, so the rows holding a value are a ready, sorted slice."""
+        cached = self._groups.get(name)
+        if cached is None:
+            c = self.columns
+            if name == "tag":
+                order = np.lexsort((c.tag_rows, c.tag_codes))
+                cached = (c.tag_codes[order], c.tag_rows[order])
+            else:
+                column = getattr(c, name)
+                order = np.argsort(column, kind="stable")
+                cached = (column[order], order.astype(np.int32))
+            self._groups[name] = cached
+        return cached
+
+    def rows_with(self, name: str, value: int) -> np.ndarray:
+        """Rows whose attribute ``name`` equals ``value`` (ascending)."""
+        values, rows = self._group(name)
+        key = np.asarray(value, dtype=values.dtype)  # the column's dtype: searched in place
+        return rows[np.searchsorted(values, key, "left") : np.searchsorted(values, key, "right")]
 
     def _build_footprint_grid(self) -> None:
         bounds = self.columns.footprint
@@ -483,7 +543,7 @@ class Snapshot:
         return positions[self.columns.ids[positions] == wanted]
 
     def points_in_box(self, box: tuple[float, float, float, float]) -> np.ndarray:
-        """Rows whose position lies in the lon/lat box (edges included), ascending."""
+        """Rows whose position lies in the lon/lat box (edges included), in grid order."""
         found = []
         for part in _split_antimeridian(*box):
             first, last = _cell_key_ranges(part)
@@ -494,7 +554,7 @@ class Snapshot:
             lat = self.columns.lat[candidates]
             inside = (lon >= part[0]) & (lon <= part[2]) & (lat >= part[1]) & (lat <= part[3])
             found.append(candidates[inside])
-        return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+        return np.concatenate(found)  # each point sits in one cell: no duplicates
 
     def footprints_touching(self, box: tuple[float, float, float, float]) -> np.ndarray:
         """Rows whose footprint bounds intersect the box, ascending."""
@@ -554,10 +614,10 @@ class Snapshot:
             return inside
         polygons, coverage = self.footprint_shapes(candidates)
         touching = shapely.intersects(geometry, polygons) | shapely.intersects(geometry, coverage)
-        return np.union1d(inside, candidates[touching])
+        return np.concatenate([inside, candidates[touching]])
 
     def match(self, query: IndexQuery, *, vocabularies: tuple[Vocabulary, Vocabulary]) -> Matches:
-        """Rows matching every predicate of the query, ascending (id order)."""
+        """Rows matching every predicate of the query (in no particular order)."""
         if self.size == 0:
             return Matches(np.empty(0, dtype=np.int64), np.empty(0) if query.near else None)
         rows: np.ndarray | None = None
@@ -593,33 +653,34 @@ class Snapshot:
     ) -> np.ndarray:
         c = self.columns
         owners, tags = vocabularies
+        wanted = _wanted_codes(query, owners, tags)
+        if rows is None and wanted:
+            # start from the rarest value asked for instead of scanning every row
+            rows = min((self.rows_with(name, code) for name, code in wanted.items()), key=len)
         view = slice(None) if rows is None else rows
         mask = np.ones(self.size if rows is None else rows.shape[0], dtype=bool)
         if not query.include_retired:
             mask &= ~c.retired[view]
         if query.owner is not None:
-            code = owners.lookup(query.owner)
-            mask &= c.owner[view] == (-1 if code is None else code)
+            mask &= c.owner[view] == wanted["owner"]
         if query.kind is not None:
-            mask &= c.kind[view] == _KIND_CODE[query.kind]
+            mask &= c.kind[view] == wanted["kind"]
         if query.industry is not None:
-            mask &= c.industry[view] == int(query.industry)
+            mask &= c.industry[view] == wanted["industry"]
         if query.type_code is not None:
-            mask &= c.type_code[view] == int(query.type_code)
+            mask &= c.type_code[view] == wanted["type_code"]
         if query.region is not None:
             scale = 10 ** (8 - len(query.region))
             low = int(query.region) * scale
             region = c.region[view]
             mask &= (region >= low) & (region < low + scale)
         if query.sharing is not None:
-            mask &= c.sharing[view] == _SHARING_CODE[query.sharing]
+            mask &= c.sharing[view] == wanted["sharing"]
         if query.status is not None:
-            mask &= c.status[view] == _STATUS_CODE[query.status]
+            mask &= c.status[view] == wanted["status"]
         if query.tag is not None:
-            code = tags.lookup(query.tag)
             tagged = np.zeros(self.size, dtype=bool)
-            if code is not None:
-                tagged[c.tag_rows[c.tag_codes == code]] = True
+            tagged[self.rows_with("tag", wanted["tag"])] = True
             mask &= tagged[view]
         result = np.flatnonzero(mask) if rows is None else rows[mask]
         if query.text is not None and result.size:
@@ -629,22 +690,74 @@ class Snapshot:
         return result
 
 
+GROUPED_ATTRIBUTES = ("owner", "kind", "industry", "type_code", "sharing", "status", "tag")
+
+
+def _wanted_codes(query: IndexQuery, owners: Vocabulary, tags: Vocabulary) -> dict[str, int]:
+    """The query's categorical filters as column codes (-1: a value no feed has)."""
+    wanted: dict[str, int] = {}
+    if query.owner is not None:
+        code = owners.lookup(query.owner)
+        wanted["owner"] = -1 if code is None else code
+    if query.kind is not None:
+        wanted["kind"] = _KIND_CODE[query.kind]
+    if query.industry is not None:
+        wanted["industry"] = int(query.industry)
+    if query.type_code is not None:
+        wanted["type_code"] = int(query.type_code)
+    if query.sharing is not None:
+        wanted["sharing"] = _SHARING_CODE[query.sharing]
+    if query.status is not None:
+        wanted["status"] = _STATUS_CODE[query.status]
+    if query.tag is not None:
+        code = tags.lookup(query.tag)
+        wanted["tag"] = -1 if code is None else code
+    return wanted
+
+
 def _is_sorted(values: np.ndarray) -> bool:
     return values.shape[0] < 2 or bool(np.all(values[:-1] <= values[1:]))
+
+
+def merge_columns(base: Snapshot, incoming: Columns) -> Snapshot:
+    """A new snapshot: ``base`` plus ``incoming``; for an id in both, the higher revision wins."""
+    if base.size == 0:
+        return Snapshot(incoming, prepare=True)
+    incoming_ids = incoming.ids.astype(str).tolist()
+    replaced = base.rows_of(incoming_ids)
+    if replaced.size:
+        # incoming rows older than the base's version of the same feed are dropped
+        base_revision = dict(
+            zip(
+                base.columns.ids[replaced].tolist(),
+                base.columns.revision[replaced].tolist(),
+                strict=True,
+            )
+        )
+        stale = np.fromiter(
+            (
+                base_revision.get(key, -1) > revision
+                for key, revision in zip(
+                    incoming.ids.tolist(), incoming.revision.tolist(), strict=True
+                )
+            ),
+            bool,
+            len(incoming),
+        )
+        if stale.any():
+            incoming = incoming.take(np.flatnonzero(~stale))
+            replaced = base.rows_of(incoming.ids.astype(str).tolist())
+    keep = np.ones(base.size, dtype=bool)
+    keep[replaced] = False
+    kept = base.columns.take(np.flatnonzero(keep)) if replaced.size else base.columns
+    return Snapshot(Columns.concat(kept, incoming), prepare=True)
 
 
 def merge_snapshot(
     base: Snapshot, records: Sequence[FeedRecord], owners: Vocabulary, tags: Vocabulary
 ) -> Snapshot:
     """A new snapshot: ``base`` with ``records`` replacing (or adding to) its rows."""
-    incoming = Columns.from_records(records, owners, tags)
-    if base.size == 0:
-        return Snapshot(incoming)
-    replaced = base.rows_of([record.id for record in records])
-    keep = np.ones(base.size, dtype=bool)
-    keep[replaced] = False
-    kept = base.columns.take(np.flatnonzero(keep)) if replaced.size else base.columns
-    return Snapshot(Columns.concat(kept, incoming))
+    return merge_columns(base, Columns.from_records(records, owners, tags))
 
 
 # ---------------------------------------------------------------------------- the index
@@ -694,10 +807,7 @@ class FeedIndex:
             async for chunk in result.mappings().partitions(LOAD_CHUNK):
                 records = [FeedRecord.from_row(row) for row in chunk]
                 parts.append(Columns.from_records(records, self.owners, self.tags))
-        columns = Columns.empty()
-        for part in parts:
-            columns = Columns.concat(columns, part)
-        base = await asyncio.to_thread(Snapshot, columns)
+        base = await asyncio.to_thread(Snapshot, Columns.concat_all(parts), prepare=True)
         self._install_base(base, {})
         log.info(
             "feed index loaded",
@@ -738,9 +848,23 @@ class FeedIndex:
         self.apply([record_from_document(event_data)])
 
     async def apply_and_merge(self, records: Sequence[FeedRecord]) -> None:
-        """For big batches (bulk imports): apply, then fold everything into a new base now."""
+        """For big batches: apply, then fold everything into a new base now."""
         self.apply(records)
         await self.merge()
+
+    def columns_of(self, records: Sequence[FeedRecord]) -> Columns:
+        """Records as columns in this index's vocabularies (for :meth:`apply_columns`)."""
+        return Columns.from_records(records, self.owners, self.tags)
+
+    async def apply_columns(self, incoming: Columns) -> None:
+        """Folds a big batch of committed writes, prepared as columns, into a new base.
+
+        Bulk imports prepare the columns while the database is still busy writing, so only
+        the merge itself (sorting and grids, in a worker thread) follows the commit.
+        """
+        async with self._merge_lock:
+            merged = await asyncio.to_thread(merge_columns, self._base, incoming)
+            self._install_base(merged, self._delta.records)
 
     def _schedule_merge(self) -> None:
         if self._merge_task is None or self._merge_task.done():
@@ -799,34 +923,52 @@ class FeedIndex:
         after = decode_cursor(cursor) if cursor else None
         found = self._all_matches(query)
         total = sum(matches.rows.shape[0] for _, matches in found)
-        ids = np.concatenate([snapshot.columns.ids[matches.rows] for snapshot, matches in found])
         if query.near is not None:
-            distances = np.concatenate([matches.distances for _, matches in found])  # type: ignore[misc]
-            order = np.lexsort((ids, distances))
-            ids, distances = ids[order], distances[order]
+            return self._nearest_page(found, total, limit, after)
+        # Each snapshot's rows ascend in id order: only the head after the cursor is needed.
+        heads = []
+        for snapshot, matches in found:
+            rows = matches.rows
             if after is not None:
-                last_id, last_distance = after
-                if last_distance is None:
-                    raise InvalidCursor("the cursor does not belong to a near search")
-                later = (distances > last_distance) | (
-                    (distances == last_distance) & (ids > last_id.encode())
-                )
-                ids, distances = ids[later], distances[later]
-            page_ids, page_distances = ids[:limit], distances[:limit]
-            more = ids.shape[0] > limit
-            decoded = [value.decode() for value in page_ids]
-            next_cursor = (
-                encode_cursor(decoded[-1], float(page_distances[-1])) if more and decoded else None
-            )
-            return IndexPage(
-                decoded, [float(value) for value in page_distances], total, next_cursor
-            )
-        ids = np.sort(ids) if len(found) > 1 else ids
-        if after is not None:
-            ids = ids[np.searchsorted(ids, after[0].encode(), side="right") :]
+                start = np.searchsorted(snapshot.columns.ids, after[0].encode(), side="right")
+                rows = rows[rows >= start]
+            if rows.shape[0] > limit + 1:  # the lowest rows are the lowest ids: no full sort
+                rows = np.partition(rows, limit)[: limit + 1]
+            heads.append(snapshot.columns.ids[np.sort(rows)])
+        ids = np.sort(np.concatenate(heads)) if len(heads) > 1 else heads[0]
         page = [value.decode() for value in ids[:limit]]
         next_cursor = encode_cursor(page[-1], None) if ids.shape[0] > limit and page else None
         return IndexPage(page, None, total, next_cursor)
+
+    @staticmethod
+    def _nearest_page(
+        found: list[tuple[Snapshot, Matches]],
+        total: int,
+        limit: int,
+        after: tuple[str, float | None] | None,
+    ) -> IndexPage:
+        ids = np.concatenate([snapshot.columns.ids[matches.rows] for snapshot, matches in found])
+        distances = np.concatenate([matches.distances for _, matches in found])  # type: ignore[misc]
+        if after is not None:
+            last_id, last_distance = after
+            if last_distance is None:
+                raise InvalidCursor("the cursor does not belong to a near search")
+            later = (distances > last_distance) | (
+                (distances == last_distance) & (ids > last_id.encode())
+            )
+            ids, distances = ids[later], distances[later]
+        more = ids.shape[0] > limit
+        if more:  # only the page needs sorting: keep what is no farther than the limit-th
+            kth = np.partition(distances, limit - 1)[limit - 1]
+            close = distances <= kth
+            ids, distances = ids[close], distances[close]
+        order = np.lexsort((ids, distances))[:limit]
+        page_ids, page_distances = ids[order], distances[order]
+        decoded = [value.decode() for value in page_ids]
+        next_cursor = (
+            encode_cursor(decoded[-1], float(page_distances[-1])) if more and decoded else None
+        )
+        return IndexPage(decoded, [float(value) for value in page_distances], total, next_cursor)
 
     def matching_columns(self, query: IndexQuery) -> dict[str, np.ndarray]:
         """Ids, owners, kinds, positions and fields of view of every match (for reports)."""

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry_api.access.components import AccessServices
 from registry_api.access.feed_views import FeedPathIndex
+from registry_api.access.revocation import GrantState
 from registry_api.audit.service import (
     RETRIEVAL_DENIED,
     RETRIEVAL_ENDED,
@@ -52,10 +53,19 @@ class Verdict:
     code: str
     message: str
     claims: RetrievalClaims | None = None
+    grant: GrantState | None = None
 
 
-def _refuse(code: str, message: str, claims: RetrievalClaims | None = None) -> Verdict:
-    return Verdict(False, code, message, claims)
+def _requester_department(claims: RetrievalClaims | None, state: GrantState | None) -> str | None:
+    if claims is not None and claims.department:
+        return claims.department
+    return state.requester_department if state is not None else None
+
+
+def _refuse(
+    code: str, message: str, claims: RetrievalClaims | None = None, grant: GrantState | None = None
+) -> Verdict:
+    return Verdict(False, code, message, claims, grant)
 
 
 class RetrievalGate:
@@ -84,7 +94,7 @@ class RetrievalGate:
             claims = self.access.tokens.verify(attempt.token)
         except TokenRejected as rejected:
             return _refuse(rejected.code, rejected.message)
-        if claims.media_path != attempt.path:
+        if not await self._names_this_feed(claims, attempt.path):
             return _refuse("token_for_another_feed", "the token is for another feed", claims)
         if attempt.action is None or not claims.allows(attempt.action):
             return _refuse(
@@ -97,10 +107,17 @@ class RetrievalGate:
         if state is None:
             return _refuse("unknown_grant", "the token names no grant", claims)
         if state.revoked:
-            return _refuse("grant_revoked", "the grant was revoked", claims)
+            return _refuse("grant_revoked", "the grant was revoked", claims, state)
         if state.valid_until <= time.time():
-            return _refuse("grant_expired", "the grant has ended", claims)
-        return Verdict(True, "allowed", "allowed", claims)
+            return _refuse("grant_expired", "the grant has ended", claims, state)
+        return Verdict(True, "allowed", "allowed", claims, state)
+
+    async def _names_this_feed(self, claims: RetrievalClaims, path: str) -> bool:
+        if claims.media_path:  # a JWT binds the gateway path itself
+            return claims.media_path == path
+        # A compact token names the feed: find the feed served at this path (cached).
+        async with self.sessions() as session:
+            return await self.paths.feed_id(session, path) == claims.feed_id
 
     async def _record(self, attempt: Attempt, verdict: Verdict) -> None:
         claims = verdict.claims
@@ -109,11 +126,13 @@ class RetrievalGate:
         else:
             async with self.sessions() as session:
                 feed_id = await self.paths.feed_id(session, attempt.path) or UNKNOWN_FEED
-        state = await self.access.grants.state(claims.grant_id) if claims is not None else None
+        state = verdict.grant
+        if state is None and claims is not None and verdict.code == "token_for_another_feed":
+            state = await self.access.grants.state(claims.grant_id)
         data = AccessEventData(
             feed_id=feed_id,
-            requester_department=claims.department if claims else None,
-            requester_user=claims.subject if claims else None,
+            requester_department=_requester_department(claims, state),
+            requester_user=(claims.subject or None) if claims else None,
             owner_department=state.owner_department if state else None,
             grant_id=claims.grant_id if claims else None,
             token_id=claims.token_id if claims else None,
@@ -123,6 +142,8 @@ class RetrievalGate:
             protocol=attempt.protocol,
             media_server=attempt.media_server,
             client_ip=attempt.client_ip,
+            bytes=0,
+            duration_seconds=0.0,
         )
         event_type = RETRIEVAL_STARTED if verdict.allowed else RETRIEVAL_DENIED
         self.access.hook_events.add(AccessEvent(event_type, data, attempt.media_server))
@@ -147,7 +168,7 @@ class RetrievalGate:
                 claims = self.access.tokens.verify(attempt.token, check_time=False)
             except TokenRejected:
                 claims = None
-        if claims is not None and claims.media_path == attempt.path:
+        if claims is not None and await self._names_this_feed(claims, attempt.path):
             feed_id = claims.feed_id
             state = await self.access.grants.state(claims.grant_id)
         else:
@@ -157,8 +178,8 @@ class RetrievalGate:
                 feed_id = await self.paths.feed_id(session, attempt.path) or UNKNOWN_FEED
         data = AccessEventData(
             feed_id=feed_id,
-            requester_department=claims.department if claims else None,
-            requester_user=claims.subject if claims else None,
+            requester_department=_requester_department(claims, state),
+            requester_user=(claims.subject or None) if claims else None,
             owner_department=state.owner_department if state else None,
             grant_id=claims.grant_id if claims else None,
             token_id=claims.token_id if claims else None,

@@ -12,6 +12,7 @@ replica are picked up without a restart.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import secrets
 import threading
@@ -40,6 +41,11 @@ class SigningKey:
     created_at: datetime
     private_key: Ed25519PrivateKey
     public_key: Ed25519PublicKey
+
+    @property
+    def digest(self) -> bytes:
+        """Four bytes naming the key inside compact tokens (where a kid does not fit)."""
+        return hashlib.sha256(self.kid.encode()).digest()[:4]
 
     def jwk(self) -> dict[str, str]:
         raw = self.public_key.public_bytes(
@@ -200,6 +206,17 @@ class KeyRing:
                 self._scan()
             key = self._keys.get(kid)
         return key.public_key if key is not None else None
+
+    def public_key_by_digest(self, digest: bytes) -> Ed25519PublicKey | None:
+        for _ in range(2):
+            for key in self._keys.values():
+                if key.digest == digest:
+                    return key.public_key
+            if time.monotonic() - self._last_scan < RESCAN_INTERVAL_SECONDS:
+                return None
+            with self._lock:
+                self._scan()
+        return None
 
     def published(self) -> list[SigningKey]:
         """The keys in the JWKS: the signing key and every retired key whose tokens may live."""

@@ -2,6 +2,8 @@
 -- placement: sharded by cityHash64(feed_id)
 -- Retrievals per hour and feed (with its owner, kind and region, and the requester
 -- department), kept by the materialized view below from every insert into access_events.
+-- Distinct requesters are uniq states of a 64-bit hash of department/user: exact while a
+-- bucket holds fewer than 65,536 requesters (bar hash collisions), approximate above.
 CREATE TABLE IF NOT EXISTS {{usage_feeds_hour}} {{on_cluster}}
 (
     bucket DateTime('UTC'),
@@ -14,7 +16,7 @@ CREATE TABLE IF NOT EXISTS {{usage_feeds_hour}} {{on_cluster}}
     denied SimpleAggregateFunction(sum, UInt64),
     bytes SimpleAggregateFunction(sum, UInt64),
     seconds SimpleAggregateFunction(sum, Float64),
-    requesters AggregateFunction(uniqExact, String)
+    requesters AggregateFunction(uniq, UInt64)
 )
 ENGINE = {{engine: AggregatingMergeTree}}
 PARTITION BY toYYYYMM(bucket)
@@ -36,7 +38,8 @@ AS SELECT
     countIf(type = 'retrieval.denied') AS denied,
     sumIf(bytes, type = 'retrieval.ended') AS bytes,
     sumIf(duration_seconds, type = 'retrieval.ended') AS seconds,
-    uniqExactStateIf(concat(requester_department, '/', requester_user), type = 'retrieval.started') AS requesters
+    uniqStateIf(sipHash64(requester_department, requester_user), type = 'retrieval.started')
+        AS requesters
 FROM {{access_events}}
 WHERE type IN ('retrieval.started', 'retrieval.ended', 'retrieval.denied')
 GROUP BY bucket, feed_id, owner_department, requester_department, kind, region

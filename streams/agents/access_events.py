@@ -22,7 +22,16 @@ from streams.dead_letter import InvalidMessage
 from streams.decoding import AccessCloudEvent, decode_access_event
 from streams.live import session_key
 from streams.publisher import Outgoing
-from streams.rules import FeedOpened, RaisedAlert, apply_grant_event, check_retrieval, prune_grants
+from streams.rules import (
+    FeedOpened,
+    GrantState,
+    RaisedAlert,
+    apply_grant_event,
+    check_retrieval,
+    encode_opened,
+    parse_grants,
+    prune_grants,
+)
 
 log = logging.getLogger("feedgrid.streams.access")
 
@@ -102,22 +111,30 @@ def decision_row(event: AccessCloudEvent, owner_department: str) -> dict[str, An
 class AccessEventsHandler:
     def __init__(self, context: StreamContext) -> None:
         self.context = context
+        # Parsed grants per feed; the table holds them as JSON and this agent alone writes them.
+        self._grant_cache: dict[str, dict[str, GrantState]] = {}
 
     async def handle(self, events: Sequence[Any]) -> None:
         rows: list[dict[str, Any]] = []
         decisions: list[dict[str, Any]] = []
         alerts: list[RaisedAlert] = []
         outgoing: list[Outgoing] = []
+        opened: dict[str, list[FeedOpened]] = {}
         for event in events:
             message = event.message
             try:
                 access = decode_access_event(event.value)
-                rows.append(self._process(access, message, decisions, alerts, outgoing))
+                rows.append(self._process(access, message, decisions, alerts, opened))
             except InvalidMessage as error:
                 outgoing.append(dead_letter(self.context, message, error.reason))
             except Exception as error:  # a bug on one event must not stop the stream
                 log.exception("access event at offset %s could not be processed", message.offset)
                 outgoing.append(dead_letter(self.context, message, f"processing failed: {error!r}"))
+        topic = self.context.topics.requester_activity.get_topic_name()
+        outgoing += [
+            Outgoing(topic, requester.encode(), encode_opened(records))
+            for requester, records in opened.items()
+        ]
         sink = self.context.sink
         await sink.write("access_events", rows, unique_key="event_id")
         await sink.write("decisions", decisions)
@@ -131,7 +148,7 @@ class AccessEventsHandler:
         message: Any,
         decisions: list[dict[str, Any]],
         alerts: list[RaisedAlert],
-        outgoing: list[Outgoing],
+        opened: dict[str, list[FeedOpened]],
     ) -> dict[str, Any]:
         data = event.data
         feed = self.context.feed(data.feed_id) or _EMPTY_FEED
@@ -144,7 +161,8 @@ class AccessEventsHandler:
             alert = check_retrieval(event.id, event.time, data, owner, self._grants(data.feed_id))
             if alert is not None:
                 alerts.append(alert)
-            outgoing.append(self._opened(event, owner))
+            record = self._opened(event, owner)
+            opened.setdefault(record.requester, []).append(record)
         elif kind == "feedgrid.retrieval.ended":
             viewers = self.context.live.ended(data.feed_id, session_key(data), moment)
         elif kind in ("feedgrid.grant.issued", "feedgrid.grant.revoked"):
@@ -155,20 +173,27 @@ class AccessEventsHandler:
                 decisions.append(row)
         return access_row(event, feed, viewers, message.partition, message.offset)
 
-    def _grants(self, feed_id: str) -> dict[str, dict[str, Any]] | None:
-        return self.context.tables.grants.get(feed_id)
+    def _grants(self, feed_id: str) -> dict[str, GrantState]:
+        parsed = self._grant_cache.get(feed_id)
+        if parsed is None:
+            parsed = parse_grants(self.context.tables.grants.get(feed_id))
+            if len(self._grant_cache) > 200_000:
+                self._grant_cache.clear()
+            self._grant_cache[feed_id] = parsed
+        return parsed
 
     def _update_grants(self, event: AccessCloudEvent) -> None:
         feed_id = event.data.feed_id
-        grants = dict(self._grants(feed_id) or {})
+        grants = dict(self.context.tables.grants.get(feed_id) or {})
         changed = apply_grant_event(grants, event.type, event.data, event.time)
         changed = prune_grants(grants, event.time.timestamp(), GRANT_MEMORY_SECONDS) or changed
         if changed:
             self.context.tables.grants[feed_id] = grants
+            self._grant_cache.pop(feed_id, None)
 
-    def _opened(self, event: AccessCloudEvent, owner: str) -> Outgoing:
+    def _opened(self, event: AccessCloudEvent, owner: str) -> FeedOpened:
         data = event.data
-        opened = FeedOpened(
+        return FeedOpened(
             event_id=event.id,
             time=event.time,
             feed_id=data.feed_id,
@@ -178,11 +203,6 @@ class AccessEventsHandler:
             token_id=data.token_id or "",
             grant_id=data.grant_id or "",
             client_ip=data.client_ip or "",
-        )
-        return Outgoing(
-            self.context.topics.requester_activity.get_topic_name(),
-            opened.requester.encode(),
-            opened.to_bytes(),
         )
 
 

@@ -8,12 +8,17 @@ partition are acknowledged, so the committed position never passes unstored data
 ``concurrency=1`` there is one handler per agent and acknowledgements come in offset order.
 
 The handler must not raise for a bad message (those go to the dead-letter topic) nor for an
-unavailable dependency (the sink and the publisher retry); if the task is cancelled mid-batch
-(shutdown, rebalance) nothing of the batch is acknowledged and it is delivered again.
+unavailable dependency (the sink and the publisher retry). Should it raise anyway (a bug),
+the batch is handled again after a pause rather than acknowledged or dropped: handlers are
+idempotent, so a retry stores nothing twice, and a stuck agent is loud in the logs. If the
+task is cancelled mid-batch (shutdown, rebalance) nothing of the batch is acknowledged and it
+is delivered again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -21,6 +26,8 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from streams.tuning import StreamTuning
+
+log = logging.getLogger("feedgrid.streams.batching")
 
 EVENTS_HANDLED = Counter(
     "feedgrid_stream_events_total", "Events consumed and acknowledged by the agents", ["agent"]
@@ -32,6 +39,10 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+HANDLER_FAILURES = Counter(
+    "feedgrid_stream_handler_failures_total", "Batches whose handler raised (retried)", ["agent"]
+)
+
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
 
 
@@ -40,8 +51,25 @@ async def consume_in_batches(
 ) -> None:
     async for events in stream.noack_take(tuning.batch_size, tuning.flush_seconds):
         started = time.perf_counter()
-        await handle(events)
+        await _handle_until_done(name, handle, events, tuning)
         for event in events:
             await stream.ack(event)
         EVENTS_HANDLED.labels(name).inc(len(events))
         BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+
+async def _handle_until_done(
+    name: str, handle: BatchHandler, events: Sequence[Any], tuning: StreamTuning
+) -> None:
+    delay = tuning.retry_initial_seconds
+    while True:
+        try:
+            await handle(events)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            HANDLER_FAILURES.labels(name).inc()
+            log.exception("%s: a batch of %d events failed; it is handled again", name, len(events))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, tuning.retry_max_seconds)

@@ -1,9 +1,10 @@
 """requester-activity agent: per-requester rules over retrievals from every feed.
 
 The access-events agent is partitioned by feed, so it cannot see one requester's retrievals
-across feeds. It republishes each retrieval.started, keyed by requester, to the internal
-``requester-activity`` topic; this agent reads it, so one worker sees all of a requester's
-retrievals (and, through them, all uses of the requester's tokens), in any deployment.
+across feeds. It republishes the retrieval.started events of each batch, grouped per
+requester and keyed by requester, to the internal ``requester-activity`` topic; this agent
+reads it, so one worker sees all of a requester's retrievals (and, through them, all uses of
+the requester's tokens), in any deployment.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from streams.agents.batching import consume_in_batches
 from streams.agents.common import dead_letter, store_and_publish_alerts
 from streams.context import StreamContext
 from streams.publisher import Outgoing
-from streams.rules import FeedOpened, RaisedAlert, RequesterWindows
+from streams.rules import RaisedAlert, RequesterWindows, decode_opened
 
 log = logging.getLogger("feedgrid.streams.requesters")
 
@@ -36,13 +37,13 @@ class RequesterActivityHandler:
         rejected: list[Outgoing] = []
         for event in events:
             try:
-                opened = FeedOpened.from_bytes(event.value)
+                records = decode_opened(event.value)
             except Exception as error:
-                rejected.append(
-                    dead_letter(self.context, event.message, f"invalid record: {error!r}")
-                )
+                reason = f"invalid requester-activity record: {error!r}"
+                rejected.append(dead_letter(self.context, event.message, reason))
                 continue
-            alerts.extend(self.windows.observe(opened))
+            for record in records:
+                alerts.extend(self.windows.observe(record))
         await store_and_publish_alerts(self.context, alerts, rejected)
 
 

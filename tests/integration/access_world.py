@@ -37,7 +37,9 @@ CONDITIONS = {
 }
 
 
-def camera_body(owner: str, serial: int, sharing: dict[str, Any], offset_m: float = 0.0) -> dict[str, Any]:
+def camera_body(
+    owner: str, serial: int, sharing: dict[str, Any], offset_m: float = 0.0
+) -> dict[str, Any]:
     code = f"62010000041322{serial:06d}"
     lon = CENTRE[0] + offset_m / 90_000.0
     return {
@@ -98,25 +100,44 @@ class World:
     ) -> dict[str, Any]:
         body.setdefault("purpose", "traffic management")
         body.setdefault("actions", ["live"])
-        response = await self.client.post("/v1/access-requests", json=body, headers=self.auth(department, role))
+        response = await self.client.post(
+            "/v1/access-requests", json=body, headers=self.auth(department, role)
+        )
         assert response.status_code == expect, response.text
         return response.json()  # type: ignore[no-any-return]
 
-    async def retrieval(self, department: str, grant_id: str, role: str = "requester") -> httpx.Response:
-        return await self.client.get(f"/v1/grants/{grant_id}/retrieval", headers=self.auth(department, role))
+    async def retrieval(
+        self, department: str, grant_id: str, role: str = "requester"
+    ) -> httpx.Response:
+        return await self.client.get(
+            f"/v1/grants/{grant_id}/retrieval", headers=self.auth(department, role)
+        )
 
-    async def hook(self, path: str, token: str | None, action: str = "read", **extra: Any) -> httpx.Response:
-        body = {"user": "", "password": "", "token": token or "", "ip": "127.0.0.1", "action": action,
-                "path": path, "protocol": "rtsp", "id": None, "query": ""}
+    async def hook(
+        self, path: str, token: str | None, action: str = "read", **extra: Any
+    ) -> httpx.Response:
+        body = {
+            "user": "",
+            "password": "",
+            "token": token or "",
+            "ip": "127.0.0.1",
+            "action": action,
+            "path": path,
+            "protocol": "rtsp",
+            "id": None,
+            "query": "",
+        }
         body.update(extra)
         return await self.client.post(
             "/v1/hooks/mediamtx/auth", json=body, headers=self.auth(TRANSPORT, "gateway")
         )
 
-    def expired_token(self, grant_id: str, feed_id: str, path: str, department: str) -> str:
+    def expired_token(
+        self, grant_id: str, feed_id: str, path: str, department: str, *, compact: bool = False
+    ) -> str:
         """A correctly signed token whose time is over (minted as if an hour ago)."""
         past = datetime.now(UTC) - timedelta(hours=1)
-        return self.runtime.access.tokens.mint(
+        minted = self.runtime.access.tokens.mint(
             subject="key:test:expired",
             department=department,
             grant_id=grant_id,
@@ -126,7 +147,10 @@ class World:
             grant_valid_from=past,
             grant_valid_until=past + timedelta(days=1),
             now=past,
-        ).token
+        )
+        token = minted.compact if compact else minted.token
+        assert token is not None
+        return token
 
 
 async def register_feed(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
@@ -144,13 +168,19 @@ async def build_world(client: httpx.AsyncClient) -> World:
         )
         assert created.status_code == 201, created.text
         for role in ROLES:
-            issued = await client.post(f"/v1/departments/{code}/api-keys", json={"name": role, "roles": [role]})
+            issued = await client.post(
+                f"/v1/departments/{code}/api-keys", json={"name": role, "roles": [role]}
+            )
             assert issued.status_code == 201, issued.text
             world.keys[(code, role)] = issued.json()["key"]
     bodies = {
         "unconditional": camera_body(TRANSPORT, 1, {"class": "unconditional"}),
-        "conditional": camera_body(TRANSPORT, 2, {"class": "conditional", "conditions": CONDITIONS}, 30),
-        "not_shared": camera_body(TRANSPORT, 3, {"class": "not_shared", "legal_basis": LEGAL_BASIS}, 60),
+        "conditional": camera_body(
+            TRANSPORT, 2, {"class": "conditional", "conditions": CONDITIONS}, 30
+        ),
+        "not_shared": camera_body(
+            TRANSPORT, 3, {"class": "not_shared", "legal_basis": LEGAL_BASIS}, 60
+        ),
         "sensor": sensor_body(TRANSPORT, 4, {"class": "unconditional"}),
         "police_camera": camera_body(POLICE, 5, {"class": "unconditional"}, 5_000),
     }

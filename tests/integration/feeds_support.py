@@ -45,7 +45,9 @@ def offset(east_m: float, north_m: float) -> list[float]:
     ]
 
 
-def camera(owner: str, serial: int, *, at: list[float] | None = None, **changes: Any) -> dict[str, Any]:
+def camera(
+    owner: str, serial: int, *, at: list[float] | None = None, **changes: Any
+) -> dict[str, Any]:
     code = changes.pop("code", gb_code(serial))
     body: dict[str, Any] = {
         "kind": "camera",
@@ -78,7 +80,9 @@ def camera(owner: str, serial: int, *, at: list[float] | None = None, **changes:
     return body
 
 
-def sensor(owner: str, serial: int, *, at: list[float] | None = None, **changes: Any) -> dict[str, Any]:
+def sensor(
+    owner: str, serial: int, *, at: list[float] | None = None, **changes: Any
+) -> dict[str, Any]:
     code = f"{owner}-aq-{serial:06d}"
     body: dict[str, Any] = {
         "kind": "sensor",
@@ -91,8 +95,13 @@ def sensor(owner: str, serial: int, *, at: list[float] | None = None, **changes:
             "url": f"mqtt://10.20.0.5:1883/aq/{serial:06d}",
             "media_path": f"{owner}/{code}",
         },
-        "datastreams": [{"name": "pm25", "observed_property": "PM2.5 concentration", "unit": "ug/m3"}],
-        "sharing": {"class": "conditional", "conditions": {"departments": [POLICE], "actions": ["read"]}},
+        "datastreams": [
+            {"name": "pm25", "observed_property": "PM2.5 concentration", "unit": "ug/m3"}
+        ],
+        "sharing": {
+            "class": "conditional",
+            "conditions": {"departments": [POLICE], "actions": ["read"]},
+        },
         "tags": ["air"],
     }
     body.update(changes)
@@ -127,7 +136,9 @@ class City:
 async def build_city(client: httpx.AsyncClient) -> City:
     city = City(client)
     for code, (name, kind) in DEPARTMENTS.items():
-        created = await client.post("/v1/departments", json={"code": code, "name": name, "kind": kind})
+        created = await client.post(
+            "/v1/departments", json={"code": code, "name": name, "kind": kind}
+        )
         assert created.status_code == 201, created.text
         for role in ROLES:
             issued = await client.post(
@@ -138,7 +149,9 @@ async def build_city(client: httpx.AsyncClient) -> City:
     return city
 
 
-async def outbox_rows(runtime: Runtime, topic: str | None = None, *, unsent_only: bool = False) -> int:
+async def outbox_rows(
+    runtime: Runtime, topic: str | None = None, *, unsent_only: bool = False
+) -> int:
     async with runtime.sessions() as session:
         statement = select(func.count()).select_from(OutboxMessage)
         if topic is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.events import (
     HEARTBEAT_EVENT_TYPE,
@@ -26,7 +26,7 @@ from schemas.events import (
     SCHEMA_HEARTBEAT_V1,
     CloudEvent,
 )
-from schemas.settings import Settings
+from schemas.settings import Settings, load_settings
 from schemas.topics import ACCESS_EVENTS, FEED_METADATA, HEARTBEATS, topic_name
 from streams.app import run_stream_worker
 from streams.clickhouse import connect, disconnect
@@ -44,7 +44,7 @@ def make_settings(
     database = tmp_path / "registry.db"
     if sqlite_template is not None and not database.exists():
         shutil.copy(sqlite_template, database)
-    return Settings(
+    return load_settings(
         database_url=f"sqlite+aiosqlite:///{database}",
         kafka_bootstrap=kafka_bootstrap,
         clickhouse_url=f"chdb://{tmp_path / 'analytics'}",
@@ -123,7 +123,9 @@ def feed_document(
     return {
         "id": feed_id,
         "kind": kind,
-        "code": gb_code(serial, industry, region) if kind == "camera" else f"{owner}-aq-{serial:06d}",
+        "code": gb_code(serial, industry, region)
+        if kind == "camera"
+        else f"{owner}-aq-{serial:06d}",
         "owner": owner,
         "name": f"test feed {feed_id}",
         "location": {"type": "Point", "coordinates": [103.83, 36.06]},
@@ -137,7 +139,9 @@ def feed_document(
     }
 
 
-def feed_event(document: dict[str, Any], event_type: str = "feedgrid.feed.registered") -> CloudEvent:
+def feed_event(
+    document: dict[str, Any], event_type: str = "feedgrid.feed.registered"
+) -> CloudEvent:
     return CloudEvent(
         type=event_type,
         subject=document["id"],
@@ -146,7 +150,9 @@ def feed_event(document: dict[str, Any], event_type: str = "feedgrid.feed.regist
     )
 
 
-def access_event(event_type: str, feed_id: str, time: datetime | None = None, **data: Any) -> CloudEvent:
+def access_event(
+    event_type: str, feed_id: str, time: datetime | None = None, **data: Any
+) -> CloudEvent:
     payload = {"feed_id": feed_id, **data}
     for key, value in list(payload.items()):
         if isinstance(value, datetime):
@@ -249,7 +255,9 @@ async def produce(
                 key, value = (item.subject or "").encode(), item.to_bytes()
             else:
                 key, value = item[0].encode(), item[1]
-            deliveries.append(await producer.send(topic_name(settings.topic_prefix, suffix), value, key))
+            deliveries.append(
+                await producer.send(topic_name(settings.topic_prefix, suffix), value, key)
+            )
             sent += 1
         await asyncio.gather(*deliveries)
     finally:
@@ -257,20 +265,20 @@ async def produce(
     return sent
 
 
-async def read_topic(settings: Settings, suffix: str, at_least: int, timeout: float = 30) -> list[Any]:
+async def read_topic(
+    settings: Settings, suffix: str, at_least: int, timeout: float = 30
+) -> list[Any]:
     """Every record of a topic from the beginning, once ``at_least`` arrived (or the timeout)."""
-    topic = topic_name(settings.topic_prefix, suffix)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic_name(settings.topic_prefix, suffix),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     records: list[Any] = []
     try:
-        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or {0})]
         deadline = time.monotonic() + timeout
-        while not partitions and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         while len(records) < at_least and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300)
             for items in batch.values():
@@ -286,12 +294,21 @@ FEED_TOPIC, ACCESS_TOPIC, HEARTBEAT_TOPIC = FEED_METADATA, ACCESS_EVENTS, HEARTB
 # ------------------------------------------------------------------------------ clickhouse
 
 
-def query(settings: Settings, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in connect(settings.clickhouse_url).query(sql, parameters=parameters).result_rows]
+def query(
+    settings: Settings, sql: str, parameters: dict[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    return [
+        tuple(row)
+        for row in connect(settings.clickhouse_url).query(sql, parameters=parameters).result_rows
+    ]
 
 
 async def wait_for_value(
-    settings: Settings, sql: str, expected: Any, timeout: float = 60, parameters: dict[str, Any] | None = None
+    settings: Settings,
+    sql: str,
+    expected: Any,
+    timeout: float = 60,
+    parameters: dict[str, Any] | None = None,
 ) -> Any:
     """Polls a one-value query until it returns ``expected``; returns the last value seen."""
     deadline = time.monotonic() + timeout

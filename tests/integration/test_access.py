@@ -42,7 +42,10 @@ def _by_feed(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # (requester department, purpose, actions, duration) -> expected (outcome, reason) per feed.
 CASES: list[tuple[str, str, list[str], int, dict[str, tuple[str, str]]]] = [
     (
-        URBAN, "traffic management", ["live"], 60,
+        URBAN,
+        "traffic management",
+        ["live"],
+        60,
         {
             "unconditional": ("granted", "unconditional_sharing"),
             "conditional": ("granted", "conditions_met"),
@@ -50,22 +53,40 @@ CASES: list[tuple[str, str, list[str], int, dict[str, tuple[str, str]]]] = [
         },
     ),
     (
-        ENVIRONMENT, "traffic management", ["live"], 60,
+        ENVIRONMENT,
+        "traffic management",
+        ["live"],
+        60,
         {"conditional": ("pending", "department_not_in_conditions")},
     ),
     (URBAN, "curiosity", ["live"], 60, {"conditional": ("pending", "purpose_not_in_conditions")}),
     (
-        URBAN, "traffic management", ["live", "playback"], 60,
+        URBAN,
+        "traffic management",
+        ["live", "playback"],
+        60,
         {
             "unconditional": ("granted", "unconditional_sharing"),
             "conditional": ("pending", "action_not_in_conditions"),
         },
     ),
     (URBAN, "traffic management", ["snapshot"], 60, {"conditional": ("granted", "conditions_met")}),
-    (URBAN, "traffic management", ["live"], 121, {"conditional": ("pending", "duration_exceeds_conditions")}),
     (
-        URBAN, "traffic management", ["read"], 60,
-        {"sensor": ("granted", "unconditional_sharing"), "unconditional": ("denied", "action_not_supported")},
+        URBAN,
+        "traffic management",
+        ["live"],
+        121,
+        {"conditional": ("pending", "duration_exceeds_conditions")},
+    ),
+    (
+        URBAN,
+        "traffic management",
+        ["read"],
+        60,
+        {
+            "sensor": ("granted", "unconditional_sharing"),
+            "unconditional": ("denied", "action_not_supported"),
+        },
     ),
     (TRANSPORT, "maintenance", ["live", "ptz"], 600, {"not_shared": ("granted", "own_department")}),
 ]
@@ -100,7 +121,9 @@ async def test_policy_answers_each_feed_at_once_with_a_reason(
 
 @pytest.mark.parametrize("role", ["auditor", "operator", "gateway"])
 async def test_only_requesters_and_department_admins_may_request(world: World, role: str) -> None:
-    refused = await world.request(URBAN, role, expect=403, feed_ids=[world.feed_id("unconditional")])
+    refused = await world.request(
+        URBAN, role, expect=403, feed_ids=[world.feed_id("unconditional")]
+    )
     assert refused["code"] == "role_required"
     for allowed in ("requester", "dept_admin"):
         await world.request(URBAN, allowed, feed_ids=[world.feed_id("unconditional")])
@@ -116,17 +139,26 @@ async def test_pending_request_is_due_after_the_owners_working_days(world: World
 
 
 async def test_unknown_feed_is_denied_not_fatal(world: World) -> None:
-    answer = await world.request(URBAN, feed_ids=[world.feed_id("unconditional"), "01NOSUCHFEED0000000000000"])
+    answer = await world.request(
+        URBAN, feed_ids=[world.feed_id("unconditional"), "01NOSUCHFEED0000000000000"]
+    )
     decided = _by_feed(answer)
     assert decided["01NOSUCHFEED0000000000000"]["reason"] == "feed_not_found"
     assert answer["status"] == "partial"
 
 
-async def test_spatial_selection_requests_every_feed_the_registry_search_finds(world: World) -> None:
-    near = f"{world.feeds['unconditional']['location']['coordinates'][0]},{world.feeds['unconditional']['location']['coordinates'][1]},200"
+async def test_spatial_selection_requests_every_feed_the_registry_search_finds(
+    world: World,
+) -> None:
+    lon, lat = world.feeds["unconditional"]["location"]["coordinates"][:2]
+    near = f"{lon},{lat},200"
     answer = await world.request(URBAN, selection={"near": near, "kind": "camera"})
     found = {item["feed_id"] for item in answer["feeds"]}
-    assert found == {world.feed_id("unconditional"), world.feed_id("conditional"), world.feed_id("not_shared")}
+    assert found == {
+        world.feed_id("unconditional"),
+        world.feed_id("conditional"),
+        world.feed_id("not_shared"),
+    }
     assert world.feed_id("police_camera") not in found  # 5 km away
     nothing = await world.request(URBAN, expect=422, selection={"near": "100.0,30.0,100"})
     assert nothing["code"] == "no_feeds"
@@ -135,24 +167,36 @@ async def test_spatial_selection_requests_every_feed_the_registry_search_finds(w
 # ------------------------------------------------------------------------------ owner decisions
 
 
-async def test_owner_inbox_lists_pending_requests_and_partial_approval_grants_per_feed(world: World) -> None:
+async def test_owner_inbox_lists_pending_requests_and_partial_approval_grants_per_feed(
+    world: World,
+) -> None:
     answer = await world.request(
-        ENVIRONMENT, feed_ids=[world.feed_id("conditional"), world.feed_id("unconditional")], actions=["live"]
+        ENVIRONMENT,
+        feed_ids=[world.feed_id("conditional"), world.feed_id("unconditional")],
+        actions=["live"],
     )
     request_id = answer["id"]
 
-    inbox = await world.client.get("/v1/access-requests?status=pending", headers=world.auth(TRANSPORT, "dept_admin"))
+    inbox = await world.client.get(
+        "/v1/access-requests?status=pending", headers=world.auth(TRANSPORT, "dept_admin")
+    )
     assert [request["id"] for request in inbox.json()] == [request_id]
     # The owner's view holds only its own feeds; others' inboxes are empty.
-    elsewhere = await world.client.get("/v1/access-requests?status=pending", headers=world.auth(URBAN, "dept_admin"))
+    elsewhere = await world.client.get(
+        "/v1/access-requests?status=pending", headers=world.auth(URBAN, "dept_admin")
+    )
     assert elsewhere.json() == []
 
     refused = await world.client.post(
-        f"/v1/access-requests/{request_id}/approve", json={}, headers=world.auth(ENVIRONMENT, "dept_admin")
+        f"/v1/access-requests/{request_id}/approve",
+        json={},
+        headers=world.auth(ENVIRONMENT, "dept_admin"),
     )
     assert refused.status_code == 409  # nothing of theirs to decide
     not_admin = await world.client.post(
-        f"/v1/access-requests/{request_id}/approve", json={}, headers=world.auth(TRANSPORT, "requester")
+        f"/v1/access-requests/{request_id}/approve",
+        json={},
+        headers=world.auth(TRANSPORT, "requester"),
     )
     assert not_admin.status_code == 403
 
@@ -163,7 +207,11 @@ async def test_owner_inbox_lists_pending_requests_and_partial_approval_grants_pe
     )
     assert approved.status_code == 200, approved.text
     item = _by_feed(approved.json())[world.feed_id("conditional")]
-    assert (item["outcome"], item["reason"], item["message"]) == ("granted", "approved_by_owner", "for the marathon")
+    assert (item["outcome"], item["reason"], item["message"]) == (
+        "granted",
+        "approved_by_owner",
+        "for the marathon",
+    )
     again = await world.client.post(
         f"/v1/access-requests/{request_id}/deny",
         json={"feed_ids": [world.feed_id("conditional")]},
@@ -174,7 +222,9 @@ async def test_owner_inbox_lists_pending_requests_and_partial_approval_grants_pe
     retrieval = await world.retrieval(ENVIRONMENT, item["grant_id"])
     assert retrieval.status_code == 200
     assert [feed["feed_id"] for feed in retrieval.json()["feeds"]] == [world.feed_id("conditional")]
-    inbox = await world.client.get("/v1/access-requests?status=pending", headers=world.auth(TRANSPORT, "dept_admin"))
+    inbox = await world.client.get(
+        "/v1/access-requests?status=pending", headers=world.auth(TRANSPORT, "dept_admin")
+    )
     assert inbox.json() == []
 
 
@@ -194,7 +244,9 @@ async def test_owner_denial_carries_the_owners_reason(world: World) -> None:
 # ------------------------------------------------------------------------------ emergencies
 
 
-async def test_public_security_emergency_gets_short_live_access_and_lands_in_review(world: World) -> None:
+async def test_public_security_emergency_gets_short_live_access_and_lands_in_review(
+    world: World,
+) -> None:
     answer = await world.request(
         POLICE,
         feed_ids=[world.feed_id("conditional")],
@@ -207,11 +259,19 @@ async def test_public_security_emergency_gets_short_live_access_and_lands_in_rev
     item = answer["feeds"][0]
     assert (item["outcome"], item["reason"]) == ("granted", "emergency_live_access")
     assert item["actions"] == ["live"] and item["review_required"]
-    grant = (await world.client.get(f"/v1/grants/{item['grant_id']}", headers=world.auth(POLICE, "requester"))).json()
-    length = datetime.fromisoformat(grant["valid_until"]) - datetime.fromisoformat(grant["valid_from"])
+    grant = (
+        await world.client.get(
+            f"/v1/grants/{item['grant_id']}", headers=world.auth(POLICE, "requester")
+        )
+    ).json()
+    length = datetime.fromisoformat(grant["valid_until"]) - datetime.fromisoformat(
+        grant["valid_from"]
+    )
     assert length <= timedelta(minutes=world.runtime.settings.emergency_grant_minutes)
 
-    review = await world.client.get("/v1/access-requests?status=review", headers=world.auth(TRANSPORT, "dept_admin"))
+    review = await world.client.get(
+        "/v1/access-requests?status=review", headers=world.auth(TRANSPORT, "dept_admin")
+    )
     assert [request["id"] for request in review.json()] == [answer["id"]]
 
     token = (await world.retrieval(POLICE, item["grant_id"])).json()["feeds"][0]["token"]
@@ -226,36 +286,50 @@ async def test_public_security_emergency_gets_short_live_access_and_lands_in_rev
     )
     assert refused.status_code == 200
     assert (await world.hook(path, token)).json()["code"] == "grant_revoked"
-    review = await world.client.get("/v1/access-requests?status=review", headers=world.auth(TRANSPORT, "dept_admin"))
+    review = await world.client.get(
+        "/v1/access-requests?status=review", headers=world.auth(TRANSPORT, "dept_admin")
+    )
     assert review.json() == []
 
 
 async def test_emergency_from_a_non_police_department_is_refused(world: World) -> None:
     refused = await world.request(
-        URBAN, expect=403, feed_ids=[world.feed_id("conditional")], emergency=True, emergency_reason="flood"
+        URBAN,
+        expect=403,
+        feed_ids=[world.feed_id("conditional")],
+        emergency=True,
+        emergency_reason="flood",
     )
     assert refused["code"] == "emergency_not_allowed"
-    missing_reason = await world.request(POLICE, expect=422, feed_ids=[world.feed_id("conditional")], emergency=True)
+    missing_reason = await world.request(
+        POLICE, expect=422, feed_ids=[world.feed_id("conditional")], emergency=True
+    )
     assert missing_reason["code"] == "invalid_request"
 
 
-# ------------------------------------------------------------------------------ grants and retrieval
+# ----------------------------------------------------------------------------- grants, retrieval
 
 
-async def test_retrieval_gives_gateway_urls_and_tokens_bound_to_user_grant_and_feed(world: World) -> None:
+async def test_retrieval_gives_gateway_urls_and_tokens_bound_to_user_grant_and_feed(
+    world: World,
+) -> None:
     answer = await world.request(
         URBAN, feed_ids=[world.feed_id("unconditional"), world.feed_id("sensor")], actions=["live"]
     )
     camera = _by_feed(answer)[world.feed_id("unconditional")]
     retrieval = (await world.retrieval(URBAN, camera["grant_id"])).json()
-    (feed,) = [feed for feed in retrieval["feeds"] if feed["feed_id"] == world.feed_id("unconditional")]
+    (feed,) = [
+        feed for feed in retrieval["feeds"] if feed["feed_id"] == world.feed_id("unconditional")
+    ]
     settings = world.runtime.settings
     path = gateway_path(world, "unconditional")
     assert feed["media_path"] == path
     protocols = [url["protocol"] for url in feed["urls"]]
     assert protocols == ["rtsp", "rtmp", "hls", "webrtc"]  # its own protocol first
     rtsp = feed["urls"][0]
-    assert rtsp["url"].startswith(f"rtsp://{settings.media_gateway_host}:{settings.media_gateway_rtsp_port}/{path}?token=")
+    assert rtsp["url"].startswith(
+        f"rtsp://{settings.media_gateway_host}:{settings.media_gateway_rtsp_port}/{path}?token="
+    )
     assert feed["urls"][2]["auth"] == "bearer_header"
     assert len(rtsp["url"]) < 4096  # FFmpeg's RTSP URL limit
 
@@ -266,7 +340,9 @@ async def test_retrieval_gives_gateway_urls_and_tokens_bound_to_user_grant_and_f
     assert (claims["grant"], claims["feed"]) == (camera["grant_id"], world.feed_id("unconditional"))
     assert claims["mediamtx_permissions"] == [{"action": "read", "path": path}]
     assert claims["exp"] - claims["nbf"] <= settings.retrieval_token_ttl_seconds
-    assert datetime.fromisoformat(feed["expires_at"]) <= datetime.fromisoformat(answer["valid_until"])
+    assert datetime.fromisoformat(feed["expires_at"]) <= datetime.fromisoformat(
+        answer["valid_until"]
+    )
 
 
 async def test_sensor_retrieval_offers_mqtt_and_http(world: World) -> None:
@@ -277,36 +353,48 @@ async def test_sensor_retrieval_offers_mqtt_and_http(world: World) -> None:
     assert urls[0]["auth"] == "mqtt_password"
 
 
-async def test_no_department_obtains_another_departments_internal_url_or_tokens(world: World) -> None:
+async def test_no_department_obtains_another_departments_internal_url_or_tokens(
+    world: World,
+) -> None:
     """Every answer of the access API, to every department, is free of internal stream URLs;
     a grant's tokens go only to the department it was granted to, only for its granted feeds."""
     internal = [world.internal_url(name) for name in world.feeds]
     answers: list[httpx.Response] = []
     request = await world.request(
-        URBAN, feed_ids=[world.feed_id(name) for name in ("unconditional", "conditional", "not_shared")]
+        URBAN,
+        feed_ids=[world.feed_id(name) for name in ("unconditional", "conditional", "not_shared")],
     )
     granted = {item["feed_id"] for item in request["feeds"] if item["outcome"] == "granted"}
     grant_ids = {item["grant_id"] for item in request["feeds"] if item["grant_id"]}
     for department in (URBAN, ENVIRONMENT, POLICE, TRANSPORT):
         for role in ROLES:
             headers = world.auth(department, role)
-            answers.append(await world.client.get(f"/v1/access-requests/{request['id']}", headers=headers))
+            answers.append(
+                await world.client.get(f"/v1/access-requests/{request['id']}", headers=headers)
+            )
             answers.append(await world.client.get("/v1/access-requests", headers=headers))
             answers.append(await world.client.get("/v1/grants", headers=headers))
             for grant_id in grant_ids:
-                retrieval = await world.client.get(f"/v1/grants/{grant_id}/retrieval", headers=headers)
+                retrieval = await world.client.get(
+                    f"/v1/grants/{grant_id}/retrieval", headers=headers
+                )
                 answers.append(retrieval)
                 if department == URBAN and role in ("requester", "dept_admin"):
                     assert retrieval.status_code == 200
                     tokens = [feed["token"] for feed in retrieval.json()["feeds"]]
-                    feeds = {jwt.decode(token, options={"verify_signature": False})["feed"] for token in tokens}
+                    feeds = {
+                        jwt.decode(token, options={"verify_signature": False})["feed"]
+                        for token in tokens
+                    }
                     assert feeds <= granted
                 else:
                     assert retrieval.status_code in (403, 404), (department, role)
                     assert "token" not in retrieval.text
             if department != TRANSPORT:
                 for name in ("unconditional", "conditional", "not_shared"):
-                    shown = await world.client.get(f"/v1/feeds/{world.feed_id(name)}", headers=headers)
+                    shown = await world.client.get(
+                        f"/v1/feeds/{world.feed_id(name)}", headers=headers
+                    )
                     answers.append(shown)
     for response in answers:
         for url in internal:
@@ -320,18 +408,24 @@ async def test_revoked_grant_yields_no_more_tokens(world: World) -> None:
     answer = await world.request(URBAN, feed_ids=[world.feed_id("unconditional")])
     grant_id = answer["feeds"][0]["grant_id"]
     other = await world.client.post(
-        f"/v1/grants/{grant_id}/revoke", json={"reason": "x"}, headers=world.auth(ENVIRONMENT, "dept_admin")
+        f"/v1/grants/{grant_id}/revoke",
+        json={"reason": "x"},
+        headers=world.auth(ENVIRONMENT, "dept_admin"),
     )
     assert other.status_code == 404
     revoked = await world.client.post(
-        f"/v1/grants/{grant_id}/revoke", json={"reason": "incident closed"}, headers=world.auth(TRANSPORT, "dept_admin")
+        f"/v1/grants/{grant_id}/revoke",
+        json={"reason": "incident closed"},
+        headers=world.auth(TRANSPORT, "dept_admin"),
     )
     assert revoked.status_code == 200
     assert revoked.json()["revoke_reason"] == "incident closed"
     gone = await world.retrieval(URBAN, grant_id)
     assert gone.status_code == 410 and gone.json()["code"] == "grant_revoked"
     twice = await world.client.post(
-        f"/v1/grants/{grant_id}/revoke", json={"reason": "again"}, headers=world.auth(URBAN, "requester")
+        f"/v1/grants/{grant_id}/revoke",
+        json={"reason": "again"},
+        headers=world.auth(URBAN, "requester"),
     )
     assert twice.status_code == 409
 
@@ -340,10 +434,14 @@ async def test_jwks_is_public_and_holds_only_public_ed25519_keys(world: World) -
     response = await world.client.get("/.well-known/jwks.json", headers={"Authorization": ""})
     assert response.status_code == 200
     keys = orjson.loads(response.content)["keys"]
-    assert keys and all(key["kty"] == "OKP" and key["crv"] == "Ed25519" and "d" not in key for key in keys)
+    assert keys and all(
+        key["kty"] == "OKP" and key["crv"] == "Ed25519" and "d" not in key for key in keys
+    )
 
 
 async def test_window_in_the_past_is_refused(world: World) -> None:
     past = (datetime.now(UTC) - timedelta(hours=3)).isoformat()
-    refused = await world.request(URBAN, expect=422, feed_ids=[world.feed_id("unconditional")], valid_from=past)
+    refused = await world.request(
+        URBAN, expect=422, feed_ids=[world.feed_id("unconditional")], valid_from=past
+    )
     assert refused["code"] == "window_in_the_past"

@@ -1,4 +1,4 @@
-"""The feed registry's CRUD endpoints on SQLite and PostgreSQL (the ``client`` fixture runs both)."""
+"""The feed registry's CRUD endpoints, on SQLite and PostgreSQL (the ``client`` fixture)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,9 @@ async def test_registering_a_camera_decodes_its_gb_code_and_derives_its_view_pol
     }
 
 
-async def test_a_geojson_feature_registers_the_same_feed_as_the_object_form(client: httpx.AsyncClient) -> None:
+async def test_a_geojson_feature_registers_the_same_feed_as_the_object_form(
+    client: httpx.AsyncClient,
+) -> None:
     city = await build_city(client)
     body = sensor(URBAN, 1)
     response = await client.post("/v1/feeds", json=as_feature(body), headers=city.as_(URBAN))
@@ -73,7 +75,9 @@ async def test_a_geojson_feature_registers_the_same_feed_as_the_object_form(clie
     assert created["sharing"]["class"] == "conditional"
 
 
-async def test_other_departments_never_see_the_internal_stream_url(client: httpx.AsyncClient) -> None:
+async def test_other_departments_never_see_the_internal_stream_url(
+    client: httpx.AsyncClient,
+) -> None:
     city = await build_city(client)
     created = await city.register(camera(TRANSPORT, 1), TRANSPORT)
     url = created["stream"]["url"]
@@ -83,7 +87,9 @@ async def test_other_departments_never_see_the_internal_stream_url(client: httpx
     async def documents(headers: dict[str, str]) -> list[dict[str, Any]]:
         one = (await client.get(feed, headers=headers)).json()
         listed = (await client.get("/v1/feeds", headers=headers)).json()["items"]
-        near = (await client.get("/v1/feeds", params={"near": f"{lon},{lat},50"}, headers=headers)).json()
+        near = (
+            await client.get("/v1/feeds", params={"near": f"{lon},{lat},50"}, headers=headers)
+        ).json()
         search = await client.post("/v1/feeds/search", json={"kind": "camera"}, headers=headers)
         return [one, *listed, *near["items"], *search.json()["items"]]
 
@@ -99,10 +105,16 @@ async def test_other_departments_never_see_the_internal_stream_url(client: httpx
             assert document["stream"]["url"] == url
 
 
-async def test_only_the_owners_admins_or_the_city_admin_may_write_a_feed(client: httpx.AsyncClient) -> None:
+async def test_only_the_owners_admins_or_the_city_admin_may_write_a_feed(
+    client: httpx.AsyncClient,
+) -> None:
     city = await build_city(client)
     body = camera(TRANSPORT, 1)
-    for department, role in ((POLICE, "dept_admin"), (TRANSPORT, "requester"), (TRANSPORT, "gateway")):
+    for department, role in (
+        (POLICE, "dept_admin"),
+        (TRANSPORT, "requester"),
+        (TRANSPORT, "gateway"),
+    ):
         refused = await client.post("/v1/feeds", json=body, headers=city.as_(department, role))
         assert refused.status_code == 403, refused.text
         assert refused.json()["code"] == "not_feed_admin"
@@ -113,13 +125,17 @@ async def test_only_the_owners_admins_or_the_city_admin_may_write_a_feed(client:
     assert refused.status_code == 403
     refused = await client.delete(feed, headers=city.as_(URBAN))
     assert refused.status_code == 403
-    changed = await client.patch(feed, json=patch, headers={**city.as_(TRANSPORT), "If-Match": '"1"'})
+    changed = await client.patch(
+        feed, json=patch, headers={**city.as_(TRANSPORT), "If-Match": '"1"'}
+    )
     assert changed.status_code == 200 and changed.json()["name"] == "Renamed"
     by_admin = await client.patch(feed, json={"name": "Again"}, headers={"If-Match": "2"})
     assert by_admin.status_code == 200 and by_admin.json()["version"] == 3
 
 
-async def test_a_stale_if_match_is_refused_with_412_and_changes_nothing(client: httpx.AsyncClient) -> None:
+async def test_a_stale_if_match_is_refused_with_412_and_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
     city = await build_city(client)
     created = await city.register(camera(TRANSPORT, 1), TRANSPORT)
     feed = f"/v1/feeds/{created['id']}"
@@ -140,7 +156,9 @@ async def test_a_stale_if_match_is_refused_with_412_and_changes_nothing(client: 
     assert stale_retire.status_code == 412
 
 
-async def test_patch_merges_fields_clears_nulls_and_bumps_the_version(client: httpx.AsyncClient) -> None:
+async def test_patch_merges_fields_clears_nulls_and_bumps_the_version(
+    client: httpx.AsyncClient,
+) -> None:
     city = await build_city(client)
     created = await city.register(camera(TRANSPORT, 1), TRANSPORT)
     feed = f"/v1/feeds/{created['id']}"
@@ -162,7 +180,9 @@ async def test_patch_merges_fields_clears_nulls_and_bumps_the_version(client: ht
     assert changed["version"] == 2 and changed["revision"] == 2
     assert changed["fov_polygon"] != created["fov_polygon"]
     same = await client.patch(feed, json={"tags": ["road", "bridge"]}, headers={"If-Match": "2"})
-    assert same.status_code == 200 and same.json()["version"] == 2  # nothing changed, no new version
+    assert (
+        same.status_code == 200 and same.json()["version"] == 2
+    )  # nothing changed, no new version
     for immutable in ({"owner": POLICE}, {"kind": "sensor"}, {"code": gb_code(99)}):
         refused = await client.patch(feed, json=immutable, headers={"If-Match": "2"})
         assert refused.status_code == 422 and refused.json()["code"] == "immutable_field"
@@ -198,7 +218,9 @@ async def test_one_department_cannot_register_a_code_twice(client: httpx.AsyncCl
     assert await feed_count(city.runtime) == 1
 
 
-async def test_the_same_code_from_another_department_is_stored_and_flagged(client: httpx.AsyncClient) -> None:
+async def test_the_same_code_from_another_department_is_stored_and_flagged(
+    client: httpx.AsyncClient,
+) -> None:
     city = await build_city(client)
     original = await city.register(camera(POLICE, 1), POLICE)
     assert original["duplicates"] == []
@@ -230,11 +252,22 @@ def _bad_inputs() -> list[tuple[str, dict[str, Any], str]]:
         target[leaf] = value
         return body
 
-    bowtie = {"type": "Polygon", "coordinates": [[[103.83, 36.06], [103.84, 36.07], [103.84, 36.06], [103.83, 36.07], [103.83, 36.06]]]}  # noqa: E501
-    open_ring = {"type": "Polygon", "coordinates": [[[103.83, 36.06], [103.84, 36.06], [103.84, 36.07], [103.83, 36.07]]]}  # noqa: E501
+    bowtie = {
+        "type": "Polygon",
+        "coordinates": [
+            [[103.83, 36.06], [103.84, 36.07], [103.84, 36.06], [103.83, 36.07], [103.83, 36.06]]
+        ],
+    }  # noqa: E501
+    open_ring = {
+        "type": "Polygon",
+        "coordinates": [[[103.83, 36.06], [103.84, 36.06], [103.84, 36.07], [103.83, 36.07]]],
+    }  # noqa: E501
     import math
 
-    many = [[103.83 + 0.01 * math.cos(k / 300 * math.tau), 36.06 + 0.01 * math.sin(k / 300 * math.tau)] for k in range(1500)]
+    many = [
+        [103.83 + 0.01 * math.cos(k / 300 * math.tau), 36.06 + 0.01 * math.sin(k / 300 * math.tau)]
+        for k in range(1500)
+    ]
     many.append(many[0])
     return [
         ("19-digit GB code", changed("code", "6201020004132200001"), "GB/T 28181"),
@@ -247,7 +280,11 @@ def _bad_inputs() -> list[tuple[str, dict[str, Any], str]]:
         ("latitude out of range", changed("location.coordinates", [103.0, -90.5]), "latitude"),
         ("self-intersecting coverage", changed("coverage", bowtie), "Self-intersection"),
         ("unclosed coverage ring", changed("coverage", open_ring), "closed"),
-        ("too many vertices", changed("coverage", {"type": "Polygon", "coordinates": [many]}), "at most 1000"),
+        (
+            "too many vertices",
+            changed("coverage", {"type": "Polygon", "coordinates": [many]}),
+            "at most 1000",
+        ),
         ("FOV angle 0", changed("fov.angle", 0), "fov.angle"),
         ("FOV angle 361", changed("fov.angle", 361), "fov.angle"),
         ("FOV heading 360", changed("fov.heading", 360), "fov.heading"),
@@ -258,7 +295,11 @@ def _bad_inputs() -> list[tuple[str, dict[str, Any], str]]:
         ("open_to_public is text", changed("catalog.open_to_public", "yes"), "open_to_public"),
         ("location is text", changed("location", "Lanzhou"), "location"),
         ("unknown property", changed("colour", "red"), "colour"),
-        ("not_shared without legal basis", changed("sharing", {"class": "not_shared"}), "legal basis"),
+        (
+            "not_shared without legal basis",
+            changed("sharing", {"class": "not_shared"}),
+            "legal basis",
+        ),
         ("media path climbs out", changed("stream.media_path", "lz-tb/../secret"), ".."),
         ("stream URL without host", changed("stream.url", "rtsp:/nohost"), "stream.url"),
         ("sensor with a FOV", {**sensor(TRANSPORT, 2), "fov": good["fov"]}, "fov"),
@@ -266,7 +307,9 @@ def _bad_inputs() -> list[tuple[str, dict[str, Any], str]]:
     ]
 
 
-async def test_each_bad_input_is_a_4xx_with_its_reason_and_nothing_is_written(client: httpx.AsyncClient) -> None:
+async def test_each_bad_input_is_a_4xx_with_its_reason_and_nothing_is_written(
+    client: httpx.AsyncClient,
+) -> None:
     city = await build_city(client)
     events_before = await outbox_rows(city.runtime)
     failures = []
@@ -288,7 +331,9 @@ async def test_an_oversized_body_is_refused_before_it_is_read(client: httpx.Asyn
     limit = city.runtime.settings.max_body_bytes
     assert limit == BODY_LIMIT
     response = await client.post(
-        "/v1/feeds/bulk", content=b" " * (limit + 1), headers={"Content-Type": "application/x-ndjson"}
+        "/v1/feeds/bulk",
+        content=b" " * (limit + 1),
+        headers={"Content-Type": "application/x-ndjson"},
     )
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"

@@ -79,4 +79,7 @@ def test_every_code_built_from_the_tables_round_trips(
     code = f"62{district:04d}00{industry}{type_code}{network}{serial:06d}"
     decoded = decode_gb28181(code)
     assert decoded.code == code
-    assert decoded.region + decoded.industry + decoded.type_code + decoded.network + decoded.serial == code
+    assert (
+        decoded.region + decoded.industry + decoded.type_code + decoded.network + decoded.serial
+        == code
+    )

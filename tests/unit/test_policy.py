@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -193,7 +194,7 @@ def test_inactive_feed_is_denied() -> None:
 
 def test_every_combination_yields_exactly_one_reasoned_outcome() -> None:
     """role/department kind x sharing class x condition met or not x action x emergency."""
-    unmet = [
+    unmet: list[dict[str, Any]] = [
         {},
         {"requester_department": "lz-hb"},
         {"purpose": "other"},

@@ -222,3 +222,48 @@ def test_token_from_another_issuer_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(TokenRejected) as rejected:
         ours.verify(token)
     assert rejected.value.code == "token_invalid"
+
+
+def test_compact_token_carries_the_same_binding_in_under_256_characters(tmp_path: Path) -> None:
+    tokens = RetrievalTokens(_ring(tmp_path, Clock(START)), issuer="feedgrid", ttl=TTL)
+    now = datetime.now(UTC)
+    grant = "0123456789abcdef0123456789abcdef"
+    _, minted = _mint(tokens, now, grant_id=grant, feed_id="01JD3V5X0000000000000000AB")
+    compact = minted.compact  # type: ignore[attr-defined]
+    assert compact is not None and len("token=" + compact) <= 256
+    claims = tokens.verify(compact)
+    jwt_claims = minted.claims  # type: ignore[attr-defined]
+    assert (claims.grant_id, claims.feed_id, claims.token_id) == (
+        grant,
+        jwt_claims.feed_id,
+        jwt_claims.token_id,
+    )
+    assert claims.actions == {"live", "playback", "snapshot"}
+    assert (claims.not_before, claims.expires_at) == (jwt_claims.not_before, jwt_claims.expires_at)
+    assert claims.media_path == ""  # names the feed, not the path
+    with pytest.raises(TokenRejected) as expired:
+        tokens.verify(compact, now=(now + TTL + timedelta(seconds=1)).timestamp())
+    assert expired.value.code == "token_expired"
+
+
+def test_tampered_or_foreign_compact_token_is_rejected(tmp_path: Path) -> None:
+    from registry_api.tokens import compact as compact_codec
+
+    tokens = RetrievalTokens(_ring(tmp_path, Clock(START)), issuer="feedgrid", ttl=TTL)
+    now = datetime.now(UTC)
+    _, minted = _mint(tokens, now, grant_id="0123456789abcdef0123456789abcdef")
+    token: str = minted.compact  # type: ignore[attr-defined]
+    raw = bytearray(compact_codec._b64decode(token.removeprefix(compact_codec.PREFIX)))
+    raw[10] ^= 0xFF  # a bit of the expiry
+    forged = compact_codec.PREFIX + compact_codec._b64encode(bytes(raw))
+    with pytest.raises(TokenRejected) as tampered:
+        tokens.verify(forged)
+    assert tampered.value.code == "token_bad_signature"
+    decoded = compact_codec.decode(token, tokens.keyring.public_key_by_digest)
+    foreign = compact_codec.encode(decoded, Ed25519PrivateKey.generate())
+    with pytest.raises(TokenRejected) as other_key:
+        tokens.verify(foreign)
+    assert other_key.value.code == "token_bad_signature"
+    with pytest.raises(TokenRejected) as garbage:
+        tokens.verify(compact_codec.PREFIX + "AAAA")
+    assert garbage.value.code == "token_malformed"

@@ -1,0 +1,1 @@
+"""Usage analytics read from ClickHouse: usage, sharing, alerts, decisions, dormant feeds."""

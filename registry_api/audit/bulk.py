@@ -1,0 +1,91 @@
+"""Many-row INSERTs through the driver's executemany, with values prepared beforehand.
+
+SQLAlchemy processes every bound value (JSON, timestamps) in the event-loop thread while it
+executes; for the thousands of audit and outbox rows the hooks write per second that stalls
+every request waiting on the loop. Here the same processing (the columns' own bind
+processors, so the stored values are identical) runs wherever the caller prepares the rows,
+and the loop only awaits the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, Table
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+@dataclass(frozen=True)
+class DriverInsert:
+    sql: str
+    params: list[tuple[Any, ...]]
+
+
+def _placeholders(paramstyle: str, count: int) -> str:
+    if paramstyle == "qmark":
+        return ", ".join("?" * count)
+    if paramstyle == "numeric_dollar":
+        return ", ".join(f"${index}" for index in range(1, count + 1))
+    if paramstyle in ("format", "pyformat"):
+        return ", ".join(["%s"] * count)
+    if paramstyle == "numeric":
+        return ", ".join(f":{index}" for index in range(1, count + 1))
+    raise ValueError(f"unsupported DBAPI paramstyle {paramstyle!r}")
+
+
+Processor = Callable[[Any], Any]
+
+
+def _json_text(value: Any) -> Any:
+    # orjson instead of the JSON type's json.dumps: the same document, several times faster.
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _processor(table: Table, name: str, dialect: Dialect) -> Processor | None:
+    column_type = table.c[name].type
+    if isinstance(column_type, JSON):
+        return _json_text
+    return column_type._cached_bind_processor(dialect)  # the column's own conversion
+
+
+@lru_cache(maxsize=64)
+def _statement(
+    table: Table, columns: tuple[str, ...], dialect: Dialect
+) -> tuple[str, tuple[tuple[int, Processor], ...]]:
+    preparer = dialect.identifier_preparer
+    names = ", ".join(preparer.quote(name) for name in columns)
+    sql = (
+        f"INSERT INTO {preparer.format_table(table)} ({names}) "
+        f"VALUES ({_placeholders(dialect.paramstyle, len(columns))})"
+    )
+    processors = tuple(
+        (index, processor)
+        for index, name in enumerate(columns)
+        if (processor := _processor(table, name, dialect)) is not None
+    )
+    return sql, processors
+
+
+def prepare_insert(
+    table: Table, rows: Sequence[Mapping[str, Any]], dialect: Dialect
+) -> DriverInsert:
+    """CPU only, no I/O. Every row must have the first row's keys."""
+    columns = tuple(rows[0])
+    sql, processors = _statement(table, columns, dialect)
+    params = []
+    for row in rows:
+        values = [row[name] for name in columns]
+        for index, processor in processors:
+            values[index] = processor(values[index])
+        params.append(tuple(values))
+    return DriverInsert(sql, params)
+
+
+async def execute_insert(session: AsyncSession, insert: DriverInsert) -> None:
+    connection = await session.connection()
+    await connection.exec_driver_sql(insert.sql, insert.params)  # type: ignore[arg-type]

@@ -1,0 +1,143 @@
+"""Validating bulk-import features, in this process or in a helper process.
+
+Checking one feature (JSON parsing, the pydantic models, GB/T 28181 decoding, column values)
+is pure CPU work and independent of every other feature; it is a third of a bulk import's
+time. A large NDJSON import hands its chunks to one helper process, so that validation runs
+on the second core while the event loop writes the previous chunks: the demo city (57,000
+cameras) then fits in the 5-second budget. Everything that needs the import's state (which
+departments exist, who may write them, duplicates within the batch) stays in the API process.
+
+The helper is a process-wide singleton, started in the background when the API starts (a
+spawned interpreter takes a second to import pydantic and shapely) and replaced if it dies;
+without it, the same function runs in-process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import gc
+import logging
+import multiprocessing
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from registry_api.feeds.documents import content_values
+from registry_api.feeds.problems import first_problem, validation_details
+from registry_api.feeds.spatial import IndexPart
+from schemas.feeds import FeedFeature
+
+log = logging.getLogger("feedgrid.feeds.bulk")
+
+
+@dataclass
+class Checked:
+    """One chunk checked: (index, column values) of the good features in order, (index,
+    code, reason) of the bad ones, and the good ones' index columns (see ``IndexPart``)."""
+
+    good: list[tuple[int, dict[str, Any]]]
+    bad: list[tuple[int, str | None, str]]
+    index_part: IndexPart
+
+
+_pool: concurrent.futures.ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+HELPERS = 1
+
+
+def _code_of(item: Any) -> str | None:
+    if isinstance(item, dict) and isinstance(item.get("properties"), dict):
+        code = item["properties"].get("code")
+        return code if isinstance(code, str) else None
+    return None
+
+
+def check_features(items: Sequence[Any], first_index: int) -> Checked:
+    """Parses (bytes are NDJSON lines), validates and turns features into column values and
+    index columns (the part of the index work that needs no state)."""
+    good: list[tuple[int, dict[str, Any]]] = []
+    bad: list[tuple[int, str | None, str]] = []
+    for offset, item in enumerate(items):
+        index = first_index + offset
+        if item is None:
+            continue
+        if isinstance(item, bytes):
+            try:
+                item = orjson.loads(item)
+            except orjson.JSONDecodeError as error:
+                bad.append((index, None, f"not JSON: {error}"))
+                continue
+        try:
+            feature = FeedFeature.model_validate(item)
+        except ValidationError as error:
+            bad.append((index, _code_of(item), first_problem(validation_details(error))))
+            continue
+        good.append((index, content_values(feature.properties, feature.geometry)))
+    return Checked(good, bad, IndexPart.of(values for _, values in good))
+
+
+def _check_in_helper(items: Sequence[Any], first_index: int) -> Checked:
+    gc.disable()  # the helper only ever does this: no cyclic garbage worth scanning for
+    return check_features(items, first_index)
+
+
+def _ready() -> bool:
+    return True
+
+
+def helper_pool() -> concurrent.futures.ProcessPoolExecutor | None:
+    """The helper process pool, started on first call (in the background); None if it cannot."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            try:
+                _pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=HELPERS, mp_context=multiprocessing.get_context("spawn")
+                )
+                _pool.submit(_ready)  # start the process and its imports now
+            except (OSError, RuntimeError) as error:
+                log.warning("no bulk-validation helper process: %s", error)
+                return None
+        return _pool
+
+
+def discard_helper_pool() -> None:
+    """Forget a broken pool; the next import starts a new one."""
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            _pool.shutdown(wait=False, cancel_futures=True)
+            _pool = None
+
+
+def submit(items: Sequence[Any], first_index: int) -> concurrent.futures.Future[Checked] | None:
+    pool = helper_pool()
+    if pool is None:
+        return None
+    try:
+        return pool.submit(_check_in_helper, list(items), first_index)
+    except (RuntimeError, concurrent.futures.BrokenExecutor):
+        discard_helper_pool()
+        return None
+
+
+@atexit.register
+def _shutdown() -> None:
+    with _pool_lock:
+        if _pool is not None:
+            _pool.shutdown(wait=False, cancel_futures=True)
+
+
+class HelperWarmup:
+    """Runtime component: starts the helper process with the API (it takes a second)."""
+
+    async def start(self) -> None:
+        threading.Thread(target=helper_pool, name="bulk-helper-start", daemon=True).start()
+
+    async def stop(self) -> None:
+        """The helper is shared by every app of the process and ends with it."""

@@ -1,0 +1,307 @@
+"""The in-memory feed index gives exactly what a brute-force Shapely/geodesic scan gives.
+
+Random feeds (seeded) around Lanzhou: cameras with sector, full-circle or no fields of view,
+some with coverage polygons, sensors; some written in a merged base, some in the delta, some
+updated or retired afterwards. Every query is checked against a scan over all live records.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import Point
+
+from registry_api.feeds.geodesy import fov_polygon, geodesic_distance_m
+from registry_api.feeds.spatial import FeedIndex, FeedRecord, IndexQuery, InvalidCursor
+
+CENTRE = (103.80, 36.06)
+OWNERS = ("lz-psb", "lz-tb", "lz-cmb", "lz-eeb")
+TAGS = ("road", "river", "school", "bridge", "market")
+
+
+def _random_record(rng: random.Random, serial: int) -> FeedRecord:
+    lon = CENTRE[0] + rng.uniform(-0.03, 0.03)
+    lat = CENTRE[1] + rng.uniform(-0.025, 0.025)
+    kind = "camera" if rng.random() < 0.8 else "sensor"
+    fov = None
+    coverage = None
+    if kind == "camera":
+        shape = rng.random()
+        if shape < 0.6:
+            fov = (rng.uniform(0, 359.9), float(rng.randint(10, 120)), rng.uniform(20, 300))
+        elif shape < 0.75:
+            fov = (rng.uniform(0, 359.9), 360.0, rng.uniform(50, 400))
+        if rng.random() < 0.1:
+            coverage = Point(lon, lat).buffer(rng.uniform(0.0003, 0.002), quad_segs=4)
+    return FeedRecord(
+        id=f"01J{serial:023d}",
+        revision=1,
+        owner=rng.choice(OWNERS),
+        kind=kind,
+        industry=rng.choice(["00", "04", "05", "08"]) if kind == "camera" else None,
+        type_code=rng.choice(["131", "132"]) if kind == "camera" else None,
+        region=rng.choice(["62010200", "62010300", "62010400"]) if kind == "camera" else None,
+        sharing=rng.choice(["unconditional", "conditional", "not_shared"]),
+        status=rng.choice(["online", "offline", "unknown"]),
+        retired=rng.random() < 0.05,
+        tags=tuple(rng.sample(TAGS, rng.randint(0, 2))),
+        name=f"{rng.choice(['North', 'South', 'Bridge', 'Market'])} camera {serial}",
+        lon=lon,
+        lat=lat,
+        fov=fov,
+        coverage=coverage,
+    )
+
+
+_SHAPES: dict[tuple[str, int], list[shapely.Geometry]] = {}
+
+
+def _footprint_shapes(record: FeedRecord) -> list[shapely.Geometry]:
+    """The record's view polygon (built by the function the API shows) and coverage."""
+    cached = _SHAPES.get((record.id, record.revision))
+    if cached is not None:
+        return cached
+    shapes = []
+    if record.fov is not None:
+        shapes.append(fov_polygon(record.lon, record.lat, *record.fov))
+    if record.coverage is not None:
+        shapes.append(record.coverage)
+    _SHAPES[(record.id, record.revision)] = shapes
+    return shapes
+
+
+def _brute_force(records: dict[str, FeedRecord], query: IndexQuery) -> list[str]:
+    """Ids in the order the API promises: nearest first for near, else by id."""
+    found: list[tuple[float, str]] = []
+    for record in records.values():
+        if record.retired and not query.include_retired:
+            continue
+        if query.owner is not None and record.owner != query.owner:
+            continue
+        if query.kind is not None and record.kind != query.kind:
+            continue
+        if query.industry is not None and record.industry != query.industry:
+            continue
+        if query.type_code is not None and record.type_code != query.type_code:
+            continue
+        if query.region is not None and not (record.region or "").startswith(query.region):
+            continue
+        if query.sharing is not None and record.sharing != query.sharing:
+            continue
+        if query.status is not None and record.status != query.status:
+            continue
+        if query.tag is not None and query.tag not in record.tags:
+            continue
+        if query.text is not None and query.text.casefold() not in record.name.casefold():
+            continue
+        point = Point(record.lon, record.lat)
+        if query.bbox is not None:
+            min_lon, min_lat, max_lon, max_lat = query.bbox
+            if not (min_lon <= record.lon <= max_lon and min_lat <= record.lat <= max_lat):
+                continue
+        if query.sees is not None:
+            seen = Point(*query.sees)
+            if not any(shape.intersects(seen) for shape in _footprint_shapes(record)):
+                continue
+        if query.geometry is not None:
+            inside = query.geometry.intersects(point)
+            if query.relation == "intersects":
+                inside = inside or any(
+                    query.geometry.intersects(s) for s in _footprint_shapes(record)
+                )
+            if not inside:
+                continue
+        distance = 0.0
+        if query.near is not None:
+            lon, lat, metres = query.near
+            distance = float(
+                geodesic_distance_m(lon, lat, np.array([record.lon]), np.array([record.lat]))[0]
+            )
+            if distance > metres:
+                continue
+        found.append((distance, record.id))
+    found.sort()
+    return [feed_id for _, feed_id in found]
+
+
+def _all_pages(index: FeedIndex, query: IndexQuery, limit: int) -> tuple[list[str], int]:
+    ids: list[str] = []
+    cursor = None
+    total = -1
+    for _ in range(10_000):
+        page = index.search(query, limit=limit, cursor=cursor)
+        total = page.total
+        ids += page.ids
+        cursor = page.next_cursor
+        if cursor is None:
+            return ids, total
+    raise AssertionError("pagination did not end")
+
+
+@pytest.fixture(scope="module")
+async def world() -> tuple[FeedIndex, dict[str, FeedRecord]]:
+    rng = random.Random(28181)
+    records = {
+        record.id: record for record in (_random_record(rng, serial) for serial in range(3_000))
+    }
+    index = FeedIndex()
+    everything = list(records.values())
+    await index.apply_and_merge(everything[:2_000])  # the base
+    index.apply(everything[2_000:2_600])  # in the base after a later merge
+    await index.merge()
+    index.apply(everything[2_600:])  # still in the delta
+    # later writes: moves, re-aimed views, retirements, a stale revision that must lose
+    for record in rng.sample(everything, 300):
+        newer = replace(
+            record,
+            revision=record.revision + 1,
+            lon=record.lon + rng.uniform(-0.002, 0.002),
+            fov=(rng.uniform(0, 359), 90.0, 150.0) if record.kind == "camera" else None,
+            retired=rng.random() < 0.2,
+            status="online",
+        )
+        records[record.id] = newer
+        index.apply([newer])
+        index.apply([replace(record, revision=0, lon=0.0)])
+    return index, records
+
+
+def _random_polygon(rng: random.Random) -> shapely.Geometry:
+    lon = CENTRE[0] + rng.uniform(-0.03, 0.03)
+    lat = CENTRE[1] + rng.uniform(-0.025, 0.025)
+    if rng.random() < 0.5:
+        return Point(lon, lat).buffer(rng.uniform(0.001, 0.01), quad_segs=6)
+    angle = rng.uniform(0, math.pi)
+    half_length, half_width = rng.uniform(0.002, 0.02), rng.uniform(0.0003, 0.002)
+    corners = []
+    for sx, sy in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
+        x, y = sx * half_length, sy * half_width
+        corners.append(
+            (
+                lon + x * math.cos(angle) - y * math.sin(angle),
+                lat + x * math.sin(angle) + y * math.cos(angle),
+            )
+        )
+    return shapely.Polygon(corners)
+
+
+def _random_filters(rng: random.Random) -> dict[str, object]:
+    choices: dict[str, object] = {
+        "owner": rng.choice(OWNERS),
+        "kind": rng.choice(["camera", "sensor"]),
+        "industry": rng.choice(["00", "04", "05"]),
+        "type_code": "132",
+        "region": rng.choice(["62", "620103", "62010400"]),
+        "sharing": rng.choice(["unconditional", "not_shared"]),
+        "status": rng.choice(["online", "unknown"]),
+        "tag": rng.choice(TAGS),
+        "text": rng.choice(["north", "MARKET", "camera 1"]),
+        "include_retired": True,
+    }
+    picked = rng.sample(sorted(choices), rng.randint(0, 2))
+    return {name: choices[name] for name in picked}
+
+
+async def test_near_finds_every_feed_within_true_distance_nearest_first(
+    world: tuple[FeedIndex, dict[str, FeedRecord]],
+) -> None:
+    index, records = world
+    rng = random.Random(1)
+    for _ in range(60):
+        query = IndexQuery(
+            near=(
+                CENTRE[0] + rng.uniform(-0.03, 0.03),
+                CENTRE[1] + rng.uniform(-0.025, 0.025),
+                rng.uniform(50, 1500),
+            ),
+            **_random_filters(rng),  # type: ignore[arg-type]
+        )
+        expected = _brute_force(records, query)
+        got, total = _all_pages(index, query, limit=rng.choice([7, 50, 1000]))
+        assert got == expected
+        assert total == len(expected)
+
+
+async def test_sees_finds_exactly_the_views_and_coverages_holding_the_point(
+    world: tuple[FeedIndex, dict[str, FeedRecord]],
+) -> None:
+    index, records = world
+    rng = random.Random(2)
+    hits = 0
+    for _ in range(150):
+        query = IndexQuery(
+            sees=(CENTRE[0] + rng.uniform(-0.03, 0.03), CENTRE[1] + rng.uniform(-0.025, 0.025))
+        )
+        expected = _brute_force(records, query)
+        got, _ = _all_pages(index, query, limit=1000)
+        assert got == expected
+        hits += len(expected)
+    assert hits > 20  # the random points do land in views
+
+
+async def test_polygon_within_and_intersects_equal_the_brute_force(
+    world: tuple[FeedIndex, dict[str, FeedRecord]],
+) -> None:
+    index, records = world
+    rng = random.Random(3)
+    for _ in range(40):
+        geometry = _random_polygon(rng)
+        for relation in ("within", "intersects"):
+            query = IndexQuery(geometry=geometry, relation=relation, **_random_filters(rng))  # type: ignore[arg-type]
+            expected = _brute_force(records, query)
+            got, total = _all_pages(index, query, limit=rng.choice([13, 1000]))
+            assert got == expected, relation
+            assert total == len(expected)
+
+
+async def test_bbox_and_attribute_filters_equal_the_brute_force(
+    world: tuple[FeedIndex, dict[str, FeedRecord]],
+) -> None:
+    index, records = world
+    rng = random.Random(4)
+    for _ in range(80):
+        lon, lat = CENTRE[0] + rng.uniform(-0.03, 0.02), CENTRE[1] + rng.uniform(-0.025, 0.02)
+        bbox = (
+            (lon, lat, lon + rng.uniform(0.001, 0.03), lat + rng.uniform(0.001, 0.03))
+            if rng.random() < 0.5
+            else None
+        )
+        query = IndexQuery(bbox=bbox, **_random_filters(rng))  # type: ignore[arg-type]
+        expected = _brute_force(records, query)
+        got, total = _all_pages(index, query, limit=rng.choice([17, 333, 1000]))
+        assert got == expected
+        assert total == len(expected)
+
+
+async def test_a_stale_revision_never_replaces_a_newer_one(
+    world: tuple[FeedIndex, dict[str, FeedRecord]],
+) -> None:
+    index, records = world
+    everything, _ = _all_pages(index, IndexQuery(include_retired=True), limit=1000)
+    assert everything == sorted(records)
+    for feed_id, record in records.items():
+        assert index.revision_of(feed_id) == record.revision
+    nowhere = index.search(IndexQuery(near=(0.0, 36.06, 1000)), limit=10)
+    assert nowhere.total == 0
+
+
+async def test_merging_the_delta_changes_no_answer(
+    world: tuple[FeedIndex, dict[str, FeedRecord]],
+) -> None:
+    index, records = world
+    query = IndexQuery(near=(CENTRE[0], CENTRE[1], 2000), kind="camera")
+    before = _all_pages(index, query, limit=100)
+    await index.merge()
+    assert _all_pages(index, query, limit=100) == before
+    assert before[0] == _brute_force(records, query)
+
+
+def test_a_forged_cursor_is_refused() -> None:
+    index = FeedIndex()
+    with pytest.raises(InvalidCursor):
+        index.search(IndexQuery(), limit=10, cursor="not-a-cursor")
