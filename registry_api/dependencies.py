@@ -19,7 +19,7 @@ _bearer = HTTPBearer(auto_error=False, description="API key or city identity-pro
 CITY_ADMIN = Principal(subject="city-admin", department=None, roles=frozenset({Role.city_admin}))
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 

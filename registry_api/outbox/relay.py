@@ -98,8 +98,11 @@ class OutboxRelay:
 
     async def _idle(self) -> None:
         self._wakeup.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), self.settings.relay_idle_seconds)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the event fires, and stop() would then wait forever.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.relay_idle_seconds):
+                await self._wakeup.wait()
 
     async def _hold_leadership(self) -> bool:
         if self.settings.is_sqlite:
@@ -160,18 +163,23 @@ class OutboxRelay:
             if not rows:
                 return 0
             producer = await self._ensure_producer()
-            deliveries = [
-                await producer.send(
-                    topic_name(self.settings.topic_prefix, row.topic),
-                    value=row.payload,
-                    key=row.key.encode(),
+            deliveries = []
+            for position, row in enumerate(rows, 1):
+                deliveries.append(
+                    await producer.send(
+                        topic_name(self.settings.topic_prefix, row.topic),
+                        value=row.payload,
+                        key=row.key.encode(),
+                    )
                 )
-                for row in rows
-            ]
+                if position % 50 == 0:
+                    await asyncio.sleep(0)  # let request handlers run between slices
             await asyncio.gather(*deliveries)
             ids = [row.id for row in rows]
             now = utcnow()
             await session.execute(
+                # Exactly the ids published: on PostgreSQL a lower id can commit later than a
+                # higher one, so an id range could mark a row that was never read.
                 update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(sent_at=now)
             )
             await session.commit()
