@@ -74,6 +74,8 @@ async def test_access_events_arrive_enriched_in_clickhouse(stream_settings: Sett
         ]
         await produce(stream_settings, ACCESS_TOPIC, events)
         stored = await wait_for_value(stream_settings, "SELECT count() FROM access_events", 4)
+        # decisions are written right after access_events, in the same batch
+        await wait_for_value(stream_settings, "SELECT count() FROM decisions", 1)
     assert stored == 4
     rows = query(
         stream_settings,
