@@ -63,15 +63,26 @@ async def run_stream_worker(
     waiting: asyncio.Event | None = None,
 ) -> None:
     await prepare_dependencies(context.settings, waiting)
-    async with faust_app_running(context.app, stop_timeout=STOP_TIMEOUT_SECONDS):
-        log.info(
-            "faust agents running in-process",
-            extra={"agents": sorted(context.agents), "topic_prefix": context.settings.topic_prefix},
+    try:
+        async with faust_app_running(context.app, stop_timeout=STOP_TIMEOUT_SECONDS):
+            log.info(
+                "faust agents running in-process",
+                extra={
+                    "agents": sorted(context.agents),
+                    "topic_prefix": context.settings.topic_prefix,
+                },
+            )
+            if started is not None:
+                started.set()
+            await stop.wait()
+    except TimeoutError:
+        # Nothing is lost: events of an unfinished batch were never acknowledged.
+        log.warning(
+            "the agents did not stop within %ss; unfinished batches come again",
+            STOP_TIMEOUT_SECONDS,
         )
-        if started is not None:
-            started.set()
-        await stop.wait()
-    await context.registry.close()
+    finally:
+        await context.registry.close()
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import gc
 import logging
 import time
@@ -55,6 +56,7 @@ MAX_FEATURES = 250_000
 CHUNK = 4_000
 LOOKUP_CHUNK = 4_000  # codes per IN list (SQLite allows 32,766 parameters)
 YIELD_EVERY = 500
+RETURN_MEMORY_ABOVE_BYTES = 8 * 1024 * 1024
 HELPER_MIN_FEATURES = 8_000  # below this, starting on the helper costs more than it saves
 FLAG_FIELDS = ("id", "code", "owner", "kind")
 SQLITE_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
@@ -415,7 +417,19 @@ async def bulk_upsert(
     content_type: str | None,
 ) -> BulkResult:
     with garbage_collector_paused():
-        return await _bulk_upsert(session, index, principal, body, content_type)
+        result = await _bulk_upsert(session, index, principal, body, content_type)
+    if len(body) > RETURN_MEMORY_ABOVE_BYTES:
+        await asyncio.to_thread(return_freed_memory)
+    return result
+
+
+def return_freed_memory() -> None:
+    """Hands the heap pages a big import freed back to the OS: glibc keeps them otherwise,
+    and the API process would carry the import's peak for the rest of its life."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 async def _bulk_upsert(

@@ -19,7 +19,9 @@ import concurrent.futures
 import gc
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +92,21 @@ def _ready() -> bool:
     return True
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool initializer: the helper ends when the API process does, however it ended.
+
+    A process killed by a signal runs no atexit handler, so without this the helper would
+    outlive it (and hold its stdout open).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def helper_pool() -> concurrent.futures.ProcessPoolExecutor | None:
     """The helper process pool, started on first call (in the background); None if it cannot."""
     global _pool
@@ -97,7 +114,10 @@ def helper_pool() -> concurrent.futures.ProcessPoolExecutor | None:
         if _pool is None:
             try:
                 _pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=HELPERS, mp_context=multiprocessing.get_context("spawn")
+                    max_workers=HELPERS,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_exit_with_parent,
+                    initargs=(os.getpid(),),
                 )
                 _pool.submit(_ready)  # start the process and its imports now
             except (OSError, RuntimeError) as error:

@@ -36,10 +36,13 @@ def test_feedgrid_up_serves_ready_api_with_embedded_worker(
         "FEEDGRID_LOG_FORMAT": "json",
     }
     env.pop("FEEDGRID_ADMIN_TOKEN", None)
+    # Output to a file, not a pipe: a pipe held open by any leftover child would hang the test.
+    log_path = tmp_path / "up.log"
+    log_file = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "up", "--port", str(port), "--no-demo", "--no-kafka"],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log_file,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -65,10 +68,12 @@ def test_feedgrid_up_serves_ready_api_with_embedded_worker(
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            output, _ = process.communicate(timeout=60)
+            process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-            output, _ = process.communicate()
+            process.wait()
+        log_file.close()
+    output = log_path.read_text()
     # uvicorn shuts down cleanly, then re-raises SIGTERM so the exit status says why it ended.
     assert process.returncode in (0, -signal.SIGTERM), output[-3000:]
     assert "Application shutdown complete" in output
