@@ -59,12 +59,22 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_template() -> str:
     from deploy.local_postgres import start_postgres
 
-    start_postgres()
+    if not _postgres_answers():
+        start_postgres()
     name = f"feedgrid_template_{uuid.uuid4().hex[:8]}"
     asyncio.run(_postgres_command(f'CREATE DATABASE "{name}"'))
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     upgrade_registry(url)
     return name
+
+
+def _postgres_answers() -> bool:
+    """True when a server already accepts connections on the test port (reused as it is)."""
+    try:
+        asyncio.run(_postgres_command("SELECT 1"))
+        return True
+    except (OSError, Exception):
+        return False
 
 
 async def _postgres_command(statement: str) -> None:
