@@ -73,7 +73,7 @@ def _postgres_answers() -> bool:
     try:
         asyncio.run(_postgres_command("SELECT 1"))
         return True
-    except (OSError, Exception):
+    except Exception:
         return False
 
 
