@@ -301,59 +301,62 @@ class AnalyticsService:
     async def top_feeds(
         self, period: Period, metric: TopMetric, filters: UsageFilters, limit: int
     ) -> list[TopFeedRow]:
-        """Ranks feeds on the plain sums first, then merges the requester states of the
-        winners only (merging distinct-count states is the expensive part)."""
-        where = self._hourly(period).filters(
-            filters, ["owner_department", "requester_department", "kind", "region", "feed_id"]
-        )
-        where.scope(self.scope)
+        """Ranks feeds on the plain sums first, then merges the distinct-count states of the
+        winners only (merging those states is the expensive part).
+
+        City-wide, the per-day feed rollup serves both steps; a department's view (or a
+        requester filter) needs the requester, so it reads the hourly feed rollup.
+        """
+        city_wide = self.scope.is_city and not filters.requester_department
+        if city_wide:
+            columns = ["owner_department", "kind", "region", "feed_id"]
+            departments = "uniqMerge(requester_departments)"
+        else:
+            columns = ["owner_department", "requester_department", "kind", "region", "feed_id"]
+            departments = "uniqExactIf(requester_department, retrievals > 0)"
+
+        def source(where: Where) -> str:
+            if city_wide:
+                return self._feed_activity(period, where)
+            where.conditions[:0] = self._hourly(period).conditions
+            where.bind(**self._hourly(period).parameters)
+            return f"(SELECT * FROM usage_feeds_hour WHERE {where.sql()})"
+
+        detail_where = Where().filters(filters, columns).scope(self.scope)
         if metric is not TopMetric.requesters:
-            if self.scope.is_city and not filters.requester_department:
-                # City-wide, the per-day feed rows (no requester dimension) rank the feeds.
-                ranking_where = Where().filters(
-                    filters, ["owner_department", "kind", "region", "feed_id"]
-                )
-                source = self._feed_activity(period, ranking_where)
-                ranking_parameters = ranking_where.parameters
-                ranking_condition = "1"
-            else:
-                source, ranking_parameters, ranking_condition = (
-                    "usage_feeds_hour",
-                    where.parameters,
-                    where.sql(),
-                )
+            ranking_where = Where().filters(filters, columns).scope(self.scope)
             ranking = await self.store.rows(
                 "top_feeds_rank",
                 f"""
                 SELECT feed_id, sum(retrievals) AS total_retrievals, sum(bytes) AS total_bytes,
                        sum(seconds) AS total_seconds
-                FROM {source}
-                WHERE {ranking_condition}
+                FROM {source(ranking_where)}
                 GROUP BY feed_id
                 HAVING total_retrievals > 0 OR total_bytes > 0
                 ORDER BY {_TOP_ORDER[metric]} DESC, feed_id
                 LIMIT {{row_limit:UInt32}}
                 """,
-                {**ranking_parameters, "row_limit": limit},
+                {**ranking_where.parameters, "row_limit": limit},
             )
-            ranked_ids = [row["feed_id"] for row in ranking]
-            if not ranked_ids:
+            if not ranking:
                 return []
-            where.add("feed_id IN {ranked_feeds:Array(String)}", ranked_feeds=ranked_ids)
+            detail_where.add(
+                "feed_id IN {ranked_feeds:Array(String)}",
+                ranked_feeds=[row["feed_id"] for row in ranking],
+            )
         rows = await self.store.rows(
             "top_feeds",
             f"""
             SELECT feed_id, any(owner_department) AS feed_owner, any(kind) AS feed_kind,
                    any(region) AS feed_region, {_TOTALS},
-                   uniqExactIf(requester_department, retrievals > 0) AS total_requester_departments
-            FROM usage_feeds_hour
-            WHERE {where.sql()}
+                   {departments} AS total_requester_departments
+            FROM {source(detail_where)}
             GROUP BY feed_id
             HAVING total_retrievals > 0 OR total_bytes > 0
             ORDER BY {_TOP_ORDER[metric]} DESC, feed_id
             LIMIT {{row_limit:UInt32}}
             """,
-            {**where.parameters, "row_limit": limit},
+            {**detail_where.parameters, "row_limit": limit},
         )
         return [
             TopFeedRow(

@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS {{usage_feeds_minute}} {{on_cluster}}
     denied SimpleAggregateFunction(sum, UInt64),
     bytes SimpleAggregateFunction(sum, UInt64),
     seconds SimpleAggregateFunction(sum, Float64),
-    requesters AggregateFunction(uniq, UInt64)
+    requesters AggregateFunction(uniq, UInt64),
+    INDEX feed_bloom feed_id TYPE bloom_filter(0.01) GRANULARITY 1
 )
 ENGINE = {{engine: AggregatingMergeTree}}
 PARTITION BY toYYYYMM(bucket)
