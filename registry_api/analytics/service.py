@@ -132,7 +132,14 @@ _DEPARTMENT_COLUMNS = (
     "retrievals, denied, bytes, seconds, requesters"
 )
 _FEED_COLUMNS = (
-    "bucket, feed_id, owner_department, kind, region, retrievals, denied, bytes, seconds"
+    "bucket, feed_id, owner_department, kind, region, retrievals, denied, bytes, seconds, "
+    "requesters, requester_departments"
+)
+# The same from usage_feeds_hour rows, whose requester department becomes a one-row state.
+_FEED_COLUMNS_FROM_HOURS = (
+    "bucket, feed_id, owner_department, kind, region, retrievals, denied, bytes, seconds, "
+    "requesters, arrayReduce('uniqState', if(retrievals > 0, "
+    "[CAST(requester_department, 'String')], CAST([], 'Array(String)'))) AS requester_departments"
 )
 
 
@@ -167,17 +174,25 @@ class Where:
         return " AND ".join(self.conditions) if self.conditions else "1"
 
     def stitched(
-        self, start: datetime, end: datetime, hourly: str, daily: str, columns: str
+        self,
+        start: datetime,
+        end: datetime,
+        hourly: str,
+        daily: str,
+        columns: str,
+        hourly_columns: str | None = None,
     ) -> str:
         """A subquery over ``hourly`` and ``daily`` rollups covering [start, end) once.
 
         These conditions (filters, scope) apply to every part; each part binds its span.
+        ``hourly_columns`` computes, from hourly rows, columns only the daily rollup stores.
         """
         parts = []
         for index, (whole_days, span_start, span_end) in enumerate(day_spans(start, end)):
             self.bind(**{f"span_start_{index}": span_start, f"span_end_{index}": span_end})
+            selected = columns if whole_days else (hourly_columns or columns)
             parts.append(
-                f"SELECT {columns} FROM {daily if whole_days else hourly} "
+                f"SELECT {selected} FROM {daily if whole_days else hourly} "
                 f"WHERE bucket >= {{span_start_{index}:DateTime('UTC')}} "
                 f"AND bucket < {{span_end_{index}:DateTime('UTC')}} AND {self.sql()}"
             )
@@ -383,7 +398,12 @@ class AnalyticsService:
     def _feed_activity(self, period: Period, where: Where) -> str:
         start = floor_time(period.start, Granularity.hour)
         return where.stitched(
-            start, period.end, "usage_feeds_hour", "feed_activity_day", _FEED_COLUMNS
+            start,
+            period.end,
+            "usage_feeds_hour",
+            "feed_activity_day",
+            _FEED_COLUMNS,
+            _FEED_COLUMNS_FROM_HOURS,
         )
 
     def _hourly(self, period: Period) -> Where:
