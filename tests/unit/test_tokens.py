@@ -100,6 +100,7 @@ def test_a_second_replica_picks_up_a_key_made_by_the_first(tmp_path: Path) -> No
     first = _ring(tmp_path, clock)
     second = _ring(tmp_path, clock)
     assert first.signing_key().kid == second.signing_key().kid
+    clock.now += timedelta(minutes=1)  # a rotation happens after the first key's creation
     rotated = first.rotate(immediately=True)
     token, _ = _mint(RetrievalTokens(first, issuer="feedgrid", ttl=TTL), datetime.now(UTC))
     assert jwt.get_unverified_header(token)["kid"] == rotated.kid
