@@ -1,0 +1,133 @@
+"""The sink against real chdb: each event once in the table and once in every rollup, whatever
+the replays (a crash between the table's part and the views' parts, a retried insert, the
+outbox publishing twice)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.clickhouse import Placement, schema_objects
+from streams.agents.access_events import access_row
+from streams.clickhouse import connect, disconnect
+from streams.decoding import AccessCloudEvent
+from streams.migrations import apply_migrations
+from streams.rollups import repair_last_block
+from streams.sink import ClickHouseSink, block_token, encode_rows
+from streams.tuning import load_tuning
+
+VIEWS = sorted(name for name, item in schema_objects().items() if item.placement is Placement.view)
+
+
+@pytest.fixture
+def analytics_url(tmp_path: Path) -> Iterator[str]:
+    url = f"chdb://{tmp_path / 'analytics'}"
+    apply_migrations(url)
+    yield url
+    disconnect(url)
+
+
+def retrieval_rows(count: int, partition: int = 0, first_offset: int = 0) -> list[dict[str, Any]]:
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    rows = []
+    for index in range(count):
+        event = AccessCloudEvent.model_validate(
+            {
+                "id": str(uuid.uuid4()),
+                "type": "feedgrid.retrieval.started",
+                "time": (start + timedelta(seconds=index)).isoformat(),
+                "data": {
+                    "feed_id": f"f-{index % 3}",
+                    "requester_department": "lz-jtj",
+                    "requester_user": "u",
+                },
+            }
+        )
+        feed = {"owner_department": "lz-psb", "kind": "camera", "region": "620102"}
+        rows.append(access_row(event, feed, 1, partition, first_offset + index))
+    return rows
+
+
+def figures(url: str) -> tuple[int, list[int]]:
+    client = connect(url)
+    stored = int(client.query("SELECT count() FROM access_events").result_rows[0][0])
+    rollups = [
+        int(client.query(f"SELECT sum(retrievals) FROM {table}").result_rows[0][0])
+        for table in (
+            "usage_departments_minute",
+            "usage_departments_hour",
+            "usage_departments_day",
+            "usage_feeds_minute",
+            "usage_feeds_hour",
+            "feed_activity_day",
+        )
+    ]
+    return stored, rollups
+
+
+async def test_a_replayed_block_reaches_the_views_a_crash_cut_it_off_from(
+    analytics_url: str,
+) -> None:
+    """The server path: the replayed block is re-sent, and deduplicated where it arrived."""
+    sink = ClickHouseSink(analytics_url, load_tuning(), resend_replayed_blocks=True)
+    rows = retrieval_rows(50)
+    client = connect(analytics_url)
+    for view in VIEWS:  # the crash: the table's part is written, the views' parts are not
+        client.command(f"DETACH TABLE {view}")
+    assert await sink.write_events("access_events", [dict(row) for row in rows]) == 50
+    for view in VIEWS:
+        client.command(f"ATTACH TABLE {view}")
+    assert figures(analytics_url) == (50, [0] * 6)
+
+    assert await sink.write_events("access_events", [dict(row) for row in rows]) == 0
+    assert figures(analytics_url) == (50, [50] * 6)
+    assert await sink.write_events("access_events", [dict(row) for row in rows[:20]]) == 0
+    assert figures(analytics_url) == (50, [50] * 6)
+
+
+async def test_the_embedded_worker_rebuilds_the_buckets_of_the_last_block(
+    analytics_url: str,
+) -> None:
+    """The embedded path: at start the rollups of the last block are rebuilt from the table."""
+    sink = ClickHouseSink(analytics_url, load_tuning())
+    assert await sink.write_events("access_events", retrieval_rows(40)) == 40
+    client = connect(analytics_url)
+    for view in VIEWS:
+        client.command(f"DETACH TABLE {view}")
+    last = retrieval_rows(25, first_offset=100)
+    assert await sink.write_events("access_events", last) == 25  # cut off from the views
+    for view in VIEWS:
+        client.command(f"ATTACH TABLE {view}")
+    assert figures(analytics_url) == (65, [40] * 6)
+    assert repair_last_block(analytics_url) is not None
+    assert figures(analytics_url) == (65, [65] * 6)
+    assert repair_last_block(analytics_url) is not None  # again: nothing changes
+    assert figures(analytics_url) == (65, [65] * 6)
+    assert await sink.write_events("access_events", [dict(row) for row in last]) == 0
+    assert figures(analytics_url) == (65, [65] * 6)
+
+
+async def test_a_record_published_twice_is_stored_once(analytics_url: str) -> None:
+    sink = ClickHouseSink(analytics_url, load_tuning())
+    rows = retrieval_rows(30)
+    assert await sink.write_events("access_events", [dict(row) for row in rows]) == 30
+    again = [dict(row, kafka_offset=row["kafka_offset"] + 1000) for row in rows]  # new records
+    mixed = again[:10] + retrieval_rows(5, first_offset=5000)
+    assert await sink.write_events("access_events", mixed) == 5
+    assert figures(analytics_url) == (35, [35] * 6)
+
+
+async def test_an_insert_retried_after_it_succeeded_counts_once(analytics_url: str) -> None:
+    sink = ClickHouseSink(analytics_url, load_tuning())
+    rows = retrieval_rows(10)
+    for row in rows:
+        row["sink_block"] = 42
+    payload = encode_rows(rows)
+    for _ in range(2):  # the client saw an error after ClickHouse had the insert
+        sink._insert("access_events", list(rows[0]), payload, block_token("access_events", 42))
+    assert figures(analytics_url) == (10, [10] * 6)
