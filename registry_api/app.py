@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from registry_api.access.routes import grants_router, requests_router
 from registry_api.analytics.routes import router as analytics_router
 from registry_api.audit.routes import router as audit_router
-from registry_api.errors import install_error_handlers
+from registry_api.errors import error_responses, install_error_handlers
 from registry_api.feeds.bulk_validation import HelperWarmup
 from registry_api.feeds.routes import router as feeds_router
 from registry_api.health.routes import router as health_router
@@ -37,6 +37,9 @@ and retrieve them through signed short-lived tokens. Every change and access is 
 
 Authenticate with `Authorization: Bearer <API key or identity-provider JWT>`.
 """
+
+# What any authenticated route may answer besides its success (see errors.ERROR_DESCRIPTIONS).
+API_REFUSALS = (400, 401, 403, 404, 409, 413, 422)
 
 # Extra lifespan steps (the embedded Faust worker) register here; each gets the runtime.
 LifespanHook = Callable[[FastAPI, Runtime], "AsyncIterator[None]"]
@@ -77,16 +80,16 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
     app.add_middleware(RequestMetricsMiddleware)
     install_error_handlers(app)
     # Hooks first: media servers call them thousands of times a second, and routes are
-    # matched in order.
-    app.include_router(hooks_router)
+    # matched in order. Each router documents the refusals its routes can answer.
+    app.include_router(hooks_router, responses=error_responses(400, 401, 403, 413, 422, 429))
     app.include_router(health_router)
-    app.include_router(identity_router)
-    app.include_router(feeds_router)
-    app.include_router(requests_router)
-    app.include_router(grants_router)
-    app.include_router(audit_router)
+    app.include_router(identity_router, responses=error_responses(*API_REFUSALS))
+    app.include_router(feeds_router, responses=error_responses(*API_REFUSALS, 412, 428))
+    app.include_router(requests_router, responses=error_responses(*API_REFUSALS, 429))
+    app.include_router(grants_router, responses=error_responses(*API_REFUSALS, 410))
+    app.include_router(audit_router, responses=error_responses(*API_REFUSALS))
     app.include_router(jwks_router)
-    app.include_router(analytics_router)
+    app.include_router(analytics_router, responses=error_responses(*API_REFUSALS))
     app.state.settings = settings
     app.state.rate_limiters = build_rate_limiters(settings)
     return app

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("feedgrid.errors")
@@ -76,6 +77,40 @@ class Unprocessable(ApiError):
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"code": code, "message": message, "details": details}
+
+
+class ErrorBody(BaseModel):
+    """The body of every refusal, documented so clients (and schema checks) can rely on it."""
+
+    code: str
+    message: str
+    details: Any = None
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Malformed body (not JSON in UTF-8, too deep, absurd numbers) or a NUL character",
+    401: "No bearer token, or one that is not valid",
+    403: "The caller's roles or department do not allow this",
+    404: "Nothing with this id is visible to the caller",
+    409: "The request conflicts with the current state",
+    410: "The grant has ended or was revoked",
+    412: "If-Match names an old version",
+    413: "The body is larger than the configured limit",
+    422: "A parameter or the body is invalid; `details` lists where",
+    428: "If-Match is required",
+    429: "Too many requests from this identity; retry after `Retry-After` seconds",
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the refusals a route can answer, each with ``ErrorBody``."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        documented[status] = {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
+        if status == 429:
+            documented[status]["headers"] = RETRY_AFTER
+    return documented
 
 
 def _clean_validation_errors(errors: Any) -> list[dict[str, Any]]:

@@ -41,7 +41,11 @@ async def _check_clickhouse(runtime: RuntimeDep) -> tuple[bool, str]:
     return ok, "reachable" if ok else "analytics store does not answer"
 
 
-@router.get("/readyz", summary="Every dependency answers: registry DB, Kafka, ClickHouse")
+@router.get(
+    "/readyz",
+    summary="Every dependency answers: registry DB, Kafka, ClickHouse",
+    responses={503: {"description": "A dependency does not answer: the same body, not ready"}},
+)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     started = time.perf_counter()
     names = ("database", "kafka", "clickhouse")

@@ -125,6 +125,7 @@ def body_schema(model: type[BaseModel]) -> dict[str, object]:
     "/mediamtx/auth",
     summary="MediaMTX authMethod http: 2xx allows, 401 asks, 403 denies",
     openapi_extra=body_schema(MediaMtxAuth),
+    response_class=Response,  # an allowed check answers 200 with no body
 )
 async def mediamtx_auth(request: Request, gate: Gate, gateway: Gateway) -> Response:
     body = await parse_body(request, MediaMtxAuth)
@@ -217,6 +218,22 @@ async def zlmediakit_on_flow_report(body: ZlmFlowReport, gate: Gate, gateway: Ga
 # ------------------------------------------------------------------------------ nginx-rtmp
 
 
+NGINX_FORM_FIELDS = ("call", "addr", "clientid", "app", "name", "tcurl", "token")
+NGINX_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {name: {"type": "string"} for name in NGINX_FORM_FIELDS},
+                }
+            }
+        },
+    }
+}
+
+
 async def _nginx_attempt(request: Request, gateway: Principal) -> Attempt:
     form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
     token = form.get("token") or _token_in_query(
@@ -237,13 +254,23 @@ async def _nginx_attempt(request: Request, gateway: Principal) -> Attempt:
     )
 
 
-@router.post("/nginx-rtmp/on_play", summary="nginx-rtmp on_play (form-encoded): 2xx allows")
+@router.post(
+    "/nginx-rtmp/on_play",
+    summary="nginx-rtmp on_play (form-encoded): 2xx allows",
+    response_class=Response,
+    openapi_extra=NGINX_FORM,
+)
 async def nginx_rtmp_on_play(request: Request, gate: Gate, gateway: Gateway) -> Response:
     verdict = await gate.check(await _nginx_attempt(request, gateway))
     return Response(status_code=200) if verdict.allowed else _refusal(verdict)
 
 
-@router.post("/nginx-rtmp/on_play_done", summary="nginx-rtmp on_play_done: the session ended")
+@router.post(
+    "/nginx-rtmp/on_play_done",
+    summary="nginx-rtmp on_play_done: the session ended",
+    response_class=Response,
+    openapi_extra=NGINX_FORM,
+)
 async def nginx_rtmp_on_play_done(request: Request, gate: Gate, gateway: Gateway) -> Response:
     await gate.ended(await _nginx_attempt(request, gateway))
     return Response(status_code=200)
