@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-BENCHMARKS = ("bench_registry", "bench_access", "bench_pipeline")
+BENCHMARKS = ("bench_registry", "bench_access", "bench_pipeline", "bench_load")
 RESULTS = Path(__file__).parent / "results"
 
 

@@ -1,0 +1,81 @@
+"""`./deploy/bench --quick` as a smoke run: the report's shape, never its timings.
+
+The benchmark runner starts its own processes (here the mixed-load benchmark: a real
+`feedgrid up` and a load generator beside it) and writes bench/results/latest.{json,md};
+the test points it at a temporary directory and reads what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.kafka
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+LOAD_KINDS = ("search", "access_request", "hook_check", "heartbeat", "all")
+
+
+def run_quick_report(benchmarks: list[str], out: Path, kafka_bootstrap: str) -> dict[str, Any]:
+    environment = os.environ | {"FEEDGRID_TEST_KAFKA": kafka_bootstrap}
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run_all",
+            "--quick",
+            "--out",
+            str(out),
+            "--only",
+            *benchmarks,
+        ],
+        cwd=REPOSITORY,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    return json.loads((out / "latest.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_quick_mixed_load_report_has_every_figure_and_no_failed_request(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    report = run_quick_report(["bench_load"], tmp_path, kafka_bootstrap)
+
+    assert report["quick"] is True
+    assert report["problems"] == []
+    figures = {figure["name"]: figure for figure in report["figures"]}
+    expected = {
+        f"load_{kind}_{figure}"
+        for kind in LOAD_KINDS
+        for figure in ("throughput", "p50", "p99", "errors")
+    } | {"load_api_worker_process_rss", "load_generator_dispatch_lag_p99"}
+    assert expected <= set(figures), expected - set(figures)
+    for figure in report["figures"]:
+        assert figure["benchmark"] == "bench_load"
+        assert {"name", "value", "unit", "ratio"} <= set(figure), figure
+        assert isinstance(figure["value"], int | float), figure
+    for kind in LOAD_KINDS:
+        throughput = figures[f"load_{kind}_throughput"]
+        assert throughput["requests"] > 0 and throughput["baseline_value"] > 0, throughput
+        assert figures[f"load_{kind}_p99"]["baseline"].startswith("p99 in the first")
+        assert "rate_limited_429" in figures[f"load_{kind}_errors"]
+    # Not a timing: under the quick load no request may fail (a 5xx, a wrong hook decision,
+    # a rejected heartbeat, a timeout).
+    errors = figures["load_all_errors"]
+    assert errors["value"] == 0, errors
+    memory = figures["load_api_worker_process_rss"]
+    assert memory["value"] > 0 and memory["baseline_value"] > 0
+    assert {"growth_percent", "target", "met"} <= set(memory)
+    assert memory["pipeline_during_load"]["outbox_events_relayed"] > 0, memory
+    table = (tmp_path / "latest.md").read_text()
+    assert "| load_all_throughput |" in table and "| load_api_worker_process_rss |" in table
