@@ -315,18 +315,20 @@ def retrieval_tokens(url: str, world: World, wanted: int, minutes: int) -> list[
         raise RuntimeError("no access request was granted: no tokens for the hook checks")
     tokens: list[dict[str, str]] = []
     with httpx.Client(base_url=url, timeout=60) as http:
-        for department, grant_id in itertools.cycle(grants):
-            headers = {"Authorization": f"Bearer {world.requester_keys[department]}"}
-            answer = http.get(f"/v1/grants/{grant_id}/retrieval", headers=headers)
-            answer.raise_for_status()
-            tokens.extend(
-                {"path": f["media_path"], "token": f["token"], "compact": f["compact_token"]}
-                for f in answer.json()["feeds"]
-                if f.get("compact_token")
-            )
-            if len(tokens) >= wanted:
-                return tokens[:wanted]
-    raise AssertionError("unreachable")
+        while len(tokens) < wanted:  # each retrieval call mints new tokens
+            before = len(tokens)
+            for department, grant_id in grants:
+                headers = {"Authorization": f"Bearer {world.requester_keys[department]}"}
+                answer = http.get(f"/v1/grants/{grant_id}/retrieval", headers=headers)
+                answer.raise_for_status()
+                tokens.extend(
+                    {"path": f["media_path"], "token": f["token"], "compact": f["compact_token"]}
+                    for f in answer.json()["feeds"]
+                    if f.get("compact_token")
+                )
+            if len(tokens) == before:
+                raise RuntimeError("the grants' retrievals carry no compact tokens")
+    return tokens[:wanted]
 
 
 def access_bodies(world: World) -> list[tuple[str, dict[str, Any]]]:
