@@ -202,6 +202,12 @@ class FeedGridUp:
                 continue
         return main, children
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) the ``up`` process has used so far."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def pipeline_counters(self) -> dict[str, float]:
         """Counters of the relay, the hook-event writer and the embedded worker's sink."""
         wanted = {
@@ -749,6 +755,7 @@ def run_generator(
             if status["phase"] == "measure" and measuring_since is None:
                 measuring_since = now
                 marks["rss_start"] = server.memory_mib()
+                marks["cpu_start"] = (now, server.cpu_seconds())
                 marks["counters_start"] = server.pipeline_counters()
                 last_sample = 0.0
             if measuring_since is not None and now - last_sample >= 2.0:
@@ -769,6 +776,7 @@ def run_generator(
     if generator.returncode != 0 or not results_path.exists():
         raise RuntimeError(f"the load generator failed (exit {generator.returncode})")
     marks["rss_end"] = server.memory_mib()
+    marks["cpu_end"] = (time.monotonic(), server.cpu_seconds())
     marks["counters_end"] = server.pipeline_counters()
     if measuring_since is not None:
         memory.append((time.monotonic() - measuring_since, *marks["rss_end"]))
@@ -914,6 +922,11 @@ def report_memory(
         process="feedgrid up: API + outbox relay + embedded Faust worker + chdb in one process "
         "(children: the bulk-validation helper)",
         target="<= 10% growth", met=bool(growth <= 10),
+        server_cpu_cores=round(
+            (marks["cpu_end"][1] - marks["cpu_start"][1])
+            / max(1e-9, marks["cpu_end"][0] - marks["cpu_start"][0]),
+            3,
+        ),
         pipeline_during_load={key: after[key] - before[key] for key in after},
         pipeline_drain_seconds=marks["drain_seconds"],
         pipeline_after_drain={key: drained[key] - before[key] for key in drained},
