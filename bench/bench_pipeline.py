@@ -13,9 +13,10 @@ Prints one JSON line per figure on stdout (``{"name", "value", "unit", "baseline
    (startup excluded), from its own Prometheus counter.
 2. End-to-end lag at 20,000 events/s, and at 2,000 events/s (a rate this pipeline sustains
    here, so the figure shows its latency rather than its backlog): a producer process
-   publishes at that rate, each event stamped with its send time; the agents and the sink run in this process (the embedded
-   configuration) next to a probe that queries ClickHouse every 50 ms for marker events (one
-   in 200), so "visible" means a query can see it. p50/p99 of send -> visible.
+   publishes at that rate, each event stamped with its send time; the agents and the sink
+   run in this process (the embedded configuration) next to a probe that queries ClickHouse
+   every 50 ms for marker events (one in 200), so "visible" means a query can see it.
+   p50/p99 of send -> visible.
 3. Analytics latency over a large stored set: events generated inside chdb (INSERT ...
    SELECT, through the materialized views like the sink's inserts), a 57,000-feed catalog,
    decisions, alerts and liveness; then every analytics endpoint is called through the API
@@ -127,7 +128,9 @@ class Traffic:
         self.rng = random.Random(seed)
         self.feeds = [f"bench-feed-{index}" for index in range(feeds)]
         self.owner = {feed: OWNERS[index % len(OWNERS)] for index, feed in enumerate(self.feeds)}
-        self.pairs = [(self.rng.choice(self.feeds), self.rng.choice(DEPARTMENTS)) for _ in range(feeds * 2)]
+        self.pairs = [
+            (self.rng.choice(self.feeds), self.rng.choice(DEPARTMENTS)) for _ in range(feeds * 2)
+        ]
         self.granted: set[tuple[str, str]] = set()
         self.sequence = 0
 
@@ -299,7 +302,9 @@ def pipeline_worker_rate(settings: Settings, total: int, workdir: Path) -> tuple
         "FEEDGRID_STREAM_METRICS_PORT": str(port),
     }
     log = (workdir / "worker.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "streams.worker"], env=env, stdout=log, stderr=log)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams.worker"], env=env, stdout=log, stderr=log
+    )
     counter = 'feedgrid_stream_events_total{agent="access-events"}'
     samples: list[tuple[float, float]] = []
     try:
@@ -308,7 +313,9 @@ def pipeline_worker_rate(settings: Settings, total: int, workdir: Path) -> tuple
             deadline = time.monotonic() + max(600.0, total / 1_000)
             while time.monotonic() < deadline:
                 if process.poll() is not None:
-                    raise RuntimeError(f"the worker exited: {(workdir / 'worker.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"the worker exited: {(workdir / 'worker.log').read_text()[-2000:]}"
+                    )
                 handled = _metric(port, counter)
                 samples.append((time.monotonic(), handled))
                 progress.update(task, completed=handled)
@@ -346,9 +353,11 @@ def bench_throughput(quick: bool, workdir: Path) -> None:
     ceiling = asyncio.run(raw_copy(settings, total, raw_url))
     disconnect(raw_url)
     rate, seconds = pipeline_worker_rate(settings, total, workdir)
-    stored = connect(settings.clickhouse_url).query(
-        "SELECT count(), uniqExact(event_id) FROM access_events"
-    ).result_rows[0]
+    stored = (
+        connect(settings.clickhouse_url)
+        .query("SELECT count(), uniqExact(event_id) FROM access_events")
+        .result_rows[0]
+    )
     disconnect(settings.clickhouse_url)
     if tuple(stored) != (total, total):
         raise RuntimeError(f"the pipeline stored {stored} for {total} events")
@@ -370,13 +379,19 @@ def bench_throughput(quick: bool, workdir: Path) -> None:
 # ------------------------------------------------------------------------------ 2. lag
 
 
-async def _produce_at_rate(bootstrap: str, prefix: str, rate: int, seconds: float, feeds: int) -> None:
+async def _produce_at_rate(
+    bootstrap: str, prefix: str, rate: int, seconds: float, feeds: int
+) -> None:
     """The load generator (own process): ``rate`` events/s stamped with their send time."""
-    settings = load_settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, topic_partitions=PARTITIONS)
+    settings = load_settings(
+        kafka_bootstrap=bootstrap, topic_prefix=prefix, topic_partitions=PARTITIONS
+    )
     traffic = Traffic(feeds, seed=5)
     for feed, department in traffic.pairs:  # grants were produced with the metadata
         traffic.granted.add((feed, department))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024, acks=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024, acks=1
+    )
     await producer.start()
     topic = topic_name(settings.topic_prefix, ACCESS_EVENTS)
     tick = 0.01
@@ -441,8 +456,15 @@ async def _lag_run(settings: Settings, rate: int, seconds: float, feeds: int) ->
     while int(client.query("SELECT count() FROM access_events").result_rows[0][0]) < grants:
         await asyncio.sleep(0.2)
     producer = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.bench_pipeline", "--produce-at", KAFKA, settings.topic_prefix,
-        str(rate), str(seconds), str(feeds),
+        sys.executable,
+        "-m",
+        "bench.bench_pipeline",
+        "--produce-at",
+        KAFKA,
+        settings.topic_prefix,
+        str(rate),
+        str(seconds),
+        str(feeds),
         stdout=asyncio.subprocess.PIPE,
     )
     seen: dict[str, float] = {}
@@ -452,11 +474,13 @@ async def _lag_run(settings: Settings, rate: int, seconds: float, feeds: int) ->
         task = progress.add_task(f"lag at {rate} events/s", total=seconds)
         while producer.returncode is None or time.time() - probe_started < seconds + 30:
             rows = await asyncio.to_thread(
-                lambda: client.query(
-                    "SELECT requester_user, toUnixTimestamp64Milli(time) FROM access_events "
-                    "WHERE owner_department = {marker:String} AND type = 'retrieval.started'",
-                    parameters={"marker": LAG_MARKER_OWNER},
-                ).result_rows
+                lambda: (
+                    client.query(
+                        "SELECT requester_user, toUnixTimestamp64Milli(time) FROM access_events "
+                        "WHERE owner_department = {marker:String} AND type = 'retrieval.started'",
+                        parameters={"marker": LAG_MARKER_OWNER},
+                    ).result_rows
+                )
             )
             now = time.time()
             for user, sent_ms in rows:
@@ -464,7 +488,10 @@ async def _lag_run(settings: Settings, rate: int, seconds: float, feeds: int) ->
                     seen[user] = now
                     lags.append(now - sent_ms / 1000)
             progress.update(task, completed=min(seconds, now - probe_started))
-            if producer.returncode is not None and len(seen) >= expected_markers(rate, seconds) * 0.99:
+            if (
+                producer.returncode is not None
+                and len(seen) >= expected_markers(rate, seconds) * 0.99
+            ):
                 break
             try:
                 await asyncio.wait_for(producer.wait(), 0.05)
@@ -479,7 +506,12 @@ async def _lag_run(settings: Settings, rate: int, seconds: float, feeds: int) ->
     ).result_rows[0]
     stop.set()
     await asyncio.wait_for(worker, 60)
-    return {"lags": lags, "sent": sent, "ingest_p99_ms": float(stamped[0]), "stored": int(stamped[1])}
+    return {
+        "lags": lags,
+        "sent": sent,
+        "ingest_p99_ms": float(stamped[0]),
+        "stored": int(stamped[1]),
+    }
 
 
 def expected_markers(rate: int, seconds: float) -> int:
@@ -543,7 +575,8 @@ SELECT
     concat('feed-', toString(feed)) AS feed_id,
     owners[1 + feed % 4] AS owner_department,
     departments[1 + requester % 24] AS requester_department,
-    concat(departments[1 + requester % 24], '-u', toString(intHash32(intDiv(number, 2)) % 20)) AS requester_user,
+    concat(departments[1 + requester % 24], '-u',
+           toString(intHash32(intDiv(number, 2)) % 20)) AS requester_user,
     if(feed % 20 = 0, 'sensor', 'camera') AS kind,
     toString(620102 + feed % 9) AS region,
     if(feed % 20 = 0, '', '00') AS industry,
@@ -556,7 +589,8 @@ SELECT
 FROM (
     SELECT number,
            -- popular feeds get more retrievals: a skewed pick among 57,000
-           toUInt64(floor(pow(cityHash64(intDiv(number, 2)) % 1000000 / 1000000, 2.5) * 57000)) AS feed,
+           toUInt64(floor(pow(cityHash64(intDiv(number, 2)) % 1000000 / 1000000, 2.5) * 57000))
+               AS feed,
            cityHash64(intDiv(number, 2), 7) AS requester,
            {owners:Array(String)} AS owners, {departments:Array(String)} AS departments
     FROM numbers({first:UInt64}, {count:UInt64})
@@ -569,7 +603,8 @@ INSERT INTO feed_metadata (feed_id, version, event_id, event_type, time, name, o
 SELECT concat('feed-', toString(number)), 1, generateUUIDv4(number), 'feed.registered',
        now64(3), concat('camera ', toString(number)), {owners:Array(String)}[1 + number % 4],
        if(number % 20 = 0, 'sensor', 'camera'), toString(620102 + number % 9),
-       if(number % 20 = 0, '', '00'), ['unconditional', 'conditional', 'not_shared'][1 + number % 3],
+       if(number % 20 = 0, '', '00'),
+       ['unconditional', 'conditional', 'not_shared'][1 + number % 3],
        if(number % 50 = 0, 'unknown', 'online'), '', false, now64(3) - toIntervalDay(60), '{}'
 FROM numbers(57000)
 """
@@ -577,7 +612,8 @@ FROM numbers(57000)
 _GENERATE_STATUS = """
 INSERT INTO feed_status (transition_id, feed_id, owner_department, status, previous_status,
     changed_at, last_seen_at, reason)
-SELECT generateUUIDv4(number), concat('feed-', toString(number)), {owners:Array(String)}[1 + number % 4],
+SELECT generateUUIDv4(number), concat('feed-', toString(number)),
+       {owners:Array(String)}[1 + number % 4],
        if(number % 37 = 0, 'offline', 'online'), 'unknown',
        now64(3) - toIntervalMinute(number % 10000), now64(3) - toIntervalMinute(number % 10000),
        'heartbeat'
@@ -592,7 +628,8 @@ SELECT concat('r-', toString(number)), concat('feed-', toString(number % 57000))
        generateUUIDv4(number), requested, {owners:Array(String)}[1 + number % 4],
        {departments:Array(String)}[1 + cityHash64(number) % 24], 'u', 'bench',
        ['granted', 'granted', 'denied', 'pending'][1 + number % 4] AS decision,
-       if(decision = 'denied', ['purpose_not_in_conditions', 'denied_by_owner'][1 + number % 2], ''),
+       if(decision = 'denied',
+          ['purpose_not_in_conditions', 'denied_by_owner'][1 + number % 2], ''),
        false, requested,
        if(decision = 'pending', NULL, requested + toIntervalMinute(cityHash64(number) % 20000))
 FROM (SELECT number, now64(3) - toIntervalSecond(cityHash64(number, 3) % (30 * 86400)) AS requested
@@ -627,14 +664,29 @@ def load_analytics_set(url: str, events: int) -> float:
             count = min(chunk, events - first)
             client.command(
                 _GENERATE_EVENTS,
-                parameters={**parameters, "end": end, "spacing_ms": spacing_ms, "first": first, "count": count},
+                parameters={
+                    **parameters,
+                    "end": end,
+                    "spacing_ms": spacing_ms,
+                    "first": first,
+                    "count": count,
+                },
             )
             progress.advance(task, count)
     client.command(_GENERATE_FEEDS, parameters=parameters)
     client.command(_GENERATE_STATUS, parameters=parameters)
-    client.command(_GENERATE_DECISIONS, parameters={**parameters, "count": max(10_000, events // 200)})
-    client.command(_GENERATE_ALERTS, parameters={**parameters, "count": max(1_000, events // 2_000)})
-    for table in ("usage_departments_minute", "usage_departments_hour", "usage_feeds_minute", "usage_feeds_hour"):
+    client.command(
+        _GENERATE_DECISIONS, parameters={**parameters, "count": max(10_000, events // 200)}
+    )
+    client.command(
+        _GENERATE_ALERTS, parameters={**parameters, "count": max(1_000, events // 2_000)}
+    )
+    for table in (
+        "usage_departments_minute",
+        "usage_departments_hour",
+        "usage_feeds_minute",
+        "usage_feeds_hour",
+    ):
         client.command(f"OPTIMIZE TABLE {table} FINAL")
     return time.perf_counter() - started
 
@@ -646,10 +698,26 @@ def _analytics_calls() -> list[tuple[str, str, dict[str, Any]]]:
         return (now - timedelta(**delta)).isoformat()
 
     return [
-        ("usage hour x owner, 24 h", "/v1/analytics/usage", {"from": since(hours=24), "group_by": "owner_department"}),
-        ("usage day x requester, 30 d", "/v1/analytics/usage", {"from": since(days=30), "granularity": "day", "group_by": "requester_department"}),
-        ("usage minute x kind, 1 h", "/v1/analytics/usage", {"from": since(hours=1), "granularity": "minute", "group_by": "kind"}),
-        ("usage hour, one feed, 7 d", "/v1/analytics/usage", {"from": since(days=7), "group_by": "feed", "feed_id": "feed-7"}),
+        (
+            "usage hour x owner, 24 h",
+            "/v1/analytics/usage",
+            {"from": since(hours=24), "group_by": "owner_department"},
+        ),
+        (
+            "usage day x requester, 30 d",
+            "/v1/analytics/usage",
+            {"from": since(days=30), "granularity": "day", "group_by": "requester_department"},
+        ),
+        (
+            "usage minute x kind, 1 h",
+            "/v1/analytics/usage",
+            {"from": since(hours=1), "granularity": "minute", "group_by": "kind"},
+        ),
+        (
+            "usage hour, one feed, 7 d",
+            "/v1/analytics/usage",
+            {"from": since(days=7), "group_by": "feed", "feed_id": "feed-7"},
+        ),
         ("sharing matrix, 30 d", "/v1/analytics/sharing-matrix", {"from": since(days=30)}),
         ("top feeds, 7 d", "/v1/analytics/top-feeds", {"from": since(days=7)}),
         ("alerts, 7 d", "/v1/analytics/alerts", {"from": since(days=7)}),
@@ -667,7 +735,9 @@ async def _time_endpoints(settings: Settings, rounds: int) -> dict[str, list[flo
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=120) as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://bench", timeout=120
+        ) as http:
             for department in DEPARTMENTS:
                 await http.post(
                     "/v1/departments",
@@ -675,14 +745,21 @@ async def _time_endpoints(settings: Settings, rounds: int) -> dict[str, list[flo
                     json={"code": department, "name": department, "kind": "other"},
                 )
             keys = {}
-            for label, department, roles in (("operator", "dept-05", ["operator"]), ("department", "dept-01", ["requester"])):
+            for label, department, roles in (
+                ("operator", "dept-05", ["operator"]),
+                ("department", "dept-01", ["requester"]),
+            ):
                 issued = await http.post(
-                    f"/v1/departments/{department}/api-keys", headers=admin, json={"name": label, "roles": roles}
+                    f"/v1/departments/{department}/api-keys",
+                    headers=admin,
+                    json={"name": label, "roles": roles},
                 )
                 keys[label] = {"Authorization": f"Bearer {issued.json()['key']}"}
             calls = _analytics_calls()
             with progress_bar() as progress:
-                task = progress.add_task("analytics endpoints", total=rounds * len(calls) * len(keys))
+                task = progress.add_task(
+                    "analytics endpoints", total=rounds * len(calls) * len(keys)
+                )
                 for _ in range(rounds):
                     for label, headers in keys.items():
                         for name, path, params in calls:
@@ -690,7 +767,9 @@ async def _time_endpoints(settings: Settings, rounds: int) -> dict[str, list[flo
                             response = await http.get(path, params=params, headers=headers)
                             elapsed = time.perf_counter() - began
                             if response.status_code != 200:
-                                raise RuntimeError(f"{path} answered {response.status_code}: {response.text[:300]}")
+                                raise RuntimeError(
+                                    f"{path} answered {response.status_code}: {response.text[:300]}"
+                                )
                             timings.setdefault(f"{name} ({label})", []).append(elapsed * 1000)
                             progress.advance(task)
     return timings
@@ -702,9 +781,14 @@ def bench_analytics(quick: bool, workdir: Path) -> None:
     settings = bench_settings(workdir, "analytics")
     load_seconds = load_analytics_set(settings.clickhouse_url, events)
     timings = asyncio.run(_time_endpoints(settings, rounds))
-    rollup_rows = connect(settings.clickhouse_url).query(
-        "SELECT (SELECT count() FROM usage_feeds_hour), (SELECT count() FROM usage_departments_hour)"
-    ).result_rows[0]
+    rollup_rows = (
+        connect(settings.clickhouse_url)
+        .query(
+            "SELECT (SELECT count() FROM usage_feeds_hour), "
+            "(SELECT count() FROM usage_departments_hour)"
+        )
+        .result_rows[0]
+    )
     disconnect(settings.clickhouse_url)
     every = [value for values in timings.values() for value in values]
     overall = float(np.percentile(every, 95))

@@ -15,6 +15,7 @@ import faust
 
 from schemas.settings import Settings
 from schemas.topics import ACCESS_EVENTS, ALERTS, DEAD_LETTER, FEED_METADATA, HEARTBEATS, topic_name
+from streams.clickhouse import is_embedded
 from streams.live import LiveSessions
 from streams.monitor import LeanMonitor
 from streams.publisher import Publisher
@@ -172,7 +173,11 @@ def build_stream_context(
         app=app,
         topics=topics,
         tables=tables,
-        sink=ClickHouseSink(settings.clickhouse_url, tuning),
+        sink=ClickHouseSink(
+            settings.clickhouse_url,
+            tuning,
+            resend_replayed_blocks=not is_embedded(settings.clickhouse_url),
+        ),
         publisher=Publisher(app, tuning.retry_max_seconds),
         registry=registry or RegistryStatusWriter(settings.database_url),
         live=LiveSessions(tuning.session_expiry_seconds),

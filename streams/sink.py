@@ -2,24 +2,37 @@
 
 How offsets stay behind the data (see also ``streams/agents/batching.py``): an agent collects
 Kafka events with Faust's ``stream.noack_take()``, which never acknowledges anything by itself,
-turns them into rows, awaits :meth:`ClickHouseSink.write` for each table, and acknowledges the
-events only after every write returned. Faust commits an offset only once the message and every
-message before it on its partition are acknowledged, so a committed offset never passes a row
-ClickHouse does not have.
+turns them into rows, awaits the sink for each table, and acknowledges the events only after
+every write returned. Faust commits an offset only once the message and every message before
+it on its partition are acknowledged, so a committed offset never passes a row ClickHouse does
+not have.
 
-``write`` does not give up: on any error it waits (exponential backoff, capped) and tries the
-same batch again, so while ClickHouse is unavailable the agent simply stops pulling events;
+The sink does not give up: on any error it waits (exponential backoff, capped) and tries the
+same insert again, so while ClickHouse is unavailable the agent simply stops pulling events;
 Faust's buffers fill and the consumer pauses fetching. Nothing is lost and nothing needs a
 restart: the next attempt that succeeds lets the stream move on.
 
-Each event is stored once even though Kafka delivers at least once:
+Access events are stored once, and counted once by the materialized rollups, although Kafka
+delivers at least once (:meth:`ClickHouseSink.write_events`):
 
-* before the first attempt, event ids already stored are dropped from the batch (a replay
-  after a crash or a rebalance, or the outbox relay publishing a batch twice);
-* every attempt of one batch carries the same ``insert_deduplication_token``, so an insert
-  that succeeded although the client saw an error (a timeout, say) is not applied twice,
-  neither to the table nor to the materialized views fed by it;
-* the tables are ReplacingMergeTree on the same key, a last line of defence for raw queries.
+* Each insert is a *block* with an id, written into every row (``sink_block``) and used as
+  its ``insert_deduplication_token``; every retry of the insert carries the same token, so an
+  insert that succeeded although the client saw an error is not applied twice, neither to
+  the table nor (``deduplicate_blocks_in_dependent_materialized_views``) to the views.
+* Before inserting, event ids already stored are looked up and dropped: a replay after a
+  crash or a rebalance, or the outbox relay publishing twice.
+* A crash can cut an insert off between the table's part and the views' parts. Against a
+  ClickHouse server (``resend_replayed_blocks``), an event stored from *this* Kafka record is
+  a replay, and its stored block is re-inserted from the table itself with its own token:
+  the table and every view that has the block skip it (Keeper keeps the tokens durably), a
+  view that missed it gets it, whole. The embedded engine keeps its tokens in a log a killed
+  process may not have flushed, so there the sink instead rebuilds, before its first insert
+  and under the same retry as an insert, the rollup buckets of the last block inserted
+  (``streams.rollups.repair_last_block``): the only block a crash can have cut off.
+* The table is a ReplacingMergeTree on the same key, a last line of defence for raw queries.
+
+Other tables (metadata, decisions, alerts, liveness) have no views: :meth:`write` relies on
+their ReplacingMergeTree key and a content token.
 """
 
 from __future__ import annotations
@@ -28,14 +41,15 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
 from streams.clickhouse import connect
+from streams.rollups import repair_last_block
 from streams.tuning import StreamTuning
 
 log = logging.getLogger("feedgrid.sink")
@@ -44,6 +58,11 @@ ROWS_WRITTEN = Counter("feedgrid_sink_rows_total", "Rows inserted into ClickHous
 DUPLICATES_DROPPED = Counter(
     "feedgrid_sink_duplicates_total",
     "Rows not inserted because their event id was stored",
+    ["table"],
+)
+BLOCKS_REPAIRED = Counter(
+    "feedgrid_sink_blocks_resent_total",
+    "Stored blocks re-sent to the views after a replay (a no-op where they had them)",
     ["table"],
 )
 WRITE_ERRORS = Counter("feedgrid_sink_errors_total", "Failed insert attempts (retried)", ["table"])
@@ -55,12 +74,22 @@ INSERT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
+T = TypeVar("T")
+
 # Ids per existence query: keeps the bound parameter well under HTTP URI limits.
 _LOOKUP_CHUNK = 5_000
 _INSERT_SETTINGS = {
     "date_time_input_format": "best_effort",
     "deduplicate_blocks_in_dependent_materialized_views": 1,
     "input_format_skip_unknown_fields": 0,
+}
+# A re-sent block must reach the views as the one block it was, to match its tokens there.
+_RESEND_SETTINGS = {
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "max_threads": 1,
+    "max_block_size": 10_000_000,
+    "min_insert_block_size_rows": 10_000_000,
+    "min_insert_block_size_bytes": 0,
 }
 
 
@@ -76,10 +105,27 @@ def encode_rows(rows: Iterable[dict[str, Any]]) -> bytes:
     return b"\n".join(dumps(row, default=_json_default) for row in rows)
 
 
+def block_token(table: str, block: int) -> str:
+    return f"{table}:{block:016x}"
+
+
+def _block_id(keys: Iterable[str]) -> int:
+    digest = hashlib.sha256()
+    for key in sorted(keys):
+        digest.update(key.encode())
+    return int.from_bytes(digest.digest()[:8], "big")
+
+
 class ClickHouseSink:
-    def __init__(self, clickhouse_url: str, tuning: StreamTuning) -> None:
+    def __init__(
+        self, clickhouse_url: str, tuning: StreamTuning, *, resend_replayed_blocks: bool = False
+    ) -> None:
         self.clickhouse_url = clickhouse_url
         self.tuning = tuning
+        self.resend_replayed_blocks = resend_replayed_blocks
+        # Embedded engine: this process is the only writer, so the last block's rollups can be
+        # rebuilt without racing anyone, once, before this process inserts anything.
+        self._repair_pending = not resend_replayed_blocks
         self._available = True
         SINK_AVAILABLE.set(1)
 
@@ -87,51 +133,102 @@ class ClickHouseSink:
     def available(self) -> bool:
         return self._available
 
-    async def write(
-        self,
-        table: str,
-        rows: Sequence[dict[str, Any]],
-        *,
-        unique_key: str | None = None,
-        time_column: str = "time",
-    ) -> int:
-        """Inserts ``rows``; with ``unique_key``, rows whose key is already stored are skipped.
+    # ------------------------------------------------------------------ events, exactly once
 
-        Returns the number of rows inserted. Retries until ClickHouse accepts the batch; only
-        cancellation ends it early (and then the events stay unacknowledged).
+    async def write_events(self, table: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Stores access-event rows once each (see the module notes); returns rows inserted.
+
+        Rows carry ``event_id``, ``time``, ``kafka_partition`` and ``kafka_offset``; the sink
+        fills ``sink_block``.
         """
         if not rows:
             return 0
         started = time.perf_counter()
-        batch = list(rows)
-        if unique_key is not None:
-            batch = _first_of_each(batch, unique_key)
-            stored = await self._retrying(
-                table, lambda: self._stored_keys(table, batch, unique_key, time_column)
-            )
-            if stored:
-                batch = [row for row in batch if str(row[unique_key]) not in stored]
-                DUPLICATES_DROPPED.labels(table).inc(len(rows) - len(batch))
-        if batch:
-            payload = encode_rows(batch)
-            token = self._token(table, batch, unique_key, payload)
-            columns = list(batch[0].keys())
+        if self._repair_pending:
+            url = self.clickhouse_url
+            await self._retrying(table, lambda: repair_last_block(url))
+            self._repair_pending = False
+        batch = _first_of_each(list(rows), "event_id")
+        stored = await self._retrying(table, lambda: self._stored_events(table, batch))
+        fresh = []
+        replayed_blocks: set[int] = set()
+        for row in batch:
+            found = stored.get(str(row["event_id"]))
+            if found is None:
+                fresh.append(row)
+            elif self.resend_replayed_blocks and found[1:] == (
+                row["kafka_partition"],
+                row["kafka_offset"],
+            ):
+                replayed_blocks.add(found[0])
+        if len(fresh) < len(batch):
+            DUPLICATES_DROPPED.labels(table).inc(len(batch) - len(fresh))
+        for block in sorted(replayed_blocks):
+            await self._retrying(table, lambda block=block: self._resend_block(table, block))  # type: ignore[misc]
+            BLOCKS_REPAIRED.labels(table).inc()
+        if fresh:
+            block = _block_id(str(row["event_id"]) for row in fresh)
+            for row in fresh:
+                row["sink_block"] = block
+            payload = encode_rows(fresh)
+            columns = list(fresh[0].keys())
+            token = block_token(table, block)
             await self._retrying(table, lambda: self._insert(table, columns, payload, token))
-            ROWS_WRITTEN.labels(table).inc(len(batch))
+            ROWS_WRITTEN.labels(table).inc(len(fresh))
         INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
-        return len(batch)
+        return len(fresh)
 
-    @staticmethod
-    def _token(
-        table: str, batch: Sequence[dict[str, Any]], unique_key: str | None, payload: bytes
-    ) -> str:
-        digest = hashlib.sha256(table.encode())
-        if unique_key is None:
-            digest.update(payload)
-        else:
-            for key in sorted(str(row[unique_key]) for row in batch):
-                digest.update(key.encode())
-        return digest.hexdigest()
+    def _stored_events(
+        self, table: str, batch: Sequence[dict[str, Any]]
+    ) -> dict[str, tuple[int, int, int]]:
+        """event_id -> (sink_block, kafka_partition, kafka_offset) of those already stored."""
+        client = connect(self.clickhouse_url)
+        times = [row["time"] for row in batch]
+        # The time bounds let ClickHouse skip every part outside the batch's span.
+        earliest = min(times) - timedelta(seconds=1)
+        latest = max(times) + timedelta(seconds=1)
+        keys = [str(row["event_id"]) for row in batch]
+        stored: dict[str, tuple[int, int, int]] = {}
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            result = client.query(
+                f"SELECT toString(event_id), sink_block, kafka_partition, kafka_offset "
+                f"FROM {table} "
+                "WHERE time BETWEEN {earliest:DateTime64(3, 'UTC')} "
+                "AND {latest:DateTime64(3, 'UTC')} AND event_id IN {keys:Array(UUID)}",
+                parameters={
+                    "earliest": _naive_utc(earliest),
+                    "latest": _naive_utc(latest),
+                    "keys": keys[start : start + _LOOKUP_CHUNK],
+                },
+            )
+            for event_id, block, partition, offset in result.result_rows:
+                stored[event_id] = (int(block), int(partition), int(offset))
+        return stored
+
+    def _resend_block(self, table: str, block: int) -> None:
+        log.info("re-sending stored block %016x of %s to its views after a replay", block, table)
+        connect(self.clickhouse_url).command(
+            f"INSERT INTO {table} SELECT * FROM {table} WHERE sink_block = {{block:UInt64}}",
+            parameters={"block": block},
+            settings={**_RESEND_SETTINGS, "insert_deduplication_token": block_token(table, block)},
+        )
+
+    # ------------------------------------------------------------------ other tables
+
+    async def write(self, table: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Inserts rows of a table without views; retries carry one content token."""
+        if not rows:
+            return 0
+        started = time.perf_counter()
+        payload = encode_rows(rows)
+        token = f"{table}:{hashlib.sha256(payload).hexdigest()[:32]}"
+        columns = list(rows[0].keys())
+        await self._retrying(table, lambda: self._insert(table, columns, payload, token))
+        ROWS_WRITTEN.labels(table).inc(len(rows))
+        INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+        return len(rows)
+
+    # ------------------------------------------------------------------ plumbing
 
     def _insert(self, table: str, columns: list[str], payload: bytes, token: str) -> None:
         connect(self.clickhouse_url).raw_insert(
@@ -142,32 +239,7 @@ class ClickHouseSink:
             settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
         )
 
-    def _stored_keys(
-        self, table: str, batch: Sequence[dict[str, Any]], unique_key: str, time_column: str
-    ) -> set[str]:
-        client = connect(self.clickhouse_url)
-        times = [row[time_column] for row in batch]
-        # The time bounds let ClickHouse skip every part outside the batch's span.
-        earliest = min(times) - timedelta(seconds=1)
-        latest = max(times) + timedelta(seconds=1)
-        keys = [str(row[unique_key]) for row in batch]
-        stored: set[str] = set()
-        for start in range(0, len(keys), _LOOKUP_CHUNK):
-            result = client.query(
-                f"SELECT toString({unique_key}) FROM {table} "
-                f"WHERE {time_column} BETWEEN {{earliest:DateTime64(3, 'UTC')}} "
-                f"AND {{latest:DateTime64(3, 'UTC')}} "
-                f"AND {unique_key} IN {{keys:Array(UUID)}}",
-                parameters={
-                    "earliest": _naive_utc(earliest),
-                    "latest": _naive_utc(latest),
-                    "keys": keys[start : start + _LOOKUP_CHUNK],
-                },
-            )
-            stored.update(row[0] for row in result.result_rows)
-        return stored
-
-    async def _retrying(self, table: str, call: Any) -> Any:
+    async def _retrying(self, table: str, call: Callable[[], T]) -> T:
         delay = self.tuning.retry_initial_seconds
         while True:
             try:

@@ -131,6 +131,7 @@ _DEPARTMENT_COLUMNS = (
     "bucket, owner_department, requester_department, kind, region, "
     "retrievals, denied, bytes, seconds, requesters"
 )
+_FEED_SUMS = "bucket, feed_id, owner_department, kind, region, retrievals, denied, bytes, seconds"
 _FEED_COLUMNS = (
     "bucket, feed_id, owner_department, kind, region, retrievals, denied, bytes, seconds, "
     "requesters, requester_departments"
@@ -330,9 +331,9 @@ class AnalyticsService:
             columns = ["owner_department", "requester_department", "kind", "region", "feed_id"]
             departments = "uniqExactIf(requester_department, retrievals > 0)"
 
-        def source(where: Where) -> str:
+        def source(where: Where, states: bool = True) -> str:
             if city_wide:
-                return self._feed_activity(period, where)
+                return self._feed_activity(period, where, states=states)
             where.conditions[:0] = self._hourly(period).conditions
             where.bind(**self._hourly(period).parameters)
             return f"(SELECT * FROM usage_feeds_hour WHERE {where.sql()})"
@@ -345,7 +346,7 @@ class AnalyticsService:
                 f"""
                 SELECT feed_id, sum(retrievals) AS total_retrievals, sum(bytes) AS total_bytes,
                        sum(seconds) AS total_seconds
-                FROM {source(ranking_where)}
+                FROM {source(ranking_where, states=False)}
                 GROUP BY feed_id
                 HAVING total_retrievals > 0 OR total_bytes > 0
                 ORDER BY {_TOP_ORDER[metric]} DESC, feed_id
@@ -395,8 +396,14 @@ class AnalyticsService:
             _DEPARTMENT_COLUMNS,
         )
 
-    def _feed_activity(self, period: Period, where: Where) -> str:
+    def _feed_activity(self, period: Period, where: Where, *, states: bool = True) -> str:
+        """Per-feed activity over the period; ``states=False`` leaves out the distinct-count
+        states (sums only), which is all a ranking or an activity check needs."""
         start = floor_time(period.start, Granularity.hour)
+        if not states:
+            return where.stitched(
+                start, period.end, "usage_feeds_hour", "feed_activity_day", _FEED_SUMS
+            )
         return where.stitched(
             start,
             period.end,
@@ -568,7 +575,7 @@ class AnalyticsService:
                 "owner_department IN {feed_owners:Array(String)}", feed_owners=owners
             )
         activity_where.scope(self.scope, owner_only=True)
-        activity = self._feed_activity(period, activity_where)
+        activity = self._feed_activity(period, activity_where, states=False)
         parameters = {
             **where.parameters,
             **activity_where.parameters,

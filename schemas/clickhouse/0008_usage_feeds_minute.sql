@@ -23,7 +23,7 @@ ENGINE = {{engine: AggregatingMergeTree}}
 PARTITION BY toYYYYMM(bucket)
 ORDER BY (bucket, feed_id, owner_department, requester_department, kind, region)
 TTL bucket + INTERVAL 35 DAY
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS non_replicated_deduplication_window = 10000, replicated_deduplication_window = 10000;
 
 -- object: usage_feeds_minute_mv
 -- placement: view

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS {{usage_feeds_hour}} {{on_cluster}}
 ENGINE = {{engine: AggregatingMergeTree}}
 PARTITION BY toYYYYMM(bucket)
 ORDER BY (bucket, feed_id, owner_department, requester_department, kind, region)
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS non_replicated_deduplication_window = 10000, replicated_deduplication_window = 10000;
 
 -- object: usage_feeds_hour_mv
 -- placement: view

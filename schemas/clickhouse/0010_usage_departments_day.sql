@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS {{usage_departments_day}} {{on_cluster}}
 ENGINE = {{engine: AggregatingMergeTree}}
 PARTITION BY toYYYYMM(bucket)
 ORDER BY (bucket, owner_department, requester_department, kind, region)
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS non_replicated_deduplication_window = 10000, replicated_deduplication_window = 10000;
 
 -- object: usage_departments_day_mv
 -- placement: view

@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS {{feed_activity_day}} {{on_cluster}}
 ENGINE = {{engine: AggregatingMergeTree}}
 PARTITION BY toYYYYMM(bucket)
 ORDER BY (bucket, feed_id, owner_department, kind, region)
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS non_replicated_deduplication_window = 10000, replicated_deduplication_window = 10000;
 
 -- object: feed_activity_day_mv
 -- placement: view

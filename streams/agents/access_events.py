@@ -136,7 +136,7 @@ class AccessEventsHandler:
             for requester, records in opened.items()
         ]
         sink = self.context.sink
-        await sink.write("access_events", rows, unique_key="event_id")
+        await sink.write_events("access_events", rows)
         await sink.write("decisions", decisions)
         await sink.write("alerts", [alert.to_row() for alert in alerts])
         await self.context.publisher.publish([*alert_messages(self.context, alerts), *outgoing])

@@ -189,7 +189,7 @@ class LivenessTracker:
                 changed_at,
                 _moment(transition.last_seen) if transition.last_seen else None,
             )
-        await self.context.sink.write("feed_status", rows, time_column="changed_at")
+        await self.context.sink.write("feed_status", rows)
         await store_and_publish_alerts(self.context, alerts)
         log.info(
             "liveness: %d transitions (%d offline)",

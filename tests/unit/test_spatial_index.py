@@ -305,3 +305,18 @@ def test_a_forged_cursor_is_refused() -> None:
     index = FeedIndex()
     with pytest.raises(InvalidCursor):
         index.search(IndexQuery(), limit=10, cursor="not-a-cursor")
+
+
+async def test_filters_answer_the_same_before_and_after_the_groups_are_sorted() -> None:
+    rng = random.Random(9)
+    records = [_random_record(rng, serial) for serial in range(2_500)]
+    index = FeedIndex()
+    await index.apply_and_merge(records)
+    base = index._base
+    base._groups.clear()  # as right after a merge: filters scan the columns
+    queries = [IndexQuery(**_random_filters(rng)) for _ in range(60)]  # type: ignore[arg-type]
+    scanned = [_all_pages(index, query, limit=50) for query in queries]
+    base.prepare_groups()
+    assert [_all_pages(index, query, limit=50) for query in queries] == scanned
+    expected = {record.id: record for record in records}
+    assert [ids for ids, _ in scanned] == [_brute_force(expected, query) for query in queries]
