@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -36,6 +35,8 @@ from typing import Annotated
 
 import typer
 
+from deploy.launcher_common import file_lock, log_tail, var_dir
+
 DEFAULT_PORT = 9092
 CONTROLLER_PORT_OFFSET = 1000
 HOST = "127.0.0.1"
@@ -52,11 +53,6 @@ Echo = Callable[[str], None]
 
 class KafkaLauncherError(RuntimeError):
     """The local broker could not be installed, started or stopped; the message says why."""
-
-
-def var_dir() -> Path:
-    """The var dir holding local state: $FEEDGRID_VAR_DIR, else ./var (from the working dir)."""
-    return Path(os.environ.get("FEEDGRID_VAR_DIR") or "./var").expanduser().absolute()
 
 
 @dataclass(frozen=True)
@@ -116,26 +112,6 @@ def _marker_text() -> str:
     return f"kafka {kafka_version()} pom {digest}\n"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock so concurrent launchers (parallel fixtures) do not race."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _libs_installed(paths: KafkaPaths) -> bool:
     try:
         marker_ok = paths.marker.read_text() == _marker_text()
@@ -156,7 +132,7 @@ def install_kafka(force: bool = False, echo: Echo | None = None) -> bool:
     paths = kafka_paths()
     if not force and _libs_installed(paths):
         return False
-    with _file_lock(paths.root / ".install.lock"):
+    with file_lock(paths.root / ".install.lock"):
         if not force and _libs_installed(paths):
             return False
         mvn = shutil.which("mvn")
@@ -442,12 +418,12 @@ def _wait_until_up(
         if process is not None and process.poll() is not None:
             raise KafkaLauncherError(
                 f"Kafka exited during start (exit code {process.returncode}). "
-                f"Last lines of {log_path}:\n{_tail(log_path)}"
+                f"Last lines of {log_path}:\n{log_tail(log_path)}"
             )
         if process is None and pid is not None and not _pid_alive(pid):
             raise KafkaLauncherError(
                 f"Kafka (pid {pid}) exited during start. Last lines of {log_path}:\n"
-                f"{_tail(log_path)}"
+                f"{log_tail(log_path)}"
             )
         if broker_answers(bootstrap, 2.0):
             echo(f"Kafka is up on {bootstrap} ({time.monotonic() - started:.1f}s).")
@@ -456,7 +432,7 @@ def _wait_until_up(
         if now >= deadline:
             raise KafkaLauncherError(
                 f"Kafka did not answer on {bootstrap} within {timeout:.0f}s. "
-                f"Last lines of {log_path}:\n{_tail(log_path)}"
+                f"Last lines of {log_path}:\n{log_tail(log_path)}"
             )
         if now >= next_report:
             echo(f"  waiting for Kafka on {bootstrap} ... {now - started:.0f}s")
@@ -474,7 +450,7 @@ def start_kafka(port: int = DEFAULT_PORT, timeout: float = 60, echo: Echo | None
     paths = kafka_paths()
     bootstrap = f"{HOST}:{port}"
     paths.root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(paths.root / ".start.lock"):
+    with file_lock(paths.root / ".start.lock"):
         if broker_answers(bootstrap, 3.0):
             echo(f"Kafka already running on {bootstrap}")
             return False

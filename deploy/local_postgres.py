@@ -17,7 +17,6 @@ Run as root (as on the dev machines and CI), the server runs as the ``postgres``
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import pwd
 import re
@@ -25,14 +24,14 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from deploy.local_kafka import var_dir
+from deploy.launcher_common import file_lock, log_tail, var_dir
 
 DEFAULT_PORT = 55432
 HOST = "127.0.0.1"
@@ -228,23 +227,6 @@ def _prepare_root(paths: PostgresPaths, echo: Echo) -> None:
     paths.root.chmod(0o755)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
-
-
 # ---------------------------------------------------------------------------- cluster
 
 
@@ -389,7 +371,7 @@ def _wait_accepting(paths: PostgresPaths, port: int, timeout: float) -> None:
         if time.monotonic() >= deadline:
             raise PostgresLauncherError(
                 f"PostgreSQL does not accept connections on {HOST}:{port}. "
-                f"Last lines of {paths.log}:\n{_tail(paths.log)}"
+                f"Last lines of {paths.log}:\n{log_tail(paths.log)}"
             )
         time.sleep(0.3)
 
@@ -404,7 +386,7 @@ def start_postgres(port: int = DEFAULT_PORT, timeout: float = 60, echo: Echo | N
     paths = postgres_paths()
     install_postgres(postgis=False, echo=echo)
     _prepare_root(paths, echo)
-    with _file_lock(paths.root / ".start.lock"):
+    with file_lock(paths.root / ".start.lock"):
         if postgres_running(paths):
             running_port = configured_port(paths)
             if running_port not in (None, port):
@@ -430,7 +412,7 @@ def start_postgres(port: int = DEFAULT_PORT, timeout: float = 60, echo: Echo | N
         if result.returncode != 0:
             raise PostgresLauncherError(
                 f"pg_ctl start failed (exit {result.returncode}): {result.stdout.strip()}\n"
-                f"Last lines of {paths.log}:\n{_tail(paths.log)}"
+                f"Last lines of {paths.log}:\n{log_tail(paths.log)}"
             )
         _wait_accepting(paths, port, timeout)
         _ensure_role_and_database(paths, port)
