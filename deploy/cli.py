@@ -126,6 +126,7 @@ def up(
 def _print_welcome(base_url: str, token: str) -> None:
     typer.secho("\nFeedGrid is starting", fg=typer.colors.GREEN, bold=True)
     typer.echo(f"  API docs      {base_url}/docs")
+    typer.echo(f"  dashboard     {base_url}/dashboard")
     typer.echo(f"  readiness     {base_url}/readyz")
     typer.echo(f"  metrics       {base_url}/metrics")
     typer.echo(f"  admin token   {token}")

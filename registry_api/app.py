@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from registry_api.access.routes import grants_router, requests_router
 from registry_api.analytics.routes import router as analytics_router
 from registry_api.audit.routes import router as audit_router
+from registry_api.dashboard.routes import router as dashboard_router
 from registry_api.errors import error_responses, install_error_handlers
 from registry_api.feeds.bulk_validation import HelperWarmup
 from registry_api.feeds.routes import router as feeds_router
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
     app.include_router(audit_router, responses=error_responses(*API_REFUSALS))
     app.include_router(jwks_router)
     app.include_router(analytics_router, responses=error_responses(*API_REFUSALS))
+    # The operators' page (HTML, out of the schema) and the whoami it signs in with.
+    app.include_router(dashboard_router, responses=error_responses(*API_REFUSALS))
     app.state.settings = settings
     app.state.rate_limiters = build_rate_limiters(settings)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import orjson
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, require_roles
 from registry_api.feeds import bulk, duplicates, heartbeats, service
+from registry_api.feeds.points import FeedPoints, encode_points, feed_points
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.principal import Principal
 from registry_api.runtime import Runtime
@@ -134,6 +136,30 @@ async def list_feeds(
         session, index, principal, filters, limit=limit, cursor=cursor
     )
     return json_response(page)
+
+
+@router.get(
+    "/v1/feeds/points", response_model=FeedPoints, summary="Every matching feed as a map dot"
+)
+async def list_feed_points(
+    request: Request,
+    index: IndexDep,
+    _: PrincipalDep,
+    department: Annotated[str | None, Query(pattern=DEPARTMENT_CODE_PATTERN)] = None,
+    kind: Annotated[str | None, Query(pattern="^(camera|sensor)$")] = None,
+    bbox: Annotated[str | None, Query(description="minLon,minLat,maxLon,maxLat")] = None,
+) -> Response:
+    """Ids, positions, kinds, statuses and owners of all matching feeds (retired ones left
+    out) as compact columns, for maps of the whole city; public fields only. Gzip-compressed
+    when the client accepts it."""
+    raw = {"department": department, "kind": kind, "bbox": bbox}
+    try:
+        filters = FeedFilters.model_validate({k: v for k, v in raw.items() if v is not None})
+    except ValidationError as error:
+        raise service.unprocessable(error, "invalid_filter") from None
+    points = feed_points(index, service.index_query(filters))
+    accept_encoding = request.headers.get("accept-encoding", "")
+    return await asyncio.to_thread(encode_points, points, accept_encoding)
 
 
 @router.post("/v1/feeds/search", response_model=FeedPage, summary="Find feeds in an area")

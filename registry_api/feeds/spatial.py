@@ -993,19 +993,24 @@ class FeedIndex:
     def matching_columns(self, query: IndexQuery) -> dict[str, np.ndarray]:
         """Ids, owners, kinds, positions and fields of view of every match (for reports)."""
         found = self._all_matches(query)
-
-        def gather(name: str) -> np.ndarray:
-            return np.concatenate([getattr(s.columns, name)[m.rows] for s, m in found])
-
+        columns = _gather(found, ("ids", "owner", "kind", "lon", "lat", "fov"))
         owner_names = np.array(self.owners.values + [""], dtype=object)
-        return {
-            "ids": gather("ids"),
-            "owner": owner_names[gather("owner")],
-            "kind": gather("kind"),
-            "lon": gather("lon"),
-            "lat": gather("lat"),
-            "fov": gather("fov"),
-        }
+        columns["owner"] = owner_names[columns["owner"]]
+        return columns
+
+    def point_columns(self, query: IndexQuery) -> dict[str, np.ndarray]:
+        """Id, position, kind, status and owner code of every match, in no particular order:
+        the public columns a map draws. Owner codes index ``self.owners.values``."""
+        found = self._all_matches(query)
+        return _gather(found, ("ids", "lon", "lat", "kind", "status", "owner"))
+
+
+def _gather(found: list[tuple[Snapshot, Matches]], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named columns of the matching rows of every snapshot, one array each."""
+    return {
+        name: np.concatenate([getattr(snapshot.columns, name)[m.rows] for snapshot, m in found])
+        for name in names
+    }
 
 
 def close_pairs(

@@ -1,0 +1,1 @@
+"""The operators' web dashboard: one page, its static assets, and the identity it shows."""
