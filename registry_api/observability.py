@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HTTP_REQUESTS = Counter(
@@ -135,11 +136,11 @@ class RequestGuardMiddleware:
                 chunk = message.get("body", b"")
                 received += len(chunk)
                 if received > self.max_bytes:
-                    raise _Refused(413)
+                    raise _Refused(413, too_large_message(self.max_bytes))
                 if b"\\u0000" in tail + chunk:
                     # Routes turn a failed body read into a 400; this tells them why.
                     scope.setdefault("state", {})["body_refusal"] = NUL_IN_BODY
-                    raise _Refused(400)
+                    raise _Refused(400, NUL_IN_BODY)
                 tail = chunk[-5:]
             return message
 
@@ -152,13 +153,22 @@ class RequestGuardMiddleware:
                 await _send_refusal(send, 400, "nul_character", NUL_IN_BODY)
 
 
-class _Refused(Exception):
-    def __init__(self, status: int) -> None:
+class _Refused(HTTPException):
+    """An HTTPException, so routes that read the body pass it on as it is: FastAPI turns any
+    other exception raised while reading a body into a 400, which would answer an oversized
+    streamed body with "malformed" instead of 413."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status_code=status, detail=message)
         self.status = status
 
 
+def too_large_message(limit: int) -> str:
+    return f"request body exceeds {limit} bytes"
+
+
 async def _send_too_large(send: Send, limit: int) -> None:
-    await _send_refusal(send, 413, "payload_too_large", f"request body exceeds {limit} bytes")
+    await _send_refusal(send, 413, "payload_too_large", too_large_message(limit))
 
 
 async def _send_refusal(send: Send, status: int, code: str, message: str) -> None:
