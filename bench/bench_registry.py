@@ -621,10 +621,29 @@ def bench_scale(
         http: dict[str, tuple[list[float], float]] = {}
         for name, batch in queries.items():
             http[name] = time_http_queries(client, batch, limit, progress, f"API: {name}")
+        time_feed_points(client, total)
         rss_now, rss_peak = server.memory_mb()
         helpers = server.helpers_mb()
     memory = (rss_after_import, rss_now, rss_peak, helpers)
     report_scale(url, workdir, base, total, queries, limit, skip_postgis, http, memory)
+
+
+def time_feed_points(client: httpx.Client, total: int) -> None:
+    """One dashboard map load: every feed as compact columns (GET /v1/feeds/points), gzip."""
+    started = time.perf_counter()
+    response = client.get("/v1/feeds/points", headers={"Accept-Encoding": "gzip"})
+    seconds = time.perf_counter() - started
+    assert response.status_code == 200, response.text[:1000]
+    emit(
+        "feed_points_all_http",
+        seconds,
+        "s",
+        feeds=total,
+        points=response.json()["count"],
+        wire_mib=round(response.num_bytes_downloaded / 2**20, 1),
+        json_mib=round(len(response.content) / 2**20, 1),
+        note="the dashboard map's one request, decoded by the client",
+    )
 
 
 def import_city(client: httpx.Client, base: list[Feature], total: int, progress: Progress) -> None:
