@@ -69,12 +69,41 @@ def feed_points(index: FeedIndex, query: IndexQuery) -> dict[str, Any]:
 
 
 def encode_points(points: dict[str, Any], accept_encoding: str) -> Response:
-    """The JSON answer, gzip when accepted. Seconds of work at a million feeds: run it in a
-    worker thread. orjson writes the numeric numpy columns in C; ids are ASCII bytes."""
-    document = {**points, "ids": points["ids"].astype(str).tolist()}
-    body = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    """The JSON answer, gzip when accepted. Heavy at a million feeds: run it in a worker
+    thread. orjson writes the numeric numpy columns in C, numpy writes the ids."""
+    numbers = orjson.dumps(
+        {name: value for name, value in points.items() if name != "ids"},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    body = b"".join((b'{"ids":', json_string_array(points["ids"]), b",", numbers[1:]))
     headers = {"Vary": "Accept-Encoding"}
     if len(body) >= COMPRESS_FROM_BYTES and "gzip" in accept_encoding.lower():
         body = gzip.compress(body, compresslevel=1)
         headers["Content-Encoding"] = "gzip"
     return Response(body, headers=headers, media_type="application/json")
+
+
+# Bytes that need no escaping in a JSON string (feed ids are Crockford base 32).
+_PLAIN_ID_BYTES = np.zeros(256, dtype=bool)
+_PLAIN_ID_BYTES[list(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_.:")] = True
+
+
+def json_string_array(ids: np.ndarray) -> bytes:
+    """Fixed-width byte strings (NUL-padded) as a JSON array of strings.
+
+    Ids of one length made of plain characters (every id the registry hands out) are laid
+    out by numpy, quotes and commas included: no Python string per feed, a third of the
+    memory. Anything else goes through orjson, which escapes what needs it.
+    """
+    count = ids.shape[0]
+    if count == 0:
+        return b"[]"
+    raw = ids.view(np.uint8).reshape(count, ids.dtype.itemsize)
+    length = int(np.count_nonzero(raw[0]))
+    if not (raw[:, length:] == 0).all() or not _PLAIN_ID_BYTES[raw[:, :length]].all():
+        return orjson.dumps(np.char.decode(ids, "utf-8").tolist())
+    laid_out = np.empty((count, length + 3), dtype=np.uint8)
+    laid_out[:, 0] = laid_out[:, length + 1] = ord('"')
+    laid_out[:, 1 : length + 1] = raw[:, :length]
+    laid_out[:, length + 2] = ord(",")
+    return b"[" + laid_out.tobytes()[:-1] + b"]"

@@ -1,0 +1,106 @@
+"""The map's columns (GET /v1/feeds/points) from the feed index, and their JSON encoding."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from registry_api.feeds.points import encode_points, feed_points, json_string_array
+from registry_api.feeds.spatial import ID_DTYPE, FeedIndex, FeedRecord, IndexQuery
+
+
+def _record(serial: int, owner: str, kind: str = "camera", **changes: object) -> FeedRecord:
+    record = FeedRecord(
+        id=f"01J{serial:021d}",
+        revision=1,
+        owner=owner,
+        kind=kind,
+        industry=None,
+        type_code=None,
+        region=None,
+        sharing="unconditional",
+        status="unknown",
+        retired=False,
+        tags=(),
+        name=f"feed {serial}",
+        lon=103.8 + serial * 0.001234567,
+        lat=36.06 - serial * 0.000765432,
+    )
+    return replace(record, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [],
+        ["01JAAAAAAAAAAAAAAAAAAAAAAA", "01JBBBBBBBBBBBBBBBBBBBBBBB"],  # one length: numpy
+        ["a", "bb-c", "d.e:f_g"],  # mixed lengths
+        ['quote"d', "back\\slash", "tab\tbed"],  # characters JSON must escape
+    ],
+)
+def test_ids_become_a_json_array_of_the_same_strings(ids: list[str]) -> None:
+    column = np.array(ids, dtype=ID_DTYPE) if ids else np.empty(0, dtype=ID_DTYPE)
+    assert json.loads(json_string_array(column)) == ids
+
+
+async def test_points_hold_live_feeds_with_owners_renumbered_by_name() -> None:
+    index = FeedIndex()
+    # the vocabulary codes owners in order of first sight: "lz-tb" gets 0, "lz-cmb" 1, ...
+    index.apply(
+        [
+            _record(1, "lz-tb"),
+            _record(2, "lz-cmb", kind="sensor", status="online"),
+            _record(3, "lz-psb", retired=True),
+            _record(4, "lz-tb", status="offline"),
+            _record(5, "lz-eeb"),
+        ]
+    )
+    await index.merge()  # the first ones in the base snapshot, the next in the delta
+    index.apply([_record(6, "lz-cmb"), replace(_record(1, "lz-tb"), revision=2, lon=104.5)])
+
+    answer = json.loads(encode_points(feed_points(index, IndexQuery()), "").body)
+    assert answer["owners"] == ["lz-cmb", "lz-eeb", "lz-tb"]  # only owners of live feeds
+    decoded = {
+        feed_id: (
+            answer["owners"][owner],
+            answer["kinds"][kind],
+            answer["statuses"][status],
+            lon,
+            lat,
+        )
+        for feed_id, owner, kind, status, lon, lat in zip(
+            answer["ids"], answer["owner"], answer["kind"], answer["status"],
+            answer["lon"], answer["lat"], strict=True,
+        )
+    }  # fmt: skip
+    assert answer["count"] == len(decoded) == 5
+    expected = {
+        serial: _record(serial, owner, kind, status=status)
+        for serial, owner, kind, status in [
+            (1, "lz-tb", "camera", "unknown"),
+            (2, "lz-cmb", "sensor", "online"),
+            (4, "lz-tb", "camera", "offline"),
+            (5, "lz-eeb", "camera", "unknown"),
+            (6, "lz-cmb", "camera", "unknown"),
+        ]
+    }
+    expected[1] = replace(expected[1], lon=104.5)  # the newer revision, once
+    assert decoded == {
+        record.id: (
+            record.owner,
+            record.kind,
+            record.status,
+            round(record.lon, 6),
+            round(record.lat, 6),
+        )
+        for record in expected.values()
+    }
+
+    sensors = json.loads(encode_points(feed_points(index, IndexQuery(kind="sensor")), "").body)
+    assert sensors["ids"] == [_record(2, "lz-cmb").id] and sensors["owners"] == ["lz-cmb"]
+    assert sensors["owner"] == [0]
+    nobody = json.loads(encode_points(feed_points(index, IndexQuery(owner="lz-none")), "").body)
+    assert nobody["count"] == 0 and nobody["ids"] == [] and nobody["owners"] == []
