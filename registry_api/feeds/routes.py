@@ -152,11 +152,7 @@ async def list_feed_points(
     """Ids, positions, kinds, statuses and owners of all matching feeds (retired ones left
     out) as compact columns, for maps of the whole city; public fields only. Gzip-compressed
     when the client accepts it."""
-    raw = {"department": department, "kind": kind, "bbox": bbox}
-    try:
-        filters = FeedFilters.model_validate({k: v for k, v in raw.items() if v is not None})
-    except ValidationError as error:
-        raise service.unprocessable(error, "invalid_filter") from None
+    filters = await feed_filters(department=department, kind=kind, bbox=bbox)
     points = feed_points(index, service.index_query(filters))
     accept_encoding = request.headers.get("accept-encoding", "")
     return await asyncio.to_thread(encode_points, points, accept_encoding)

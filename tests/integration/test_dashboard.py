@@ -15,8 +15,10 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
+import jsonschema
 import pytest
 
 from registry_api.feeds import points as points_module
@@ -48,6 +50,13 @@ POINT_FIELDS = {
 }
 # The only absolute URL the assets may hold: the SVG namespace, which is a name, not a fetch.
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
+
+
+def _assert_documented(client: httpx.AsyncClient, path: str, answer: Any) -> None:
+    """The answer conforms to the schema the OpenAPI documents for the path's 200."""
+    schema = client.app.openapi()  # type: ignore[attr-defined]
+    documented = schema["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+    jsonschema.validate(answer, {**documented["schema"], "components": schema["components"]})
 
 
 class _PageParts(HTMLParser):
@@ -108,7 +117,7 @@ async def test_page_and_assets_are_self_contained_under_a_strict_policy(
     assert parts.scripts and all(script.get("src") for script in parts.scripts)
 
     # Fetch the page's references, then every module the scripts import, transitively.
-    pending = [f"/{reference}" for reference in parts.references]
+    pending = [urljoin("/dashboard", reference) for reference in parts.references]
     assert all(not re.match(r"^[a-z]+:|^//", ref) for ref in parts.references), parts.references
     fetched: dict[str, str] = {}
     while pending:
@@ -123,10 +132,10 @@ async def test_page_and_assets_are_self_contained_under_a_strict_policy(
         fetched[path] = response.text
         if suffix == ".js":
             for module in re.findall(r'from\s+"(\./[\w.-]+\.js)"', response.text):
-                pending.append(str(Path(path).parent / module[2:]))
+                pending.append(urljoin(path, module))
     served = {Path(path).name for path in fetched}
     assert served == {path.name for path in STATIC.iterdir() if path.suffix in ASSET_TYPES}
-    for path, text in fetched.items():
+    for path, text in [("/dashboard", page.text), *fetched.items()]:
         # nothing from another origin: no URL but the SVG namespace, no @import, no url()
         assert re.findall(r"(?:https?:)?//[\w.-]+\.\w+", text.replace(SVG_NAMESPACE, "")) == [], (
             path
@@ -238,6 +247,7 @@ async def test_points_answer_exactly_what_the_feed_list_finds(client: httpx.Asyn
         response = await client.get("/v1/feeds/points", params=params)
         assert response.status_code == 200, (params, response.text)
         assert set(response.json()) == POINT_FIELDS
+        _assert_documented(client, "/v1/feeds/points", response.json())
         rows = _as_rows(response.json())
         listed = (await client.get("/v1/feeds", params={**params, "limit": 1000})).json()
         expected = {
@@ -291,7 +301,9 @@ async def test_points_and_whoami_need_a_valid_token(client: httpx.AsyncClient) -
         "roles": ["city_admin"],
         "analytics_scope": "city",
     }
+    _assert_documented(client, "/v1/whoami", admin)
     requester = (await client.get("/v1/whoami", headers=city.as_(POLICE, "requester"))).json()
+    _assert_documented(client, "/v1/whoami", requester)
     assert requester["department"] == POLICE and requester["roles"] == ["requester"]
     assert requester["analytics_scope"] == POLICE
 
