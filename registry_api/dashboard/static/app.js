@@ -112,10 +112,12 @@ async function loadDepartments() {
 
 // ------------------------------------------------------------------------- map
 
-const map = new FeedMap($("map"), { onSelect: (feedId) => showCard(feedId) });
-map.onHover = ([lon, lat]) => {
-  $("map-cursor").textContent = `${lat.toFixed(5)}°, ${lon.toFixed(5)}°`;
-};
+const map = new FeedMap($("map"), {
+  onSelect: (feedId) => showCard(feedId),
+  onHover: ([lon, lat]) => {
+    $("map-cursor").textContent = `${lat.toFixed(5)}°, ${lon.toFixed(5)}°`;
+  },
+});
 
 async function loadPoints(fit) {
   state.pointsLoad?.abort();

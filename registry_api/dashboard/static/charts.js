@@ -163,7 +163,7 @@ export function barChart(container, { categories, bars, format = formatCount, ma
   const innerWidth = width - margin.left - margin.right;
   const height = margin.top + margin.bottom + categories.length * rowHeight;
   const values = bars.flatMap((bar) => bar.values.filter((v) => v !== null && v !== undefined));
-  const highest = max ?? Math.max(1e-9, ...values);
+  const highest = max ?? Math.max(1, ...values);
   const ticks = niceTicks(0, highest, 4);
   const top = max ?? Math.max(ticks[ticks.length - 1], highest);
   const x = (value) => margin.left + (Math.max(0, value) / top) * innerWidth;

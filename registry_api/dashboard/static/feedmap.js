@@ -44,11 +44,11 @@ function niceDegrees(span) {
 }
 
 export class FeedMap {
-  constructor(canvas, { onSelect, onView }) {
+  constructor(canvas, { onSelect, onHover }) {
     this.canvas = canvas;
     this.context = canvas.getContext("2d");
     this.onSelect = onSelect;
-    this.onView = onView;
+    this.onHover = onHover;
     this.count = 0;
     this.x = new Float64Array(0);
     this.y = new Float64Array(0);
@@ -90,11 +90,6 @@ export class FeedMap {
 
   setHidden(hidden) {
     this.hidden = new Set(hidden);
-    this.redraw();
-  }
-
-  select(id) {
-    this.selected = id === null ? -1 : this.ids.indexOf(id);
     this.redraw();
   }
 
@@ -202,7 +197,6 @@ export class FeedMap {
     context.setTransform(ratio, 0, 0, ratio, 0, 0);
     this.drawSelection(context, width, height, style);
     this.drawScaleBar(context, height, style);
-    if (this.onView) this.onView(this);
   }
 
   drawGraticule(context, width, height, style) {
