@@ -15,6 +15,7 @@ from registry_api.audit.routes import router as audit_router
 from registry_api.dashboard.routes import router as dashboard_router
 from registry_api.errors import error_responses, install_error_handlers
 from registry_api.feeds.bulk_validation import HelperWarmup
+from registry_api.feeds.follower import IndexFollower
 from registry_api.feeds.routes import router as feeds_router
 from registry_api.health.routes import router as health_router
 from registry_api.hooks.routes import router as hooks_router
@@ -46,6 +47,13 @@ API_REFUSALS = (400, 401, 403, 404, 409, 413, 422)
 LifespanHook = Callable[[FastAPI, Runtime], "AsyncIterator[None]"]
 
 
+def follows_other_replicas(settings: Settings) -> bool:
+    """Whether this API's index follows feed-metadata (see registry_api/feeds/follower.py)."""
+    if settings.index_follow is not None:
+        return settings.index_follow
+    return settings.database_url.startswith("postgresql")
+
+
 def create_app(settings: Settings | None = None, *, embedded_worker: bool | None = None) -> FastAPI:
     settings = settings or get_settings()
     run_worker = settings.embedded_worker if embedded_worker is None else embedded_worker
@@ -56,6 +64,9 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
         # The API answers feed searches from its in-memory index (loaded at start) and
         # checks large bulk imports in a helper process (started in the background).
         runtime.components.insert(0, runtime.feed_index)
+        if follows_other_replicas(settings):
+            # before the index loads: it notes where in the topic the load's view begins
+            runtime.components.insert(0, IndexFollower(settings, runtime.feed_index))
         runtime.components.append(HelperWarmup())
         app.state.runtime = runtime
         async with AsyncExitStack() as stack:

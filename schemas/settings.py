@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         True, description="Run the Faust agents and the ClickHouse sink inside the API process"
     )
     relay_enabled: bool = Field(True, description="Run the outbox relay inside the API process")
+    index_follow: bool | None = Field(
+        None,
+        description="Follow the feed-metadata topic so this API replica's search index sees "
+        "writes made by other replicas and workers (default: on with PostgreSQL, where several "
+        "replicas share the registry; off with SQLite, one process)",
+    )
     relay_batch_size: int = Field(500, ge=1, le=100_000)
     relay_idle_seconds: float = Field(0.2, gt=0, le=60)
     outbox_retention_hours: float = Field(

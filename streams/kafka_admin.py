@@ -28,6 +28,17 @@ async def broker_ready(bootstrap: str, timeout: float = 3.0) -> bool:
         await client.close()
 
 
+async def topic_partitions(bootstrap: str, topic: str) -> set[int]:
+    """The partition numbers of ``topic`` (empty while it does not exist)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await client.bootstrap()
+        cluster = await client.fetch_all_metadata()
+        return set(cluster.partitions_for_topic(topic) or ())
+    finally:
+        await client.close()
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create every topic FeedGrid uses, with its cleanup policy. Idempotent; returns new names."""
     admin = AIOKafkaAdminClient(

@@ -117,6 +117,7 @@ def settings(
         var_dir=tmp_path / "var",
         embedded_worker=False,
         relay_idle_seconds=0.05,
+        index_follow=False,  # one replica per test; tests/integration/test_feeds_replicas.py
     )
 
 

@@ -25,10 +25,9 @@ never replaces a newer one, whatever order updates arrive in.
 
 Scale mode (N API replicas): each replica loads the index from the database at start and then
 follows the ``feed-metadata`` topic (compacted, keyed by feed id, full state + revision in
-every event) from the offsets it recorded before loading: every replica converges on the same
-state within the relay's latency, and the revision rule makes replays and the overlap between
-the database load and the topic harmless. See :meth:`FeedIndex.apply_event` (the one place a
-follower would call) - the follower loop itself is not wired in yet.
+every event) from just before the load began (``registry_api/feeds/follower.py``): every
+replica converges on the same state within the relay's latency, and the revision rule makes
+replays and the overlap between the database load and the topic harmless.
 """
 
 from __future__ import annotations

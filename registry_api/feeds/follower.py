@@ -1,0 +1,138 @@
+"""Keeps this API replica's feed index in step with writes made elsewhere (scale mode).
+
+Every feed write, on any replica, and every liveness change a stream worker records, commits
+an outbox row; the active relay publishes it to ``feed-metadata`` with the feed's full state
+and revision. Each replica follows that topic with its own group-less consumer and applies
+the events to its index, where the revision rule makes its own writes (already applied),
+replays and the overlap with the database load harmless.
+
+Where to start reading: the wall time just before the index is loaded from the database,
+minus a margin for clock skew between replicas. ``offsets_for_times`` turns it into one
+offset per partition, so a replica needs no stored offsets, and Kafka being down at start
+only delays the follower: it keeps retrying and catches up from the same point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Counter, Gauge
+
+from registry_api.feeds.spatial import FeedIndex, FeedRecord, record_from_document
+from schemas.settings import Settings
+from schemas.topics import FEED_METADATA, topic_name
+from streams.kafka_admin import topic_partitions
+
+log = logging.getLogger("feedgrid.feeds.follower")
+
+CLOCK_SKEW_MARGIN_SECONDS = 60.0
+FETCH_RECORDS = 10_000
+
+FOLLOWED = Counter(
+    "feedgrid_index_followed_events_total", "Feed-metadata events applied to this replica's index"
+)
+UNREADABLE = Counter(
+    "feedgrid_index_unreadable_events_total",
+    "Feed-metadata events the index follower could not read (skipped; workers dead-letter them)",
+)
+FOLLOWER_LAG = Gauge(
+    "feedgrid_index_follower_lag_seconds",
+    "Age of the newest feed-metadata event this replica's index has applied",
+)
+
+
+class IndexFollower:
+    """Started before the index loads (it notes the time), stopped after it."""
+
+    def __init__(self, settings: Settings, index: FeedIndex) -> None:
+        self.settings = settings
+        self.index = index
+        self.topic = topic_name(settings.topic_prefix, FEED_METADATA)
+        self._since_ms = 0
+        self._task: asyncio.Task[None] | None = None
+        self.following = asyncio.Event()  # set once positioned on every partition
+
+    async def start(self) -> None:
+        self._since_ms = int((time.time() - CLOCK_SKEW_MARGIN_SECONDS) * 1000)
+        self._task = asyncio.create_task(self._run(), name="feed-index-follower")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                client_id="feedgrid-index-follower",
+            )
+            try:
+                await consumer.start()
+                await self._position(consumer)
+                delay = 0.5
+                await self._follow(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("feed index follower waiting for kafka: %s", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    async def _position(self, consumer: AIOKafkaConsumer) -> None:
+        # the topic may not exist yet: the API creates it in the background
+        bootstrap = self.settings.kafka_bootstrap
+        while not (partitions := await topic_partitions(bootstrap, self.topic)):
+            await asyncio.sleep(1.0)
+        assigned = [TopicPartition(self.topic, partition) for partition in sorted(partitions)]
+        consumer.assign(assigned)
+        found = await consumer.offsets_for_times({tp: self._since_ms for tp in assigned})
+        ends = await consumer.end_offsets(assigned)
+        for tp in assigned:
+            position = found.get(tp)
+            consumer.seek(tp, position.offset if position is not None else ends[tp])
+        self.following.set()
+        log.info("feed index follows %s from %d ms", self.topic, self._since_ms)
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=FETCH_RECORDS)
+            records: list[FeedRecord] = []
+            newest_ms = 0
+            for messages in batches.values():
+                for message in messages:
+                    record = _record_of(message.value)
+                    if record is None:
+                        UNREADABLE.inc()
+                        continue
+                    records.append(record)
+                    newest_ms = max(newest_ms, message.timestamp)
+            if records:
+                # one batch: a bulk import elsewhere becomes one merge here, not thousands
+                self.index.apply(records)
+                FOLLOWED.inc(len(records))
+                FOLLOWER_LAG.set(max(0.0, time.time() - newest_ms / 1000))
+
+
+def _record_of(value: bytes | None) -> FeedRecord | None:
+    if not value:
+        return None
+    try:
+        envelope: dict[str, Any] = orjson.loads(value)
+        return record_from_document(envelope["data"])
+    except Exception:  # a malformed event must not stop the replica from following
+        return None
