@@ -136,6 +136,12 @@ _FEED_COLUMNS = (
     "bucket, feed_id, owner_department, kind, region, retrievals, denied, bytes, seconds, "
     "requesters, requester_departments"
 )
+# usage_feeds_hour and usage_feeds_day share these columns.
+_FEED_REQUESTER_SUMS = (
+    "bucket, feed_id, owner_department, requester_department, kind, region, "
+    "retrievals, denied, bytes, seconds"
+)
+_FEED_REQUESTER_COLUMNS = _FEED_REQUESTER_SUMS + ", requesters"
 # The same from usage_feeds_hour rows, whose requester department becomes a one-row state.
 _FEED_COLUMNS_FROM_HOURS = (
     "bucket, feed_id, owner_department, kind, region, retrievals, denied, bytes, seconds, "
@@ -321,7 +327,8 @@ class AnalyticsService:
         winners only (merging those states is the expensive part).
 
         City-wide, the per-day feed rollup serves both steps; a department's view (or a
-        requester filter) needs the requester, so it reads the hourly feed rollup.
+        requester filter) needs the requester: whole days come from the per-day rollup by feed
+        and requester department, the hours at either end from the hourly one.
         """
         city_wide = self.scope.is_city and not filters.requester_department
         if city_wide:
@@ -334,9 +341,9 @@ class AnalyticsService:
         def source(where: Where, states: bool = True) -> str:
             if city_wide:
                 return self._feed_activity(period, where, states=states)
-            where.conditions[:0] = self._hourly(period).conditions
-            where.bind(**self._hourly(period).parameters)
-            return f"(SELECT * FROM usage_feeds_hour WHERE {where.sql()})"
+            start = floor_time(period.start, Granularity.hour)
+            columns = _FEED_REQUESTER_COLUMNS if states else _FEED_REQUESTER_SUMS
+            return where.stitched(start, period.end, "usage_feeds_hour", "usage_feeds_day", columns)
 
         detail_where = Where().filters(filters, columns).scope(self.scope)
         if metric is not TopMetric.requesters:

@@ -449,6 +449,18 @@ async def test_long_periods_read_daily_rollups_and_agree_with_hourly_ones(
             short_rows = [{key: row[key] for key in usage_keys} for row in short_rows]
             long_rows = [{key: row[key] for key in usage_keys} for row in long_rows]
         assert short_rows == long_rows, path
+    # Two whole days around every event: answered from the per-day rollups alone (the
+    # city-wide ones and, for a department's ranking, the one by requester department).
+    today = city.now.replace(hour=0, minute=0, second=0)
+    days = {
+        "from": (today - timedelta(days=1)).isoformat(),
+        "to": (today + timedelta(days=1)).isoformat(),
+    }
+    for caller in (people.operator, people.transport_user, people.police_admin):
+        url = "/v1/analytics/top-feeds"
+        hours = (await caller.get(url, params={**period(city), "limit": 50})).json()
+        whole = (await caller.get(url, params={**days, "limit": 50})).json()
+        assert hours["rows"] and hours["rows"] == whole["rows"]
     dormant = (
         await people.operator.get("/v1/analytics/dormant-feeds", params=period(city, days=9))
     ).json()

@@ -83,7 +83,7 @@ def test_migrations_are_numbered_without_gaps_and_every_table_is_there() -> None
         for family in ("departments", "feeds")
         for grain in ("minute", "hour")
     }
-    rollups |= {"usage_departments_day", "feed_activity_day"}
+    rollups |= {"usage_departments_day", "usage_feeds_day", "feed_activity_day"}
     assert rollups <= names
     assert views == {f"{rollup}_mv" for rollup in rollups}
 
