@@ -68,7 +68,7 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "faust", "mode", "uvicorn.access"):
+    for noisy in ("aiokafka", "faust", "mode", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

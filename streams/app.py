@@ -63,6 +63,9 @@ async def run_stream_worker(
     waiting: asyncio.Event | None = None,
 ) -> None:
     await prepare_dependencies(context.settings, waiting)
+    # Table writes queue their changelog messages in the producer's buffer. Faust's default
+    # bound (100) makes every batch that touches more keys stop, flush and log a warning.
+    context.app.producer.buffer.max_messages = context.tuning.stream_buffer
     try:
         async with faust_app_running(context.app, stop_timeout=STOP_TIMEOUT_SECONDS):
             log.info(
