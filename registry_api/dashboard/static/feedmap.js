@@ -46,7 +46,8 @@ function niceDegrees(span) {
 export class FeedMap {
   constructor(canvas, { onSelect, onHover }) {
     this.canvas = canvas;
-    this.context = canvas.getContext("2d");
+    // every frame reads the pixels back to draw the dots into them
+    this.context = canvas.getContext("2d", { willReadFrequently: true });
     this.onSelect = onSelect;
     this.onHover = onHover;
     this.count = 0;

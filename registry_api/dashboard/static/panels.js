@@ -166,7 +166,7 @@ function severityBadge(severity) {
 export async function renderHealth(period, signal) {
   const [dormant, alerts] = await Promise.all([
     getJson(PATHS.dormantFeeds, { from: period.from, to: period.to, limit: 10 }, signal),
-    getJson(PATHS.alerts, { from: period.from, to: period.to, limit: 50 }, signal),
+    getJson(PATHS.alerts, { from: period.from, to: period.to, limit: 20 }, signal),
   ]);
   const ruleTiles = Object.entries(alerts.counts)
     .sort((a, b) => b[1] - a[1])
@@ -185,9 +185,11 @@ export async function renderHealth(period, signal) {
     ], dormant.rows, "No dormant feed in this period."),
     dormant.total > dormant.rows.length
       ? element("p", { class: "muted", text: `The first ${dormant.rows.length} of ${formatCount(dormant.total)}.` })
-      : null,
+      : "",
   );
-  $("alerts-table").replaceChildren(table([
+  $("alerts-table").replaceChildren(alerts.rows.length < alerts.total
+    ? element("p", { class: "muted", text: `The newest ${alerts.rows.length} of ${formatCount(alerts.total)}.` })
+    : "", table([
     ["time", (r) => formatTime(new Date(r.time))],
     ["severity", (r) => severityBadge(r.severity)],
     ["rule", (r) => r.rule.replaceAll("_", " ")],
