@@ -1013,7 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or (30.0 if args.quick else 600.0)
     rate = args.rate or (QUICK_RATE if args.quick else DEFAULT_RATE)
     warmup = args.warmup if args.warmup is not None else (5.0 if args.quick else 60.0)
-    cameras, sensors, requests = (5_700, 300, 300) if args.quick else (57_000, 3_000, 2_000)
+    cameras, sensors, requests = (5_700, 300, 120) if args.quick else (57_000, 3_000, 2_000)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
     # Tokens are issued before the warm-up; they must hold until the end with room to spare.
