@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.feeds import FeedSearch, SearchGeometry
+
+# A feed id as a client names it. The length bounds also make pydantic check that the text
+# is Unicode: an unbounded str lets a lone surrogate ("\ud800") through to the database.
+FeedIdText = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class AccessAction(StrEnum):
@@ -73,7 +77,7 @@ class AccessRequestCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    feed_ids: list[str] | None = Field(None, min_length=1, max_length=1000)
+    feed_ids: list[FeedIdText] | None = Field(None, min_length=1, max_length=1000)
     selection: FeedSearch | None = Field(
         None,
         description=(
@@ -141,7 +145,7 @@ class OwnerDecision(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    feed_ids: list[str] | None = Field(None, min_length=1, max_length=1000)
+    feed_ids: list[FeedIdText] | None = Field(None, min_length=1, max_length=1000)
     comment: str | None = Field(None, max_length=1000)
 
 

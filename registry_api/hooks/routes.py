@@ -196,16 +196,28 @@ def _zlm_attempt(
     )
 
 
-@router.post("/zlmediakit/on_play", summary='ZLMediaKit on_play: {"code": 0} allows')
-async def zlmediakit_on_play(body: ZlmOnPlay, gate: Gate, gateway: Gateway) -> Response:
+@router.post(
+    "/zlmediakit/on_play",
+    summary='ZLMediaKit on_play: {"code": 0} allows',
+    openapi_extra=body_schema(ZlmOnPlay),
+)
+async def zlmediakit_on_play(request: Request, gate: Gate, gateway: Gateway) -> Response:
+    # Parsed by pydantic-core like MediaMTX's: it refuses lone surrogates ("\ud800"), which
+    # the standard JSON parser lets through to the database lookups of the path.
+    body = await parse_body(request, ZlmOnPlay)
     verdict = await gate.check(_zlm_attempt(body, gateway, body.scheme or None))
     if verdict.allowed:
         return Response(ZLM_ALLOW, media_type=JSON)
     return Response(orjson.dumps({"code": -1, "msg": verdict.code}), media_type=JSON)
 
 
-@router.post("/zlmediakit/on_flow_report", summary="ZLMediaKit on_flow_report: bytes and duration")
-async def zlmediakit_on_flow_report(body: ZlmFlowReport, gate: Gate, gateway: Gateway) -> Response:
+@router.post(
+    "/zlmediakit/on_flow_report",
+    summary="ZLMediaKit on_flow_report: bytes and duration",
+    openapi_extra=body_schema(ZlmFlowReport),
+)
+async def zlmediakit_on_flow_report(request: Request, gate: Gate, gateway: Gateway) -> Response:
+    body = await parse_body(request, ZlmFlowReport)
     if body.player:
         await gate.ended(
             _zlm_attempt(body, gateway, None),
