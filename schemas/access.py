@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.feeds import FeedSearch, SearchGeometry
+from schemas.times import ZonedTime
 
 # A feed id as a client names it. The length bounds also make pydantic check that the text
 # is Unicode: an unbounded str lets a lone surrogate ("\ud800") through to the database.
@@ -88,7 +89,7 @@ class AccessRequestCreate(BaseModel):
     )
     purpose: str = Field(min_length=1, max_length=200, examples=["traffic management"])
     actions: list[AccessAction] = Field(min_length=1, max_length=6)
-    valid_from: datetime | None = Field(None, description="Start of the window; now when absent")
+    valid_from: ZonedTime | None = Field(None, description="Start of the window; now when absent")
     duration_minutes: int = Field(60, ge=1, le=60 * 24 * 366)
     emergency: bool = Field(
         False, description="Public security only, with a reason: live view at once"

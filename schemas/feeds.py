@@ -27,6 +27,7 @@ from shapely.validation import explain_validity
 
 from registry_api.feeds.gb28181 import GbCode, InvalidGbCode, decode_gb28181
 from schemas.identity import DEPARTMENT_CODE_PATTERN
+from schemas.times import UtcTime
 
 FeedKind = Literal["camera", "sensor"]
 StreamProtocol = Literal["rtsp", "rtmp", "hls", "webrtc", "gb28181", "mqtt", "http"]
@@ -596,7 +597,7 @@ class HeartbeatItem(BaseModel):
 
     feed_id: str = Field(min_length=1, max_length=64)
     status: Literal["online", "offline"] = "online"
-    seen_at: datetime | None = Field(None, description="When the device was seen; default now")
+    seen_at: UtcTime | None = Field(None, description="When the device was seen; default now")
 
 
 class HeartbeatBatch(BaseModel):

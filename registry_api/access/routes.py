@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, status
@@ -20,6 +19,7 @@ from schemas.access import (
     RevokeGrant,
 )
 from schemas.identity import Role
+from schemas.times import UtcTime
 
 requests_router = APIRouter(prefix="/v1/access-requests", tags=["access"])
 grants_router = APIRouter(prefix="/v1/grants", tags=["access"])
@@ -72,7 +72,7 @@ async def list_access_requests(
             "your department's requests. Default: owner for dept_admin, else requester"
         ),
     ] = None,
-    before: datetime | None = None,
+    before: UtcTime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[AccessRequestOut]:
     """The owner's inbox (``?status=pending``) or the department's own requests."""

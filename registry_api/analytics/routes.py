@@ -44,6 +44,7 @@ from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep
 from registry_api.errors import Forbidden, Unprocessable
 from registry_api.identity.models import Department
 from schemas.identity import DEPARTMENT_CODE_PATTERN, Role
+from schemas.times import UtcTime
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
 
@@ -86,11 +87,11 @@ def _utc(moment: datetime) -> datetime:
 
 def period(
     start: Annotated[
-        datetime | None,
+        UtcTime | None,
         Query(alias="from", description="Start (ISO 8601; UTC if no zone); default to - 24 h"),
     ] = None,
     end: Annotated[
-        datetime | None, Query(alias="to", description="End, excluded; default now")
+        UtcTime | None, Query(alias="to", description="End, excluded; default now")
     ] = None,
 ) -> Period:
     period_end = _utc(end) if end else datetime.now(UTC)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -10,6 +9,7 @@ from registry_api.dependencies import SessionDep, require_roles
 from registry_api.identity.principal import Principal
 from schemas.access import AuditPage, AuditVerification
 from schemas.identity import Role
+from schemas.times import UtcTime
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -27,8 +27,8 @@ async def list_audit_entries(
     department: Annotated[
         str | None, Query(max_length=32, description="Requester or owner department")
     ] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: UtcTime | None = None,
+    until: UtcTime | None = None,
     after_seq: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
