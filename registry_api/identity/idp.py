@@ -103,6 +103,8 @@ class IdentityProviderTokens:
         raw_roles = claims.get(self.roles_claim, [])
         if isinstance(raw_roles, str):
             raw_roles = raw_roles.split()
+        if not isinstance(raw_roles, list):
+            return None  # a roles claim of another shape (null, a number): not a valid identity
         known = {role.value for role in Role}
         roles = frozenset(
             Role(role) for role in raw_roles if isinstance(role, str) and role in known
