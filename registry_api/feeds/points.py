@@ -3,13 +3,17 @@
 A map of 60,000 to 1,000,000 feeds cannot page through feed documents, so this answer is
 columnar: one array per attribute, aligned by position, straight from the in-memory index.
 Only public attributes go out (id, position, kind, status, owner); categorical ones are small
-integers that index the lists sent beside them. Encoding runs in a worker thread and the
-body is gzip-compressed when the client accepts it: at a million feeds the JSON is ~50 MB.
+integers that index the lists sent beside them.
+
+At a million feeds the JSON is ~50 MB and takes a second or two to write, so only the match
+runs on the event loop; gathering, encoding and gzip run in a worker thread, in slices that
+let the GIL go often (the API keeps answering other requests meanwhile).
 """
 
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,12 +21,15 @@ import orjson
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from registry_api.feeds.spatial import KINDS, STATUSES, FeedIndex, IndexQuery
+from registry_api.feeds.spatial import KINDS, STATUSES, Columns, gather_columns
 
 # 6 decimals of a degree are ~0.1 m: finer than any map needs, and a third shorter as text.
 POSITION_DECIMALS = 6
 # Below this size compression costs more time than the transfer it saves.
 COMPRESS_FROM_BYTES = 64 * 1024
+# Numbers written per orjson call (~10 ms each), so the event loop's thread gets the GIL back.
+SLICE = 100_000
+NUMERIC_COLUMNS = ("lon", "lat", "kind", "status", "owner")
 
 
 class FeedPoints(BaseModel):
@@ -42,15 +49,18 @@ class FeedPoints(BaseModel):
     owners: list[str] = Field(description="Owner departments present in the answer, sorted")
 
 
-def feed_points(index: FeedIndex, query: IndexQuery) -> dict[str, Any]:
-    """The columns of :class:`FeedPoints` as numpy arrays (ids still bytes)."""
-    columns = index.point_columns(query)
-    vocabulary = index.owners.values
+def feed_points(
+    parts: Sequence[tuple[Columns, np.ndarray]], owner_names: Sequence[str]
+) -> dict[str, Any]:
+    """The columns of :class:`FeedPoints` (numpy arrays; ids still fixed-width bytes) from
+    the matching rows of the index's snapshots (``FeedIndex.matching_rows``) and the index's
+    owner vocabulary."""
+    columns = gather_columns(parts, ("ids", *NUMERIC_COLUMNS))
     # Owner codes are positions in the process-wide vocabulary: renumber the ones present,
     # in name order, through a lookup table (no sort of every row).
-    counts = np.bincount(columns["owner"], minlength=len(vocabulary))
+    counts = np.bincount(columns["owner"], minlength=len(owner_names))
     present = np.flatnonzero(counts)
-    names = [vocabulary[code] for code in present.tolist()]
+    names = [owner_names[code] for code in present.tolist()]
     by_name = sorted(range(len(names)), key=names.__getitem__)
     renumber = np.zeros(counts.shape[0], dtype=np.int32)
     renumber[present[by_name]] = np.arange(present.shape[0], dtype=np.int32)
@@ -59,8 +69,8 @@ def feed_points(index: FeedIndex, query: IndexQuery) -> dict[str, Any]:
         "ids": columns["ids"],
         "lon": np.round(columns["lon"], POSITION_DECIMALS),
         "lat": np.round(columns["lat"], POSITION_DECIMALS),
-        "kind": columns["kind"].astype(np.int8),
-        "status": columns["status"].astype(np.int8),
+        "kind": columns["kind"],
+        "status": columns["status"],
         "owner": renumber[columns["owner"]],
         "kinds": list(KINDS),
         "statuses": list(STATUSES),
@@ -69,13 +79,13 @@ def feed_points(index: FeedIndex, query: IndexQuery) -> dict[str, Any]:
 
 
 def encode_points(points: dict[str, Any], accept_encoding: str) -> Response:
-    """The JSON answer, gzip when accepted. Heavy at a million feeds: run it in a worker
-    thread. orjson writes the numeric numpy columns in C, numpy writes the ids."""
-    numbers = orjson.dumps(
-        {name: value for name, value in points.items() if name != "ids"},
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
-    body = b"".join((b'{"ids":', json_string_array(points["ids"]), b",", numbers[1:]))
+    """The JSON answer, gzip when accepted (zlib lets the GIL go while it compresses)."""
+    pieces = [b'{"count":%d,"ids":' % points["count"], json_string_array(points["ids"])]
+    for name in NUMERIC_COLUMNS:
+        pieces += [b',"%s":' % name.encode(), json_number_array(points[name])]
+    for name in ("kinds", "statuses", "owners"):
+        pieces += [b',"%s":' % name.encode(), orjson.dumps(points[name])]
+    body = b"".join([*pieces, b"}"])
     headers = {"Vary": "Accept-Encoding"}
     if len(body) >= COMPRESS_FROM_BYTES and "gzip" in accept_encoding.lower():
         body = gzip.compress(body, compresslevel=1)
@@ -83,27 +93,52 @@ def encode_points(points: dict[str, Any], accept_encoding: str) -> Response:
     return Response(body, headers=headers, media_type="application/json")
 
 
-# Bytes that need no escaping in a JSON string (feed ids are Crockford base 32).
-_PLAIN_ID_BYTES = np.zeros(256, dtype=bool)
-_PLAIN_ID_BYTES[list(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_.:")] = True
+def answer_points(
+    parts: Sequence[tuple[Columns, np.ndarray]], owner_names: Sequence[str], accept_encoding: str
+) -> Response:
+    """Gather and encode: the worker-thread half of ``GET /v1/feeds/points``."""
+    return encode_points(feed_points(parts, owner_names), accept_encoding)
+
+
+def json_number_array(values: np.ndarray) -> bytes:
+    """A numeric column as a JSON array, written by orjson (in C) a slice at a time."""
+    option = orjson.OPT_SERIALIZE_NUMPY
+    if values.shape[0] <= SLICE:
+        return orjson.dumps(np.ascontiguousarray(values), option=option)
+    slices = (
+        orjson.dumps(np.ascontiguousarray(values[start : start + SLICE]), option=option)[1:-1]
+        for start in range(0, values.shape[0], SLICE)
+    )
+    return b"[" + b",".join(slices) + b"]"
 
 
 def json_string_array(ids: np.ndarray) -> bytes:
     """Fixed-width byte strings (NUL-padded) as a JSON array of strings.
 
-    Ids of one length made of plain characters (every id the registry hands out) are laid
-    out by numpy, quotes and commas included: no Python string per feed, a third of the
-    memory. Anything else goes through orjson, which escapes what needs it.
+    Ids of one length in printable ASCII with no quote or backslash (every id the registry
+    hands out) are laid out by numpy, brackets, quotes and commas included: no Python string
+    per feed. Anything else goes through orjson, which escapes what needs it.
     """
     count = ids.shape[0]
     if count == 0:
         return b"[]"
     raw = ids.view(np.uint8).reshape(count, ids.dtype.itemsize)
     length = int(np.count_nonzero(raw[0]))
-    if not (raw[:, length:] == 0).all() or not _PLAIN_ID_BYTES[raw[:, :length]].all():
+    text = raw[:, :length]
+    plain = (
+        not raw[:, length:].any()  # all the same length: only NUL padding after it
+        and (length == 0 or (int(text.min()) >= 0x20 and int(text.max()) < 0x7F))
+        and not (text == ord('"')).any()
+        and not (text == ord("\\")).any()
+    )
+    if not plain:
         return orjson.dumps(np.char.decode(ids, "utf-8").tolist())
-    laid_out = np.empty((count, length + 3), dtype=np.uint8)
-    laid_out[:, 0] = laid_out[:, length + 1] = ord('"')
-    laid_out[:, 1 : length + 1] = raw[:, :length]
-    laid_out[:, length + 2] = ord(",")
-    return b"[" + laid_out.tobytes()[:-1] + b"]"
+    width = length + 3  # "id",
+    laid_out = np.empty(1 + count * width, dtype=np.uint8)
+    laid_out[0] = ord("[")
+    rows = laid_out[1:].reshape(count, width)
+    rows[:, 0] = rows[:, length + 1] = ord('"')
+    rows[:, 1 : length + 1] = raw[:, :length]
+    rows[:, length + 2] = ord(",")
+    laid_out[-1] = ord("]")  # over the last comma
+    return laid_out.tobytes()

@@ -991,25 +991,31 @@ class FeedIndex:
 
     def matching_columns(self, query: IndexQuery) -> dict[str, np.ndarray]:
         """Ids, owners, kinds, positions and fields of view of every match (for reports)."""
-        found = self._all_matches(query)
-        columns = _gather(found, ("ids", "owner", "kind", "lon", "lat", "fov"))
+        names = ("ids", "owner", "kind", "lon", "lat", "fov")
+        columns = gather_columns(self.matching_rows(query), names)
         owner_names = np.array(self.owners.values + [""], dtype=object)
         columns["owner"] = owner_names[columns["owner"]]
         return columns
 
-    def point_columns(self, query: IndexQuery) -> dict[str, np.ndarray]:
-        """Id, position, kind, status and owner code of every match, in no particular order:
-        the public columns a map draws. Owner codes index ``self.owners.values``."""
-        found = self._all_matches(query)
-        return _gather(found, ("ids", "lon", "lat", "kind", "status", "owner"))
+    def matching_rows(self, query: IndexQuery) -> list[tuple[Columns, np.ndarray]]:
+        """The matching rows of each snapshot, with its columns (in no particular order).
+
+        Cheap; gathering a million rows is not. Snapshots never change once built, so
+        :func:`gather_columns` may run later, in a worker thread, while writes go on.
+        """
+        return [(snapshot.columns, matches.rows) for snapshot, matches in self._all_matches(query)]
 
 
-def _gather(found: list[tuple[Snapshot, Matches]], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The named columns of the matching rows of every snapshot, one array each."""
-    return {
-        name: np.concatenate([getattr(snapshot.columns, name)[m.rows] for snapshot, m in found])
-        for name in names
-    }
+def gather_columns(
+    parts: Sequence[tuple[Columns, np.ndarray]], names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The named columns of the given rows of every part, one array each."""
+
+    def gather(name: str) -> np.ndarray:
+        pieces = [getattr(columns, name)[rows] for columns, rows in parts]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    return {name: gather(name) for name in names}
 
 
 def close_pairs(

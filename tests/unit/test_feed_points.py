@@ -8,7 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from registry_api.feeds.points import encode_points, feed_points, json_string_array
+from registry_api.feeds import points as points_module
+from registry_api.feeds.points import (
+    answer_points,
+    json_number_array,
+    json_string_array,
+)
 from registry_api.feeds.spatial import ID_DTYPE, FeedIndex, FeedRecord, IndexQuery
 
 
@@ -39,11 +44,28 @@ def _record(serial: int, owner: str, kind: str = "camera", **changes: object) ->
         ["01JAAAAAAAAAAAAAAAAAAAAAAA", "01JBBBBBBBBBBBBBBBBBBBBBBB"],  # one length: numpy
         ["a", "bb-c", "d.e:f_g"],  # mixed lengths
         ['quote"d', "back\\slash", "tab\tbed"],  # characters JSON must escape
+        ['ab"d', "abcd"],  # one length, yet a quote
+        ["ab\\d", "abcd"],  # one length, yet a backslash
+        ["ab\td", "abcd"],  # one length, yet a control character
     ],
 )
 def test_ids_become_a_json_array_of_the_same_strings(ids: list[str]) -> None:
     column = np.array(ids, dtype=ID_DTYPE) if ids else np.empty(0, dtype=ID_DTYPE)
     assert json.loads(json_string_array(column)) == ids
+
+
+def test_long_numeric_columns_are_written_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(points_module, "SLICE", 3)
+    values = np.round(np.linspace(-180.0, 180.0, 10), 6)
+    assert json.loads(json_number_array(values)) == values.tolist()
+    codes = np.array([0, 2, 1, 1, 0, 2, 2], dtype=np.int8)
+    assert json.loads(json_number_array(codes)) == codes.tolist()
+    assert json.loads(json_number_array(codes[:3])) == [0, 2, 1]
+
+
+def _points(index: FeedIndex, query: IndexQuery) -> dict[str, object]:
+    response = answer_points(index.matching_rows(query), list(index.owners.values), "")
+    return json.loads(response.body)  # type: ignore[no-any-return]
 
 
 async def test_points_hold_live_feeds_with_owners_renumbered_by_name() -> None:
@@ -61,7 +83,7 @@ async def test_points_hold_live_feeds_with_owners_renumbered_by_name() -> None:
     await index.merge()  # the first ones in the base snapshot, the next in the delta
     index.apply([_record(6, "lz-cmb"), replace(_record(1, "lz-tb"), revision=2, lon=104.5)])
 
-    answer = json.loads(encode_points(feed_points(index, IndexQuery()), "").body)
+    answer = _points(index, IndexQuery())
     assert answer["owners"] == ["lz-cmb", "lz-eeb", "lz-tb"]  # only owners of live feeds
     decoded = {
         feed_id: (
@@ -99,8 +121,8 @@ async def test_points_hold_live_feeds_with_owners_renumbered_by_name() -> None:
         for record in expected.values()
     }
 
-    sensors = json.loads(encode_points(feed_points(index, IndexQuery(kind="sensor")), "").body)
+    sensors = _points(index, IndexQuery(kind="sensor"))
     assert sensors["ids"] == [_record(2, "lz-cmb").id] and sensors["owners"] == ["lz-cmb"]
     assert sensors["owner"] == [0]
-    nobody = json.loads(encode_points(feed_points(index, IndexQuery(owner="lz-none")), "").body)
+    nobody = _points(index, IndexQuery(owner="lz-none"))
     assert nobody["count"] == 0 and nobody["ids"] == [] and nobody["owners"] == []
