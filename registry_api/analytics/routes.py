@@ -131,6 +131,16 @@ def usage_filters(
 FiltersDep = Annotated[UsageFilters, Depends(usage_filters)]
 
 
+def refuse_filters(filters: UsageFilters, *names: str) -> None:
+    """422 for filters an answer cannot apply (its tables lack the column): ignoring them
+    would answer unfiltered rows as if they were filtered."""
+    given = [name for name in names if getattr(filters, name)]
+    if given:
+        raise Unprocessable(
+            f"{', '.join(given)} cannot filter this answer", code="unsupported_filter"
+        )
+
+
 async def answer_deadlines(session: SessionDep) -> dict[str, int]:
     """Working days each owner department has to answer a request (its own setting)."""
     rows = await session.execute(select(Department.code, Department.answer_deadline_days))
@@ -182,6 +192,7 @@ async def sharing_matrix(
 ) -> Any:
     """Owner department x requester department: retrievals, bytes, seconds, requesters
     (hourly rollup; the hour holding `from` included)."""
+    refuse_filters(filters, "feed_id")
     rows = await service.sharing_matrix(period_, filters)
     if wants_csv(request):
         return csv_response(rows, SharingCell, "sharing-matrix")
@@ -225,6 +236,7 @@ async def alerts(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Any:
     """Alerts raised by the stream agents, newest first, with counts per rule."""
+    refuse_filters(filters, "kind", "region")
     rows, counts = await service.alerts(period_, rule or [], severity or [], filters, limit, offset)
     if wants_csv(request):
         return csv_response(rows, AlertRow, "alerts")
@@ -250,6 +262,7 @@ async def decisions(
     """Requests made in the period: granted / denied / pending, deny reasons, and per owner
     department the time to decision (median, p95) and the share answered within its deadline
     (its `answer_deadline_days`, counted in working days)."""
+    refuse_filters(filters, "feed_id", "kind", "region")
     totals, reasons, rows = await service.decisions(period_, filters, deadlines)
     if wants_csv(request):
         return csv_response(rows, DecisionDepartmentRow, "decisions")
