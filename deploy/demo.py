@@ -46,7 +46,16 @@ async def load_demo_city_once(
     elif not await _load_city(directory, city_marker, base_url, token):
         return None
     if traffic_marker.exists():
-        log.info("demo traffic already replayed (remove %s to replay it)", traffic_marker)
+        state = orjson.loads(traffic_marker.read_bytes()).get("state")
+        if state == "done":
+            log.info("demo traffic already replayed (remove %s to replay it)", traffic_marker)
+        else:
+            log.warning(
+                "the demo traffic replay did not finish before (%s); not replaying it on top of "
+                "what it made: remove %s to replay anyway",
+                state,
+                traffic_marker,
+            )
         return None
     return await _replay_traffic(directory, traffic_marker, base_url, token, progress)
 

@@ -55,9 +55,15 @@ log = logging.getLogger("feedgrid.demo")
 T = TypeVar("T")
 
 DEFAULT_SEED = 28181
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 4
+# Requests replayed out of the file's week (spread evenly over it, so the mix of departments,
+# hours and selections stays the same). Each one costs the single `feedgrid up` process its
+# policy decisions, audit-chain entries, outbox events, the owners' answers, tokens, hook
+# checks and the worker's share downstream: about 0.1 s of CPU all told on this 2-core
+# machine, so a few hundred fill the dashboard in well under a minute. 0 replays them all.
+DEFAULT_MAX_REQUESTS = 300
 # A spatial request asks for the nearest feeds only, as a person picking cameras on a map would.
-SELECTION_LIMIT = 20
+SELECTION_LIMIT = 5
 # Requests one duty officer makes over the demo week: enough officers that no one opens more
 # feeds in the compressed replay than the bulk-harvesting rule allows a person in a minute.
 REQUESTS_PER_OFFICER = 15
@@ -67,7 +73,7 @@ APPROVE_SHARE = 0.7
 DENY_SHARE = 0.2
 # Grants that are used at all, and how many of a grant's feeds a department plays.
 PLAYED_GRANT_SHARE = 0.85
-FEEDS_PLAYED = (1, 1, 1, 2, 2, 3)
+FEEDS_PLAYED = (1, 1, 1, 2)
 MEGABITS_PER_SECOND = (1.0, 2.0, 2.0, 4.0)  # sub-stream, main stream, 4K main stream
 # Which media server a department's player lands on (each speaks its own hook protocol).
 SERVERS = (("zlmediakit", 0.55), ("mediamtx", 0.30), ("nginx-rtmp", 0.15))
@@ -135,6 +141,7 @@ class TrafficSummary:
     """What the replay did; ``as_dict`` is what ``feedgrid up`` logs and keeps in its marker."""
 
     lines: int = 0
+    replayed_lines: int = 0
     requests: int = 0
     refused_by_api: Counter[str] = field(default_factory=Counter)
     errors: int = 0
@@ -152,11 +159,13 @@ class TrafficSummary:
     unresolved_codes: int = 0
     officers: int = 0
     elapsed_seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     replayed: list[ReplayedRequest] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "lines": self.lines,
+            "replayed_lines": self.replayed_lines,
             "requests": self.requests,
             "refused_by_api": dict(sorted(self.refused_by_api.items())),
             "errors": self.errors,
@@ -174,12 +183,14 @@ class TrafficSummary:
             "unresolved_codes": self.unresolved_codes,
             "officers": self.officers,
             "elapsed_seconds": round(self.elapsed_seconds, 2),
+            "phase_seconds": self.phase_seconds,
         }
 
     def one_line(self) -> str:
         refused = sum(self.refused_by_api.values())
         return (
-            f"{self.requests} requests ({refused} refused by the API); feeds granted "
+            f"{self.replayed_lines} of the file's {self.lines} requests replayed, "
+            f"{self.requests} accepted ({refused} refused by the API); feeds granted "
             f"{self.feeds['granted']}, pending {self.feeds['pending']}, denied "
             f"{self.feeds['denied']}; owners approved {self.owner_decisions['approved']}, "
             f"denied {self.owner_decisions['denied']}, left {self.owner_decisions['left pending']} "
@@ -267,11 +278,13 @@ class TrafficReplay:
         *,
         seed: int = DEFAULT_SEED,
         concurrency: int = DEFAULT_CONCURRENCY,
+        max_requests: int = DEFAULT_MAX_REQUESTS,
         progress: Progress | None = None,
     ) -> None:
         self.client = client
         self.directory = directory
         self.seed = seed
+        self.max_requests = max_requests
         self.limit = asyncio.Semaphore(concurrency)
         self.progress = progress
         self.summary = TrafficSummary()
@@ -326,7 +339,9 @@ class TrafficReplay:
             if self.progress is not None and task is not None:
                 self.progress.advance(task)
 
+        began = time.perf_counter()
         await asyncio.gather(*(one(item) for item in items))
+        self.summary.phase_seconds[description] = round(time.perf_counter() - began, 2)
 
     # ------------------------------------------------------------------------------ keys
 
@@ -814,7 +829,11 @@ class TrafficReplay:
             str(item["code"])
             for item in orjson.loads((self.directory / "departments.json").read_bytes())
         ]
-        requests = [request for request in requests if request.requester in departments]
+        requests = spread_sample(
+            [request for request in requests if request.requester in departments],
+            self.max_requests,
+        )
+        self.summary.replayed_lines = len(requests)
         if requests:
             await self.issue_keys(requests, departments)
             codes = await self.resolve_feed_codes(requests)
@@ -831,6 +850,14 @@ class TrafficReplay:
         return self.summary
 
 
+def spread_sample(items: list[T], count: int) -> list[T]:
+    """``count`` of ``items`` evenly spaced over the list (all of them when count is 0 or
+    larger): a thinner week with the same rhythm, not its first day."""
+    if count <= 0 or count >= len(items):
+        return items
+    return [items[(k * len(items)) // count] for k in range(count)]
+
+
 def _pick_server(draw: float) -> str:
     for name, share in SERVERS:
         if draw < share:
@@ -845,9 +872,11 @@ async def replay_demo_traffic(
     *,
     seed: int = DEFAULT_SEED,
     concurrency: int = DEFAULT_CONCURRENCY,
+    max_requests: int = DEFAULT_MAX_REQUESTS,
     progress: bool = True,
 ) -> TrafficSummary:
-    """Replays ``directory/access-requests.ndjson`` through the API ``client`` talks to.
+    """Replays ``directory/access-requests.ndjson`` (``max_requests`` of it, evenly spread;
+    0 for all) through the API ``client`` talks to.
 
     ``client`` carries the city-admin token (it issues the departments' keys) and the API's
     base URL. Returns what was done; refusals the API answers with a 4xx are counted, not

@@ -153,7 +153,7 @@ async def test_demo_load_replays_the_traffic_once_and_it_reaches_the_analytics(
         replay_seconds = time.perf_counter() - began
         assert summary is not None
         assert summary.errors == 0
-        assert summary.lines == REQUESTS
+        assert summary.lines == summary.replayed_lines == REQUESTS
         assert summary.requests == len(summary.replayed) > REQUESTS // 2
         assert summary.requests + sum(summary.refused_by_api.values()) == REQUESTS
         assert summary.unresolved_codes == 0
