@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,9 +64,9 @@ def test_long_numeric_columns_are_written_in_slices(monkeypatch: pytest.MonkeyPa
     assert json.loads(json_number_array(codes[:3])) == [0, 2, 1]
 
 
-def _points(index: FeedIndex, query: IndexQuery) -> dict[str, object]:
+def _points(index: FeedIndex, query: IndexQuery) -> dict[str, Any]:
     response = answer_points(index.matching_rows(query), list(index.owners.values), "")
-    return json.loads(response.body)  # type: ignore[no-any-return]
+    return json.loads(bytes(response.body))  # type: ignore[no-any-return]
 
 
 async def test_points_hold_live_feeds_with_owners_renumbered_by_name() -> None:
