@@ -406,13 +406,22 @@ async def _load_request(
     return request, items
 
 
-async def get_access_request(
+async def _load_visible_request(
     session: AsyncSession, principal: Principal, request_id: str
-) -> AccessRequestOut:
+) -> tuple[AccessRequest, list[AccessRequestFeed], list[AccessRequestFeed]]:
+    """The request, its items and those the caller may see; a request the caller may not see
+    is answered exactly as one that does not exist."""
     request, items = await _load_request(session, request_id)
     visible = _visible_items(principal, request, items)
     if visible is None:
         raise NotFound(f"no access request {request_id!r}", code="unknown_access_request")
+    return request, items, visible
+
+
+async def get_access_request(
+    session: AsyncSession, principal: Principal, request_id: str
+) -> AccessRequestOut:
+    request, _, visible = await _load_visible_request(session, principal, request_id)
     return _request_out(request, visible)
 
 
@@ -542,7 +551,7 @@ async def _claim(
 async def approve(
     session: AsyncSession, principal: Principal, request_id: str, body: OwnerDecision
 ) -> AccessRequestOut:
-    request, items = await _load_request(session, request_id)
+    request, items, _ = await _load_visible_request(session, principal, request_id)
     chosen = _select_items(principal, items, body.feed_ids)
     now = utcnow()
     pending = [item for item in chosen if item.outcome == Outcome.pending.value]
@@ -669,7 +678,7 @@ async def deny(
     on_revoked: RevocationListener,
 ) -> AccessRequestOut:
     """Denies pending feeds; for emergency grants under review, revokes the grant."""
-    request, items = await _load_request(session, request_id)
+    request, items, _ = await _load_visible_request(session, principal, request_id)
     chosen = _select_items(principal, items, body.feed_ids)
     now = utcnow()
     message = body.comment or "denied by the owner"
