@@ -42,7 +42,7 @@ from registry_api.feeds.bulk_validation import Checked, check_features
 from registry_api.feeds.documents import new_feed_ids
 from registry_api.feeds.events import FEED_REGISTERED, FEED_UPDATED, outbox_row
 from registry_api.feeds.models import feeds_table
-from registry_api.feeds.service import record_of
+from registry_api.feeds.service import media_path_problem, record_of
 from registry_api.feeds.spatial import DELTA_LIMIT, Columns, FeedIndex
 from registry_api.identity.models import Department
 from registry_api.identity.principal import Principal
@@ -202,6 +202,8 @@ def admit(checked: Checked, state: BulkState) -> list[Candidate]:
             problem = f"department {owner!r} does not exist"
         elif not state.principal.administers(owner):
             problem = f"you may not write feeds of department {owner!r}"
+        elif (outside := media_path_problem(owner, values["media_path"])) is not None:
+            problem = outside
         elif (owner, code) in state.seen:
             first = state.seen[(owner, code)]
             problem = f"the same owner and code appear earlier in this batch (index {first})"

@@ -75,6 +75,21 @@ def require_feed_admin(principal: Principal, owner: str) -> None:
         )
 
 
+def media_path_problem(owner: str, media_path: str) -> str | None:
+    """Why a feed may not use this gateway path, or None. The gateway serves one stream per
+    path: a path outside the owner's space could be another department's feed, which this
+    department's grants would then open."""
+    if media_path.startswith(f"{owner}/"):
+        return None
+    return f"the media path must lie under the owner's code: '{owner}/...'"
+
+
+def require_media_path_of_owner(owner: str, media_path: str) -> None:
+    problem = media_path_problem(owner, media_path)
+    if problem is not None:
+        raise Unprocessable(problem, code="media_path_outside_owner")
+
+
 async def require_department(session: AsyncSession, code: str) -> None:
     if await session.get(Department, code) is None:
         raise Unprocessable(f"department {code!r} does not exist", code="unknown_department")
@@ -151,6 +166,7 @@ async def register_feed(
     properties, location = split_body(body)
     require_feed_admin(principal, properties.owner)
     await require_department(session, properties.owner)
+    require_media_path_of_owner(properties.owner, properties.stream.media_path)
     values = content_values(properties, location)
     existing = (
         await session.execute(
@@ -243,6 +259,7 @@ async def update_feed(
         body = FeedCreate.model_validate(merged, strict=None)
     except ValidationError as error:
         raise unprocessable(error, "invalid_feed") from None
+    require_media_path_of_owner(body.owner, body.stream.media_path)
     values = content_values(body, body.location)
     if values["content_hash"] == row["content_hash"]:
         return feed_document(row, show_url=True)
