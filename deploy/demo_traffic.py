@@ -501,13 +501,9 @@ class TrafficReplay:
         turn: Counter[str] = Counter()
         planned: list[tuple[DemoRequest, int, dict[str, Any] | None]] = []
         for request in requests:
-            officers = len(self.officer_keys[request.requester])
-            planned.append((request, turn[request.requester] % officers, None))
+            officer = turn[request.requester] % len(self.officer_keys[request.requester])
             turn[request.requester] += 1
-        planned = [
-            (request, officer, self._body(request, codes, owners_of))
-            for request, officer, _ in planned
-        ]
+            planned.append((request, officer, self._body(request, codes, owners_of)))
         replayed: dict[int, ReplayedRequest] = {}
 
         async def send(item: tuple[DemoRequest, int, dict[str, Any] | None]) -> None:
