@@ -48,12 +48,22 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+SQLITE_WAIT_SECONDS = 300.0
+
+
 def create_engine(database_url: str) -> AsyncEngine:
     if database_url.startswith("sqlite"):
         path = database_url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(database_url, connect_args={"timeout": 30})
+        # One writer at a time: under overload a writer may queue behind others for a long
+        # while. It waits (in the driver's thread, not on the event loop) instead of failing
+        # with "database is locked" after SQLite's usual few seconds.
+        engine = create_async_engine(
+            database_url,
+            connect_args={"timeout": SQLITE_WAIT_SECONDS},
+            pool_timeout=SQLITE_WAIT_SECONDS,
+        )
         _tune_sqlite(engine)
         return engine
     return create_async_engine(database_url, pool_size=20, max_overflow=20, pool_pre_ping=True)
@@ -66,7 +76,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_WAIT_SECONDS * 1000)}")
         cursor.execute("PRAGMA cache_size=-65536")
         cursor.close()
 
