@@ -32,6 +32,9 @@ from registry_api.identity.principal import Principal
 feeds = feeds_table
 REASONS = ("same_code", "same_stream_url", "nearby_overlapping_view")
 DEFAULT_DISTANCE_M = 3.0
+# The nearby search puts points in cells this wide: a width near zero (5e-324 is "> 0") made
+# every cell index overflow into one cell, and the pairs grow with the square of the feeds.
+MIN_DISTANCE_M = 0.1
 MAX_DISTANCE_M = 100.0
 
 

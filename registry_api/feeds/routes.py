@@ -274,7 +274,7 @@ async def catalog_duplicates(
     ] = None,
     department: Annotated[str | None, Query(pattern=DEPARTMENT_CODE_PATTERN)] = None,
     distance_m: Annotated[
-        float, Query(gt=0, le=duplicates.MAX_DISTANCE_M)
+        float, Query(ge=duplicates.MIN_DISTANCE_M, le=duplicates.MAX_DISTANCE_M)
     ] = duplicates.DEFAULT_DISTANCE_M,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
