@@ -454,3 +454,19 @@ async def test_times_at_the_ends_of_the_calendar_are_refused_or_answered_never_5
     after = await registry_state(world.runtime)
     close_analytics(settings)
     assert [name for name in changed_tables(before, after) if name != "feeds"] == []
+
+
+# ------------------------------------------------------------------ cheap requests, costly work
+
+
+async def test_a_vanishing_duplicate_distance_is_refused_not_squared(world: World) -> None:
+    """distance_m=5e-324 is "> 0", but made every nearby-search cell overflow into one: the
+    pairs compared grew with the square of the registry (6,000 feeds: 16 s, a city: no memory).
+    """
+    for tiny in ("5e-324", "1e-300", "0.000001", "0.09"):
+        response = await world.client.get("/v1/catalog/duplicates", params={"distance_m": tiny})
+        assert response.status_code == 422, (tiny, response.text)
+    started = time.monotonic()
+    smallest = await world.client.get("/v1/catalog/duplicates", params={"distance_m": "0.1"})
+    assert smallest.status_code == 200, smallest.text
+    assert time.monotonic() - started < 30
