@@ -2,8 +2,9 @@
 
 A real ``feedgrid api`` process (API and outbox relay) on PostgreSQL talks to a broker of the
 test's own (free ports, own data directory), never the shared one. With the relay connected
-and idle, the broker is stopped; for a minute three departments register 10,000 feeds
-(bulk imports and single POSTs), re-import some with changes, edit and retire others. Every
+and idle, the broker is stopped; meanwhile three departments register 10,000 feeds (bulk
+imports and single POSTs), re-import some with changes, edit and retire others (about 30 s
+here, longer on a busy machine: the broker stays down 60 s, or until they are done). Every
 call must answer 2xx, and nothing may reach Kafka meanwhile. After the broker is started
 again, every change event in the outbox must arrive on the feed-metadata topic exactly once,
 and each feed's events in the order of its versions.
