@@ -32,6 +32,8 @@ from streams.registry_status import LivenessChange
 from streams.rules import RaisedAlert, grants_in_force, offline_alerts
 
 log = logging.getLogger("feedgrid.streams.liveness")
+# A scan of a million feeds yields to the event loop this often (embedded: the API shares it).
+SCAN_YIELD_EVERY = 5_000
 
 AGENT_NAME = "heartbeats"
 TRANSITION_NAMESPACE = uuid.UUID("0b8f5c43-93a4-4c1e-b2a4-3f5d1f0d2c77")
@@ -129,7 +131,9 @@ class LivenessTracker:
         async with self._lock:
             transitions = []
             if now - self.started_at >= self.silence:
-                for feed_id, state in self.context.tables.liveness.items():
+                for index, (feed_id, state) in enumerate(self.context.tables.liveness.items()):
+                    if index % SCAN_YIELD_EVERY == SCAN_YIELD_EVERY - 1:
+                        await asyncio.sleep(0)  # the API may share this event loop
                     if state.get("status") != "online":
                         continue
                     last_seen = self._last_seen(feed_id, state)
