@@ -137,7 +137,10 @@ async def test_each_alert_rule_fires_on_its_case_and_not_on_normal_traffic(
         feed_document(feed, owners.get(feed.split("-")[0], "lz-psb"), serial=index + 1)
         for index, feed in enumerate(feeds)
     ]
-    async with running_worker(stream_settings, fast_tuning(harvest_feeds_per_minute=HARVEST_LIMIT)):
+    # A heartbeat handled later than the silence after it was sent counts as stale: 8 s keeps
+    # that true of this test's heartbeats on a loaded machine.
+    tuning = fast_tuning(harvest_feeds_per_minute=HARVEST_LIMIT, heartbeat_silence_seconds=8.0)
+    async with running_worker(stream_settings, tuning):
         await produce(stream_settings, FEED_TOPIC, [feed_event(document) for document in documents])
         await wait_for_value(
             stream_settings, "SELECT uniqExact(feed_id) FROM feed_metadata", len(feeds)
