@@ -303,7 +303,7 @@ async def test_invalid_utf8_in_query_path_and_header_is_a_4xx_or_a_literal(world
         response = await client.get(url)
         assert response.status_code in (200, 422), (url, response.status_code)
     for header in (b"Bearer \xff\xfe\xfa", b"Bearer fgk_\xff_\xfe", b"\xff\xfe"):
-        response = await client.get("/v1/grants", headers={"Authorization": header})
+        response = await client.get("/v1/grants", headers={b"Authorization": header})
         assert response.status_code == 401, (header, response.text)
     assert changed_tables(before, await registry_state(world.runtime)) == []
 

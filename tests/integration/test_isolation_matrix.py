@@ -35,7 +35,7 @@ from fastapi import FastAPI
 
 from registry_api.app import create_app
 from registry_api.audit.service import RETRIEVAL_DENIED, RETRIEVAL_ENDED
-from schemas.settings import Settings
+from schemas.settings import Settings, load_settings
 from tests.integration.access_world import (
     CENTRE,
     ENVIRONMENT,
@@ -733,7 +733,7 @@ RECORDS_SESSION_ENDS = {
     "POST /v1/hooks/zlmediakit/on_flow_report",
     "POST /v1/hooks/nginx-rtmp/on_play_done",
 }
-OPERATIONS = operations_of(create_app(Settings(admin_token="operations-" + "x" * 16)))
+OPERATIONS = operations_of(create_app(load_settings(admin_token="operations-" + "x" * 16)))
 
 
 def test_the_matrix_has_an_entry_for_every_endpoint() -> None:
