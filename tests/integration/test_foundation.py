@@ -58,7 +58,17 @@ async def test_topics_are_created_at_start_with_their_cleanup_policy(
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     await asyncio.wait_for(runtime.topics_ready.wait(), 30)
     names = [topic_name(settings.topic_prefix, spec.suffix) for spec in TOPIC_SPECS]
-    configs = await describe_topic_configs(settings.kafka_bootstrap, names)
+    # Right after creation a broker may still answer a topic's configs empty: ask again.
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        configs = await describe_topic_configs(settings.kafka_bootstrap, names)
+        complete = all(
+            set(spec.config) <= set(configs.get(topic_name(settings.topic_prefix, spec.suffix), {}))
+            for spec in TOPIC_SPECS
+        )
+        if complete or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.5)
     for spec in TOPIC_SPECS:
         read_back = configs[topic_name(settings.topic_prefix, spec.suffix)]
         for key, value in spec.config.items():
