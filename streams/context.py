@@ -89,6 +89,7 @@ class StreamContext:
 
 
 def _faust_app(settings: Settings, tuning: StreamTuning) -> faust.App:
+    (settings.var_dir / "faust").mkdir(parents=True, exist_ok=True)
     return faust.App(
         f"{settings.topic_prefix}worker",
         monitor=LeanMonitor(),
@@ -96,6 +97,8 @@ def _faust_app(settings: Settings, tuning: StreamTuning) -> faust.App:
         store="memory://",
         web_enabled=False,
         autodiscover=False,
+        # Faust keeps table state under its data dir: in the var dir, not the working dir.
+        datadir=str(settings.var_dir / "faust" / "{conf.name}-data"),
         topic_replication_factor=settings.topic_replication,
         topic_partitions=settings.topic_partitions,
         table_standby_replicas=0,
