@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,6 +34,31 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("FEEDGRID_VAR_DIR", str(Path.cwd() / "var"))
+
+
+_exit_status: list[int] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A Faust worker that failed to stop leaves its consumer thread running, and a live
+    non-daemon thread would keep the interpreter from exiting: the run would hang after its
+    report. Exit with pytest's status instead (the report is out by now)."""
+    stuck = [
+        thread
+        for thread in threading.enumerate()
+        if thread.is_alive() and not thread.daemon and thread is not threading.main_thread()
+    ]
+    if stuck and _exit_status:
+        print(f"\nexiting past {len(stuck)} thread(s) still running: {stuck}", flush=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])
 
 
 @pytest.fixture(scope="session")
