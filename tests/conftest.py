@@ -8,6 +8,7 @@ other's events or rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -148,9 +149,10 @@ def settings(
     )
 
 
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client on a running app (lifespan started: relay, topics, components)."""
+@contextlib.asynccontextmanager
+async def running_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on a running app (lifespan started: relay, topics, components), as the
+    city admin. Tests that need several apps at once (replicas) open one each."""
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
@@ -160,3 +162,9 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             http.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
             http.app = application  # type: ignore[attr-defined]
             yield http
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_client(settings) as http:
+        yield http

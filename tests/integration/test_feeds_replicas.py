@@ -7,16 +7,15 @@ Each replica answers searches from its own in-memory index; the follower
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from registry_api.app import create_app, follows_other_replicas
+from registry_api.app import follows_other_replicas
 from schemas.settings import Settings
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import running_client
 from tests.integration.feeds_support import (
     POLICE,
     TRANSPORT,
@@ -27,19 +26,6 @@ from tests.integration.feeds_support import (
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
-
-
-@contextlib.asynccontextmanager
-async def replica(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://feedgrid.test", timeout=60
-        ) as http:
-            http.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
-            http.app = application  # type: ignore[attr-defined]
-            yield http
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 45.0) -> Any:
@@ -72,7 +58,7 @@ def test_replicas_follow_by_default_on_postgresql_only(settings: Settings) -> No
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_what_one_replica_writes_the_other_finds(settings: Settings) -> None:
     following = settings.model_copy(update={"index_follow": True})
-    async with replica(following) as first, replica(following) as second:
+    async with running_client(following) as first, running_client(following) as second:
         city = await build_city(first)
         here, there = offset(2_000, 0), offset(-3_000, 1_500)
 
