@@ -1,7 +1,7 @@
 """The local PostgreSQL launcher against real clusters.
 
-The shared cluster on 127.0.0.1:55432 is started when missing and never stopped here; stop and
-restart run on a second cluster under tmp_path on a free port.
+Every test runs a cluster of its own under tmp_path on a free port: the shared one on
+127.0.0.1:55432 (the test databases) may belong to another checkout and is never touched here.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from deploy.local_postgres import (
-    DEFAULT_PORT,
     database_url,
     postgres_paths,
     postgres_running,
@@ -54,16 +54,31 @@ def _free_port(start: int = 55500) -> int:
     raise RuntimeError("no free port for the second cluster")
 
 
-def test_start_is_idempotent() -> None:
-    first = start_postgres(DEFAULT_PORT)
+@pytest.fixture
+def private_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, int, dict[str, str]]]:
+    """A cluster of this test's own (var dir under tmp_path, a free port): the shared one on
+    55432 may belong to another checkout, so these tests never rely on it."""
+    monkeypatch.setenv("FEEDGRID_VAR_DIR", str(tmp_path))
+    env = dict(os.environ, FEEDGRID_VAR_DIR=str(tmp_path))
+    port = _free_port()
+    try:
+        yield start_postgres(port), port, env
+    finally:
+        stop_postgres()
+
+
+def test_start_is_idempotent(private_cluster: tuple[str, int, dict[str, str]]) -> None:
+    first, port, env = private_cluster
     pid = postmaster_pid()
 
-    second = start_postgres(DEFAULT_PORT)
-    cli = _cli("start", "--port", str(DEFAULT_PORT))
-    status = _cli("status")
+    second = start_postgres(port)
+    cli = _cli("start", "--port", str(port), env=env)
+    status = _cli("status", env=env)
 
-    assert first == second == database_url(DEFAULT_PORT)
-    assert first == "postgresql+asyncpg://feedgrid:feedgrid@127.0.0.1:55432/feedgrid"
+    assert first == second == database_url(port)
+    assert first == f"postgresql+asyncpg://feedgrid:feedgrid@127.0.0.1:{port}/feedgrid"
     assert pid is not None and postmaster_pid() == pid
     assert postgres_running()
     assert cli.returncode == 0, cli.stdout + cli.stderr
@@ -71,8 +86,10 @@ def test_start_is_idempotent() -> None:
     assert status.returncode == 0 and f"pid {pid}" in status.stdout
 
 
-async def test_asyncpg_connects_as_feedgrid() -> None:
-    url = start_postgres(DEFAULT_PORT)
+async def test_asyncpg_connects_as_feedgrid(
+    private_cluster: tuple[str, int, dict[str, str]],
+) -> None:
+    url, _port, _env = private_cluster
 
     connection = await asyncpg.connect(_dsn(url), timeout=10)
     try:
