@@ -75,6 +75,7 @@ async def run_stream_worker(
                     "topic_prefix": context.settings.topic_prefix,
                 },
             )
+            await _track_topics(context)
             if started is not None:
                 started.set()
             await stop.wait()
@@ -86,6 +87,21 @@ async def run_stream_worker(
         )
     finally:
         await context.registry.close()
+
+
+async def _track_topics(context: StreamContext) -> None:
+    """Table writes pick their changelog partition synchronously from the producer's metadata.
+    Once any topic is tracked, aiokafka refreshes metadata for tracked topics only, so an
+    untracked changelog can drop out of it and every write to that table fails until a send
+    asks for it. Track every topic this worker writes to, in one refresh."""
+    client = context.app.producer._ensure_producer().client  # noqa: SLF001 (no public way)
+    tables = (context.tables.feeds, context.tables.grants, context.tables.liveness)
+    names = {table.table.changelog_topic.get_topic_name() for table in tables}
+    names |= {context.topics.requester_activity.get_topic_name()}
+    names |= {context.topics.alerts, context.topics.dead_letter}
+    for name in sorted(names):
+        client.add_topic(name)
+    await client.force_metadata_update()
 
 
 @asynccontextmanager
