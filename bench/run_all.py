@@ -71,8 +71,9 @@ def markdown_table(figures: list[dict[str, Any]]) -> str:
         )
         met = {True: "yes", False: "no"}.get(figure.get("met"), "-")  # type: ignore[arg-type]
         figure_ratio = ratio(figure)
+        name = figure["name"] + (f" ({figure['endpoint']})" if figure.get("endpoint") else "")
         lines.append(
-            f"| {figure['name']} | {figure['value']} {figure.get('unit', '')} | {baseline_text} "
+            f"| {name} | {figure['value']} {figure.get('unit', '')} | {baseline_text} "
             f"| {'-' if figure_ratio is None else figure_ratio} | {figure.get('target', '-')} "
             f"| {met} |"
         )
