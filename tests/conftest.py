@@ -168,3 +168,15 @@ async def running_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with running_client(settings) as http:
         yield http
+
+
+@pytest.fixture
+def stream_settings(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, sqlite_template: Path
+) -> Iterator[Settings]:
+    """Settings of a stream worker: the shared broker, SQLite registry, chdb in tmp_path."""
+    from tests.integration.streams_support import close_analytics, make_settings
+
+    settings = make_settings(tmp_path, kafka_bootstrap, topic_prefix, sqlite_template)
+    yield settings
+    close_analytics(settings)

@@ -59,13 +59,13 @@ async def _wait_for(condition, timeout: float) -> bool:  # type: ignore[no-untyp
 
 
 async def test_inserts_refused_pause_consumption_and_lose_nothing(
-    worker_settings: Settings,
+    stream_settings: Settings,
 ) -> None:
     start = datetime.now(UTC) - timedelta(minutes=30)
     before = AccessStream(start=start, retrievals=RETRIEVALS_BEFORE)
     during = AccessStream(start=start, retrievals=RETRIEVALS_DURING, first=RETRIEVALS_BEFORE)
     total = before.events + during.events
-    settings = worker_settings
+    settings = stream_settings
     topic = topic_name(settings.topic_prefix, ACCESS_EVENTS)
     await ensure_topics(settings)
     group = f"{settings.topic_prefix}worker"

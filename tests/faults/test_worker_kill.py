@@ -49,27 +49,27 @@ KILLS = ((0.10, 0.15), (0.28, 0.35), (0.46, 0.55), (0.64, 0.75), (0.82, 0.95))
 
 
 async def test_worker_killed_five_times_mid_stream_stores_each_event_once(
-    worker_settings: Settings, tmp_path: Path
+    stream_settings: Settings, tmp_path: Path
 ) -> None:
     began = time.monotonic()
     stream = AccessStream(start=datetime.now(UTC) - timedelta(hours=5), retrievals=EVENTS // 2)
-    topic = topic_name(worker_settings.topic_prefix, ACCESS_EVENTS)
-    await ensure_topics(worker_settings)
+    topic = topic_name(stream_settings.topic_prefix, ACCESS_EVENTS)
+    await ensure_topics(stream_settings)
     worker = WorkerProcess(
-        worker_settings,
+        stream_settings,
         tmp_path / "worker.log",
         FEEDGRID_STREAM_BATCH_SIZE="10000",
         FEEDGRID_STREAM_FLUSH_SECONDS="0.3",
     )
     worker.start()
-    producing = asyncio.create_task(_produce(worker_settings, topic, stream))
+    producing = asyncio.create_task(_produce(stream_settings, topic, stream))
     killed_at: list[int] = []
     try:
         async with KafkaPositions(
-            worker_settings.kafka_bootstrap,
+            stream_settings.kafka_bootstrap,
             topic,
-            worker_settings.topic_partitions,
-            f"{worker_settings.topic_prefix}worker",
+            stream_settings.topic_partitions,
+            f"{stream_settings.topic_prefix}worker",
         ) as positions:
             for share, delay in KILLS:
                 mark = int(EVENTS * share)
@@ -91,8 +91,8 @@ async def test_worker_killed_five_times_mid_stream_stores_each_event_once(
     assert exit_code == 0, worker.log_tail()
     assert all(position < EVENTS for position in killed_at), killed_at
 
-    assert stored_counts(worker_settings) == (EVENTS, EVENTS)
-    assert_each_retrieval_counted_once(worker_settings, [stream])
+    assert stored_counts(stream_settings) == (EVENTS, EVENTS)
+    assert_each_retrieval_counted_once(stream_settings, [stream])
     print(
         f"\n{EVENTS} events, killed at committed {killed_at}; produced in {produced_in:.0f}s, "
         f"all stored after {time.monotonic() - began:.0f}s; "

@@ -4,9 +4,7 @@ feed versions, and consumption that pauses while ClickHouse refuses inserts."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -19,12 +17,10 @@ from tests.integration.streams_support import (
     FEED_TOPIC,
     Retrieval,
     access_event,
-    close_analytics,
     decode_json,
     feed_document,
     feed_event,
     grant_issued,
-    make_settings,
     produce,
     query,
     read_topic,
@@ -33,15 +29,6 @@ from tests.integration.streams_support import (
 )
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def stream_settings(
-    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, sqlite_template: Path
-) -> Iterator[Settings]:
-    settings = make_settings(tmp_path, kafka_bootstrap, topic_prefix, sqlite_template)
-    yield settings
-    close_analytics(settings)
 
 
 async def register_feeds(settings: Settings, documents: list[dict[str, object]]) -> None:

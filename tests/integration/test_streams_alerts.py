@@ -6,9 +6,7 @@ published on the alerts topic must be exactly the expected ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -28,13 +26,11 @@ from tests.integration.streams_support import (
     HEARTBEAT_TOPIC,
     Retrieval,
     access_event,
-    close_analytics,
     fast_tuning,
     feed_document,
     feed_event,
     grant_issued,
     heartbeat_event,
-    make_settings,
     produce,
     query,
     read_topic,
@@ -45,15 +41,6 @@ from tests.integration.streams_support import (
 pytestmark = pytest.mark.kafka
 
 HARVEST_LIMIT = 5
-
-
-@pytest.fixture
-def stream_settings(
-    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, sqlite_template: Path
-) -> Iterator[Settings]:
-    settings = make_settings(tmp_path, kafka_bootstrap, topic_prefix, sqlite_template)
-    yield settings
-    close_analytics(settings)
 
 
 def traffic(now: datetime) -> tuple[list[CloudEvent], list[tuple[str, str]]]:
