@@ -51,12 +51,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.bench_registry import KAFKA, console, emit, free_port, progress_bar
+from infra.clickhouse import connect, disconnect
+from infra.clickhouse_migrations import apply_migrations
+from infra.kafka_admin import ensure_topics
 from registry_api.migrate import upgrade_registry
 from schemas.settings import Settings, load_settings
 from schemas.topics import ACCESS_EVENTS, FEED_METADATA, topic_name
-from streams.clickhouse import connect, disconnect
-from streams.kafka_admin import ensure_topics
-from streams.migrations import apply_migrations
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 PARTITIONS = 6

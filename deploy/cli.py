@@ -57,7 +57,7 @@ def _migrate(settings: Settings) -> None:
 
     upgrade_registry(settings.database_url)
     try:
-        from streams.migrations import apply_migrations
+        from infra.clickhouse_migrations import apply_migrations
     except ModuleNotFoundError:
         return
     apply_migrations(settings.clickhouse_url)
@@ -139,8 +139,8 @@ def _print_welcome(base_url: str, token: str) -> None:
 def _serve(settings: Settings, host: str, port: int, after_start: object = None) -> None:
     import uvicorn
 
+    from infra.structured_logging import configure_logging
     from registry_api.app import create_app
-    from registry_api.observability import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     application = create_app(settings)

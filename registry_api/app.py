@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from infra.structured_logging import configure_logging
 from registry_api.access.routes import grants_router, requests_router
 from registry_api.analytics.routes import router as analytics_router
 from registry_api.audit.routes import router as audit_router
@@ -20,11 +21,7 @@ from registry_api.feeds.routes import router as feeds_router
 from registry_api.health.routes import router as health_router
 from registry_api.hooks.routes import router as hooks_router
 from registry_api.identity.routes import router as identity_router
-from registry_api.observability import (
-    RequestGuardMiddleware,
-    RequestMetricsMiddleware,
-    configure_logging,
-)
+from registry_api.observability import RequestGuardMiddleware, RequestMetricsMiddleware
 from registry_api.ratelimit import build_rate_limiters
 from registry_api.runtime import Runtime
 from registry_api.tokens.routes import router as jwks_router

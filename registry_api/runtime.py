@@ -10,6 +10,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from infra.kafka_admin import ensure_topics
 from registry_api.access.components import AccessServices
 from registry_api.db import create_engine, session_factory
 from registry_api.feeds.spatial import FeedIndex
@@ -17,7 +18,6 @@ from registry_api.identity.idp import IdentityProviderTokens
 from registry_api.identity.service import ApiKeyResolver
 from registry_api.outbox.relay import OutboxRelay
 from schemas.settings import Settings
-from streams.kafka_admin import ensure_topics
 
 log = logging.getLogger("feedgrid.runtime")
 

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from shapely.validation import explain_validity
 
-from registry_api.feeds.gb28181 import GbCode, InvalidGbCode, decode_gb28181
+from schemas.gb28181 import GbCode, InvalidGbCode, decode_gb28181
 from schemas.identity import DEPARTMENT_CODE_PATTERN
 from schemas.times import UtcTime
 

@@ -17,10 +17,10 @@ from contextlib import asynccontextmanager
 import faust
 from faust.contrib.asgi import faust_app_running
 
+from infra.clickhouse_migrations import apply_migrations
+from infra.kafka_admin import ensure_topics
 from schemas.settings import Settings
 from streams.context import StreamContext, build_stream_context
-from streams.kafka_admin import ensure_topics
-from streams.migrations import apply_migrations
 from streams.registry_status import RegistryStatusWriter
 from streams.tuning import StreamTuning, load_tuning
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import faust
 
+from infra.clickhouse import is_embedded
 from schemas.settings import Settings
 from schemas.topics import ACCESS_EVENTS, ALERTS, DEAD_LETTER, FEED_METADATA, HEARTBEATS, topic_name
-from streams.clickhouse import is_embedded
 from streams.live import LiveSessions
 from streams.monitor import LeanMonitor
 from streams.publisher import Publisher

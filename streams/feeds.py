@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from registry_api.feeds.gb28181 import InvalidGbCode, decode_gb28181
 from schemas.events import CloudEvent
+from schemas.gb28181 import InvalidGbCode, decode_gb28181
 from streams.dead_letter import InvalidMessage
 
 

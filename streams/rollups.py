@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
+from infra.clickhouse import connect
 from schemas.clickhouse import SINGLE_NODE, Placement, render_object, schema_objects
-from streams.clickhouse import connect
 
 log = logging.getLogger("feedgrid.rollups")
 

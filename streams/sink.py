@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from streams.clickhouse import connect
+from infra.clickhouse import connect
 from streams.rollups import repair_last_block
 from streams.tuning import StreamTuning
 

@@ -35,7 +35,7 @@ async def serve_worker(settings: Settings, tuning: StreamTuning | None = None) -
 
 
 def run_worker(settings: Settings) -> None:
-    from registry_api.observability import configure_logging
+    from infra.structured_logging import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     asyncio.run(serve_worker(settings))

@@ -1,6 +1,6 @@
 """The analytics store as the API reads it: bound parameters, rows as dicts, off the loop.
 
-The client is the process's one ``streams.clickhouse.connect(url)`` client (with chdb the
+The client is the process's one ``infra.clickhouse.connect(url)`` client (with chdb the
 embedded sink writes through the same one). Calls run in a worker thread; the client
 serializes its own calls on the engine handle, so the threads never interleave on it.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import Histogram
 
-from streams.clickhouse import connect
+from infra.clickhouse import connect
 
 QUERY_SECONDS = Histogram(
     "feedgrid_analytics_query_seconds",

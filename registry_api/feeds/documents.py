@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from registry_api.feeds.gb28181 import DEVICE_TYPES, INDUSTRIES, NETWORKS
 from registry_api.feeds.geodesy import fov_ring_arrays
 from registry_api.identity.principal import Principal
 from schemas.feeds import FeedProperties, PointGeometry
+from schemas.gb28181 import DEVICE_TYPES, INDUSTRIES, NETWORKS
 
 Row = Mapping[Any, Any]
 

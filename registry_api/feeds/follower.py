@@ -24,10 +24,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter, Gauge
 
+from infra.kafka_admin import topic_partitions
 from registry_api.feeds.spatial import FeedIndex, FeedRecord, record_from_document
 from schemas.settings import Settings
 from schemas.topics import FEED_METADATA, topic_name
-from streams.kafka_admin import topic_partitions
 
 log = logging.getLogger("feedgrid.feeds.follower")
 

@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from infra.clickhouse import analytics_ready
+from infra.kafka_admin import broker_ready
 from registry_api.dependencies import RuntimeDep
-from streams.clickhouse import analytics_ready
-from streams.kafka_admin import broker_ready
 
 router = APIRouter(tags=["health"])
 

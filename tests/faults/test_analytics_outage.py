@@ -21,10 +21,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import REGISTRY
 
+from infra.clickhouse import connect
+from infra.kafka_admin import ensure_topics
 from schemas.settings import Settings
 from schemas.topics import ACCESS_EVENTS, topic_name
-from streams.clickhouse import connect
-from streams.kafka_admin import ensure_topics
 from tests.faults.access_stream import (
     AccessStream,
     assert_each_retrieval_counted_once,

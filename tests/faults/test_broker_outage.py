@@ -28,11 +28,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from deploy.local_kafka import kafka_is_up
+from infra.kafka_admin import ensure_topics
 from registry_api.db import create_engine, session_factory
 from registry_api.outbox.models import OutboxMessage
 from schemas.settings import Settings
 from schemas.topics import FEED_METADATA
-from streams.kafka_admin import ensure_topics
 from tests.conftest import ADMIN_TOKEN
 from tests.faults.fault_support import ApiProcess, OwnBroker
 from tests.integration.feeds_support import (

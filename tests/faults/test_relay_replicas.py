@@ -10,13 +10,13 @@ from collections import defaultdict
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from infra.kafka_admin import ensure_topics
 from registry_api.db import create_engine, session_factory
 from registry_api.outbox.relay import OutboxRelay
 from registry_api.outbox.service import enqueue
 from schemas.events import CloudEvent
 from schemas.settings import Settings
 from schemas.topics import FEED_METADATA, topic_name
-from streams.kafka_admin import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 

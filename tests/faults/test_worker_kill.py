@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.kafka_admin import ensure_topics
 from schemas.settings import Settings
 from schemas.topics import ACCESS_EVENTS, topic_name
-from streams.kafka_admin import ensure_topics
 from tests.faults.access_stream import (
     AccessStream,
     assert_each_retrieval_counted_once,

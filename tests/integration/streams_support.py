@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from infra.clickhouse import connect, disconnect
+from infra.kafka_admin import ensure_topics
 from schemas.events import (
     HEARTBEAT_EVENT_TYPE,
     SCHEMA_ACCESS_EVENT_V1,
@@ -29,9 +31,7 @@ from schemas.events import (
 from schemas.settings import Settings, load_settings
 from schemas.topics import ACCESS_EVENTS, FEED_METADATA, HEARTBEATS, topic_name
 from streams.app import run_stream_worker
-from streams.clickhouse import connect, disconnect
 from streams.context import StreamContext, build_stream_context
-from streams.kafka_admin import ensure_topics
 from streams.registry_status import RegistryStatusWriter
 from streams.tuning import StreamTuning, load_tuning
 

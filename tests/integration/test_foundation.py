@@ -8,10 +8,10 @@ import socket
 import httpx
 import pytest
 
+from infra.kafka_admin import describe_topic_configs
 from registry_api.app import create_app
 from schemas.settings import Settings
 from schemas.topics import TOPIC_SPECS, topic_name
-from streams.kafka_admin import describe_topic_configs
 
 pytestmark = pytest.mark.kafka
 

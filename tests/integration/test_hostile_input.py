@@ -12,9 +12,9 @@ import httpx
 import orjson
 import pytest
 
+from infra.clickhouse_migrations import apply_migrations
 from registry_api.audit.service import RETRIEVAL_DENIED, RETRIEVAL_ENDED
 from schemas.settings import Settings
-from streams.migrations import apply_migrations
 from tests.integration.access_world import (
     CENTRE,
     ENVIRONMENT,

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from infra.clickhouse import connect
+from infra.clickhouse_migrations import apply_migrations
 from schemas.settings import Settings
 from schemas.topics import DEAD_LETTER
-from streams.clickhouse import connect
-from streams.migrations import apply_migrations
 from tests.integration.streams_support import (
     ACCESS_TOPIC,
     FEED_TOPIC,

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from infra.clickhouse import connect, disconnect
+from infra.clickhouse_migrations import apply_migrations
 from schemas.clickhouse import Placement, schema_objects
 from streams.agents.access_events import access_row
-from streams.clickhouse import connect, disconnect
 from streams.decoding import AccessCloudEvent
-from streams.migrations import apply_migrations
 from streams.rollups import repair_last_block
 from streams.sink import ClickHouseSink, block_token, encode_rows
 from streams.tuning import load_tuning

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.clickhouse import connect, disconnect
+from infra.clickhouse_migrations import MigrationError, apply_migrations
 from schemas.clickhouse import (
     LOCAL_SUFFIX,
     SINGLE_NODE,
@@ -28,9 +30,7 @@ from schemas.clickhouse import (
     schema_objects,
 )
 from streams.agents.access_events import access_row, decision_row
-from streams.clickhouse import connect, disconnect
 from streams.decoding import AccessCloudEvent
-from streams.migrations import MigrationError, apply_migrations
 
 CLUSTER = Topology(cluster="feedgrid")
 

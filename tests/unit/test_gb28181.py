@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registry_api.feeds.gb28181 import (
+from schemas.gb28181 import (
     DEVICE_TYPES,
     INDUSTRIES,
     NETWORKS,

@@ -79,8 +79,8 @@ def known_variables() -> set[str]:
 def clickhouse_cluster_of(url: str) -> str | None:
     """The cluster a FEEDGRID_CLICKHOUSE_URL names, as the code reads it."""
     try:
-        from streams.clickhouse import cluster_name
-    except Exception:  # noqa: BLE001 - same rule as streams.clickhouse.cluster_name
+        from infra.clickhouse import cluster_name
+    except Exception:  # noqa: BLE001 - same rule as infra.clickhouse.cluster_name
         values = parse_qs(urlparse(url).query).get("cluster")
         return values[0] if values else None
     return cluster_name(url)

@@ -11,6 +11,7 @@ import logging
 
 from clickhouse_connect.driver.client import Client
 
+from infra.clickhouse import cluster_name, connect
 from schemas.clickhouse import (
     BOOTSTRAP_VERSION,
     Migration,
@@ -18,7 +19,6 @@ from schemas.clickhouse import (
     load_migrations,
     render_migration,
 )
-from streams.clickhouse import cluster_name, connect
 
 log = logging.getLogger("feedgrid.clickhouse.migrations")
 
