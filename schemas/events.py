@@ -31,12 +31,18 @@ ACCESS_EVENT_TYPES = (
     "feedgrid.retrieval.denied",
 )
 HEARTBEAT_EVENT_TYPE = "feedgrid.heartbeat"
+# On the feed-status topic: a worker decided a feed's liveness changed, or saw it recently
+# (``seen`` comes at most once per ``liveness_seen_interval`` per feed: a coarse last_seen).
+LIVENESS_CHANGED_EVENT_TYPE = "feedgrid.liveness.changed"
+LIVENESS_SEEN_EVENT_TYPE = "feedgrid.liveness.seen"
+LIVENESS_EVENT_TYPES = (LIVENESS_CHANGED_EVENT_TYPE, LIVENESS_SEEN_EVENT_TYPE)
 ALERT_EVENT_TYPE = "feedgrid.alert.raised"
 
 SCHEMA_FEED_METADATA_V1 = "feedgrid:feed-metadata:v1"
 SCHEMA_ACCESS_EVENT_V1 = "feedgrid:access-event:v1"
 SCHEMA_HEARTBEAT_V1 = "feedgrid:heartbeat:v1"
 SCHEMA_ALERT_V1 = "feedgrid:alert:v1"
+SCHEMA_LIVENESS_V1 = "feedgrid:liveness:v1"
 
 
 def utcnow() -> datetime:
@@ -101,6 +107,25 @@ class HeartbeatData(BaseModel):
     status: Literal["online", "offline"] = "online"
     seen_at: datetime
     reporter: str | None = None
+
+
+class LivenessData(BaseModel):
+    """Payload of the feed-status topic: what the registry should now say of a feed's liveness.
+
+    ``liveness.changed``: the feed went ``status`` at ``changed_at`` (``reason``: heartbeat,
+    reported or silence); ``liveness.seen``: the feed is still ``status`` and was last seen at
+    ``last_seen``. The registry moves ``last_seen`` forward only and writes a status only when
+    it differs, so replays change nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    feed_id: str = Field(min_length=1, max_length=200)
+    status: Literal["online", "offline"]
+    previous_status: str | None = Field(None, max_length=32)
+    changed_at: datetime | None = None
+    last_seen: datetime | None = None
+    reason: str | None = Field(None, max_length=64)
 
 
 class AlertData(BaseModel):

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 FEED_METADATA = "feed-metadata"
 ACCESS_EVENTS = "access-events"
 HEARTBEATS = "heartbeats"
+FEED_STATUS = "feed-status"
+# Internal to the workers: retrievals re-keyed by requester for the per-requester rules.
+REQUESTER_ACTIVITY = "requester-activity"
 ALERTS = "alerts"
 DEAD_LETTER = "dead-letter"
 
@@ -27,6 +30,15 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         ACCESS_EVENTS, "feed_id", {"cleanup.policy": "delete", "retention.ms": str(14 * 86_400_000)}
     ),
     TopicSpec(HEARTBEATS, "feed_id", {"cleanup.policy": "delete", "retention.ms": str(86_400_000)}),
+    # Liveness decided by the workers, applied to the registry by the API side (its one writer).
+    TopicSpec(
+        FEED_STATUS, "feed_id", {"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)}
+    ),
+    TopicSpec(
+        REQUESTER_ACTIVITY,
+        "requester",
+        {"cleanup.policy": "delete", "retention.ms": str(86_400_000)},
+    ),
     TopicSpec(
         ALERTS, "subject", {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000)}
     ),

@@ -15,15 +15,21 @@ import faust
 
 from infra.clickhouse import is_embedded
 from schemas.settings import Settings
-from schemas.topics import ACCESS_EVENTS, ALERTS, DEAD_LETTER, FEED_METADATA, HEARTBEATS, topic_name
+from schemas.topics import (
+    ACCESS_EVENTS,
+    ALERTS,
+    DEAD_LETTER,
+    FEED_METADATA,
+    HEARTBEATS,
+    REQUESTER_ACTIVITY,
+    topic_name,
+)
 from streams.live import LiveSessions
 from streams.monitor import LeanMonitor
 from streams.publisher import Publisher
 from streams.registry_status import RegistryStatusWriter
 from streams.sink import ClickHouseSink
 from streams.tuning import StreamTuning, load_tuning
-
-REQUESTER_ACTIVITY = "requester-activity"
 
 
 @dataclass
