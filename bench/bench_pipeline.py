@@ -440,16 +440,13 @@ def grant_messages(traffic: Traffic) -> list[tuple[bytes, bytes]]:
 async def _lag_run(settings: Settings, rate: int, seconds: float, feeds: int) -> dict[str, Any]:
     from streams.app import run_stream_worker
     from streams.context import build_stream_context
-    from streams.registry_status import RegistryStatusWriter
     from streams.tuning import load_tuning
 
     traffic = Traffic(feeds, seed=5)
     await ensure_topics(settings)
     await produce_all(settings, traffic.metadata(), FEED_METADATA)
     await produce_all(settings, grant_messages(traffic), ACCESS_EVENTS)
-    context = build_stream_context(
-        settings, load_tuning(), registry=RegistryStatusWriter(settings.database_url)
-    )
+    context = build_stream_context(settings, load_tuning())
     stop, started = asyncio.Event(), asyncio.Event()
     worker = asyncio.create_task(run_stream_worker(context, stop, started))
     await asyncio.wait_for(started.wait(), 120)

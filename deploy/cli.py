@@ -139,11 +139,11 @@ def _print_welcome(base_url: str, token: str) -> None:
 def _serve(settings: Settings, host: str, port: int, after_start: object = None) -> None:
     import uvicorn
 
+    from deploy.composition import build_app
     from infra.structured_logging import configure_logging
-    from registry_api.app import create_app
 
     configure_logging(settings.log_format, settings.log_level)
-    application = create_app(settings)
+    application = build_app(settings)
     config = uvicorn.Config(application, host=host, port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -40,8 +40,9 @@ Authenticate with `Authorization: Bearer <API key or identity-provider JWT>`.
 # What any authenticated route may answer besides its success (see errors.ERROR_DESCRIPTIONS).
 API_REFUSALS = (400, 401, 403, 404, 409, 413, 422)
 
-# Extra lifespan steps (the embedded Faust worker) register here; each gets the runtime.
-LifespanHook = Callable[[FastAPI, Runtime], "AsyncIterator[None]"]
+# Parts the composition root runs beside the API for its lifetime (``feedgrid up`` puts the
+# stream worker here): each is entered after the API's runtime started, left before it stops.
+LifespanExtension = Callable[[Settings], AbstractAsyncContextManager[object]]
 
 
 def follows_other_replicas(settings: Settings) -> bool:
@@ -51,9 +52,11 @@ def follows_other_replicas(settings: Settings) -> bool:
     return settings.database_url.startswith("postgresql")
 
 
-def create_app(settings: Settings | None = None, *, embedded_worker: bool | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, extensions: Sequence[LifespanExtension] = ()
+) -> FastAPI:
+    """The API. It never starts the stream worker itself: ``deploy.composition`` does."""
     settings = settings or get_settings()
-    run_worker = settings.embedded_worker if embedded_worker is None else embedded_worker
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,10 +75,8 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
             # keep it out of the cyclic GC's full scans, which otherwise stall requests.
             gc.freeze()
             stack.push_async_callback(runtime.stop)
-            if run_worker:
-                from streams.app import embedded_worker as worker_context
-
-                await stack.enter_async_context(worker_context(settings, runtime))
+            for extension in extensions:
+                await stack.enter_async_context(extension(settings))
             log.info("feedgrid api ready", extra={"database": _safe_url(settings.database_url)})
             yield
 
@@ -114,6 +115,7 @@ def _safe_url(url: str) -> str:
 
 
 def _app_from_environment() -> FastAPI:
+    """The API alone (``uvicorn registry_api.app:app``); ``feedgrid up`` adds the worker."""
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
     return create_app(settings)

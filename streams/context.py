@@ -1,9 +1,15 @@
-"""Everything the agents share: the Faust app, its topics and tables, the sink, the publisher.
+"""Everything one worker process shares: the Faust app and its agents, the batch path, state.
 
-Built once per process from the settings (``build_stream_context``); the agents register on it.
-Tables use the producer's partitioner on the raw feed id, so a table key lives on the same
-partition number as the feed's messages on every topic (all keyed by feed id): the worker that
-owns a feed's events also owns its table entries, in embedded and in scale mode.
+Built once per process from the settings (``build_stream_context``). Two paths read Kafka:
+
+* the **batch path** (``streams.pipeline``): access events and heartbeats, nearly every event,
+  read in batches below Faust and stored as column-oriented blocks;
+* **Faust agents** (``streams.agents``): feed metadata (every version into ClickHouse) and the
+  per-requester rules over the ``requester-activity`` topic the batch path feeds; Faust runs
+  the app, its topics, the agents and their lifecycle.
+
+Both publish through one :class:`streams.publisher.Publisher` and store through one
+:class:`streams.sink.ClickHouseSink`. ``streams/README.md`` says which path carries what, and why.
 """
 
 from __future__ import annotations
@@ -20,14 +26,19 @@ from schemas.topics import (
     ALERTS,
     DEAD_LETTER,
     FEED_METADATA,
+    FEED_STATUS,
     HEARTBEATS,
     REQUESTER_ACTIVITY,
     topic_name,
 )
+from streams.access import AccessEventsHandler
+from streams.catalog import FeedCatalog
+from streams.grants import GrantBook
 from streams.live import LiveSessions
+from streams.liveness import LivenessHandler
 from streams.monitor import LeanMonitor
+from streams.pipeline import BatchPipeline
 from streams.publisher import Publisher
-from streams.registry_status import RegistryStatusWriter
 from streams.sink import ClickHouseSink
 from streams.tuning import StreamTuning, load_tuning
 
@@ -35,46 +46,12 @@ from streams.tuning import StreamTuning, load_tuning
 @dataclass
 class StreamTopics:
     feed_metadata: faust.TopicT
-    access_events: faust.TopicT
-    heartbeats: faust.TopicT
     requester_activity: faust.TopicT
+    access_events: str
+    heartbeats: str
+    feed_status: str
     alerts: str
     dead_letter: str
-
-
-class FeedTable:
-    """A Faust table keyed by feed id, stored under the raw UTF-8 id (the topics' key bytes).
-
-    Reads go to the table's store directly: the table's own ``get`` also feeds Faust's
-    per-key statistics sensor, which costs more than the rest of an event's enrichment.
-    Writes go through the table, so they reach its changelog.
-    """
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def get(self, feed_id: str) -> dict[str, Any] | None:
-        store = self.table.data
-        # The in-memory store keeps a plain dict; other stores answer get() themselves.
-        value = getattr(store, "data", store).get(feed_id.encode())
-        return value if isinstance(value, dict) else None
-
-    def __setitem__(self, feed_id: str, value: dict[str, Any]) -> None:
-        self.table[feed_id.encode()] = value
-
-    def items(self) -> list[tuple[str, dict[str, Any]]]:
-        return [
-            (key.decode() if isinstance(key, bytes) else str(key), value)
-            for key, value in list(self.table.items())
-            if isinstance(value, dict)
-        ]
-
-
-@dataclass
-class StreamTables:
-    feeds: FeedTable  # feed_id -> FeedSnapshot as JSON
-    grants: FeedTable  # feed_id -> {grant_id: GrantState as JSON}
-    liveness: FeedTable  # feed_id -> {"status", "last_seen", "changed_at"}
 
 
 @dataclass
@@ -83,15 +60,15 @@ class StreamContext:
     tuning: StreamTuning
     app: faust.App
     topics: StreamTopics
-    tables: StreamTables
     sink: ClickHouseSink
     publisher: Publisher
-    registry: RegistryStatusWriter
+    catalog: FeedCatalog
+    grants: GrantBook
     live: LiveSessions
+    access: AccessEventsHandler
+    liveness: LivenessHandler
+    pipeline: BatchPipeline
     agents: dict[str, Any] = field(default_factory=dict)
-
-    def feed(self, feed_id: str) -> dict[str, Any] | None:
-        return self.tables.feeds.get(feed_id)
 
 
 def _faust_app(settings: Settings, tuning: StreamTuning) -> faust.App:
@@ -103,7 +80,7 @@ def _faust_app(settings: Settings, tuning: StreamTuning) -> faust.App:
         store="memory://",
         web_enabled=False,
         autodiscover=False,
-        # Faust keeps table state under its data dir: in the var dir, not the working dir.
+        # Faust keeps its data under the var dir, not the working dir.
         datadir=str(settings.var_dir / "faust" / "{conf.name}-data"),
         topic_replication_factor=settings.topic_replication,
         topic_partitions=settings.topic_partitions,
@@ -123,35 +100,13 @@ def _faust_app(settings: Settings, tuning: StreamTuning) -> faust.App:
     )
 
 
-def _raw_topic(app: faust.App, name: str, **options: Any) -> faust.TopicT:
+def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
     return app.topic(
-        name,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        **options,
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
 
 
-def _table(app: faust.App, name: str, settings: Settings, help_text: str) -> FeedTable:
-    table = app.Table(
-        name,
-        default=None,
-        partitions=settings.topic_partitions,
-        key_type=bytes,
-        use_partitioner=True,
-        help=help_text,
-    )
-    return FeedTable(table)
-
-
-def build_stream_context(
-    settings: Settings,
-    tuning: StreamTuning | None = None,
-    *,
-    registry: RegistryStatusWriter | None = None,
-) -> StreamContext:
+def build_stream_context(settings: Settings, tuning: StreamTuning | None = None) -> StreamContext:
     from streams.agents import register_agents
 
     tuning = tuning or load_tuning()
@@ -159,37 +114,62 @@ def build_stream_context(
     prefix = settings.topic_prefix
     topics = StreamTopics(
         feed_metadata=_raw_topic(app, topic_name(prefix, FEED_METADATA)),
-        access_events=_raw_topic(app, topic_name(prefix, ACCESS_EVENTS)),
-        heartbeats=_raw_topic(app, topic_name(prefix, HEARTBEATS)),
-        requester_activity=_raw_topic(
-            app,
-            topic_name(prefix, REQUESTER_ACTIVITY),
-            internal=True,
-            partitions=settings.topic_partitions,
-            retention=86_400.0,
-        ),
+        requester_activity=_raw_topic(app, topic_name(prefix, REQUESTER_ACTIVITY)),
+        access_events=topic_name(prefix, ACCESS_EVENTS),
+        heartbeats=topic_name(prefix, HEARTBEATS),
+        feed_status=topic_name(prefix, FEED_STATUS),
         alerts=topic_name(prefix, ALERTS),
         dead_letter=topic_name(prefix, DEAD_LETTER),
     )
-    tables = StreamTables(
-        feeds=_table(app, "feeds", settings, "Current state of each feed, for enrichment"),
-        grants=_table(app, "grants", settings, "Grants known per feed, for the alert rules"),
-        liveness=_table(app, "liveness", settings, "Online/offline state of each feed"),
+    sink = ClickHouseSink(
+        settings.clickhouse_url,
+        tuning,
+        resend_replayed_blocks=not is_embedded(settings.clickhouse_url),
+    )
+    publisher = Publisher(settings.kafka_bootstrap, tuning.retry_max_seconds)
+    catalog = FeedCatalog(settings.kafka_bootstrap, topic_name(prefix, FEED_METADATA))
+    grants = GrantBook()
+    live = LiveSessions(tuning.session_expiry_seconds)
+    access = AccessEventsHandler(
+        catalog=catalog,
+        grants=grants,
+        live=live,
+        requester_topic=topic_name(prefix, REQUESTER_ACTIVITY),
+        dead_letter_topic=topics.dead_letter,
+    )
+    liveness = LivenessHandler(
+        catalog=catalog,
+        grants=grants,
+        silence_seconds=tuning.heartbeat_silence_seconds,
+        seen_interval_seconds=tuning.liveness_seen_seconds,
+        status_topic=topics.feed_status,
+        dead_letter_topic=topics.dead_letter,
+    )
+    pipeline = BatchPipeline(
+        bootstrap=settings.kafka_bootstrap,
+        group_id=f"{prefix}worker-batch",
+        handlers={topics.access_events: access, topics.heartbeats: liveness},
+        sink=sink,
+        publisher=publisher,
+        tuning=tuning,
+        clickhouse_url=settings.clickhouse_url,
+        alerts_topic=topics.alerts,
+        scan=liveness.scan,
     )
     context = StreamContext(
         settings=settings,
         tuning=tuning,
         app=app,
         topics=topics,
-        tables=tables,
-        sink=ClickHouseSink(
-            settings.clickhouse_url,
-            tuning,
-            resend_replayed_blocks=not is_embedded(settings.clickhouse_url),
-        ),
-        publisher=Publisher(app, tuning.retry_max_seconds),
-        registry=registry or RegistryStatusWriter(settings.database_url),
-        live=LiveSessions(tuning.session_expiry_seconds),
+        sink=sink,
+        publisher=publisher,
+        catalog=catalog,
+        grants=grants,
+        live=live,
+        access=access,
+        liveness=liveness,
+        pipeline=pipeline,
     )
     register_agents(context)
+    pipeline.faust_agents = sorted(context.agents)
     return context

@@ -1,7 +1,15 @@
-"""Producing the agents' own messages (alerts, dead letters, repartitioned records).
+"""Producing the workers' own messages: alerts, dead letters, liveness, re-keyed records.
 
-Agents publish before they acknowledge their input, and wait for the broker's answer, so a
+The workers publish before they commit their input and wait for the broker's answer, so a
 crash can repeat a message but never lose one; consumers deduplicate on the CloudEvents id.
+
+An error that retrying cannot cure (a message over the broker's size limit, an invalid topic)
+is never retried: that message is set aside with its reason (logged, counted in
+``feedgrid_stream_publish_set_aside_total``) and the rest go on. Before this rule one message
+of 3.4 MB was retried forever and stopped every department's analytics. Messages are checked
+against the producer's ``max_request_size`` before they are sent, so the common case never
+reaches the broker at all. Retriable errors (broker down, leader moving) back off and retry
+the messages that failed, and only those.
 """
 
 from __future__ import annotations
@@ -11,15 +19,50 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import faust
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from prometheus_client import Counter
 
 log = logging.getLogger("feedgrid.streams.publisher")
 
-PUBLISHED = Counter("feedgrid_stream_published_total", "Messages produced by the agents", ["topic"])
-PUBLISH_ERRORS = Counter(
-    "feedgrid_stream_publish_errors_total", "Failed produce attempts (retried)"
+PUBLISHED = Counter(
+    "feedgrid_stream_published_total", "Messages produced by the workers", ["topic"]
 )
+PUBLISH_ERRORS = Counter(
+    "feedgrid_stream_publish_errors_total", "Failed produce attempts that are retried"
+)
+SET_ASIDE = Counter(
+    "feedgrid_stream_publish_set_aside_total",
+    "Messages not published because no retry could succeed (too large, invalid)",
+    ["topic", "reason"],
+)
+
+# What the broker answers for a message that no retry can get through. (aiokafka marks some
+# curable errors not retriable too, a timeout while the broker is away among them: those are
+# retried like the rest.)
+PERMANENT_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    InvalidMessageError,
+    InvalidTimestampError,
+    CorruptRecordException,
+)
+
+# The broker's default message.max.bytes and the producer's default max_request_size.
+MAX_MESSAGE_BYTES = 1_048_576
+# Room for the record batch header, the key and the headers around a value.
+_ENVELOPE_BYTES = 1_024
 
 
 @dataclass(frozen=True)
@@ -28,33 +71,100 @@ class Outgoing:
     key: bytes | None
     value: bytes
 
+    @property
+    def size(self) -> int:
+        return len(self.value) + len(self.key or b"")
+
+
+def fits(size: int, limit: int = MAX_MESSAGE_BYTES) -> bool:
+    return size + _ENVELOPE_BYTES <= limit
+
 
 class Publisher:
-    def __init__(self, app: faust.App, retry_max_seconds: float = 10.0) -> None:
-        self.app = app
-        self.retry_max_seconds = retry_max_seconds
+    """One idempotent producer per worker process, shared by every handler and agent."""
 
-    async def publish(self, messages: Sequence[Outgoing]) -> None:
-        """Sends every message and returns once the broker acknowledged all of them."""
-        if not messages:
-            return
+    def __init__(self, bootstrap: str, retry_max_seconds: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.retry_max_seconds = retry_max_seconds
+        self.max_message_bytes = MAX_MESSAGE_BYTES
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                max_batch_size=512 * 1024,
+                max_request_size=self.max_message_bytes,
+                compression_type="lz4",
+                request_timeout_ms=30_000,
+            )
+            await producer.start()
+            self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def publish(self, messages: Sequence[Outgoing]) -> int:
+        """Sends every message that can be sent; returns once the broker acknowledged them.
+
+        Returns how many were set aside (never sent) because no retry could succeed.
+        """
+        pending = [message for message in messages if self._sendable(message)]
+        set_aside = len(messages) - len(pending)
         delay = 0.2
-        while True:
-            try:
-                producer = self.app.producer
-                pending = [
-                    await producer.send(message.topic, message.key, message.value, None, None, None)
-                    for message in messages
-                ]
-                await asyncio.gather(*pending)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
+        while pending:
+            producer = self._producer
+            if producer is None:
+                raise RuntimeError("the publisher is not started")
+            futures = []
+            for message in pending:
+                try:
+                    futures.append(await producer.send(message.topic, message.value, message.key))
+                except KafkaError as error:
+                    futures.append(_failed(error))
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            retry: list[Outgoing] = []
+            for message, result in zip(pending, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if not isinstance(result, BaseException):
+                    PUBLISHED.labels(message.topic).inc()
+                elif isinstance(result, PERMANENT_ERRORS):
+                    self._set_aside(message, type(result).__name__)
+                    set_aside += 1
+                else:
+                    retry.append(message)
+                    last_error = result
+            if retry:
                 PUBLISH_ERRORS.inc()
-                log.warning("could not publish %d messages yet: %s", len(messages), error)
+                log.warning("could not publish %d messages yet: %s", len(retry), last_error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_seconds)
-                continue
-            for message in messages:
-                PUBLISHED.labels(message.topic).inc()
-            return
+            pending = retry
+        return set_aside
+
+    def _sendable(self, message: Outgoing) -> bool:
+        if fits(message.size, self.max_message_bytes):
+            return True
+        self._set_aside(message, "too_large")
+        return False
+
+    def _set_aside(self, message: Outgoing, reason: str) -> None:
+        SET_ASIDE.labels(message.topic, reason).inc()
+        log.error(
+            "message to %s set aside, it can never be published (%s, %d bytes)",
+            message.topic,
+            reason,
+            message.size,
+        )
+
+
+def _failed(error: Exception) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future

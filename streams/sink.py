@@ -135,59 +135,65 @@ class ClickHouseSink:
 
     # ------------------------------------------------------------------ events, exactly once
 
-    async def write_events(self, table: str, rows: Sequence[dict[str, Any]]) -> int:
-        """Stores access-event rows once each (see the module notes); returns rows inserted.
+    async def write_events(self, table: str, columns: dict[str, list[Any]]) -> int:
+        """Stores access events, given as columns, once each (see the module notes).
 
-        Rows carry ``event_id``, ``time``, ``kafka_partition`` and ``kafka_offset``; the sink
-        fills ``sink_block``.
+        ``columns`` holds one list per column of the table, every list as long as the batch,
+        among them ``event_id``, ``time``, ``kafka_partition`` and ``kafka_offset``; the sink
+        adds ``sink_block``. Returns how many rows were inserted.
         """
-        if not rows:
+        event_ids = columns.get("event_id") or []
+        if not event_ids:
             return 0
         started = time.perf_counter()
         if self._repair_pending:
             url = self.clickhouse_url
             await self._retrying(table, lambda: repair_last_block(url))
             self._repair_pending = False
-        batch = _first_of_each(list(rows), "event_id")
-        stored = await self._retrying(table, lambda: self._stored_events(table, batch))
-        fresh = []
+        keys = [str(event_id) for event_id in event_ids]
+        unique = _first_positions(keys)
+        times = columns["time"]
+        stored = await self._retrying(
+            table, lambda: self._stored_events(table, [keys[i] for i in unique], times)
+        )
+        fresh: list[int] = []
         replayed_blocks: set[int] = set()
-        for row in batch:
-            found = stored.get(str(row["event_id"]))
+        partitions, offsets = columns["kafka_partition"], columns["kafka_offset"]
+        for position in unique:
+            found = stored.get(keys[position])
             if found is None:
-                fresh.append(row)
+                fresh.append(position)
             elif self.resend_replayed_blocks and found[1:] == (
-                row["kafka_partition"],
-                row["kafka_offset"],
+                partitions[position],
+                offsets[position],
             ):
                 replayed_blocks.add(found[0])
-        if len(fresh) < len(batch):
-            DUPLICATES_DROPPED.labels(table).inc(len(batch) - len(fresh))
+        if len(fresh) < len(keys):
+            DUPLICATES_DROPPED.labels(table).inc(len(keys) - len(fresh))
         for block in sorted(replayed_blocks):
             await self._retrying(table, lambda block=block: self._resend_block(table, block))  # type: ignore[misc]
             BLOCKS_REPAIRED.labels(table).inc()
         if fresh:
-            block = _block_id(str(row["event_id"]) for row in fresh)
-            for row in fresh:
-                row["sink_block"] = block
-            payload = encode_rows(fresh)
-            columns = list(fresh[0].keys())
+            if len(fresh) < len(keys):
+                columns = {name: [values[i] for i in fresh] for name, values in columns.items()}
+            block = _block_id(keys[i] for i in fresh)
+            columns = {**columns, "sink_block": [block] * len(fresh)}
+            names = list(columns)
+            data = [columns[name] for name in names]
             token = block_token(table, block)
-            await self._retrying(table, lambda: self._insert(table, columns, payload, token))
+            await self._retrying(table, lambda: self._insert_columns(table, names, data, token))
             ROWS_WRITTEN.labels(table).inc(len(fresh))
         INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
         return len(fresh)
 
     def _stored_events(
-        self, table: str, batch: Sequence[dict[str, Any]]
+        self, table: str, keys: Sequence[str], times: Sequence[datetime]
     ) -> dict[str, tuple[int, int, int]]:
         """event_id -> (sink_block, kafka_partition, kafka_offset) of those already stored."""
         client = connect(self.clickhouse_url)
-        times = [row["time"] for row in batch]
         # The time bounds let ClickHouse skip every part outside the batch's span.
         earliest = min(times) - timedelta(seconds=1)
         latest = max(times) + timedelta(seconds=1)
-        keys = [str(row["event_id"]) for row in batch]
         stored: dict[str, tuple[int, int, int]] = {}
         for start in range(0, len(keys), _LOOKUP_CHUNK):
             result = client.query(
@@ -198,7 +204,7 @@ class ClickHouseSink:
                 parameters={
                     "earliest": _naive_utc(earliest),
                     "latest": _naive_utc(latest),
-                    "keys": keys[start : start + _LOOKUP_CHUNK],
+                    "keys": list(keys[start : start + _LOOKUP_CHUNK]),
                 },
             )
             for event_id, block, partition, offset in result.result_rows:
@@ -229,6 +235,18 @@ class ClickHouseSink:
         return len(rows)
 
     # ------------------------------------------------------------------ plumbing
+
+    def _insert_columns(
+        self, table: str, names: list[str], data: list[list[Any]], token: str
+    ) -> None:
+        """Column-oriented: the native format, far cheaper for the engine than parsing JSON."""
+        connect(self.clickhouse_url).insert(
+            table,
+            data,
+            column_names=names,
+            column_oriented=True,
+            settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
+        )
 
     def _insert(self, table: str, columns: list[str], payload: bytes, token: str) -> None:
         connect(self.clickhouse_url).raw_insert(
@@ -266,15 +284,15 @@ class ClickHouseSink:
             return result
 
 
-def _first_of_each(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    seen: set[Any] = set()
-    unique = []
-    for row in rows:
-        value = row[key]
-        if value not in seen:
-            seen.add(value)
-            unique.append(row)
-    return unique
+def _first_positions(keys: Sequence[str]) -> list[int]:
+    """The position of each key's first occurrence, in order."""
+    seen: set[str] = set()
+    positions = []
+    for position, key in enumerate(keys):
+        if key not in seen:
+            seen.add(key)
+            positions.append(position)
+    return positions
 
 
 def _naive_utc(moment: datetime) -> datetime:

@@ -32,6 +32,12 @@ class StreamTuning(BaseSettings):
     heartbeat_silence_seconds: float = Field(
         120.0, gt=0, le=86_400, description="Silence after which a feed is declared offline"
     )
+    liveness_seen_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="How often an online feed's last sighting is sent to the registry",
+    )
     liveness_scan_seconds: float = Field(
         5.0, gt=0, le=3_600, description="How often silent feeds are looked for"
     )

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from infra.clickhouse import analytics_ready
+from infra.health import run_checks
 from infra.kafka_admin import broker_ready
 from registry_api.dependencies import RuntimeDep
 
@@ -43,7 +44,7 @@ async def _check_clickhouse(runtime: RuntimeDep) -> tuple[bool, str]:
 
 @router.get(
     "/readyz",
-    summary="Every dependency answers: registry DB, Kafka, ClickHouse",
+    summary="Every dependency answers (registry DB, Kafka, ClickHouse) and no worker stalls",
     responses={503: {"description": "A dependency does not answer: the same body, not ready"}},
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
@@ -52,10 +53,13 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     results = await asyncio.gather(
         _check_database(runtime), _check_kafka(runtime), _check_clickhouse(runtime)
     )
-    checks = {
+    checks: dict[str, dict[str, object]] = {
         name: {"ok": ok, "detail": detail}
         for name, (ok, detail) in zip(names, results, strict=True)
     }
+    # Parts of this process that registered a check (the embedded worker's stall watchdog).
+    for name, (ok, detail) in run_checks().items():
+        checks[name] = {"ok": ok, "detail": detail}
     ready = all(check["ok"] for check in checks.values())
     body = {
         "status": "ready" if ready else "not_ready",

@@ -1,4 +1,8 @@
-"""The Faust agents, one module each; ``register_agents`` wires them to a stream context."""
+"""The Faust agents, one module each; ``register_agents`` wires them to a stream context.
+
+Access events and heartbeats do not come through here: the batch path reads them
+(``streams.pipeline``).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,7 @@ if TYPE_CHECKING:
 
 
 def register_agents(context: StreamContext) -> None:
-    from streams.agents import access_events, feed_metadata, heartbeats, requester_activity
+    from streams.agents import feed_metadata, requester_activity
 
     feed_metadata.register(context)
-    access_events.register(context)
     requester_activity.register(context)
-    heartbeats.register(context)

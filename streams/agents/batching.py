@@ -23,25 +23,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from prometheus_client import Counter, Histogram
-
+from streams.metrics import (
+    BATCH_SECONDS,
+    EVENTS_HANDLED,
+    HANDLER_FAILURES,
+    batch_finished,
+    batch_started,
+)
 from streams.tuning import StreamTuning
 
 log = logging.getLogger("feedgrid.streams.batching")
-
-EVENTS_HANDLED = Counter(
-    "feedgrid_stream_events_total", "Events consumed and acknowledged by the agents", ["agent"]
-)
-BATCH_SECONDS = Histogram(
-    "feedgrid_stream_batch_seconds",
-    "Time to handle one batch, sink included",
-    ["agent"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
-
-HANDLER_FAILURES = Counter(
-    "feedgrid_stream_handler_failures_total", "Batches whose handler raised (retried)", ["agent"]
-)
 
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
 
@@ -51,9 +42,11 @@ async def consume_in_batches(
 ) -> None:
     async for events in stream.noack_take(tuning.batch_size, tuning.flush_seconds):
         started = time.perf_counter()
+        batch_started(name)
         await _handle_until_done(name, handle, events, tuning)
         for event in events:
             await stream.ack(event)
+        batch_finished(name)
         EVENTS_HANDLED.labels(name).inc(len(events))
         BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
 

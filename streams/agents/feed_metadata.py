@@ -1,4 +1,7 @@
-"""feed-metadata agent: keeps the feed table used for enrichment and stores every version."""
+"""feed-metadata agent: stores every version of every feed in ClickHouse (``feed_metadata``).
+
+(Enrichment reads the same topic through each worker's :class:`streams.catalog.FeedCatalog`.)
+"""
 
 from __future__ import annotations
 
@@ -50,7 +53,6 @@ class FeedMetadataHandler:
     async def handle(self, events: Sequence[Any]) -> None:
         rows: list[dict[str, Any]] = []
         rejected: list[Outgoing] = []
-        feeds = self.context.tables.feeds
         for event in events:
             try:
                 cloud_event = decode_feed_event(event.value)
@@ -58,9 +60,6 @@ class FeedMetadataHandler:
             except InvalidMessage as error:
                 rejected.append(dead_letter(self.context, event.message, error.reason))
                 continue
-            stored = feeds.get(snapshot.feed_id)
-            if stored is None or int(stored.get("version", -1)) <= snapshot.version:
-                feeds[snapshot.feed_id] = snapshot.model_dump(mode="json")
             rows.append(
                 metadata_row(
                     snapshot, cloud_event.id, cloud_event.type, cloud_event.time, cloud_event.data

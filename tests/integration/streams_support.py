@@ -32,7 +32,6 @@ from schemas.settings import Settings, load_settings
 from schemas.topics import ACCESS_EVENTS, FEED_METADATA, HEARTBEATS, topic_name
 from streams.app import run_stream_worker
 from streams.context import StreamContext, build_stream_context
-from streams.registry_status import RegistryStatusWriter
 from streams.tuning import StreamTuning, load_tuning
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -78,9 +77,7 @@ async def running_worker(
     settings: Settings, tuning: StreamTuning | None = None
 ) -> AsyncIterator[StreamContext]:
     """The agents and the sink on this event loop, as in the embedded API process."""
-    context = build_stream_context(
-        settings, tuning or fast_tuning(), registry=RegistryStatusWriter(settings.database_url)
-    )
+    context = build_stream_context(settings, tuning or fast_tuning())
     stop, started = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(run_stream_worker(context, stop, started))
     waiter = asyncio.create_task(started.wait())

@@ -22,10 +22,10 @@ import orjson
 import pytest
 import uvicorn
 
+from deploy.composition import build_app
 from deploy.demo import load_demo_city_once
 from deploy.demo_traffic import TrafficSummary, pair_key
 from deploy.seed.writer import write_demo_city
-from registry_api.app import create_app
 from schemas.settings import Settings
 from tests.integration.streams_support import ADMIN_TOKEN, close_analytics, make_settings
 
@@ -64,7 +64,7 @@ def demo_settings(
 async def serving(settings: Settings) -> AsyncIterator[str]:
     """The app behind uvicorn on a free loopback port, on this event loop (as `feedgrid up`)."""
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_config=None, access_log=False
+        build_app(settings), host="127.0.0.1", port=0, log_config=None, access_log=False
     )
     server = uvicorn.Server(config)
     serve = asyncio.create_task(server.serve())

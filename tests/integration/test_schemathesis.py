@@ -1,6 +1,6 @@
 """Schemathesis against the API's own OpenAPI: every operation, with valid identities.
 
-A real uvicorn serves ``create_app()`` on a free loopback port with the embedded stream worker
+A real uvicorn serves ``build_app()`` on a free loopback port with the embedded stream worker
 (the ``feedgrid up`` configuration: real Kafka, SQLite, chdb), seeded through the API with
 departments, feeds of every sharing class, requests, grants and media-server retrievals, so
 analytics answer with real rows. Every operation is then fuzzed as the city admin and as a
@@ -45,7 +45,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from registry_api.app import create_app
+from deploy.composition import build_app
 from schemas.settings import Settings
 from tests.integration.access_world import (
     ENVIRONMENT,
@@ -294,7 +294,7 @@ def test_every_operation_answers_within_its_documented_schema_and_never_5xx(
     fuzz_settings: Settings, openapi_3_1: None
 ) -> None:
     started = time.monotonic()
-    app = create_app(fuzz_settings)
+    app = build_app(fuzz_settings)
     with serving(app) as base_url, requests.Session() as session:
         seeded = asyncio.run(seed(base_url, app))
         # The seeded retrieval reaches ClickHouse through Kafka and the embedded worker.

@@ -160,10 +160,11 @@ async def test_feed_metadata_keeps_versions_and_the_latest_wins(stream_settings:
         # The three versions may arrive in one insert, which ReplacingMergeTree collapses.
         await wait_for_value(stream_settings, "SELECT max(version) FROM feed_metadata", 3)
         await asyncio.sleep(0.5)
-        snapshot = context.feed("feed-v")
+        facts = context.catalog.get("feed-v")
     latest = query(stream_settings, "SELECT version, name, status FROM feed_metadata FINAL")
     assert latest == [(3, "renamed", "offline")]
-    assert snapshot is not None and snapshot["version"] == 3 and snapshot["name"] == "renamed"
+    # The catalog that enriches events holds the newest version, not the last one read.
+    assert facts is not None and facts.version == 3 and facts.owner_department == "lz-psb"
 
 
 async def test_consumption_pauses_while_clickhouse_refuses_and_resumes_without_loss(

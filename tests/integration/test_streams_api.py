@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry_api.app import create_app
+from deploy.composition import build_app
 from schemas.settings import Settings
 from tests.integration.streams_support import (
     ADMIN_TOKEN,
@@ -51,7 +51,7 @@ def embedded_settings(
 
 @pytest.fixture
 async def api(embedded_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    application = create_app(embedded_settings)
+    application = build_app(embedded_settings)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(

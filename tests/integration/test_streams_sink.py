@@ -15,7 +15,8 @@ import pytest
 from infra.clickhouse import connect, disconnect
 from infra.clickhouse_migrations import apply_migrations
 from schemas.clickhouse import Placement, schema_objects
-from streams.agents.access_events import access_row
+from streams.access import ACCESS_COLUMNS, access_row
+from streams.catalog import FeedFacts
 from streams.decoding import AccessCloudEvent
 from streams.rollups import repair_last_block
 from streams.sink import ClickHouseSink, block_token, encode_rows
@@ -48,9 +49,22 @@ def retrieval_rows(count: int, partition: int = 0, first_offset: int = 0) -> lis
                 },
             }
         )
-        feed = {"owner_department": "lz-psb", "kind": "camera", "region": "620102"}
-        rows.append(access_row(event, feed, 1, partition, first_offset + index))
+        facts = FeedFacts(1, "lz-psb", "camera", "620102", "", "")
+        rows.append(
+            dict(
+                zip(
+                    ACCESS_COLUMNS,
+                    access_row(event, facts, 1, partition, first_offset + index),
+                    strict=True,
+                )
+            )
+        )
     return rows
+
+
+def columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows as the batch path hands them to the sink: one list per column."""
+    return {name: [row[name] for row in rows] for name in ACCESS_COLUMNS}
 
 
 def figures(url: str) -> tuple[int, list[int]]:
@@ -79,14 +93,14 @@ async def test_a_replayed_block_reaches_the_views_a_crash_cut_it_off_from(
     client = connect(analytics_url)
     for view in VIEWS:  # the crash: the table's part is written, the views' parts are not
         client.command(f"DETACH TABLE {view}")
-    assert await sink.write_events("access_events", [dict(row) for row in rows]) == 50
+    assert await sink.write_events("access_events", columns([dict(row) for row in rows])) == 50
     for view in VIEWS:
         client.command(f"ATTACH TABLE {view}")
     assert figures(analytics_url) == (50, [0] * 6)
 
-    assert await sink.write_events("access_events", [dict(row) for row in rows]) == 0
+    assert await sink.write_events("access_events", columns([dict(row) for row in rows])) == 0
     assert figures(analytics_url) == (50, [50] * 6)
-    assert await sink.write_events("access_events", [dict(row) for row in rows[:20]]) == 0
+    assert await sink.write_events("access_events", columns([dict(row) for row in rows[:20]])) == 0
     assert figures(analytics_url) == (50, [50] * 6)
 
 
@@ -95,12 +109,12 @@ async def test_the_embedded_worker_rebuilds_the_buckets_of_the_last_block(
 ) -> None:
     """The embedded path: at start the rollups of the last block are rebuilt from the table."""
     sink = ClickHouseSink(analytics_url, load_tuning())
-    assert await sink.write_events("access_events", retrieval_rows(40)) == 40
+    assert await sink.write_events("access_events", columns(retrieval_rows(40))) == 40
     client = connect(analytics_url)
     for view in VIEWS:
         client.command(f"DETACH TABLE {view}")
     last = retrieval_rows(25, first_offset=100)
-    assert await sink.write_events("access_events", last) == 25  # cut off from the views
+    assert await sink.write_events("access_events", columns(last)) == 25  # cut off from the views
     for view in VIEWS:
         client.command(f"ATTACH TABLE {view}")
     assert figures(analytics_url) == (65, [40] * 6)
@@ -108,17 +122,17 @@ async def test_the_embedded_worker_rebuilds_the_buckets_of_the_last_block(
     assert figures(analytics_url) == (65, [65] * 6)
     assert repair_last_block(analytics_url) is not None  # again: nothing changes
     assert figures(analytics_url) == (65, [65] * 6)
-    assert await sink.write_events("access_events", [dict(row) for row in last]) == 0
+    assert await sink.write_events("access_events", columns([dict(row) for row in last])) == 0
     assert figures(analytics_url) == (65, [65] * 6)
 
 
 async def test_a_record_published_twice_is_stored_once(analytics_url: str) -> None:
     sink = ClickHouseSink(analytics_url, load_tuning())
     rows = retrieval_rows(30)
-    assert await sink.write_events("access_events", [dict(row) for row in rows]) == 30
+    assert await sink.write_events("access_events", columns([dict(row) for row in rows])) == 30
     again = [dict(row, kafka_offset=row["kafka_offset"] + 1000) for row in rows]  # new records
     mixed = again[:10] + retrieval_rows(5, first_offset=5000)
-    assert await sink.write_events("access_events", mixed) == 5
+    assert await sink.write_events("access_events", columns(mixed)) == 5
     assert figures(analytics_url) == (35, [35] * 6)
 
 
