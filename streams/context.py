@@ -154,6 +154,7 @@ def build_stream_context(settings: Settings, tuning: StreamTuning | None = None)
         tuning=tuning,
         clickhouse_url=settings.clickhouse_url,
         alerts_topic=topics.alerts,
+        events_topic=topics.access_events,
         scan=liveness.scan,
     )
     context = StreamContext(

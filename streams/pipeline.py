@@ -31,7 +31,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -57,6 +57,7 @@ PREPARE_SECONDS = Histogram(
 )
 
 STALL_NOT_READY_SECONDS = 30.0
+T = TypeVar("T")
 
 
 class Handler(Protocol):
@@ -84,6 +85,7 @@ class BatchPipeline:
         tuning: StreamTuning,
         clickhouse_url: str,
         alerts_topic: str,
+        events_topic: str,
         scan: Callable[[float, Batch], int] | None = None,
         restore_extra: Sequence[Callable[[Callable[[str], bool]], int]] = (),
     ) -> None:
@@ -95,6 +97,7 @@ class BatchPipeline:
         self.tuning = tuning
         self.clickhouse_url = clickhouse_url
         self.alerts_topic = alerts_topic
+        self.events_topic = events_topic  # the topic whose rows go to access_events
         self.scan = scan
         self._consumer: AIOKafkaConsumer | None = None
         self._in_flight: asyncio.Task[None] | None = None
@@ -255,20 +258,28 @@ class BatchPipeline:
             def owns(feed_id: str, mine: set[int] = mine, total: int = total) -> bool:
                 return total > 0 and partition_of(feed_id.encode(), total) in mine
 
-            restored = await self._restore(handler, owns)
+            restored = await self._retrying_restore(
+                handler.name,
+                lambda handler=handler, owns=owns: handler.restore(self.clickhouse_url, owns),
+            )
             log.info("%s: %d partitions, %d state entries restored", topic, len(mine), restored)
+        access = [tp.partition for tp in partitions if tp.topic == self.events_topic]
+        horizons = await self._retrying_restore(
+            "sink", lambda: self.sink.replay_horizons("access_events", access)
+        )
+        self.sink.set_replay_horizons(horizons)
         self._last_commit = time.monotonic()
         self._restored.set()
 
-    async def _restore(self, handler: Handler, owns: Callable[[str], bool]) -> int:
+    async def _retrying_restore(self, name: str, call: Callable[[], T]) -> T:
         delay = self.tuning.retry_initial_seconds
         while True:
             try:
-                return await asyncio.to_thread(handler.restore, self.clickhouse_url, owns)
+                return await asyncio.to_thread(call)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("%s state not restored yet (clickhouse): %s", handler.name, error)
+                log.warning("%s state not restored yet (clickhouse): %s", name, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.tuning.retry_max_seconds)
 

@@ -41,14 +41,18 @@ import asyncio
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
+import pyarrow as pa
 from prometheus_client import Counter, Gauge, Histogram
 
 from infra.clickhouse import connect
+from streams.columns import to_arrow
 from streams.rollups import repair_last_block
 from streams.tuning import StreamTuning
 
@@ -75,6 +79,9 @@ INSERT_SECONDS = Histogram(
 )
 
 T = TypeVar("T")
+
+RECENT_IDS_PER_GENERATION = 500_000
+_LOW_64 = (1 << 64) - 1
 
 # Ids per existence query: keeps the bound parameter well under HTTP URI limits.
 _LOOKUP_CHUNK = 5_000
@@ -126,6 +133,9 @@ class ClickHouseSink:
         # Embedded engine: this process is the only writer, so the last block's rollups can be
         # rebuilt without racing anyone, once, before this process inserts anything.
         self._repair_pending = not resend_replayed_blocks
+        self._horizons: dict[int, int] | None = None
+        # Ids stored lately (64-bit hashes, two generations): a relay's duplicate is looked up.
+        self._recent: list[np.ndarray] = [np.empty(0, np.uint64), np.empty(0, np.uint64)]
         self._available = True
         SINK_AVAILABLE.set(1)
 
@@ -134,6 +144,37 @@ class ClickHouseSink:
         return self._available
 
     # ------------------------------------------------------------------ events, exactly once
+
+    def set_replay_horizons(self, horizons: dict[int, int]) -> None:
+        """Per partition of the events' topic, the highest offset that may already be stored.
+
+        Given at each assignment (:meth:`replay_horizons`). A record beyond it cannot have been
+        stored from this topic, so it skips the look-up; a partition never given is looked up
+        whole (a caller that says nothing gets the safe behaviour).
+        """
+        self._horizons = dict(horizons)
+
+    def replay_horizons(self, table: str, partitions: Iterable[int]) -> dict[int, int]:
+        """The horizons of ``partitions`` as ClickHouse knows them (-1: nothing stored)."""
+        client = connect(self.clickhouse_url)
+        rows = client.query(
+            "SELECT partition, max(offset) FROM sink_offsets "
+            "WHERE table_name = {table:String} GROUP BY partition",
+            parameters={"table": table},
+        ).result_rows
+        known = {int(partition): int(offset) for partition, offset in rows}
+        horizons = {}
+        for partition in partitions:
+            if partition not in known:
+                # Rows stored before sink_offsets existed (an upgrade): read them once.
+                found = client.query(
+                    f"SELECT max(kafka_offset), count() FROM {table} "
+                    "WHERE kafka_partition = {partition:UInt32}",
+                    parameters={"partition": partition},
+                ).result_rows[0]
+                known[partition] = int(found[0]) if int(found[1]) else -1
+            horizons[partition] = known[partition]
+        return horizons
 
     async def write_events(self, table: str, columns: dict[str, list[Any]]) -> int:
         """Stores access events, given as columns, once each (see the module notes).
@@ -152,13 +193,18 @@ class ClickHouseSink:
             self._repair_pending = False
         keys = [str(event_id) for event_id in event_ids]
         unique = _first_positions(keys)
-        times = columns["time"]
-        stored = await self._retrying(
-            table, lambda: self._stored_events(table, [keys[i] for i in unique], times)
-        )
+        partitions, offsets = columns["kafka_partition"], columns["kafka_offset"]
+        hashes = _id_hashes(event_ids)
+        suspects = self._replay_suspects(unique, partitions, offsets, hashes)
+        stored: dict[str, tuple[int, int, int]] = {}
+        if suspects:
+            times = [columns["time"][i] for i in suspects]
+            suspect_keys = [keys[i] for i in suspects]
+            stored = await self._retrying(
+                table, lambda: self._stored_events(table, suspect_keys, times)
+            )
         fresh: list[int] = []
         replayed_blocks: set[int] = set()
-        partitions, offsets = columns["kafka_partition"], columns["kafka_offset"]
         for position in unique:
             found = stored.get(keys[position])
             if found is None:
@@ -178,13 +224,65 @@ class ClickHouseSink:
                 columns = {name: [values[i] for i in fresh] for name, values in columns.items()}
             block = _block_id(keys[i] for i in fresh)
             columns = {**columns, "sink_block": [block] * len(fresh)}
-            names = list(columns)
-            data = [columns[name] for name in names]
+            intents = _highest_offsets(columns["kafka_partition"], columns["kafka_offset"])
+            arrow = to_arrow(columns)
             token = block_token(table, block)
-            await self._retrying(table, lambda: self._insert_columns(table, names, data, token))
+
+            def insert() -> None:
+                # The intent first: a crash after it and before the block only widens the
+                # look-ups of the next start, never narrows them.
+                self._record_offsets(table, intents, block)
+                self._insert_arrow(table, arrow, token)
+
+            await self._retrying(table, insert)
             ROWS_WRITTEN.labels(table).inc(len(fresh))
+        self._remember(hashes)
         INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
         return len(fresh)
+
+    def _replay_suspects(
+        self,
+        unique: list[int],
+        partitions: Sequence[int],
+        offsets: Sequence[int],
+        hashes: np.ndarray,
+    ) -> list[int]:
+        """Positions that may already be stored: at or before their partition's horizon, or
+        an id seen in this process lately (the outbox relay publishing an event twice)."""
+        recent = self._recent_hits(hashes)
+        horizons = self._horizons
+        suspects = []
+        for position in unique:
+            horizon = horizons.get(partitions[position]) if horizons is not None else None
+            if horizon is None or offsets[position] <= horizon or recent[position]:
+                suspects.append(position)
+        return suspects
+
+    def _recent_hits(self, hashes: np.ndarray) -> np.ndarray:
+        generations = [generation for generation in self._recent if generation.size]
+        if not generations:
+            return np.zeros(hashes.size, dtype=bool)
+        return np.isin(hashes, np.concatenate(generations))
+
+    def _remember(self, hashes: np.ndarray) -> None:
+        current = np.concatenate([self._recent[-1], hashes])
+        if current.size >= RECENT_IDS_PER_GENERATION:
+            self._recent = [current, np.empty(0, np.uint64)]
+        else:
+            self._recent[-1] = current
+
+    def _record_offsets(self, table: str, intents: dict[int, int], block: int) -> None:
+        connect(self.clickhouse_url).insert(
+            "sink_offsets",
+            [(table, partition, offset, block) for partition, offset in intents.items()],
+            column_names=["table_name", "partition", "offset", "sink_block"],
+        )
+
+    def _insert_arrow(self, table: str, arrow: pa.Table, token: str) -> None:
+        """Arrow columns: no Python object per value on the way into the engine."""
+        connect(self.clickhouse_url).insert_arrow(
+            table, arrow, settings={**_INSERT_SETTINGS, "insert_deduplication_token": token}
+        )
 
     def _stored_events(
         self, table: str, keys: Sequence[str], times: Sequence[datetime]
@@ -236,18 +334,6 @@ class ClickHouseSink:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _insert_columns(
-        self, table: str, names: list[str], data: list[list[Any]], token: str
-    ) -> None:
-        """Column-oriented: the native format, far cheaper for the engine than parsing JSON."""
-        connect(self.clickhouse_url).insert(
-            table,
-            data,
-            column_names=names,
-            column_oriented=True,
-            settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
-        )
-
     def _insert(self, table: str, columns: list[str], payload: bytes, token: str) -> None:
         connect(self.clickhouse_url).raw_insert(
             table,
@@ -282,6 +368,25 @@ class ClickHouseSink:
                 self._available = True
                 SINK_AVAILABLE.set(1)
             return result
+
+
+def _id_hashes(event_ids: Sequence[Any]) -> np.ndarray:
+    """A 64-bit hash of each UUID (its two halves folded): for the recent-id window only; a
+    hit is confirmed against ClickHouse before anything is dropped."""
+    folded = [(value.int >> 64) ^ (value.int & _LOW_64) for value in map(_as_uuid, event_ids)]
+    return np.fromiter(folded, dtype=np.uint64, count=len(folded))
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _highest_offsets(partitions: Sequence[int], offsets: Sequence[int]) -> dict[int, int]:
+    highest: dict[int, int] = {}
+    for partition, offset in zip(partitions, offsets, strict=True):
+        if offset > highest.get(partition, -1):
+            highest[partition] = offset
+    return highest
 
 
 def _first_positions(keys: Sequence[str]) -> list[int]:

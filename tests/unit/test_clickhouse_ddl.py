@@ -29,7 +29,9 @@ from schemas.clickhouse import (
     render_schema,
     schema_objects,
 )
-from streams.agents.access_events import access_row, decision_row
+from streams.access import ACCESS_COLUMNS, access_row, decision_row
+from streams.catalog import FeedFacts
+from streams.columns import to_arrow
 from streams.decoding import AccessCloudEvent
 
 CLUSTER = Topology(cluster="feedgrid")
@@ -157,9 +159,12 @@ def test_rows_built_by_the_agents_match_the_tables(analytics_url: str) -> None:
         }
     )
     # the sink adds the block it inserts the row in
-    assert set(access_row(event, {}, 0, 0, 0)) | {"sink_block"} == _columns(
-        analytics_url, "access_events"
-    )
+    row = access_row(event, FeedFacts(0, "", "", "", "", ""), 0, 0, 0)
+    assert len(row) == len(ACCESS_COLUMNS)
+    assert set(ACCESS_COLUMNS) | {"sink_block"} == _columns(analytics_url, "access_events")
+    # the batch path's Arrow block has every column, in a type the table takes
+    block = to_arrow({name: [value] for name, value in zip(ACCESS_COLUMNS, row, strict=True)})
+    connect(analytics_url).insert_arrow("access_events", block)
     decision = decision_row(event, "lz-psb")
     assert decision is not None and set(decision) == _columns(analytics_url, "decisions")
 
