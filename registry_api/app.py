@@ -17,6 +17,7 @@ from registry_api.dashboard.routes import router as dashboard_router
 from registry_api.errors import error_responses, install_error_handlers
 from registry_api.feeds.bulk_validation import HelperWarmup
 from registry_api.feeds.follower import IndexFollower
+from registry_api.feeds.liveness import LivenessApplier
 from registry_api.feeds.routes import router as feeds_router
 from registry_api.health.routes import router as health_router
 from registry_api.hooks.routes import router as hooks_router
@@ -68,6 +69,16 @@ def create_app(
             # before the index loads: it notes where in the topic the load's view begins
             runtime.components.insert(0, IndexFollower(settings, runtime.feed_index))
         runtime.components.append(HelperWarmup())
+        # The one writer of liveness: transitions the stream workers decided (feed-status).
+        runtime.components.append(
+            LivenessApplier(
+                settings,
+                sessions=runtime.sessions,
+                index=runtime.feed_index,
+                topics_ready=runtime.topics_ready,
+                on_written=runtime.relay.notify,
+            )
+        )
         app.state.runtime = runtime
         async with AsyncExitStack() as stack:
             await runtime.start()

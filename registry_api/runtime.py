@@ -11,6 +11,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from infra.kafka_admin import ensure_topics
+from infra.kafka_producer import SharedProducer
 from registry_api.access.components import AccessServices
 from registry_api.db import create_engine, session_factory
 from registry_api.feeds.spatial import FeedIndex
@@ -37,6 +38,8 @@ class Runtime:
     access: AccessServices
     # Built for every process, loaded only where registered as a component (the API).
     feed_index: FeedIndex
+    # Events published straight to Kafka, not through the outbox (liveness reports).
+    producer: SharedProducer
     components: list[Component] = field(default_factory=list)
     topics_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -55,6 +58,7 @@ class Runtime:
             relay=OutboxRelay(settings, engine, sessions),
             access=AccessServices(settings, sessions),
             feed_index=FeedIndex(sessions),
+            producer=SharedProducer(settings.kafka_bootstrap, client_id="feedgrid-api"),
         )
         runtime.access.hook_events.on_written = runtime.relay.notify
         runtime.components.append(runtime.access)
@@ -72,6 +76,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await component.stop()
         await self.relay.stop()
+        await self.producer.stop()
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -85,8 +90,11 @@ class Runtime:
             try:
                 await ensure_topics(self.settings)
                 self.topics_ready.set()
-                return
+                break
             except Exception as error:
                 log.warning("kafka topics not created yet: %s", error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15.0)
+        # Connected before the first liveness report asks for it (a failure is retried then).
+        with contextlib.suppress(Exception):
+            await self.producer.get()

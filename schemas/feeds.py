@@ -614,6 +614,8 @@ class HeartbeatReject(BaseModel):
 
 
 class HeartbeatResult(BaseModel):
-    accepted: int
-    status_changed: int
+    accepted: int = Field(description="Reports passed on to the stream workers")
+    status_changed: int = Field(
+        description="Always 0: the workers decide transitions and the registry applies them"
+    )
     rejected: list[HeartbeatReject]

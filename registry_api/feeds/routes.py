@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, require_roles
+from registry_api.errors import RETRY_AFTER, ErrorBody
 from registry_api.feeds import bulk, duplicates, heartbeats, service
 from registry_api.feeds.points import FeedPoints, answer_points
 from registry_api.feeds.spatial import FeedIndex
@@ -30,6 +31,7 @@ from schemas.feeds import (
     SharingClass,
 )
 from schemas.identity import DEPARTMENT_CODE_PATTERN, Role
+from schemas.topics import HEARTBEATS, topic_name
 
 router = APIRouter(tags=["feeds"])
 
@@ -289,15 +291,37 @@ async def catalog_duplicates(
     return json_response(report)
 
 
-@router.post("/v1/heartbeats", response_model=HeartbeatResult, summary="Report liveness (gateways)")
+@router.post(
+    "/v1/heartbeats",
+    response_model=HeartbeatResult,
+    summary="Report liveness (gateways)",
+    responses={
+        503: {
+            "model": ErrorBody,
+            "description": "The event broker does not answer: nothing of the batch was "
+            "recorded; send it again after `Retry-After` seconds",
+            "headers": RETRY_AFTER,
+        }
+    },
+)
 async def post_heartbeats(
     batch: HeartbeatBatch,
-    session: SessionDep,
     runtime: RuntimeDep,
     index: IndexDep,
     principal: Gateway,
 ) -> Response:
-    """Batched liveness of many feeds; the newest report of each sets its status."""
-    result = await heartbeats.record_heartbeats(session, index, principal, batch)
-    _wrote(runtime)
+    """Batched liveness of many feeds, checked and passed on to the stream workers.
+
+    Reports do not change the registry themselves: the workers keep each feed's last-seen
+    time and decide when it goes online or offline, and those transitions then update the
+    feed's ``status`` and ``last_seen`` (``status_changed`` is therefore always 0 here).
+    """
+    result = await heartbeats.record_heartbeats(
+        index=index,
+        producer=runtime.producer,
+        topic=topic_name(runtime.settings.topic_prefix, HEARTBEATS),
+        topics_ready=runtime.topics_ready,
+        principal=principal,
+        batch=batch,
+    )
     return json_response(result.model_dump())

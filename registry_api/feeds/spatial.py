@@ -771,6 +771,9 @@ def merge_snapshot(
 # ---------------------------------------------------------------------------- the index
 
 
+_ID_WIDTH = np.dtype(ID_DTYPE).itemsize
+
+
 @dataclass
 class _Delta:
     records: dict[str, FeedRecord] = field(default_factory=dict)
@@ -836,6 +839,37 @@ class FeedIndex:
             return record.revision
         row = self._base.row_of(feed_id)
         return None if row is None else int(self._base.columns.revision[row])
+
+    def owners_of(self, feed_ids: Iterable[str]) -> dict[str, tuple[str, bool]]:
+        """``(owner department, retired)`` of each known feed id; unknown ids are left out.
+
+        For checks that must not query the database (heartbeats): a dict lookup in the delta,
+        then one vectorised search of the base for the rest.
+        """
+        found: dict[str, tuple[str, bool]] = {}
+        delta = self._delta.records
+        in_base: list[str] = []
+        for feed_id in feed_ids:
+            record = delta.get(feed_id)
+            if record is not None:
+                found[feed_id] = (record.owner, record.retired)
+            elif feed_id.isascii() and feed_id.isalnum() and len(feed_id) <= _ID_WIDTH:
+                in_base.append(feed_id)  # anything else would be cut or padded by ID_DTYPE
+        base = self._base
+        if not in_base or not base.size:
+            return found
+        wanted = np.array(in_base, dtype=ID_DTYPE)
+        positions = np.minimum(np.searchsorted(base.columns.ids, wanted), base.size - 1)
+        present = base.columns.ids[positions] == wanted
+        owners = self.owners.values
+        owner_codes = base.columns.owner[positions].tolist()
+        retired = base.columns.retired[positions].tolist()
+        for feed_id, hit, owner, is_retired in zip(
+            in_base, present.tolist(), owner_codes, retired, strict=True
+        ):
+            if hit:
+                found[feed_id] = (owners[owner], is_retired)
+        return found
 
     def apply(self, records: Iterable[FeedRecord]) -> None:
         """Makes committed writes visible. Older revisions than the known one are ignored."""

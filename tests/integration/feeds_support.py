@@ -5,18 +5,28 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal, TypeVar
 
 import httpx
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import func, select
 
 from registry_api.outbox.models import OutboxMessage
 from registry_api.runtime import Runtime
-from schemas.events import CloudEvent
-from schemas.topics import topic_name
+from schemas.events import (
+    LIVENESS_CHANGED_EVENT_TYPE,
+    LIVENESS_SEEN_EVENT_TYPE,
+    SCHEMA_LIVENESS_V1,
+    CloudEvent,
+    LivenessData,
+)
+from schemas.settings import Settings
+from schemas.topics import FEED_STATUS, topic_name
+
+T = TypeVar("T")
 
 POLICE = "lz-psb"
 TRANSPORT = "lz-tb"
@@ -212,3 +222,71 @@ async def wait_until_sent(runtime: Runtime, timeout: float = 60.0) -> None:
 
 def ids(items: Iterable[dict[str, Any]]) -> list[str]:
     return [item["id"] for item in items]
+
+
+# ---------------------------------------------------------------------------- liveness
+
+
+def liveness_event(
+    feed_id: str,
+    status: Literal["online", "offline"],
+    *,
+    changed: bool = True,
+    last_seen: datetime | None = None,
+    reason: str | None = "heartbeat",
+) -> CloudEvent:
+    """A feed-status event as the stream workers publish it."""
+    data = LivenessData(
+        feed_id=feed_id,
+        status=status,
+        previous_status=None,
+        changed_at=last_seen if changed else None,
+        last_seen=last_seen,
+        reason=reason if changed else None,
+    )
+    return CloudEvent(
+        type=LIVENESS_CHANGED_EVENT_TYPE if changed else LIVENESS_SEEN_EVENT_TYPE,
+        subject=feed_id,
+        dataschema=SCHEMA_LIVENESS_V1,
+        data=data.model_dump(mode="json"),
+    )
+
+
+async def publish_feed_status(
+    settings: Settings, messages: Sequence[tuple[str, CloudEvent | bytes]]
+) -> None:
+    """Puts (key, event or raw bytes) on the feed-status topic, in order, acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, message in messages:
+            value = message if isinstance(message, bytes) else message.to_bytes()
+            await producer.send_and_wait(
+                topic_name(settings.topic_prefix, FEED_STATUS), value, key=key.encode()
+            )
+    finally:
+        await producer.stop()
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 60.0) -> T:
+    """The first truthy answer of ``check``, polled until ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await check()
+        if answer:
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {answer!r} after {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+async def go_live(city: City, feed_id: str, status: Literal["online", "offline"]) -> dict[str, Any]:
+    """Has the registry apply a worker's transition of the feed (through feed-status) and
+    returns the feed once the API shows it."""
+    await publish_feed_status(city.runtime.settings, [(feed_id, liveness_event(feed_id, status))])
+
+    async def shown() -> dict[str, Any] | None:
+        document: dict[str, Any] = (await city.client.get(f"/v1/feeds/{feed_id}")).json()
+        return document if document["status"] == status else None
+
+    return await eventually(shown)

@@ -30,6 +30,7 @@ from tests.integration.feeds_support import (
     build_city,
     camera,
     gb_code,
+    go_live,
     offset,
     sensor,
 )
@@ -196,12 +197,7 @@ async def _register_city(client: httpx.AsyncClient) -> tuple[Any, dict[str, dict
         f"/v1/feeds/{feeds['gone']['id']}", headers={"If-Match": f'"{feeds["gone"]["version"]}"'}
     )
     assert retired.status_code == 200, retired.text
-    beat = await client.post(
-        "/v1/heartbeats",
-        json={"items": [{"feed_id": feeds["east_cam"]["id"], "status": "online"}]},
-        headers=city.as_(TRANSPORT, "gateway"),
-    )
-    assert beat.status_code == 200 and beat.json()["status_changed"] == 1, beat.text
+    await go_live(city, feeds["east_cam"]["id"], "online")  # a worker's transition, applied
     return city, feeds
 
 

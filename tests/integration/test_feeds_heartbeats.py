@@ -1,80 +1,110 @@
-"""Liveness from gateways: status and last_seen follow the newest report; events on both topics."""
+"""Liveness: reports go to the heartbeats topic without writing the registry; the workers'
+transitions come back on feed-status and the API side applies them (its one writer)."""
 
 from __future__ import annotations
 
+import socket
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
+import orjson
+from prometheus_client import REGISTRY
+from sqlalchemy import select
 
+from registry_api.outbox.models import OutboxMessage
+from schemas.events import HEARTBEAT_EVENT_TYPE, SCHEMA_HEARTBEAT_V1, HeartbeatData
 from schemas.settings import Settings
 from schemas.topics import FEED_METADATA, HEARTBEATS
+from tests.conftest import running_client
 from tests.integration.feeds_support import (
     POLICE,
     TRANSPORT,
+    City,
     build_city,
     camera,
+    eventually,
+    liveness_event,
+    outbox_rows,
+    publish_feed_status,
     read_topic,
-    wait_until_sent,
 )
 
 
-async def test_heartbeats_drive_status_and_are_published(
+async def _feed(city: City, feed_id: str) -> dict[str, Any]:
+    document: dict[str, Any] = (await city.client.get(f"/v1/feeds/{feed_id}")).json()
+    return document
+
+
+def _moment(document: dict[str, Any]) -> datetime | None:
+    value = document["last_seen"]
+    return None if value is None else datetime.fromisoformat(value)
+
+
+async def test_heartbeats_go_to_the_topic_and_write_nothing_to_the_registry(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     city = await build_city(client)
-    first = await city.register(camera(TRANSPORT, 1))
-    second = await city.register(camera(TRANSPORT, 2))
-    gateway = city.as_(TRANSPORT, "gateway")
+    feeds = [await city.register(camera(TRANSPORT, serial)) for serial in range(1, 6)]
+    before = {feed["id"]: await _feed(city, feed["id"]) for feed in feeds}
+    outbox_before = await outbox_rows(city.runtime)
     seen = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
-    batch = {
-        "reporter": "gateway-7",
-        "items": [
-            {"feed_id": first["id"], "status": "online", "seen_at": seen.isoformat()},
-            {"feed_id": second["id"], "status": "offline", "seen_at": seen.isoformat()},
-            {
-                "feed_id": first["id"],
-                "status": "offline",
-                "seen_at": (seen - timedelta(minutes=5)).isoformat(),
-            },
-        ],
-    }
-    response = await client.post("/v1/heartbeats", json=batch, headers=gateway)
+    items = [
+        {
+            "feed_id": feeds[number % len(feeds)]["id"],
+            "status": "offline" if number % 7 == 0 else "online",
+            "seen_at": (seen + timedelta(milliseconds=number)).isoformat(),
+        }
+        for number in range(1_000)
+    ]
+    response = await client.post(
+        "/v1/heartbeats",
+        json={"reporter": "gateway-7", "items": items},
+        headers=city.as_(TRANSPORT, "gateway"),
+    )
     assert response.status_code == 200, response.text
-    assert response.json() == {"accepted": 3, "status_changed": 2, "rejected": []}
-    now_first = (await client.get(f"/v1/feeds/{first['id']}")).json()
-    assert now_first["status"] == "online"  # the older "offline" report does not win
-    assert datetime.fromisoformat(now_first["last_seen"]) == seen
-    assert now_first["version"] == 1 and now_first["revision"] == 2  # editors' If-Match stays valid
-    online = (await client.get("/v1/feeds", params={"status": "online"})).json()["items"]
-    assert [item["id"] for item in online] == [first["id"]]
-    offline = (await client.get("/v1/feeds", params={"status": "offline"})).json()["items"]
-    assert [item["id"] for item in offline] == [second["id"]]
+    assert response.json() == {"accepted": 1_000, "status_changed": 0, "rejected": []}
 
-    again = await client.post(
-        "/v1/heartbeats", json={"items": [{"feed_id": first["id"]}]}, headers=gateway
-    )
-    assert again.json() == {"accepted": 1, "status_changed": 0, "rejected": []}
+    # not a row written: no status, last_seen or revision moved, no outbox row added
+    for feed in feeds:
+        assert await _feed(city, feed["id"]) == before[feed["id"]]
+        assert before[feed["id"]]["status"] == "unknown" and before[feed["id"]]["last_seen"] is None
+    assert await outbox_rows(city.runtime) == outbox_before
 
-    await wait_until_sent(city.runtime)
-    beats = await read_topic(settings.kafka_bootstrap, settings.topic_prefix, HEARTBEATS, until=4)
-    assert len({str(event.id) for _, event in beats}) == 4
-    for key, event in beats:
-        assert event.type == "feedgrid.heartbeat" and event.subject == key
-        assert event.data["reporter"] in ("gateway-7", None) or event.data["reporter"].startswith(
-            "key:"
-        )
-    statuses = await read_topic(
-        settings.kafka_bootstrap, settings.topic_prefix, FEED_METADATA, until=4
+    beats = await read_topic(
+        settings.kafka_bootstrap, settings.topic_prefix, HEARTBEATS, until=1_000
     )
-    status_events = [event for _, event in statuses if event.type == "feedgrid.feed.status"]
-    assert {(event.subject, event.data["status"]) for event in status_events} == {
-        (first["id"], "online"),
-        (second["id"], "offline"),
+    assert len(beats) == 1_000 and len({str(event.id) for _, event in beats}) == 1_000
+    sent = {
+        (item["feed_id"], item["status"], datetime.fromisoformat(item["seen_at"])) for item in items
     }
+    received = set()
+    for key, event in beats:
+        assert event.type == HEARTBEAT_EVENT_TYPE and event.dataschema == SCHEMA_HEARTBEAT_V1
+        assert event.subject == key
+        data = HeartbeatData.model_validate(event.data)
+        assert data.feed_id == key and data.reporter == "gateway-7"
+        received.add((data.feed_id, data.status, data.seen_at))
+    assert received == sent
+
+    # without seen_at a report is "now"; without reporter the caller is the reporter
+    before_now = datetime.now(UTC)
+    single = await client.post(
+        "/v1/heartbeats", json={"items": [{"feed_id": feeds[0]["id"]}]},
+        headers=city.as_(TRANSPORT, "gateway"),
+    )  # fmt: skip
+    assert single.json() == {"accepted": 1, "status_changed": 0, "rejected": []}
+    beats = await read_topic(
+        settings.kafka_bootstrap, settings.topic_prefix, HEARTBEATS, until=1_001
+    )
+    (last,) = [event for _, event in beats if event.data["reporter"] != "gateway-7"]
+    assert last.data["reporter"].startswith("key:")
+    assert datetime.fromisoformat(last.data["seen_at"]) >= before_now - timedelta(seconds=1)
 
 
 async def test_heartbeats_for_foreign_unknown_retired_or_future_feeds_are_rejected(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, settings: Settings
 ) -> None:
     city = await build_city(client)
     own = await city.register(camera(TRANSPORT, 1))
@@ -89,18 +119,23 @@ async def test_heartbeats_for_foreign_unknown_retired_or_future_feeds_are_reject
             {"feed_id": "01NOSUCHFEED0000000000000"},
             {"feed_id": retired["id"]},
             {"feed_id": own["id"], "seen_at": future},
+            {"feed_id": own["id"] + "X"},  # a known id with more after it is not that feed
         ]
     }
     response = await client.post(
         "/v1/heartbeats", json=batch, headers=city.as_(TRANSPORT, "gateway")
     )
     result = response.json()
-    assert result["accepted"] == 1 and result["status_changed"] == 1
+    assert result["accepted"] == 1 and result["status_changed"] == 0
     reasons = {reject["index"]: reject["message"] for reject in result["rejected"]}
-    assert set(reasons) == {1, 2, 3, 4}
+    assert set(reasons) == {1, 2, 3, 4, 5}
     assert POLICE in reasons[1] and "no such feed" in reasons[2]
-    assert "retired" in reasons[3] and "future" in reasons[4]
-    assert (await client.get(f"/v1/feeds/{foreign['id']}")).json()["status"] == "unknown"
+    assert "retired" in reasons[3] and "future" in reasons[4] and "no such feed" in reasons[5]
+    beats = await read_topic(settings.kafka_bootstrap, settings.topic_prefix, HEARTBEATS, until=1)
+    assert [key for key, _ in beats] == [own["id"]]
+    # the city admin may report any department's feeds
+    admin = await client.post("/v1/heartbeats", json={"items": [{"feed_id": foreign["id"]}]})
+    assert admin.json() == {"accepted": 1, "status_changed": 0, "rejected": []}
     for role in ("requester", "dept_admin"):
         refused = await client.post("/v1/heartbeats", json=batch, headers=city.as_(TRANSPORT, role))
         assert refused.status_code == 403
@@ -109,3 +144,171 @@ async def test_heartbeats_for_foreign_unknown_retired_or_future_feeds_are_reject
         headers=city.as_(TRANSPORT, "gateway"),
     )  # fmt: skip
     assert malformed.status_code == 422
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def test_heartbeats_answer_503_with_retry_after_when_kafka_is_down(
+    settings: Settings,
+) -> None:
+    offline = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{_closed_port()}"})
+    async with running_client(offline) as client:
+        city = await build_city(client)
+        feed = await city.register(camera(TRANSPORT, 1))
+        for _ in range(2):  # the first attempt to connect, then one that fails fast
+            started = time.monotonic()
+            response = await client.post(
+                "/v1/heartbeats",
+                json={"items": [{"feed_id": feed["id"]}]},
+                headers=city.as_(TRANSPORT, "gateway"),
+            )
+            assert time.monotonic() - started < 8
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] == "heartbeats_unavailable"
+            assert "send it again" in response.json()["message"]
+            assert int(response.headers["Retry-After"]) > 0
+        # a batch with nothing to publish is answered without the broker
+        unknown = await client.post(
+            "/v1/heartbeats", json={"items": [{"feed_id": "01NOSUCHFEED0000000000000"}]}
+        )
+        assert unknown.status_code == 200 and unknown.json()["accepted"] == 0
+        documented = (await client.get("/openapi.json")).json()
+        answers = documented["paths"]["/v1/heartbeats"]["post"]["responses"]
+        assert "Retry-After" in answers["503"]["headers"]
+
+
+async def _status_events(city: City, feed_id: str) -> list[dict[str, Any]]:
+    async with city.runtime.sessions() as session:
+        payloads = (
+            await session.scalars(
+                select(OutboxMessage.payload)
+                .where(OutboxMessage.topic == FEED_METADATA, OutboxMessage.key == feed_id)
+                .order_by(OutboxMessage.id)
+            )
+        ).all()
+    events = [orjson.loads(payload) for payload in payloads]
+    return [event for event in events if event["type"] == "feedgrid.feed.status"]
+
+
+def _unreadable() -> float:
+    return REGISTRY.get_sample_value("feedgrid_liveness_unreadable_total") or 0.0
+
+
+async def test_worker_transitions_are_applied_once_to_registry_outbox_and_index(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    city = await build_city(client)
+    feed = await city.register(camera(TRANSPORT, 1))
+    feed_id = feed["id"]
+    retired = await city.register(camera(TRANSPORT, 2))
+    await client.delete(f"/v1/feeds/{retired['id']}")
+    retired_before = await _feed(city, retired["id"])
+    seen = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=20)
+    skipped_before = _unreadable()
+    await publish_feed_status(
+        settings,
+        [
+            (feed_id, b"{not json"),
+            (feed_id, b'{"type": "feedgrid.liveness.changed", "data": {"status": "asleep"}}'),
+            (retired["id"], liveness_event(retired["id"], "online", last_seen=seen)),
+            (feed_id, liveness_event(feed_id, "online", last_seen=seen)),
+        ],
+    )
+
+    async def online() -> dict[str, Any] | None:
+        document = await _feed(city, feed_id)
+        return document if document["status"] == "online" else None
+
+    applied = await eventually(online)
+    assert applied["revision"] == feed["revision"] + 1 and applied["version"] == feed["version"]
+    assert _moment(applied) == seen
+    assert _unreadable() == skipped_before + 2  # skipped, and the next one applied
+    (status_event,) = await _status_events(city, feed_id)
+    assert status_event["data"]["status"] == "online"
+    assert status_event["data"]["revision"] == applied["revision"]
+    listed = (await client.get("/v1/feeds", params={"status": "online"})).json()["items"]
+    assert [item["id"] for item in listed] == [feed_id]  # the index knows
+    assert await _feed(city, retired["id"]) == retired_before  # a retired feed stays as it was
+
+    # The same transition again, then a later "seen" of the feed (same partition, after it).
+    later = seen + timedelta(seconds=5)
+    await publish_feed_status(
+        settings,
+        [
+            (feed_id, liveness_event(feed_id, "online", last_seen=seen)),
+            (feed_id, liveness_event(feed_id, "online", changed=False, last_seen=later)),
+        ],
+    )
+
+    async def seen_later() -> dict[str, Any] | None:
+        document = await _feed(city, feed_id)
+        return document if _moment(document) == later else None
+
+    again = await eventually(seen_later)
+    assert again["status"] == "online" and again["revision"] == applied["revision"]
+    assert len(await _status_events(city, feed_id)) == 1
+
+    # and back offline: one more revision, one more event, the index follows
+    await publish_feed_status(settings, [(feed_id, liveness_event(feed_id, "offline"))])
+
+    async def offline() -> dict[str, Any] | None:
+        document = await _feed(city, feed_id)
+        return document if document["status"] == "offline" else None
+
+    gone = await eventually(offline)
+    assert gone["revision"] == applied["revision"] + 1 and _moment(gone) == later
+    assert [event["data"]["status"] for event in await _status_events(city, feed_id)] == [
+        "online",
+        "offline",
+    ]
+    listed = (await client.get("/v1/feeds", params={"status": "offline"})).json()["items"]
+    assert [item["id"] for item in listed] == [feed_id]
+
+
+async def test_seen_moves_last_seen_forward_only_without_a_revision(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    city = await build_city(client)
+    feed = await city.register(camera(TRANSPORT, 1))
+    feed_id = feed["id"]
+    outbox_before = await outbox_rows(city.runtime)
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+
+    async def last_seen_is(moment: datetime) -> dict[str, Any] | None:
+        document = await _feed(city, feed_id)
+        return document if _moment(document) == moment else None
+
+    await publish_feed_status(
+        settings, [(feed_id, liveness_event(feed_id, "online", changed=False, last_seen=first))]
+    )
+    document = await eventually(lambda: last_seen_is(first))
+    assert document["status"] == "unknown" and document["revision"] == feed["revision"]
+    assert await outbox_rows(city.runtime) == outbox_before
+
+    # an older "seen", then (same partition, after it) a transition that carries no time
+    older = first - timedelta(minutes=1)
+    await publish_feed_status(
+        settings,
+        [
+            (feed_id, liveness_event(feed_id, "online", changed=False, last_seen=older)),
+            (feed_id, liveness_event(feed_id, "offline", last_seen=None, reason="silence")),
+        ],
+    )
+
+    async def offline() -> dict[str, Any] | None:
+        document = await _feed(city, feed_id)
+        return document if document["status"] == "offline" else None
+
+    assert _moment(await eventually(offline)) == first  # never back
+
+    newer = first + timedelta(seconds=90, milliseconds=250)
+    await publish_feed_status(
+        settings, [(feed_id, liveness_event(feed_id, "offline", changed=False, last_seen=newer))]
+    )
+    document = await eventually(lambda: last_seen_is(newer))
+    assert document["status"] == "offline" and document["revision"] == feed["revision"] + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -14,9 +15,12 @@ from tests.integration.feeds_support import (
     URBAN,
     build_city,
     camera,
+    eventually,
     gb_code,
     ids,
+    liveness_event,
     offset,
+    publish_feed_status,
     sensor,
 )
 
@@ -209,10 +213,17 @@ async def test_listed_documents_equal_the_single_feed_documents(client: httpx.As
     """Pages are read on a faster path than single feeds: they must render the same JSON."""
     city = await build_city(client)
     created = await city.register(camera(TRANSPORT, 1, altitude=None))
-    await client.post(
-        "/v1/heartbeats",
-        json={"items": [{"feed_id": created["id"], "seen_at": "2026-05-01T08:00:00.25+02:00"}]},
+    # a worker saw it (feed-status): the registry keeps last_seen, in UTC
+    seen = datetime.fromisoformat("2026-05-01T08:00:00.25+02:00")
+    await publish_feed_status(
+        city.runtime.settings,
+        [(created["id"], liveness_event(created["id"], "online", changed=False, last_seen=seen))],
     )
+
+    async def seen_shown() -> bool:
+        return bool((await client.get(f"/v1/feeds/{created['id']}")).json()["last_seen"])
+
+    await eventually(seen_shown)
     retired = await city.register(sensor(URBAN, 2))
     await client.delete(f"/v1/feeds/{retired['id']}")
     for feed in (created, retired):

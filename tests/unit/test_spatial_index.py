@@ -320,3 +320,19 @@ async def test_filters_answer_the_same_before_and_after_the_groups_are_sorted() 
     assert [_all_pages(index, query, limit=50) for query in queries] == scanned
     expected = {record.id: record for record in records}
     assert [ids for ids, _ in scanned] == [_brute_force(expected, query) for query in queries]
+
+
+async def test_owners_of_answers_owner_and_retired_state_of_exactly_the_ids_asked(
+    world: tuple[FeedIndex, dict[str, FeedRecord]],
+) -> None:
+    """Heartbeats are checked with this lookup: base, merged and delta records alike, the
+    latest write winning, and nothing found for an id that only starts or ends like one."""
+    index, records = world
+    asked = list(records)
+    assert index.owners_of(asked) == {
+        feed_id: (record.owner, record.retired) for feed_id, record in records.items()
+    }
+    some = asked[:50]
+    near_misses = [feed_id[:-1] for feed_id in some] + [feed_id + "0" for feed_id in some]
+    near_misses += [f"{some[0]}é", "", "\x00", some[1] + "\x00"]
+    assert index.owners_of(near_misses) == {}

@@ -1,0 +1,321 @@
+"""The stream workers' liveness decisions, written to the registry: the one writer of status.
+
+Liveness reports never touch the registry (``heartbeats.py``): the workers read them, keep
+each feed's last-seen state, and publish on feed-status (``schemas.events.LivenessData``,
+keyed by feed id) what the registry should now say:
+
+* ``liveness.changed`` - the feed went online or offline. Written the way the registry writes
+  its own changes: ``status`` set when it differs (never on a retired feed), ``revision``
+  bumped (not ``version``: editors' If-Match stays valid), ``last_seen`` moved forward only,
+  and a ``feedgrid.feed.status`` event with the full state added to the outbox in the same
+  transaction; then this replica's index is told (other replicas follow feed-metadata).
+* ``liveness.seen`` - the feed is still what it was and was last seen at ``last_seen``
+  (a worker sends it at most once a minute or so per feed): ``last_seen`` moved forward only,
+  in one batched UPDATE, with no revision bump and no event.
+
+Every API replica runs one :class:`LivenessApplier` in the consumer group
+``{topic_prefix}registry-status``, so each partition is applied by one replica. A fetched
+batch is applied in ONE transaction and its offsets are committed only after that commit; a
+database error retries the same batch with backoff. Applying a batch twice (a crash between
+the two commits, a rebalance) changes nothing, since status is written only when it differs
+and ``last_seen`` only moves forward. A message that cannot be read is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError
+from prometheus_client import Counter, Gauge
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from registry_api.feeds.documents import event_data
+from registry_api.feeds.events import FEED_STATUS, outbox_row
+from registry_api.feeds.models import feeds_table
+from registry_api.feeds.service import load_rows
+from registry_api.feeds.spatial import FeedIndex
+from registry_api.outbox.service import enqueue_many
+from schemas.events import (
+    LIVENESS_CHANGED_EVENT_TYPE,
+    LIVENESS_EVENT_TYPES,
+    SCHEMA_LIVENESS_V1,
+    LivenessData,
+)
+from schemas.settings import Settings
+from schemas.times import utc_time
+from schemas.topics import FEED_STATUS as FEED_STATUS_TOPIC
+from schemas.topics import topic_name
+
+log = logging.getLogger("feedgrid.feeds.liveness")
+
+feeds = feeds_table
+GROUP_SUFFIX = "registry-status"
+FETCH_RECORDS = 5_000
+LOOKUP_CHUNK = 1_000
+MAX_RETRY_SECONDS = 30.0
+
+TRANSITIONS = Counter(
+    "feedgrid_liveness_transitions_applied_total",
+    "Feed status changes written to the registry from the workers' feed-status events",
+)
+SEEN_UPDATES = Counter(
+    "feedgrid_liveness_seen_applied_total",
+    "last_seen updates from feed-status events (each a no-op unless it is newer)",
+)
+BATCHES = Counter("feedgrid_liveness_batches_total", "Feed-status batches applied to the registry")
+UNREADABLE = Counter(
+    "feedgrid_liveness_unreadable_total",
+    "Feed-status messages that could not be read (skipped; the consumer goes on)",
+)
+APPLY_ERRORS = Counter(
+    "feedgrid_liveness_apply_errors_total",
+    "Failed attempts to write a feed-status batch to the registry (the batch is retried)",
+)
+LAG_MESSAGES = Gauge(
+    "feedgrid_liveness_lag_messages",
+    "Feed-status messages not yet applied, on the partitions this replica holds",
+)
+LAG_SECONDS = Gauge(
+    "feedgrid_liveness_lag_seconds", "Age of the newest feed-status event this replica applied"
+)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """One readable feed-status event."""
+
+    feed_id: str
+    changed: bool
+    status: str
+    last_seen: datetime | None
+
+
+def read_liveness(value: bytes | None) -> Liveness | None:
+    """The event in ``value``, or None when it is not a liveness event this version reads."""
+    if not value:
+        return None
+    try:
+        envelope = orjson.loads(value)
+        if envelope["type"] not in LIVENESS_EVENT_TYPES:
+            return None
+        if envelope.get("dataschema", SCHEMA_LIVENESS_V1) != SCHEMA_LIVENESS_V1:
+            return None
+        data = LivenessData.model_validate(envelope["data"])
+        # naive times are UTC; a time outside 1970..9000 is refused like the API refuses it
+        last_seen = utc_time(data.last_seen) if data.last_seen is not None else None
+    except Exception:  # whatever is wrong with it, it must not stop the consumer
+        return None
+    return Liveness(
+        feed_id=data.feed_id,
+        changed=envelope["type"] == LIVENESS_CHANGED_EVENT_TYPE,
+        status=data.status,
+        last_seen=last_seen,
+    )
+
+
+@dataclass
+class LivenessBatch:
+    """What a batch of events asks of the registry, folded per feed in topic order."""
+
+    statuses: dict[str, str] = field(default_factory=dict)  # the last transition of a feed
+    seen: dict[str, datetime] = field(default_factory=dict)  # its newest last_seen
+
+    def add(self, event: Liveness) -> None:
+        if event.changed:
+            self.statuses[event.feed_id] = event.status
+        if event.last_seen is not None:
+            known = self.seen.get(event.feed_id)
+            if known is None or known < event.last_seen:
+                self.seen[event.feed_id] = event.last_seen
+
+    def __bool__(self) -> bool:
+        return bool(self.statuses or self.seen)
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+async def apply_liveness(session: AsyncSession, *, batch: LivenessBatch) -> list[Mapping[Any, Any]]:
+    """Writes the batch in the session's transaction (the caller commits); returns the rows
+    of the feeds whose status changed, with their full new state."""
+    if batch.seen:
+        await session.execute(
+            update(feeds)
+            .where(
+                feeds.c.id == bindparam("b_id"),
+                feeds.c.retired_at.is_(None),
+                or_(feeds.c.last_seen.is_(None), feeds.c.last_seen < bindparam("b_seen")),
+            )
+            .values(last_seen=bindparam("b_seen")),
+            [{"b_id": feed_id, "b_seen": seen} for feed_id, seen in batch.seen.items()],
+        )
+    current = await _current_statuses(session, list(batch.statuses))
+    changing = [
+        {"b_id": feed_id, "b_status": status}
+        for feed_id, status in batch.statuses.items()
+        if feed_id in current and current[feed_id] != status
+    ]
+    if not changing:
+        return []
+    await session.execute(
+        update(feeds)
+        .where(feeds.c.id == bindparam("b_id"), feeds.c.status != bindparam("b_status"))
+        .values(status=bindparam("b_status"), revision=feeds.c.revision + 1),
+        changing,
+    )
+    rows = await load_rows(session, [change["b_id"] for change in changing])
+    await enqueue_many(session, [outbox_row(FEED_STATUS, row) for row in rows.values()])
+    return list(rows.values())
+
+
+async def _current_statuses(session: AsyncSession, feed_ids: list[str]) -> dict[str, str]:
+    """Status of each live (not retired) feed among the ids."""
+    found: dict[str, str] = {}
+    for begin in range(0, len(feed_ids), LOOKUP_CHUNK):
+        statement = select(feeds.c.id, feeds.c.status).where(
+            feeds.c.id.in_(feed_ids[begin : begin + LOOKUP_CHUNK]), feeds.c.retired_at.is_(None)
+        )
+        found.update({row.id: row.status for row in (await session.execute(statement)).all()})
+    return found
+
+
+# ---------------------------------------------------------------------------- the consumer
+
+
+class LivenessApplier:
+    """A Runtime component of the API: consumes feed-status and applies it (see above)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        index: FeedIndex,
+        topics_ready: asyncio.Event,
+        on_written: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.index = index
+        self.topics_ready = topics_ready
+        self.on_written = on_written
+        self.topic = topic_name(settings.topic_prefix, FEED_STATUS_TOPIC)
+        self.group = topic_name(settings.topic_prefix, GROUP_SUFFIX)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="liveness-applier")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def apply(self, events: Iterable[Liveness]) -> int:
+        """Applies the events in one transaction, then tells the index; returns how many
+        feeds changed status."""
+        batch = LivenessBatch()
+        for event in events:
+            batch.add(event)
+        if not batch:
+            return 0
+        async with self.sessions() as session:
+            changed = await apply_liveness(session, batch=batch)
+            await session.commit()
+        for row in changed:
+            self.index.apply_event(event_data(row))
+        if changed and self.on_written is not None:
+            self.on_written()  # outbox rows to relay
+        TRANSITIONS.inc(len(changed))
+        SEEN_UPDATES.inc(len(batch.seen))
+        return len(changed)
+
+    async def _run(self) -> None:
+        await self.topics_ready.wait()
+        delay = 0.5
+        while True:
+            consumer = AIOKafkaConsumer(
+                self.topic,
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                group_id=self.group,
+                client_id="feedgrid-registry-status",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            try:
+                await consumer.start()
+                delay = 0.5
+                await self._consume(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("liveness applier waiting for kafka: %s", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=1000, max_records=FETCH_RECORDS)
+            events: list[Liveness] = []
+            newest_ms = 0
+            for messages in fetched.values():
+                for message in messages:
+                    event = read_liveness(message.value)
+                    if event is None:
+                        UNREADABLE.inc()
+                        log.warning(
+                            "unreadable feed-status message skipped",
+                            extra={"partition": message.partition, "offset": message.offset},
+                        )
+                        continue
+                    events.append(event)
+                    newest_ms = max(newest_ms, message.timestamp)
+            if fetched:
+                await self._apply_until_done(events)
+                try:
+                    await consumer.commit()
+                except CommitFailedError as error:  # a rebalance: the next owner re-applies
+                    log.warning("feed-status offsets not committed: %s", error)
+                BATCHES.inc()
+            if newest_ms:
+                LAG_SECONDS.set(max(0.0, time.time() - newest_ms / 1000))
+            await self._measure_lag(consumer)
+
+    async def _apply_until_done(self, events: list[Liveness]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.apply(events)
+                return
+            except Exception as error:
+                APPLY_ERRORS.inc()
+                log.warning("feed-status batch not applied, retrying: %s", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+    @staticmethod
+    async def _measure_lag(consumer: AIOKafkaConsumer) -> None:
+        behind = 0
+        for partition in consumer.assignment():
+            highwater = consumer.highwater(partition)
+            if highwater is not None:
+                with contextlib.suppress(Exception):
+                    behind += max(0, highwater - await consumer.position(partition))
+        LAG_MESSAGES.set(behind)
