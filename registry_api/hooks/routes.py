@@ -64,7 +64,7 @@ async def get_gate(request: Request) -> RetrievalGate:
     gate: RetrievalGate | None = getattr(request.app.state, "retrieval_gate", None)
     if gate is None:
         runtime = request.app.state.runtime
-        gate = RetrievalGate(runtime.access, runtime.sessions)
+        gate = RetrievalGate(runtime.access, runtime.sessions, feed_revisions=runtime.feed_index)
         request.app.state.retrieval_gate = gate
     return gate
 
