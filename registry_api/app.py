@@ -86,7 +86,11 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.add_middleware(RequestGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestGuardMiddleware,
+        max_bytes=settings.max_body_bytes,
+        body_seconds=settings.body_read_timeout_seconds,
+    )
     app.add_middleware(RequestMetricsMiddleware)
     install_error_handlers(app)
     # Hooks first: media servers call them thousands of times a second, and routes are

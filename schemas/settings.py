@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="Largest accepted request body"
     )
+    body_read_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Longest a request body may take to arrive (a slower one is answered 408)",
+    )
 
     @field_validator("database_url")
     @classmethod
