@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _BOOTSTRAP_ENTRY = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     )
     idp_jwks_url: str | None = Field(None, description="JWKS URL of the city identity provider")
     idp_audience: str | None = Field(
-        None, description="Expected `aud` of identity-provider JWTs, if any"
+        None,
+        min_length=1,
+        description="Expected `aud` of identity-provider JWTs; required with a provider",
     )
     idp_department_claim: str = Field(
         "department", description="Claim naming the user's department"
@@ -168,9 +170,37 @@ class Settings(BaseSettings):
             raise ValueError("may only hold letters, digits, '.', '_' and '-'")
         return value
 
+    @model_validator(mode="after")
+    def _identity_provider_complete(self) -> Settings:
+        missing = identity_provider_gaps(self)
+        if missing:
+            raise ValueError(missing)
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def identity_provider_gaps(settings: Settings) -> str | None:
+    """What an identity provider's configuration lacks, or None when it is complete or absent.
+
+    The audience is required: without it, a token the city's provider issued for any other
+    application (the same issuer, the same keys) would be accepted as a FeedGrid identity."""
+    provider = {
+        "FEEDGRID_IDP_ISSUER": settings.idp_issuer,
+        "FEEDGRID_IDP_JWKS_URL": settings.idp_jwks_url,
+        "FEEDGRID_IDP_AUDIENCE": settings.idp_audience,
+    }
+    if not (settings.idp_issuer or settings.idp_jwks_url):
+        return None
+    missing = [name for name, value in provider.items() if not value]
+    if not missing:
+        return None
+    return (
+        f"an identity provider is configured, so {' and '.join(missing)} must be set too "
+        "(FEEDGRID_IDP_AUDIENCE: the `aud` the provider puts in tokens meant for FeedGrid)"
+    )
 
 
 class SettingsError(RuntimeError):
@@ -183,8 +213,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            field = str(item["loc"][0]) if item["loc"] else "?"
-            problems.append(f"FEEDGRID_{field.upper()}: {item['msg']}")
+            if not item["loc"]:  # a rule across settings: its message names the variables
+                problems.append(str(item["msg"]).removeprefix("Value error, "))
+                continue
+            problems.append(f"FEEDGRID_{str(item['loc'][0]).upper()}: {item['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
 
 
