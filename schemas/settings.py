@@ -121,6 +121,16 @@ class Settings(BaseSettings):
     )
     rate_limit_hooks_burst: int = Field(10_000, ge=1)
 
+    metrics_token: str | None = Field(
+        None,
+        min_length=16,
+        description="When set, /metrics needs `Authorization: Bearer <this>` (its counts of "
+        "hook decisions and requests are business data)",
+    )
+    readyz_shows_addresses: bool = Field(
+        True, description="Whether /readyz names the broker address it could not reach"
+    )
+
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(
