@@ -374,19 +374,20 @@ def _request_out(request: AccessRequest, items: Sequence[AccessRequestFeed]) -> 
     )
 
 
-def reads_owner_side(principal: Principal, owner_department: str) -> bool:
+def reads_owner_side(principal: Principal, owner_department: str | None) -> bool:
     """Who may read the owner side of access (the requests for a department's feeds, the
     grants others hold on them, with requesters' names and emergency flags): the owner
     department's dept_admin or auditor, and the city admin. The one rule for the inbox, the
     owner's grant list and every single request and grant read as the owner."""
     return principal.is_city_admin or (
-        principal.department == owner_department
+        owner_department is not None
+        and principal.department == owner_department
         and principal.has_any(Role.dept_admin, Role.auditor)
     )
 
 
 def _require_owner_side(principal: Principal, what: str) -> None:
-    if principal.is_city_admin or reads_owner_side(principal, principal.department or ""):
+    if reads_owner_side(principal, principal.department):
         return
     raise Forbidden(f"{what} needs dept_admin or auditor", code="role_required")
 
