@@ -140,11 +140,12 @@ def _serve(settings: Settings, host: str, port: int, after_start: object = None)
     import uvicorn
 
     from deploy.composition import build_app
+    from deploy.http_server import server_config
     from infra.structured_logging import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     application = build_app(settings)
-    config = uvicorn.Config(application, host=host, port=port, log_config=None, access_log=False)
+    config = server_config(application, host=host, port=port, log_config=None)
     server = uvicorn.Server(config)
 
     async def main() -> None:

@@ -25,6 +25,7 @@ from registry_api.identity.routes import router as identity_router
 from registry_api.observability import RequestGuardMiddleware, RequestMetricsMiddleware
 from registry_api.ratelimit import build_rate_limiters
 from registry_api.runtime import Runtime
+from registry_api.security_headers import SecurityHeadersMiddleware, docs_policy
 from registry_api.tokens.routes import router as jwks_router
 from schemas.settings import Settings, get_settings
 
@@ -97,8 +98,17 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.add_middleware(RequestGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestGuardMiddleware,
+        max_bytes=settings.max_body_bytes,
+        body_seconds=settings.body_read_timeout_seconds,
+    )
     app.add_middleware(RequestMetricsMiddleware)
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        docs_path=app.docs_url or "/docs",
+        docs_policy=docs_policy(app),
+    )
     install_error_handlers(app)
     # Hooks first: media servers call them thousands of times a second, and routes are
     # matched in order. Each router documents the refusals its routes can answer.

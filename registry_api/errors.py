@@ -92,6 +92,7 @@ ERROR_DESCRIPTIONS = {
     401: "No bearer token, or one that is not valid",
     403: "The caller's roles or department do not allow this",
     404: "Nothing with this id is visible to the caller",
+    408: "The request body did not arrive in time",
     409: "The request conflicts with the current state",
     410: "The grant has ended or was revoked",
     412: "If-Match names an old version",
@@ -145,6 +146,7 @@ def install_error_handlers(app: FastAPI) -> None:
             400: "malformed_body",
             404: "not_found",
             405: "method_not_allowed",
+            408: "body_timeout",
             413: "payload_too_large",
         }.get(error.status_code, "http_error")
         message = str(error.detail)

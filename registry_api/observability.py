@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 import orjson
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("feedgrid.http")
+
+# What the metrics count a request whose client hung up before its body arrived as (nginx's
+# "client closed request"): not a server error, and no answer anyone receives.
+CLIENT_CLOSED = 499
 
 HTTP_REQUESTS = Counter(
     "feedgrid_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -44,7 +53,10 @@ class RequestMetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             method = scope.get("method", "GET")
-            HTTP_REQUESTS.labels(method, template, str(status_holder["status"])).inc()
+            status = status_holder["status"]
+            if scope.get("state", {}).get("client_closed"):
+                status = CLIENT_CLOSED
+            HTTP_REQUESTS.labels(method, template, str(status)).inc()
             HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
 
 
@@ -56,12 +68,18 @@ class RequestGuardMiddleware:
 
     - bodies over the size limit: 413, without reading them into memory;
     - the NUL character, in the query string or as a JSON ``\\u0000`` escape: 400. No text
-      field has a use for it, and PostgreSQL cannot store it in text columns.
+      field has a use for it, and PostgreSQL cannot store it in text columns;
+    - a body that has not arrived within ``body_seconds`` of the request: 408. A client
+      trickling bytes would otherwise hold a connection and a task for as long as it likes.
+
+    A client that hangs up before its body is complete is no server error: one info line,
+    counted under 499 by the metrics, and no traceback.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_seconds: float = 120.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_seconds = body_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,18 +94,31 @@ class RequestGuardMiddleware:
             return
         received = 0
         tail = b""
+        body_deadline = asyncio.get_running_loop().time() + self.body_seconds
+        state = scope.setdefault("state", {})
+
+        body_complete = False
 
         async def guarded_receive() -> Message:
-            nonlocal received, tail
-            message = await receive()
-            if message["type"] == "http.request":
+            nonlocal received, tail, body_complete
+            if body_complete:  # later reads wait for a disconnect (streamed answers): no limit
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise _Refused(408, body_timeout_message(self.body_seconds)) from None
+            if message["type"] == "http.disconnect":
+                state["client_closed"] = True
+            elif message["type"] == "http.request":
+                body_complete = not message.get("more_body", False)
                 chunk = message.get("body", b"")
                 received += len(chunk)
                 if received > self.max_bytes:
                     raise _Refused(413, too_large_message(self.max_bytes))
                 if b"\\u0000" in tail + chunk:
                     # Routes turn a failed body read into a 400; this tells them why.
-                    scope.setdefault("state", {})["body_refusal"] = NUL_IN_BODY
+                    state["body_refusal"] = NUL_IN_BODY
                     raise _Refused(400, NUL_IN_BODY)
                 tail = chunk[-5:]
             return message
@@ -97,8 +128,17 @@ class RequestGuardMiddleware:
         except _Refused as refused:
             if refused.status == 413:
                 await _send_too_large(send, self.max_bytes)
+            elif refused.status == 408:
+                await _send_refusal(send, 408, "body_timeout", refused.detail)
             else:
                 await _send_refusal(send, 400, "nul_character", NUL_IN_BODY)
+        except ClientDisconnect:
+            state["client_closed"] = True
+        if state.get("client_closed"):
+            log.info(
+                "client closed the connection before its request body was complete",
+                extra={"method": scope.get("method"), "path": scope.get("path")},
+            )
 
 
 class _Refused(HTTPException):
@@ -109,6 +149,10 @@ class _Refused(HTTPException):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(status_code=status, detail=message)
         self.status = status
+
+
+def body_timeout_message(seconds: float) -> str:
+    return f"the request body did not arrive within {seconds:g} seconds"
 
 
 def too_large_message(limit: int) -> str:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.numbers import StoredCount, StoredSeconds
+
 EVENT_SOURCE_REGISTRY = "/feedgrid/registry"
 
 FEED_EVENT_TYPES = (
@@ -92,8 +94,8 @@ class AccessEventData(BaseModel):
     protocol: str | None = None
     media_server: str | None = None
     client_ip: str | None = None
-    bytes: int = Field(0, ge=0)
-    duration_seconds: float = Field(0.0, ge=0)
+    bytes: StoredCount = 0
+    duration_seconds: StoredSeconds = 0.0
     requested_at: datetime | None = None
     decided_at: datetime | None = None
     grant_valid_from: datetime | None = None

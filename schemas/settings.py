@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _BOOTSTRAP_ENTRY = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     )
     idp_jwks_url: str | None = Field(None, description="JWKS URL of the city identity provider")
     idp_audience: str | None = Field(
-        None, description="Expected `aud` of identity-provider JWTs, if any"
+        None,
+        min_length=1,
+        description="Expected `aud` of identity-provider JWTs; required with a provider",
     )
     idp_department_claim: str = Field(
         "department", description="Claim naming the user's department"
@@ -119,10 +121,26 @@ class Settings(BaseSettings):
     )
     rate_limit_hooks_burst: int = Field(10_000, ge=1)
 
+    metrics_token: str | None = Field(
+        None,
+        min_length=16,
+        description="When set, /metrics needs `Authorization: Bearer <this>` (its counts of "
+        "hook decisions and requests are business data)",
+    )
+    readyz_shows_addresses: bool = Field(
+        True, description="Whether /readyz names the broker address it could not reach"
+    )
+
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="Largest accepted request body"
+    )
+    body_read_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Longest a request body may take to arrive (a slower one is answered 408)",
     )
 
     @field_validator("database_url")
@@ -162,9 +180,37 @@ class Settings(BaseSettings):
             raise ValueError("may only hold letters, digits, '.', '_' and '-'")
         return value
 
+    @model_validator(mode="after")
+    def _identity_provider_complete(self) -> Settings:
+        missing = identity_provider_gaps(self)
+        if missing:
+            raise ValueError(missing)
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def identity_provider_gaps(settings: Settings) -> str | None:
+    """What an identity provider's configuration lacks, or None when it is complete or absent.
+
+    The audience is required: without it, a token the city's provider issued for any other
+    application (the same issuer, the same keys) would be accepted as a FeedGrid identity."""
+    provider = {
+        "FEEDGRID_IDP_ISSUER": settings.idp_issuer,
+        "FEEDGRID_IDP_JWKS_URL": settings.idp_jwks_url,
+        "FEEDGRID_IDP_AUDIENCE": settings.idp_audience,
+    }
+    if not (settings.idp_issuer or settings.idp_jwks_url):
+        return None
+    missing = [name for name, value in provider.items() if not value]
+    if not missing:
+        return None
+    return (
+        f"an identity provider is configured, so {' and '.join(missing)} must be set too "
+        "(FEEDGRID_IDP_AUDIENCE: the `aud` the provider puts in tokens meant for FeedGrid)"
+    )
 
 
 class SettingsError(RuntimeError):
@@ -177,8 +223,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            field = str(item["loc"][0]) if item["loc"] else "?"
-            problems.append(f"FEEDGRID_{field.upper()}: {item['msg']}")
+            if not item["loc"]:  # a rule across settings: its message names the variables
+                problems.append(str(item["msg"]).removeprefix("Value error, "))
+                continue
+            problems.append(f"FEEDGRID_{str(item['loc'][0]).upper()}: {item['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
 
 

@@ -7,11 +7,11 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import shapely.geometry
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry_api.access.policy import FeedSharing, SharingClass, SharingConditions
 from registry_api.feeds.models import Feed
@@ -87,32 +87,123 @@ def gateway_path(media_gateway_app: str, media_path: str) -> str:
     return f"{media_gateway_app}/{media_path}"
 
 
-class FeedPathIndex:
-    """Gateway path -> feed id, for naming the feed in a refused retrieval.
+class FeedRevisions(Protocol):
+    """What the location cache needs of the process's feed index (which follows every write,
+    this replica's and, through the feed-metadata follower, every other one's)."""
 
-    Bounded; a miss is remembered for a minute so unknown paths cannot hammer the database.
+    changes: int
+
+    def revision_of(self, feed_id: str) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class FeedLocation:
+    """Where a feed is served now, and whose it is."""
+
+    id: str
+    owner: str
+    gateway_path: str
+    revision: int
+    active: bool
+
+
+class FeedLocations:
+    """Feed id -> where it is served, and gateway path -> the active feed served there.
+
+    Both caches are keyed by the feed's revision as the feed index knows it: any change of a
+    feed (moved, retired, status) gives it a new revision, on every replica, and its cached
+    location is read again. A path known to serve nothing is remembered only while no feed
+    changes anywhere (and at most a minute), so a feed moved onto it is found at once, and
+    unknown paths still cannot hammer the database.
     """
 
     MISS_SECONDS = 60.0
 
-    def __init__(self, media_gateway_app: str, limit: int = 100_000) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        media_gateway_app: str,
+        revisions: FeedRevisions,
+        limit: int = 100_000,
+    ) -> None:
+        self.sessions = sessions
+        self.media_gateway_app = media_gateway_app
         self.prefix = f"{media_gateway_app}/"
+        self.revisions = revisions
         self.limit = limit
-        self._known: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        self._feeds: OrderedDict[str, FeedLocation] = OrderedDict()
+        self._paths: OrderedDict[str, FeedLocation] = OrderedDict()
+        self._misses: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
-    async def feed_id(self, session: AsyncSession, path: str) -> str | None:
-        known = self._known.get(path)
-        if known is not None and (known[0] is not None or known[1] > time.monotonic()):
-            return known[0]
+    def _current(self, location: FeedLocation | None) -> bool:
+        return location is not None and (
+            self.revisions.revision_of(location.id) == location.revision
+        )
+
+    async def of_feed(self, feed_id: str) -> FeedLocation | None:
+        """Where the feed is now (retired ones included, marked inactive); None if unknown."""
+        known = self._feeds.get(feed_id)
+        if known is not None and self._current(known):
+            return known
+        async with self.sessions() as session:
+            query = select(*LOCATION_COLUMNS).where(Feed.id == feed_id)
+            row = (await session.execute(query)).first()
+        if row is None:
+            return None
+        location = self._location(row)
+        _remember(self._feeds, feed_id, location, self.limit)
+        return location
+
+    async def at_path(self, path: str) -> FeedLocation | None:
+        """The active feed served at a gateway path: the one changed last if several are."""
+        known = self._paths.get(path)
+        if known is not None and self._current(known):
+            return known
+        miss = self._misses.get(path)
+        if miss is not None and miss[0] == self.revisions.changes and miss[1] > time.monotonic():
+            return None
         found = None
         if path.startswith(self.prefix):
-            found = await session.scalar(
-                select(Feed.id)
-                .where(Feed.media_path == path.removeprefix(self.prefix))
-                .order_by(Feed.id)
+            query = (
+                select(*LOCATION_COLUMNS)
+                .where(Feed.media_path == path.removeprefix(self.prefix), Feed.retired_at.is_(None))
+                .order_by(Feed.updated_at.desc(), Feed.id.desc())
                 .limit(1)
             )
-        self._known[path] = (found, time.monotonic() + self.MISS_SECONDS)
-        if len(self._known) > self.limit:
-            self._known.popitem(last=False)
+            async with self.sessions() as session:
+                row = (await session.execute(query)).first()
+            found = None if row is None else self._location(row)
+        self._paths.pop(path, None)
+        self._misses.pop(path, None)
+        if found is None:
+            _remember(
+                self._misses,
+                path,
+                (self.revisions.changes, time.monotonic() + self.MISS_SECONDS),
+                self.limit,
+            )
+        else:
+            _remember(self._paths, path, found, self.limit)
         return found
+
+    def _location(self, row: Any) -> FeedLocation:
+        return FeedLocation(
+            id=row.id,
+            owner=row.owner,
+            gateway_path=gateway_path(self.media_gateway_app, row.media_path),
+            revision=row.revision,
+            active=row.retired_at is None,
+        )
+
+
+LOCATION_COLUMNS = (Feed.id, Feed.owner, Feed.media_path, Feed.revision, Feed.retired_at)
+
+CachedT = TypeVar("CachedT")
+
+
+def _remember(cache: OrderedDict[str, CachedT], key: str, value: CachedT, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > limit:
+        cache.popitem(last=False)

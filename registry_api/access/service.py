@@ -374,6 +374,24 @@ def _request_out(request: AccessRequest, items: Sequence[AccessRequestFeed]) -> 
     )
 
 
+def reads_owner_side(principal: Principal, owner_department: str | None) -> bool:
+    """Who may read the owner side of access (the requests for a department's feeds, the
+    grants others hold on them, with requesters' names and emergency flags): the owner
+    department's dept_admin or auditor, and the city admin. The one rule for the inbox, the
+    owner's grant list and every single request and grant read as the owner."""
+    return principal.is_city_admin or (
+        owner_department is not None
+        and principal.department == owner_department
+        and principal.has_any(Role.dept_admin, Role.auditor)
+    )
+
+
+def _require_owner_side(principal: Principal, what: str) -> None:
+    if reads_owner_side(principal, principal.department):
+        return
+    raise Forbidden(f"{what} needs dept_admin or auditor", code="role_required")
+
+
 def _visible_items(
     principal: Principal, request: AccessRequest, items: Sequence[AccessRequestFeed]
 ) -> list[AccessRequestFeed] | None:
@@ -381,10 +399,8 @@ def _visible_items(
     as an owner's admin or auditor; None when nothing."""
     if principal.is_city_admin or principal.department == request.requester_department:
         return list(items)
-    if principal.has_any(Role.dept_admin, Role.auditor):
-        own = [item for item in items if item.owner_department == principal.department]
-        return own or None
-    return None
+    own = [item for item in items if reads_owner_side(principal, item.owner_department)]
+    return own or None
 
 
 async def _load_request(
@@ -441,8 +457,7 @@ async def list_access_requests(
         raise Forbidden("this needs a department", code="department_required")
     item_filter = []
     if as_owner:
-        if not principal.has_any(Role.dept_admin, Role.auditor):
-            raise Forbidden("the owner's inbox needs dept_admin or auditor", code="role_required")
+        _require_owner_side(principal, "the owner's inbox")
         if not principal.is_city_admin:
             item_filter.append(AccessRequestFeed.owner_department == principal.department)
     if status == REVIEW:
@@ -751,13 +766,8 @@ def _grant_out(grant: Grant, feed_ids: list[str]) -> GrantOut:
 
 
 def _may_see_grant(principal: Principal, grant: Grant) -> bool:
-    return (
-        principal.is_city_admin
-        or principal.department == grant.requester_department
-        or (
-            principal.department == grant.owner_department
-            and principal.has_any(Role.dept_admin, Role.auditor)
-        )
+    return principal.department == grant.requester_department or reads_owner_side(
+        principal, grant.owner_department
     )
 
 
@@ -778,6 +788,8 @@ async def list_grants(
 ) -> list[GrantOut]:
     if principal.department is None and not principal.is_city_admin:
         raise Forbidden("this needs a department", code="department_required")
+    if as_owner:
+        _require_owner_side(principal, "the grants on your department's feeds")
     query = select(Grant)
     if not principal.is_city_admin:
         column = Grant.owner_department if as_owner else Grant.requester_department

@@ -21,13 +21,26 @@ def wants_csv(request: Request) -> bool:
     return any(part.split(";")[0].strip() == CSV_MEDIA_TYPE for part in accept.split(","))
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection"): the cell then
+# starts with a single quote, which spreadsheets show as text and never evaluate.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: str) -> str:
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 def _cell(value: Any) -> Any:
+    """Numbers stay numbers (a negative count is no formula); every text is neutralised,
+    names and ids as much as serialized lists, since all of them come from clients."""
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
+        return _text(orjson.dumps(value).decode())
     if value is None:
         return ""
+    if isinstance(value, str):
+        return _text(value)
     return value
 
 

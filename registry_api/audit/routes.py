@@ -9,6 +9,7 @@ from registry_api.dependencies import SessionDep, require_roles
 from registry_api.identity.principal import Principal
 from schemas.access import AuditPage, AuditVerification
 from schemas.identity import Role
+from schemas.numbers import INT64_MAX
 from schemas.times import UtcTime
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -29,7 +30,7 @@ async def list_audit_entries(
     ] = None,
     since: UtcTime | None = None,
     until: UtcTime | None = None,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
     """The audit log in chain order. A department's auditor sees the events of its department

@@ -6,6 +6,7 @@ the change visible in this process's index. Callers notify the outbox relay afte
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -107,6 +108,9 @@ async def load_row(
     return row
 
 
+VERSION_TEXT = re.compile(r"[0-9]{1,18}")
+
+
 def parse_if_match(value: str | None, *, required: bool) -> int | None:
     """``If-Match: 3``, ``"3"`` or ``W/"3"`` -> 3."""
     if value is None or not value.strip():
@@ -121,7 +125,9 @@ def parse_if_match(value: str | None, *, required: bool) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
+    # ASCII digits only (str.isdigit() takes "²", which int() refuses), and few enough of them
+    # for a signed 64-bit column: any other version is one no feed has.
+    if not VERSION_TEXT.fullmatch(text):
         raise PreconditionFailed(
             f"If-Match must be a feed version, got {value!r}", code="bad_if_match"
         )

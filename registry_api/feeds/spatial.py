@@ -794,6 +794,9 @@ class FeedIndex:
         self._merge_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
+        # Counts the times the index's content changed: caches of feed facts elsewhere (the
+        # hooks' path lookups) compare it to know that nothing moved since they looked.
+        self.changes = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -823,6 +826,7 @@ class FeedIndex:
         base = await asyncio.to_thread(Snapshot, Columns.concat_all(parts))
         await asyncio.to_thread(base.prepare_groups)
         self._install_base(base, {})
+        self.changes += 1
         log.info(
             "feed index loaded",
             extra={"feeds": base.size, "seconds": round(time.perf_counter() - started, 2)},
@@ -884,6 +888,7 @@ class FeedIndex:
             self._delta.records[record.id] = record
             changed = True
         if changed:
+            self.changes += 1
             self._delta.snapshot = None
             if len(self._delta.records) > DELTA_LIMIT:
                 self._schedule_merge()
@@ -910,6 +915,7 @@ class FeedIndex:
         async with self._merge_lock:
             merged = await asyncio.to_thread(merge_columns, self._base, incoming)
             self._install_base(merged, self._delta.records)
+            self.changes += 1
 
     def _schedule_merge(self) -> None:
         if self._merge_task is None or self._merge_task.done():

@@ -1,11 +1,14 @@
-"""Liveness, readiness and Prometheus metrics: open to anyone, no identity needed."""
+"""Liveness, readiness and Prometheus metrics: open to anyone, no identity needed, unless
+``metrics_token`` is set (then /metrics needs it) or ``readyz_shows_addresses`` is off (then
+/readyz says what is unreachable without saying where it was looked for)."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -14,6 +17,7 @@ from infra.clickhouse import analytics_ready
 from infra.health import run_checks
 from infra.kafka_admin import broker_ready
 from registry_api.dependencies import RuntimeDep
+from registry_api.errors import Unauthorized, error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -33,8 +37,12 @@ async def _check_database(runtime: RuntimeDep) -> tuple[bool, str]:
 
 
 async def _check_kafka(runtime: RuntimeDep) -> tuple[bool, str]:
-    ok = await broker_ready(runtime.settings.kafka_bootstrap, timeout=2.0)
-    return ok, "reachable" if ok else f"no broker answers at {runtime.settings.kafka_bootstrap}"
+    settings = runtime.settings
+    ok = await broker_ready(settings.kafka_bootstrap, timeout=2.0)
+    if ok:
+        return True, "reachable"
+    where = f" at {settings.kafka_bootstrap}" if settings.readyz_shows_addresses else ""
+    return False, f"no broker answers{where}"
 
 
 async def _check_clickhouse(runtime: RuntimeDep) -> tuple[bool, str]:
@@ -69,6 +77,24 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def _require_metrics_token(request: Request) -> None:
+    expected = request.app.state.settings.metrics_token
+    if expected is None:
+        return
+    header = request.headers.get("authorization", "")
+    presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not presented:
+        raise Unauthorized("/metrics needs its bearer token", code="missing_token")
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise Unauthorized("the metrics token is not valid", code="invalid_token")
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (a bearer token when FEEDGRID_METRICS_TOKEN is set)",
+    response_class=Response,
+    responses=error_responses(401),
+    dependencies=[Depends(_require_metrics_token)],
+)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

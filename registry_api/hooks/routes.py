@@ -22,6 +22,7 @@ from registry_api.identity.principal import Principal
 from registry_api.ratelimit import enforce
 from registry_api.runtime import Runtime
 from schemas.identity import Role
+from schemas.numbers import Port, StoredCount, StoredSeconds
 
 router = APIRouter(prefix="/v1/hooks", tags=["media-server hooks"])
 
@@ -64,7 +65,7 @@ async def get_gate(request: Request) -> RetrievalGate:
     gate: RetrievalGate | None = getattr(request.app.state, "retrieval_gate", None)
     if gate is None:
         runtime = request.app.state.runtime
-        gate = RetrievalGate(runtime.access, runtime.sessions)
+        gate = RetrievalGate(runtime.access, runtime.sessions, feed_revisions=runtime.feed_index)
         request.app.state.retrieval_gate = gate
     return gate
 
@@ -162,7 +163,7 @@ class ZlmOnPlay(BaseModel):
     stream: str
     params: str = ""
     ip: str = ""
-    port: int | None = None
+    port: Port | None = None
     id: str = ""
     mediaServerId: str = ""  # noqa: N815 - ZLMediaKit's field name
 
@@ -170,8 +171,9 @@ class ZlmOnPlay(BaseModel):
 class ZlmFlowReport(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    totalBytes: int = 0  # noqa: N815
-    duration: float = 0.0
+    # Bounded here: a number the audit log cannot store must be refused before it is queued.
+    totalBytes: StoredCount = 0  # noqa: N815
+    duration: StoredSeconds = 0.0
     player: bool = True
     ip: str = ""
     id: str = ""

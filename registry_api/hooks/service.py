@@ -1,9 +1,10 @@
 """One retrieval check for every media server: token, feed, action, grant, revocation.
 
 The fast path touches no database: the token is verified locally (signature cached per token),
-the grant comes from the in-memory grant states (read once per grant, revocations polled), and
-the retrieval event is handed to the batched writer. Only a grant seen for the first time, or a
-refusal that must name a feed by its path, costs a query.
+the grant comes from the in-memory grant states (read once per grant, revocations polled), the
+feed's current path from the location cache (read again whenever the feed index sees the feed
+change), and the retrieval event is handed to the batched writer. Only a grant or a feed change
+seen for the first time, or a refusal that must name a feed by its path, costs a query.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry_api.access.components import AccessServices
-from registry_api.access.feed_views import FeedPathIndex
+from registry_api.access.feed_views import FeedLocations, FeedRevisions
 from registry_api.access.revocation import GrantState
 from registry_api.audit.service import (
     RETRIEVAL_DENIED,
@@ -69,10 +70,18 @@ def _refuse(
 
 
 class RetrievalGate:
-    def __init__(self, access: AccessServices, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        access: AccessServices,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        feed_revisions: FeedRevisions,
+    ) -> None:
         self.access = access
         self.sessions = sessions
-        self.paths = FeedPathIndex(access.settings.media_gateway_app)
+        self.locations = FeedLocations(
+            sessions, media_gateway_app=access.settings.media_gateway_app, revisions=feed_revisions
+        )
 
     async def check(self, attempt: Attempt) -> Verdict:
         verdict = await self._decide(attempt)
@@ -113,27 +122,39 @@ class RetrievalGate:
         return Verdict(True, "allowed", "allowed", claims, state)
 
     async def _names_this_feed(self, claims: RetrievalClaims, path: str) -> bool:
-        if claims.media_path:  # a JWT binds the gateway path itself
-            return claims.media_path == path
-        # A compact token names the feed: find the feed served at this path (cached).
-        async with self.sessions() as session:
-            return await self.paths.feed_id(session, path) == claims.feed_id
+        """Whether the token's feed is served at this path now. A JWT also binds the path it
+        was minted for; a compact token names only the feed. Either way the feed's current
+        place decides: a feed moved or retired since the token was minted is not at the path,
+        whatever feed sits there now."""
+        if claims.media_path and claims.media_path != path:
+            return False
+        location = await self.locations.of_feed(claims.feed_id)
+        return location is not None and location.active and location.gateway_path == path
+
+    async def _attempted_feed(
+        self, attempt: Attempt, claims: RetrievalClaims | None, names_this_feed: bool
+    ) -> tuple[str, str | None]:
+        """The feed an attempt is about, and its owner: the token's feed when the token names
+        the feed at the path, else the active feed served at the path. The owner of an attempt
+        is the owner of the feed at the path, whoever's grant the token carries."""
+        if claims is not None and names_this_feed:
+            location = await self.locations.of_feed(claims.feed_id)
+            return claims.feed_id, location.owner if location else None
+        location = await self.locations.at_path(attempt.path)
+        return (location.id, location.owner) if location else (UNKNOWN_FEED, None)
 
     async def _record(self, attempt: Attempt, verdict: Verdict) -> None:
         claims = verdict.claims
-        if claims is not None and verdict.code != "token_for_another_feed":
-            feed_id = claims.feed_id
-        else:
-            async with self.sessions() as session:
-                feed_id = await self.paths.feed_id(session, attempt.path) or UNKNOWN_FEED
+        wrong_feed = verdict.code == "token_for_another_feed"
+        feed_id, owner = await self._attempted_feed(attempt, claims, not wrong_feed)
         state = verdict.grant
-        if state is None and claims is not None and verdict.code == "token_for_another_feed":
+        if state is None and claims is not None and wrong_feed:
             state = await self.access.grants.state(claims.grant_id)
         data = AccessEventData(
             feed_id=feed_id,
             requester_department=_requester_department(claims, state),
             requester_user=(claims.subject or None) if claims else None,
-            owner_department=state.owner_department if state else None,
+            owner_department=owner,
             grant_id=claims.grant_id if claims else None,
             token_id=claims.token_id if claims else None,
             action=attempt.action,
@@ -168,19 +189,16 @@ class RetrievalGate:
                 claims = self.access.tokens.verify(attempt.token, check_time=False)
             except TokenRejected:
                 claims = None
-        if claims is not None and await self._names_this_feed(claims, attempt.path):
-            feed_id = claims.feed_id
-            state = await self.access.grants.state(claims.grant_id)
-        else:
+        names_this_feed = claims is not None and await self._names_this_feed(claims, attempt.path)
+        if not names_this_feed:
             claims = None
-            state = None
-            async with self.sessions() as session:
-                feed_id = await self.paths.feed_id(session, attempt.path) or UNKNOWN_FEED
+        feed_id, owner = await self._attempted_feed(attempt, claims, names_this_feed)
+        state = await self.access.grants.state(claims.grant_id) if claims is not None else None
         data = AccessEventData(
             feed_id=feed_id,
             requester_department=_requester_department(claims, state),
             requester_user=(claims.subject or None) if claims else None,
-            owner_department=state.owner_department if state else None,
+            owner_department=owner,
             grant_id=claims.grant_id if claims else None,
             token_id=claims.token_id if claims else None,
             action=attempt.action,

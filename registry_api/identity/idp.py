@@ -18,7 +18,7 @@ import jwt
 
 from registry_api.identity.principal import Principal
 from schemas.identity import Role
-from schemas.settings import Settings
+from schemas.settings import Settings, SettingsError, identity_provider_gaps
 
 log = logging.getLogger("feedgrid.identity.idp")
 
@@ -37,7 +37,7 @@ class IdentityProviderTokens:
         *,
         issuer: str,
         jwks_url: str,
-        audience: str | None,
+        audience: str,
         department_claim: str,
         roles_claim: str,
         cache_seconds: float,
@@ -55,7 +55,10 @@ class IdentityProviderTokens:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IdentityProviderTokens | None:
-        if not (settings.idp_issuer and settings.idp_jwks_url):
+        gaps = identity_provider_gaps(settings)
+        if gaps:  # settings built in code skip validation: still never start without audience
+            raise SettingsError(f"invalid settings: {gaps}")
+        if not (settings.idp_issuer and settings.idp_jwks_url and settings.idp_audience):
             return None
         return cls(
             issuer=settings.idp_issuer,
@@ -86,7 +89,7 @@ class IdentityProviderTokens:
                 algorithms=[key.algorithm_name] if key.algorithm_name in ALLOWED_ALGORITHMS else [],
                 issuer=self.issuer,
                 audience=self.audience,
-                options={"require": ["exp", "iss", "sub"], "verify_aud": self.audience is not None},
+                options={"require": ["exp", "iss", "sub", "aud"], "verify_aud": True},
                 leeway=10,
             )
         except jwt.PyJWTError as error:

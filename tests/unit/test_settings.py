@@ -54,3 +54,43 @@ def test_cli_exits_2_with_the_variable_name_on_bad_settings(
     result = CliRunner().invoke(app, ["migrate"])
     assert result.exit_code == 2
     assert "FEEDGRID_KAFKA_BOOTSTRAP" in result.output
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        {"FEEDGRID_IDP_ISSUER": "https://sso.city.example"},
+        {"FEEDGRID_IDP_JWKS_URL": "https://sso.city.example/jwks"},
+        {
+            "FEEDGRID_IDP_ISSUER": "https://sso.city.example",
+            "FEEDGRID_IDP_JWKS_URL": "https://sso.city.example/jwks",
+        },
+    ],
+)
+def test_an_identity_provider_without_an_audience_fails_at_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch, provider: dict[str, str]
+) -> None:
+    """Without an expected audience, a provider token issued for any other application of the
+    city would be accepted here."""
+    monkeypatch.delenv("FEEDGRID_IDP_AUDIENCE", raising=False)
+    for variable, value in provider.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "FEEDGRID_IDP_AUDIENCE" in str(raised.value)
+    monkeypatch.setenv("FEEDGRID_IDP_AUDIENCE", "feedgrid")
+    if len(provider) == 2:
+        assert load_settings().idp_audience == "feedgrid"
+
+
+def test_identity_provider_tokens_refuse_settings_built_without_an_audience() -> None:
+    """Settings copied in code skip validation: the provider itself still refuses to start."""
+    from registry_api.identity.idp import IdentityProviderTokens
+    from schemas.settings import Settings
+
+    settings = Settings().model_copy(
+        update={"idp_issuer": "https://sso", "idp_jwks_url": "https://sso/jwks"}
+    )
+    with pytest.raises(SettingsError) as raised:
+        IdentityProviderTokens.from_settings(settings)
+    assert "FEEDGRID_IDP_AUDIENCE" in str(raised.value)
