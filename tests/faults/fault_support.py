@@ -333,6 +333,15 @@ class KafkaPositions:
             for entry in described["partitions"]
         }
 
+    async def replication_by_topic(self, prefix: str) -> dict[str, int]:
+        """Fewest replicas of any partition, for every topic whose name starts with ``prefix``
+        (the worker's own topics too: Faust's table changelogs, its internal re-keyed topic)."""
+        names = [name for name in await self._admin.list_topics() if name.startswith(prefix)]
+        return {
+            described["topic"]: min(len(entry["replicas"]) for entry in described["partitions"])
+            for described in await self._admin.describe_topics(names)
+        }
+
     async def coordinator(self) -> int:
         """The broker coordinating the consumer group (it holds the committed offsets)."""
         return await self._admin.find_coordinator(self.group)

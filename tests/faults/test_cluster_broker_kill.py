@@ -139,12 +139,15 @@ async def test_broker_killed_mid_stream_on_a_three_node_cluster_stores_each_even
             reached = await positions.wait_committed(EVENTS, timeout=STALL_SECONDS)
             assert reached == EVENTS, worker.log_tail()
             figures["in-sync replicas at the end"] = await positions.replicas()
+            replication = await positions.replication_by_topic(settings.topic_prefix)
         replayed = worker.metric('feedgrid_sink_duplicates_total{table="access_events"}')
     finally:
         if producing is not None:
             producing.cancel()
         exit_code = worker.stop()
     assert exit_code == 0, worker.log_tail()
+    assert any("changelog" in name for name in replication), replication
+    assert set(replication.values()) == {3}, replication
 
     assert stored_counts(settings) == (EVENTS, EVENTS)
     assert_each_retrieval_counted_once(settings, [stream])
