@@ -268,6 +268,12 @@ class KafkaCluster(_LocalKafka):
 # ------------------------------------------------------------------------------ kafka
 
 
+def access_events_group(settings: Settings) -> str:
+    """The consumer group whose committed offsets say what the worker has stored: its batch
+    pipeline's, which reads access events and heartbeats below Faust (streams/context.py)."""
+    return f"{settings.topic_prefix}worker-batch"
+
+
 class KafkaPositions:
     """Committed offsets of a consumer group and end offsets of a topic, summed over the
     partitions (one admin client and one consumer, reused for every look)."""
@@ -335,7 +341,7 @@ class KafkaPositions:
 
     async def replication_by_topic(self, prefix: str) -> dict[str, int]:
         """Fewest replicas of any partition, for every topic whose name starts with ``prefix``
-        (the worker's own topics too: Faust's table changelogs, its internal re-keyed topic)."""
+        (the worker's own topics too, such as the tables' changelogs Faust creates)."""
         names = [name for name in await self._admin.list_topics() if name.startswith(prefix)]
         return {
             described["topic"]: min(len(entry["replicas"]) for entry in described["partitions"])
