@@ -557,14 +557,14 @@ def _launch(node: KafkaNode, echo: Echo) -> _Starting:
     return _Starting(node, process.pid, process)
 
 
-def _check_formatted_port(node: KafkaNode, start_option: str) -> None:
+def _check_formatted_port(node: KafkaNode) -> None:
     """A node's storage knows its quorum's controller ports: refuse to start it elsewhere."""
     formatted_port = formatted_controller_port(node.paths)
     if node.paths.meta_properties.exists() and formatted_port not in (None, node.controller_port):
         raise KafkaLauncherError(
             f"the KRaft storage in {node.paths.data} was formatted for controller port "
             f"{formatted_port} (broker port {formatted_port - CONTROLLER_PORT_OFFSET}); "
-            f"start with {start_option} {formatted_port - CONTROLLER_PORT_OFFSET}, or delete "
+            f"start with --port {formatted_port - CONTROLLER_PORT_OFFSET}, or delete "
             f"{node.paths.data} to start afresh"
         )
 
@@ -596,7 +596,7 @@ def start_kafka(port: int = DEFAULT_PORT, timeout: float = 60, echo: Echo | None
             return False
 
         install_kafka(echo=echo)
-        _check_formatted_port(node, "--port")
+        _check_formatted_port(node)
         paths.data.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(server_properties(node, [node]))
         format_storage(node, echo=echo)
@@ -745,10 +745,16 @@ def start_cluster(
     root = cluster_root()
     root.mkdir(parents=True, exist_ok=True)
     with file_lock(root / ".start.lock"):
+        recorded = formatted_first_port()
+        if first_port is not None and recorded not in (None, first_port):
+            raise KafkaLauncherError(
+                f"the cluster in {root} was formatted for ports {recorded}-"
+                f"{recorded + CLUSTER_SIZE - 1}: start with --first-port {recorded}, or delete "
+                f"{root} to start afresh"
+            )
         nodes = cluster_nodes(first_port)
         install_kafka(echo=echo)
         for node in nodes:
-            _check_formatted_port(node, "--first-port (node 1's port)")
             node.paths.data.mkdir(parents=True, exist_ok=True)
             node.paths.config.write_text(server_properties(node, nodes))
         _format_cluster(nodes, echo)
@@ -803,7 +809,7 @@ def stop_cluster(timeout: float = 30, echo: Echo | None = None) -> list[int]:
         node.paths.pid_file.unlink(missing_ok=True)
     for node_id, pid in pids.items():
         how = "killed with SIGKILL after SIGTERM timed out" if pid in killed else "stopped"
-        echo(f"Kafka node {node_id} (pid {pid}) {how}.")
+        echo(f"{running[node_id][0].name} (pid {pid}) {how}.")
     return sorted(pids)
 
 
