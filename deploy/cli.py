@@ -165,7 +165,9 @@ def _mount_subcommands() -> None:
     from deploy.local_postgres import postgres_app
     from deploy.seed.cli import seed_command
 
-    app.add_typer(kafka_app, name="kafka", help="The local Apache Kafka broker (KRaft, one node).")
+    app.add_typer(
+        kafka_app, name="kafka", help="The local Apache Kafka broker (KRaft), and a 3-node cluster."
+    )
     app.add_typer(
         postgres_app, name="postgres", help="A throwaway local PostgreSQL cluster for tests."
     )

@@ -11,7 +11,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas.settings import Settings
-from schemas.topics import TOPIC_SPECS, topic_name
+from schemas.topics import TOPIC_SPECS, TopicSpec, topic_name
 
 log = logging.getLogger("feedgrid.kafka")
 
@@ -39,6 +39,23 @@ async def topic_partitions(bootstrap: str, topic: str) -> set[int]:
         await client.close()
 
 
+# With three copies or more, an acks=all write counts once two replicas hold it: one broker may
+# die without losing an acknowledged event, and producing goes on while it is away.
+DURABLE_REPLICATION = 3
+DURABLE_MIN_INSYNC = 2
+
+
+def topic_config(spec: TopicSpec, replication: int) -> dict[str, str]:
+    """The spec's configuration, plus ``min.insync.replicas`` when the topic is replicated.
+
+    Set on the topic itself rather than left to the broker default (1 unless the operator
+    changed it), so durability does not depend on how a cluster happens to be configured.
+    """
+    if replication < DURABLE_REPLICATION:
+        return dict(spec.config)
+    return {**spec.config, "min.insync.replicas": str(DURABLE_MIN_INSYNC)}
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create every topic FeedGrid uses, with its cleanup policy. Idempotent; returns new names."""
     admin = AIOKafkaAdminClient(
@@ -53,7 +70,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
                 name=topic_name(settings.topic_prefix, spec.suffix),
                 num_partitions=settings.topic_partitions,
                 replication_factor=settings.topic_replication,
-                topic_configs=spec.config,
+                topic_configs=topic_config(spec, settings.topic_replication),
             )
             for spec in TOPIC_SPECS
             if topic_name(settings.topic_prefix, spec.suffix) not in existing

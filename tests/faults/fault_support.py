@@ -1,8 +1,9 @@
 """Real processes and real Kafka positions for the fault tests.
 
 A fault test starts what it breaks: a ``feedgrid api`` or ``feedgrid worker`` process (output
-in a log file, signalled by its pid), or a Kafka broker of its own on free ports, so the shared
-broker on 9092 that other tests use is never stopped. Everything a test starts, it stops.
+in a log file, signalled by its pid), or a Kafka broker (or three-node cluster) of its own on
+free ports, so the shared broker on 9092 that other tests use is never stopped. Everything a
+test starts, it stops.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from deploy.local_kafka import CONTROLLER_PORT_OFFSET, MARKER_NAME, kafka_paths
+from deploy.local_kafka import CLUSTER_SIZE, CONTROLLER_PORT_OFFSET, MARKER_NAME, kafka_paths
 from schemas.settings import Settings
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -51,6 +54,7 @@ def feedgrid_environment(settings: Settings, **extra: str) -> dict[str, str]:
         "FEEDGRID_CLICKHOUSE_URL": settings.clickhouse_url,
         "FEEDGRID_TOPIC_PREFIX": settings.topic_prefix,
         "FEEDGRID_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "FEEDGRID_TOPIC_REPLICATION": str(settings.topic_replication),
         "FEEDGRID_SIGNING_KEY_DIR": str(settings.signing_key_dir),
         "FEEDGRID_VAR_DIR": str(settings.var_dir),
         "FEEDGRID_RELAY_IDLE_SECONDS": str(settings.relay_idle_seconds),
@@ -172,14 +176,13 @@ class ApiProcess(ChildProcess):
         raise AssertionError(f"feedgrid api not answering after {timeout}s:\n{self.log_tail()}")
 
 
-class OwnBroker:
-    """A Kafka broker of the test's own (own var dir, free ports), driven through the same
-    launcher as the shared one (``python -m deploy.local_kafka``). Its jars are the shared
+class _LocalKafka:
+    """Kafka of the test's own (own var dir, free ports), driven through the same launcher as
+    the shared broker (``python -m deploy.local_kafka``). Its jars are the shared
     installation's, linked rather than resolved again by Maven."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = self._free_port_pair()
         self.environment = os.environ | {"FEEDGRID_VAR_DIR": str(root)}
         shared_libs = kafka_paths().libs
         own_libs = root / "kafka" / "libs"
@@ -187,21 +190,18 @@ class OwnBroker:
             own_libs.parent.mkdir(parents=True, exist_ok=True)
             own_libs.symlink_to(shared_libs, target_is_directory=True)
 
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
     @staticmethod
-    def _free_port_pair() -> int:
-        for _ in range(50):
-            port = free_port()
-            if port + CONTROLLER_PORT_OFFSET < 65_536 and _port_is_free(
-                port + CONTROLLER_PORT_OFFSET
-            ):
+    def _free_ports(count: int, first_choice: int | None = None) -> int:
+        """A port ``p`` with ``p .. p+count-1`` and their controller companions all free."""
+        candidates = ([first_choice] if first_choice else []) + [free_port() for _ in range(50)]
+        for port in candidates:
+            wanted = [port + step for step in range(count)]
+            wanted += [each + CONTROLLER_PORT_OFFSET for each in wanted]
+            if max(wanted) < 65_536 and all(_port_is_free(each) for each in wanted):
                 return port
-        raise RuntimeError("no free port pair for a second broker")
+        raise RuntimeError(f"no {count} free port pairs for a broker of the test's own")
 
-    def _launcher(self, *arguments: str) -> None:
+    def _launcher(self, *arguments: str) -> str:
         result = subprocess.run(
             [sys.executable, "-m", "deploy.local_kafka", *arguments],
             env=self.environment,
@@ -215,6 +215,19 @@ class OwnBroker:
             raise AssertionError(
                 f"deploy.local_kafka {' '.join(arguments)} failed: {result.stdout}{result.stderr}"
             )
+        return result.stdout
+
+
+class OwnBroker(_LocalKafka):
+    """One broker of the test's own: the single-node launcher on a free port pair."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.port = self._free_ports(1)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self._launcher("start", "--port", str(self.port), "--timeout", "180")
@@ -224,7 +237,41 @@ class OwnBroker:
         self._launcher("stop")
 
 
+class KafkaCluster(_LocalKafka):
+    """The three-node cluster of ``feedgrid kafka cluster`` (replication 3, min ISR 2) on
+    consecutive free ports (19092-19094 when free), in the test's own var dir."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.first_port = self._free_ports(CLUSTER_SIZE, first_choice=19092)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.first_port + step}" for step in range(CLUSTER_SIZE))
+
+    def start(self) -> None:
+        """Starts every node not running (a killed one rejoins); returns once all three
+        answer and see each other."""
+        self._launcher("cluster", "start", "--first-port", str(self.first_port), "--timeout", "240")
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL to one node's JVM: a crash, nothing flushed or handed over."""
+        self._launcher("cluster", "kill", str(node_id))
+
+    def stop(self) -> None:
+        self._launcher("cluster", "stop", "--timeout", "20")
+
+    def node_log(self, node_id: int) -> Path:
+        return self.root / "kafka-cluster" / f"node-{node_id}" / "server.log"
+
+
 # ------------------------------------------------------------------------------ kafka
+
+
+def access_events_group(settings: Settings) -> str:
+    """The consumer group whose committed offsets say what the worker has stored: its batch
+    pipeline's, which reads access events and heartbeats below Faust (streams/context.py)."""
+    return f"{settings.topic_prefix}worker-batch"
 
 
 class KafkaPositions:
@@ -262,31 +309,78 @@ class KafkaPositions:
         ``timeout`` bounds a stall, not the whole wait: while the total keeps moving the wait
         goes on, so a slow (loaded) machine is no failure but a stuck consumer is.
         """
-        committed = await self.committed()
+        committed = await self._committed_or(0)
         stalled_since = time.monotonic()
         while committed < at_least and time.monotonic() - stalled_since < timeout:
             await asyncio.sleep(0.2)
-            now = await self.committed()
+            now = await self._committed_or(committed)
             if now != committed:
                 committed, stalled_since = now, time.monotonic()
         return committed
 
+    async def _committed_or(self, last: int) -> int:
+        """The committed total, or ``last`` while the group's coordinator cannot answer (it
+        moves to another broker when its own dies)."""
+        try:
+            return await asyncio.wait_for(self.committed(), 15)
+        except (KafkaError, OSError, TimeoutError):
+            return last
+
+    async def leaders(self) -> dict[int, int]:
+        """Leader broker of each partition of the topic."""
+        (described,) = await self._admin.describe_topics([self.topic])
+        return {entry["partition"]: entry["leader"] for entry in described["partitions"]}
+
+    async def replicas(self) -> dict[int, tuple[int, list[int]]]:
+        """(replica count, in-sync replicas) of each partition of the topic."""
+        (described,) = await self._admin.describe_topics([self.topic])
+        return {
+            entry["partition"]: (len(entry["replicas"]), sorted(entry["isr"]))
+            for entry in described["partitions"]
+        }
+
+    async def replication_by_topic(self, prefix: str) -> dict[str, int]:
+        """Fewest replicas of any partition, for every topic whose name starts with ``prefix``
+        (the worker's own topics too, such as the tables' changelogs Faust creates)."""
+        names = [name for name in await self._admin.list_topics() if name.startswith(prefix)]
+        return {
+            described["topic"]: min(len(entry["replicas"]) for entry in described["partitions"])
+            for described in await self._admin.describe_topics(names)
+        }
+
+    async def coordinator(self) -> int:
+        """The broker coordinating the consumer group (it holds the committed offsets)."""
+        return await self._admin.find_coordinator(self.group)
+
 
 async def produce_batched(
-    bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]], partitions: int
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes, bytes]],
+    partitions: int,
+    *,
+    acks: Literal[1, "all"] = 1,
+    pace: Callable[[int], Awaitable[object]] | None = None,
 ) -> int:
     """Publishes pre-serialised (key, value) records as fast as Kafka takes them.
 
     Records go into one batch per partition (lz4) handed whole to the producer, which skips
     aiokafka's per-message path; keys choose the partition with the default (murmur2)
-    partitioner, the one the outbox relay's producer uses. Returns the number published.
+    partitioner, the one the outbox relay's producer uses. Returns the number published, all
+    acknowledged: a batch Kafka never acknowledged fails the call, naming the error.
+
+    ``acks="all"`` waits for every in-sync replica and makes the producer idempotent, so a
+    batch retried after a broker died mid-request is written once (aiokafka then retries
+    until the batch is acknowledged instead of expiring it). ``pace(sent)`` is awaited every
+    5,000 records: a test holds the producer back with it.
     """
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         compression_type="lz4",
         max_batch_size=1024 * 1024,
         linger_ms=20,
-        acks=1,
+        acks=acks,
+        enable_idempotence=acks == "all",
     )
     await producer.start()
     partition_of: dict[bytes, int] = {}
@@ -306,11 +400,16 @@ async def produce_batched(
                 batch.append(key=key, value=value, timestamp=None)
             sent += 1
             if sent % 5_000 == 0:
-                await asyncio.sleep(0)
+                await (pace(sent) if pace is not None else asyncio.sleep(0))
         for partition, batch in batches.items():
             if batch.record_count():
                 deliveries.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*deliveries)
+        outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
     finally:
         await producer.stop()
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if failures:
+        raise AssertionError(
+            f"{len(failures)} of {len(deliveries)} batches not acknowledged, first: {failures[0]!r}"
+        )
     return sent

@@ -30,7 +30,7 @@ from tests.faults.access_stream import (
     assert_each_retrieval_counted_once,
     stored_counts,
 )
-from tests.faults.fault_support import KafkaPositions, produce_batched
+from tests.faults.fault_support import KafkaPositions, access_events_group, produce_batched
 from tests.integration.streams_support import fast_tuning, running_worker, wait_for_value
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -68,7 +68,7 @@ async def test_inserts_refused_pause_consumption_and_lose_nothing(
     settings = stream_settings
     topic = topic_name(settings.topic_prefix, ACCESS_EVENTS)
     await ensure_topics(settings)
-    group = f"{settings.topic_prefix}worker"
+    group = access_events_group(settings)
     partitions = settings.topic_partitions
 
     began = time.monotonic()

@@ -32,7 +32,12 @@ from tests.faults.access_stream import (
     assert_each_retrieval_counted_once,
     stored_counts,
 )
-from tests.faults.fault_support import KafkaPositions, WorkerProcess, produce_batched
+from tests.faults.fault_support import (
+    KafkaPositions,
+    WorkerProcess,
+    access_events_group,
+    produce_batched,
+)
 
 EVENTS = int(os.environ.get("FEEDGRID_FAULT_STREAM_EVENTS", "1000000"))
 # A wait fails when the committed position has not moved for this long (see wait_committed).
@@ -69,7 +74,7 @@ async def test_worker_killed_five_times_mid_stream_stores_each_event_once(
             stream_settings.kafka_bootstrap,
             topic,
             stream_settings.topic_partitions,
-            f"{stream_settings.topic_prefix}worker",
+            access_events_group(stream_settings),
         ) as positions:
             for share, delay in KILLS:
                 mark = int(EVENTS * share)
