@@ -56,8 +56,9 @@ PREPARE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
-STALL_NOT_READY_SECONDS = 30.0
 T = TypeVar("T")
+REVOKE_GRACE_SECONDS = 10.0
+STOP_GRACE_SECONDS = 10.0
 
 
 class Handler(Protocol):
@@ -106,7 +107,9 @@ class BatchPipeline:
         self._assigned: set[TopicPartition] = set()
         self._committed: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
-        self._restored = asyncio.Event()
+        self._pending_restore = True
+        self._restore_task: asyncio.Task[None] | None = None
+        self._owned: dict[str, set[int]] = {}
         self.batches_stored = 0
         self._figures: dict[str, tuple[int, float]] = {}
         self.faust_agents: list[str] = []
@@ -126,7 +129,8 @@ class BatchPipeline:
             max_partition_fetch_bytes=8 * 1024 * 1024,
             session_timeout_ms=int(self.tuning.session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(max(1.0, self.tuning.session_timeout_seconds / 10) * 1000),
-            max_poll_interval_ms=600_000,
+            # A long ClickHouse outage holds the loop on one store: stay in the group meanwhile.
+            max_poll_interval_ms=3_600_000,
         )
         consumer.subscribe(list(self.handlers), listener=_Rebalance(self))
         await consumer.start()
@@ -138,8 +142,14 @@ class BatchPipeline:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
-            with contextlib.suppress(Exception):
-                await self._finish_in_flight()
+            await _cancel(self._restore_task)
+            # A store that cannot finish (ClickHouse away) is given up: it was not committed.
+            task, self._in_flight = self._in_flight, None
+            if task is not None:
+                done, _ = await asyncio.wait({task}, timeout=STOP_GRACE_SECONDS)
+                if not done:
+                    log.warning("a batch was not stored before the stop; it will be read again")
+                await _cancel(task)
             self._consumer = None
             await consumer.stop()
 
@@ -148,12 +158,19 @@ class BatchPipeline:
         first_at = 0.0
         next_scan = time.monotonic() + self.tuning.liveness_scan_seconds
         while not stop.is_set():
+            self._restore_when_assigned()
             now = time.monotonic()
             wait = flush if not self._count else first_at + flush - now
-            fetched = await consumer.getmany(
-                timeout_ms=int(max(0.0, min(wait, 0.2)) * 1000),
-                max_records=self.tuning.max_poll_records,
-            )
+            if self._pending_restore:
+                wait = max(wait, 0.1)  # state comes first: fetch (the lag shows), never spin
+            if self._count >= 2 * self.tuning.batch_size:
+                await asyncio.sleep(0.05)  # held back (restoring): fetch no more meanwhile
+                fetched = {}
+            else:
+                fetched = await consumer.getmany(
+                    timeout_ms=int(max(0.0, min(wait, 0.2)) * 1000),
+                    max_records=self.tuning.max_poll_records,
+                )
             for tp, records in fetched.items():
                 if tp not in self._assigned or not records:
                     continue  # revoked while the fetch was under way
@@ -165,14 +182,16 @@ class BatchPipeline:
             scan_due = self.scan is not None and now >= next_scan
             full = self._count >= self.tuning.batch_size
             due = self._count > 0 and now - first_at >= flush
-            if not (full or due or scan_due) or not self._restored.is_set():
+            if not (full or due or scan_due) or self._pending_restore:
+                await asyncio.sleep(0)  # a fetch that returned at once did not yield
                 continue
             batch = self._prepare(self._buffer)
             self._buffer, self._count = {}, 0
             if scan_due and self.scan is not None:
                 next_scan = now + self.tuning.liveness_scan_seconds
                 self.scan(time.time(), batch)
-            await self._finish_in_flight()
+            if not await self._in_flight_done(stop):
+                return
             if batch.events or batch.feed_status or batch.outgoing or batch.alerts:
                 self._in_flight = asyncio.create_task(self._store(batch), name="stream-store")
             await asyncio.sleep(0)
@@ -213,10 +232,19 @@ class BatchPipeline:
             BATCH_SECONDS.labels(agent).observe(elapsed)
         self.batches_stored += 1
 
-    async def _finish_in_flight(self) -> None:
-        task, self._in_flight = self._in_flight, None
-        if task is not None:
-            await task
+    async def _in_flight_done(self, stop: asyncio.Event) -> bool:
+        """Waits for the store in flight; False when told to stop first."""
+        task = self._in_flight
+        if task is None:
+            return True
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not task.done():
+            return False
+        self._in_flight = None
+        task.result()
+        return True
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         consumer = self._consumer
@@ -236,24 +264,46 @@ class BatchPipeline:
     # ------------------------------------------------------------------ rebalancing
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
-        await self._finish_in_flight()
-        # Records fetched but not prepared are read again from the committed offsets.
+        """Lets the store in flight finish (briefly: its commit may fail now, which only means
+        the next owner reads it again), and forgets what was fetched and not prepared."""
+        task = self._in_flight
+        if task is not None:
+            await asyncio.wait({task}, timeout=REVOKE_GRACE_SECONDS)
+            if task.done():
+                self._in_flight = None
+                with contextlib.suppress(Exception):
+                    task.result()
+        await _cancel(self._restore_task)
+        self._restore_task = None
         self._buffer, self._count = {}, 0
         self._assigned -= partitions
-        self._restored.clear()
+        self._pending_restore = True
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
+        """Notes the assignment; the loop restores the handlers' state before its next batch
+        (never here: a rebalance callback that waits on ClickHouse would hold the group)."""
         self._assigned = set(partitions)
-        consumer = self._consumer
-        counts: dict[str, int] = {}
-        owned: dict[str, set[int]] = {}
+        self._owned = {}
         for tp in partitions:
-            owned.setdefault(tp.topic, set()).add(tp.partition)
-        for topic in self.handlers:
-            total = (consumer.partitions_for_topic(topic) if consumer else None) or set()
-            counts[topic] = len(total)
+            self._owned.setdefault(tp.topic, set()).add(tp.partition)
+        self._pending_restore = True
+        self._last_commit = time.monotonic()
+
+    def _restore_when_assigned(self) -> None:
+        task = self._restore_task
+        if task is not None and task.done():
+            self._restore_task = None
+            task.result()  # a bug surfaces here; ClickHouse errors are retried inside
+            self._pending_restore = False
+            self._last_commit = time.monotonic()
+        elif task is None and self._pending_restore:
+            self._restore_task = asyncio.create_task(self._restore(), name="stream-restore")
+
+    async def _restore(self) -> None:
+        consumer = self._consumer
         for topic, handler in self.handlers.items():
-            mine, total = owned.get(topic, set()), counts.get(topic, 0)
+            mine = self._owned.get(topic, set())
+            total = len((consumer.partitions_for_topic(topic) if consumer else None) or ())
 
             def owns(feed_id: str, mine: set[int] = mine, total: int = total) -> bool:
                 return total > 0 and partition_of(feed_id.encode(), total) in mine
@@ -263,13 +313,8 @@ class BatchPipeline:
                 lambda handler=handler, owns=owns: handler.restore(self.clickhouse_url, owns),
             )
             log.info("%s: %d partitions, %d state entries restored", topic, len(mine), restored)
-        access = [tp.partition for tp in partitions if tp.topic == self.events_topic]
-        horizons = await self._retrying_restore(
-            "sink", lambda: self.sink.replay_horizons("access_events", access)
-        )
-        self.sink.set_replay_horizons(horizons)
-        self._last_commit = time.monotonic()
-        self._restored.set()
+        access = sorted(self._owned.get(self.events_topic, set()))
+        await self.sink.load_replay_horizons("access_events", access)
 
     async def _retrying_restore(self, name: str, call: Callable[[], T]) -> T:
         delay = self.tuning.retry_initial_seconds
@@ -316,7 +361,7 @@ class BatchPipeline:
         """The watchdog's latest figures (it runs on the worker's loop, this on any thread)."""
         figures = dict(self._figures)
         stalled = {name: seconds for name, (_, seconds) in figures.items()}
-        ready = all(seconds < STALL_NOT_READY_SECONDS for seconds in stalled.values())
+        ready = all(seconds < self.tuning.stall_seconds for seconds in stalled.values())
         return ready, {
             "stalled_seconds": stalled,
             "lag": {name: lag for name, (lag, _) in figures.items()},
@@ -332,3 +377,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.pipeline.assigned(set(assigned))
+
+
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

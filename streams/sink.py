@@ -154,6 +154,12 @@ class ClickHouseSink:
         """
         self._horizons = dict(horizons)
 
+    async def load_replay_horizons(self, table: str, partitions: Iterable[int]) -> None:
+        """Reads the horizons of ``partitions`` (after an assignment) and uses them."""
+        wanted = list(partitions)
+        horizons = await self._retrying(table, lambda: self.replay_horizons(table, wanted))
+        self.set_replay_horizons(horizons)
+
     def replay_horizons(self, table: str, partitions: Iterable[int]) -> dict[int, int]:
         """The horizons of ``partitions`` as ClickHouse knows them (-1: nothing stored)."""
         client = connect(self.clickhouse_url)

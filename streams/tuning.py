@@ -32,6 +32,12 @@ class StreamTuning(BaseSettings):
     heartbeat_silence_seconds: float = Field(
         120.0, gt=0, le=86_400, description="Silence after which a feed is declared offline"
     )
+    stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3_600,
+        description="An agent with records waiting and no commit for this long is not ready",
+    )
     liveness_seen_seconds: float = Field(
         60.0,
         gt=0,

@@ -18,6 +18,7 @@ from tests.integration.streams_support import (
     Retrieval,
     access_event,
     decode_json,
+    fast_tuning,
     feed_document,
     feed_event,
     grant_issued,
@@ -179,15 +180,23 @@ async def test_consumption_pauses_while_clickhouse_refuses_and_resumes_without_l
         for i in range(100)
     ]
     events = [event for retrieval in retrievals for event in retrieval.events()]
-    async with running_worker(stream_settings) as context:
+    async with running_worker(stream_settings, fast_tuning(stall_seconds=2.0)) as context:
         await produce(stream_settings, ACCESS_TOPIC, events)
         await asyncio.sleep(3)
         assert context.sink.available is False
+        # The watchdog says so: records wait, nothing was committed for seconds, not ready.
+        lag, stalled = context.pipeline.measure()["access-events"]
+        assert lag == len(events) and stalled >= 2
+        ready, detail = context.pipeline.health()
+        assert not ready  # stall_seconds is 2 here (30 by default)
+        assert detail["lag"]["access-events"] == len(events)
         client.command("ATTACH TABLE access_events")
         stored = await wait_for_value(
             stream_settings, "SELECT count() FROM access_events", len(events)
         )
         assert context.sink.available is True
+        await asyncio.sleep(1.5)
+        assert context.pipeline.measure()["access-events"] == (0, 0.0)
     assert stored == len(events)
     assert query(stream_settings, "SELECT uniqExact(event_id) FROM access_events") == [
         (len(events),)
