@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -309,8 +310,7 @@ class BatchPipeline:
                 return total > 0 and partition_of(feed_id.encode(), total) in mine
 
             restored = await self._retrying_restore(
-                handler.name,
-                lambda handler=handler, owns=owns: handler.restore(self.clickhouse_url, owns),
+                handler.name, functools.partial(handler.restore, self.clickhouse_url, owns)
             )
             log.info("%s: %d partitions, %d state entries restored", topic, len(mine), restored)
         access = sorted(self._owned.get(self.events_topic, set()))
