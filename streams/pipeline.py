@@ -368,7 +368,7 @@ class BatchPipeline:
         }
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, pipeline: BatchPipeline) -> None:
         self.pipeline = pipeline
 

@@ -38,6 +38,7 @@ their ReplacingMergeTree key and a content token.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -223,7 +224,7 @@ class ClickHouseSink:
         if len(fresh) < len(keys):
             DUPLICATES_DROPPED.labels(table).inc(len(keys) - len(fresh))
         for block in sorted(replayed_blocks):
-            await self._retrying(table, lambda block=block: self._resend_block(table, block))  # type: ignore[misc]
+            await self._retrying(table, functools.partial(self._resend_block, table, block))
             BLOCKS_REPAIRED.labels(table).inc()
         if fresh:
             if len(fresh) < len(keys):
