@@ -265,16 +265,6 @@ def check_retrieval(
     requester = data.requester_department or ""
     if requester and requester == owner_department:
         return None  # a department retrieving its own feeds needs no grant
-    common: dict[str, Any] = {
-        "time": time,
-        "feed_id": data.feed_id,
-        "owner_department": owner_department,
-        "requester_department": data.requester_department,
-        "requester_user": data.requester_user,
-        "grant_id": data.grant_id,
-        "token_id": data.token_id,
-        "trigger_event_id": event_id,
-    }
     grant = grants.get(data.grant_id or "")
     problem: str | None = None
     if not data.grant_id:
@@ -287,15 +277,31 @@ def check_retrieval(
         elif grant.requester_department and requester and grant.requester_department != requester:
             problem = f"grant {grant.grant_id} belongs to department {grant.requester_department}"
         else:
-            return _check_window_and_action(event_id, time, data, grant, common)
+            return _check_window_and_action(event_id, time, data, grant, owner_department)
     return raise_alert(
         RETRIEVAL_WITHOUT_GRANT,
         str(event_id),
         severity="critical",
         message=f"retrieval of feed {data.feed_id} without a valid grant: {problem}",
         evidence={"problem": problem, "client_ip": data.client_ip, "action": data.action},
-        **common,
+        **_alert_context(event_id, time, data, owner_department),
     )
+
+
+def _alert_context(
+    event_id: uuid.UUID, time: datetime, data: AccessEventData, owner_department: str
+) -> dict[str, Any]:
+    """What every retrieval alert says of its trigger (built only when one is raised)."""
+    return {
+        "time": time,
+        "feed_id": data.feed_id,
+        "owner_department": owner_department,
+        "requester_department": data.requester_department,
+        "requester_user": data.requester_user,
+        "grant_id": data.grant_id,
+        "token_id": data.token_id,
+        "trigger_event_id": event_id,
+    }
 
 
 def _check_window_and_action(
@@ -303,7 +309,7 @@ def _check_window_and_action(
     time: datetime,
     data: AccessEventData,
     grant: GrantState,
-    common: dict[str, Any],
+    owner_department: str,
 ) -> RaisedAlert | None:
     moment = time.timestamp()
     problems = []
@@ -328,7 +334,7 @@ def _check_window_and_action(
             "granted_actions": sorted(grant.actions),
             "action": data.action,
         },
-        **common,
+        **_alert_context(event_id, time, data, owner_department),
     )
 
 
