@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 import orjson
@@ -17,28 +18,60 @@ from schemas.numbers import StoredCount, StoredSeconds
 
 EVENT_SOURCE_REGISTRY = "/feedgrid/registry"
 
-FEED_EVENT_TYPES = (
-    "feedgrid.feed.registered",
-    "feedgrid.feed.updated",
-    "feedgrid.feed.retired",
-    "feedgrid.feed.status",
+
+class EventType(StrEnum):
+    """Every CloudEvent ``type`` FeedGrid writes or reads: the one vocabulary of the topics.
+
+    A member is its string (``EventType.GRANT_ISSUED == "feedgrid.grant.issued"``), so it goes
+    to JSON, SQL and comparisons with received events as it is.
+    """
+
+    # feed-metadata topic: the full current state of a feed after each write
+    FEED_REGISTERED = "feedgrid.feed.registered"
+    FEED_UPDATED = "feedgrid.feed.updated"
+    FEED_RETIRED = "feedgrid.feed.retired"
+    FEED_STATUS = "feedgrid.feed.status"
+    # access-events topic: one flat AccessEventData payload each
+    ACCESS_REQUESTED = "feedgrid.access.requested"
+    ACCESS_DECIDED = "feedgrid.access.decided"
+    GRANT_ISSUED = "feedgrid.grant.issued"
+    GRANT_REVOKED = "feedgrid.grant.revoked"
+    RETRIEVAL_STARTED = "feedgrid.retrieval.started"
+    RETRIEVAL_ENDED = "feedgrid.retrieval.ended"
+    RETRIEVAL_DENIED = "feedgrid.retrieval.denied"
+    # heartbeats topic: liveness reports from devices, gateways and GB/T 28181 platforms
+    HEARTBEAT = "feedgrid.heartbeat"
+    # feed-status topic: a worker decided a feed's liveness changed, or saw it recently
+    # (``seen`` comes at most once per ``liveness_seen_interval`` per feed: a coarse last_seen)
+    LIVENESS_CHANGED = "feedgrid.liveness.changed"
+    LIVENESS_SEEN = "feedgrid.liveness.seen"
+    # alerts topic: anomalies found by the agents
+    ALERT_RAISED = "feedgrid.alert.raised"
+
+
+# The types each topic carries, in the order above.
+FEED_EVENT_TYPES: tuple[EventType, ...] = (
+    EventType.FEED_REGISTERED,
+    EventType.FEED_UPDATED,
+    EventType.FEED_RETIRED,
+    EventType.FEED_STATUS,
 )
-ACCESS_EVENT_TYPES = (
-    "feedgrid.access.requested",
-    "feedgrid.access.decided",
-    "feedgrid.grant.issued",
-    "feedgrid.grant.revoked",
-    "feedgrid.retrieval.started",
-    "feedgrid.retrieval.ended",
-    "feedgrid.retrieval.denied",
+ACCESS_EVENT_TYPES: tuple[EventType, ...] = (
+    EventType.ACCESS_REQUESTED,
+    EventType.ACCESS_DECIDED,
+    EventType.GRANT_ISSUED,
+    EventType.GRANT_REVOKED,
+    EventType.RETRIEVAL_STARTED,
+    EventType.RETRIEVAL_ENDED,
+    EventType.RETRIEVAL_DENIED,
 )
-HEARTBEAT_EVENT_TYPE = "feedgrid.heartbeat"
-# On the feed-status topic: a worker decided a feed's liveness changed, or saw it recently
-# (``seen`` comes at most once per ``liveness_seen_interval`` per feed: a coarse last_seen).
-LIVENESS_CHANGED_EVENT_TYPE = "feedgrid.liveness.changed"
-LIVENESS_SEEN_EVENT_TYPE = "feedgrid.liveness.seen"
-LIVENESS_EVENT_TYPES = (LIVENESS_CHANGED_EVENT_TYPE, LIVENESS_SEEN_EVENT_TYPE)
-ALERT_EVENT_TYPE = "feedgrid.alert.raised"
+LIVENESS_EVENT_TYPES: tuple[EventType, ...] = (EventType.LIVENESS_CHANGED, EventType.LIVENESS_SEEN)
+
+# Former names of single types, kept while streams/ moves over to EventType.
+HEARTBEAT_EVENT_TYPE = EventType.HEARTBEAT
+LIVENESS_CHANGED_EVENT_TYPE = EventType.LIVENESS_CHANGED
+LIVENESS_SEEN_EVENT_TYPE = EventType.LIVENESS_SEEN
+ALERT_EVENT_TYPE = EventType.ALERT_RAISED
 
 SCHEMA_FEED_METADATA_V1 = "feedgrid:feed-metadata:v1"
 SCHEMA_ACCESS_EVENT_V1 = "feedgrid:access-event:v1"

@@ -26,14 +26,7 @@ from registry_api.access.policy import (
 )
 from registry_api.access.retrieval import retrieval_urls
 from registry_api.audit.bulk import execute_insert, prepare_insert
-from registry_api.audit.service import (
-    ACCESS_DECIDED,
-    ACCESS_REQUESTED,
-    GRANT_ISSUED,
-    GRANT_REVOKED,
-    AccessEvent,
-    record_access_events,
-)
+from registry_api.audit.service import AccessEvent, record_access_events
 from registry_api.errors import ApiError, Conflict, Forbidden, NotFound, Unprocessable
 from registry_api.feeds.service import search_feed_ids
 from registry_api.feeds.spatial import FeedIndex
@@ -53,7 +46,7 @@ from schemas.access import (
     RequestStatus,
     RetrievalOut,
 )
-from schemas.events import AccessEventData, utcnow
+from schemas.events import AccessEventData, EventType, utcnow
 from schemas.identity import Role
 from schemas.settings import Settings
 
@@ -258,7 +251,7 @@ async def create_access_request(
         )
         events.append(
             AccessEvent(
-                ACCESS_REQUESTED,
+                EventType.ACCESS_REQUESTED,
                 _event_data(request, feed_id, owner, request.actions),
                 principal.subject,
                 occurred_at=now,
@@ -266,7 +259,7 @@ async def create_access_request(
         )
         events.append(
             AccessEvent(
-                ACCESS_DECIDED,
+                EventType.ACCESS_DECIDED,
                 _event_data(
                     request,
                     feed_id,
@@ -306,7 +299,7 @@ def _grant_issued_event(
     request: AccessRequest, feed_id: str, grant: dict[str, object], actor: str, now: datetime
 ) -> AccessEvent:
     return AccessEvent(
-        GRANT_ISSUED,
+        EventType.GRANT_ISSUED,
         _event_data(
             request,
             feed_id,
@@ -669,7 +662,7 @@ def _decided_event(
     grant_id: str | None,
 ) -> AccessEvent:
     return AccessEvent(
-        ACCESS_DECIDED,
+        EventType.ACCESS_DECIDED,
         _event_data(
             request,
             item.feed_id,
@@ -846,7 +839,7 @@ async def _revoked_events(
     assert request is not None
     return [
         AccessEvent(
-            GRANT_REVOKED,
+            EventType.GRANT_REVOKED,
             _event_data(
                 request,
                 feed_id,

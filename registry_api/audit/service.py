@@ -26,16 +26,19 @@ from registry_api.audit.chain import ChainLink, ChainVerifier, extend_chain
 from registry_api.audit.models import HASHED_COLUMNS, AuditChainHead, AuditEntry
 from registry_api.outbox.models import OutboxMessage
 from schemas.access import AuditEntryOut, AuditPage, AuditVerification
-from schemas.events import EVENT_SOURCE_REGISTRY, SCHEMA_ACCESS_EVENT_V1, AccessEventData, utcnow
+from schemas.events import (
+    EVENT_SOURCE_REGISTRY,
+    SCHEMA_ACCESS_EVENT_V1,
+    AccessEventData,
+    EventType,
+    utcnow,
+)
 from schemas.topics import ACCESS_EVENTS
 
-ACCESS_REQUESTED = "feedgrid.access.requested"
-ACCESS_DECIDED = "feedgrid.access.decided"
-GRANT_ISSUED = "feedgrid.grant.issued"
-GRANT_REVOKED = "feedgrid.grant.revoked"
-RETRIEVAL_STARTED = "feedgrid.retrieval.started"
-RETRIEVAL_ENDED = "feedgrid.retrieval.ended"
-RETRIEVAL_DENIED = "feedgrid.retrieval.denied"
+# Former names, kept for registry_api/hooks/service.py until it imports EventType itself.
+RETRIEVAL_STARTED = EventType.RETRIEVAL_STARTED
+RETRIEVAL_ENDED = EventType.RETRIEVAL_ENDED
+RETRIEVAL_DENIED = EventType.RETRIEVAL_DENIED
 
 CHAIN_HEAD_ID = 1
 VERIFY_BATCH = 5_000
@@ -62,7 +65,7 @@ def new_event_id() -> uuid.UUID:
 class AccessEvent:
     """Something to record: it becomes an audit link and a CloudEvent with the same id."""
 
-    event_type: str
+    event_type: EventType
     data: AccessEventData
     actor: str | None = None
     event_id: uuid.UUID = field(default_factory=new_event_id)
@@ -72,7 +75,7 @@ class AccessEvent:
         payload = self.data.model_dump(mode="json")
         return {
             "event_id": str(self.event_id),
-            "event_type": self.event_type,
+            "event_type": str(self.event_type),
             "occurred_at": self.occurred_at,
             "actor": self.actor,
             "feed_id": self.data.feed_id,

@@ -9,13 +9,17 @@ from typing import Any
 import orjson
 
 from registry_api.feeds.documents import event_data
-from schemas.events import EVENT_SOURCE_REGISTRY, SCHEMA_FEED_METADATA_V1, CloudEvent, utcnow
+from schemas.events import (
+    EVENT_SOURCE_REGISTRY,
+    SCHEMA_FEED_METADATA_V1,
+    CloudEvent,
+    EventType,
+    utcnow,
+)
 from schemas.topics import FEED_METADATA
 
-FEED_REGISTERED = "feedgrid.feed.registered"
-FEED_UPDATED = "feedgrid.feed.updated"
-FEED_RETIRED = "feedgrid.feed.retired"
-FEED_STATUS = "feedgrid.feed.status"
+# Former name, kept for its importers outside this package until they use EventType.
+FEED_STATUS = EventType.FEED_STATUS
 
 
 class TrustedEvent(CloudEvent):
@@ -43,7 +47,7 @@ class TrustedEvent(CloudEvent):
 _EVENT_FIELDS = frozenset(CloudEvent.model_fields)
 
 
-def feed_event(event_type: str, row: Mapping[Any, Any]) -> CloudEvent:
+def feed_event(event_type: EventType, row: Mapping[Any, Any]) -> CloudEvent:
     """A CloudEvent carrying the feed's whole current state (internal fields included).
 
     Built with ``model_construct`` and every field given: the data is our own document, and
@@ -63,6 +67,6 @@ def feed_event(event_type: str, row: Mapping[Any, Any]) -> CloudEvent:
     )
 
 
-def outbox_row(event_type: str, row: Mapping[Any, Any]) -> tuple[str, str, CloudEvent]:
+def outbox_row(event_type: EventType, row: Mapping[Any, Any]) -> tuple[str, str, CloudEvent]:
     """The (topic, key, event) triple ``enqueue_many`` takes; the key keeps per-feed order."""
     return FEED_METADATA, row["id"], feed_event(event_type, row)

@@ -32,14 +32,14 @@ from registry_api.feeds.documents import (
     input_document,
     new_feed_id,
 )
-from registry_api.feeds.events import FEED_REGISTERED, FEED_RETIRED, FEED_UPDATED, outbox_row
+from registry_api.feeds.events import outbox_row
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.problems import first_problem, validation_details
 from registry_api.feeds.spatial import FeedIndex, FeedRecord, IndexQuery, InvalidCursor
 from registry_api.identity.models import Department
 from registry_api.identity.principal import Principal
 from registry_api.outbox.service import enqueue_many
-from schemas.events import utcnow
+from schemas.events import EventType, utcnow
 from schemas.feeds import (
     FeedCreate,
     FeedFeature,
@@ -203,7 +203,7 @@ async def register_feed(
         session, properties.owner, properties.code, values["stream_url_key"]
     )
     await session.execute(insert(feeds), [row])
-    await enqueue_many(session, [outbox_row(FEED_REGISTERED, row)])
+    await enqueue_many(session, [outbox_row(EventType.FEED_REGISTERED, row)])
     try:
         await session.commit()
     except IntegrityError:
@@ -285,7 +285,7 @@ async def update_feed(
         await session.rollback()
         raise PreconditionFailed(f"feed {feed_id} changed meanwhile; read it again")
     updated = {**row, **changes}
-    await enqueue_many(session, [outbox_row(FEED_UPDATED, updated)])
+    await enqueue_many(session, [outbox_row(EventType.FEED_UPDATED, updated)])
     await session.commit()
     index.apply([record_of(updated)])
     return feed_document(updated, show_url=True)
@@ -322,7 +322,7 @@ async def retire_feed(
         .values(**changes)
     )
     retired = {**row, **changes}
-    await enqueue_many(session, [outbox_row(FEED_RETIRED, retired)])
+    await enqueue_many(session, [outbox_row(EventType.FEED_RETIRED, retired)])
     await session.commit()
     index.apply([record_of(retired)])
     return feed_document(retired, show_url=True)
