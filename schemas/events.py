@@ -106,6 +106,58 @@ class CloudEvent(BaseModel):
     def from_bytes(cls, raw: bytes) -> CloudEvent:
         return cls.model_validate_json(raw)
 
+    @staticmethod
+    def trusted(
+        *,
+        type: str,
+        subject: str | None,
+        dataschema: str | None,
+        data: dict[str, Any],
+        id: uuid.UUID | None = None,
+        time: datetime | None = None,
+        source: str = EVENT_SOURCE_REGISTRY,
+    ) -> CloudEvent:
+        """An envelope around data the registry built itself (a feed document, an access event
+        payload): not validated again, and encoded by orjson straight from its fields. The bytes
+        are what :meth:`to_bytes` writes, at a third of the cost: bulk imports and the hooks
+        write tens of thousands of these. ``data`` must hold JSON values (and datetimes)."""
+        return _TrustedCloudEvent.model_construct(
+            _fields_set=set(_ENVELOPE_FIELDS),
+            specversion="1.0",
+            id=uuid.uuid4() if id is None else id,
+            source=source,
+            type=type,
+            time=utcnow() if time is None else time,
+            subject=subject,
+            datacontenttype="application/json",
+            dataschema=dataschema,
+            data=data,
+        )
+
+
+_ENVELOPE_FIELDS = frozenset(CloudEvent.model_fields)
+
+
+class _TrustedCloudEvent(CloudEvent):
+    """What :meth:`CloudEvent.trusted` builds: the same JSON as ``CloudEvent.to_bytes`` (same
+    keys, same order, RFC 3339 UTC times with ``Z``) without the model round trip."""
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "specversion": self.specversion,
+                "id": self.id,
+                "source": self.source,
+                "type": self.type,
+                "time": self.time,
+                "subject": self.subject,
+                "datacontenttype": self.datacontenttype,
+                "dataschema": self.dataschema,
+                "data": self.data,
+            },
+            option=orjson.OPT_UTC_Z,
+        )
+
 
 class AccessEventData(BaseModel):
     """Payload of every event on the access-events topic (one flat shape for the sink)."""

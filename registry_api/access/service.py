@@ -25,8 +25,8 @@ from registry_api.access.policy import (
     decide,
 )
 from registry_api.access.retrieval import retrieval_urls
-from registry_api.audit.bulk import execute_insert, prepare_insert
 from registry_api.audit.service import AccessEvent, record_access_events
+from registry_api.bulk_insert import execute_insert, prepare_insert
 from registry_api.errors import ApiError, Conflict, Forbidden, NotFound, Unprocessable
 from registry_api.feeds.service import search_feed_ids
 from registry_api.feeds.spatial import FeedIndex
