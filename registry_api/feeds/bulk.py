@@ -41,9 +41,10 @@ from registry_api.feeds import sqlite_rows as sqlite_fast
 from registry_api.feeds.bulk_validation import Checked, check_features
 from registry_api.feeds.documents import new_feed_ids
 from registry_api.feeds.events import outbox_row
+from registry_api.feeds.index.columns import Columns
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import media_path_problem, record_of
-from registry_api.feeds.spatial import DELTA_LIMIT, Columns, FeedIndex
+from registry_api.feeds.spatial import DELTA_LIMIT, FeedIndex
 from registry_api.identity.models import Department
 from registry_api.identity.principal import Principal
 from registry_api.outbox.service import enqueue_many

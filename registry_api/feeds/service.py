@@ -33,9 +33,11 @@ from registry_api.feeds.documents import (
     new_feed_id,
 )
 from registry_api.feeds.events import outbox_row
+from registry_api.feeds.index.queries import IndexQuery, InvalidCursor
+from registry_api.feeds.index.records import FeedRecord
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.problems import first_problem, validation_details
-from registry_api.feeds.spatial import FeedIndex, FeedRecord, IndexQuery, InvalidCursor
+from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.models import Department
 from registry_api.identity.principal import Principal
 from registry_api.outbox.service import enqueue_many
