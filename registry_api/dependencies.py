@@ -20,7 +20,7 @@ CITY_ADMIN = Principal(subject="city-admin", department=None, roles=frozenset({R
 
 
 async def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime  # type: ignore[no-any-return]
+    return request.app.state.runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

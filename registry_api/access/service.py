@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, exists, insert, select, update
@@ -27,6 +28,7 @@ from registry_api.access.policy import (
 from registry_api.access.retrieval import retrieval_urls
 from registry_api.audit.service import AccessEvent, record_access_events
 from registry_api.bulk_insert import execute_insert, prepare_insert
+from registry_api.db import rows_matched
 from registry_api.errors import ApiError, Conflict, Forbidden, NotFound, Unprocessable
 from registry_api.feeds.service import search_feed_ids
 from registry_api.feeds.spatial import FeedIndex
@@ -63,10 +65,10 @@ class Gone(ApiError):
 
 
 class TABLES:
-    requests: Table = AccessRequest.__table__  # type: ignore[assignment]
-    request_feeds: Table = AccessRequestFeed.__table__  # type: ignore[assignment]
-    grants: Table = Grant.__table__  # type: ignore[assignment]
-    grant_feeds: Table = GrantFeed.__table__  # type: ignore[assignment]
+    requests = cast(Table, AccessRequest.__table__)
+    request_feeds = cast(Table, AccessRequestFeed.__table__)
+    grants = cast(Table, Grant.__table__)
+    grant_feeds = cast(Table, GrantFeed.__table__)
 
 
 def new_id() -> str:
@@ -304,7 +306,7 @@ def _grant_issued_event(
             request,
             feed_id,
             str(grant["owner_department"]),
-            grant["actions"],  # type: ignore[arg-type]
+            cast(list[str], grant["actions"]),
             decision="granted",
             grant_id=str(grant["id"]),
             decided_at=now,
@@ -551,7 +553,7 @@ async def _claim(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount != len(feed_ids):  # type: ignore[attr-defined]
+        if rows_matched(result) != len(feed_ids):
             await session.rollback()
             raise Conflict("another decision on these feeds came first", code="already_decided")
 
@@ -826,7 +828,7 @@ async def _revoke_row(
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if rows_matched(result) != 1:
         return None
     grant = await session.get(Grant, grant_id, populate_existing=True)
     return grant

@@ -35,6 +35,7 @@ from sqlalchemy import and_, bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry_api.db import rows_matched
 from registry_api.errors import Conflict, Unprocessable
 from registry_api.feeds import bulk_validation
 from registry_api.feeds import sqlite_rows as sqlite_fast
@@ -384,7 +385,7 @@ async def _write_updates(session: AsyncSession, updates: list[dict[str, Any]]) -
         for row in updates
     ]
     result = await session.execute(statement, parameters)
-    if result.rowcount not in (-1, len(updates)):  # type: ignore[attr-defined]
+    if rows_matched(result) not in (-1, len(updates)):
         raise _ChangedMeanwhile
 
 

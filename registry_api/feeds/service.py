@@ -15,6 +15,7 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry_api.db import rows_matched
 from registry_api.errors import (
     ApiError,
     Conflict,
@@ -283,7 +284,7 @@ async def update_feed(
         .where(and_(feeds.c.id == feed_id, feeds.c.version == expected))
         .values(**changes)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if rows_matched(result) != 1:
         await session.rollback()
         raise PreconditionFailed(f"feed {feed_id} changed meanwhile; read it again")
     updated = {**row, **changes}
@@ -371,7 +372,7 @@ async def load_rows(session: AsyncSession, feed_ids: Sequence[str]) -> dict[str,
 
 async def load_page_rows(
     session: AsyncSession, feed_ids: Sequence[str]
-) -> dict[str, Mapping[Any, Any]]:
+) -> Mapping[str, Mapping[Any, Any]]:
     """Rows to render as documents (timestamps may be RFC 3339 text rather than datetimes).
 
     On SQLite the rows come straight from the driver: a page of 100 feeds is read in half
@@ -379,7 +380,7 @@ async def load_page_rows(
     """
     if not feed_ids or not sqlite_fast.is_sqlite(session):
         return await load_rows(session, feed_ids)
-    return await sqlite_fast.select_rows(session, feed_ids)  # type: ignore[return-value]
+    return await sqlite_fast.select_rows(session, feed_ids)
 
 
 async def search_feeds(

@@ -291,7 +291,7 @@ class FeedIndex:
         after: tuple[str, float | None] | None,
     ) -> IndexPage:
         ids = np.concatenate([snapshot.columns.ids[matches.rows] for snapshot, matches in found])
-        distances = np.concatenate([matches.distances for _, matches in found])  # type: ignore[misc]
+        distances = np.concatenate([matches.distances for _, matches in found])
         if after is not None:
             last_id, last_distance = after
             if last_distance is None:

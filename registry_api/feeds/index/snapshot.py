@@ -177,14 +177,15 @@ class Snapshot:
 
     def _rows_in_geometry(self, geometry: shapely.Geometry, relation: str) -> np.ndarray:
         shapely.prepare(geometry)
-        box = tuple(float(value) for value in geometry.bounds)
-        points = self.points_in_box(box)  # type: ignore[arg-type]
+        min_lon, min_lat, max_lon, max_lat = (float(value) for value in geometry.bounds)
+        box = (min_lon, min_lat, max_lon, max_lat)
+        points = self.points_in_box(box)
         inside = points[
             shapely.intersects_xy(geometry, self.columns.lon[points], self.columns.lat[points])
         ]
         if relation == "within":
             return inside
-        candidates = self.footprints_touching(box)  # type: ignore[arg-type]
+        candidates = self.footprints_touching(box)
         candidates = candidates[~np.isin(candidates, inside, assume_unique=True)]
         if candidates.size == 0:
             return inside
