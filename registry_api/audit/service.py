@@ -34,11 +34,6 @@ from schemas.events import (
 )
 from schemas.topics import ACCESS_EVENTS
 
-# Former names, kept for registry_api/hooks/service.py until it imports EventType itself.
-RETRIEVAL_STARTED = EventType.RETRIEVAL_STARTED
-RETRIEVAL_ENDED = EventType.RETRIEVAL_ENDED
-RETRIEVAL_DENIED = EventType.RETRIEVAL_DENIED
-
 CHAIN_HEAD_ID = 1
 VERIFY_BATCH = 5_000
 PREPARE_SLICE = 50

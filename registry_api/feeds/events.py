@@ -9,9 +9,6 @@ from registry_api.feeds.documents import event_data
 from schemas.events import SCHEMA_FEED_METADATA_V1, CloudEvent, EventType
 from schemas.topics import FEED_METADATA
 
-# Former name, kept for its importers outside this package until they use EventType.
-FEED_STATUS = EventType.FEED_STATUS
-
 
 def feed_event(event_type: EventType, row: Mapping[Any, Any]) -> CloudEvent:
     """A CloudEvent carrying the feed's whole current state (internal fields included).
