@@ -40,10 +40,18 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Response
 
-from bench.bench_registry import KAFKA, PostgresDatabase, console, emit, free_port, progress_bar
+from bench.common import (
+    ADMIN_TOKEN,
+    KAFKA,
+    PostgresDatabase,
+    console,
+    emit,
+    free_port,
+    mediamtx_body,
+    progress_bar,
+)
 from registry_api.migrate import upgrade_registry
 
-ADMIN_TOKEN = "bench-admin-token-0123456789"
 HOOK_PATH = "/v1/hooks/mediamtx/auth"
 BARE_PATH = "/bench/bare"
 OWNER, REQUESTER = "bench-owner", "bench-user"
@@ -233,13 +241,6 @@ done = function(summary, latency, requests)
     errors.status, errors.connect + errors.read + errors.write + errors.timeout))
 end
 """
-
-
-def mediamtx_body(path: str, token: str) -> str:
-    return json.dumps(
-        {"user": "", "password": "", "token": token, "ip": "127.0.0.1", "action": "read",
-         "path": path, "protocol": "rtsp", "id": str(uuid.uuid4()), "query": ""}
-    )  # fmt: skip
 
 
 def run_load(

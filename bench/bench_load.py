@@ -64,15 +64,15 @@ import httpx
 import numpy as np
 import orjson
 
-from bench.bench_access import mediamtx_body
-from bench.bench_registry import (
+from bench.common import (
     ADMIN_TOKEN,
     KAFKA,
-    _proc_status,
     console,
     emit,
     free_port,
     make_queries,
+    mediamtx_body,
+    proc_status,
     progress_bar,
 )
 
@@ -116,7 +116,7 @@ PURPOSE_FALLBACK = "city management"
 
 
 def _rss_mib(pid: int) -> float:
-    return int(_proc_status(pid)["VmRSS"].split()[0]) / 1024
+    return int(proc_status(pid)["VmRSS"].split()[0]) / 1024
 
 
 def _children(pid: int) -> list[int]:

@@ -50,7 +50,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.bench_registry import KAFKA, console, emit, free_port, progress_bar
+from bench.common import KAFKA, console, emit, free_port, progress_bar
 from infra.clickhouse import connect, disconnect
 from infra.clickhouse_migrations import apply_migrations
 from infra.kafka_admin import ensure_topics

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from schemas.settings import LocalStateSettings
 
 
 def var_dir() -> Path:
     """The var dir holding local state: $FEEDGRID_VAR_DIR, else ./var (from the working dir)."""
-    return Path(os.environ.get("FEEDGRID_VAR_DIR") or "./var").expanduser().absolute()
+    return LocalStateSettings().var_dir.expanduser().absolute()
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -175,10 +175,10 @@ def _os_user() -> pwd.struct_passwd:
 
 
 def _run_as_server_user(
-    command: list[str], check: bool = True, **kwargs: object
+    command: list[str], check: bool = True, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
     prefix = ["runuser", "-u", OS_USER, "--"] if _as_root() else []
-    result = subprocess.run(  # type: ignore[call-overload]
+    result = subprocess.run(
         prefix + command,
         capture_output=True,
         text=True,
@@ -192,7 +192,7 @@ def _run_as_server_user(
             f"{' '.join(command[:2])} failed (exit {result.returncode}):\n"
             + (result.stdout + result.stderr).strip()[-3000:]
         )
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 def _can_traverse(path: Path, user: pwd.struct_passwd) -> bool:

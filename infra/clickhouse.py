@@ -78,6 +78,6 @@ def _open(url: str) -> Client:
 
 def analytics_ready(url: str) -> bool:
     try:
-        return int(connect(url).command("SELECT 1")) == 1  # type: ignore[arg-type]
+        return str(connect(url).command("SELECT 1")) == "1"
     except Exception:
         return False

@@ -9,13 +9,88 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_VAR_DIR = Path("./var")
+
 _BOOTSTRAP_ENTRY = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
+
+
+class StreamTuning(BaseSettings):
+    """How the stream workers batch, wait and judge: ``FEEDGRID_STREAM_*`` variables.
+
+    A section of :class:`Settings` (``settings.stream``) holding the knobs only the workers
+    read. Defaults suit the embedded single-process run.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FEEDGRID_STREAM_", extra="ignore", frozen=True)
+
+    batch_size: int = Field(20_000, ge=1, le=500_000, description="Most events in one sink batch")
+    flush_seconds: float = Field(
+        0.5, gt=0, le=60, description="Longest an event waits in a batch before it is inserted"
+    )
+    stream_buffer: int = Field(
+        20_000, ge=100, le=1_000_000, description="Messages Faust prefetches per agent"
+    )
+    max_poll_records: int = Field(5_000, ge=1, le=100_000, description="Records per fetch")
+    session_timeout_seconds: float = Field(
+        30.0,
+        ge=6,
+        le=300,
+        description="A worker silent this long leaves the consumer group (its partitions move)",
+    )
+    retry_initial_seconds: float = Field(0.2, gt=0, le=60)
+    retry_max_seconds: float = Field(10.0, gt=0, le=600)
+    heartbeat_silence_seconds: float = Field(
+        120.0, gt=0, le=86_400, description="Silence after which a feed is declared offline"
+    )
+    stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3_600,
+        description="An agent with records waiting and no commit for this long is not ready",
+    )
+    liveness_seen_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="How often an online feed's last sighting is sent to the registry",
+    )
+    liveness_scan_seconds: float = Field(
+        5.0, gt=0, le=3_600, description="How often silent feeds are looked for"
+    )
+    harvest_feeds_per_minute: int = Field(
+        50, ge=1, le=100_000, description="Alert when one requester opens more feeds in a minute"
+    )
+    token_ip_window_seconds: float = Field(
+        600.0, gt=0, le=86_400, description="Window in which one token seen from two IPs alerts"
+    )
+    session_expiry_seconds: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="A retrieval never reported as ended stops counting after this",
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65_535, description="Serve /metrics on this port in `feedgrid worker`"
+    )
+
+
+class LocalStateSettings(BaseSettings):
+    """What the local launchers (``feedgrid kafka|postgres``) read: only where local state
+    lives, so a launcher starts whatever else the environment holds. An empty value counts as
+    unset."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEEDGRID_", env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
+
+    var_dir: Path = Field(
+        DEFAULT_VAR_DIR, description="Where local state (Kafka, keys, demo) lives"
+    )
 
 
 class Settings(BaseSettings):
@@ -41,7 +116,9 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("feedgrid.", description="Prefix of every Kafka topic name")
     topic_partitions: int = Field(6, ge=1, le=1000)
     topic_replication: int = Field(1, ge=1, le=10)
-    var_dir: Path = Field(Path("./var"), description="Where local state (Kafka, keys, demo) lives")
+    var_dir: Path = Field(
+        DEFAULT_VAR_DIR, description="Where local state (Kafka, keys, demo) lives"
+    )
 
     embedded_worker: bool = Field(
         True, description="Run the Faust agents and the ClickHouse sink inside the API process"
@@ -143,6 +220,11 @@ class Settings(BaseSettings):
         description="Longest a request body may take to arrive (a slower one is answered 408)",
     )
 
+    stream: StreamTuning = Field(
+        default_factory=StreamTuning,
+        description="The stream workers' knobs, read from FEEDGRID_STREAM_* variables",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -217,17 +299,31 @@ class SettingsError(RuntimeError):
     """Raised at start when a setting is invalid; the message names each bad variable."""
 
 
-def load_settings(**overrides: object) -> Settings:
+def _variable(title: str, loc: tuple[int | str, ...]) -> str:
+    """The environment variable a validation error is about."""
+    if title == StreamTuning.__name__:  # raised while Settings built its stream section
+        loc = ("stream", *loc)
+    if len(loc) > 1 and loc[0] == "stream":
+        return f"FEEDGRID_STREAM_{str(loc[1]).upper()}"
+    return f"FEEDGRID_{str(loc[0]).upper()}" if loc else "?"
+
+
+def load_settings(**overrides: Any) -> Settings:
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as error:
         problems = []
         for item in error.errors():
             if not item["loc"]:  # a rule across settings: its message names the variables
                 problems.append(str(item["msg"]).removeprefix("Value error, "))
                 continue
-            problems.append(f"FEEDGRID_{str(item['loc'][0]).upper()}: {item['msg']}")
+            problems.append(f"{_variable(error.title, item['loc'])}: {item['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def load_tuning(**overrides: Any) -> StreamTuning:
+    """The stream section alone (FEEDGRID_STREAM_* and the overrides)."""
+    return StreamTuning(**overrides)
 
 
 @lru_cache(maxsize=1)

@@ -33,6 +33,7 @@ from deploy.seed.city import BBOX, CENTRE
 from deploy.seed.departments import departments as demo_departments
 from deploy.seed.feeds import generate_feeds
 from deploy.seed.traffic import generate_access_requests
+from schemas.gb28181 import decode_gb28181
 
 DEMO_START = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday
 DEMO_DAYS = 7
@@ -94,7 +95,7 @@ def _counts(features: list[dict[str, Any]], department_order: list[str]) -> dict
         by_sharing[kind][p["sharing"]["class"]] += 1
         by_protocol[p["stream"]["protocol"]] += 1
         if kind == "camera":
-            by_district[p["code"][:6]] += 1
+            by_district[decode_gb28181(p["code"]).district] += 1
             with_fov += p["fov"] is not None
             with_coverage += p["coverage"] is not None
     rank = {code: i for i, code in enumerate(department_order)}

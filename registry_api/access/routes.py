@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, status
 
-from registry_api.access import service
+from registry_api.access import decisions, grants, inbox, requests
 from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, require_roles
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.principal import Principal
@@ -31,7 +31,7 @@ def feed_index(runtime: Runtime) -> FeedIndex | None:
     return index if isinstance(index, FeedIndex) else None
 
 
-Requester = Annotated[Principal, Depends(require_roles(*service.REQUESTING_ROLES))]
+Requester = Annotated[Principal, Depends(require_roles(*requests.REQUESTING_ROLES))]
 DeptAdmin = Annotated[Principal, Depends(require_roles(Role.dept_admin))]
 RequestId = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$")]
 GrantId = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$")]
@@ -48,7 +48,7 @@ async def request_access(
 ) -> AccessRequestOut:
     """Ask for feeds by id or by a spatial selection. Each feed is answered at once: granted,
     pending (the owner decides by ``due_at``) or denied, always with a reason code."""
-    created = await service.create_access_request(
+    created = await requests.create_access_request(
         session, runtime.settings, feed_index(runtime), principal, payload
     )
     runtime.relay.notify()
@@ -77,7 +77,7 @@ async def list_access_requests(
 ) -> list[AccessRequestOut]:
     """The owner's inbox (``?status=pending``) or the department's own requests."""
     as_owner = scope == "owner" or (scope is None and principal.has_any(Role.dept_admin))
-    return await service.list_access_requests(
+    return await inbox.list_access_requests(
         session, principal, status=status_filter, as_owner=as_owner, before=before, limit=limit
     )
 
@@ -87,7 +87,7 @@ async def get_access_request(
     request_id: RequestId, session: SessionDep, principal: PrincipalDep
 ) -> AccessRequestOut:
     """A request with its feeds: all of them for its department, an owner's own for the owner."""
-    return await service.get_access_request(session, principal, request_id)
+    return await inbox.get_access_request(session, principal, request_id)
 
 
 @requests_router.post("/{request_id}/approve", response_model=AccessRequestOut)
@@ -99,7 +99,7 @@ async def approve_access_request(
     principal: DeptAdmin,
 ) -> AccessRequestOut:
     """The owner grants pending feeds (all its own, or those listed); confirms emergency grants."""
-    decided = await service.approve(session, principal, request_id, body)
+    decided = await decisions.approve(session, principal, request_id, body)
     runtime.relay.notify()
     return decided
 
@@ -113,7 +113,7 @@ async def deny_access_request(
     principal: DeptAdmin,
 ) -> AccessRequestOut:
     """The owner refuses pending feeds; refusing an emergency grant on review revokes it."""
-    decided = await service.deny(
+    decided = await decisions.deny(
         session, principal, request_id, body, runtime.access.grants.mark_revoked
     )
     runtime.relay.notify()
@@ -129,14 +129,14 @@ async def list_grants(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[GrantOut]:
     """Grants to your department (or, with scope=owner, on your department's feeds)."""
-    return await service.list_grants(
+    return await grants.list_grants(
         session, principal, active_only=active, as_owner=scope == "owner", limit=limit
     )
 
 
 @grants_router.get("/{grant_id}", response_model=GrantOut)
 async def get_grant(grant_id: GrantId, session: SessionDep, principal: PrincipalDep) -> GrantOut:
-    return await service.get_grant(session, principal, grant_id)
+    return await grants.get_grant(session, principal, grant_id)
 
 
 @grants_router.post("/{grant_id}/revoke", response_model=GrantOut)
@@ -148,7 +148,7 @@ async def revoke_grant(
     principal: PrincipalDep,
 ) -> GrantOut:
     """Ends a grant now: media servers refuse its tokens at their next check (under a second)."""
-    revoked = await service.revoke_grant(
+    revoked = await grants.revoke_grant(
         session, principal, grant_id, body.reason, runtime.access.grants.mark_revoked
     )
     runtime.relay.notify()
@@ -160,6 +160,6 @@ async def grant_retrieval(
     grant_id: GrantId, session: SessionDep, runtime: RuntimeDep, principal: Requester
 ) -> RetrievalOut:
     """Per feed: a short-lived signed token and ready URLs on the media gateway."""
-    return await service.retrieval(
+    return await grants.retrieval(
         session, runtime.settings, runtime.access.tokens, principal, grant_id
     )

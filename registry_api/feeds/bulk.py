@@ -35,19 +35,21 @@ from sqlalchemy import and_, bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry_api.db import rows_matched
 from registry_api.errors import Conflict, Unprocessable
 from registry_api.feeds import bulk_validation
 from registry_api.feeds import sqlite_rows as sqlite_fast
 from registry_api.feeds.bulk_validation import Checked, check_features
 from registry_api.feeds.documents import new_feed_ids
-from registry_api.feeds.events import FEED_REGISTERED, FEED_UPDATED, outbox_row
+from registry_api.feeds.events import outbox_row
+from registry_api.feeds.index.columns import Columns
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import media_path_problem, record_of
-from registry_api.feeds.spatial import DELTA_LIMIT, Columns, FeedIndex
+from registry_api.feeds.spatial import DELTA_LIMIT, FeedIndex
 from registry_api.identity.models import Department
 from registry_api.identity.principal import Principal
 from registry_api.outbox.service import enqueue_many
-from schemas.events import CloudEvent, utcnow
+from schemas.events import CloudEvent, EventType, utcnow
 from schemas.feeds import BulkFlag, BulkReject, BulkResult
 
 log = logging.getLogger("feedgrid.feeds.bulk")
@@ -345,8 +347,8 @@ class ChunkWrites:
 def prepare_writes(
     session: AsyncSession, inserts: list[dict[str, Any]], updates: list[dict[str, Any]]
 ) -> ChunkWrites:
-    events = [outbox_row(FEED_REGISTERED, values) for values in inserts]
-    events += [outbox_row(FEED_UPDATED, values) for values in updates]
+    events = [outbox_row(EventType.FEED_REGISTERED, values) for values in inserts]
+    events += [outbox_row(EventType.FEED_UPDATED, values) for values in updates]
     sqlite_rows = sqlite_fast.encode_rows(inserts) if sqlite_fast.is_sqlite(session) else None
     return ChunkWrites(inserts, updates, events, sqlite_rows)
 
@@ -383,7 +385,7 @@ async def _write_updates(session: AsyncSession, updates: list[dict[str, Any]]) -
         for row in updates
     ]
     result = await session.execute(statement, parameters)
-    if result.rowcount not in (-1, len(updates)):  # type: ignore[attr-defined]
+    if rows_matched(result) not in (-1, len(updates)):
         raise _ChangedMeanwhile
 
 

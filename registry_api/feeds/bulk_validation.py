@@ -30,8 +30,8 @@ import orjson
 from pydantic import ValidationError
 
 from registry_api.feeds.documents import content_values
+from registry_api.feeds.index.columns import IndexPart
 from registry_api.feeds.problems import first_problem, validation_details
-from registry_api.feeds.spatial import IndexPart
 from schemas.feeds import FeedFeature
 
 log = logging.getLogger("feedgrid.feeds.bulk")

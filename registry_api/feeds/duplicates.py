@@ -25,8 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.errors import Unprocessable
 from registry_api.feeds.geodesy import fov_polygons, geodesic_area_m2
+from registry_api.feeds.index.proximity import close_pairs
+from registry_api.feeds.index.queries import IndexQuery
 from registry_api.feeds.models import feeds_table
-from registry_api.feeds.spatial import FeedIndex, IndexQuery, close_pairs
+from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.principal import Principal
 
 feeds = feeds_table

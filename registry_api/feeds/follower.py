@@ -25,7 +25,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from infra.kafka_admin import topic_partitions
-from registry_api.feeds.spatial import FeedIndex, FeedRecord, record_from_document
+from registry_api.feeds.index.adapter import record_from_document
+from registry_api.feeds.index.records import FeedRecord
+from registry_api.feeds.spatial import FeedIndex
 from schemas.settings import Settings
 from schemas.topics import FEED_METADATA, topic_name
 

@@ -136,7 +136,7 @@ def fov_polygon(
         np.array([angle]),
         np.array([range_m]),
     )[0]
-    return polygon  # type: ignore[no-any-return]
+    return polygon
 
 
 def fov_bounds(

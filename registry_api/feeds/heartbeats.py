@@ -8,8 +8,8 @@ decides online/offline; only its transitions come back, on feed-status, and
 ``registry_api/feeds/liveness.py`` writes them to the registry.
 
 Cost: gateways send batches of thousands, tens of thousands of reports a second in all. So
-the events are JSON built by orjson with exactly the keys ``CloudEvent`` and
-``HeartbeatData`` have (no model per item), partitioned the way aiokafka and the Java client
+the events are written by ``schemas.events.encode_cloud_event`` with exactly the keys
+``HeartbeatData`` has (no model per item), partitioned the way aiokafka and the Java client
 partition a key, and handed to the producer as one record batch per partition.
 """
 
@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 from functools import lru_cache
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
@@ -33,7 +32,7 @@ from infra.kafka_producer import KafkaUnavailable, SharedProducer
 from registry_api.errors import ApiError
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.principal import Principal
-from schemas.events import EVENT_SOURCE_REGISTRY, HEARTBEAT_EVENT_TYPE, SCHEMA_HEARTBEAT_V1, utcnow
+from schemas.events import SCHEMA_HEARTBEAT_V1, EventType, encode_cloud_event, utcnow
 from schemas.feeds import HeartbeatBatch, HeartbeatReject, HeartbeatResult
 
 CLOCK_SKEW = timedelta(minutes=5)
@@ -114,24 +113,18 @@ def encode_reports(
         if problem:
             rejected.append(HeartbeatReject(index=position, feed_id=feed_id, message=problem))
             continue
-        value = orjson.dumps(
-            {
-                "specversion": "1.0",
-                "id": event_ids[position],
-                "source": EVENT_SOURCE_REGISTRY,
-                "type": HEARTBEAT_EVENT_TYPE,
-                "time": now,
-                "subject": feed_id,
-                "datacontenttype": "application/json",
-                "dataschema": SCHEMA_HEARTBEAT_V1,
-                "data": {
-                    "feed_id": feed_id,
-                    "status": item.status,
-                    "seen_at": seen_at,
-                    "reporter": reporter,
-                },
+        value = encode_cloud_event(
+            id=event_ids[position],
+            type=EventType.HEARTBEAT,
+            time=now,
+            subject=feed_id,
+            dataschema=SCHEMA_HEARTBEAT_V1,
+            data={
+                "feed_id": feed_id,
+                "status": item.status,
+                "seen_at": seen_at,
+                "reporter": reporter,
             },
-            option=orjson.OPT_UTC_Z,
         )
         records.append((feed_id.encode(), value))
     return records, rejected

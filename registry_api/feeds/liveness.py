@@ -40,15 +40,15 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry_api.feeds.documents import event_data
-from registry_api.feeds.events import FEED_STATUS, outbox_row
+from registry_api.feeds.events import outbox_row
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import load_rows
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.outbox.service import enqueue_many
 from schemas.events import (
-    LIVENESS_CHANGED_EVENT_TYPE,
     LIVENESS_EVENT_TYPES,
     SCHEMA_LIVENESS_V1,
+    EventType,
     LivenessData,
 )
 from schemas.settings import Settings
@@ -120,7 +120,7 @@ def read_liveness(value: bytes | None) -> Liveness | None:
         return None
     return Liveness(
         feed_id=data.feed_id,
-        changed=envelope["type"] == LIVENESS_CHANGED_EVENT_TYPE,
+        changed=envelope["type"] == EventType.LIVENESS_CHANGED,
         status=data.status,
         last_seen=last_seen,
     )
@@ -177,7 +177,7 @@ async def apply_liveness(session: AsyncSession, *, batch: LivenessBatch) -> list
         changing,
     )
     rows = await load_rows(session, [change["b_id"] for change in changing])
-    await enqueue_many(session, [outbox_row(FEED_STATUS, row) for row in rows.values()])
+    await enqueue_many(session, [outbox_row(EventType.FEED_STATUS, row) for row in rows.values()])
     return list(rows.values())
 
 

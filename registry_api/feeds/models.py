@@ -8,7 +8,7 @@ deleted: retiring a feed sets ``retired_at``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import (
@@ -102,4 +102,4 @@ class Feed(Base):
 
 
 # The table for Core statements (bulk inserts, updates, searches): typed for mypy.
-feeds_table: Table = Feed.__table__  # type: ignore[assignment]
+feeds_table = cast(Table, Feed.__table__)

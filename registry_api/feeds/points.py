@@ -21,7 +21,8 @@ import orjson
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from registry_api.feeds.spatial import KINDS, STATUSES, Columns, gather_columns
+from registry_api.feeds.index.columns import Columns, gather_columns
+from registry_api.feeds.index.records import KINDS, STATUSES
 
 # 6 decimals of a degree are ~0.1 m: finer than any map needs, and a third shorter as text.
 POSITION_DECIMALS = 6

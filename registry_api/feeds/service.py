@@ -15,6 +15,7 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry_api.db import rows_matched
 from registry_api.errors import (
     ApiError,
     Conflict,
@@ -32,14 +33,16 @@ from registry_api.feeds.documents import (
     input_document,
     new_feed_id,
 )
-from registry_api.feeds.events import FEED_REGISTERED, FEED_RETIRED, FEED_UPDATED, outbox_row
+from registry_api.feeds.events import outbox_row
+from registry_api.feeds.index.queries import IndexQuery, InvalidCursor
+from registry_api.feeds.index.records import FeedRecord
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.problems import first_problem, validation_details
-from registry_api.feeds.spatial import FeedIndex, FeedRecord, IndexQuery, InvalidCursor
+from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.models import Department
 from registry_api.identity.principal import Principal
 from registry_api.outbox.service import enqueue_many
-from schemas.events import utcnow
+from schemas.events import EventType, utcnow
 from schemas.feeds import (
     FeedCreate,
     FeedFeature,
@@ -203,7 +206,7 @@ async def register_feed(
         session, properties.owner, properties.code, values["stream_url_key"]
     )
     await session.execute(insert(feeds), [row])
-    await enqueue_many(session, [outbox_row(FEED_REGISTERED, row)])
+    await enqueue_many(session, [outbox_row(EventType.FEED_REGISTERED, row)])
     try:
         await session.commit()
     except IntegrityError:
@@ -281,11 +284,11 @@ async def update_feed(
         .where(and_(feeds.c.id == feed_id, feeds.c.version == expected))
         .values(**changes)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if rows_matched(result) != 1:
         await session.rollback()
         raise PreconditionFailed(f"feed {feed_id} changed meanwhile; read it again")
     updated = {**row, **changes}
-    await enqueue_many(session, [outbox_row(FEED_UPDATED, updated)])
+    await enqueue_many(session, [outbox_row(EventType.FEED_UPDATED, updated)])
     await session.commit()
     index.apply([record_of(updated)])
     return feed_document(updated, show_url=True)
@@ -322,7 +325,7 @@ async def retire_feed(
         .values(**changes)
     )
     retired = {**row, **changes}
-    await enqueue_many(session, [outbox_row(FEED_RETIRED, retired)])
+    await enqueue_many(session, [outbox_row(EventType.FEED_RETIRED, retired)])
     await session.commit()
     index.apply([record_of(retired)])
     return feed_document(retired, show_url=True)
@@ -369,7 +372,7 @@ async def load_rows(session: AsyncSession, feed_ids: Sequence[str]) -> dict[str,
 
 async def load_page_rows(
     session: AsyncSession, feed_ids: Sequence[str]
-) -> dict[str, Mapping[Any, Any]]:
+) -> Mapping[str, Mapping[Any, Any]]:
     """Rows to render as documents (timestamps may be RFC 3339 text rather than datetimes).
 
     On SQLite the rows come straight from the driver: a page of 100 feeds is read in half
@@ -377,7 +380,7 @@ async def load_page_rows(
     """
     if not feed_ids or not sqlite_fast.is_sqlite(session):
         return await load_rows(session, feed_ids)
-    return await sqlite_fast.select_rows(session, feed_ids)  # type: ignore[return-value]
+    return await sqlite_fast.select_rows(session, feed_ids)
 
 
 async def search_feeds(

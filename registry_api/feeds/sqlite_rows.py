@@ -65,7 +65,7 @@ def encode_rows(rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 async def insert_rows(session: AsyncSession, rows: list[tuple[Any, ...]]) -> None:
     connection = await session.connection()
-    await connection.exec_driver_sql(_INSERT, rows)  # type: ignore[arg-type]
+    await connection.exec_driver_sql(_INSERT, rows)
 
 
 async def select_rows(session: AsyncSession, feed_ids: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,6 @@ servers that can only be given a URL, as ``?access_token=`` in the hook URL.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -15,7 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from registry_api.dependencies import CITY_ADMIN
+from registry_api.dependencies import CITY_ADMIN, resolve_principal
 from registry_api.errors import Forbidden, Unauthorized
 from registry_api.hooks.service import Attempt, RetrievalGate, Verdict
 from registry_api.identity.principal import Principal
@@ -41,15 +40,11 @@ async def gateway_identity(request: Request) -> Principal:
     token = token or request.query_params.get("access_token", "")
     if not token:
         raise Unauthorized("a gateway API key is required", code="missing_token")
-    admin = runtime.settings.admin_token
-    if admin and hmac.compare_digest(token.encode(), admin.encode()):
-        return CITY_ADMIN
-    principal = runtime.api_keys.cached(token)
-    if principal is None:
-        async with runtime.sessions() as session:
-            principal = await runtime.api_keys.resolve(session, token)
+    principal = await resolve_principal(runtime, token)
     if principal is None:
         raise Unauthorized("the gateway API key is not valid", code="invalid_token")
+    if principal is CITY_ADMIN:  # the bootstrap token: no role check, no hook budget
+        return principal
     if not principal.has_any(Role.gateway):
         raise Forbidden("hooks need the gateway role", code="role_required")
     limiter = request.app.state.rate_limiters.get("hooks")

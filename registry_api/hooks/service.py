@@ -18,14 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from registry_api.access.components import AccessServices
 from registry_api.access.feed_views import FeedLocations, FeedRevisions
 from registry_api.access.revocation import GrantState
-from registry_api.audit.service import (
-    RETRIEVAL_DENIED,
-    RETRIEVAL_ENDED,
-    RETRIEVAL_STARTED,
-    AccessEvent,
-)
+from registry_api.audit.service import AccessEvent
 from registry_api.tokens.service import RetrievalClaims, TokenRejected
-from schemas.events import AccessEventData
+from schemas.events import AccessEventData, EventType
 
 HOOK_DECISIONS = Counter(
     "feedgrid_hook_decisions_total", "Media-server retrieval checks", ["server", "outcome", "code"]
@@ -166,7 +161,7 @@ class RetrievalGate:
             bytes=0,
             duration_seconds=0.0,
         )
-        event_type = RETRIEVAL_STARTED if verdict.allowed else RETRIEVAL_DENIED
+        event_type = EventType.RETRIEVAL_STARTED if verdict.allowed else EventType.RETRIEVAL_DENIED
         self.access.hook_events.add(AccessEvent(event_type, data, attempt.media_server))
 
     def _session_key(self, attempt: Attempt) -> str:
@@ -208,4 +203,6 @@ class RetrievalGate:
             bytes=max(0, bytes_sent),
             duration_seconds=max(0.0, duration_seconds),
         )
-        self.access.hook_events.add(AccessEvent(RETRIEVAL_ENDED, data, attempt.media_server))
+        self.access.hook_events.add(
+            AccessEvent(EventType.RETRIEVAL_ENDED, data, attempt.media_server)
+        )

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import select
 
 from registry_api.audit.models import AuditEntry
-from registry_api.audit.service import RETRIEVAL_DENIED
 from registry_api.db import Base
 from registry_api.models_index import import_all_models
 from registry_api.runtime import Runtime
+from schemas.events import EventType
 
 REGISTRY_TABLES = (
     "departments",
@@ -31,7 +31,7 @@ import_all_models()
 
 
 async def registry_state(
-    runtime: Runtime, ignored_events: tuple[str, ...] = (RETRIEVAL_DENIED,)
+    runtime: Runtime, ignored_events: tuple[str, ...] = (EventType.RETRIEVAL_DENIED,)
 ) -> dict[str, list[Any]]:
     """Every row of the registry's tables, and the audit log without ``ignored_events``."""
     # Hook decisions are written in batches: flush them so a wrongly allowed one shows.

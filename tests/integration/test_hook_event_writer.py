@@ -12,8 +12,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 
-from registry_api.audit.service import RETRIEVAL_ENDED, AccessEvent
-from schemas.events import AccessEventData, CloudEvent
+from registry_api.audit.service import AccessEvent
+from schemas.events import AccessEventData, CloudEvent, EventType
 from schemas.settings import Settings
 from schemas.topics import ACCESS_EVENTS, topic_name
 from tests.integration.access_world import TRANSPORT, URBAN, World, build_world, gateway_path
@@ -117,14 +117,14 @@ async def test_the_writer_sets_a_poison_event_aside_and_writes_the_rest(
     refused_before = _metric("feedgrid_hook_events_refused_total")
     good = [
         AccessEvent(
-            RETRIEVAL_ENDED,
+            EventType.RETRIEVAL_ENDED,
             AccessEventData(feed_id=world.feed_id("unconditional"), bytes=index),
             "zlm-1",
         )  # fmt: skip
         for index in range(NORMAL_EVENTS)
     ]
     poison = AccessEvent(
-        RETRIEVAL_ENDED,
+        EventType.RETRIEVAL_ENDED,
         AccessEventData.model_construct(feed_id=world.feed_id("sensor"), bytes=2**64),
         "zlm-1",
     )

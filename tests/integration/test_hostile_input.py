@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from infra.clickhouse_migrations import apply_migrations
-from registry_api.audit.service import RETRIEVAL_DENIED, RETRIEVAL_ENDED
+from schemas.events import EventType
 from schemas.settings import Settings
 from tests.integration.access_world import (
     CENTRE,
@@ -171,7 +171,9 @@ async def test_every_body_route_refuses_hostile_bodies_and_changes_nothing(world
     ids = await path_ids(world)
     routes = body_routes(world.client.app)  # type: ignore[attr-defined]
     assert len(routes) >= 15, routes
-    before = await registry_state(world.runtime, (RETRIEVAL_DENIED, RETRIEVAL_ENDED))
+    before = await registry_state(
+        world.runtime, (EventType.RETRIEVAL_DENIED, EventType.RETRIEVAL_ENDED)
+    )
     failures = []
     for method, template, media_type in routes:
         url = template.format(**ids)
@@ -188,7 +190,9 @@ async def test_every_body_route_refuses_hostile_bodies_and_changes_nothing(world
                 elif label == "an oversized body" and response.status_code != 413:
                     failures.append(f"{where}: {response.status_code}, not 413")
     assert not failures, "\n".join(failures)
-    after = await registry_state(world.runtime, (RETRIEVAL_DENIED, RETRIEVAL_ENDED))
+    after = await registry_state(
+        world.runtime, (EventType.RETRIEVAL_DENIED, EventType.RETRIEVAL_ENDED)
+    )
     assert changed_tables(before, after) == []
 
 

@@ -138,7 +138,7 @@ async def test_an_empty_or_odd_if_match_is_a_json_refusal(client: httpx.AsyncCli
         for method in ("PATCH", "DELETE") if value.strip() else ("PATCH",):
             answer = await client.request(
                 method, feed_url, json={"name": "x"} if method == "PATCH" else None,
-                headers={"If-Match": value.encode()},
+                headers=[(b"If-Match", value.encode())],
             )  # fmt: skip
             assert answer.status_code in (412, 428), (method, value, answer.status_code)
             assert {"code", "message"} <= set(answer.json()), value

@@ -34,7 +34,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from registry_api.app import create_app
-from registry_api.audit.service import RETRIEVAL_DENIED, RETRIEVAL_ENDED
+from schemas.events import EventType
 from schemas.settings import Settings, load_settings
 from tests.integration.access_world import (
     CENTRE,
@@ -656,7 +656,7 @@ def hook(path: str) -> Check:
         # A session end with A's token at B's feed is not put on A's grant, nor on any of B's.
         await world.runtime.access.hook_events.flush()
         audit = await scene.client.get(
-            "/v1/audit", params={"event_type": RETRIEVAL_ENDED, "limit": 1000}
+            "/v1/audit", params={"event_type": EventType.RETRIEVAL_ENDED, "limit": 1000}
         )
         b_feeds = {world.feed_id(name) for name in ("unconditional", "not_shared", "sensor")}
         for entry in audit.json()["entries"]:
@@ -786,9 +786,9 @@ async def test_department_a_neither_reads_nor_changes_what_is_b_s(
     scene: Scene, operation: str
 ) -> None:
     ignored = (
-        (RETRIEVAL_DENIED, RETRIEVAL_ENDED)
+        (EventType.RETRIEVAL_DENIED, EventType.RETRIEVAL_ENDED)
         if operation in RECORDS_SESSION_ENDS
-        else (RETRIEVAL_DENIED,)
+        else (EventType.RETRIEVAL_DENIED,)
     )
     before = await registry_state(scene.world.runtime, ignored)
     await MATRIX[operation](scene)

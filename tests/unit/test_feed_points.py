@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from registry_api.feeds import points as points_module
+from registry_api.feeds.index.queries import IndexQuery
+from registry_api.feeds.index.records import ID_DTYPE, FeedRecord
 from registry_api.feeds.points import (
     answer_points,
     json_number_array,
     json_string_array,
 )
-from registry_api.feeds.spatial import ID_DTYPE, FeedIndex, FeedRecord, IndexQuery
+from registry_api.feeds.spatial import FeedIndex
 
 
 def _record(serial: int, owner: str, kind: str = "camera", **changes: object) -> FeedRecord:

@@ -19,16 +19,11 @@ from typer.testing import CliRunner
 from deploy.seed.city import BBOX, DISTRICTS, haversine_m
 from deploy.seed.cli import seed_app
 from deploy.seed.departments import CAMERA_OWNERS, department_codes, departments, kind_of
-from deploy.seed.feeds import (
-    CAMERA_ACTIONS,
-    INDUSTRIES_BY_KIND,
-    PURPOSES,
-    SENSOR_ACTIONS,
-    make_gb_code,
-    parse_gb_code,
-)
+from deploy.seed.feeds.cameras import make_gb_code
+from deploy.seed.feeds.tables import CAMERA_ACTIONS, INDUSTRIES_BY_KIND, PURPOSES, SENSOR_ACTIONS
 from deploy.seed.traffic import generate_access_requests
 from deploy.seed.writer import DEMO_START, write_demo_city
+from schemas.gb28181 import decode_gb28181
 from schemas.identity import DepartmentCreate
 
 SMALL = {"cameras": 5000, "sensors": 400, "requests": 400}
@@ -236,16 +231,18 @@ def test_owners_and_kinds(features: list[dict[str, Any]]) -> None:
 def test_gb_code_helpers() -> None:
     code = make_gb_code("62010200", "00", "132", "0", 42)
     assert code == "62010200001320000042"
-    assert parse_gb_code(code) == {
-        "region": "62010200",
-        "industry": "00",
-        "type": "132",
-        "network": "0",
-        "serial": "000042",
-    }
-    for bad in ("6201020000132000004", "6201020000132000004x", "620102000013200000421"):
-        with pytest.raises(ValueError):
-            parse_gb_code(bad)
+    decoded = decode_gb28181(code)
+    assert (decoded.region, decoded.industry, decoded.type_code, decoded.network) == (
+        "62010200",
+        "00",
+        "132",
+        "0",
+    )
+    assert decoded.serial == "000042"
+    with pytest.raises(ValueError):
+        make_gb_code("62010200", "00", "132", "0", 1_000_000)  # a seventh serial digit
+    with pytest.raises(ValueError):
+        make_gb_code("62010200", "99", "132", "0", 1)  # no such industry
 
 
 def test_camera_codes_decode_consistently(
@@ -255,7 +252,7 @@ def test_camera_codes_decode_consistently(
     same_code_codes = {d["duplicate"]["code"] for d in planted if d["kind"] == "same_code"}
     for line, f in enumerate(cameras):
         p = f["properties"]
-        parts = parse_gb_code(p["code"])
+        parts = decode_gb28181(p["code"]).as_dict()
         assert parts["region"].startswith("6201")
         assert parts["region"][:6] in DISTRICT_CODES
         assert parts["type"] in {"121", "131", "132"}

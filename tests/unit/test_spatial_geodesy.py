@@ -20,7 +20,7 @@ from registry_api.feeds.geodesy import (
     offset_points,
     radius_box,
 )
-from registry_api.feeds.spatial import close_pairs
+from registry_api.feeds.index.proximity import close_pairs
 
 
 @settings(max_examples=200, deadline=None)

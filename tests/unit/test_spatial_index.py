@@ -17,7 +17,9 @@ import shapely
 from shapely.geometry import Point
 
 from registry_api.feeds.geodesy import fov_polygon, geodesic_distance_m
-from registry_api.feeds.spatial import FeedIndex, FeedRecord, IndexQuery, InvalidCursor
+from registry_api.feeds.index.queries import IndexQuery, InvalidCursor
+from registry_api.feeds.index.records import FeedRecord
+from registry_api.feeds.spatial import FeedIndex
 
 CENTRE = (103.80, 36.06)
 OWNERS = ("lz-psb", "lz-tb", "lz-cmb", "lz-eeb")

@@ -88,4 +88,4 @@ def prepare_insert(
 
 async def execute_insert(session: AsyncSession, insert: DriverInsert) -> None:
     connection = await session.connection()
-    await connection.exec_driver_sql(insert.sql, insert.params)  # type: ignore[arg-type]
+    await connection.exec_driver_sql(insert.sql, insert.params)

@@ -1,0 +1,171 @@
+"""What the benchmarks share: the JSON figure printer, the progress bar, the local services
+(Kafka, the PostgreSQL test cluster), free ports, the random search queries and a media-server
+hook body. Each ``bench_*.py`` imports from here, never from another benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from registry_api.feeds.geodesy import offset_points
+
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+KAFKA = os.environ.get("FEEDGRID_TEST_KAFKA", "127.0.0.1:9092")
+POSTGRES_ADMIN = os.environ.get(
+    "FEEDGRID_TEST_POSTGRES", "postgresql://feedgrid:feedgrid@127.0.0.1:55432/feedgrid"
+)
+console = Console(stderr=True)
+Feature = dict[str, Any]
+
+
+def emit(name: str, value: float, unit: str, **extra: Any) -> None:
+    figure = {
+        "name": name,
+        "value": round(value, 3) if isinstance(value, float) else value,
+        "unit": unit,
+    }
+    figure.update(extra)
+    print(orjson.dumps(figure).decode(), flush=True)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def mediamtx_body(path: str, token: str) -> str:
+    return json.dumps(
+        {"user": "", "password": "", "token": token, "ip": "127.0.0.1", "action": "read",
+         "path": path, "protocol": "rtsp", "id": str(uuid.uuid4()), "query": ""}
+    )  # fmt: skip
+
+
+async def postgres_statement(statement: str, database: str = "feedgrid") -> None:
+    connection = await asyncpg.connect(POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{database}")
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@dataclass
+class PostgresDatabase:
+    name: str
+
+    @property
+    def dsn(self) -> str:
+        return POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{self.name}"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return "postgresql+asyncpg://" + self.dsn.split("://", 1)[1]
+
+    @classmethod
+    def create(cls, prefix: str) -> PostgresDatabase:
+        database = cls(f"{prefix}_{uuid.uuid4().hex[:8]}")
+        asyncio.run(postgres_statement(f'CREATE DATABASE "{database.name}"'))
+        return database
+
+    def drop(self) -> None:
+        asyncio.run(postgres_statement(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+
+
+@dataclass(frozen=True)
+class Query:
+    kind: str
+    params: dict[str, Any]  # GET /v1/feeds parameters or the POST /v1/feeds/search body
+
+
+def square(lon: float, lat: float, side_m: float) -> list[list[float]]:
+    half = side_m / 2
+    corners = [(-half, -half), (half, -half), (half, half), (-half, half), (-half, -half)]
+    xs, ys = offset_points(
+        np.full(5, lon),
+        np.full(5, lat),
+        np.array([c[0] for c in corners]),
+        np.array([c[1] for c in corners]),
+    )
+    return [[float(x), float(y)] for x, y in zip(xs, ys, strict=True)]
+
+
+def make_queries(base: list[Feature], count: int, seed: int = 7) -> dict[str, list[Query]]:
+    """Random queries placed where the city is (near real feeds and inside real views)."""
+    rng = random.Random(seed)
+    cameras = [f for f in base if f["properties"]["kind"] == "camera" and f["properties"]["fov"]]
+    owners = sorted({f["properties"]["owner"] for f in base})
+    tags = sorted({tag for f in base for tag in f["properties"]["tags"]})
+    queries: dict[str, list[Query]] = {
+        "near_500m": [],
+        "sees": [],
+        "polygon_10km2": [],
+        "filtered_list": [],
+    }
+    for _ in range(count):
+        lon, lat = rng.choice(base)["geometry"]["coordinates"]
+        jitter_lon, jitter_lat = offset_points(
+            np.array([lon]),
+            np.array([lat]),
+            np.array([rng.uniform(-200, 200)]),
+            np.array([rng.uniform(-200, 200)]),
+        )
+        queries["near_500m"].append(
+            Query("near", {"near": f"{jitter_lon[0]:.7f},{jitter_lat[0]:.7f},500"})
+        )
+        camera = rng.choice(cameras)
+        fov = camera["properties"]["fov"]
+        bearing = math.radians(fov["heading"] + rng.uniform(-0.4, 0.4) * min(fov["angle"], 359))
+        reach = rng.uniform(0.1, 0.9) * fov["range_m"]
+        clon, clat = camera["geometry"]["coordinates"]
+        seen_lon, seen_lat = offset_points(
+            np.array([clon]),
+            np.array([clat]),
+            np.array([reach * math.sin(bearing)]),
+            np.array([reach * math.cos(bearing)]),
+        )
+        queries["sees"].append(Query("sees", {"sees": f"{seen_lon[0]:.7f},{seen_lat[0]:.7f}"}))
+        plon, plat = rng.choice(base)["geometry"]["coordinates"]
+        polygon = {"type": "Polygon", "coordinates": [square(plon, plat, math.sqrt(10e6))]}
+        queries["polygon_10km2"].append(
+            Query("polygon", {"geometry": polygon, "relation": "within"})
+        )
+        choices = {
+            "department": rng.choice(owners),
+            "kind": rng.choice(["camera", "sensor"]),
+            "industry": rng.choice(["00", "01", "04", "05", "08", "09"]),
+            "sharing": rng.choice(["unconditional", "conditional", "not_shared"]),
+            "status": "unknown",
+            "tag": rng.choice(tags),
+        }
+        picked = rng.sample(sorted(choices), rng.randint(2, 3))
+        queries["filtered_list"].append(Query("list", {name: choices[name] for name in picked}))
+    return queries

@@ -1,0 +1,92 @@
+"""What the access writes share: table handles for bulk inserts, ids, grant rows and the
+payload of access events."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import Table
+
+from registry_api.access.models import AccessRequest, AccessRequestFeed, Grant, GrantFeed
+from registry_api.access.policy import (
+    PolicyDecision,
+)
+from registry_api.audit.service import AccessEvent
+from schemas.events import AccessEventData, EventType
+
+
+class TABLES:
+    requests = cast(Table, AccessRequest.__table__)
+    request_feeds = cast(Table, AccessRequestFeed.__table__)
+    grants = cast(Table, Grant.__table__)
+    grant_feeds = cast(Table, GrantFeed.__table__)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def event_data(
+    request: AccessRequest,
+    feed_id: str,
+    owner: str | None,
+    actions: Iterable[str],
+    **fields: object,
+) -> AccessEventData:
+    values: dict[str, object] = {
+        "feed_id": feed_id,
+        "requester_department": request.requester_department,
+        "requester_user": request.requester,
+        "owner_department": owner,
+        "request_id": request.id,
+        "action": ",".join(sorted(actions)) or None,
+        "purpose": request.purpose,
+        "emergency": request.emergency,
+        "requested_at": request.created_at,
+    }
+    values.update(fields)
+    return AccessEventData.model_validate(values)
+
+
+def grant_row(
+    request: AccessRequest, owner: str, decision: PolicyDecision, now: datetime
+) -> dict[str, object]:
+    assert decision.valid_from is not None and decision.valid_until is not None
+    return {
+        "id": new_id(),
+        "request_id": request.id,
+        "requester": request.requester,
+        "requester_department": request.requester_department,
+        "owner_department": owner,
+        "actions": sorted(decision.actions),
+        "valid_from": decision.valid_from,
+        "valid_until": decision.valid_until,
+        "emergency": decision.emergency,
+        "review_required": decision.review_required,
+        "created_at": now,
+    }
+
+
+def grant_issued_event(
+    request: AccessRequest, feed_id: str, grant: dict[str, object], actor: str, now: datetime
+) -> AccessEvent:
+    return AccessEvent(
+        EventType.GRANT_ISSUED,
+        event_data(
+            request,
+            feed_id,
+            str(grant["owner_department"]),
+            cast(list[str], grant["actions"]),
+            decision="granted",
+            grant_id=str(grant["id"]),
+            decided_at=now,
+            grant_valid_from=grant["valid_from"],
+            grant_valid_until=grant["valid_until"],
+            emergency=bool(grant["emergency"]),
+        ),
+        actor,
+        occurred_at=now,
+    )

@@ -1,0 +1,54 @@
+"""The sorted-cell grid: positions in 0.01 degree cells (key = row * columns + column, keys
+sorted), so a search box becomes one ``searchsorted`` range per grid row."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CELL_DEGREES = 0.01
+GRID_COLUMNS = 36_000
+GRID_ROWS = 18_000
+MAX_FOOTPRINT_CELLS = 256
+
+
+def grid_row(lat: np.ndarray | float) -> np.ndarray:
+    return np.clip(np.floor((np.asarray(lat) + 90.0) / CELL_DEGREES), 0, GRID_ROWS - 1).astype(
+        np.int64
+    )
+
+
+def grid_column(lon: np.ndarray | float) -> np.ndarray:
+    return np.clip(np.floor((np.asarray(lon) + 180.0) / CELL_DEGREES), 0, GRID_COLUMNS - 1).astype(
+        np.int64
+    )
+
+
+def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Indices start..end-1 of every range, concatenated, without a Python loop."""
+    lengths = np.maximum(ends - starts, 0)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(total)
+
+
+def split_antimeridian(
+    min_lon: float, min_lat: float, max_lon: float, max_lat: float
+) -> list[tuple[float, float, float, float]]:
+    if max_lon - min_lon >= 360.0:
+        return [(-180.0, min_lat, 180.0, max_lat)]
+    if min_lon < -180.0:
+        return [(min_lon + 360.0, min_lat, 180.0, max_lat), (-180.0, min_lat, max_lon, max_lat)]
+    if max_lon > 180.0:
+        return [(min_lon, min_lat, 180.0, max_lat), (-180.0, min_lat, max_lon - 360.0, max_lat)]
+    return [(min_lon, min_lat, max_lon, max_lat)]
+
+
+def cell_key_ranges(box: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """First and last grid key of every grid row the box covers."""
+    min_lon, min_lat, max_lon, max_lat = box
+    rows = np.arange(int(grid_row(min_lat)), int(grid_row(max_lat)) + 1, dtype=np.int64)
+    first = rows * GRID_COLUMNS + int(grid_column(min_lon))
+    last = rows * GRID_COLUMNS + int(grid_column(max_lon))
+    return first, last
