@@ -78,4 +78,6 @@ def test_feedgrid_up_serves_ready_api_with_embedded_worker(
     assert process.returncode in (0, -signal.SIGTERM), output[-3000:]
     assert "Application shutdown complete" in output
     assert "admin token" in output
-    assert "faust agents running in-process" in output
+    # The worker ran beside the API (its own thread) with the batch path on both hot topics.
+    assert "stream worker running" in output
+    assert "access-events" in output and "heartbeats" in output
