@@ -20,12 +20,20 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-BENCHMARKS = ("bench_registry", "bench_access", "bench_pipeline", "bench_load")
+BENCHMARKS = (
+    "bench_registry",
+    "bench_access",
+    "bench_pipeline",
+    "bench_load",
+)
 RESULTS = Path(__file__).parent / "results"
 
 
-def run_benchmark(module: str, quick: bool, timeout: float) -> tuple[list[dict[str, Any]], str]:
+def run_benchmark(
+    module: str, quick: bool, timeout: float, extra: list[str] | None = None
+) -> tuple[list[dict[str, Any]], str]:
     command = [sys.executable, "-m", f"bench.{module}"] + (["--quick"] if quick else [])
+    command += extra or []
     try:
         finished = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout, check=False
@@ -50,6 +58,20 @@ def run_benchmark(module: str, quick: bool, timeout: float) -> tuple[list[dict[s
         + (finished.stderr.strip().splitlines() or ["(no output)"])[-1]
     )
     return figures, problem
+
+
+def kept_figures(previous: Path, rerun: set[str]) -> list[dict[str, Any]]:
+    """The previous report's figures of benchmarks not run now, each marked with its run."""
+    if not previous.exists():
+        return []
+    report = json.loads(previous.read_text())
+    stamp = report.get("generated_at")
+    return [
+        {key: value for key, value in figure.items() if key != "ratio"}
+        | {"from_run": figure.get("from_run", stamp)}
+        for figure in report.get("figures", [])
+        if figure.get("benchmark") not in rerun
+    ]
 
 
 def ratio(figure: dict[str, Any]) -> float | None:
@@ -85,8 +107,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, minutes")
     parser.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
+    parser.add_argument(
+        "--pass",
+        dest="passed",
+        action="append",
+        default=[],
+        metavar="MODULE=ARGS",
+        help="arguments for one benchmark, e.g. 'bench_pipeline=--only throughput lag'",
+    )
+    parser.add_argument(
+        "--keep-others",
+        action="store_true",
+        help="keep the figures of benchmarks not run now from the previous report (marked)",
+    )
     args = parser.parse_args(argv)
     selected = args.only or list(BENCHMARKS)
+    extra = {
+        module: arguments.split()
+        for module, _, arguments in (item.partition("=") for item in args.passed)
+    }
     console = Console(stderr=True)
     figures: list[dict[str, Any]] = []
     problems: list[str] = []
@@ -98,13 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         for module in selected:
             progress.update(task, description=f"running {module}")
             found, problem = run_benchmark(
-                module, args.quick, timeout=1800 if not args.quick else 600
+                module, args.quick, timeout=1800 if not args.quick else 600, extra=extra.get(module)
             )
             figures.extend(found)
             if problem:
                 problems.append(problem)
             progress.advance(task)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.keep_others:
+        figures += kept_figures(args.out / "latest.json", set(selected))
     report = {
         "generated_at": datetime.now(UTC).isoformat(),
         "quick": args.quick,
