@@ -29,14 +29,19 @@ class StreamTuning(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FEEDGRID_STREAM_", extra="ignore", frozen=True)
 
-    batch_size: int = Field(20_000, ge=1, le=500_000, description="Most events in one sink batch")
+    batch_size: int = Field(
+        50_000,
+        ge=1,
+        le=500_000,
+        description="Most events in one batch (one ClickHouse block: the engine likes them large)",
+    )
     flush_seconds: float = Field(
         0.5, gt=0, le=60, description="Longest an event waits in a batch before it is inserted"
     )
     stream_buffer: int = Field(
         20_000, ge=100, le=1_000_000, description="Messages Faust prefetches per agent"
     )
-    max_poll_records: int = Field(5_000, ge=1, le=100_000, description="Records per fetch")
+    max_poll_records: int = Field(20_000, ge=1, le=100_000, description="Records per fetch")
     session_timeout_seconds: float = Field(
         30.0,
         ge=6,
