@@ -228,13 +228,8 @@ def bench_settings(workdir: Path, name: str) -> Settings:
 # ------------------------------------------------------------------------------ 1. throughput
 
 
-async def raw_copy(settings: Settings, total: int, clickhouse_url: str) -> float:
-    """The ceiling: consume the topic and insert each fetched batch unparsed; events/s."""
-    client = connect(clickhouse_url)
-    client.command(
-        "CREATE TABLE IF NOT EXISTS raw_copy (id UUID, type LowCardinality(String), "
-        "time DateTime64(3, 'UTC'), subject String) ENGINE = MergeTree ORDER BY (subject, time)"
-    )
+async def _read_from_start(settings: Settings) -> AIOKafkaConsumer:
+    """A group-less consumer at the beginning of every access-events partition."""
     topic = topic_name(settings.topic_prefix, ACCESS_EVENTS)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -243,11 +238,22 @@ async def raw_copy(settings: Settings, total: int, clickhouse_url: str) -> float
         fetch_max_bytes=64 * 1024 * 1024,
     )
     await consumer.start()
+    partitions = [TopicPartition(topic, partition) for partition in range(PARTITIONS)]
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    return consumer
+
+
+async def raw_copy(settings: Settings, total: int, clickhouse_url: str) -> float:
+    """The ceiling: consume the topic and insert each fetched batch unparsed; events/s."""
+    client = connect(clickhouse_url)
+    client.command(
+        "CREATE TABLE IF NOT EXISTS raw_copy (id UUID, type LowCardinality(String), "
+        "time DateTime64(3, 'UTC'), subject String) ENGINE = MergeTree ORDER BY (subject, time)"
+    )
+    consumer = await _read_from_start(settings)
     consumed = 0
     try:
-        partitions = [TopicPartition(topic, partition) for partition in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         started = time.perf_counter()
         with progress_bar() as progress:
             task = progress.add_task("raw aiokafka -> clickhouse-connect copy", total=total)
@@ -295,21 +301,11 @@ async def raw_columnar_copy(settings: Settings, total: int, clickhouse_url: str)
     rows into ``access_events`` with all its materialized rollups; events/s."""
     apply_migrations(clickhouse_url)
     client = connect(clickhouse_url)
-    topic = topic_name(settings.topic_prefix, ACCESS_EVENTS)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
-    )
-    await consumer.start()
+    consumer = await _read_from_start(settings)
     names = ["event_id", "time", "type", "feed_id", *_CEILING_FIELDS, "bytes", "duration_seconds"]
     names += ["kafka_partition", "kafka_offset"]
     consumed = 0
     try:
-        partitions = [TopicPartition(topic, partition) for partition in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         started = time.perf_counter()
         with progress_bar() as progress:
             task = progress.add_task(
