@@ -25,6 +25,7 @@ BENCHMARKS = (
     "bench_access",
     "bench_pipeline",
     "bench_load",
+    "bench_stream_targets",
 )
 RESULTS = Path(__file__).parent / "results"
 

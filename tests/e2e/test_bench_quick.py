@@ -79,3 +79,32 @@ def test_quick_mixed_load_report_has_every_figure_and_no_failed_request(
     assert memory["pipeline_during_load"]["outbox_events_relayed"] > 0, memory
     table = (tmp_path / "latest.md").read_text()
     assert "| load_all_throughput |" in table and "| load_api_worker_process_rss |" in table
+
+
+def test_quick_stream_targets_report_every_figure_and_lose_nothing(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    report = run_quick_report(["bench_stream_targets"], tmp_path, kafka_bootstrap)
+
+    assert report["problems"] == []
+    figures = {figure["name"]: figure for figure in report["figures"]}
+    assert set(figures) == {
+        "heartbeats_reports_per_second",
+        "heartbeats_registry_writes_for_unchanged_reports",
+        "heartbeats_silent_feed_offline_after_silence",
+        "burst_allowed_checks_visible_in_analytics",
+    }
+    for figure in report["figures"]:
+        assert {"name", "value", "unit", "target", "met"} <= set(figure), figure
+        assert isinstance(figure["value"], int | float), figure
+    # Not timings: what the stream core must never do, whatever the machine's speed.
+    rate = figures["heartbeats_reports_per_second"]
+    assert rate["baseline_value"] > 0 and rate["errors_in_window"] == 0, rate
+    assert rate["consumed_total"] == rate["accepted_total"] > 0, rate  # every report consumed
+    writes = figures["heartbeats_registry_writes_for_unchanged_reports"]
+    assert writes["value"] == 0 and writes["reports_in_span"] > 0, writes
+    silence = figures["heartbeats_silent_feed_offline_after_silence"]
+    assert silence["never_offline"] == 0 and silence["other_feeds_listed_offline"] == 0, silence
+    burst = figures["burst_allowed_checks_visible_in_analytics"]
+    assert burst["allowed_checks"] > 0 and burst["missing_at_end"] == 0, burst
+    assert burst["hook_events_dropped"] == 0, burst
