@@ -64,19 +64,10 @@ import numpy as np
 import orjson
 from rich.progress import Progress
 
-from bench.bench_access import mediamtx_body
 from bench.bench_load import FeedGridUp, _read_response, build_world, retrieval_tokens
-from bench.bench_registry import (
-    ADMIN_TOKEN,
-    NDJSON,
-    console,
-    create_departments,
-    demo_city,
-    emit,
-    ndjson,
-    progress_bar,
-)
-from streams.tuning import load_tuning
+from bench.bench_registry import NDJSON, create_departments, demo_city, ndjson
+from bench.common import ADMIN_TOKEN, console, emit, mediamtx_body, progress_bar
+from schemas.settings import load_tuning
 
 HEARTBEAT_BATCH = 1_000
 HEARTBEAT_CONNECTIONS = 8
