@@ -12,9 +12,11 @@ process (raw keep-alive HTTP/1.1 sockets, pre-encoded requests: it is never the 
    (``POST /v1/feeds/bulk``), a gateway API key per owner department, and
    ``FEEDGRID_STREAM_HEARTBEAT_SILENCE_SECONDS`` = 20. The generator posts batches of 1,000
    reports (each batch one department's feeds, with its gateway key) to ``POST
-   /v1/heartbeats`` on 8 connections in a closed loop, every feed in turn. Warm-up: until every
-   feed is online in the registry and the registry stands still (the online transitions are
-   the only writes). Then, measured:
+   /v1/heartbeats`` on 8 connections in a closed loop, every feed in turn, once the
+   registration's events are relayed. Warm-up: until every feed is online in the registry and
+   the registry stands still (the online transitions are the only writes); feeds that went
+   offline and back meanwhile are counted (``warmup_feeds_offline_and_back``: none should, as
+   every feed is reported every few seconds). Then, measured:
 
    - reports/s accepted by the API over the steady window, beside the reports/s the worker
      consumed in the same window (``feedgrid_stream_events_total{agent="heartbeats"}``);
@@ -120,8 +122,10 @@ class MetricsWatch:
         self.url = url
         self.lag: dict[str, float] = {}
         self.latest: dict[str, float] = {}
-        # (time, agent, stalled seconds, lag) of every reading with a stall above 0
-        self.stalls: list[tuple[float, str, float, float]] = []
+        # (time, agent, stalled seconds, lag, bound) of every reading with a stall above 0;
+        # bound: seconds since the agent's lag was last read as 0 (no stall can be longer)
+        self.stalls: list[tuple[float, str, float, float, float]] = []
+        self._lag_zero_at: dict[str, float] = {}
         self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -144,14 +148,17 @@ class MetricsWatch:
                 self.latest = samples
                 now = time.time()
                 for key, value in samples.items():
-                    if value > 0 and key.startswith("feedgrid_stream_stalled_seconds{"):
-                        agent = key.split('"')[1]
-                        lag = samples.get(f'feedgrid_stream_lag{{agent="{agent}"}}', 0.0)
-                        self.stalls.append((now, agent, value, lag))
-                for key, value in samples.items():
                     if key.startswith("feedgrid_stream_lag{"):
                         agent = key.split('"')[1]
                         self.lag[agent] = max(self.lag.get(agent, 0.0), value)
+                        if value == 0:
+                            self._lag_zero_at[agent] = now
+                for key, value in samples.items():
+                    if value > 0 and key.startswith("feedgrid_stream_stalled_seconds{"):
+                        agent = key.split('"')[1]
+                        lag = samples.get(f'feedgrid_stream_lag{{agent="{agent}"}}', 0.0)
+                        bound = now - self._lag_zero_at.get(agent, float("-inf"))
+                        self.stalls.append((now, agent, value, lag, min(value, bound)))
             self._stop.wait(1.0)
 
     def stall_figures(self, since: float) -> dict[str, Any]:
@@ -160,15 +167,20 @@ class MetricsWatch:
         watchdog counting from an old commit, not a worker that stopped)."""
         if not self.stalls:
             return {"stalled_seconds_max": 0.0}
-        moment, agent, value, lag = max(self.stalls, key=lambda reading: reading[2])
+        moment, agent, value, lag, _ = max(self.stalls, key=lambda reading: reading[2])
         figures: dict[str, Any] = {
             "stalled_seconds_max": value, "stalled_seconds_max_agent": agent,
             "stalled_seconds_max_at_s": round(moment - since, 1),
             "stalled_seconds_max_lag": lag,
+            # the same readings, each capped at the time since its agent's lag was last read
+            # as 0: what a watchdog counting from the moment records waited would say
+            "stalled_seconds_max_since_lag_began": round(
+                max(reading[4] for reading in self.stalls), 1
+            ),
         }  # fmt: skip
         later = [reading for reading in self.stalls if reading[0] >= since]
         if later:
-            moment, agent, value, lag = later[0]
+            moment, agent, value, lag, _ = later[0]
             figures["stalled_first_reading"] = {
                 "at_s": round(moment - since, 1), "agent": agent, "seconds": value, "lag": lag
             }  # fmt: skip
@@ -552,6 +564,15 @@ def heartbeat_plan(url: str, registry: Registry) -> tuple[dict[str, Any], int]:
     return plan, len(every)
 
 
+def wait_relayed(registry: Registry, deadline_s: float) -> None:
+    """Until the registration's events have left the outbox (before any load)."""
+    started = time.monotonic()
+    while registry.snapshot()["unsent"]:
+        if time.monotonic() - started > deadline_s:
+            raise RuntimeError("the registration's events were not relayed in time")
+        time.sleep(0.5)
+
+
 def wait_settled(
     server: FeedGridUp, registry: Registry, feeds: int, load: Generator, deadline_s: float
 ) -> dict[str, Any]:
@@ -559,6 +580,7 @@ def wait_settled(
     feeds' revisions have not moved for 3 s."""
     started = time.monotonic()
     still_since, previous = time.monotonic(), None
+    highest_lag = 0.0
     with progress_bar() as progress:
         task = progress.add_task("warm-up: feeds online", total=feeds)
         while time.monotonic() - started < deadline_s:
@@ -567,6 +589,8 @@ def wait_settled(
                 raise RuntimeError("feedgrid up died during the warm-up" + server.tail())
             snapshot = registry.snapshot()
             counts = load.ask("mark")
+            lag = agent_figure(scrape(server.url), "feedgrid_stream_lag", "heartbeats")
+            highest_lag = max(highest_lag, lag)
             progress.update(
                 task,
                 completed=snapshot["online"],
@@ -581,7 +605,14 @@ def wait_settled(
                 and snapshot["unsent"] == 0
                 and time.monotonic() - still_since >= 3.0
             ):
-                return {"warmup_s": round(time.monotonic() - started, 1)}
+                # revision 1 at registration, 2 online: above that, a feed went offline and
+                # back although every feed was reported every few seconds
+                (flapped,) = registry.query("SELECT count(*) FROM feeds WHERE revision > 2")[0]
+                return {
+                    "warmup_s": round(time.monotonic() - started, 1),
+                    "warmup_worker_lag_max": int(highest_lag),
+                    "warmup_feeds_offline_and_back": int(flapped),
+                }
     raise RuntimeError(
         f"the registry did not settle in {deadline_s:.0f} s (online {snapshot['online']:,} "
         f"of {feeds:,}, {snapshot['unsent']:,} unrelayed)" + server.tail()
@@ -681,6 +712,7 @@ def bench_heartbeats(quick: bool, workdir: Path, seconds: float | None, feeds: i
         with progress_bar() as progress:
             register_feeds(server.url, feeds_wanted, progress)
         plan, feed_count = heartbeat_plan(server.url, registry)
+        wait_relayed(registry, deadline_s=240)
         console.print(
             f"{feed_count:,} feeds in {len(plan['batches'])} batches of at most "
             f"{HEARTBEAT_BATCH:,}; {HEARTBEAT_CONNECTIONS} connections"
@@ -689,7 +721,7 @@ def bench_heartbeats(quick: bool, workdir: Path, seconds: float | None, feeds: i
             console.print("baseline: GET /healthz on the same connections")
             healthz = load.ask("healthz", seconds=5.0 if quick else 10.0)
             load.ask("reports")
-            warm = wait_settled(server, registry, feed_count, load, deadline_s=240)
+            warm = wait_settled(server, registry, feed_count, load, deadline_s=360)
             console.print(f"settled after {warm['warmup_s']} s of warm-up; measuring")
             load_start = load_average()
             registry_before = registry.snapshot()
@@ -742,7 +774,7 @@ def bench_heartbeats(quick: bool, workdir: Path, seconds: float | None, feeds: i
             errors_in_window=after["errors"] - before["errors"],
             rejected_in_window=after["rejected"] - before["rejected"],
             requests_in_window=after["requests"] - before["requests"],
-            window_s=round(window, 2), warmup_s=warm["warmup_s"],
+            window_s=round(window, 2), **warm,
             target=f">= {TARGET_REPORTS_PER_SECOND:,} reports/s accepted and consumed by the "
             "worker in the same window; every report consumed after the load",
             met=bool(
