@@ -66,7 +66,10 @@ class StreamTuning(BaseSettings):
         description="How often an online feed's last sighting is sent to the registry",
     )
     liveness_scan_seconds: float = Field(
-        5.0, gt=0, le=3_600, description="How often silent feeds are looked for"
+        1.0,
+        gt=0,
+        le=3_600,
+        description="How often silent feeds are looked for (a feed goes offline this late at most)",
     )
     harvest_feeds_per_minute: int = Field(
         50, ge=1, le=100_000, description="Alert when one requester opens more feeds in a minute"

@@ -156,6 +156,7 @@ def build_stream_context(settings: Settings, tuning: StreamTuning | None = None)
         alerts_topic=topics.alerts,
         events_topic=topics.access_events,
         scan=liveness.scan,
+        read_up_to=lambda: liveness.newest_read,
     )
     context = StreamContext(
         settings=settings,

@@ -119,11 +119,15 @@ class LivenessHandler:
         self.dead_letter_topic = dead_letter_topic
         self.state: dict[str, list[Any]] = {}
         self.started_at = time.time()
+        # Broker time of the newest report read: the scan's clock while reading behind.
+        self.newest_read = time.time()
 
     # ------------------------------------------------------------------ heartbeats
 
     def prepare(self, records: Sequence[ConsumerRecord[Any, Any]], batch: Batch) -> None:
         now = time.time()
+        if records:
+            self.newest_read = max(self.newest_read, max(r.timestamp for r in records) / 1000)
         for record in records:
             try:
                 heartbeat = decode_heartbeat(record.value)
@@ -255,5 +259,5 @@ class LivenessHandler:
                 seen = float(last_seen) if last_seen is not None else None
                 state[feed_id] = [status, seen, float(changed_at), seen or 0.0]
         self.state = state
-        self.started_at = time.time()
+        self.started_at = self.newest_read = time.time()
         return len(state)

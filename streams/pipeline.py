@@ -89,6 +89,8 @@ class BatchPipeline:
         alerts_topic: str,
         events_topic: str,
         scan: Callable[[float, Batch], int] | None = None,
+        scan_agent: str = "heartbeats",
+        read_up_to: Callable[[], float] | None = None,
         restore_extra: Sequence[Callable[[Callable[[str], bool]], int]] = (),
     ) -> None:
         self.bootstrap = bootstrap
@@ -101,6 +103,8 @@ class BatchPipeline:
         self.alerts_topic = alerts_topic
         self.events_topic = events_topic  # the topic whose rows go to access_events
         self.scan = scan
+        self.scan_agent = scan_agent
+        self.read_up_to = read_up_to
         self._consumer: AIOKafkaConsumer | None = None
         self._in_flight: asyncio.Task[None] | None = None
         self._buffer: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
@@ -113,6 +117,7 @@ class BatchPipeline:
         self._owned: dict[str, set[int]] = {}
         self.batches_stored = 0
         self._figures: dict[str, tuple[int, float]] = {}
+        self._lag_since: dict[str, float] = {}
         self.faust_agents: list[str] = []
         register_check("stream-worker", self.health)
 
@@ -190,12 +195,20 @@ class BatchPipeline:
             self._buffer, self._count = {}, 0
             if scan_due and self.scan is not None:
                 next_scan = now + self.tuning.liveness_scan_seconds
-                self.scan(time.time(), batch)
+                self.scan(self._liveness_clock(), batch)
             if not await self._in_flight_done(stop):
                 return
             if batch.events or batch.feed_status or batch.outgoing or batch.alerts:
                 self._in_flight = asyncio.create_task(self._store(batch), name="stream-store")
             await asyncio.sleep(0)
+
+    def _liveness_clock(self) -> float:
+        """The moment silence is judged at: now, or, while the heartbeats are read behind,
+        the newest report read so far (a backlog must not pass for silence)."""
+        lag, _ = self._figures.get(self.scan_agent, (0, 0.0))
+        if lag > 0 and self.read_up_to is not None:
+            return min(time.time(), self.read_up_to())
+        return time.time()
 
     def _prepare(self, buffered: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> Batch:
         started = time.perf_counter()
@@ -348,7 +361,14 @@ class BatchPipeline:
                 end = consumer.highwater(tp)
                 if end is not None:
                     lag += max(0, end - self._committed.get(tp, 0))
-            stalled = now - self._last_commit if lag > 0 else 0.0
+            # Seconds without a commit while there was work: from the later of the last commit
+            # and the moment the lag last rose above 0 (a quiet spell is not a stall).
+            if lag <= 0:
+                self._lag_since.pop(handler.name, None)
+                stalled = 0.0
+            else:
+                since = self._lag_since.setdefault(handler.name, now)
+                stalled = now - max(self._last_commit, since)
             LAG.labels(handler.name).set(lag)
             STALLED.labels(handler.name).set(round(stalled, 1))
             figures[handler.name] = (lag, stalled)
