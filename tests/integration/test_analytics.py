@@ -381,7 +381,10 @@ async def test_usage_per_day_and_minute_with_filters(callers: tuple[Callers, Cit
         },
     )
     rows = response.json()["rows"]
-    day = {row["group"]: row["retrievals"] for row in rows}
+    # The city's retrievals span the last five hours: after midnight UTC, two day buckets.
+    day: Counter[str] = Counter()
+    for row in rows:
+        day[row["group"]] += row["retrievals"]
     starts = Counter(
         "sensor" if int(r.feed_id.split("-")[1]) % 4 == 0 else "camera"
         for r in city.retrievals
