@@ -20,7 +20,6 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import faust
 from faust.contrib.asgi import faust_app_running
 
 from infra.clickhouse_migrations import apply_migrations
@@ -34,11 +33,6 @@ log = logging.getLogger("feedgrid.streams")
 
 EMBEDDED_START_WAIT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
-
-
-def build_faust_app(settings: Settings) -> faust.App:
-    """The Faust app with every agent registered (for tools that want the app alone)."""
-    return build_stream_context(settings).app
 
 
 async def prepare_dependencies(settings: Settings, waiting: threading.Event | None = None) -> None:

@@ -8,6 +8,7 @@ offsets it covers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,3 +45,11 @@ class Batch:
     @property
     def events(self) -> int:
         return sum(self.counts.values())
+
+
+def alert_messages(topic: str, alerts: Sequence[RaisedAlert]) -> list[Outgoing]:
+    """Alerts as messages for the alerts topic, keyed by requester (or feed)."""
+    return [
+        Outgoing(topic, alert.key.encode() or None, alert.to_cloud_event().to_bytes())
+        for alert in alerts
+    ]

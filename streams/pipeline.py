@@ -43,9 +43,9 @@ from prometheus_client import Histogram
 
 from infra.health import register_check
 from streams.access import empty_columns
-from streams.batch import Batch
+from streams.batch import Batch, alert_messages
 from streams.metrics import BATCH_SECONDS, EVENTS_HANDLED, LAG, STALLED, faust_agents_stalled
-from streams.publisher import Outgoing, Publisher
+from streams.publisher import Publisher
 from streams.sink import ClickHouseSink
 from streams.tuning import StreamTuning
 
@@ -232,12 +232,7 @@ class BatchPipeline:
         await sink.write("grant_states", batch.grant_states)
         await sink.write("feed_status", batch.feed_status)
         await sink.write("alerts", [alert.to_row() for alert in batch.alerts])
-        alerts = [
-            Outgoing(
-                self.alerts_topic, alert.key.encode() or None, alert.to_cloud_event().to_bytes()
-            )
-            for alert in batch.alerts
-        ]
+        alerts = alert_messages(self.alerts_topic, batch.alerts)
         await self.publisher.publish([*alerts, *batch.outgoing])
         elapsed = time.perf_counter() - started
         await self._commit(batch.offsets)

@@ -1,8 +1,8 @@
 """The ClickHouse sink: batched inserts that return only once ClickHouse holds the rows.
 
-How offsets stay behind the data (see also ``streams/agents/batching.py``): an agent collects
-Kafka events with Faust's ``stream.noack_take()``, which never acknowledges anything by itself,
-turns them into rows, awaits the sink for each table, and acknowledges the events only after
+How offsets stay behind the data (see also ``streams/pipeline.py`` and
+``streams/agents/batching.py``): the batch path and the agents turn a batch of Kafka records
+into rows, await the sink for each table, and commit (or acknowledge) the records only after
 every write returned. Faust commits an offset only once the message and every message before
 it on its partition are acknowledged, so a committed offset never passes a row ClickHouse does
 not have.
@@ -108,7 +108,7 @@ def _json_default(value: Any) -> Any:
 
 
 def encode_rows(rows: Iterable[dict[str, Any]]) -> bytes:
-    """JSONEachRow: ClickHouse parses it natively, far faster than building columns in Python."""
+    """JSONEachRow, for the small tables (decisions, alerts, states); events go as Arrow."""
     dumps = orjson.dumps
     return b"\n".join(dumps(row, default=_json_default) for row in rows)
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from streams.batch import alert_messages
 from streams.context import StreamContext
 from streams.dead_letter import DeadLetter
 from streams.publisher import Outgoing
@@ -22,18 +23,9 @@ def dead_letter(context: StreamContext, message: Any, reason: str) -> Outgoing:
     )
 
 
-def alert_messages(context: StreamContext, alerts: Sequence[RaisedAlert]) -> list[Outgoing]:
-    return [
-        Outgoing(
-            context.topics.alerts, alert.key.encode() or None, alert.to_cloud_event().to_bytes()
-        )
-        for alert in alerts
-    ]
-
-
 async def store_and_publish_alerts(
     context: StreamContext, alerts: Sequence[RaisedAlert], also: Sequence[Outgoing] = ()
 ) -> None:
     """Alerts go to ClickHouse and to the alerts topic, with any other outgoing messages."""
     await context.sink.write("alerts", [alert.to_row() for alert in alerts])
-    await context.publisher.publish([*alert_messages(context, alerts), *also])
+    await context.publisher.publish([*alert_messages(context.topics.alerts, alerts), *also])
