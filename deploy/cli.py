@@ -119,7 +119,7 @@ def up(
     if demo:
         from deploy.demo import load_demo_city_once
 
-        after_start = lambda: load_demo_city_once(settings, base_url, token)  # noqa: E731
+        after_start = lambda: load_demo_city_once(settings, base_url, token, gateways=True)  # noqa: E731
     _serve(settings, host, port, after_start=after_start)
 
 
