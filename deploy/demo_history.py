@@ -162,11 +162,28 @@ class RecordedWeek:
         self.events = sorted(
             (event for event in self.events if event.time <= self.end), key=lambda e: e.time
         )
+        self._count_retrievals()
         self.summary.events = len(self.events)
         if self.events:
             self.summary.start = self.events[0].time
             self.summary.end = self.events[-1].time
         return self.events
+
+    def _count_retrievals(self) -> None:
+        """What the analytics will count of the record, from the events that are in it."""
+        summary = self.summary
+        for event in self.events:
+            data = event.data
+            if event.type == EventType.RETRIEVAL_STARTED:
+                summary.retrievals += 1
+                pair = pair_key(data["owner_department"], data["requester_department"])
+                summary.retrievals_by_pair[pair] += 1
+            elif event.type == EventType.RETRIEVAL_ENDED:
+                summary.bytes += int(data.get("bytes") or 0)
+            elif event.type == EventType.RETRIEVAL_DENIED and data.get("requester_department"):
+                summary.attributed_denials += 1
+            elif event.type == EventType.RETRIEVAL_DENIED:
+                summary.unattributed_denials += 1
 
     def _request(self, item: ReplayedRequest) -> None:
         assert item.at is not None
@@ -303,8 +320,6 @@ class RecordedWeek:
         self._add(
             started, EventType.RETRIEVAL_STARTED, **base, decision="allowed", reason="allowed"
         )
-        self.summary.retrievals += 1
-        self.summary.retrievals_by_pair[pair_key(grant.owner, grant.requester)] += 1
         if ended and server != "mediamtx":  # MediaMTX reports no end of session
             sent = int(seconds * megabits * 125_000) if server == "zlmediakit" else 0
             self._add(
@@ -314,7 +329,6 @@ class RecordedWeek:
                 bytes=sent,
                 duration_seconds=seconds if server == "zlmediakit" else 0.0,
             )
-            self.summary.bytes += sent
 
     def _plays(self) -> None:
         for number, grant in enumerate(self.grants):
@@ -369,7 +383,6 @@ class RecordedWeek:
                 client_ip=self._client_ip("unknown", number % 150),
                 reason="missing_token",
             )
-            self.summary.unattributed_denials += 1
         else:
             self._add(
                 moment,
@@ -383,7 +396,6 @@ class RecordedWeek:
                 client_ip=self._client_ip(grant.requester, grant.officer),
                 reason="token_for_another_feed",
             )
-            self.summary.attributed_denials += 1
 
     # ------------------------------------------------------------------ misuse
 

@@ -271,7 +271,7 @@ async def _owner_approves(page: Page, city: RunningCity, request: dict[str, Any]
     key = _key(city, owner, "dept_admin")
     await _sign_in(page, city, key)
     item = f".inbox-item[data-request='{request['id']}']"
-    await page.wait_for(f'document.querySelector("{item}")', timeout=30, what="the inbox item")
+    await page.wait_for(f'!!document.querySelector("{item}")', timeout=30, what="the inbox item")
     due = await page.evaluate(f"document.querySelector(\"{item} .due\")?.textContent || ''")
     assert "answer due" in due
     await _shot(page, "owner-inbox")
