@@ -56,8 +56,25 @@ async def load_demo_city_once(
         log.info("demo city already loaded (remove %s to load it again)", city_marker)
     elif not await _load_city(directory, city_marker, base_url, token):
         return None
+    replayed = await _replay_traffic_once(
+        settings, directory, traffic_marker, base_url, token, progress, live_played_grants
+    )
+    # After the replay: at 60,000 feeds the first reports bring every feed online at once (as
+    # many registry writes, then their last-seen updates), which slows the replay to a crawl.
     if gateways:
         await start_gateways(settings, base_url, token)
+    return replayed
+
+
+async def _replay_traffic_once(
+    settings: Settings,
+    directory: Path,
+    traffic_marker: Path,
+    base_url: str,
+    token: str,
+    progress: bool,
+    live_played_grants: int,
+) -> TrafficSummary | None:
     if traffic_marker.exists():
         state = orjson.loads(traffic_marker.read_bytes()).get("state")
         if state == "done":
