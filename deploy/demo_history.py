@@ -260,7 +260,9 @@ class RecordedWeek:
                 officer=item.officer,
                 actions=actions[(owner, decided)],
                 valid_from=decided,
-                valid_until=decided + timedelta(minutes=item.minutes),
+                # None outlives the record: this registry knows none of its grants, so none
+                # may be in force now (no alert may name one).
+                valid_until=min(decided + timedelta(minutes=item.minutes), self.end),
                 line=item.line,
             )
             self.grants.append(grant)
@@ -483,7 +485,7 @@ class RecordedWeek:
                 officer=template.officer,
                 actions=("live",),
                 valid_from=issued,
-                valid_until=issued + timedelta(hours=1),
+                valid_until=min(issued + timedelta(hours=1), self.end),
                 line=template.line,
             )
             for feed_id in feed_ids:
