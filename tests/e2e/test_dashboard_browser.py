@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "var" / "test-artifacts" / "browser"
 CAMERAS = 1_200
 SENSORS = 120
-REQUESTS = 240
+REQUESTS = 120
 REQUESTER = "lz-tb"
 BAD_LOG_LINE = re.compile(r"\b(ERROR|WARNING|CRITICAL)\b|Traceback")
 
@@ -214,12 +214,7 @@ async def _requester_asks_for_an_area(page: Page, city: RunningCity, key: str) -
     await page.wait_for("!document.getElementById('panel-request').hidden", what="request panel")
     await page.wait_for("Number(document.getElementById('map').dataset.drawn) > 0")
     await page.click("#select-area")
-    box = await page.evaluate(
-        "(() => { const r = document.getElementById('map').getBoundingClientRect();"
-        " return [r.left, r.top, r.width, r.height]; })()"
-    )
-    left, top, width, height = box
-    await page.centre_of("#map")
+    await page.centre_of("#map")  # scrolls the map into view
     box = await page.evaluate(
         "(() => { const r = document.getElementById('map').getBoundingClientRect();"
         " return [r.left, r.top, r.width, r.height]; })()"
