@@ -97,12 +97,21 @@ def up(
     kafka: Annotated[
         bool, typer.Option(help="Start the local Kafka broker if none answers")
     ] = True,
-    demo: Annotated[bool, typer.Option(help="Load the demo city on first start")] = True,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            help="The demo city: loaded and its traffic replayed on first start, its gateways "
+            "reporting liveness on every start"
+        ),
+    ] = True,
 ) -> None:
     """Run every role in one process: API + outbox relay + Faust agents + ClickHouse sink.
 
     Uses the embedded defaults (SQLite registry, chdb analytics) unless FEEDGRID_* says
-    otherwise, starts the local Kafka broker when needed, migrates, and loads the demo city.
+    otherwise, starts the local Kafka broker when needed and migrates. With the demo (the
+    default): loads the demo city, replays its 2,000 access requests through the API and its
+    recorded week into the access-events topic (once per database), and runs its gateways,
+    which report the feeds' liveness through POST /v1/heartbeats while FeedGrid runs.
     """
     settings = _settings(embedded_worker=True)
     token = _admin_token(settings)
@@ -119,7 +128,7 @@ def up(
     if demo:
         from deploy.demo import load_demo_city_once
 
-        after_start = lambda: load_demo_city_once(settings, base_url, token)  # noqa: E731
+        after_start = lambda: load_demo_city_once(settings, base_url, token, gateways=True)  # noqa: E731
     _serve(settings, host, port, after_start=after_start)
 
 

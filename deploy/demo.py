@@ -1,9 +1,12 @@
-"""Loading the demo city into a running FeedGrid once, when `feedgrid up` starts.
+"""The demo city in a running FeedGrid, when `feedgrid up` starts.
 
-Two steps, each remembered by its own marker under ``var/demo`` (per registry database), so a
-second `feedgrid up` repeats neither: the departments and feeds (``.loaded-<db>``), then a
-replay of the seeded access traffic through the API (``.traffic-<db>``), which gives a new
-user's analytics and dashboard something to show.
+Two steps run once, each remembered by its own marker under ``var/demo`` (per registry
+database), so a second `feedgrid up` repeats neither: the departments and feeds
+(``.loaded-<db>``), then the seeded access traffic (``.traffic-<db>``): all its requests
+replayed through the API as the departments would make them, then its recorded week
+(``deploy/demo_history.py``) produced to the access-events topic with its own times, so the
+charts show a week of work. On every start, the city's gateways report liveness through the
+API while FeedGrid runs (``deploy/demo_gateways.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from deploy.demo_traffic import TrafficSummary
+from deploy.demo_traffic import LIVE_PLAYED_GRANTS, TrafficSummary
 from schemas.settings import Settings
 
 log = logging.getLogger("feedgrid.demo")
@@ -31,10 +34,18 @@ def _markers(settings: Settings) -> tuple[Path, Path, Path]:
 
 
 async def load_demo_city_once(
-    settings: Settings, base_url: str, token: str, *, progress: bool = True
+    settings: Settings,
+    base_url: str,
+    token: str,
+    *,
+    progress: bool = True,
+    gateways: bool = False,
+    live_played_grants: int = LIVE_PLAYED_GRANTS,
 ) -> TrafficSummary | None:
-    """Generates the demo city if needed, loads it, then replays its traffic, each once per
-    registry database. Returns what the replay did, or None when it did not run."""
+    """Generates the demo city if needed, loads it, starts its gateways (``gateways``: they
+    run in the background until the process ends), then replays its traffic and its recorded
+    week, each once per registry database. Returns what the replay did, or None when it did
+    not run."""
     from deploy.seed.writer import write_demo_city
 
     directory, city_marker, traffic_marker = _markers(settings)
@@ -45,6 +56,25 @@ async def load_demo_city_once(
         log.info("demo city already loaded (remove %s to load it again)", city_marker)
     elif not await _load_city(directory, city_marker, base_url, token):
         return None
+    replayed = await _replay_traffic_once(
+        settings, directory, traffic_marker, base_url, token, progress, live_played_grants
+    )
+    # After the replay: at 60,000 feeds the first reports bring every feed online at once (as
+    # many registry writes, then their last-seen updates), which slows the replay to a crawl.
+    if gateways:
+        await start_gateways(settings, base_url, token)
+    return replayed
+
+
+async def _replay_traffic_once(
+    settings: Settings,
+    directory: Path,
+    traffic_marker: Path,
+    base_url: str,
+    token: str,
+    progress: bool,
+    live_played_grants: int,
+) -> TrafficSummary | None:
     if traffic_marker.exists():
         state = orjson.loads(traffic_marker.read_bytes()).get("state")
         if state == "done":
@@ -57,7 +87,9 @@ async def load_demo_city_once(
                 traffic_marker,
             )
         return None
-    return await _replay_traffic(directory, traffic_marker, base_url, token, progress)
+    return await _replay_traffic(
+        settings, directory, traffic_marker, base_url, token, progress, live_played_grants
+    )
 
 
 async def _load_city(directory: Path, marker: Path, base_url: str, token: str) -> bool:
@@ -84,11 +116,18 @@ async def _load_city(directory: Path, marker: Path, base_url: str, token: str) -
 
 
 async def _replay_traffic(
-    directory: Path, marker: Path, base_url: str, token: str, progress: bool
+    settings: Settings,
+    directory: Path,
+    marker: Path,
+    base_url: str,
+    token: str,
+    progress: bool,
+    live_played_grants: int,
 ) -> TrafficSummary | None:
     import httpx
 
-    from deploy.demo_traffic import DEFAULT_CONCURRENCY, replay_demo_traffic
+    from deploy.demo_history import send_recorded_week
+    from deploy.demo_traffic import DEFAULT_CONCURRENCY, DEFAULT_SEED, replay_demo_traffic
 
     if not (directory / "access-requests.ndjson").exists():
         log.info("the demo city has no access requests to replay")
@@ -103,14 +142,85 @@ async def _replay_traffic(
             timeout=httpx.Timeout(120.0, connect=10.0),
             limits=httpx.Limits(max_connections=DEFAULT_CONCURRENCY * 2),
         ) as client:
-            summary = await replay_demo_traffic(client, directory, progress=progress)
+            summary = await replay_demo_traffic(
+                client, directory, progress=progress, live_played_grants=live_played_grants
+            )
+        log.info("demo traffic replayed: %s", summary.one_line())
+        history = await send_recorded_week(settings, summary.replayed, seed=DEFAULT_SEED)
     except Exception as error:
         log.error("the demo traffic could not be replayed: %s", error)
         _write_marker(marker, {"state": "failed", "error": str(error)[:2000]})
         return None
-    log.info("demo traffic replayed: %s", summary.one_line())
-    _write_marker(marker, {"state": "done"} | summary.as_dict())
+    summary.history = history
+    log.info(
+        "demo: the recorded week (%s to %s) sent to the stream: %s events, %s retrievals, "
+        "misuse %s",
+        history.start,
+        history.end,
+        history.events,
+        history.retrievals,
+        dict(history.misuse),
+    )
+    _write_marker(marker, {"state": "done"} | summary.as_dict() | {"history": history.as_dict()})
     return summary
+
+
+_gateway_tasks: set[asyncio.Task[None]] = set()
+
+
+async def start_gateways(settings: Settings, base_url: str, token: str) -> None:
+    """Starts the city's gateways in the background (they report until the process ends)."""
+    import httpx
+
+    from deploy.demo_gateways import CityGateways, GatewaySimulator, issue_gateway_keys
+
+    client = httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        timeout=httpx.Timeout(60.0, connect=10.0),
+    )
+    try:
+        answer = await client.get("/v1/feeds/points")
+        answer.raise_for_status()
+        plan = CityGateways.plan(answer.json())
+        keys_path = settings.var_dir / "demo" / "gateway-keys.json"
+        owners = sorted(set(plan.reporting) | set(plan.flapping))
+        keys = _read_keys(keys_path)
+        if not await _keys_work(client, keys, owners):
+            keys = await issue_gateway_keys(client, owners)
+            keys_path.write_bytes(orjson.dumps(keys))
+            keys_path.chmod(0o600)
+    except Exception as error:
+        await client.aclose()
+        log.error("the demo gateways could not start: %s", error)
+        return
+    log.info("demo gateways report liveness: %s", plan.describe())
+    simulator = GatewaySimulator(client, keys, plan)
+
+    async def run() -> None:
+        try:
+            await simulator.run()
+        finally:
+            await client.aclose()
+
+    task = asyncio.create_task(run(), name="demo-gateways")
+    _gateway_tasks.add(task)
+    task.add_done_callback(_gateway_tasks.discard)
+
+
+def _read_keys(path: Path) -> dict[str, str]:
+    try:
+        value = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+async def _keys_work(client: Any, keys: dict[str, str], owners: list[str]) -> bool:
+    if not owners or set(owners) - set(keys):
+        return not owners
+    answer = await client.get("/v1/whoami", headers={"Authorization": f"Bearer {keys[owners[0]]}"})
+    return bool(answer.status_code == 200)
 
 
 def _write_marker(marker: Path, content: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,13 +56,15 @@ log = logging.getLogger("feedgrid.demo")
 T = TypeVar("T")
 
 DEFAULT_SEED = 28181
-DEFAULT_CONCURRENCY = 4
+# A few connections at once: the single `feedgrid up` process answers them in turn, and the
+# waiting on each answer (the network, the database's commit) overlaps.
+DEFAULT_CONCURRENCY = 8
 # Requests replayed out of the file's week (spread evenly over it, so the mix of departments,
-# hours and selections stays the same). Each one costs the single `feedgrid up` process its
-# policy decisions, audit-chain entries, outbox events, the owners' answers, tokens, hook
-# checks and the worker's share downstream: about 0.1 s of CPU all told on this 2-core
-# machine, so a few hundred fill the dashboard in well under a minute. 0 replays them all.
-DEFAULT_MAX_REQUESTS = 300
+# hours and selections stays the same); 0 replays them all, as `feedgrid up` does.
+DEFAULT_MAX_REQUESTS = 0
+# Grants played now through the media servers' hooks by `feedgrid up` (those of the latest
+# requests): the week's earlier plays are in its recorded log, with their own times.
+LIVE_PLAYED_GRANTS = 60
 # A spatial request asks for the nearest feeds only, as a person picking cameras on a map would.
 SELECTION_LIMIT = 5
 # Requests one duty officer makes over the demo week: enough officers that no one opens more
@@ -99,6 +102,7 @@ class DemoRequest:
     duration_minutes: int
     emergency: bool
     selection: dict[str, Any]
+    at: datetime | None = None  # when the seeded week has it asked
 
 
 @dataclass
@@ -112,6 +116,9 @@ class ReplayedRequest:
     minutes: int
     emergency: bool
     initial: dict[str, int]
+    purpose: str = ""
+    action: str = ""
+    at: datetime | None = None
     owner_decisions: dict[str, str] = field(default_factory=dict)  # owner -> approved|denied|...
     final: dict[str, Any] = field(default_factory=dict)  # the last AccessRequestOut seen
 
@@ -161,6 +168,7 @@ class TrafficSummary:
     elapsed_seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)
     replayed: list[ReplayedRequest] = field(default_factory=list)
+    history: Any = None  # the recorded week's HistorySummary, once it is sent
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -220,6 +228,7 @@ def read_requests(path: Path) -> list[DemoRequest]:
                 duration_minutes=int(item["duration_minutes"]),
                 emergency=bool(item.get("emergency")),
                 selection=dict(item["selection"]),
+                at=datetime.fromisoformat(item["at"]) if item.get("at") else None,
             )
         )
     return requests
@@ -279,9 +288,11 @@ class TrafficReplay:
         seed: int = DEFAULT_SEED,
         concurrency: int = DEFAULT_CONCURRENCY,
         max_requests: int = DEFAULT_MAX_REQUESTS,
+        live_played_grants: int = 0,
         progress: Progress | None = None,
     ) -> None:
         self.client = client
+        self.live_played_grants = live_played_grants
         self.directory = directory
         self.seed = seed
         self.max_requests = max_requests
@@ -526,6 +537,9 @@ class TrafficReplay:
                 emergency=request.emergency,
                 initial=dict(Counter(feed["outcome"] for feed in created["feeds"])),
                 final=created,
+                purpose=request.purpose,
+                action=request.action,
+                at=request.at,
             )
 
         await self._each("access requests", planned, send)
@@ -612,6 +626,10 @@ class TrafficReplay:
             for item, grant_id, owner in grants
             if self._rand("use", item.line, owner).chance(PLAYED_GRANT_SHARE)
         ]
+        if self.live_played_grants > 0:
+            # The latest requests of the week are played now, through the hooks; the week's
+            # earlier plays are in its recorded log (deploy/demo_history.py).
+            used = used[-self.live_played_grants :]
         answers: dict[str, dict[str, Any]] = {}
 
         async def fetch(job: tuple[ReplayedRequest, str, str]) -> None:
@@ -869,10 +887,13 @@ async def replay_demo_traffic(
     seed: int = DEFAULT_SEED,
     concurrency: int = DEFAULT_CONCURRENCY,
     max_requests: int = DEFAULT_MAX_REQUESTS,
+    live_played_grants: int = 0,
     progress: bool = True,
 ) -> TrafficSummary:
     """Replays ``directory/access-requests.ndjson`` (``max_requests`` of it, evenly spread;
-    0 for all) through the API ``client`` talks to.
+    0 for all) through the API ``client`` talks to; with ``live_played_grants`` > 0 only the
+    grants of that many of the latest requests are played (the rest of the week's plays are
+    the recorded week's).
 
     ``client`` carries the city-admin token (it issues the departments' keys) and the API's
     base URL. Returns what was done; refusals the API answers with a 4xx are counted, not
@@ -886,5 +907,13 @@ async def replay_demo_traffic(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        replay = TrafficReplay(client, directory, seed=seed, concurrency=concurrency, progress=bar)
+        replay = TrafficReplay(
+            client,
+            directory,
+            seed=seed,
+            concurrency=concurrency,
+            max_requests=max_requests,
+            live_played_grants=live_played_grants,
+            progress=bar,
+        )
         return await replay.run()

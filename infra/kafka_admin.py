@@ -8,6 +8,7 @@ import logging
 from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.client import CoordinationType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas.settings import Settings
@@ -85,7 +86,58 @@ async def ensure_topics(settings: Settings) -> list[str]:
         await admin.close()
     if created:
         log.info("created kafka topics", extra={"topics": created})
+    await wait_until_usable(
+        settings.kafka_bootstrap,
+        [topic_name(settings.topic_prefix, spec.suffix) for spec in TOPIC_SPECS],
+        [f"{settings.topic_prefix}{group}" for group in CONSUMER_GROUPS],
+    )
     return created
+
+
+# The consumer groups of the API side and the workers (without the topic prefix). A client
+# that joins a group before the broker has a coordinator for it logs errors while it retries.
+CONSUMER_GROUPS = ("registry-status", "worker-batch", "worker")
+USABLE_WAIT_SECONDS = 30.0
+
+
+async def wait_until_usable(
+    bootstrap: str, topics: list[str], groups: list[str], timeout: float = USABLE_WAIT_SECONDS
+) -> bool:
+    """Waits until every topic has its partitions in the cluster metadata and every group a
+    coordinator: a topic just created, and a new group (or a broker just started, whose
+    ``__consumer_offsets`` is still loading), are not usable at once, and a consumer started
+    then logs "topic not found" and "coordinator not available" errors while it retries.
+    False (with an info line) when the wait ran out: the clients still retry by themselves."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    deadline = asyncio.get_running_loop().time() + timeout
+    waiting_for = "the broker"
+    try:
+        await client.bootstrap()
+        missing = list(topics)
+        while missing:
+            waiting_for = f"topics {missing}"
+            cluster = await client.fetch_all_metadata()
+            missing = [topic for topic in missing if not cluster.partitions_for_topic(topic)]
+            if missing:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError
+                await asyncio.sleep(0.2)
+        for group in groups:
+            waiting_for = f"a coordinator of group {group}"
+            while True:
+                try:
+                    await client.coordinator_lookup(CoordinationType.GROUP, group)
+                    break
+                except KafkaError:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise TimeoutError from None
+                    await asyncio.sleep(0.2)
+        return True
+    except (TimeoutError, KafkaError, OSError) as error:
+        log.info("kafka not usable yet (waiting for %s): %r", waiting_for, error)
+        return False
+    finally:
+        await client.close()
 
 
 async def describe_topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:

@@ -56,3 +56,19 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("aiokafka", "faust", "mode", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    busy = logging.getLogger("mode.timers")
+    if not any(isinstance(existing, BusyLoopNote) for existing in busy.filters):
+        busy.addFilter(BusyLoopNote())
+
+
+class BusyLoopNote(logging.Filter):
+    """Faust's timers (``mode.timers``) warn "Timer X is overlapping" when the worker's event
+    loop was busy for longer than a timer's interval: a start that loads a city or a burst of
+    batches on a small machine does that, and nothing needs doing about it. It is a note
+    (INFO); an agent that really stops is what ``feedgrid_stream_stalled_seconds`` and
+    ``/readyz`` report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "is overlapping" in str(record.msg):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True

@@ -296,9 +296,13 @@ class AnalyticsService:
         return answer, len(rows) > limit
 
     async def sharing_matrix(self, period: Period, filters: UsageFilters) -> list[SharingCell]:
+        """Owner x requester cells. A play refused for want of a token names no requester
+        (nobody can say whose player it was): it is no department's use of another's feeds,
+        so it has no column here; the owner's denied retrievals in ``usage`` still count it."""
         where = Where().filters(
             filters, ["owner_department", "requester_department", "kind", "region"]
         )
+        where.add("requester_department != ''")
         where.scope(self.scope)
         source = self._departments(period, where)
         rows = await self.store.rows(
@@ -692,7 +696,7 @@ class AnalyticsService:
                        pair.1 AS side, pair.2 AS department, pair.3 AS counterpart,
                        sum(retrievals) AS pair_retrievals, sum(bytes) AS pair_bytes
                 FROM {usage_source}
-                WHERE owner_department != requester_department
+                WHERE owner_department != requester_department AND requester_department != ''
                 GROUP BY pair
             )
             GROUP BY department

@@ -52,6 +52,7 @@ ASSET_TYPES = {
     "charts.js": "text/javascript; charset=utf-8",
     "feedmap.js": "text/javascript; charset=utf-8",
     "panels.js": "text/javascript; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
 PAGE = "index.html"

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 pytestmark = pytest.mark.kafka
@@ -81,3 +82,17 @@ def test_feedgrid_up_serves_ready_api_with_embedded_worker(
     # The worker ran beside the API (its own thread) with the batch path on both hot topics.
     assert "stream worker running" in output
     assert "access-events" in output and "heartbeats" in output
+    # A clean start and stop says nothing alarming: no ERROR or WARNING line (topics and the
+    # consumer groups' coordinators are waited for before any consumer starts).
+    levels = [
+        orjson.loads(line).get("level", "") for line in output.splitlines() if line[:1] == "{"
+    ]
+    assert levels and "info" in {level.lower() for level in levels}
+    alarming = [
+        line
+        for line in output.splitlines()
+        if line[:1] == "{"
+        and orjson.loads(line).get("level", "").upper() in {"ERROR", "WARNING", "CRITICAL"}
+    ]
+    assert alarming == [], alarming[:10]
+    assert "Traceback" not in output

@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -167,9 +168,17 @@ async def test_demo_load_replays_the_traffic_once_and_it_reaches_the_analytics(
 
         await _check_registry(api, summary)
 
-        # The plays reach ClickHouse through outbox -> Kafka -> the embedded worker.
+        # The plays reach ClickHouse through outbox -> Kafka -> the embedded worker, and the
+        # recorded week through the access-events topic, each at its own time.
+        history = summary.history
+        assert history is not None and history.retrievals > 0 and history.requests > 0
+        assert history.start is not None and history.end is not None
+        assert history.end - history.start > timedelta(days=5)
+        assert history.end <= datetime.now(UTC)
+        week = {"from": (datetime.now(UTC) - timedelta(days=8)).isoformat()}
+
         async def matrix() -> list[dict[str, Any]]:
-            answer = await api.get("/v1/analytics/sharing-matrix")
+            answer = await api.get("/v1/analytics/sharing-matrix", params=week)
             assert answer.status_code == 200, answer.text
             return answer.json()["rows"]  # type: ignore[no-any-return]
 
@@ -180,15 +189,26 @@ async def test_demo_load_replays_the_traffic_once_and_it_reaches_the_analytics(
                 sum(row["bytes"] for row in rows),
             )
 
-        expected = (summary.retrievals, sum(summary.refused_plays.values()), summary.bytes)
+        # A play refused for want of a token names no department: no column of the matrix.
+        attributed_refusals = summary.refused_plays["token_for_another_feed"]
+        expected = (
+            summary.retrievals + history.retrievals,
+            attributed_refusals + history.attributed_denials,
+            summary.bytes + history.bytes,
+        )
         rows = await wait_for(matrix, lambda rows: totals(rows) == expected, timeout=90)
-        assert totals(rows) == expected, (rows, summary.as_dict())
+        assert totals(rows) == expected, (rows, summary.as_dict(), history.as_dict())
+        assert all(row["requester_department"] for row in rows)
         played = {
             pair_key(row["owner_department"], row["requester_department"]): row["retrievals"]
             for row in rows
             if row["retrievals"]
         }
-        assert played == dict(summary.retrievals_by_pair)
+        assert played == dict(summary.retrievals_by_pair + history.retrievals_by_pair)
+        # The week is spread over its days, not piled into the last hour.
+        usage = await api.get("/v1/analytics/usage", params={**week, "granularity": "day"})
+        days = {row["bucket"] for row in usage.json()["rows"] if row["retrievals"]}
+        assert len(days) >= 5, usage.json()
 
         # The shared token shows up as an alert, as it would on the dashboard.
         async def shared_token_alerts() -> list[dict[str, Any]]:

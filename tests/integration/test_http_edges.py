@@ -90,6 +90,38 @@ def test_a_client_hanging_up_mid_body_is_no_server_error(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_client_leaving_before_its_answer_is_no_server_error(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load tool at its end closes connections with requests in flight: whole requests whose
+    answers nobody reads. Nothing of it is an ERROR line, a traceback or a 500."""
+    caplog.set_level(logging.INFO)
+    routes = ("/v1/access-requests", "/v1/heartbeats", "/v1/hooks/mediamtx/auth")
+    before = {route: _requests_counted(route, "500") for route in routes}
+    body = b'{"purpose": "x", "actions": ["live"], "feed_ids": ["f"]}'
+    with serving(create_app(settings)) as base_url:
+        for _ in range(5):
+            for route in routes:
+                connection, head = _head(base_url, route, "application/json", len(body))
+                connection.sendall(head + body)
+                connection.close()
+            connection, _ = _head(base_url, "/", "", 0)
+            connection.sendall(
+                f"GET /v1/feeds/points HTTP/1.1\r\nHost: t\r\n"
+                f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n".encode()
+            )
+            connection.close()
+        time.sleep(1.0)
+        # the server still answers
+        assert httpx.get(f"{base_url}/healthz", timeout=10).status_code == 200
+    for route in routes:
+        assert _requests_counted(route, "500") == before[route], route
+    tracebacks = [record for record in caplog.records if record.exc_info]
+    assert tracebacks == [], [record.getMessage() for record in tracebacks]
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_body_slower_than_the_read_timeout_is_answered_408(settings: Settings) -> None:
     slow = settings.model_copy(update={"body_read_timeout_seconds": 1.0})
     with serving(create_app(slow), http="httptools") as base_url:

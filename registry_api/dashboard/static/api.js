@@ -11,6 +11,18 @@ export const PATHS = Object.freeze({
   decisions: "/v1/analytics/decisions",
   dormantFeeds: "/v1/analytics/dormant-feeds",
   alerts: "/v1/analytics/alerts",
+  scorecards: "/v1/analytics/scorecards",
+  feeds: "/v1/feeds",
+  accessRequests: "/v1/access-requests",
+  approve: "/v1/access-requests/{request_id}/approve",
+  deny: "/v1/access-requests/{request_id}/deny",
+  grants: "/v1/grants",
+  revoke: "/v1/grants/{grant_id}/revoke",
+});
+
+// Endpoints this server may not have yet: a panel built on one hides itself on 404.
+export const OPTIONAL_PATHS = Object.freeze({
+  catalogTree: "/v1/catalog/tree",
 });
 
 // sessionStorage: the token lives as long as the tab, never in a cookie or on disk for good.
@@ -43,6 +55,15 @@ export function pathFor(template, values) {
 
 // GET a JSON answer. Arrays in params become repeated parameters; null/"" ones are left out.
 export async function getJson(path, params = {}, signal = undefined) {
+  return call("GET", path, params, undefined, signal);
+}
+
+// POST a JSON body; the JSON answer.
+export async function postJson(path, body, signal = undefined) {
+  return call("POST", path, {}, body, signal);
+}
+
+async function call(method, path, params, body, signal) {
   const url = new URL(path, window.location.origin);
   for (const [name, value] of Object.entries(params)) {
     if (Array.isArray(value)) {
@@ -51,10 +72,14 @@ export async function getJson(path, params = {}, signal = undefined) {
       url.searchParams.set(name, String(value));
     }
   }
+  const headers = { Authorization: `Bearer ${storedToken() || ""}`, Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(url, {
-      headers: { Authorization: `Bearer ${storedToken() || ""}`, Accept: "application/json" },
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
       credentials: "omit",
       signal,
@@ -64,13 +89,13 @@ export async function getJson(path, params = {}, signal = undefined) {
     throw new ApiError(0, "unreachable", `the API did not answer (${error.message})`);
   }
   if (!response.ok) {
-    let body = {};
+    let answer = {};
     try {
-      body = await response.json();
+      answer = await response.json();
     } catch {
       // not JSON: the status text says enough
     }
-    throw new ApiError(response.status, body.code || "", body.message || response.statusText);
+    throw new ApiError(response.status, answer.code || "", answer.message || response.statusText);
   }
   return response.json();
 }

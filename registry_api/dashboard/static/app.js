@@ -3,6 +3,7 @@
 
 import { ApiError, PATHS, explain, forgetToken, getJson, storeToken, storedToken } from "./api.js";
 import { element, formatCount, swatch } from "./charts.js";
+import { STATUS_NAMES, WorkConsole, renderCatalogTree, renderScorecard, statusCounts } from "./console.js";
 import { FeedMap } from "./feedmap.js";
 import {
   departmentColor, renderDecisions, renderFeedCard, renderHealth, renderSharing, renderUsage,
@@ -19,6 +20,7 @@ const state = {
   identity: null,
   departmentNames: new Map(),
   points: null,
+  allPoints: null, // the last unfiltered load: the scorecard's liveness counts
   colorBy: "owner",
   hidden: { owner: new Set(), status: new Set() },
   analytics: null, // AbortController of the analytics refresh in flight
@@ -54,6 +56,7 @@ function signOut(reason = "") {
   clearInterval(state.timer);
   $("auto-refresh").checked = false;
   state.identity = null;
+  state.allPoints = null;
   $("dashboard").hidden = true;
   $("identity").hidden = true;
   $("sign-in").hidden = false;
@@ -88,9 +91,12 @@ async function signIn() {
   $("sign-in").hidden = true;
   showMessage("sign-in-message", "");
   $("dashboard").hidden = false;
+  work.setIdentity(identity);
+  setAreaMode(false);
   await loadDepartments();
-  loadPoints(true);
+  await loadPoints(true);
   refreshAnalytics();
+  work.refresh();
 }
 
 async function loadDepartments() {
@@ -112,7 +118,20 @@ async function loadDepartments() {
 
 // ------------------------------------------------------------------------- map
 
+const work = new WorkConsole({ onError: report });
+
+function setAreaMode(on) {
+  map.setAreaMode(on);
+  $("select-area").setAttribute("aria-pressed", String(on));
+  if (!on) {
+    map.clearArea();
+    work.setArea(null);
+  }
+}
+work.onAreaCleared = () => setAreaMode(false);
+
 const map = new FeedMap($("map"), {
+  onArea: (area) => work.setArea(area),
   onSelect: (feedId) => showCard(feedId),
   onHover: ([lon, lat]) => {
     $("map-cursor").textContent = `${lat.toFixed(5)}°, ${lon.toFixed(5)}°`;
@@ -134,6 +153,8 @@ async function loadPoints(fit) {
     const started = performance.now();
     const points = await getJson(PATHS.points, params, controller.signal);
     state.points = points;
+    if (!params.kind && !params.department && !params.bbox) state.allPoints = points;
+    showStatusCounts(points);
     map.setPoints(points);
     applyColors();
     if (fit && !viewOnly) map.fit();
@@ -145,6 +166,13 @@ async function loadPoints(fit) {
   } catch (error) {
     report(error, "map-message");
   }
+}
+
+// Online / offline / never seen: the liveness of the feeds on the map, always in view.
+function showStatusCounts(points) {
+  const counts = statusCounts(points);
+  $("status-counts").replaceChildren(...Object.entries(STATUS_NAMES).map(([status, name]) => element("li",
+    { "data-status": status }, swatch(STATUS_COLORS[status]), `${formatCount(counts[status] || 0)} ${name}`)));
 }
 
 function applyColors() {
@@ -163,7 +191,7 @@ function applyColors() {
   $("legend").replaceChildren(...names.map((name, code) => {
     const label = byOwner && state.departmentNames.has(name)
       ? `${name} · ${state.departmentNames.get(name)}`
-      : name;
+      : (byOwner ? name : STATUS_NAMES[name] || name);
     const button = element("button", {
       type: "button",
       class: hiddenNames.has(name) ? "legend-entry off" : "legend-entry",
@@ -222,6 +250,8 @@ function currentPeriod() {
 }
 
 const PANELS = [
+  [(period, signal) => renderScorecard(period, signal, state.allPoints), "scorecard-message"],
+  [(period, signal) => renderCatalogTree(signal), "catalog-message"],
   [renderUsage, "usage-message"],
   [renderSharing, "sharing-message"],
   [renderDecisions, "decisions-message"],
@@ -285,6 +315,7 @@ $("color-status").addEventListener("click", () => setColorBy("status"));
 $("zoom-in").addEventListener("click", () => map.zoomBy(2));
 $("zoom-out").addEventListener("click", () => map.zoomBy(0.5));
 $("zoom-fit").addEventListener("click", () => map.fit());
+$("select-area").addEventListener("click", () => setAreaMode(!map.areaMode));
 
 if (storedToken()) {
   signIn();

@@ -44,8 +44,11 @@ function niceDegrees(span) {
 }
 
 export class FeedMap {
-  constructor(canvas, { onSelect, onHover }) {
+  constructor(canvas, { onSelect, onHover, onArea }) {
     this.canvas = canvas;
+    this.onArea = onArea;
+    this.areaMode = false;
+    this.area = null; // {kind: "bbox", x0, y0, x1, y1} or {kind: "near", x, y, metres} (world units)
     // every frame reads the pixels back to draw the dots into them
     this.context = canvas.getContext("2d", { willReadFrequently: true });
     this.onSelect = onSelect;
@@ -92,6 +95,37 @@ export class FeedMap {
   setHidden(hidden) {
     this.hidden = new Set(hidden);
     this.redraw();
+  }
+
+  // ------------------------------------------------------------------ area
+
+  setAreaMode(on) {
+    this.areaMode = on;
+    this.canvas.classList.toggle("area-mode", on);
+  }
+
+  clearArea() {
+    this.area = null;
+    this.redraw();
+  }
+
+  // The area in degrees: {bbox: [west, south, east, north]} or {near: [lon, lat, metres]}.
+  areaInDegrees() {
+    const area = this.area;
+    if (!area) return null;
+    if (area.kind === "near") {
+      return { near: [unprojectX(area.x), unprojectY(area.y), area.metres] };
+    }
+    const west = unprojectX(Math.min(area.x0, area.x1));
+    const east = unprojectX(Math.max(area.x0, area.x1));
+    const north = unprojectY(Math.min(area.y0, area.y1));
+    const south = unprojectY(Math.max(area.y0, area.y1));
+    return { bbox: [west, south, east, north] };
+  }
+
+  metresPerPixel(worldY) {
+    const latitude = unprojectY(worldY);
+    return (EARTH_CIRCUMFERENCE_M * Math.cos((latitude * Math.PI) / 180)) / this.scale;
   }
 
   // ------------------------------------------------------------------ view
@@ -197,7 +231,32 @@ export class FeedMap {
     this.drawPoints(context, pixelWidth, pixelHeight, ratio);
     context.setTransform(ratio, 0, 0, ratio, 0, 0);
     this.drawSelection(context, width, height, style);
+    this.drawArea(context, width, height, style);
     this.drawScaleBar(context, height, style);
+  }
+
+  drawArea(context, width, height, style) {
+    const area = this.area;
+    if (!area) return;
+    const toScreen = (x, y) => [
+      (x - this.centerX) * this.scale + width / 2,
+      (y - this.centerY) * this.scale + height / 2,
+    ];
+    context.strokeStyle = style.getPropertyValue("--accent").trim() || "#1f5f9e";
+    context.fillStyle = style.getPropertyValue("--area-fill").trim() || "rgba(31, 95, 158, 0.12)";
+    context.lineWidth = 2;
+    context.beginPath();
+    if (area.kind === "near") {
+      const [px, py] = toScreen(area.x, area.y);
+      const radius = area.metres / this.metresPerPixel(area.y);
+      context.arc(px, py, Math.max(3, radius), 0, 2 * Math.PI);
+    } else {
+      const [x0, y0] = toScreen(area.x0, area.y0);
+      const [x1, y1] = toScreen(area.x1, area.y1);
+      context.rect(Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0));
+    }
+    context.fill();
+    context.stroke();
   }
 
   drawGraticule(context, width, height, style) {
@@ -225,7 +284,10 @@ export class FeedMap {
   }
 
   drawPoints(context, pixelWidth, pixelHeight, ratio) {
-    if (!this.count || !this.pixels) return;
+    if (!this.count || !this.pixels) {
+      this.canvas.dataset.drawn = "0";
+      return;
+    }
     const image = context.getImageData(0, 0, pixelWidth, pixelHeight);
     const words = new Uint32Array(image.data.buffer);
     // Bigger dots when zoomed in or when there are few of them.
@@ -237,6 +299,7 @@ export class FeedMap {
     const hidden = this.hidden;
     const hiding = hidden.size > 0;
     const { x, y, category, pixels } = this;
+    let drawn = 0;
     for (let i = 0; i < this.count; i += 1) {
       const px = Math.round(x[i] * scale + offsetX);
       const py = Math.round(y[i] * scale + offsetY);
@@ -246,6 +309,7 @@ export class FeedMap {
       const code = category[i];
       if (hiding && hidden.has(code)) continue;
       const word = pixels[code];
+      drawn += 1;
       const top = Math.max(0, py - radius + 1);
       const bottom = Math.min(pixelHeight - 1, py + radius - 1);
       const left = Math.max(0, px - radius + 1);
@@ -256,6 +320,8 @@ export class FeedMap {
       }
     }
     context.putImageData(image, 0, 0);
+    // How many dots this frame drew: for people reading the DOM (and the browser test).
+    this.canvas.dataset.drawn = String(drawn);
   }
 
   screenOf(i) {
@@ -335,10 +401,14 @@ export class FeedMap {
       const pixels = event.deltaMode === 1 ? event.deltaY * 16 : event.deltaY;
       this.zoomBy(Math.exp(-pixels * 0.0015), px, py);
     }, { passive: false });
+    const world = (px, py) => {
+      const { width, height } = this.size();
+      return [this.centerX + (px - width / 2) / this.scale, this.centerY + (py - height / 2) / this.scale];
+    };
     canvas.addEventListener("pointerdown", (event) => {
       canvas.setPointerCapture(event.pointerId);
       const [px, py] = local(event);
-      this.drag = { startX: px, startY: py, lastX: px, lastY: py, moved: false };
+      this.drag = { startX: px, startY: py, lastX: px, lastY: py, moved: false, area: this.areaMode };
     });
     canvas.addEventListener("pointermove", (event) => {
       const [px, py] = local(event);
@@ -346,14 +416,34 @@ export class FeedMap {
       if (!this.drag) return;
       const { lastX, lastY, startX, startY } = this.drag;
       if (Math.hypot(px - startX, py - startY) > 4) this.drag.moved = true;
-      if (this.drag.moved) this.panBy(px - lastX, py - lastY);
+      if (this.drag.moved && this.drag.area) {
+        const [x0, y0] = world(startX, startY);
+        const [x1, y1] = world(px, py);
+        this.area = { kind: "bbox", x0, y0, x1, y1 };
+        this.redraw();
+      } else if (this.drag.moved) {
+        this.panBy(px - lastX, py - lastY);
+      }
       this.drag.lastX = px;
       this.drag.lastY = py;
     });
     canvas.addEventListener("pointerup", (event) => {
       const drag = this.drag;
       this.drag = null;
-      if (!drag || drag.moved) return;
+      if (!drag) return;
+      if (drag.area) {
+        if (!drag.moved) {
+          // A click marks a circle a little wider than a street block at this zoom.
+          const [px, py] = local(event);
+          const [x, y] = world(px, py);
+          const metres = Math.max(50, Math.min(2000, Math.round(this.metresPerPixel(y) * 40 / 50) * 50));
+          this.area = { kind: "near", x, y, metres };
+          this.redraw();
+        }
+        if (this.onArea) this.onArea(this.areaInDegrees());
+        return;
+      }
+      if (drag.moved) return;
       const [px, py] = local(event);
       const found = this.pick(px, py);
       this.selected = found;
