@@ -231,7 +231,7 @@ class Settings(BaseSettings):
     api_key_refresh_seconds: float = Field(
         0.25,
         gt=0,
-        le=0.9,
+        le=0.5,
         description="How often each process reloads key changes (revocation, rotation): a "
         "revoked key is refused everywhere within a second",
     )
