@@ -36,11 +36,14 @@ def refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
     """Why a resolved address may not be called, or None."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    if address.is_loopback:
+        return None
     if address in METADATA_ADDRESSES:
         return f"{address} is a cloud metadata address"
     if address.is_link_local:
         return f"{address} is link-local (where cloud metadata services answer)"
-    if address.is_unspecified or address.is_multicast or address.is_reserved:
+    reserved = isinstance(address, ipaddress.IPv4Address) and address.is_reserved
+    if address.is_unspecified or address.is_multicast or reserved:
         return f"{address} is not an address a receiver listens on"
     return None
 
