@@ -234,9 +234,12 @@ class WebhookDispatcher:
                         break
         except RefusedUrl as error:
             return Outcome(delivery, DeliveryState.failed, 0, f"not called: {error}")
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, OSError) as error:
             reason = f"no answer: {type(error).__name__} {error}".strip()
             return Outcome(delivery, DeliveryState.pending, 0, reason[:300])
+        except Exception as error:  # whatever it is, the other deliveries of the round go on
+            log.info("webhook attempt failed unexpectedly: %r", error)
+            return Outcome(delivery, DeliveryState.pending, 0, f"attempt failed: {error!r}"[:300])
         finally:
             ATTEMPT_SECONDS.observe(time.perf_counter() - began)
         status = response.status_code

@@ -32,6 +32,7 @@ from schemas.subscriptions import DeliveryState, NotificationKind
 
 # A notification names at most this many feeds (and says how many there are in all).
 LISTED_FEEDS = 100
+LISTED_GRANTS = 10  # grants named per feed of a feed.offline notice
 OWNER_DECISIONS = frozenset(
     {
         ReasonCode.approved_by_owner.value,
@@ -290,7 +291,8 @@ async def on_feeds_status_changed(
                             {
                                 "feed_id": feed_id,
                                 "owner_department": owners[feed_id],
-                                "grant_ids": sorted(feeds[feed_id]),
+                                "grant_ids": sorted(feeds[feed_id])[:LISTED_GRANTS],
+                                "grant_count": len(feeds[feed_id]),
                             }
                             for feed_id in chunk
                         ],

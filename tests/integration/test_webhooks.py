@@ -82,6 +82,9 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
         holder = await subscribe(
             client, world.auth(URBAN, "dept_admin"), receiver, ["feed.offline"]
         )
+        requester = await subscribe(
+            client, world.auth(ENVIRONMENT, "dept_admin"), receiver, ["request.decided"]
+        )
         assert owner["secret"] == receiver.secret and owner["department"] == TRANSPORT
         requests = []
         for number in range(BURST):
@@ -91,6 +94,14 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
             assert made["status"] == "pending", made
             requests.append(made["id"])
         revoked = await _revoked_grants(world, REVOKED)
+        # The owner answers three of them: the requester is told of each answer.
+        for request_id, verb in zip(requests, ("approve", "approve", "deny"), strict=False):
+            answered = await client.post(
+                f"/v1/access-requests/{request_id}/{verb}",
+                json={"comment": "seen"},
+                headers=world.auth(TRANSPORT, "dept_admin"),
+            )
+            assert answered.status_code == 200, answered.text
         # A feed goes offline while URBAN holds a live grant on it.
         held = await world.request(URBAN, feed_ids=[world.feed_id("unconditional")])
         applier = next(c for c in world.runtime.components if isinstance(c, LivenessApplier))
@@ -119,6 +130,9 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
         await wait_until(
             lambda: _delivered(client, holder["id"], 1), what="the offline notice delivered"
         )
+        await wait_until(
+            lambda: _delivered(client, requester["id"], 3), what="the decisions delivered"
+        )
     finally:
         receiver.kill()
 
@@ -126,8 +140,11 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
     sent = {item["message_id"]: item for item in page["deliveries"]}
     got = genuine(receiver)
     offline_id = (await deliveries(client, holder["id"]))["deliveries"][0]["message_id"]
+    decided_ids = {
+        item["message_id"] for item in (await deliveries(client, requester["id"]))["deliveries"]
+    }
     # Every notification arrived; duplicates (if any) carry the same id and the same body.
-    assert set(got) == set(sent) | {offline_id}
+    assert set(got) == set(sent) | {offline_id} | decided_ids
     assert all(all(body == bodies[0] for body in bodies) for bodies in got.values())
     assert not [record for record in receiver.received() if not record["valid"]]
     pending = [bodies[0] for bodies in got.values() if bodies[0]["type"] == "request.pending"]
@@ -135,6 +152,13 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
     assert all(body["data"]["due_at"] and body["data"]["feed_count"] == 1 for body in pending)
     revocations = [bodies[0] for bodies in got.values() if bodies[0]["type"] == "grant.revoked"]
     assert sorted(body["data"]["grant_id"] for body in revocations) == sorted(revoked)
+    decided = sorted(
+        (got[message_id][0]["data"] for message_id in decided_ids), key=lambda d: d["request_id"]
+    )
+    answered = sorted(requests[:3])
+    assert [item["request_id"] for item in decided] == answered
+    assert sorted(len(item["granted"]["feed_ids"]) for item in decided) == [0, 1, 1]
+    assert all(item["decided_by"].startswith("key:") for item in decided)
     [offline] = got[offline_id]
     assert offline["type"] == "feed.offline"
     assert offline["data"]["feeds"] == [
@@ -142,6 +166,7 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
             "feed_id": world.feed_id("unconditional"),
             "owner_department": TRANSPORT,
             "grant_ids": [held["feeds"][0]["grant_id"]],
+            "grant_count": 1,
         }
     ]
     # The outage shows in the attempts, the status and the metrics.
