@@ -155,8 +155,8 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
     decided = sorted(
         (got[message_id][0]["data"] for message_id in decided_ids), key=lambda d: d["request_id"]
     )
-    answered = sorted(requests[:3])
-    assert [item["request_id"] for item in decided] == answered
+    answered_ids = sorted(requests[:3])
+    assert [item["request_id"] for item in decided] == answered_ids
     assert sorted(len(item["granted"]["feed_ids"]) for item in decided) == [0, 1, 1]
     assert all(item["decided_by"].startswith("key:") for item in decided)
     [offline] = got[offline_id]
