@@ -160,6 +160,7 @@ async def test_a_rotated_key_works_at_once_and_the_old_one_for_its_grace_period(
     assert new.split("_", 2)[2] not in audit.text
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # logic, not storage
 async def test_keys_are_managed_by_their_own_department_admin_only(
     client: httpx.AsyncClient,
 ) -> None:

@@ -184,6 +184,7 @@ async def _delivered(client: httpx.AsyncClient, subscription_id: str, count: int
     return sum(item["state"] == "delivered" for item in items) == count
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # logic, not storage
 async def test_a_receiver_with_another_secret_detects_the_bad_signature(
     client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
@@ -230,6 +231,7 @@ REFUSED_URLS = {
 }
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # logic, not storage
 async def test_subscriptions_refuse_urls_feedgrid_must_not_call(
     client: httpx.AsyncClient,
 ) -> None:
@@ -246,6 +248,7 @@ async def test_subscriptions_refuse_urls_feedgrid_must_not_call(
     assert changed_tables(before, await registry_state(world.runtime)) == []
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # logic, not storage
 async def test_a_subscription_is_made_by_the_department_admin_and_its_secret_shown_once(
     client: httpx.AsyncClient,
 ) -> None:
