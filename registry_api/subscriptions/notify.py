@@ -156,6 +156,7 @@ def _iso(moment: datetime | None) -> str | None:
 async def on_access_events(session: AsyncSession, events: Sequence[AccessEvent]) -> None:
     """The audit writer's listener: access events that someone should hear of."""
     pending: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
+    review: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
     overdue: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
     decided: dict[str, list[AccessEvent]] = defaultdict(list)
     revoked: dict[str, list[AccessEvent]] = defaultdict(list)
@@ -164,6 +165,9 @@ async def on_access_events(session: AsyncSession, events: Sequence[AccessEvent])
         if event.event_type == EventType.ACCESS_DECIDED and data.request_id:
             if data.decision == Outcome.pending.value and data.owner_department:
                 pending[(data.request_id, data.owner_department)].append(event)
+            elif data.reason == ReasonCode.emergency_live_access.value and data.owner_department:
+                # Granted at once for an emergency, waiting for the owner's review.
+                review[(data.request_id, data.owner_department)].append(event)
             elif data.reason in OWNER_DECISIONS:
                 decided[data.request_id].append(event)
         elif event.event_type == EventType.ACCESS_ESCALATED and data.request_id:
@@ -171,12 +175,13 @@ async def on_access_events(session: AsyncSession, events: Sequence[AccessEvent])
                 overdue[(data.request_id, data.owner_department)].append(event)
         elif event.event_type == EventType.GRANT_REVOKED and data.grant_id:
             revoked[data.grant_id].append(event)
-    if not (pending or overdue or decided or revoked):
+    if not (pending or review or overdue or decided or revoked):
         return
     due = await _due_times(session, [*pending, *overdue])
     notes: list[Notification] = []
     for kind, groups in (
         (NotificationKind.request_pending, pending),
+        (NotificationKind.request_pending, review),
         (NotificationKind.request_overdue, overdue),
     ):
         for (request_id, owner), group in groups.items():
@@ -196,6 +201,8 @@ async def on_access_events(session: AsyncSession, events: Sequence[AccessEvent])
                         "due_at": _iso(due.get((request_id, owner))),
                         **listed(event.data.feed_id for event in group),
                         "escalated": kind is NotificationKind.request_overdue,
+                        # an emergency grant already in force, for the owner to confirm or deny
+                        "review": groups is review,
                     },
                     occurred_at=group[0].occurred_at,
                 )

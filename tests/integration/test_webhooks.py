@@ -20,7 +20,14 @@ from registry_api.feeds.liveness import Liveness, LivenessApplier
 from registry_api.subscriptions.signing import new_secret
 from schemas.settings import Settings
 from tests.conftest import running_client
-from tests.integration.access_world import ENVIRONMENT, TRANSPORT, URBAN, World, build_world
+from tests.integration.access_world import (
+    ENVIRONMENT,
+    POLICE,
+    TRANSPORT,
+    URBAN,
+    World,
+    build_world,
+)
 from tests.integration.hostile_support import changed_tables, registry_state
 from tests.integration.webhook_support import (
     Receiver,
@@ -94,6 +101,15 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
             assert made["status"] == "pending", made
             requests.append(made["id"])
         revoked = await _revoked_grants(world, REVOKED)
+        # An emergency grant in force at once, waiting for the owner's review: the owner hears.
+        emergency = await world.request(
+            POLICE,
+            feed_ids=[world.feed_id("conditional")],
+            purpose="armed robbery pursuit",
+            emergency=True,
+            emergency_reason="suspect fleeing across the bridge",
+        )
+        assert emergency["feeds"][0]["review_required"], emergency
         # The owner answers three of them: the requester is told of each answer.
         for request_id, verb in zip(requests, ("approve", "approve", "deny"), strict=False):
             answered = await client.post(
@@ -122,7 +138,7 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
 
         async def all_delivered() -> bool:
             page = await deliveries(client, owner["id"])
-            return len(page["deliveries"]) == BURST + REVOKED and all(
+            return len(page["deliveries"]) == BURST + REVOKED + 1 and all(
                 item["state"] == "delivered" for item in page["deliveries"]
             )
 
@@ -148,6 +164,9 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
     assert all(all(body == bodies[0] for body in bodies) for bodies in got.values())
     assert not [record for record in receiver.received() if not record["valid"]]
     pending = [bodies[0] for bodies in got.values() if bodies[0]["type"] == "request.pending"]
+    [review] = [body for body in pending if body["data"]["review"]]
+    assert review["data"]["request_id"] == emergency["id"] and review["data"]["emergency"]
+    pending.remove(review)
     assert sorted(body["data"]["request_id"] for body in pending) == sorted(requests)
     assert all(body["data"]["due_at"] and body["data"]["feed_count"] == 1 for body in pending)
     revocations = [bodies[0] for bodies in got.values() if bodies[0]["type"] == "grant.revoked"]
@@ -172,7 +191,7 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
     # The outage shows in the attempts, the status and the metrics.
     assert any(item["attempts"] > 1 for item in sent.values())
     status = (await client.get(f"/v1/subscriptions/{owner['id']}")).json()["status"]
-    assert status["delivered"] == BURST + REVOKED and status["failed"] == 0, status
+    assert status["delivered"] == BURST + REVOKED + 1 and status["failed"] == 0, status
     assert status["consecutive_failures"] == 0 and status["last_status"] == 204, status
     metrics = (await client.get("/metrics")).text
     assert 'feedgrid_webhook_attempts_total{outcome="retry"}' in metrics
