@@ -71,6 +71,7 @@ class ApiKeyResolver:
         self._watermark: datetime | None = None
         self._refresh_began = float("-inf")  # monotonic start of the last successful poll
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lookups
 
@@ -92,6 +93,14 @@ class ApiKeyResolver:
         principal = self.cached(token)
         if principal is not None:
             return principal
+        if token in self._cache and self.sessions is not None:
+            # Known but not vouched for (the poll is late: a busy loop or database): one poll
+            # for every caller waiting, rather than one key read each.
+            with contextlib.suppress(Exception):
+                await self._refresh_together()
+            principal = self.cached(token)
+            if principal is not None:
+                return principal
         if self.identity_provider is not None and looks_like_jwt(token):
             return await self.identity_provider.resolve(token)
         parts = token.split("_", 2)
@@ -171,7 +180,13 @@ class ApiKeyResolver:
             self._versions = {
                 entry.key_id: self._versions.get(entry.key_id) for entry in self._cache.values()
             }
-        self._refresh_began = began
+        self._refresh_began = max(self._refresh_began, began)
+
+    async def _refresh_together(self) -> None:
+        """A poll begun now, shared by every caller that asks while it runs."""
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self.refresh())
+        await asyncio.shield(self._inflight)
 
     async def _poll(self) -> None:
         while True:
