@@ -5,8 +5,9 @@ kept in memory. A key's revocation or rotation must still be in force everywhere
 second, on every API replica: each process polls ``api_keys.updated_at`` (indexed; every
 change of a key bumps it) every ``api_key_refresh_seconds`` and drops the principals of the
 keys that changed. The cache is trusted only while that poll is fresh: when the last poll
-began more than ``MAX_STALENESS_SECONDS`` ago (a slow or unreachable database), every token
-is looked up again, so staleness stays bounded whatever the load.
+began more than ``MAX_STALENESS_SECONDS`` ago (a busy event loop, a slow database), callers
+wait for one poll begun then (shared by all of them), and read the key themselves if it
+fails, so staleness stays bounded whatever the load.
 """
 
 from __future__ import annotations
