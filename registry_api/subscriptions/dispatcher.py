@@ -1,8 +1,9 @@
 """Sending the deliveries: claimed in batches, attempted, retried with exponential backoff.
 
-Each API replica runs one dispatcher. A round claims due deliveries with a lease
+Each API replica runs one dispatcher. It claims due deliveries with a lease
 (``claimed_until``; on PostgreSQL ``FOR UPDATE SKIP LOCKED`` keeps two replicas off the same
-rows), attempts them concurrently, and writes each outcome:
+rows) for its free places (``concurrency`` attempts at once, at most ``PER_ENDPOINT`` to one
+subscription, so a slow endpoint holds up no other), attempts each, and writes its outcome:
 
 * 2xx: delivered.
 * 408, 429, 5xx, no answer (refused, reset, timed out): retried after
@@ -23,6 +24,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,6 +47,8 @@ ANSWER_EXCERPT_BYTES = 200
 LEASE_MARGIN_SECONDS = 30.0
 PURGE_EVERY_SECONDS = 300.0
 GAUGE_EVERY_SECONDS = 10.0
+PER_ENDPOINT = 4  # attempts in flight to one subscription at a time (per process)
+STOP_GRACE_SECONDS = 2.0
 
 ATTEMPTS = Counter(
     "feedgrid_webhook_attempts_total",
@@ -109,6 +113,8 @@ class WebhookDispatcher:
         self._wakeup = asyncio.Event()
         self._last_purge = 0.0
         self._last_gauge = 0.0
+        self._running: set[asyncio.Task[None]] = set()
+        self._per_subscription: defaultdict[str, int] = defaultdict(int)
 
     def notify(self) -> None:
         self._wakeup.set()
@@ -127,43 +133,61 @@ class WebhookDispatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._running:
+            # Let attempts under way finish briefly; one cut off keeps its lease and is
+            # attempted again once the lease runs out (the receiver may see it twice).
+            _, cut = await asyncio.wait(self._running, timeout=STOP_GRACE_SECONDS)
+            for task in cut:
+                task.cancel()
+            await asyncio.gather(*cut, return_exceptions=True)
         if self._http is not None:
             await self._http.aclose()
 
     async def _run(self) -> None:
         while True:
             try:
-                sent = await self.run_once()
+                await self.fill()
                 await self._housekeeping()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 log.warning("webhook delivery round failed, retrying: %s", error)
-                sent = 0
-            if sent < self.tuning.batch_size:
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.tuning.poll_seconds):
-                        await self._wakeup.wait()
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.tuning.poll_seconds):
+                    await self._wakeup.wait()
 
-    # ------------------------------------------------------------------ a round
+    # ------------------------------------------------------------------ deliveries in flight
 
-    async def run_once(self) -> int:
-        """Claims due deliveries, attempts them, records the outcomes; returns how many."""
-        claimed = await self._claim()
-        if not claimed:
+    async def fill(self) -> int:
+        """Claims due deliveries for the free places and starts each; returns how many.
+
+        At most ``concurrency`` attempts run at once, and at most ``PER_ENDPOINT`` of them to
+        one subscription: a slow or dead endpoint never holds up the others' deliveries."""
+        free = self.tuning.concurrency - len(self._running)
+        if free <= 0:
             return 0
-        limit = asyncio.Semaphore(self.tuning.concurrency)
-
-        async def attempt(delivery: Claimed) -> Outcome:
-            async with limit:
-                return await self._attempt(delivery)
-
-        outcomes = await asyncio.gather(*(attempt(delivery) for delivery in claimed))
-        await self._record(outcomes)
+        claimed = await self._claim(free)
+        for delivery in claimed:
+            self._per_subscription[delivery.subscription_id] += 1
+            task = asyncio.create_task(self._deliver(delivery), name="webhook-delivery")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         return len(claimed)
 
-    async def _claim(self) -> list[Claimed]:
+    async def _deliver(self, delivery: Claimed) -> None:
+        try:
+            outcome = await self._attempt(delivery)
+            await self._record([outcome])
+        except Exception as error:  # the lease runs out and the delivery is attempted again
+            log.warning("webhook outcome not recorded, to be attempted again: %s", error)
+        finally:
+            self._per_subscription[delivery.subscription_id] -= 1
+            if self._per_subscription[delivery.subscription_id] <= 0:
+                del self._per_subscription[delivery.subscription_id]
+            self._wakeup.set()  # a place is free
+
+    async def _claim(self, places: int) -> list[Claimed]:
         now = utcnow()
         lease = now + timedelta(
             seconds=self.tuning.attempt_timeout_seconds * 2 + LEASE_MARGIN_SECONDS
@@ -174,16 +198,25 @@ class WebhookDispatcher:
             or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
         )
         async with self.sessions() as session:
+            busy = [
+                sid for sid, running in self._per_subscription.items() if running >= PER_ENDPOINT
+            ]
             candidates = (
-                select(WebhookDelivery.id)
-                .where(*due)
+                select(WebhookDelivery.id, WebhookDelivery.subscription_id)
+                .where(*due, WebhookDelivery.subscription_id.not_in(busy))
                 .order_by(WebhookDelivery.next_attempt_at)
-                .limit(self.tuning.batch_size)
+                .limit(min(self.tuning.batch_size, places * PER_ENDPOINT))
             )
             if self.postgres:
                 candidates = candidates.with_for_update(skip_locked=True)
-            ids = list((await session.scalars(candidates)).all())
+            taken = defaultdict(int, self._per_subscription)
+            ids: list[int] = []
+            for delivery_id, subscription_id in (await session.execute(candidates)).all():
+                if len(ids) < places and taken[subscription_id] < PER_ENDPOINT:
+                    taken[subscription_id] += 1
+                    ids.append(delivery_id)
             if not ids:
+                await session.rollback()
                 return []
             won = list(
                 (

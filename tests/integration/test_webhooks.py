@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -304,3 +306,42 @@ async def test_a_subscription_is_made_by_the_department_admin_and_its_secret_sho
     gone = await client.get(f"/v1/subscriptions/{made.json()['id']}")
     assert gone.status_code == 404
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # logic, not storage
+async def test_an_endpoint_that_never_answers_holds_up_no_other(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    world = await build_world(client)
+    # Accepts connections (the kernel does) and never answers: each attempt waits its timeout.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    receiver = Receiver(tmp_path / "received.jsonl").start()
+    try:
+        stuck = await client.post(
+            "/v1/subscriptions",
+            json={
+                "url": f"http://127.0.0.1:{silent.getsockname()[1]}/feedgrid",
+                "kinds": ["request.pending"],
+            },
+            headers=world.auth(TRANSPORT, "dept_admin"),
+        )
+        assert stuck.status_code == 201, stuck.text
+        for _ in range(20):  # more than every attempt the dispatcher runs at once
+            await client.post(f"/v1/subscriptions/{stuck.json()['id']}/ping")
+        await asyncio.sleep(0.2)  # the silent endpoint's attempts are under way
+        good = await subscribe(
+            client, world.auth(ENVIRONMENT, "dept_admin"), receiver, ["request.decided"]
+        )
+        began = time.monotonic()
+        await client.post(f"/v1/subscriptions/{good['id']}/ping")
+        await wait_until(lambda: _delivered(client, good["id"], 1), what="the good ping")
+        waited = time.monotonic() - began
+    finally:
+        receiver.kill()
+        silent.close()
+    timeout = world.runtime.settings.notify.attempt_timeout_seconds
+    assert waited < timeout / 2, f"waited {waited:.2f} s behind a silent endpoint"
+    [record] = receiver.received()
+    assert record["valid"] and json.loads(record["body"])["type"] == "ping"
