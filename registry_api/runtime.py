@@ -82,12 +82,12 @@ class Runtime:
                 settings.notify,
                 sessions,
                 postgres=postgres,
-                on_written=lambda: runtime._wake_senders(),
+                on_written=runtime.wake_senders,
             )
             runtime.components += [runtime.webhooks, runtime.deadlines]
         return runtime
 
-    def _wake_senders(self) -> None:
+    def wake_senders(self) -> None:
         """After a commit that wrote outbox rows and webhook deliveries."""
         self.relay.notify()
         if self.webhooks is not None:

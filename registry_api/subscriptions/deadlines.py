@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,7 +63,7 @@ class DeadlineKeeper:
         sessions: async_sessionmaker[AsyncSession],
         *,
         postgres: bool,
-        on_written: Any = None,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
         self.tuning = tuning
         self.sessions = sessions
