@@ -76,7 +76,8 @@ def api(
         ),
     ] = False,
 ) -> None:
-    """Run the HTTP API (and the outbox relay). Scale mode: run several behind a load balancer."""
+    """Run the HTTP API (with the outbox relay, webhook delivery and the deadline keeper).
+    Scale mode: run several behind a load balancer."""
     settings = _settings(embedded_worker=workers_inside)
     _serve(settings, host, port)
 

@@ -26,6 +26,8 @@ from registry_api.observability import RequestGuardMiddleware, RequestMetricsMid
 from registry_api.ratelimit import build_rate_limiters
 from registry_api.runtime import Runtime
 from registry_api.security_headers import SecurityHeadersMiddleware, docs_policy
+from registry_api.subscriptions.notify import on_feeds_status_changed
+from registry_api.subscriptions.routes import router as subscriptions_router
 from registry_api.tokens.routes import router as jwks_router
 from schemas.settings import Settings, get_settings
 
@@ -78,6 +80,7 @@ def create_app(
                 index=runtime.feed_index,
                 topics_ready=runtime.topics_ready,
                 on_written=runtime.relay.notify,
+                in_transaction=on_feeds_status_changed,
             )
         )
         app.state.runtime = runtime
@@ -119,6 +122,7 @@ def create_app(
     app.include_router(requests_router, responses=error_responses(*API_REFUSALS, 429))
     app.include_router(grants_router, responses=error_responses(*API_REFUSALS, 410))
     app.include_router(audit_router, responses=error_responses(*API_REFUSALS))
+    app.include_router(subscriptions_router, responses=error_responses(*API_REFUSALS))
     app.include_router(jwks_router)
     app.include_router(analytics_router, responses=error_responses(*API_REFUSALS))
     # The operators' page (HTML, out of the schema) and the whoami it signs in with.

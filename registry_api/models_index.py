@@ -12,6 +12,7 @@ def import_all_models() -> None:
         "registry_api.feeds.models",
         "registry_api.access.models",
         "registry_api.audit.models",
+        "registry_api.subscriptions.models",
     ):
         try:
             importlib.import_module(module)

@@ -13,11 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from infra.kafka_admin import ensure_topics
 from infra.kafka_producer import SharedProducer
 from registry_api.access.components import AccessServices
+from registry_api.audit.service import listen_to_access_events
 from registry_api.db import create_engine, session_factory
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.idp import IdentityProviderTokens
-from registry_api.identity.service import ApiKeyResolver
+from registry_api.identity.resolver import ApiKeyResolver
 from registry_api.outbox.relay import OutboxRelay
+from registry_api.subscriptions.deadlines import DeadlineKeeper
+from registry_api.subscriptions.dispatcher import WebhookDispatcher
+from registry_api.subscriptions.notify import on_access_events
 from schemas.settings import Settings
 
 log = logging.getLogger("feedgrid.runtime")
@@ -40,6 +44,9 @@ class Runtime:
     feed_index: FeedIndex
     # Events published straight to Kafka, not through the outbox (liveness reports).
     producer: SharedProducer
+    # Webhook delivery and the deadline keeper (None where FEEDGRID_NOTIFY_ENABLED is false).
+    webhooks: WebhookDispatcher | None = None
+    deadlines: DeadlineKeeper | None = None
     components: list[Component] = field(default_factory=list)
     topics_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -53,7 +60,9 @@ class Runtime:
             engine=engine,
             sessions=sessions,
             api_keys=ApiKeyResolver(
-                identity_provider=IdentityProviderTokens.from_settings(settings)
+                sessions,
+                refresh_seconds=settings.api_key_refresh_seconds,
+                identity_provider=IdentityProviderTokens.from_settings(settings),
             ),
             relay=OutboxRelay(settings, engine, sessions),
             access=AccessServices(settings, sessions),
@@ -61,8 +70,28 @@ class Runtime:
             producer=SharedProducer(settings.kafka_bootstrap, client_id="feedgrid-api"),
         )
         runtime.access.hook_events.on_written = runtime.relay.notify
+        runtime.components.append(runtime.api_keys)
         runtime.components.append(runtime.access)
+        # Access events that someone should hear of become webhook deliveries in the same
+        # transaction, whichever replica sends them.
+        listen_to_access_events(on_access_events)
+        if settings.notify.enabled:
+            postgres = not settings.is_sqlite
+            runtime.webhooks = WebhookDispatcher(settings.notify, sessions, postgres=postgres)
+            runtime.deadlines = DeadlineKeeper(
+                settings.notify,
+                sessions,
+                postgres=postgres,
+                on_written=runtime.wake_senders,
+            )
+            runtime.components += [runtime.webhooks, runtime.deadlines]
         return runtime
+
+    def wake_senders(self) -> None:
+        """After a commit that wrote outbox rows and webhook deliveries."""
+        self.relay.notify()
+        if self.webhooks is not None:
+            self.webhooks.notify()
 
     async def start(self) -> None:
         self._background.append(asyncio.create_task(self._create_topics_when_possible()))

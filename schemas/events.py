@@ -39,6 +39,8 @@ class EventType(StrEnum):
     RETRIEVAL_STARTED = "feedgrid.retrieval.started"
     RETRIEVAL_ENDED = "feedgrid.retrieval.ended"
     RETRIEVAL_DENIED = "feedgrid.retrieval.denied"
+    # a pending decision passed its due time: escalated to the owner's admin and the city
+    ACCESS_ESCALATED = "feedgrid.access.escalated"
     # heartbeats topic: liveness reports from devices, gateways and GB/T 28181 platforms
     HEARTBEAT = "feedgrid.heartbeat"
     # feed-status topic: a worker decided a feed's liveness changed, or saw it recently
@@ -47,6 +49,12 @@ class EventType(StrEnum):
     LIVENESS_SEEN = "feedgrid.liveness.seen"
     # alerts topic: anomalies found by the agents
     ALERT_RAISED = "feedgrid.alert.raised"
+    # audit log only (registry database, on no topic): identity and subscription changes
+    API_KEY_ISSUED = "feedgrid.api_key.issued"
+    API_KEY_ROTATED = "feedgrid.api_key.rotated"
+    API_KEY_REVOKED = "feedgrid.api_key.revoked"
+    SUBSCRIPTION_CREATED = "feedgrid.subscription.created"
+    SUBSCRIPTION_DELETED = "feedgrid.subscription.deleted"
 
 
 # The types each topic carries, in the order above.
@@ -64,6 +72,7 @@ ACCESS_EVENT_TYPES: tuple[EventType, ...] = (
     EventType.RETRIEVAL_STARTED,
     EventType.RETRIEVAL_ENDED,
     EventType.RETRIEVAL_DENIED,
+    EventType.ACCESS_ESCALATED,
 )
 LIVENESS_EVENT_TYPES: tuple[EventType, ...] = (EventType.LIVENESS_CHANGED, EventType.LIVENESS_SEEN)
 

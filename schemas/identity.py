@@ -57,3 +57,51 @@ class ApiKeyIssued(BaseModel):
     roles: list[Role]
     key: str = Field(description="The bearer token. Shown once: only its hash is stored.")
     created_at: datetime
+
+
+class ApiKeyState(StrEnum):
+    active = "active"
+    rotating = "rotating"  # replaced by a newer key; works until its grace period ends
+    expired = "expired"  # its grace period ended
+    revoked = "revoked"
+
+
+class ApiKeyOut(BaseModel):
+    """A key as its department's admin sees it: never its secret, nor the secret's hash."""
+
+    id: str
+    department: str
+    name: str
+    roles: list[Role]
+    state: ApiKeyState
+    created_at: datetime
+    expires_at: datetime | None = Field(
+        None, description="A rotated key works until then (its grace period)"
+    )
+    replaced_by: str | None = Field(None, description="The key that replaced it by rotation")
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+    revoke_reason: str | None = None
+
+
+class ApiKeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int = Field(
+        3600,
+        ge=0,
+        le=90 * 86_400,
+        description="How long the old key keeps working (0: not at all). At most "
+        "FEEDGRID_API_KEY_MAX_GRACE_SECONDS (7 days by default).",
+    )
+
+
+class ApiKeyRotated(BaseModel):
+    new_key: ApiKeyIssued = Field(description="The replacement; its key is shown once")
+    old_key: ApiKeyOut
+
+
+class ApiKeyRevoke(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=200)

@@ -101,6 +101,45 @@ class LocalStateSettings(BaseSettings):
     )
 
 
+class NotificationTuning(BaseSettings):
+    """Webhook delivery and the deadline keeper: ``FEEDGRID_NOTIFY_*`` variables.
+
+    A section of :class:`Settings` (``settings.notify``) read by the API processes only.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FEEDGRID_NOTIFY_", extra="ignore", frozen=True)
+
+    enabled: bool = Field(
+        True, description="Run webhook delivery and the deadline keeper in this API process"
+    )
+    poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often due deliveries and deadlines are looked for"
+    )
+    attempt_timeout_seconds: float = Field(
+        10.0, gt=0, le=60, description="Longest one delivery attempt may take"
+    )
+    max_attempts: int = Field(
+        10, ge=1, le=30, description="Attempts before a notification is set aside as failed"
+    )
+    retry_base_seconds: float = Field(
+        5.0, gt=0, le=3600, description="Wait after the first failed attempt (doubles each time)"
+    )
+    retry_max_seconds: float = Field(
+        3600.0, gt=0, le=86_400, description="Longest wait between two attempts"
+    )
+    concurrency: int = Field(16, ge=1, le=256, description="Deliveries in flight per process")
+    batch_size: int = Field(200, ge=1, le=10_000, description="Deliveries claimed per round")
+    due_soon_hours: float = Field(
+        24.0, gt=0, le=720, description="How long before its due time an owner is reminded"
+    )
+    grant_expiry_warning_minutes: float = Field(
+        15.0, gt=0, le=10_080, description="How long before its end a requester is warned"
+    )
+    delivered_retention_hours: float = Field(
+        72.0, ge=0, le=8760, description="How long delivered notifications are kept for display"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FEEDGRID_", env_file=".env", extra="ignore", frozen=True
@@ -189,6 +228,19 @@ class Settings(BaseSettings):
     city_timezone: str = Field(
         "Asia/Shanghai", description="Where working-day deadlines are counted"
     )
+    api_key_refresh_seconds: float = Field(
+        0.25,
+        gt=0,
+        le=0.5,
+        description="How often each process reloads key changes (revocation, rotation): a "
+        "revoked key is refused everywhere within a second",
+    )
+    api_key_max_grace_seconds: int = Field(
+        7 * 86_400,
+        ge=0,
+        le=90 * 86_400,
+        description="Longest grace period a key rotation may give the old key",
+    )
     revocation_refresh_seconds: float = Field(
         0.25, gt=0, le=5, description="How often each process reloads revocations from the database"
     )
@@ -231,6 +283,10 @@ class Settings(BaseSettings):
     stream: StreamTuning = Field(
         default_factory=StreamTuning,
         description="The stream workers' knobs, read from FEEDGRID_STREAM_* variables",
+    )
+    notify: NotificationTuning = Field(
+        default_factory=NotificationTuning,
+        description="Webhook delivery and the deadline keeper, read from FEEDGRID_NOTIFY_*",
     )
 
     @field_validator("database_url")
@@ -311,8 +367,10 @@ def _variable(title: str, loc: tuple[int | str, ...]) -> str:
     """The environment variable a validation error is about."""
     if title == StreamTuning.__name__:  # raised while Settings built its stream section
         loc = ("stream", *loc)
-    if len(loc) > 1 and loc[0] == "stream":
-        return f"FEEDGRID_STREAM_{str(loc[1]).upper()}"
+    if title == NotificationTuning.__name__:
+        loc = ("notify", *loc)
+    if len(loc) > 1 and loc[0] in ("stream", "notify"):
+        return f"FEEDGRID_{str(loc[0]).upper()}_{str(loc[1]).upper()}"
     return f"FEEDGRID_{str(loc[0]).upper()}" if loc else "?"
 
 

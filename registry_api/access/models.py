@@ -34,6 +34,8 @@ class AccessRequestFeed(Base):
     __tablename__ = "access_request_feeds"
     __table_args__ = (
         Index("ix_access_request_feeds_owner_outcome", "owner_department", "outcome"),
+        Index("ix_access_request_feeds_escalation", "outcome", "escalated_at", "due_at"),
+        Index("ix_access_request_feeds_due_soon", "outcome", "due_soon_at", "due_at"),
     )
 
     request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id"), primary_key=True)
@@ -48,12 +50,17 @@ class AccessRequestFeed(Base):
     decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     grant_id: Mapped[str | None] = mapped_column(ForeignKey("grants.id"), nullable=True, index=True)
     review_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When the owner was told the due time is near, and when the overdue item was escalated
+    # (each claimed once, by whichever replica's deadline keeper gets there first).
+    due_soon_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    escalated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class Grant(Base):
     """Feeds of one owner granted to one department for a window and actions; revocable."""
 
     __tablename__ = "grants"
+    __table_args__ = (Index("ix_grants_expiry_warning", "valid_until"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id"), index=True)
@@ -69,6 +76,8 @@ class Grant(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)
     revoked_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # When the requester was told the grant ends soon (claimed once by the deadline keeper).
+    expiry_warned_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class GrantFeed(Base):

@@ -260,8 +260,9 @@ async def decisions(
     deadlines: Annotated[dict[str, int], Depends(answer_deadlines)],
 ) -> Any:
     """Requests made in the period: granted / denied / pending, deny reasons, and per owner
-    department the time to decision (median, p95) and the share answered within its deadline
-    (its `answer_deadline_days`, counted in working days)."""
+    department the time to decision (median, p95), the share answered within its deadline
+    (its `answer_deadline_days`, counted in working days) and how many feeds were escalated
+    because their due time passed unanswered."""
     refuse_filters(filters, "feed_id", "kind", "region")
     totals, reasons, rows = await service.decisions(period_, filters, deadlines)
     if wants_csv(request):

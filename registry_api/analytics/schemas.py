@@ -164,6 +164,9 @@ class DecisionDepartmentRow(BaseModel):
     )
     median_seconds_to_decision: float | None
     p95_seconds_to_decision: float | None
+    escalated: int = Field(
+        0, description="Feeds of these requests escalated at their due time (still pending then)"
+    )
 
 
 class DenyReason(BaseModel):
@@ -175,6 +178,7 @@ class DecisionTotals(BaseModel):
     granted: int
     denied: int
     pending: int
+    escalated: int = 0
 
 
 class DecisionsAnswer(_Answer):

@@ -530,9 +530,23 @@ class AnalyticsService:
             """,
             where.parameters,
         )
+        # Escalations are access.escalated events (the deadline keeper's), counted once per
+        # request and feed from the raw events: the decisions table keeps only the latest state.
+        escalations = await self.store.rows(
+            "escalations",
+            f"""
+            SELECT owner_department, uniqExact(request_id, feed_id) AS escalated
+            FROM access_events
+            WHERE {where.sql()} AND type = 'access.escalated'
+            GROUP BY owner_department
+            """,
+            where.parameters,
+        )
+        escalated = {row["owner_department"]: int(row["escalated"]) for row in escalations}
         departments = [
             DecisionDepartmentRow(
                 owner_department=row["owner_department"],
+                escalated=escalated.get(row["owner_department"], 0),
                 requests=row["requests"],
                 granted=row["granted"],
                 denied=row["denied"],
@@ -554,6 +568,7 @@ class AnalyticsService:
             granted=sum(row.granted for row in departments),
             denied=sum(row.denied for row in departments),
             pending=sum(row.pending for row in departments),
+            escalated=sum(row.escalated for row in departments),
         )
         return (
             totals,

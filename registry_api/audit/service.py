@@ -11,7 +11,7 @@ import asyncio
 import os
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -158,16 +158,7 @@ async def record_access_events(
     if not events:
         return
     now = utcnow()
-    # Taking the head with an UPDATE locks it (a row lock on PostgreSQL, the write lock on
-    # SQLite) before reading it, so concurrent appends, in this process or another, queue up.
-    head = (
-        await session.execute(
-            update(AuditChainHead)
-            .where(AuditChainHead.id == CHAIN_HEAD_ID)
-            .values(updated_at=now)
-            .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
-        )
-    ).one()
+    head = await _lock_chain_head(session, now)
     dialect = (await session.connection()).dialect
     if cooperative:
         prepared = await _prepare_in_slices(head.last_seq, head.last_hash, events, now, dialect)
@@ -180,6 +171,83 @@ async def record_access_events(
         .values(last_seq=prepared.last_seq, last_hash=prepared.last_hash)
     )
     await enqueue_prepared(session, prepared.outbox)
+    for listener in _ACCESS_EVENT_LISTENERS:
+        await listener(session, events)
+
+
+async def _lock_chain_head(session: AsyncSession, now: datetime) -> Any:
+    """The chain head (last_seq, last_hash), locked until the caller's transaction ends.
+
+    Taking it with an UPDATE locks it (a row lock on PostgreSQL, the write lock on SQLite)
+    before reading it, so concurrent appends, in this process or another, queue up."""
+    return (
+        await session.execute(
+            update(AuditChainHead)
+            .where(AuditChainHead.id == CHAIN_HEAD_ID)
+            .values(updated_at=now)
+            .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
+        )
+    ).one()
+
+
+# Told of every batch of access events inside the transaction that records them (webhook
+# notifications are written there, so they exist exactly when the change does).
+AccessEventListener = Callable[[AsyncSession, Sequence[AccessEvent]], Awaitable[None]]
+_ACCESS_EVENT_LISTENERS: list[AccessEventListener] = []
+
+
+def listen_to_access_events(listener: AccessEventListener) -> None:
+    """Registers ``listener`` (once) to run in the transaction of every recorded batch."""
+    if listener not in _ACCESS_EVENT_LISTENERS:
+        _ACCESS_EVENT_LISTENERS.append(listener)
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    """An audited change that is no access event (an API key, a subscription): a link of the
+    audit chain in the registry database, on no Kafka topic."""
+
+    event_type: EventType
+    actor: str
+    department: str | None  # whose business it is: its auditors see it
+    action: str  # issued, rotated, revoked, created, deleted
+    details: dict[str, Any]
+    reason: str | None = None
+    event_id: uuid.UUID = field(default_factory=new_event_id)
+
+    def audit_fields(self, now: datetime) -> dict[str, Any]:
+        return {
+            "event_id": str(self.event_id),
+            "event_type": str(self.event_type),
+            "occurred_at": now,
+            "actor": self.actor[:200],
+            "feed_id": None,
+            "request_id": None,
+            "grant_id": None,
+            "requester_department": None,
+            "owner_department": self.department,
+            "decision": self.action[:16],
+            "reason": self.reason[:64] if self.reason else None,
+            "data": self.details,
+        }
+
+
+async def record_registry_changes(session: AsyncSession, changes: Sequence[RegistryChange]) -> None:
+    """Appends the changes to the audit chain. The caller commits (call it last, as above)."""
+    if not changes:
+        return
+    now = utcnow()
+    head = await _lock_chain_head(session, now)
+    rows = extend_chain(
+        head.last_hash, head.last_seq, [change.audit_fields(now) for change in changes]
+    )
+    dialect = (await session.connection()).dialect
+    await execute_insert(session, prepare_insert(AUDIT_TABLE, rows, dialect))
+    await session.execute(
+        update(AuditChainHead)
+        .where(AuditChainHead.id == CHAIN_HEAD_ID)
+        .values(last_seq=rows[-1]["seq"], last_hash=rows[-1]["entry_hash"])
+    )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -195,6 +195,11 @@ async def _current_statuses(session: AsyncSession, feed_ids: list[str]) -> dict[
 # ---------------------------------------------------------------------------- the consumer
 
 
+# Told of the feeds whose status changed, in the transaction that writes them (the webhook
+# notifications of departments holding grants on feeds that went offline).
+StatusListener = Callable[[AsyncSession, list[Mapping[Any, Any]]], Awaitable[None]]
+
+
 class LivenessApplier:
     """A Runtime component of the API: consumes feed-status and applies it (see above)."""
 
@@ -206,8 +211,10 @@ class LivenessApplier:
         index: FeedIndex,
         topics_ready: asyncio.Event,
         on_written: Callable[[], None] | None = None,
+        in_transaction: StatusListener | None = None,
     ) -> None:
         self.settings = settings
+        self.in_transaction = in_transaction
         self.sessions = sessions
         self.index = index
         self.topics_ready = topics_ready
@@ -235,6 +242,8 @@ class LivenessApplier:
             return 0
         async with self.sessions() as session:
             changed = await apply_liveness(session, batch=batch)
+            if changed and self.in_transaction is not None:
+                await self.in_transaction(session, changed)
             await session.commit()
         for row in changed:
             self.index.apply_event(event_data(row))

@@ -28,3 +28,10 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # A rotated key keeps working until expires_at (the grace period its rotation chose).
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # Bumped by every change: API replicas poll it to drop the principals they cached.
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)
+    replaced_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -25,6 +25,8 @@ REGISTRY_TABLES = (
     "access_request_feeds",
     "grants",
     "grant_feeds",
+    "webhook_subscriptions",
+    "webhook_deliveries",
 )
 
 import_all_models()

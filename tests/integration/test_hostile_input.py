@@ -122,11 +122,19 @@ async def path_ids(world: World) -> dict[str, str]:
     """An existing id for each path parameter, so a refusal is about the body, not a 404."""
     pending = await world.request(URBAN, feed_ids=[world.feed_id("conditional")])
     granted = await world.request(URBAN, feed_ids=[world.feed_id("unconditional")])
+    subscription = await world.client.post(
+        "/v1/subscriptions",
+        json={"url": "https://hooks.lz-jtj.example/feedgrid", "kinds": ["grant.expiring"]},
+        headers=world.auth(TRANSPORT, "dept_admin"),
+    )
+    assert subscription.status_code == 201, subscription.text
     return {
         "feed_id": world.feed_id("unconditional"),
         "request_id": pending["id"],
         "grant_id": granted["feeds"][0]["grant_id"],
         "code": TRANSPORT,
+        "key_id": world.keys[(TRANSPORT, "requester")].split("_", 2)[1],
+        "subscription_id": subscription.json()["id"],
     }
 
 

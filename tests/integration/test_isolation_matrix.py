@@ -105,7 +105,8 @@ class Scene:
         ]
         keys = [key for (code, _), key in self.world.keys.items() if code != A]
         admin = [self.settings.admin_token] if self.settings.admin_token else []
-        return [*urls, *keys, *admin]
+        secrets = [value for name, value in self.ids.items() if name.startswith("secret")]
+        return [*urls, *keys, *admin, *secrets]
 
     @property
     def others(self) -> list[str]:
@@ -196,6 +197,15 @@ async def build_scene(world: World, app: FastAPI, settings: Settings) -> Scene:
     now = datetime.now(UTC).replace(microsecond=0)
     rogue = Retrieval(world.feed_id("sensor"), C, f"{C}-rogue", "", now, 2.0, 100)
     await produce(settings, ACCESS_TOPIC, rogue.events())
+    # B's webhook subscription (a kind nothing in this scene sends: its rows stay as they are).
+    subscribed = await client.post(
+        "/v1/subscriptions",
+        json={"url": "https://hooks.lz-jtj.example/feedgrid", "kinds": ["grant.expiring"]},
+        headers=world.auth(B, "dept_admin"),
+    )
+    assert subscribed.status_code == 201, subscribed.text
+    scene.ids["subscription b"] = subscribed.json()["id"]
+    scene.ids["secret b"] = subscribed.json()["secret"]
     scene.period = {
         "from": (now - timedelta(days=1)).isoformat(),
         "to": (now + timedelta(hours=1)).isoformat(),
@@ -714,6 +724,92 @@ def operation_parameters(app: FastAPI, method: str, path: str) -> list[dict[str,
     return list(app.openapi()["paths"][path][method.lower()].get("parameters", []))
 
 
+def b_key_ids(scene: Scene) -> list[str]:
+    return [key.split("_", 2)[1] for (code, _), key in scene.world.keys.items() if code == B]
+
+
+async def list_api_keys(scene: Scene) -> None:
+    for role in A_ROLES:
+        for department in (B, C):
+            response = await scene.client.get(
+                f"/v1/departments/{department}/api-keys", headers=scene.a(role)
+            )
+            assert response.status_code == 403, (role, department, response.text)
+            shows_nothing_of_others(scene, response.text, f"{department} keys as {role}")
+    own = await scene.client.get(f"/v1/departments/{A}/api-keys", headers=scene.a("dept_admin"))
+    assert own.status_code == 200, own.text
+    assert {item["department"] for item in own.json()} == {A}
+    shows_nothing_of_others(scene, own.text, "A's own keys")
+    assert all("key" not in item for item in own.json())
+
+
+def change_key(action: str, body: dict[str, Any]) -> Check:
+    """Rotating or revoking B's keys: refused, under B's path and under A's alike."""
+
+    async def check(scene: Scene) -> None:
+        for key in b_key_ids(scene):
+            for role in A_ROLES:
+                response = await scene.client.post(
+                    f"/v1/departments/{B}/api-keys/{key}/{action}", json=body, headers=scene.a(role)
+                )
+                assert response.status_code == 403, (key, role, response.text)
+            response = await scene.client.post(
+                f"/v1/departments/{A}/api-keys/{key}/{action}",
+                json=body,
+                headers=scene.a("dept_admin"),
+            )
+            assert response.status_code == 404, (key, response.text)
+            assert response.json()["code"] == "unknown_key"
+            shows_nothing_of_others(scene, response.text, f"{action} {key}")
+
+    return check
+
+
+async def create_subscription(scene: Scene) -> None:
+    for role in A_ROLES:
+        for department in (B, C):
+            response = await scene.client.post(
+                "/v1/subscriptions",
+                json={
+                    "url": "https://hooks.lz-cgj.example/steal",
+                    "kinds": ["request.pending", "request.overdue"],
+                    "department": department,
+                },
+                headers=scene.a(role),
+            )
+            assert response.status_code == 403, (role, department, response.text)
+
+
+async def list_subscriptions(scene: Scene) -> None:
+    for role in A_ROLES:
+        for params in ({}, {"department": B}, {"department": C}):
+            response = await scene.client.get(
+                "/v1/subscriptions", params=params, headers=scene.a(role)
+            )
+            if role == "dept_admin" and not params:
+                assert response.status_code == 200, response.text
+                assert response.json() == []
+            else:
+                assert response.status_code == 403, (role, params, response.text)
+            shows_nothing_of_others(scene, response.text, f"{role} {params}")
+    city = await scene.client.get("/v1/subscriptions")  # the city admin sees B's
+    assert scene.ids["subscription b"] in city.text and scene.ids["secret b"] not in city.text
+
+
+def on_b_subscription(method: str, suffix: str = "") -> Check:
+    """B's subscription, read, deleted, listed or pinged by A: as if it did not exist."""
+
+    async def check(scene: Scene) -> None:
+        path = f"/v1/subscriptions/{scene.ids['subscription b']}{suffix}"
+        for role in A_ROLES:
+            response = await scene.client.request(method, path, headers=scene.a(role))
+            assert response.status_code == 404, (role, response.text)
+            assert response.json()["code"] == "unknown_subscription"
+            shows_nothing_of_others(scene, response.text, f"{method} {path} as {role}")
+
+    return check
+
+
 MATRIX: dict[str, Check] = {
     "GET /healthz": public("/healthz"),
     "GET /readyz": public("/readyz"),
@@ -722,6 +818,19 @@ MATRIX: dict[str, Check] = {
     "GET /v1/departments": departments_list,
     "POST /v1/departments": create_department,
     "POST /v1/departments/{code}/api-keys": issue_api_key,
+    "GET /v1/departments/{code}/api-keys": list_api_keys,
+    "POST /v1/departments/{code}/api-keys/{key_id}/rotate": change_key(
+        "rotate", {"grace_seconds": 60}
+    ),
+    "POST /v1/departments/{code}/api-keys/{key_id}/revoke": change_key(
+        "revoke", {"reason": "A says so"}
+    ),
+    "POST /v1/subscriptions": create_subscription,
+    "GET /v1/subscriptions": list_subscriptions,
+    "GET /v1/subscriptions/{subscription_id}": on_b_subscription("GET"),
+    "DELETE /v1/subscriptions/{subscription_id}": on_b_subscription("DELETE"),
+    "GET /v1/subscriptions/{subscription_id}/deliveries": on_b_subscription("GET", "/deliveries"),
+    "POST /v1/subscriptions/{subscription_id}/ping": on_b_subscription("POST", "/ping"),
     "POST /v1/feeds": register_feed,
     "GET /v1/feeds": list_feeds,
     "GET /v1/feeds/points": feed_points,

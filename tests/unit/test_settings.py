@@ -32,6 +32,9 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
         ("FEEDGRID_ADMIN_TOKEN", "short"),
         ("FEEDGRID_TOPIC_PARTITIONS", "0"),
         ("FEEDGRID_LOG_FORMAT", "xml"),
+        ("FEEDGRID_API_KEY_REFRESH_SECONDS", "2"),
+        ("FEEDGRID_NOTIFY_MAX_ATTEMPTS", "0"),
+        ("FEEDGRID_NOTIFY_POLL_SECONDS", "-1"),
     ],
 )
 def test_invalid_setting_fails_naming_the_variable(

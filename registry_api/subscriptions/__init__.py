@@ -1,0 +1,1 @@
+"""Owners told, deadlines kept: webhook subscriptions, their deliveries, the deadline keeper."""
