@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from typing import Literal, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -84,9 +85,18 @@ class NginxRtmpControl:
     async def cut(self, session: SessionToCut) -> CutOutcome:
         if not (session.app and session.stream):
             raise ControlFailure("the session has no application and stream name", lasting=True)
+        # nginx compares the arguments as they arrive, undecoded: a stream name's "/" must
+        # stay a "/" (quote's default), or no session matches.
+        query = "&".join(
+            f"{key}={quote(value)}"
+            for key, value in (
+                ("app", session.app),
+                ("name", session.stream),
+                ("clientid", session.session_id),
+            )
+        )
         response = await self.http.get(
-            self.server.control_url.rstrip("/") + "/drop/subscriber",
-            params={"app": session.app, "name": session.stream, "clientid": session.session_id},
+            f"{self.server.control_url.rstrip('/')}/drop/subscriber?{query}",
             headers=_basic_auth(self.server),
         )
         if response.status_code != 200:
