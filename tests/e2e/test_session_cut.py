@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -141,7 +142,7 @@ def stack(
         _stop(nginx)
 
 
-async def _grant(world: World, feed: str, **window: object) -> tuple[str, str]:
+async def _grant(world: World, feed: str, **window: Any) -> tuple[str, str]:
     """A grant to URBAN on the feed, and the compact token of its RTMP URL."""
     answer = await world.request(URBAN, feed_ids=[world.feed_id(feed)], **window)
     grant_id = answer["feeds"][0]["grant_id"]
