@@ -172,6 +172,7 @@ def _serve(settings: Settings, host: str, port: int, after_start: object = None)
 
 def _mount_subcommands() -> None:
     from deploy.local_kafka import kafka_app
+    from deploy.local_mosquitto import mqtt_app
     from deploy.local_postgres import postgres_app
     from deploy.seed.cli import seed_command
 
@@ -180,6 +181,11 @@ def _mount_subcommands() -> None:
     )
     app.add_typer(
         postgres_app, name="postgres", help="A throwaway local PostgreSQL cluster for tests."
+    )
+    app.add_typer(
+        mqtt_app,
+        name="mqtt",
+        help="The local MQTT broker for sensor grants (Mosquitto 2, dynamic security).",
     )
     app.command(name="seed")(seed_command)
 

@@ -22,7 +22,7 @@ from registry_api.enforcement.control import ControlFailure
 from registry_api.enforcement.models import GrantSession
 from registry_api.enforcement.worker import Enforcer
 from registry_api.errors import ApiError
-from schemas.access import RetrievalOut
+from schemas.access import AccessAction, RetrievalOut
 from schemas.enforcement import MqttCredentials
 from schemas.events import utcnow
 from schemas.settings import Settings
@@ -53,7 +53,7 @@ async def with_broker_credentials(
     """The retrieval, with broker credentials when the grant has sensor feeds and a broker is
     configured. A broker that cannot be reached leaves the answer without them, saying why."""
     paths = _sensor_paths(answer)
-    if not paths or enforcer.broker is None:
+    if not paths or enforcer.broker is None or AccessAction.read not in answer.actions:
         return answer
     grant = await session.get(Grant, answer.grant_id)
     assert grant is not None  # the retrieval just read it
