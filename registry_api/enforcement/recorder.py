@@ -36,6 +36,21 @@ UNCUTTABLE = Counter(
 )
 MAX_PENDING = 100_000
 
+REOPENED_COLUMNS = (
+    "grant_id",
+    "grant_ends_at",
+    "app",
+    "stream",
+    "protocol",
+    "client_ip",
+    "opened_at",
+    "cut_reason",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+    "set_aside_at",
+)
+
 SessionKey = tuple[str, str, str]  # kind, server, the server's session id
 
 
@@ -69,7 +84,11 @@ class OpenedSession:
             "protocol": (self.protocol or "")[:16] or None,
             "client_ip": (self.client_ip or "")[:64] or None,
             "opened_at": self.opened_at,
+            "cut_reason": None,
             "attempts": 0,
+            "next_attempt_at": None,
+            "last_error": None,
+            "set_aside_at": None,
         }
 
 
@@ -147,15 +166,21 @@ class SessionRecorder:
         async with self.sessions() as session:
             if opened:
                 rows = [item.row() for item in opened]
-                # A session the server reported twice is one row (the first).
-                if session.bind.dialect.name == "postgresql":
-                    await session.execute(
-                        postgresql_insert(GrantSession).on_conflict_do_nothing(), rows
-                    )
-                else:
-                    await session.execute(
-                        sqlite_insert(GrantSession).on_conflict_do_nothing(), rows
-                    )
+                # The server's word on a session id is the truth now: a server that restarted
+                # reuses ids (nginx-rtmp counts clientids from 1), and a row left by a session
+                # whose end was never reported must not hide the new one.
+                insert = (
+                    postgresql_insert(GrantSession)
+                    if session.bind.dialect.name == "postgresql"
+                    else sqlite_insert(GrantSession)
+                )
+                renewed = {column: insert.excluded[column] for column in REOPENED_COLUMNS}
+                await session.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=["kind", "server", "session_id"], set_=renewed
+                    ),
+                    rows,
+                )
             for chunk in _chunks(sorted(closed), 300):
                 await session.execute(
                     delete(GrantSession).where(

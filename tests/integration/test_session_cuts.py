@@ -277,3 +277,26 @@ async def test_a_cut_owed_when_the_api_stops_is_made_after_it_restarts(
             world = World(client)
             listed = await client.get(f"/v1/grants/{grant_id}/sessions")
             assert listed.status_code == 200 and listed.json() == []
+
+
+async def test_a_session_id_a_restarted_server_reuses_belongs_to_the_newest_play(
+    settings: Settings,
+) -> None:
+    """nginx-rtmp counts clientids from 1 again after a restart; a session whose end was never
+    reported must not hide the new session with its id, nor get the new grant cut."""
+    with control_server("zlmediakit", ZLM_SECRET) as zlm:
+        async with running_client(_with_servers(settings, _zlm(zlm.url))) as client:
+            world = await build_world(client)
+            first_grant, first_token = await _granted(world)
+            await _zlm_play(world, first_token, "s-1")
+            await _until(lambda: _count(world, first_grant, 1))
+            second_grant, second_token = await _granted(world)
+            await _zlm_play(world, second_token, "s-1")  # the server restarted meanwhile
+            await _until(lambda: _count(world, second_grant, 1))
+            assert await _sessions(world, first_grant) == []
+            zlm.sessions.add("s-1")
+            revoked_at = await _revoke(world, first_grant)
+            await asyncio.sleep(CUT_WITHIN)
+            assert "s-1" not in zlm.kicked, "the first grant's revocation cut the second's play"
+            revoked_at = await _revoke(world, second_grant)
+            assert await _cut_after(zlm, "s-1", revoked_at) <= CUT_WITHIN
