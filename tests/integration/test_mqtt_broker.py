@@ -215,6 +215,8 @@ async def test_sensor_grant_gets_broker_credentials_for_its_topics_only_until_re
         assert sessions == [], "the cut clients are still listed"
 
 
+# One database is enough here: what differs between dialects is proven by the tests above.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_an_ended_sensor_grant_s_credentials_are_cut_and_refused(
     broker_settings: Settings, mosquitto: Broker
 ) -> None:
@@ -238,3 +240,26 @@ async def test_an_ended_sensor_grant_s_credentials_are_cut_and_refused(
         late = took - remaining
         assert late <= CUT_WITHIN, f"the ended grant's client was cut {late:.2f}s late"
         assert await _refused(mosquitto.port, credentials)
+
+
+# One database is enough here: what differs between dialects is proven by the tests above.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_broker_that_cannot_be_reached_leaves_the_retrieval_without_credentials(
+    settings: Settings,
+) -> None:
+    """The tokens and URLs still come; the answer says why no broker credentials came with
+    them, and nothing is left for the enforcer to cut."""
+    down = settings.model_copy(
+        update=Settings.model_validate(
+            {"mqtt_admin_url": f"mqtt://127.0.0.1:{_free_port()}", "mqtt_admin_password": "x"}
+        ).model_dump(include={"mqtt_admin_url", "mqtt_admin_password"})
+    )
+    async with running_client(down) as http:
+        world = await build_world(http)
+        grant_id = await _grant(world, world.feed_id("sensor"))
+        response = await world.retrieval(URBAN, grant_id)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["mqtt"] is None and answer["feeds"][0]["token"]
+        assert "cannot be reached" in answer["mqtt_unavailable"]
+        assert (await http.get(f"/v1/grants/{grant_id}/sessions")).json() == []
