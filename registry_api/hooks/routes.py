@@ -1,7 +1,10 @@
 """Authorization hooks for media servers, each in the protocol its server speaks.
 
 The media server authenticates with a gateway API key, as ``Authorization: Bearer`` or, for
-servers that can only be given a URL, as ``?access_token=`` in the hook URL.
+servers that can only be given a URL, as ``?access_token=`` in the hook URL. ``?server=<name>``
+names the media server (an entry of ``FEEDGRID_MEDIA_SERVERS``): the sessions its play hooks
+allow are recorded under their grant, and cut through that server's control API when the grant
+is revoked or ends (``registry_api/enforcement``).
 """
 
 from __future__ import annotations
