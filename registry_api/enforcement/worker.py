@@ -278,7 +278,18 @@ class Enforcer:
             SessionToCut(row.kind, row.server, row.session_id, row.app, row.stream, row.protocol)
         )
 
+    def _scrub(self, error: str) -> str:
+        """The error without any secret a client library may have put in it (a URL's query)."""
+        secrets = [server.secret for server in self.settings.media_servers if server.secret]
+        if self.settings.mqtt_admin_password is not None:
+            secrets.append(self.settings.mqtt_admin_password)
+        for secret in secrets:
+            if value := secret.get_secret_value():
+                error = error.replace(value, "***")
+        return error
+
     async def _failed(self, row: GrantSession, reason: str, error: str, *, lasting: bool) -> None:
+        error = self._scrub(error)
         attempts = row.attempts + 1
         context = {"grant_id": row.grant_id, "kind": row.kind, "server": row.server}
         values: dict[str, object] = {"attempts": attempts, "last_error": error[:500]}
