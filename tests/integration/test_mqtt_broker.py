@@ -203,6 +203,7 @@ async def test_sensor_grant_gets_broker_credentials_for_its_topics_only_until_re
             assert revoke.status_code == 200, revoke.text
             took = await _disconnected_after(client, 10)
         assert took <= CUT_WITHIN, f"the broker client was disconnected after {took:.2f}s"
+        print(f'{{"name": "revoked_mqtt_client_cut_seconds", "value": {took:.3f}}}')
         assert await _refused(port, credentials)
         assert await _refused(port, again["mqtt"])
         gone = await world.retrieval(URBAN, grant_id)
@@ -239,6 +240,7 @@ async def test_an_ended_sensor_grant_s_credentials_are_cut_and_refused(
             took = await _disconnected_after(client, remaining + 10)
         late = took - remaining
         assert late <= CUT_WITHIN, f"the ended grant's client was cut {late:.2f}s late"
+        print(f'{{"name": "ended_mqtt_client_cut_seconds", "value": {late:.3f}}}')
         assert await _refused(mosquitto.port, credentials)
 
 
