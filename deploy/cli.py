@@ -105,6 +105,13 @@ def up(
             "reporting liveness on every start"
         ),
     ] = True,
+    mqtt: Annotated[
+        bool,
+        typer.Option(
+            help="Start the local MQTT broker (Mosquitto, `feedgrid mqtt`) for sensor grants "
+            "when it is installed and FEEDGRID_MQTT_ADMIN_URL is unset (./deploy/up does)"
+        ),
+    ] = False,
 ) -> None:
     """Run every role in one process: API + outbox relay + Faust agents + ClickHouse sink.
 
@@ -117,6 +124,8 @@ def up(
     settings = _settings(embedded_worker=True)
     token = _admin_token(settings)
     settings = _settings(embedded_worker=True, admin_token=token)
+    if mqtt and settings.mqtt_admin_url is None:
+        settings = _with_local_broker(settings, embedded_worker=True, admin_token=token)
     if kafka:
         from deploy.local_kafka import start_kafka
 
@@ -131,6 +140,23 @@ def up(
 
         after_start = lambda: load_demo_city_once(settings, base_url, token, gateways=True)  # noqa: E731
     _serve(settings, host, port, after_start=after_start)
+
+
+def _with_local_broker(settings: Settings, **overrides: object) -> Settings:
+    """The settings with the local MQTT broker as FeedGrid's broker (started when needed)."""
+    from deploy.local_mosquitto import ADMIN, MosquittoLauncherError, start_mosquitto
+
+    try:
+        broker = start_mosquitto(port=settings.media_gateway_mqtt_port)
+    except MosquittoLauncherError as error:
+        typer.echo(f"no MQTT broker, sensor grants get no broker credentials: {error}", err=True)
+        return settings
+    return _settings(
+        **overrides,
+        mqtt_admin_url=broker.url,
+        mqtt_admin_username=ADMIN,
+        mqtt_admin_password=broker.admin_password,
+    )
 
 
 def _print_welcome(base_url: str, token: str) -> None:
@@ -172,6 +198,7 @@ def _serve(settings: Settings, host: str, port: int, after_start: object = None)
 
 def _mount_subcommands() -> None:
     from deploy.local_kafka import kafka_app
+    from deploy.local_mosquitto import mqtt_app
     from deploy.local_postgres import postgres_app
     from deploy.seed.cli import seed_command
 
@@ -180,6 +207,11 @@ def _mount_subcommands() -> None:
     )
     app.add_typer(
         postgres_app, name="postgres", help="A throwaway local PostgreSQL cluster for tests."
+    )
+    app.add_typer(
+        mqtt_app,
+        name="mqtt",
+        help="The local MQTT broker for sensor grants (Mosquitto 2, dynamic security).",
     )
     app.command(name="seed")(seed_command)
 

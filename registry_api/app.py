@@ -14,6 +14,7 @@ from registry_api.access.routes import grants_router, requests_router
 from registry_api.analytics.routes import router as analytics_router
 from registry_api.audit.routes import router as audit_router
 from registry_api.dashboard.routes import router as dashboard_router
+from registry_api.enforcement.routes import router as grant_sessions_router
 from registry_api.errors import error_responses, install_error_handlers
 from registry_api.feeds.bulk_validation import HelperWarmup
 from registry_api.feeds.follower import IndexFollower
@@ -121,6 +122,7 @@ def create_app(
     app.include_router(feeds_router, responses=error_responses(*API_REFUSALS, 412, 428))
     app.include_router(requests_router, responses=error_responses(*API_REFUSALS, 429))
     app.include_router(grants_router, responses=error_responses(*API_REFUSALS, 410))
+    app.include_router(grant_sessions_router, responses=error_responses(*API_REFUSALS))
     app.include_router(audit_router, responses=error_responses(*API_REFUSALS))
     app.include_router(subscriptions_router, responses=error_responses(*API_REFUSALS))
     app.include_router(jwks_router)

@@ -13,6 +13,7 @@ def import_all_models() -> None:
         "registry_api.access.models",
         "registry_api.audit.models",
         "registry_api.subscriptions.models",
+        "registry_api.enforcement.models",
     ):
         try:
             importlib.import_module(module)

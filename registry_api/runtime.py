@@ -15,6 +15,7 @@ from infra.kafka_producer import SharedProducer
 from registry_api.access.components import AccessServices
 from registry_api.audit.service import listen_to_access_events
 from registry_api.db import create_engine, session_factory
+from registry_api.enforcement.worker import Enforcer
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.idp import IdentityProviderTokens
 from registry_api.identity.resolver import ApiKeyResolver
@@ -44,6 +45,8 @@ class Runtime:
     feed_index: FeedIndex
     # Events published straight to Kafka, not through the outbox (liveness reports).
     producer: SharedProducer
+    # Cuts the sessions of revoked and ended grants on the media servers and the MQTT broker.
+    enforcement: Enforcer
     # Webhook delivery and the deadline keeper (None where FEEDGRID_NOTIFY_ENABLED is false).
     webhooks: WebhookDispatcher | None = None
     deadlines: DeadlineKeeper | None = None
@@ -55,6 +58,7 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         engine = create_engine(settings.database_url)
         sessions = session_factory(engine)
+        access = AccessServices(settings, sessions)
         runtime = cls(
             settings=settings,
             engine=engine,
@@ -65,13 +69,15 @@ class Runtime:
                 identity_provider=IdentityProviderTokens.from_settings(settings),
             ),
             relay=OutboxRelay(settings, engine, sessions),
-            access=AccessServices(settings, sessions),
+            access=access,
             feed_index=FeedIndex(sessions),
             producer=SharedProducer(settings.kafka_bootstrap, client_id="feedgrid-api"),
+            enforcement=Enforcer(settings, sessions, access.grants),
         )
         runtime.access.hook_events.on_written = runtime.relay.notify
         runtime.components.append(runtime.api_keys)
         runtime.components.append(runtime.access)
+        runtime.components.append(runtime.enforcement)
         # Access events that someone should hear of become webhook deliveries in the same
         # transaction, whichever replica sends them.
         listen_to_access_events(on_access_events)

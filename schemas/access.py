@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.enforcement import MqttCredentials
 from schemas.feeds import FeedSearch, SearchGeometry
 from schemas.times import ZonedTime
 
@@ -201,6 +202,12 @@ class RetrievalOut(BaseModel):
     grant_id: str
     actions: list[AccessAction]
     feeds: list[FeedRetrieval]
+    mqtt: MqttCredentials | None = Field(
+        None, description="Broker credentials for the grant's sensor topics (sensor grants)"
+    )
+    mqtt_unavailable: str | None = Field(
+        None, description="Why no broker credentials came with a sensor grant (retry later)"
+    )
 
 
 class AuditEntryOut(BaseModel):

@@ -11,7 +11,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_VAR_DIR = Path("./var")
@@ -85,6 +93,30 @@ class StreamTuning(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65_535, description="Serve /metrics on this port in `feedgrid worker`"
     )
+
+
+MediaServerKind = Literal["nginx-rtmp", "zlmediakit", "mediamtx"]
+
+
+class MediaServerControl(BaseModel):
+    """One media server whose sessions FeedGrid may cut, and how to reach its control API.
+
+    Listed in ``FEEDGRID_MEDIA_SERVERS`` as JSON. ``name`` is what the server's hooks say it is:
+    ``?server=<name>`` in the hook URL, or ZLMediaKit's ``mediaServerId``. The secret (ZLMediaKit
+    ``api.secret``; ``user:password`` for MediaMTX's API or an nginx location behind basic
+    auth) is never shown: not in logs, /readyz or any answer.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    kind: MediaServerKind
+    control_url: str = Field(
+        pattern=r"^https?://[^\s]+$",
+        description="nginx-rtmp: the URL of the `rtmp_control all;` location (.../control); "
+        "ZLMediaKit: its HTTP API root; MediaMTX: its API root (http://host:9997)",
+    )
+    secret: SecretStr | None = None
 
 
 class LocalStateSettings(BaseSettings):
@@ -248,6 +280,44 @@ class Settings(BaseSettings):
         0.2, gt=0, le=10, description="Media-server hook events are written in batches this often"
     )
     hook_event_batch_size: int = Field(1000, ge=1, le=100_000)
+
+    media_servers: list[MediaServerControl] = Field(
+        default_factory=list,
+        description="JSON list of the media servers whose sessions are cut on revocation and at "
+        'a grant\'s end: [{"name", "kind", "control_url", "secret"}]',
+    )
+    enforcement_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="How often sessions to cut are looked for (a revocation made on this "
+        "replica is acted on at once; one made elsewhere within one revocation refresh)",
+    )
+    enforcement_attempts: int = Field(
+        8, ge=1, le=100, description="Tries to cut one session before it is set aside"
+    )
+    enforcement_retry_initial_seconds: float = Field(0.5, gt=0, le=60)
+    enforcement_retry_max_seconds: float = Field(30.0, gt=0, le=3600)
+    enforcement_timeout_seconds: float = Field(
+        3.0, gt=0, le=60, description="Longest wait for a control API or the MQTT broker"
+    )
+    mqtt_admin_url: str | None = Field(
+        None,
+        pattern=r"^mqtts?://[^\s/]+:\d{1,5}$",
+        description="The MQTT broker (Mosquitto 2 with dynamic security) FeedGrid administers: "
+        "mqtt://host:port. Unset: sensor grants get no broker credentials",
+    )
+    mqtt_admin_username: str = Field("feedgrid-admin", min_length=1, max_length=200)
+    mqtt_admin_password: SecretStr | None = Field(
+        None, description="FeedGrid's own dynamic-security admin password (never shown)"
+    )
+    mqtt_clients_per_grant: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Broker credentials alive at once per grant (each retrieval issues one; "
+        "past this, the oldest is deleted)",
+    )
 
     rate_limit_requests_per_second: float = Field(
         20.0, gt=0, description="Access-request calls per second per identity (sustained)"

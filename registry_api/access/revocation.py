@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,6 +50,9 @@ class GrantStates:
         self._task: asyncio.Task[None] | None = None
         self.last_refresh = 0.0
         self._last_prune = 0.0
+        # Told the id of each grant this process learns is revoked (the enforcer cuts its
+        # sessions): at once on this replica, within one poll for the others'.
+        self.revocation_listeners: list[Callable[[str], None]] = []
 
     async def start(self) -> None:
         try:
@@ -70,6 +74,11 @@ class GrantStates:
         """Called by the replica that revokes, right after its commit."""
         self._revoked[grant_id] = valid_until.timestamp()
         self._known.pop(grant_id, None)
+        self._tell(grant_id)
+
+    def _tell(self, grant_id: str) -> None:
+        for listener in self.revocation_listeners:
+            listener(grant_id)
 
     async def state(self, grant_id: str) -> GrantState | None:
         """The grant as last read, revocation applied; None for an unknown grant."""
@@ -120,6 +129,8 @@ class GrantStates:
             rows = (await session.execute(query)).all()
         newest = self._watermark
         for grant_id, revoked_at, valid_until in rows:
+            if grant_id not in self._revoked:
+                self._tell(grant_id)
             self._revoked[grant_id] = valid_until.timestamp()
             if newest is None or revoked_at > newest:
                 newest = revoked_at

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Path, Query, status
 
 from registry_api.access import decisions, grants, inbox, requests
 from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, require_roles
+from registry_api.enforcement.credentials import with_broker_credentials
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.principal import Principal
 from registry_api.ratelimit import limit
@@ -147,7 +148,8 @@ async def revoke_grant(
     runtime: RuntimeDep,
     principal: PrincipalDep,
 ) -> GrantOut:
-    """Ends a grant now: media servers refuse its tokens at their next check (under a second)."""
+    """Ends a grant now: media servers refuse its tokens at their next check (under a second),
+    and the sessions it holds open on media servers and the MQTT broker are cut."""
     revoked = await grants.revoke_grant(
         session, principal, grant_id, body.reason, runtime.access.grants.mark_revoked
     )
@@ -159,7 +161,9 @@ async def revoke_grant(
 async def grant_retrieval(
     grant_id: GrantId, session: SessionDep, runtime: RuntimeDep, principal: Requester
 ) -> RetrievalOut:
-    """Per feed: a short-lived signed token and ready URLs on the media gateway."""
-    return await grants.retrieval(
+    """Per feed: a short-lived signed token and ready URLs on the media gateway; for sensor
+    feeds, broker credentials of their own (shown once) that end with the grant."""
+    answer = await grants.retrieval(
         session, runtime.settings, runtime.access.tokens, principal, grant_id
     )
+    return await with_broker_credentials(session, runtime.settings, runtime.enforcement, answer)

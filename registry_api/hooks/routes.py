@@ -1,7 +1,10 @@
 """Authorization hooks for media servers, each in the protocol its server speaks.
 
 The media server authenticates with a gateway API key, as ``Authorization: Bearer`` or, for
-servers that can only be given a URL, as ``?access_token=`` in the hook URL.
+servers that can only be given a URL, as ``?access_token=`` in the hook URL. ``?server=<name>``
+names the media server (an entry of ``FEEDGRID_MEDIA_SERVERS``): the sessions its play hooks
+allow are recorded under their grant, and cut through that server's control API when the grant
+is revoked or ends (``registry_api/enforcement``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from typing import Annotated, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -60,12 +63,25 @@ async def get_gate(request: Request) -> RetrievalGate:
     gate: RetrievalGate | None = getattr(request.app.state, "retrieval_gate", None)
     if gate is None:
         runtime = request.app.state.runtime
-        gate = RetrievalGate(runtime.access, runtime.sessions, feed_revisions=runtime.feed_index)
+        gate = RetrievalGate(
+            runtime.access,
+            runtime.sessions,
+            feed_revisions=runtime.feed_index,
+            recorder=runtime.enforcement.recorder,
+        )
         request.app.state.retrieval_gate = gate
     return gate
 
 
 Gate = Annotated[RetrievalGate, Depends(get_gate)]
+ServerName = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+        description="The media server calling, by its name in FEEDGRID_MEDIA_SERVERS: its "
+        "control API cuts the session when the grant is revoked or ends",
+    ),
+]
 
 
 def _token_in_query(query: str) -> str | None:
@@ -123,7 +139,9 @@ def body_schema(model: type[BaseModel]) -> dict[str, object]:
     openapi_extra=body_schema(MediaMtxAuth),
     response_class=Response,  # an allowed check answers 200 with no body
 )
-async def mediamtx_auth(request: Request, gate: Gate, gateway: Gateway) -> Response:
+async def mediamtx_auth(
+    request: Request, gate: Gate, gateway: Gateway, server: ServerName = None
+) -> Response:
     body = await parse_body(request, MediaMtxAuth)
     token = body.token or _token_in_query(body.query) or body.password
     if not token and not body.user:
@@ -140,7 +158,9 @@ async def mediamtx_auth(request: Request, gate: Gate, gateway: Gateway) -> Respo
         path=body.path,
         protocol=body.protocol or None,
         client_ip=body.ip or None,
+        session_id=body.id or None,
         media_server=gateway.subject,
+        server_name=server,
     )
     verdict = await gate.check(attempt)
     return Response(status_code=200) if verdict.allowed else _refusal(verdict)
@@ -179,7 +199,7 @@ class ZlmFlowReport(BaseModel):
 
 
 def _zlm_attempt(
-    body: ZlmOnPlay | ZlmFlowReport, gateway: Principal, protocol: str | None
+    body: ZlmOnPlay | ZlmFlowReport, gateway: Principal, protocol: str | None, server: str | None
 ) -> Attempt:
     return Attempt(
         server="zlmediakit",
@@ -190,6 +210,7 @@ def _zlm_attempt(
         client_ip=body.ip or None,
         session_id=body.id or None,
         media_server=body.mediaServerId or gateway.subject,
+        server_name=server or body.mediaServerId or None,
     )
 
 
@@ -198,11 +219,13 @@ def _zlm_attempt(
     summary='ZLMediaKit on_play: {"code": 0} allows',
     openapi_extra=body_schema(ZlmOnPlay),
 )
-async def zlmediakit_on_play(request: Request, gate: Gate, gateway: Gateway) -> Response:
+async def zlmediakit_on_play(
+    request: Request, gate: Gate, gateway: Gateway, server: ServerName = None
+) -> Response:
     # Parsed by pydantic-core like MediaMTX's: it refuses lone surrogates ("\ud800"), which
     # the standard JSON parser lets through to the database lookups of the path.
     body = await parse_body(request, ZlmOnPlay)
-    verdict = await gate.check(_zlm_attempt(body, gateway, body.scheme or None))
+    verdict = await gate.check(_zlm_attempt(body, gateway, body.scheme or None, server))
     if verdict.allowed:
         return Response(ZLM_ALLOW, media_type=JSON)
     return Response(orjson.dumps({"code": -1, "msg": verdict.code}), media_type=JSON)
@@ -213,11 +236,13 @@ async def zlmediakit_on_play(request: Request, gate: Gate, gateway: Gateway) -> 
     summary="ZLMediaKit on_flow_report: bytes and duration",
     openapi_extra=body_schema(ZlmFlowReport),
 )
-async def zlmediakit_on_flow_report(request: Request, gate: Gate, gateway: Gateway) -> Response:
+async def zlmediakit_on_flow_report(
+    request: Request, gate: Gate, gateway: Gateway, server: ServerName = None
+) -> Response:
     body = await parse_body(request, ZlmFlowReport)
     if body.player:
         await gate.ended(
-            _zlm_attempt(body, gateway, None),
+            _zlm_attempt(body, gateway, None, server),
             bytes_sent=body.totalBytes,
             duration_seconds=body.duration,
         )
@@ -243,7 +268,7 @@ NGINX_FORM = {
 }
 
 
-async def _nginx_attempt(request: Request, gateway: Principal) -> Attempt:
+async def _nginx_attempt(request: Request, gateway: Principal, server: str | None) -> Attempt:
     form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
     token = form.get("token") or _token_in_query(
         urlsplit(form.get("tcurl", form.get("tcUrl", ""))).query
@@ -260,6 +285,7 @@ async def _nginx_attempt(request: Request, gateway: Principal) -> Attempt:
         client_ip=form.get("addr") or None,
         session_id=session,
         media_server=gateway.subject,
+        server_name=server,
     )
 
 
@@ -269,8 +295,10 @@ async def _nginx_attempt(request: Request, gateway: Principal) -> Attempt:
     response_class=Response,
     openapi_extra=NGINX_FORM,
 )
-async def nginx_rtmp_on_play(request: Request, gate: Gate, gateway: Gateway) -> Response:
-    verdict = await gate.check(await _nginx_attempt(request, gateway))
+async def nginx_rtmp_on_play(
+    request: Request, gate: Gate, gateway: Gateway, server: ServerName = None
+) -> Response:
+    verdict = await gate.check(await _nginx_attempt(request, gateway, server))
     return Response(status_code=200) if verdict.allowed else _refusal(verdict)
 
 
@@ -280,6 +308,8 @@ async def nginx_rtmp_on_play(request: Request, gate: Gate, gateway: Gateway) -> 
     response_class=Response,
     openapi_extra=NGINX_FORM,
 )
-async def nginx_rtmp_on_play_done(request: Request, gate: Gate, gateway: Gateway) -> Response:
-    await gate.ended(await _nginx_attempt(request, gateway))
+async def nginx_rtmp_on_play_done(
+    request: Request, gate: Gate, gateway: Gateway, server: ServerName = None
+) -> Response:
+    await gate.ended(await _nginx_attempt(request, gateway, server))
     return Response(status_code=200)

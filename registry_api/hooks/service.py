@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,8 +20,9 @@ from registry_api.access.components import AccessServices
 from registry_api.access.feed_views import FeedLocations, FeedRevisions
 from registry_api.access.revocation import GrantState
 from registry_api.audit.service import AccessEvent
+from registry_api.enforcement.recorder import OpenedSession, SessionRecorder
 from registry_api.tokens.service import RetrievalClaims, TokenRejected
-from schemas.events import AccessEventData, EventType
+from schemas.events import AccessEventData, EventType, utcnow
 
 HOOK_DECISIONS = Counter(
     "feedgrid_hook_decisions_total", "Media-server retrieval checks", ["server", "outcome", "code"]
@@ -41,6 +43,17 @@ class Attempt:
     client_ip: str | None = None
     session_id: str | None = None
     media_server: str | None = None
+    # The configured media server the hook came from (``?server=`` in the hook URL, or
+    # ZLMediaKit's mediaServerId): where the session is cut when its grant ends.
+    server_name: str | None = None
+
+    def control_session(self) -> tuple[str, str, str] | None:
+        """(server kind, server name, the server's own session id), for its control API."""
+        if not self.session_id:
+            return None
+        # nginx-rtmp sessions are kept as addr:clientid; its control API takes the clientid.
+        own_id = self.session_id.rsplit(":", 1)[-1] if self.server == "nginx-rtmp" else None
+        return (self.server, self.server_name or self.media_server or "", own_id or self.session_id)
 
 
 @dataclass(frozen=True)
@@ -71,9 +84,11 @@ class RetrievalGate:
         sessions: async_sessionmaker[AsyncSession],
         *,
         feed_revisions: FeedRevisions,
+        recorder: SessionRecorder | None = None,
     ) -> None:
         self.access = access
         self.sessions = sessions
+        self.recorder = recorder
         self.locations = FeedLocations(
             sessions, media_gateway_app=access.settings.media_gateway_app, revisions=feed_revisions
         )
@@ -89,7 +104,30 @@ class RetrievalGate:
             sessions[self._session_key(attempt)] = time.monotonic()
             if len(sessions) > MAX_TRACKED_SESSIONS:  # ends never reported: forget the oldest
                 del sessions[next(iter(sessions))]
+            self._record_session(attempt, verdict)
         return verdict
+
+    def _record_session(self, attempt: Attempt, verdict: Verdict) -> None:
+        """The session, under its grant, so that it can be cut when the grant ends."""
+        control = attempt.control_session()
+        if self.recorder is None or control is None or verdict.grant is None:
+            return
+        kind, server, session_id = control
+        app, _, stream = attempt.path.partition("/")
+        self.recorder.opened(
+            OpenedSession(
+                kind=kind,
+                server=server,
+                session_id=session_id,
+                grant_id=verdict.grant.grant_id,
+                grant_ends_at=datetime.fromtimestamp(verdict.grant.valid_until, UTC),
+                opened_at=utcnow(),
+                app=app,
+                stream=stream,
+                protocol=attempt.protocol,
+                client_ip=attempt.client_ip,
+            )
+        )
 
     async def _decide(self, attempt: Attempt) -> Verdict:
         if not attempt.token:
@@ -176,6 +214,9 @@ class RetrievalGate:
     ) -> None:
         """A session ended: its bytes and duration, attributed to the token's grant."""
         started = self.access.play_sessions.pop(self._session_key(attempt), None)
+        control = attempt.control_session()
+        if self.recorder is not None and control is not None:
+            self.recorder.closed(*control)
         if duration_seconds is None:
             duration_seconds = time.monotonic() - started if started is not None else 0.0
         claims = None

@@ -87,8 +87,11 @@ class Stack:
     key_dir: Path
 
 
-@pytest.fixture
-def api_process(kafka_bootstrap: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+@contextlib.contextmanager
+def running_api(
+    kafka_bootstrap: str, tmp_path: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, Path]]:
+    """FeedGrid's API as a uvicorn process on a free port: its URL and its signing-key dir."""
     reason = _missing_tools()
     if reason:
         pytest.skip(
@@ -110,6 +113,7 @@ def api_process(kafka_bootstrap: str, tmp_path: Path) -> Iterator[tuple[str, Pat
         "FEEDGRID_EMBEDDED_WORKER": "false",
         "FEEDGRID_MEDIA_GATEWAY_APP": APP,
         "FEEDGRID_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     }
     process = subprocess.Popen(
         [
@@ -134,6 +138,12 @@ def api_process(kafka_bootstrap: str, tmp_path: Path) -> Iterator[tuple[str, Pat
         yield f"http://127.0.0.1:{port}", key_dir
     finally:
         _stop(process)
+
+
+@pytest.fixture
+def api_process(kafka_bootstrap: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    with running_api(kafka_bootstrap, tmp_path) as api:
+        yield api
 
 
 NGINX_CONF = """

@@ -593,6 +593,32 @@ async def grant_retrieval(scene: Scene) -> None:
             assert "token" not in response.text, (grant_id, role)
 
 
+async def grant_sessions(scene: Scene) -> None:
+    """The sessions a grant holds open: as for the grant itself, B's stay hidden (the same 404
+    as a grant that does not exist), A's own grant shows, and the owner side of A's feeds
+    only to A's dept_admin and auditor."""
+    for grant_id in [*scene.b_grants, "0" * 32]:
+        for role in A_ROLES:
+            response = await scene.client.get(
+                f"/v1/grants/{grant_id}/sessions", headers=scene.a(role)
+            )
+            assert (response.status_code, response.json()["code"]) == (404, "unknown_grant"), (
+                grant_id,
+                role,
+                response.text,
+            )
+            shows_nothing_of_others(scene, response.text, f"{grant_id} sessions as {role}")
+    own = await scene.client.get(
+        f"/v1/grants/{scene.ids['grant a->p']}/sessions", headers=scene.a("requester")
+    )
+    assert own.status_code == 200 and isinstance(own.json(), list), own.text
+    on_a_feed = scene.ids["grant p->a"]
+    for role in OWNER_SIDE_ROLES:
+        response = await scene.client.get(f"/v1/grants/{on_a_feed}/sessions", headers=scene.a(role))
+        expected = 200 if role in OWNER_READERS else 404
+        assert response.status_code == expected, (role, response.text)
+
+
 async def audit_entries(scene: Scene) -> None:
     b_feed = scene.world.feed_id("unconditional")
     filters: list[dict[str, Any]] = [
@@ -851,6 +877,7 @@ MATRIX: dict[str, Check] = {
     "GET /v1/grants/{grant_id}": get_grant,
     "POST /v1/grants/{grant_id}/revoke": revoke_grant,
     "GET /v1/grants/{grant_id}/retrieval": grant_retrieval,
+    "GET /v1/grants/{grant_id}/sessions": grant_sessions,
     "GET /v1/audit": audit_entries,
     "GET /v1/audit/verify": audit_verify,
     "POST /v1/hooks/mediamtx/auth": hook("/v1/hooks/mediamtx/auth"),
