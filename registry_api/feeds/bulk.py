@@ -44,6 +44,7 @@ from registry_api.feeds.documents import new_feed_ids
 from registry_api.feeds.events import outbox_row
 from registry_api.feeds.index.columns import Columns
 from registry_api.feeds.models import feeds_table
+from registry_api.feeds.rendered import render_rows
 from registry_api.feeds.service import media_path_problem, record_of
 from registry_api.feeds.spatial import DELTA_LIMIT, FeedIndex
 from registry_api.identity.models import Department
@@ -456,6 +457,7 @@ async def _bulk_upsert(
     now = utcnow()
     big = len(parsed.items) > DELTA_LIMIT
     index_parts: list[Columns] = []
+    renderings: list[bytes] = []  # the touched feeds' documents, in ``state.touched`` order
     writer = WriteChain(session)
     checker = ChunkChecker(parsed.items)
     try:
@@ -475,6 +477,11 @@ async def _bulk_upsert(
                 timer.lap("lookup")
                 await writer.add(prepare_writes(session, inserts, updates))
                 timer.lap("prepare")
+                renderings += render_rows(
+                    [candidate.values for candidate in state.touched[touched_before:]],
+                    index.owners,
+                )
+                timer.lap("render")
                 if big:  # the chunk's index columns (mostly built by the checker)
                     chunk = state.touched[touched_before:]
                     index_parts.append(
@@ -508,9 +515,12 @@ async def _bulk_upsert(
         await writer.cancel()
     del parsed
     if big:
-        await index.apply_columns(Columns.concat_all(index_parts))
+        touched_ids = [candidate.values["id"] for candidate in state.touched]
+        await index.apply_columns(
+            Columns.concat_all(index_parts), dict(zip(touched_ids, renderings, strict=True))
+        )
     else:
-        index.apply(record_of(candidate.values) for candidate in state.touched)
+        index.apply([record_of(candidate.values) for candidate in state.touched], renderings)
     timer.lap("index")
     state.rejected.sort(key=lambda reject: reject.index)
     log.info(

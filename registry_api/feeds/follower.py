@@ -26,7 +26,8 @@ from prometheus_client import Counter, Gauge
 
 from infra.kafka_admin import topic_partitions
 from registry_api.feeds.index.adapter import record_from_document
-from registry_api.feeds.index.records import FeedRecord
+from registry_api.feeds.index.records import FeedRecord, Vocabulary
+from registry_api.feeds.rendered import render_documents
 from registry_api.feeds.spatial import FeedIndex
 from schemas.settings import Settings
 from schemas.topics import FEED_METADATA, topic_name
@@ -114,27 +115,31 @@ class IndexFollower:
         while True:
             batches = await consumer.getmany(timeout_ms=1000, max_records=FETCH_RECORDS)
             records: list[FeedRecord] = []
+            renderings: list[bytes] = []
             newest_ms = 0
             for messages in batches.values():
                 for message in messages:
-                    record = _record_of(message.value)
-                    if record is None:
+                    parsed = _parse(message.value, self.index.owners)
+                    if parsed is None:
                         UNREADABLE.inc()
                         continue
-                    records.append(record)
+                    records.append(parsed[0])
+                    renderings.append(parsed[1])
                     newest_ms = max(newest_ms, message.timestamp)
             if records:
                 # one batch: a bulk import elsewhere becomes one merge here, not thousands
-                self.index.apply(records)
+                self.index.apply(records, renderings)
                 FOLLOWED.inc(len(records))
                 FOLLOWER_LAG.set(max(0.0, time.time() - newest_ms / 1000))
 
 
-def _record_of(value: bytes | None) -> FeedRecord | None:
+def _parse(value: bytes | None, owners: Vocabulary) -> tuple[FeedRecord, bytes] | None:
+    """The index record and rendering of the feed an event carries, or None if unreadable."""
     if not value:
         return None
     try:
         envelope: dict[str, Any] = orjson.loads(value)
-        return record_from_document(envelope["data"])
+        document: dict[str, Any] = envelope["data"]
+        return record_from_document(document), render_documents([document], owners)[0]
     except Exception:  # a malformed event must not stop the replica from following
         return None

@@ -56,6 +56,7 @@ from registry_api.feeds.index.queries import (
 )
 from registry_api.feeds.index.records import ID_DTYPE, FeedRecord, Vocabulary
 from registry_api.feeds.index.snapshot import Snapshot, merge_columns, merge_snapshot
+from registry_api.feeds.rendered import RenderedFeeds, render_documents, render_rows
 
 log = logging.getLogger("feedgrid.feeds.index")
 
@@ -80,6 +81,8 @@ class FeedIndex:
         self.sessions = sessions
         self.owners = Vocabulary()
         self.tags = Vocabulary()
+        # Each feed's documents as bytes, of the revision the index holds (``rendered.py``).
+        self.rendered = RenderedFeeds(self.owners)
         self._base = Snapshot(Columns.empty())
         self._superseded = np.zeros(0, dtype=bool)
         self._delta = _Delta()
@@ -108,8 +111,9 @@ class FeedIndex:
     async def load(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         """Replaces the index with every feed in the database (retired ones included)."""
         started = time.perf_counter()
-        base = await load_snapshot(sessions, self.owners, self.tags)
+        base, rendered = await load_snapshot(sessions, self.owners, self.tags)
         self._install_base(base, {})
+        self.rendered.replace_all(rendered)
         self.changes += 1
         log.info(
             "feed index loaded",
@@ -159,10 +163,17 @@ class FeedIndex:
                 found[feed_id] = (owners[owner], is_retired)
         return found
 
-    def apply(self, records: Iterable[FeedRecord]) -> None:
-        """Makes committed writes visible. Older revisions than the known one are ignored."""
+    def apply(
+        self, records: Iterable[FeedRecord], renderings: Sequence[bytes] | None = None
+    ) -> None:
+        """Makes committed writes visible. Older revisions than the known one are ignored.
+
+        ``renderings`` (``rendered.py``), one per record, are stored with the records the
+        index accepts; a record accepted without one drops the feed's old rendering (pages
+        leave it out rather than show an older revision).
+        """
         changed = False
-        for record in records:
+        for position, record in enumerate(records):
             known = self.revision_of(record.id)
             if known is not None and known >= record.revision:
                 continue
@@ -170,6 +181,10 @@ class FeedIndex:
             if row is not None:
                 self._superseded[row] = True
             self._delta.records[record.id] = record
+            if renderings is None:
+                self.rendered.drop(record.id)
+            else:
+                self.rendered.put(record.id, renderings[position])
             changed = True
         if changed:
             self.changes += 1
@@ -177,9 +192,20 @@ class FeedIndex:
             if len(self._delta.records) > DELTA_LIMIT:
                 self._schedule_merge()
 
+    def apply_rows(self, rows: Sequence[Mapping[Any, Any]]) -> None:
+        """Applies committed table rows (full rows: rendered here)."""
+        self.apply([FeedRecord.from_row(row) for row in rows], render_rows(rows, self.owners))
+
+    def apply_documents(self, documents: Sequence[Mapping[Any, Any]]) -> None:
+        """Applies feed documents in the feed-metadata event shape (followed events)."""
+        self.apply(
+            [record_from_document(document) for document in documents],
+            render_documents(documents, self.owners),
+        )
+
     def apply_event(self, event_data: Mapping[Any, Any]) -> None:
         """Applies one feed-metadata event (the scale-mode follower's entry point)."""
-        self.apply([record_from_document(event_data)])
+        self.apply_documents([event_data])
 
     async def apply_and_merge(self, records: Sequence[FeedRecord]) -> None:
         """For big batches: apply, then fold everything into a new base now."""
@@ -190,15 +216,20 @@ class FeedIndex:
         """Records as columns in this index's vocabularies (for :meth:`apply_columns`)."""
         return Columns.from_records(records, self.owners, self.tags)
 
-    async def apply_columns(self, incoming: Columns) -> None:
+    async def apply_columns(self, incoming: Columns, renderings: dict[str, bytes]) -> None:
         """Folds a big batch of committed writes, prepared as columns, into a new base.
 
-        Bulk imports prepare the columns while the database is still busy writing, so only
-        the merge itself (sorting and grids, in a worker thread) follows the commit.
+        Bulk imports prepare the columns (and renderings, by feed id) while the database is
+        still busy writing, so only the merge itself (sorting and grids, in a worker thread)
+        follows the commit.
         """
         async with self._merge_lock:
             merged = await asyncio.to_thread(merge_columns, self._base, incoming)
             self._install_base(merged, self._delta.records)
+            newer = self._delta.records  # changed again while merging: keep their renderings
+            self.rendered.put_many(
+                (feed_id, stored) for feed_id, stored in renderings.items() if feed_id not in newer
+            )
             self.changes += 1
 
     def _schedule_merge(self) -> None:

@@ -1,0 +1,269 @@
+"""Feed documents rendered once per change and kept as bytes beside the index.
+
+A page of ``GET /v1/feeds`` is the index's match plus a join of these bytes: no row is read
+from the database, no field-of-view polygon is computed and nothing is JSON-encoded per row
+while answering. Each feed is rendered when it changes (a write of this process, a liveness
+change, a followed feed-metadata event, the load at start), by the same functions that render
+a single feed (:func:`registry_api.feeds.documents.feed_document`), and stored under the
+revision rule of the index: :class:`registry_api.feeds.spatial.FeedIndex` stores a rendering
+exactly when it accepts the record of the same revision.
+
+One entry per feed, one ``bytes`` object: a fixed header, then the owner's document (with
+``stream.url`` and ``fov_polygon``, without ``distance_m``). The header tells
+
+* the owner department (a code of the index's owner vocabulary): who may see the URL;
+* the byte span of ``,"url":"..."`` in the document: other callers get the document without it;
+* the byte span of the ``last_seen`` value, its time and whether the feed is retired: the
+  liveness applier moves ``last_seen`` forward without a new revision (no re-rendering: the
+  value is spliced in, under the rule the database applies);
+* the version and revision.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from registry_api.feeds.documents import event_data, fov_polygons_of
+from registry_api.feeds.index.records import Vocabulary
+from registry_api.identity.principal import Principal
+
+# owner code, version, revision, last_seen (microseconds since 1970, NO_TIME for none),
+# retired, url start, url end, last_seen start, last_seen end
+_HEADER = struct.Struct("<IqqqBIIII")
+HEADER_SIZE = _HEADER.size
+NO_TIME = -(2**63)
+_OPTIONS = orjson.OPT_UTC_Z  # as the API's responses (routes.json_response)
+_URL_KEY = b',"url":'
+_SEEN_KEY = b',"last_seen":'
+GZIP_FROM_BYTES = 1024
+
+
+class RenderingError(ValueError):
+    """A document whose parts could not be located (never expected: a bug if raised)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The header of a stored rendering, unpacked."""
+
+    owner: int
+    version: int
+    revision: int
+    last_seen: int
+    retired: bool
+    url_start: int
+    url_end: int
+    seen_start: int
+    seen_end: int
+
+    @classmethod
+    def of(cls, stored: bytes) -> Entry:
+        return cls(*_HEADER.unpack_from(stored))
+
+
+def microseconds(moment: datetime | str | None) -> int:
+    """A time (datetime or RFC 3339 text, as rows and events carry it) as microseconds."""
+    if moment is None:
+        return NO_TIME
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def render_documents(documents: Sequence[Mapping[str, Any]], owners: Vocabulary) -> list[bytes]:
+    """Stored renderings of feed documents in the feed-metadata event shape
+    (:func:`registry_api.feeds.documents.event_data`: URL included, no polygon)."""
+    views: list[tuple[float, float, float, float, float] | None] = []
+    for document in documents:
+        fov = document["fov"]
+        if fov is None:
+            views.append(None)
+        else:
+            lon, lat = document["location"]["coordinates"][:2]
+            views.append((lon, lat, fov["heading"], fov["angle"], fov["range_m"]))
+    rendered = []
+    for document, polygon in zip(documents, fov_polygons_of(views), strict=True):
+        full = dict(document)
+        full["fov_polygon"] = polygon
+        rendered.append(_entry(document, orjson.dumps(full, option=_OPTIONS), owners))
+    return rendered
+
+
+def render_rows(rows: Sequence[Mapping[Any, Any]], owners: Vocabulary) -> list[bytes]:
+    """Stored renderings of table rows."""
+    return render_documents([event_data(row) for row in rows], owners)
+
+
+def _entry(document: Mapping[str, Any], body: bytes, owners: Vocabulary) -> bytes:
+    stream = document["stream"]
+    public_stream = orjson.dumps(
+        {"protocol": stream["protocol"], "media_path": stream["media_path"]}
+    )
+    marker = b'"stream":' + public_stream[:-1]
+    url_start = body.find(marker) + len(marker)
+    url_piece = _URL_KEY + orjson.dumps(stream["url"])
+    url_end = url_start + len(url_piece)
+    seen_start = body.rfind(_SEEN_KEY) + len(_SEEN_KEY)
+    seen_value = orjson.dumps(document["last_seen"], option=_OPTIONS)
+    seen_end = seen_start + len(seen_value)
+    if (
+        url_start < len(marker)
+        or body[url_start:url_end] != url_piece
+        or seen_start < len(_SEEN_KEY)
+        or body[seen_start:seen_end] != seen_value
+    ):
+        raise RenderingError(f"cannot locate the parts of feed {document['id']!r}")
+    header = _HEADER.pack(
+        owners.code(document["owner"]),
+        int(document["version"]),
+        int(document["revision"]),
+        microseconds(document["last_seen"]),
+        bool(document["retired"]),
+        url_start,
+        url_end,
+        seen_start,
+        seen_end,
+    )
+    return header + body
+
+
+def seen_later(stored: bytes, seen: datetime) -> bytes | None:
+    """The rendering with ``last_seen`` moved to ``seen``, or None when the database would not
+    move it either (a retired feed, or a time no later than the one it has)."""
+    entry = Entry.of(stored)
+    moment = microseconds(seen)
+    if entry.retired or (entry.last_seen != NO_TIME and entry.last_seen >= moment):
+        return None
+    value = orjson.dumps(seen, option=_OPTIONS)
+    start = HEADER_SIZE + entry.seen_start
+    end = HEADER_SIZE + entry.seen_end
+    header = _HEADER.pack(
+        entry.owner, entry.version, entry.revision, moment, entry.retired,
+        entry.url_start, entry.url_end, entry.seen_start, entry.seen_start + len(value),
+    )  # fmt: skip
+    return header + stored[HEADER_SIZE:start] + value + stored[end:]
+
+
+class RenderedFeeds:
+    """Feed id -> stored rendering. Written only by :class:`FeedIndex` (under its revision
+    rule) and by the liveness applier's ``last_seen`` moves."""
+
+    def __init__(self, owners: Vocabulary) -> None:
+        self.owners = owners
+        self._stored: dict[str, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    def __contains__(self, feed_id: str) -> bool:
+        return feed_id in self._stored
+
+    def put(self, feed_id: str, stored: bytes) -> None:
+        self._stored[feed_id] = stored
+
+    def put_many(self, renderings: Iterable[tuple[str, bytes]]) -> None:
+        self._stored.update(renderings)
+
+    def drop(self, feed_id: str) -> None:
+        self._stored.pop(feed_id, None)
+
+    def replace_all(self, renderings: dict[str, bytes]) -> None:
+        self._stored = renderings
+
+    def stored_bytes(self) -> int:
+        return sum(len(stored) for stored in self._stored.values())
+
+    def saw(self, seen: Mapping[str, datetime]) -> int:
+        """Moves ``last_seen`` forward as the liveness applier's UPDATE does; returns how many
+        renderings changed."""
+        moved = 0
+        for feed_id, moment in seen.items():
+            stored = self._stored.get(feed_id)
+            if stored is None:
+                continue
+            later = seen_later(stored, moment)
+            if later is not None:
+                self._stored[feed_id] = later
+                moved += 1
+        return moved
+
+    # ------------------------------------------------------------------ reading
+
+    def document(self, feed_id: str, principal: Principal) -> bytes | None:
+        """One feed's document as ``principal`` may see it (None if not stored)."""
+        stored = self._stored.get(feed_id)
+        if stored is None:
+            return None
+        return b"".join(self._visible(stored, self._viewer(principal)))
+
+    def _viewer(self, principal: Principal) -> int | None:
+        """The owner code whose URLs the principal sees; -1 for all (city admin)."""
+        if principal.is_city_admin:
+            return -1
+        if principal.department is None:
+            return None
+        return self.owners.lookup(principal.department)
+
+    @staticmethod
+    def _visible(stored: bytes, viewer: int | None) -> list[bytes | memoryview]:
+        view = memoryview(stored)
+        owner, _, _, _, _, url_start, url_end, _, _ = _HEADER.unpack_from(stored)
+        if viewer == -1 or viewer == owner:
+            return [view[HEADER_SIZE:]]
+        return [view[HEADER_SIZE : HEADER_SIZE + url_start], view[HEADER_SIZE + url_end :]]
+
+    def page(
+        self,
+        feed_ids: Sequence[str],
+        distances: Sequence[float] | None,
+        principal: Principal,
+        *,
+        total: int,
+        next_cursor: str | None,
+    ) -> bytes:
+        """A page of ``GET /v1/feeds`` as JSON, byte for byte what rendering the rows would give.
+
+        Ids without a rendering are left out (as rows missing from the database were).
+        """
+        viewer = self._viewer(principal)
+        stored_of = self._stored.get
+        pieces: list[bytes | memoryview] = [b'{"items":[']
+        numbers = None
+        if distances is not None and distances:
+            numbers = orjson.dumps([round(value, 2) for value in distances])[1:-1].split(b",")
+        first = True
+        for position, feed_id in enumerate(feed_ids):
+            stored = stored_of(feed_id)
+            if stored is None:
+                continue
+            if not first:
+                pieces.append(b",")
+            first = False
+            parts = self._visible(stored, viewer)
+            if numbers is not None:
+                parts[-1] = parts[-1][:-1]
+                parts.append(b',"distance_m":%s}' % numbers[position])
+            pieces.extend(parts)
+        pieces.append(b'],"total":%d,"next_cursor":%s}' % (total, orjson.dumps(next_cursor)))
+        return b"".join(pieces)
+
+
+def gzip_if_accepted(body: bytes, accept_encoding: str | None) -> tuple[bytes, dict[str, str]]:
+    """The body gzip-compressed (level 1: fast) when the client accepts it and it is worth it,
+    with the headers to send."""
+    headers = {"Vary": "Accept-Encoding"}
+    if len(body) >= GZIP_FROM_BYTES and accept_encoding and "gzip" in accept_encoding.lower():
+        compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+        body = compressor.compress(body) + compressor.flush()
+        headers["Content-Encoding"] = "gzip"
+    return body, headers
