@@ -168,6 +168,9 @@ class RenderedFeeds:
     def __contains__(self, feed_id: str) -> bool:
         return feed_id in self._stored
 
+    def feed_ids(self) -> list[str]:
+        return list(self._stored)
+
     def put(self, feed_id: str, stored: bytes) -> None:
         self._stored[feed_id] = stored
 

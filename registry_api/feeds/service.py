@@ -30,7 +30,6 @@ from registry_api.feeds.documents import (
     can_see_internal,
     content_values,
     feed_document,
-    feed_documents,
     input_document,
     new_feed_id,
 )
@@ -417,32 +416,6 @@ async def search_feeds(
     return index.rendered.page(
         page.ids, page.distances, principal, total=page.total, next_cursor=page.next_cursor
     )
-
-
-async def search_feeds_from_rows(
-    session: AsyncSession,
-    index: FeedIndex,
-    principal: Principal,
-    filters: FeedFilters,
-    *,
-    limit: int = PAGE_LIMIT_DEFAULT,
-    cursor: str | None = None,
-) -> dict[str, Any]:
-    """The page :func:`search_feeds` answers, rendered from the database rows on every call
-    (how pages were built before they were rendered once): the reference the tests compare
-    the stored renderings with."""
-    try:
-        page = index.search(index_query(filters), limit=limit, cursor=cursor)
-    except InvalidCursor as error:
-        raise Unprocessable(str(error), code="invalid_cursor") from None
-    rows = await load_page_rows(session, page.ids)
-    # a feed registered by another replica and not followed yet has no row here: skipped
-    found = [position for position, feed_id in enumerate(page.ids) if feed_id in rows]
-    items = feed_documents([rows[page.ids[position]] for position in found], principal)
-    if page.distances is not None:
-        for document, position in zip(items, found, strict=True):
-            document["distance_m"] = round(page.distances[position], 2)
-    return {"items": items, "total": page.total, "next_cursor": page.next_cursor}
 
 
 async def search_feed_ids(index: FeedIndex, search: FeedSearch) -> list[str]:
