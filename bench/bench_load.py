@@ -99,13 +99,15 @@ class Kind:
     note: str = ""
 
 
+# Access requests last: each leaves work behind it (grants and events for the relay, the
+# worker and the sink) that would otherwise weigh on the kinds measured after it.
 KINDS = (
     Kind("search_near", 16, 50.0, 200, ratio_target=0.25, note="near 500 m, pages of 100"),
     Kind("search_sees", 16, 50.0, 200, ratio_target=0.5, note="sees, pages of 20"),
-    Kind("access_request", 8, 100.0, 201, rate_target=100.0, note="near selection of ~100 feeds"),
     Kind("hook_check", 32, 15.0, 200, ratio_target=0.6, note="MediaMTX auth, valid tokens"),
     Kind("heartbeat", 8, 50.0, 200, note=f"batches of {HEARTBEAT_BATCH} feeds"),
     Kind("analytics", 4, 150.0, 200, note="top feeds (operator) and usage (department)"),
+    Kind("access_request", 8, 100.0, 201, rate_target=100.0, note="near selection of ~100 feeds"),
 )
 
 
@@ -660,6 +662,21 @@ def _cycle(values: list[str]) -> Any:
 # ------------------------------------------------------------------------------ the run
 
 
+def wait_until_settled(server: FeedGridUp, deadline_s: float = 120.0) -> float | None:
+    """Seconds until the relay and the sink stop moving (3 s unchanged): the work a kind left
+    behind must not weigh on the next one."""
+    started = time.monotonic()
+    previous, still_since = server.pipeline_counters(), time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        time.sleep(0.5)
+        now = server.pipeline_counters()
+        if now != previous:
+            previous, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= 3.0:
+            return round(still_since - started, 1)
+    return None
+
+
 def measure_kind(
     generator: Generator, kind: Kind, duration: float
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
@@ -785,14 +802,17 @@ def main(argv: list[str] | None = None) -> int:
             "machine_cores": os.cpu_count(),
             "machine_load_average_1min": round(os.getloadavg()[0], 2),
         }
+        console.print(f"settling (the tokens' access requests): {wait_until_settled(server)} s")
         rss_before = server.memory_mib()[0]
         for kind in kinds:
             healthz, closed, sustained, probes = measure_kind(generator, kind, duration)
             report_kind(kind, healthz, closed, sustained, probes, context)
+            if kind.name == "hook_check":
+                hook_rate_check(generator, duration, HOOK_RATE)
             if not server.alive():
                 raise RuntimeError("feedgrid up died during the load" + server.tail())
-        if any(kind.name == "hook_check" for kind in kinds):
-            hook_rate_check(generator, duration, HOOK_RATE)
+            settled = wait_until_settled(server)
+            console.print(f"{kind.name}: the relay and the sink settled after {settled} s")
         rss_after = server.memory_mib()[0]
         emit(
             "load_api_process_rss", rss_after, "MiB", baseline="before the load",

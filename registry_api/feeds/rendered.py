@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from prometheus_client import Gauge
 
 from registry_api.feeds.documents import event_data, fov_polygons_of
 from registry_api.feeds.index.records import Vocabulary
@@ -43,6 +44,11 @@ _OPTIONS = orjson.OPT_UTC_Z  # as the API's responses (routes.json_response)
 _URL_KEY = b',"url":'
 _SEEN_KEY = b',"last_seen":'
 GZIP_FROM_BYTES = 1024
+
+RENDERED_FEEDS = Gauge("feedgrid_rendered_feeds", "Feeds whose documents are kept rendered")
+RENDERED_BYTES = Gauge(
+    "feedgrid_rendered_feed_bytes", "Bytes of the rendered feed documents (headers included)"
+)
 
 
 class RenderingError(ValueError):
@@ -161,6 +167,7 @@ class RenderedFeeds:
     def __init__(self, owners: Vocabulary) -> None:
         self.owners = owners
         self._stored: dict[str, bytes] = {}
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._stored)
@@ -172,19 +179,37 @@ class RenderedFeeds:
         return list(self._stored)
 
     def put(self, feed_id: str, stored: bytes) -> None:
-        self._stored[feed_id] = stored
+        self._replace(feed_id, stored)
+        self._publish()
 
     def put_many(self, renderings: Iterable[tuple[str, bytes]]) -> None:
-        self._stored.update(renderings)
+        for feed_id, stored in renderings:
+            self._replace(feed_id, stored)
+        self._publish()
 
     def drop(self, feed_id: str) -> None:
-        self._stored.pop(feed_id, None)
+        self._replace(feed_id, None)
+        self._publish()
 
     def replace_all(self, renderings: dict[str, bytes]) -> None:
         self._stored = renderings
+        self._bytes = sum(len(stored) for stored in renderings.values())
+        self._publish()
 
     def stored_bytes(self) -> int:
-        return sum(len(stored) for stored in self._stored.values())
+        return self._bytes
+
+    def _replace(self, feed_id: str, stored: bytes | None) -> None:
+        old = self._stored.pop(feed_id, None) if stored is None else self._stored.get(feed_id)
+        if stored is not None:
+            self._stored[feed_id] = stored
+            self._bytes += len(stored)
+        if old is not None:
+            self._bytes -= len(old)
+
+    def _publish(self) -> None:
+        RENDERED_FEEDS.set(len(self._stored))
+        RENDERED_BYTES.set(self._bytes)
 
     def saw(self, seen: Mapping[str, datetime]) -> int:
         """Moves ``last_seen`` forward as the liveness applier's UPDATE does; returns how many
@@ -196,8 +221,9 @@ class RenderedFeeds:
                 continue
             later = seen_later(stored, moment)
             if later is not None:
-                self._stored[feed_id] = later
+                self._replace(feed_id, later)
                 moved += 1
+        self._publish()
         return moved
 
     # ------------------------------------------------------------------ reading
@@ -218,12 +244,13 @@ class RenderedFeeds:
         return self.owners.lookup(principal.department)
 
     @staticmethod
-    def _visible(stored: bytes, viewer: int | None) -> list[bytes | memoryview]:
-        view = memoryview(stored)
+    def _visible(stored: bytes, viewer: int | None, end: int | None = None) -> list[bytes]:
+        """The document's bytes as ``viewer`` may see them (up to ``end``), in one or two
+        pieces (without the URL: the bytes before and after it)."""
         owner, _, _, _, _, url_start, url_end, _, _ = _HEADER.unpack_from(stored)
         if viewer == -1 or viewer == owner:
-            return [view[HEADER_SIZE:]]
-        return [view[HEADER_SIZE : HEADER_SIZE + url_start], view[HEADER_SIZE + url_end :]]
+            return [stored[HEADER_SIZE:end]]
+        return [stored[HEADER_SIZE : HEADER_SIZE + url_start], stored[HEADER_SIZE + url_end : end]]
 
     def page(
         self,
@@ -240,25 +267,25 @@ class RenderedFeeds:
         """
         viewer = self._viewer(principal)
         stored_of = self._stored.get
-        pieces: list[bytes | memoryview] = [b'{"items":[']
-        numbers = None
-        if distances is not None and distances:
+        visible = self._visible
+        items: list[bytes] = []
+        if distances:  # each document gets ``"distance_m"`` before its closing brace
             numbers = orjson.dumps([round(value, 2) for value in distances])[1:-1].split(b",")
-        first = True
-        for position, feed_id in enumerate(feed_ids):
-            stored = stored_of(feed_id)
-            if stored is None:
-                continue
-            if not first:
-                pieces.append(b",")
-            first = False
-            parts = self._visible(stored, viewer)
-            if numbers is not None:
-                parts[-1] = parts[-1][:-1]
-                parts.append(b',"distance_m":%s}' % numbers[position])
-            pieces.extend(parts)
-        pieces.append(b'],"total":%d,"next_cursor":%s}' % (total, orjson.dumps(next_cursor)))
-        return b"".join(pieces)
+            for feed_id, number in zip(feed_ids, numbers, strict=True):
+                stored = stored_of(feed_id)
+                if stored is not None:
+                    items += visible(stored, viewer, -1)
+                    items.append(b',"distance_m":%s},' % number)
+        else:
+            for feed_id in feed_ids:
+                stored = stored_of(feed_id)
+                if stored is not None:
+                    items += visible(stored, viewer)
+                    items.append(b",")
+        if items:
+            items[-1] = items[-1][:-1]  # no comma after the last item
+        tail = b'],"total":%d,"next_cursor":%s}' % (total, orjson.dumps(next_cursor))
+        return b"".join([b'{"items":[', *items, tail])
 
 
 def gzip_if_accepted(body: bytes, accept_encoding: str | None) -> tuple[bytes, dict[str, str]]:
