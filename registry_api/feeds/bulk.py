@@ -477,7 +477,10 @@ async def _bulk_upsert(
                 timer.lap("lookup")
                 await writer.add(prepare_writes(session, inserts, updates))
                 timer.lap("prepare")
-                renderings += render_rows(
+                # in a worker thread: it overlaps the previous chunks' writes (SQLite lets the
+                # GIL go while it works)
+                renderings += await asyncio.to_thread(
+                    render_rows,
                     [candidate.values for candidate in state.touched[touched_before:]],
                     index.owners,
                 )

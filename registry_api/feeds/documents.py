@@ -148,9 +148,13 @@ def fov_polygons_geojson(rows: Sequence[Row]) -> list[dict[str, Any] | None]:
 
 
 def fov_polygons_of(
-    views: Sequence[tuple[float, float, float, float, float] | None],
+    views: Sequence[tuple[float, float, float, float, float] | None], *, as_arrays: bool = False
 ) -> list[dict[str, Any] | None]:
-    """GeoJSON polygons of (lon, lat, heading, angle, range_m) views (None: no view)."""
+    """GeoJSON polygons of (lon, lat, heading, angle, range_m) views (None: no view).
+
+    ``as_arrays``: the rings stay numpy arrays, for ``orjson.OPT_SERIALIZE_NUMPY`` (which
+    writes float64 exactly as it writes Python floats) instead of thousands of small lists.
+    """
     with_view = [position for position, view in enumerate(views) if view is not None]
     polygons: list[dict[str, Any] | None] = [None] * len(views)
     if not with_view:
@@ -160,7 +164,10 @@ def fov_polygons_of(
     for position, ring in zip(with_view, rings, strict=True):
         polygons[position] = {
             "type": "Polygon",
-            "coordinates": [np.round(ring, POLYGON_DECIMALS).tolist()],
+            "coordinates": [
+                rounded if as_arrays else rounded.tolist()
+                for rounded in [np.round(ring, POLYGON_DECIMALS)]
+            ],
         }
     return polygons
 

@@ -41,6 +41,7 @@ _HEADER = struct.Struct("<IqqqBIIII")
 HEADER_SIZE = _HEADER.size
 NO_TIME = -(2**63)
 _OPTIONS = orjson.OPT_UTC_Z  # as the API's responses (routes.json_response)
+_RENDER_OPTIONS = _OPTIONS | orjson.OPT_SERIALIZE_NUMPY  # polygon rings stay arrays
 _URL_KEY = b',"url":'
 _SEEN_KEY = b',"last_seen":'
 GZIP_FROM_BYTES = 1024
@@ -98,10 +99,11 @@ def render_documents(documents: Sequence[Mapping[str, Any]], owners: Vocabulary)
             lon, lat = document["location"]["coordinates"][:2]
             views.append((lon, lat, fov["heading"], fov["angle"], fov["range_m"]))
     rendered = []
-    for document, polygon in zip(documents, fov_polygons_of(views), strict=True):
+    polygons = fov_polygons_of(views, as_arrays=True)
+    for document, polygon in zip(documents, polygons, strict=True):
         full = dict(document)
         full["fov_polygon"] = polygon
-        rendered.append(_entry(document, orjson.dumps(full, option=_OPTIONS), owners))
+        rendered.append(_entry(document, orjson.dumps(full, option=_RENDER_OPTIONS), owners))
     return rendered
 
 
