@@ -61,6 +61,7 @@ from registry_api.feeds.rendered import RenderedFeeds, render_documents, render_
 log = logging.getLogger("feedgrid.feeds.index")
 
 DELTA_LIMIT = 2_000
+REVISIONS_REMEMBERED = 100_000
 
 # ---------------------------------------------------------------------------- the index
 
@@ -93,6 +94,9 @@ class FeedIndex:
         # Counts the times the index's content changed: caches of feed facts elsewhere (the
         # hooks' path lookups) compare it to know that nothing moved since they looked.
         self.changes = 0
+        # revision_of answers, valid while ``changes`` holds (hook checks ask it per check)
+        self._revisions: dict[str, int | None] = {}
+        self._revisions_at = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,6 +130,20 @@ class FeedIndex:
         return self._base.size - int(self._superseded.sum()) + len(self._delta.records)
 
     def revision_of(self, feed_id: str) -> int | None:
+        """The revision the index holds of the feed (None if unknown)."""
+        if self._revisions_at != self.changes:
+            self._revisions.clear()
+            self._revisions_at = self.changes
+        try:
+            return self._revisions[feed_id]
+        except KeyError:
+            pass
+        revision = self._revision_now(feed_id)
+        if len(self._revisions) < REVISIONS_REMEMBERED:
+            self._revisions[feed_id] = revision
+        return revision
+
+    def _revision_now(self, feed_id: str) -> int | None:
         record = self._delta.records.get(feed_id)
         if record is not None:
             return record.revision
@@ -174,7 +192,7 @@ class FeedIndex:
         """
         changed = False
         for position, record in enumerate(records):
-            known = self.revision_of(record.id)
+            known = self._revision_now(record.id)  # not remembered: it changes in this loop
             if known is not None and known >= record.revision:
                 continue
             row = self._base.row_of(record.id)
