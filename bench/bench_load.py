@@ -119,6 +119,10 @@ def pin(core: int) -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, {core})
 
 
+def _no_pin(core: int) -> Callable[[], None] | None:
+    return None
+
+
 # ------------------------------------------------------------------------------ the server
 
 
@@ -778,7 +782,16 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", choices=[kind.name for kind in KINDS], help="these kinds only"
     )
     parser.add_argument("--workdir", type=Path, help="keep the server's files here")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the server and the generator run on any core (by default the server has "
+        "core 0 and the generator core 1 where there are two)",
+    )
     args = parser.parse_args(arguments)
+    if args.no_pin:
+        global pin
+        pin = _no_pin
     duration = args.step or (2.0 if args.quick else 15.0)
     kinds = [kind for kind in KINDS if not args.only or kind.name in args.only]
     cameras, sensors, requests = (5_700, 300, 120) if args.quick else (57_000, 3_000, 2_000)
