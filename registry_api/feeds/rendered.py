@@ -21,12 +21,15 @@ One entry per feed, one ``bytes`` object: a fixed header, then the owner's docum
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import orjson
 from prometheus_client import Gauge
@@ -46,6 +49,15 @@ _URL_KEY = b',"url":'
 _SEEN_KEY = b',"last_seen":'
 GZIP_FROM_BYTES = 1024
 
+_LENGTH_BITS = 24  # a rendering's length in the low bits of its file location (< 16 MiB)
+_LENGTH_MASK = (1 << _LENGTH_BITS) - 1
+WRITE_BYTES = 8 * 2**20
+COMPACT_FROM_BYTES = 256 * 2**20
+
+RENDERED_SPILLED = Gauge(
+    "feedgrid_rendered_feed_spilled_bytes",
+    "Bytes of rendered feed documents kept in the spill file (read back per page)",
+)
 RENDERED_FEEDS = Gauge("feedgrid_rendered_feeds", "Feeds whose documents are kept rendered")
 RENDERED_BYTES = Gauge(
     "feedgrid_rendered_feed_bytes", "Bytes of the rendered feed documents (headers included)"
@@ -164,75 +176,179 @@ def seen_later(stored: bytes, seen: datetime) -> bytes | None:
 
 class RenderedFeeds:
     """Feed id -> stored rendering. Written only by :class:`FeedIndex` (under its revision
-    rule) and by the liveness applier's ``last_seen`` moves."""
+    rule) and by the liveness applier's ``last_seen`` moves.
 
-    def __init__(self, owners: Vocabulary) -> None:
+    Renderings live in memory ("hot") while the store holds at most ``spill_above_feeds``
+    feeds. Above that (a registry of a million feeds: 2 GB of documents), renderings beyond
+    ``hot_bytes`` are written to an unnamed file and read back with ``pread`` (100 reads a
+    page): the process keeps 8 bytes of location per feed, the kernel's page cache the rest.
+    A rewritten feed leaves its old bytes in the file; when those outweigh the live ones the
+    file is rewritten (compacted).
+    """
+
+    def __init__(
+        self,
+        owners: Vocabulary,
+        *,
+        spill_above_feeds: int = 250_000,
+        hot_bytes: int = 64 * 2**20,
+        spill_dir: Path | None = None,
+        compact_from_bytes: int = COMPACT_FROM_BYTES,
+    ) -> None:
         self.owners = owners
-        self._stored: dict[str, bytes] = {}
-        self._bytes = 0
+        self.compact_from_bytes = compact_from_bytes
+        self.spill_above_feeds = spill_above_feeds
+        self.hot_bytes = hot_bytes
+        self.spill_dir = spill_dir
+        self._stored: dict[str, bytes] = {}  # hot
+        self._bytes = 0  # of the hot renderings
+        self._cold: dict[str, int] = {}  # feed id -> offset << 24 | length, in the file
+        self._cold_bytes = 0  # live bytes in the file
+        self._file: BinaryIO | None = None
+        self._file_end = 0
 
     def __len__(self) -> int:
-        return len(self._stored)
+        return len(self._stored) + len(self._cold)
 
     def __contains__(self, feed_id: str) -> bool:
-        return feed_id in self._stored
+        return feed_id in self._stored or feed_id in self._cold
 
     def feed_ids(self) -> list[str]:
-        return list(self._stored)
+        return [*self._stored, *self._cold]
+
+    def get(self, feed_id: str) -> bytes | None:
+        """The stored rendering of a feed (header and document), or None."""
+        stored = self._stored.get(feed_id)
+        if stored is not None:
+            return stored
+        location = self._cold.get(feed_id)
+        if location is None or self._file is None:
+            return None
+        return os.pread(self._file.fileno(), location & _LENGTH_MASK, location >> _LENGTH_BITS)
 
     def put(self, feed_id: str, stored: bytes) -> None:
         self._replace(feed_id, stored)
-        self._publish()
+        self._settle()
 
     def put_many(self, renderings: Iterable[tuple[str, bytes]]) -> None:
         for feed_id, stored in renderings:
             self._replace(feed_id, stored)
-        self._publish()
+            if self._bytes > 2 * self.hot_bytes:
+                self._settle()
+        self._settle()
 
     def drop(self, feed_id: str) -> None:
         self._replace(feed_id, None)
-        self._publish()
+        self._settle()
 
-    def replace_all(self, renderings: dict[str, bytes]) -> None:
-        self._stored = renderings
-        self._bytes = sum(len(stored) for stored in renderings.values())
-        self._publish()
+    def empty_like(self) -> RenderedFeeds:
+        """A new, empty store with the same vocabulary and spill settings."""
+        return RenderedFeeds(
+            self.owners, spill_above_feeds=self.spill_above_feeds, hot_bytes=self.hot_bytes,
+            spill_dir=self.spill_dir, compact_from_bytes=self.compact_from_bytes,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self._close_file()
 
     def stored_bytes(self) -> int:
-        return self._bytes
+        return self._bytes + self._cold_bytes
+
+    def spilled(self) -> tuple[int, int]:
+        """(feeds whose rendering is in the file, the file's size in bytes)."""
+        return len(self._cold), self._file_end
 
     def _replace(self, feed_id: str, stored: bytes | None) -> None:
-        old = self._stored.pop(feed_id, None) if stored is None else self._stored.get(feed_id)
+        old = self._stored.pop(feed_id, None)
+        if old is not None:
+            self._bytes -= len(old)
+        location = self._cold.pop(feed_id, None)
+        if location is not None:
+            self._cold_bytes -= location & _LENGTH_MASK
         if stored is not None:
             self._stored[feed_id] = stored
             self._bytes += len(stored)
-        if old is not None:
-            self._bytes -= len(old)
 
-    def _publish(self) -> None:
-        RENDERED_FEEDS.set(len(self._stored))
-        RENDERED_BYTES.set(self._bytes)
+    def _settle(self) -> None:
+        """Spills the hot renderings to the file when the store is big, compacts the file when
+        it is mostly old bytes, and publishes the metrics."""
+        big = len(self) > self.spill_above_feeds
+        if big and self._bytes > self.hot_bytes:
+            self._spill()
+        if self._file_end - self._cold_bytes > max(self._cold_bytes, self.compact_from_bytes):
+            self._compact()
+        RENDERED_FEEDS.set(len(self))
+        RENDERED_BYTES.set(self.stored_bytes())
+        RENDERED_SPILLED.set(self._cold_bytes)
+
+    def _spill(self) -> None:
+        if self._file is None:
+            self._file = self._new_file()
+        # a document of 16 MiB or more (never seen: coverage polygons are bounded) stays hot
+        huge = {key: value for key, value in self._stored.items() if len(value) > _LENGTH_MASK}
+        self._append((key, value) for key, value in self._stored.items() if key not in huge)
+        self._stored, self._bytes = huge, sum(len(value) for value in huge.values())
+
+    def _append(self, renderings: Iterable[tuple[str, bytes]]) -> None:
+        assert self._file is not None
+        pieces: list[bytes] = []
+        offset, written = self._file_end, self._file_end
+        for feed_id, stored in renderings:
+            self._cold[feed_id] = offset << _LENGTH_BITS | len(stored)
+            self._cold_bytes += len(stored)
+            offset += len(stored)
+            pieces.append(stored)
+            if offset - written >= WRITE_BYTES:
+                os.pwrite(self._file.fileno(), b"".join(pieces), written)
+                pieces, written = [], offset
+        if pieces:
+            os.pwrite(self._file.fileno(), b"".join(pieces), written)
+        self._file_end = offset
+
+    def _compact(self) -> None:
+        """Rewrites the file with the live renderings only."""
+        old, locations = self._file, self._cold
+        assert old is not None
+        self._file = self._new_file()
+        self._cold, self._cold_bytes, self._file_end = {}, 0, 0
+        descriptor = old.fileno()
+        self._append(
+            (feed_id, os.pread(descriptor, location & _LENGTH_MASK, location >> _LENGTH_BITS))
+            for feed_id, location in locations.items()
+        )
+        old.close()
+
+    def _new_file(self) -> BinaryIO:
+        """An unnamed file (gone with the process, whatever happens to it)."""
+        if self.spill_dir is not None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryFile(dir=self.spill_dir, prefix="feedgrid-rendered-")
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file, self._file_end = None, 0
 
     def saw(self, seen: Mapping[str, datetime]) -> int:
         """Moves ``last_seen`` forward as the liveness applier's UPDATE does; returns how many
         renderings changed."""
         moved = 0
         for feed_id, moment in seen.items():
-            stored = self._stored.get(feed_id)
+            stored = self.get(feed_id)
             if stored is None:
                 continue
             later = seen_later(stored, moment)
             if later is not None:
                 self._replace(feed_id, later)
                 moved += 1
-        self._publish()
+        self._settle()
         return moved
 
     # ------------------------------------------------------------------ reading
 
     def document(self, feed_id: str, principal: Principal) -> bytes | None:
         """One feed's document as ``principal`` may see it (None if not stored)."""
-        stored = self._stored.get(feed_id)
+        stored = self.get(feed_id)
         if stored is None:
             return None
         return b"".join(self._visible(stored, self._viewer(principal)))
@@ -268,7 +384,7 @@ class RenderedFeeds:
         Ids without a rendering are left out (as rows missing from the database were).
         """
         viewer = self._viewer(principal)
-        stored_of = self._stored.get
+        stored_of = self._stored.get if not self._cold else self.get
         visible = self._visible
         items: list[bytes] = []
         if distances:  # each document gets ``"distance_m"`` before its closing brace

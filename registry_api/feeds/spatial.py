@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,12 +79,24 @@ class _Delta:
 class FeedIndex:
     """The process-wide index: a base snapshot plus recent writes. A Runtime component."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession] | None = None) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession] | None = None,
+        *,
+        spill_above_feeds: int = 250_000,
+        hot_bytes: int = 64 * 2**20,
+        spill_dir: Path | None = None,
+    ) -> None:
         self.sessions = sessions
         self.owners = Vocabulary()
         self.tags = Vocabulary()
         # Each feed's documents as bytes, of the revision the index holds (``rendered.py``).
-        self.rendered = RenderedFeeds(self.owners)
+        self.rendered = RenderedFeeds(
+            self.owners,
+            spill_above_feeds=spill_above_feeds,
+            hot_bytes=hot_bytes,
+            spill_dir=spill_dir,
+        )
         self._base = Snapshot(Columns.empty())
         self._superseded = np.zeros(0, dtype=bool)
         self._delta = _Delta()
@@ -111,13 +124,16 @@ class FeedIndex:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        self.rendered.close()
 
     async def load(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         """Replaces the index with every feed in the database (retired ones included)."""
         started = time.perf_counter()
-        base, rendered = await load_snapshot(sessions, self.owners, self.tags)
+        rendered = self.rendered.empty_like()
+        base = await load_snapshot(sessions, self.owners, self.tags, rendered)
         self._install_base(base, {})
-        self.rendered.replace_all(rendered)
+        self.rendered.close()
+        self.rendered = rendered
         self.changes += 1
         log.info(
             "feed index loaded",

@@ -285,3 +285,20 @@ async def test_a_following_replica_renders_what_the_writer_does(settings: Settin
         await eventually(caught_up)
         assert await assert_every_rendering_matches(second_runtime) == 11
         await assert_pages_match(city, second)
+
+
+async def test_documents_spilled_to_the_file_answer_the_same(settings: Settings) -> None:
+    """Above ``rendered_spill_above_feeds`` renderings live in a file: same bytes, every caller,
+    after every kind of change (here from the first feed on, with nothing kept in memory)."""
+    spilling = settings.model_copy(
+        update={"rendered_spill_above_feeds": 0, "rendered_hot_mib": 0.0}
+    )
+    async with running_client(spilling) as client:
+        city = await build_city(client)
+        ids = await build_history(city)
+        await go_live(city, ids[0], "online")
+        runtime = city.runtime
+        spilled, _ = runtime.feed_index.rendered.spilled()
+        assert spilled == 11  # every rendering is in the file
+        assert await assert_every_rendering_matches(runtime) == 11
+        await assert_pages_match(city)
