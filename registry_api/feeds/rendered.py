@@ -25,7 +25,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -174,6 +174,17 @@ def seen_later(stored: bytes, seen: datetime) -> bytes | None:
     return header + stored[HEADER_SIZE:start] + value + stored[end:]
 
 
+@dataclass(slots=True)
+class Staged:
+    """Renderings of writes not committed yet (a bulk import's chunks): in memory, or already
+    in the store's file when the store spills (``locations``)."""
+
+    feed_ids: list[str]
+    renderings: list[bytes] | None = None
+    locations: list[int] | None = None
+    settled: bool = False  # adopted or released
+
+
 class RenderedFeeds:
     """Feed id -> stored rendering. Written only by :class:`FeedIndex` (under its revision
     rule) and by the liveness applier's ``last_seen`` moves.
@@ -206,6 +217,7 @@ class RenderedFeeds:
         self._cold_bytes = 0  # live bytes in the file
         self._file: BinaryIO | None = None
         self._file_end = 0
+        self._staged_in_file = 0  # staged parts in the file: no compaction while any wait
 
     def __len__(self) -> int:
         return len(self._stored) + len(self._cold)
@@ -258,6 +270,57 @@ class RenderedFeeds:
         """(feeds whose rendering is in the file, the file's size in bytes)."""
         return len(self._cold), self._file_end
 
+    def stage(self, feed_ids: list[str], renderings: list[bytes], coming: int) -> Staged:
+        """Holds renderings until their writes commit (:meth:`adopt`). When the store will
+        spill (``coming`` more feeds at most), they go to its file at once, so a big import
+        does not hold its documents in memory meanwhile; a rolled-back import leaves them
+        there as old bytes for the next compaction."""
+        if len(self) + coming <= self.spill_above_feeds or any(
+            len(stored) > _LENGTH_MASK for stored in renderings
+        ):
+            return Staged(feed_ids, renderings=renderings)
+        if self._file is None:
+            self._file = self._new_file()
+        start = self._file_end
+        os.pwrite(self._file.fileno(), b"".join(renderings), start)
+        locations = []
+        for stored in renderings:
+            locations.append(start << _LENGTH_BITS | len(stored))
+            start += len(stored)
+        self._file_end = start
+        self._staged_in_file += 1
+        return Staged(feed_ids, locations=locations)
+
+    def release(self, staged: Sequence[Staged]) -> None:
+        """Forgets staged renderings whose writes did not commit."""
+        for part in staged:
+            if part.locations is not None and not part.settled:
+                self._staged_in_file -= 1
+            part.settled = True
+
+    def adopt(self, staged: Sequence[Staged], *, except_ids: Container[str] = ()) -> None:
+        """Makes staged renderings current (those of ``except_ids`` are newer already)."""
+        for part in staged:
+            if part.settled:
+                continue
+            part.settled = True
+            if part.renderings is not None:
+                self.put_many(
+                    (feed_id, stored)
+                    for feed_id, stored in zip(part.feed_ids, part.renderings, strict=True)
+                    if feed_id not in except_ids
+                )
+                continue
+            assert part.locations is not None
+            self._staged_in_file -= 1
+            for feed_id, location in zip(part.feed_ids, part.locations, strict=True):
+                if feed_id in except_ids:
+                    continue
+                self._replace(feed_id, None)
+                self._cold[feed_id] = location
+                self._cold_bytes += location & _LENGTH_MASK
+        self._settle()
+
     def _replace(self, feed_id: str, stored: bytes | None) -> None:
         old = self._stored.pop(feed_id, None)
         if old is not None:
@@ -275,7 +338,8 @@ class RenderedFeeds:
         big = len(self) > self.spill_above_feeds
         if big and self._bytes > self.hot_bytes:
             self._spill()
-        if self._file_end - self._cold_bytes > max(self._cold_bytes, self.compact_from_bytes):
+        garbage = self._file_end - self._cold_bytes
+        if not self._staged_in_file and garbage > max(self._cold_bytes, self.compact_from_bytes):
             self._compact()
         RENDERED_FEEDS.set(len(self))
         RENDERED_BYTES.set(self.stored_bytes())

@@ -57,7 +57,7 @@ from registry_api.feeds.index.queries import (
 )
 from registry_api.feeds.index.records import ID_DTYPE, FeedRecord, Vocabulary
 from registry_api.feeds.index.snapshot import Snapshot, merge_columns, merge_snapshot
-from registry_api.feeds.rendered import RenderedFeeds, render_documents, render_rows
+from registry_api.feeds.rendered import RenderedFeeds, Staged, render_documents, render_rows
 
 log = logging.getLogger("feedgrid.feeds.index")
 
@@ -250,7 +250,7 @@ class FeedIndex:
         """Records as columns in this index's vocabularies (for :meth:`apply_columns`)."""
         return Columns.from_records(records, self.owners, self.tags)
 
-    async def apply_columns(self, incoming: Columns, renderings: dict[str, bytes]) -> None:
+    async def apply_columns(self, incoming: Columns, renderings: Sequence[Staged]) -> None:
         """Folds a big batch of committed writes, prepared as columns, into a new base.
 
         Bulk imports prepare the columns (and renderings, by feed id) while the database is
@@ -260,10 +260,8 @@ class FeedIndex:
         async with self._merge_lock:
             merged = await asyncio.to_thread(merge_columns, self._base, incoming)
             self._install_base(merged, self._delta.records)
-            newer = self._delta.records  # changed again while merging: keep their renderings
-            self.rendered.put_many(
-                (feed_id, stored) for feed_id, stored in renderings.items() if feed_id not in newer
-            )
+            # feeds changed again while merging keep their newer renderings
+            self.rendered.adopt(renderings, except_ids=self._delta.records)
             self.changes += 1
 
     def _schedule_merge(self) -> None:

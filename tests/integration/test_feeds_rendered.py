@@ -22,7 +22,7 @@ import pytest
 from registry_api.feeds.documents import can_see_internal, feed_document, feed_documents
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import index_query, load_page_rows
-from registry_api.feeds.spatial import FeedIndex
+from registry_api.feeds.spatial import DELTA_LIMIT, FeedIndex
 from registry_api.identity.principal import Principal
 from registry_api.runtime import Runtime
 from schemas.feeds import FeedFilters, FeedSearch
@@ -287,6 +287,7 @@ async def test_a_following_replica_renders_what_the_writer_does(settings: Settin
         await assert_pages_match(city, second)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_documents_spilled_to_the_file_answer_the_same(settings: Settings) -> None:
     """Above ``rendered_spill_above_feeds`` renderings live in a file: same bytes, every caller,
     after every kind of change (here from the first feed on, with nothing kept in memory)."""
@@ -297,8 +298,19 @@ async def test_documents_spilled_to_the_file_answer_the_same(settings: Settings)
         city = await build_city(client)
         ids = await build_history(city)
         await go_live(city, ids[0], "online")
+        # a big import (more than the index's delta holds): staged in the file, then adopted
+        features = [
+            as_feature(camera(URBAN, 5_000 + n, at=offset(2_000 + n % 50 * 5, n // 50 * 5)))
+            for n in range(DELTA_LIMIT + 100)
+        ]
+        imported = await client.post(
+            "/v1/feeds/bulk",
+            json={"type": "FeatureCollection", "features": features},
+            headers=city.as_(URBAN),
+        )
+        assert imported.status_code == 200 and imported.json()["created"] == len(features)
         runtime = city.runtime
         spilled, _ = runtime.feed_index.rendered.spilled()
-        assert spilled == 11  # every rendering is in the file
-        assert await assert_every_rendering_matches(runtime) == 11
+        assert spilled == 11 + len(features)  # every rendering is in the file
+        assert await assert_every_rendering_matches(runtime) == 11 + len(features)
         await assert_pages_match(city)

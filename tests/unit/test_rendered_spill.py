@@ -74,3 +74,26 @@ def test_the_file_is_compacted_when_old_renderings_outweigh_the_live_ones() -> N
     assert spilled == 20 and compacted <= 2 * store.stored_bytes() and compacted < 4 * size
     for feed_id in ids:
         assert b'"name":"round 2"' in (store.document(feed_id, OWNER) or b"")
+
+
+def test_staged_renderings_count_once_adopted_and_never_when_released() -> None:
+    owners = Vocabulary()
+    store = RenderedFeeds(owners, spill_above_feeds=0, hot_bytes=0, compact_from_bytes=0)
+    table = rows(6)
+    ids = [row["id"] for row in table]
+    renderings = render_rows(table, owners)
+    kept = store.stage(ids[:3], renderings[:3], coming=6)
+    dropped = store.stage(ids[3:], renderings[3:], coming=6)
+    assert kept.locations is not None and len(store) == 0  # in the file, not current yet
+    store.release([dropped])  # its import rolled back
+    store.adopt([kept, dropped], except_ids={ids[2]})  # ids[2] changed again meanwhile
+    assert [store.document(feed_id, OWNER) is not None for feed_id in ids] == [
+        True, True, False, False, False, False,
+    ]  # fmt: skip
+    memory = RenderedFeeds(owners)
+    memory.put_many(zip(ids[:2], renderings[:2], strict=True))
+    for feed_id in ids[:2]:
+        assert store.document(feed_id, OTHER) == memory.document(feed_id, OTHER)
+    store.put(ids[5], renderings[5])  # a later write compacts the released bytes away
+    _, size = store.spilled()
+    assert size == store.stored_bytes()
