@@ -1,49 +1,44 @@
-"""Mixed load: searches, access requests, hook checks and heartbeats at a steady rate.
+"""Capacity under load: the highest rate each kind of call sustains within its latency budget,
+each set beside ``GET /healthz`` of the same server in the same run.
 
 Prints one JSON line per figure on stdout (``{"name", "value", "unit", "baseline",
 "baseline_value", "target", "met", ...}``); progress goes to stderr.
 
-The server is the real all-in-one ``feedgrid up`` (``python -m deploy.cli up``): one process
-with the API, the outbox relay, the embedded Faust worker and the chdb analytics store, on
-SQLite, against the local Kafka broker. It loads the demo city (``deploy.seed``, written
-beforehand into its ``var/demo``) through its own start-up path. The API and the worker share
-that process, so their resident memory is one figure (plus the bulk-validation helper child).
+The server is the real all-in-one ``feedgrid up`` (``python -m deploy.cli up``, what
+``deploy/composition.build_app`` composes): the API, the outbox relay, the embedded Faust
+worker and the chdb analytics store in one process, on SQLite, against the local Kafka broker,
+with the demo city (60,000 feeds; ``--quick``: 6,000) loaded through its own start-up path. The
+per-identity rate limits are raised for the run (capacity is measured, not the limiter).
 
-The load comes from a second process on loopback (``--load-generator``): an open-loop
-generator that sends request ``i`` at ``t0 + i / rate`` whatever happened to earlier ones,
-over a pool of keep-alive HTTP/1.1 connections, and counts each latency from the moment the
-request was due (a stalled server is not hidden by a waiting client). The mix:
+The load comes from a second process (``--load-generator``), an asyncio client over raw
+keep-alive HTTP/1.1 connections. Where the machine has two cores or more, the server runs on
+core 0 and the generator on core 1 (``os.sched_setaffinity``, inherited by every thread).
 
-- searches (``GET /v1/feeds`` with ``near``, ``sees``, ``bbox`` or attribute filters, and
-  ``POST /v1/feeds/search`` with a 10 km2 polygon), by requesters of every department;
-- access requests (``POST /v1/access-requests``) replaying the demo city's request stream
-  (``deploy/seed/traffic.py``): named feeds or a ``near`` selection of at most 20 feeds;
-- hook checks from the three media servers (MediaMTX ``auth``, ZLMediaKit ``on_play`` /
-  ``on_flow_report``, nginx-rtmp ``on_play`` / ``on_play_done``) with valid retrieval tokens;
-  sessions are opened and later closed, a few hundred open at any time;
-- heartbeats (``POST /v1/heartbeats``) from each owner department's gateway, 20 feeds a batch.
+For each kind, in one run:
 
-A warm-up at the same rate comes first and is not counted; the resident memory is read after
-it and at the end. Errors: any answer other than the expected 2xx (and, for ZLMediaKit,
-``"code": 0``; for heartbeats, nothing rejected), timeouts and socket errors; 429 answers are
-counted apart (the load stays under the per-identity limits, so none are expected).
+1. ``/healthz`` at the kind's connection count, closed loop (each connection sends its next
+   request when the answer arrives): the floor of this server, now;
+2. the kind, closed loop, at the same connection count: its highest throughput, and the p50 /
+   p99 latency there;
+3. when that p99 is over the budget: open-loop probes at lower rates (3/4, 1/2, 1/4, 1/8 of
+   that throughput; latency counted from when each request was due) until one keeps the p99
+   within budget. The figure is the highest rate that did.
 
-Baselines are in-run comparisons: a throughput is set against the offered rate, a latency
-against the same figure in the first measured minute (drift over the run), the resident memory
-at the end against the same process after the warm-up.
+Kinds: ``search_near`` (near 500 m, pages of 100, 16 connections), ``search_sees`` (pages of
+20, 16 connections), ``access_request`` (a ``near`` selection of about 100 feeds, 8
+connections), ``hook_check`` (MediaMTX ``auth`` with valid retrieval tokens, 32 connections;
+and p99 at 2,000 checks/s open loop), ``heartbeat`` (batches of 100 feeds from the owners'
+gateways, 8 connections), ``analytics`` (top feeds for the operator and usage for a
+department, 4 connections). A request counts as an error unless it gets the expected status
+(429s are counted apart).
 
-Defaults: 50 requests/s (what this 2-core machine sustains with the server, the generator and
-nothing else; see DEFAULT_RATE), 60 s of warm-up, 600 s measured, the full demo city (60,000
-feeds). ``--quick`` is a smoke run of about a minute and a half (6,000 feeds, 25 requests/s,
-30 s measured).
+Defaults: 15 s a step. ``--quick`` is a smoke run (6,000 feeds, 2 s a step).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import math
 import os
 import random
 import shutil
@@ -53,9 +48,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -73,43 +68,59 @@ from bench.common import (
     make_queries,
     mediamtx_body,
     proc_status,
-    progress_bar,
 )
 
 Feature = dict[str, Any]
-
-# Share of each operation kind in the load, and of each variant within its kind.
-MIX = {"hook_check": 0.45, "search": 0.30, "heartbeat": 0.15, "access_request": 0.10}
-SEARCH_MIX = {"near": 0.30, "sees": 0.20, "bbox": 0.20, "filtered": 0.15, "polygon": 0.15}
-HOOK_SERVERS = {"mediamtx": 0.5, "zlmediakit": 0.25, "nginx-rtmp": 0.25}
-# Operation -> its kind; the order fixes the operation numbers the generator records.
-OPERATIONS = {
-    "search_near": "search",
-    "search_sees": "search",
-    "search_bbox": "search",
-    "search_filtered": "search",
-    "search_polygon": "search",
-    "access_request": "access_request",
-    "mediamtx_auth": "hook_check",
-    "zlmediakit_on_play": "hook_check",
-    "zlmediakit_on_flow_report": "hook_check",
-    "nginx_on_play": "hook_check",
-    "nginx_on_play_done": "hook_check",
-    "heartbeat": "heartbeat",
-}
-KINDS = ("search", "access_request", "hook_check", "heartbeat")
-SEARCH_PAGE = 50
-ACCESS_SELECTION_LIMIT = 20
-HEARTBEAT_BATCH = 20
-OPEN_SESSIONS = 200  # per media server: older sessions are closed as new ones open
-CONNECTIONS = 64
 REQUEST_TIMEOUT = 30.0
-# Measured on the 2-core machine: at 50 requests/s of this mix the `up` process used 0.56 of a
-# core (about 11 ms of CPU a request, the events it causes through relay, worker and sink
-# included); its Python work runs on one core, so about 80/s is its ceiling on an idle machine.
-DEFAULT_RATE = 50.0
-QUICK_RATE = 25.0
 PURPOSE_FALLBACK = "city management"
+SERVER_CORE, GENERATOR_CORE = 0, 1
+PROBE_FRACTIONS = (0.75, 0.5, 0.25, 0.125)
+HOOK_RATE = 2_000.0
+HEARTBEAT_BATCH = 100
+ACCESS_SELECTION = 100
+RAISED_LIMITS = {
+    "FEEDGRID_RATE_LIMIT_REQUESTS_PER_SECOND": "100000",
+    "FEEDGRID_RATE_LIMIT_REQUESTS_BURST": "100000",
+    "FEEDGRID_RATE_LIMIT_HOOKS_PER_SECOND": "100000",
+    "FEEDGRID_RATE_LIMIT_HOOKS_BURST": "100000",
+}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of call: how it is loaded and what it must achieve."""
+
+    name: str
+    connections: int
+    budget_ms: float  # p99 within this
+    expected_status: int
+    ratio_target: float | None = None  # of the /healthz rate at the same connection count
+    rate_target: float | None = None  # requests/s
+    note: str = ""
+
+
+# Access requests last: each leaves work behind it (grants and events for the relay, the
+# worker and the sink) that would otherwise weigh on the kinds measured after it.
+KINDS = (
+    Kind("search_near", 16, 50.0, 200, ratio_target=0.25, note="near 500 m, pages of 100"),
+    Kind("search_sees", 16, 50.0, 200, ratio_target=0.5, note="sees, pages of 20"),
+    Kind("hook_check", 32, 15.0, 200, ratio_target=0.6, note="MediaMTX auth, valid tokens"),
+    Kind("heartbeat", 8, 50.0, 200, note=f"batches of {HEARTBEAT_BATCH} feeds"),
+    Kind("analytics", 4, 150.0, 200, note="top feeds (operator) and usage (department)"),
+    Kind("access_request", 8, 100.0, 201, rate_target=100.0, note="near selection of ~100 feeds"),
+)
+
+
+def pin(core: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` pinning a child (and every thread it starts) to ``core``, or None
+    when this machine has fewer than two cores for us."""
+    if len(os.sched_getaffinity(0)) < 2 or core not in os.sched_getaffinity(0):
+        return None
+    return lambda: os.sched_setaffinity(0, {core})
+
+
+def _no_pin(core: int) -> Callable[[], None] | None:
+    return None
 
 
 # ------------------------------------------------------------------------------ the server
@@ -145,6 +156,7 @@ class FeedGridUp:
         *,
         demo: bool = True,
         extra_env: dict[str, str] | None = None,
+        core: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.demo = demo
@@ -168,6 +180,7 @@ class FeedGridUp:
         )
         self.env.update(extra_env or {})
         self.process: subprocess.Popen[bytes] | None = None
+        self.core = core  # the CPU core the server (every thread of it) runs on, if any
 
     def start(self, load_deadline_s: float) -> None:
         command = [
@@ -179,8 +192,9 @@ class FeedGridUp:
         # A file, not a pipe: nobody reads the server's output while it runs.
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=None if self.core is None else pin(self.core),
+            )  # fmt: skip
         deadline = time.monotonic() + load_deadline_s
         while not (self._demo_ready() if self.demo else self._worker_ready()):
             if self.process.poll() is not None:
@@ -382,246 +396,6 @@ def retrieval_tokens(url: str, world: World, wanted: int, minutes: int) -> list[
     return tokens[:wanted]
 
 
-def access_bodies(world: World) -> list[tuple[str, dict[str, Any]]]:
-    """The demo stream's access requests as API bodies: (requester department, body)."""
-    ids = world.ids_by_code()
-    bodies: list[tuple[str, dict[str, Any]]] = []
-    for record in world.traffic:
-        if record["requester"] not in world.requester_keys:
-            continue
-        body: dict[str, Any] = {
-            "purpose": record["purpose"],
-            "actions": [record["action"]],
-            "duration_minutes": record["duration_minutes"],
-        }
-        if record["emergency"]:
-            # Emergency (break-glass) grants are short; the stream's durations are not.
-            body.update(
-                emergency=True,
-                emergency_reason="incident response (benchmark)",
-                duration_minutes=min(30, record["duration_minutes"]),
-            )
-        selection = record["selection"]
-        if "feed_codes" in selection:
-            feed_ids = [ids[code] for code in selection["feed_codes"] if code in ids]
-            if not feed_ids:
-                continue
-            body["feed_ids"] = feed_ids
-        else:
-            lon, lat, metres = selection["near"]
-            search: dict[str, Any] = {
-                "near": f"{lon},{lat},{metres}",
-                "kind": selection["kind"],
-                "limit": ACCESS_SELECTION_LIMIT,
-            }
-            if selection.get("department"):
-                search["department"] = selection["department"]
-            body["selection"] = search
-        bodies.append((record["requester"], body))
-    return bodies
-
-
-def search_requests(world: World, count: int) -> dict[str, list[dict[str, Any]]]:
-    """Search requests placed where the city is: (method, path, body) per variant."""
-    queries = make_queries(world.city, count)
-    rng = random.Random(5)
-    requests: dict[str, list[dict[str, Any]]] = {name: [] for name in SEARCH_MIX}
-
-    def get(params: dict[str, Any]) -> dict[str, Any]:
-        query = urlencode({**params, "limit": SEARCH_PAGE})
-        return {"method": "GET", "path": f"/v1/feeds?{query}", "body": None}
-
-    for query in queries["near_500m"]:
-        requests["near"].append(get(query.params))
-    for query in queries["sees"]:
-        requests["sees"].append(get(query.params))
-    for query in queries["filtered_list"]:
-        requests["filtered"].append(get(query.params))
-    for query in queries["polygon_10km2"]:
-        body = {**query.params, "limit": SEARCH_PAGE}
-        requests["polygon"].append({"method": "POST", "path": "/v1/feeds/search", "body": body})
-    for query in queries["near_500m"]:  # about 900 m x 900 m around the same places
-        lon, lat, _ = (float(value) for value in query.params["near"].split(","))
-        params: dict[str, Any] = {
-            "bbox": f"{lon - 0.005:.6f},{lat - 0.004:.6f},{lon + 0.005:.6f},{lat + 0.004:.6f}"
-        }
-        if rng.random() < 0.5:
-            params["kind"] = "camera"
-        requests["bbox"].append(get(params))
-    return requests
-
-
-def heartbeat_groups(world: World, feeds_per_department: int) -> list[dict[str, Any]]:
-    """Each owner department's gateway and the feeds it reports (at most ``feeds_per_department``
-    each, so that every reported feed is heard again well within the silence limit)."""
-    owned: dict[str, list[str]] = {}
-    for feed in world.feeds:
-        owned.setdefault(feed["owner"], []).append(feed["id"])
-    return [
-        {"key": world.gateway_keys[owner], "feeds": ids[:feeds_per_department]}
-        for owner, ids in sorted(owned.items())
-        if owner in world.gateway_keys
-    ]
-
-
-# ------------------------------------------------------------------------------ the generator
-
-
-def _weighted(rng: random.Random, table: dict[str, float]) -> str:
-    return rng.choices(list(table), weights=list(table.values()))[0]
-
-
-class RequestMaker:
-    """Builds request ``i`` of the schedule (deterministic for a seed), as raw HTTP/1.1."""
-
-    def __init__(self, plan: dict[str, Any], host: str) -> None:
-        self.plan = plan
-        self.host = host
-        self.rng = random.Random(plan["seed"])
-        self.counters: dict[str, Iterator[int]] = {}
-        self.sessions: dict[str, deque[tuple[str, dict[str, str]]]] = {
-            server: deque() for server in HOOK_SERVERS
-        }
-        self.session_numbers = itertools.count(1)
-        self.hook_keys = plan["hook_gateway_keys"]
-        self.operation_numbers = {name: number for number, name in enumerate(OPERATIONS)}
-
-    def _next(self, name: str, size: int) -> int:
-        counter = self.counters.setdefault(name, itertools.count())
-        return next(counter) % size
-
-    def _raw(
-        self, method: str, path: str, key: str, body: bytes | None, content_type: str = ""
-    ) -> bytes:
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {key}\r\n"
-        if body is not None:
-            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-        return (head + "\r\n").encode() + (body or b"")
-
-    def make(self) -> tuple[int, bytes, int, bytes | None]:
-        """(operation number, request bytes, expected status, expected body fragment)."""
-        kind = _weighted(self.rng, self.plan["mix"])
-        if kind == "search":
-            return self._search()
-        if kind == "access_request":
-            requests = self.plan["access"]
-            department, body = requests[self._next("access", len(requests))]
-            raw = self._raw(
-                "POST", "/v1/access-requests", self.plan["requester_keys"][department],
-                orjson.dumps(body), "application/json",
-            )  # fmt: skip
-            return self.operation_numbers["access_request"], raw, 201, None
-        if kind == "heartbeat":
-            return self._heartbeat()
-        return self._hook()
-
-    def _search(self) -> tuple[int, bytes, int, bytes | None]:
-        variant = _weighted(self.rng, SEARCH_MIX)
-        pool = self.plan["searches"][variant]
-        request = pool[self._next(variant, len(pool))]
-        keys = self.plan["requester_list"]
-        key = keys[self._next("searcher", len(keys))]
-        body = orjson.dumps(request["body"]) if request["body"] is not None else None
-        raw = self._raw(request["method"], request["path"], key, body, "application/json")
-        return self.operation_numbers[f"search_{variant}"], raw, 200, None
-
-    def _heartbeat(self) -> tuple[int, bytes, int, bytes | None]:
-        groups = self.plan["heartbeats"]
-        group = groups[self._next("heartbeat_group", len(groups))]
-        feeds = group["feeds"]
-        start = self._next(f"heartbeat:{group['key']}", max(1, len(feeds)))
-        batch = [feeds[(start * HEARTBEAT_BATCH + n) % len(feeds)] for n in range(HEARTBEAT_BATCH)]
-        # About one report in a hundred says offline, so statuses keep changing a little.
-        items = [
-            {"feed_id": feed_id, "status": "offline" if self.rng.random() < 0.01 else "online"}
-            for feed_id in dict.fromkeys(batch)
-        ]
-        body = orjson.dumps({"items": items, "reporter": "bench-gateway"})
-        raw = self._raw("POST", "/v1/heartbeats", group["key"], body, "application/json")
-        return self.operation_numbers["heartbeat"], raw, 200, b'"rejected":[]'
-
-    def _hook(self) -> tuple[int, bytes, int, bytes | None]:
-        server = _weighted(self.rng, HOOK_SERVERS)
-        key = self.hook_keys[server]
-        tokens = self.plan["tokens"]
-        if server == "mediamtx":
-            token = tokens[self._next("token", len(tokens))]
-            body = mediamtx_body(token["path"], token["token"]).encode()
-            raw = self._raw("POST", "/v1/hooks/mediamtx/auth", key, body, "application/json")
-            return self.operation_numbers["mediamtx_auth"], raw, 200, None
-        open_sessions = self.sessions[server]
-        if len(open_sessions) >= OPEN_SESSIONS:
-            session, token = open_sessions.popleft()
-            return self._hook_end(server, key, session, token)
-        token = tokens[self._next("token", len(tokens))]
-        session = str(next(self.session_numbers))
-        open_sessions.append((session, token))
-        app, stream = token["path"].split("/", 1)
-        if server == "zlmediakit":
-            body = orjson.dumps({
-                "schema": "rtsp", "vhost": "__defaultVhost__", "app": app, "stream": stream,
-                "params": f"token={token['token']}", "ip": "127.0.0.1", "port": 50000,
-                "id": session, "mediaServerId": "bench-zlm",
-            })  # fmt: skip
-            raw = self._raw("POST", "/v1/hooks/zlmediakit/on_play", key, body, "application/json")
-            return self.operation_numbers["zlmediakit_on_play"], raw, 200, b'"code":0'
-        form = urlencode(self._nginx_form(app, stream, session, token)).encode()
-        raw = self._raw(
-            "POST", "/v1/hooks/nginx-rtmp/on_play", key, form, "application/x-www-form-urlencoded"
-        )
-        return self.operation_numbers["nginx_on_play"], raw, 200, None
-
-    @staticmethod
-    def _nginx_form(app: str, stream: str, session: str, token: dict[str, str]) -> dict[str, str]:
-        return {
-            "call": "play", "addr": "127.0.0.1", "clientid": session, "app": app,
-            "flashVer": "LNX 9,0,124,2", "tcUrl": f"rtmp://127.0.0.1:1935/{app}", "name": stream,
-            "start": "-2", "duration": "0", "reset": "0", "token": token["compact"],
-        }  # fmt: skip
-
-    def _hook_end(
-        self, server: str, key: str, session: str, token: dict[str, str]
-    ) -> tuple[int, bytes, int, bytes | None]:
-        app, stream = token["path"].split("/", 1)
-        if server == "zlmediakit":
-            body = orjson.dumps({
-                "totalBytes": 1_500_000 + int(session) % 1000, "duration": 30.0, "player": True,
-                "ip": "127.0.0.1", "id": session, "app": app, "stream": stream,
-                "params": f"token={token['token']}", "mediaServerId": "bench-zlm",
-            })  # fmt: skip
-            raw = self._raw(
-                "POST", "/v1/hooks/zlmediakit/on_flow_report", key, body, "application/json"
-            )
-            return self.operation_numbers["zlmediakit_on_flow_report"], raw, 200, b'"code":0'
-        form = self._nginx_form(app, stream, session, token) | {"call": "play_done"}
-        raw = self._raw(
-            "POST", "/v1/hooks/nginx-rtmp/on_play_done", key, urlencode(form).encode(),
-            "application/x-www-form-urlencoded",
-        )  # fmt: skip
-        return self.operation_numbers["nginx_on_play_done"], raw, 200, None
-
-
-class ConnectionPool:
-    """At most ``size`` keep-alive connections; a slot holding ``None`` opens a new one."""
-
-    def __init__(self, host: str, port: int, size: int) -> None:
-        self.host, self.port = host, port
-        self.slots: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = (
-            asyncio.Queue()
-        )
-        for _ in range(size):
-            self.slots.put_nowait(None)
-
-    async def acquire(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        return await self.slots.get()
-
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(self.host, self.port)
-
-    def release(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> None:
-        self.slots.put_nowait(connection)
-
-
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
     """(status, body, the server closes the connection) of one HTTP/1.1 response."""
     status_line = await reader.readline()
@@ -648,399 +422,383 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
     return status, b"".join(parts), closing
 
 
-async def generate_load(plan_path: Path, results_path: Path) -> None:
-    """The load generator process: the whole schedule, then the samples to ``results_path``.
+# ------------------------------------------------------------------------------ the generator
 
-    Prints a progress line (JSON) every second on stdout for the orchestrating process.
-    """
+
+@dataclass
+class StepResult:
+    """What one step of the generator measured."""
+
+    count: int = 0
+    errors: int = 0
+    unsent: int = 0  # open loop: due within the window, but not sent before it ended
+    rate_limited: int = 0
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    samples: list[str] = field(default_factory=list)
+
+    def record(self, latency: float, status: int, expected: int, body: bytes) -> None:
+        self.count += 1
+        self.latencies.append(latency)
+        self.statuses[status] += 1
+        if status == 429:
+            self.rate_limited += 1
+        elif status != expected:
+            self.errors += 1
+            if len(self.samples) < 5:
+                self.samples.append(f"{status}: {body[:200].decode(errors='replace')}")
+
+    def failed(self, error: Exception) -> None:
+        self.count += 1
+        self.errors += 1
+        if len(self.samples) < 5:
+            self.samples.append(repr(error))
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        values = np.array(self.latencies) * 1000 if self.latencies else np.zeros(1)
+        return {
+            "count": self.count,
+            "seconds": round(seconds, 3),
+            "rate": round(len(self.latencies) / seconds, 1) if seconds > 0 else 0.0,
+            "p50_ms": round(float(np.percentile(values, 50)), 2),
+            "p95_ms": round(float(np.percentile(values, 95)), 2),
+            "p99_ms": round(float(np.percentile(values, 99)), 2),
+            "errors": self.errors,
+            "unsent": self.unsent,
+            "rate_limited_429": self.rate_limited,
+            "statuses": {str(key): value for key, value in self.statuses.items()},
+            "error_samples": self.samples,
+        }
+
+
+async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(host, port, limit=2**22)
+
+
+async def run_step(host: str, port: int, step: dict[str, Any]) -> dict[str, Any]:
+    """One step: ``connections`` connections sending ``requests`` in turn for ``duration``
+    seconds, closed loop, or open loop at ``rate`` requests/s when it is given."""
+    requests = [request.encode("latin-1") for request in step["requests"]]
+    expected, duration, rate = step["expected"], step["duration"], step.get("rate")
+    result = StepResult()
+    next_index = 0
+    began = time.perf_counter() + 0.05
+    stop = began + duration
+
+    async def connection_loop() -> None:
+        nonlocal next_index
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        while True:
+            index = next_index
+            next_index += 1
+            if rate is None:
+                due = time.perf_counter()
+                if due >= stop:
+                    break
+            else:
+                due = began + index / rate
+                if due >= stop:
+                    break
+                if time.perf_counter() >= stop:  # the window is over: what is left is late
+                    result.unsent += 1
+                    continue
+                if (wait := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
+            try:
+                if connection is None:
+                    connection = await _connect(host, port)
+                reader, writer = connection
+                writer.write(requests[index % len(requests)])
+                status, body, closing = await asyncio.wait_for(
+                    _read_response(reader), REQUEST_TIMEOUT
+                )
+            except (OSError, EOFError, ValueError, IndexError, TimeoutError) as error:
+                if connection is not None:
+                    connection[1].close()
+                connection = None
+                result.failed(error)
+                continue
+            result.record(time.perf_counter() - due, status, expected, body)
+            if closing:
+                connection[1].close()
+                connection = None
+        if connection is not None:
+            connection[1].close()
+
+    await asyncio.gather(*(connection_loop() for _ in range(step["connections"])))
+    return result.summary(time.perf_counter() - began)
+
+
+async def generate_load(plan_path: Path) -> None:
+    """The load generator process: reads steps (JSON lines) on stdin, answers each with its
+    result (a JSON line) on stdout; the plan holds the server's address and the requests."""
     plan = orjson.loads(plan_path.read_bytes())
     host, port = plan["url"].removeprefix("http://").split(":")
-    maker = RequestMaker(plan, f"{host}:{port}")
-    pool = ConnectionPool(host, int(port), CONNECTIONS)
-    rate, warmup, duration = plan["rate"], plan["warmup"], plan["duration"]
-    total = int(rate * (warmup + duration))
-    operation = np.zeros(total, dtype=np.int16)
-    latency = np.full(total, np.nan)
-    status = np.zeros(total, dtype=np.int16)
-    good = np.zeros(total, dtype=np.bool_)
-    lag = np.zeros(total)
-    errors: list[dict[str, Any]] = []
-    counts = {"done": 0, "errors": 0, "rate_limited": 0}
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        order = orjson.loads(line)
+        step = {**order, "requests": plan["requests"][order["requests"]]}
+        print(orjson.dumps(await run_step(host, int(port), step)).decode(), flush=True)
 
-    async def send(index: int, request: bytes, expected: int, fragment: bytes | None) -> None:
-        due = began + index / rate
-        connection = await pool.acquire()
-        lag[index] = time.perf_counter() - due
+
+class Generator:
+    """The generator process, pinned apart from the server where the machine allows."""
+
+    def __init__(self, plan: dict[str, Any], workdir: Path) -> None:
+        plan_path = workdir / "plan.json"
+        plan_path.write_bytes(orjson.dumps(plan))
+        command = [sys.executable, "-m", "bench.bench_load", "--load-generator", str(plan_path)]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            preexec_fn=pin(GENERATOR_CORE),
+        )  # fmt: skip
+
+    def step(
+        self, requests: str, connections: int, duration: float, expected: int, rate: float | None
+    ) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        order = {
+            "requests": requests, "connections": connections, "duration": duration,
+            "expected": expected, "rate": rate,
+        }  # fmt: skip
+        self.process.stdin.write(orjson.dumps(order).decode() + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the load generator stopped (exit {self.process.poll()})")
+        return orjson.loads(answer)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
         try:
-            if connection is None:
-                connection = await pool.open()
-            reader, writer = connection
-            writer.write(request)
-            answer, body, closing = await asyncio.wait_for(_read_response(reader), REQUEST_TIMEOUT)
-        except (OSError, EOFError, ValueError, IndexError) as error:
-            if connection is not None:
-                connection[1].close()
-            pool.release(None)
-            latency[index] = time.perf_counter() - due
-            counts["done"] += 1
-            counts["errors"] += 1
-            if len(errors) < 20:
-                errors.append({"operation": int(operation[index]), "error": repr(error)})
-            return
-        latency[index] = time.perf_counter() - due
-        if closing:
-            writer.close()
-            pool.release(None)
-        else:
-            pool.release(connection)
-        status[index] = answer
-        good[index] = answer == expected and (fragment is None or fragment in body)
-        counts["done"] += 1
-        if answer == 429:
-            counts["rate_limited"] += 1
-        elif not good[index]:
-            counts["errors"] += 1
-            if len(errors) < 20:
-                errors.append(
-                    {
-                        "operation": int(operation[index]),
-                        "status": answer,
-                        "body": body[:300].decode(errors="replace"),
-                    }
-                )
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
-    async def report_progress() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            elapsed = time.perf_counter() - began
-            print(
-                orjson.dumps({
-                    "elapsed": round(elapsed, 1),
-                    "phase": "warmup" if elapsed < warmup else "measure",
-                    **counts,
-                }).decode(),
-                flush=True,
-            )  # fmt: skip
 
-    began = time.perf_counter() + 0.2
-    began_wall = time.time() + 0.2
-    reporter = asyncio.create_task(report_progress())
-    tasks: set[asyncio.Task[None]] = set()
-    for index in range(total):
-        number, request, expected, fragment = maker.make()
-        operation[index] = number
-        delay = began + index / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(send(index, request, expected, fragment))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    while tasks:
-        await asyncio.wait(set(tasks))
-    reporter.cancel()
-    results_path.write_bytes(
-        orjson.dumps(
-            {
-                "began_wall": began_wall,
-                "operation": operation.tolist(),
-                "latency": latency.tolist(),
-                "status": status.tolist(),
-                "good": good.tolist(),
-                "dispatch_lag": lag.tolist(),
-                "errors": errors,
-            }
+# ------------------------------------------------------------------------------ requests
+
+
+def raw_request(
+    host: str, method: str, path: str, key: str | None, body: bytes | None = None
+) -> str:
+    """An HTTP/1.1 request as text (latin-1 keeps any byte of the body as it is)."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    if key is not None:
+        head += f"Authorization: Bearer {key}\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head + "\r\n" + (body or b"").decode("latin-1")
+
+
+def plan_requests(
+    url: str, world: World, tokens: list[dict[str, str]], quick: bool
+) -> dict[str, list[str]]:
+    """Every kind's requests (and /healthz), placed where the city is, by several callers."""
+    host = url.removeprefix("http://")
+    rng = random.Random(3)
+    requesters = [world.requester_keys[code] for code in sorted(world.requester_keys)]
+    queries = make_queries(world.city, 200 if quick else 1000)
+    requests: dict[str, list[str]] = {"healthz": [raw_request(host, "GET", "/healthz", None)]}
+    requests["search_near"] = [
+        raw_request(host, "GET", f"/v1/feeds?{urlencode({**q.params, 'limit': 100})}", key)
+        for q, key in zip(queries["near_500m"], _cycle(requesters), strict=False)
+    ]
+    requests["search_sees"] = [
+        raw_request(host, "GET", f"/v1/feeds?{urlencode({**q.params, 'limit': 20})}", key)
+        for q, key in zip(queries["sees"], _cycle(requesters), strict=False)
+    ]
+    usual = purposes(world.traffic)
+    access = []
+    departments = sorted(world.requester_keys)
+    for query in queries["near_500m"][:200]:
+        lon, lat, _ = query.params["near"].split(",")
+        department = rng.choice(departments)
+        body = {
+            "selection": {"near": f"{lon},{lat},1500", "limit": ACCESS_SELECTION},
+            "purpose": usual.get(department, PURPOSE_FALLBACK),
+            "actions": ["live"],
+            "duration_minutes": 60,
+        }
+        key = world.requester_keys[department]
+        access.append(raw_request(host, "POST", "/v1/access-requests", key, orjson.dumps(body)))
+    requests["access_request"] = access
+    requests["hook_check"] = [
+        raw_request(
+            host,
+            "POST",
+            "/v1/hooks/mediamtx/auth",
+            world.gateway_keys[sorted(world.gateway_keys)[0]],
+            mediamtx_body(token["path"], token["token"]).encode(),
+        )  # fmt: skip
+        for token in tokens
+    ]
+    owned: dict[str, list[str]] = {}
+    for feed in world.feeds:
+        owned.setdefault(feed["owner"], []).append(feed["id"])
+    heartbeats = []
+    for owner, ids in sorted(owned.items()):
+        if owner not in world.gateway_keys:
+            continue
+        for start in range(0, min(len(ids), 20 * HEARTBEAT_BATCH), HEARTBEAT_BATCH):
+            items = [
+                {"feed_id": feed_id, "status": "online"}
+                for feed_id in ids[start : start + HEARTBEAT_BATCH]
+            ]
+            report = orjson.dumps({"items": items, "reporter": "bench-gateway"})
+            heartbeats.append(
+                raw_request(host, "POST", "/v1/heartbeats", world.gateway_keys[owner], report)
+            )
+    rng.shuffle(heartbeats)
+    requests["heartbeat"] = heartbeats
+    analytics = []
+    for department in departments:
+        analytics.append(raw_request(host, "GET", "/v1/analytics/top-feeds", ADMIN_TOKEN))
+        analytics.append(
+            raw_request(host, "GET", "/v1/analytics/usage", world.requester_keys[department])
         )
-    )
-    print(orjson.dumps({"finished": True, **counts}).decode(), flush=True)
+    requests["analytics"] = analytics
+    return requests
+
+
+def _cycle(values: list[str]) -> Any:
+    while True:
+        yield from values
 
 
 # ------------------------------------------------------------------------------ the run
 
 
-@dataclass
-class Samples:
-    """One row per scheduled request, the warm-up's included (their ``due`` is negative)."""
-
-    operation: np.ndarray
-    due: np.ndarray  # seconds since the measured part began
-    latency_ms: np.ndarray
-    status: np.ndarray
-    good: np.ndarray
-    dispatch_lag_ms: np.ndarray
-    errors: list[dict[str, Any]]
-
-
-def run_generator(
-    plan: dict[str, Any], workdir: Path, server: FeedGridUp
-) -> tuple[Samples, list[tuple[float, float, float]], dict[str, Any]]:
-    """Runs the generator process; samples the server's memory meanwhile. Returns the samples,
-    the memory series (seconds since measuring began, main MiB, children MiB) and marks."""
-    plan_path, results_path = workdir / "plan.json", workdir / "results.json"
-    plan_path.write_bytes(orjson.dumps(plan))
-    command = [
-        sys.executable, "-m", "bench.bench_load", "--load-generator",
-        str(plan_path), str(results_path),
-    ]  # fmt: skip
-    warmup, duration = plan["warmup"], plan["duration"]
-    memory: list[tuple[float, float, float]] = []
-    marks: dict[str, Any] = {}
-    measuring_since: float | None = None
-    last_sample = 0.0
-    with (
-        subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as generator,
-        progress_bar() as progress,
-    ):
-        task = progress.add_task("mixed load: warm-up", total=warmup + duration)
-        assert generator.stdout is not None
-        for line in generator.stdout:
-            status = orjson.loads(line)
-            if status.get("finished"):
-                break
-            now = time.monotonic()
-            if status["phase"] == "measure" and measuring_since is None:
-                measuring_since = now
-                marks["rss_start"] = server.memory_mib()
-                marks["cpu_start"] = (now, server.cpu_seconds())
-                marks["load_average_start"] = round(os.getloadavg()[0], 2)
-                marks["counters_start"] = server.pipeline_counters()
-                last_sample = 0.0
-            if measuring_since is not None and now - last_sample >= 2.0:
-                memory.append((now - measuring_since, *server.memory_mib()))
-                last_sample = now
-            if not server.alive():
-                generator.kill()
-                raise RuntimeError("feedgrid up died during the load" + server.tail())
-            progress.update(
-                task,
-                completed=min(status["elapsed"], warmup + duration),
-                description=(
-                    f"mixed load ({status['phase']}): {status['done']:,} answered, "
-                    f"{status['errors']} errors, {status['rate_limited']} x 429"
-                ),
-            )
-        generator.wait()
-    if generator.returncode != 0 or not results_path.exists():
-        raise RuntimeError(f"the load generator failed (exit {generator.returncode})")
-    marks["rss_end"] = server.memory_mib()
-    marks["cpu_end"] = (time.monotonic(), server.cpu_seconds())
-    marks["load_average_end"] = round(os.getloadavg()[0], 2)
-    marks["counters_end"] = server.pipeline_counters()
-    if measuring_since is not None:
-        memory.append((time.monotonic() - measuring_since, *marks["rss_end"]))
-    marks["drain_seconds"] = wait_for_pipeline(server)
-    marks["counters_drained"] = server.pipeline_counters()
-    raw = orjson.loads(results_path.read_bytes())
-    samples = Samples(
-        operation=np.array(raw["operation"]),
-        due=np.arange(len(raw["operation"])) / plan["rate"] - warmup,
-        latency_ms=np.array(raw["latency"], dtype=float) * 1000,
-        status=np.array(raw["status"]),
-        good=np.array(raw["good"], dtype=bool),
-        dispatch_lag_ms=np.array(raw["dispatch_lag"]) * 1000,
-        errors=raw["errors"],
-    )
-    return samples, memory, marks
-
-
-def wait_for_pipeline(server: FeedGridUp, deadline_s: float = 120.0) -> float | None:
-    """Seconds after the load until the relay and the sink stop moving (5 s unchanged)."""
+def wait_until_settled(server: FeedGridUp, deadline_s: float = 120.0) -> float | None:
+    """Seconds until the relay and the sink stop moving (3 s unchanged): the work a kind left
+    behind must not weigh on the next one."""
     started = time.monotonic()
-    previous = server.pipeline_counters()
-    still_since = time.monotonic()
+    previous, still_since = server.pipeline_counters(), time.monotonic()
     while time.monotonic() - started < deadline_s:
-        time.sleep(1.0)
+        time.sleep(0.5)
         now = server.pipeline_counters()
         if now != previous:
             previous, still_since = now, time.monotonic()
-        elif time.monotonic() - still_since >= 5.0:
+        elif time.monotonic() - still_since >= 3.0:
             return round(still_since - started, 1)
     return None
 
 
-def _percentile(values: np.ndarray, q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 3) if len(values) else None
+def measure_kind(
+    generator: Generator, kind: Kind, duration: float
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """(/healthz beside it, the closed loop, the sustained step, every probe) of one kind."""
+    console.print(f"{kind.name}: /healthz at {kind.connections} connections")
+    healthz = generator.step("healthz", kind.connections, duration, 200, None)
+    console.print(f"{kind.name}: closed loop at {kind.connections} connections")
+    closed = generator.step(kind.name, kind.connections, duration, kind.expected_status, None)
+    probes: list[dict[str, Any]] = []
+    sustained = closed
+    if closed["p99_ms"] > kind.budget_ms:
+        sustained = {**closed, "rate": 0.0}
+        for fraction in PROBE_FRACTIONS:
+            rate = max(1.0, closed["rate"] * fraction)
+            console.print(f"{kind.name}: open loop at {rate:.0f}/s")
+            probe = generator.step(
+                kind.name, kind.connections, duration, kind.expected_status, rate
+            )
+            probes.append({"offered": round(rate, 1), **probe})
+            if probe["p99_ms"] <= kind.budget_ms and probe["unsent"] == 0:
+                sustained = probe
+                break
+    return healthz, closed, sustained, probes
 
 
-def report(
-    plan: dict[str, Any],
-    samples: Samples,
-    memory: list[tuple[float, float, float]],
-    marks: dict[str, Any],
+def report_kind(
+    kind: Kind,
+    healthz: dict[str, Any],
+    closed: dict[str, Any],
+    sustained: dict[str, Any],
+    probes: list[dict[str, Any]],
     context: dict[str, Any],
 ) -> None:
-    duration = plan["duration"]
-    window = min(60.0, duration / 4)
-    window_text = f"the first {window:.0f} s of the measured load (same run)"
-    kinds_of = np.array([KINDS.index(kind) for kind in OPERATIONS.values()])
-    kind_index = kinds_of[samples.operation]
-    answered = ~np.isnan(samples.latency_ms)
-    finished_at = samples.due + np.nan_to_num(samples.latency_ms) / 1000
-    measured = (samples.due >= 0) & (samples.due < duration)
-    # Answers given inside the measured window, whichever request they belong to: warm-up
-    # answers spilling in balance measured ones spilling out, and a server falling behind
-    # answers fewer than were offered.
-    answered_in_window = answered & (finished_at >= 0) & (finished_at < duration)
-    for kind in (*KINDS, "all"):
-        of_kind = (
-            np.ones(len(kind_index), bool) if kind == "all" else kind_index == KINDS.index(kind)
-        )
-        chosen = of_kind & measured
-        if not chosen.any():
-            continue
-        latencies = samples.latency_ms[chosen & answered]
-        offered = float(chosen.sum() / duration)
-        achieved = float((of_kind & answered_in_window).sum() / duration)
-        limited = int((samples.status[chosen] == 429).sum())
-        failed = chosen & ~samples.good & (samples.status != 429)
-        first = chosen & answered & (samples.due < window)
-        last = chosen & answered & (samples.due >= duration - window)
-        operations = {
-            name: int((samples.operation[chosen] == number).sum())
-            for number, name in enumerate(OPERATIONS)
-            if kind in (OPERATIONS[name], "all")
-        }
-        emit(
-            f"load_{kind}_throughput", float(achieved), "req/s",
-            baseline="offered rate (the open-loop schedule)", baseline_value=round(offered, 2),
-            target=">= 0.99x the offered rate", met=bool(achieved >= 0.99 * offered),
-            requests=int(chosen.sum()), operations=operations, **context,
-        )  # fmt: skip
-        for q in (50, 99):
-            value = _percentile(latencies, q)
-            first_value = _percentile(samples.latency_ms[first], q)
-            last_value = _percentile(samples.latency_ms[last], q)
-            emit(
-                f"load_{kind}_p{q}", value if value is not None else float("nan"), "ms",
-                baseline=f"p{q} in {window_text}", baseline_value=first_value,
-                last_window_ms=last_value,
-                drift_last_vs_first=(
-                    round(last_value / first_value, 3) if first_value and last_value else None
-                ),
-                target=None, met=None,
-                note="whole measured run; latency counted from the moment each request was due",
-            )  # fmt: skip
-        statuses: dict[str, int] = {}
-        for code in samples.status[failed]:
-            label = str(code) if code else "no answer (timeout or socket error)"
-            statuses[label] = statuses.get(label, 0) + 1
-        emit(
-            f"load_{kind}_errors", int(failed.sum()), "requests",
-            target="0", met=bool(failed.sum() == 0),
-            error_rate=round(float(failed.sum()) / int(chosen.sum()), 6),
-            rate_limited_429=limited, statuses=statuses,
-            note="any answer but the expected 2xx, plus timeouts; 429s counted apart",
-        )  # fmt: skip
-    report_memory(memory, marks, context)
-    lag = samples.dispatch_lag_ms[measured]
+    baseline = f"/healthz at {kind.connections} connections, same server, same run"
+    ratio = sustained["rate"] / healthz["rate"] if healthz["rate"] else 0.0
+    goals, met = [f"p99 <= {kind.budget_ms:g} ms"], sustained["rate"] > 0
+    if kind.ratio_target is not None:
+        goals.insert(0, f">= {kind.ratio_target:g}x the /healthz rate")
+        met = met and ratio >= kind.ratio_target
+    if kind.rate_target is not None:
+        goals.insert(0, f">= {kind.rate_target:g} requests/s")
+        met = met and sustained["rate"] >= kind.rate_target
+    errors = closed["errors"] + sum(probe["errors"] for probe in probes)
     emit(
-        "load_generator_dispatch_lag_p99", float(np.percentile(lag, 99)), "ms",
-        max_ms=round(float(lag.max()), 3),
-        note="how late the generator sent requests (waiting for a connection, or its own CPU); "
-        "the latencies include it",
-    )  # fmt: skip
-    if samples.errors:
-        console.print("[yellow]first errors:[/yellow]")
-        names = list(OPERATIONS)
-        for error in samples.errors[:10]:
-            console.print(f"  {names[error['operation']]}: {error}")
-
-
-def report_memory(
-    memory: list[tuple[float, float, float]], marks: dict[str, Any], context: dict[str, Any]
-) -> None:
-    start_main, start_children = marks["rss_start"]
-    end_main, end_children = marks["rss_end"]
-    growth = (end_main - start_main) / start_main * 100
-    series = np.array(memory) if memory else np.zeros((0, 3))
-    slope = float(np.polyfit(series[:, 0] / 60, series[:, 1], 1)[0]) if len(series) >= 3 else None
-    before, after, drained = (
-        marks["counters_start"],
-        marks["counters_end"],
-        marks["counters_drained"],
-    )
-    emit(
-        "load_api_worker_process_rss", end_main, "MiB",
-        baseline="the same process after the warm-up (same run)",
-        baseline_value=round(start_main, 1),
-        growth_percent=round(growth, 2),
-        peak_mib=round(float(series[:, 1].max()), 1) if len(series) else None,
-        trend_mib_per_minute=round(slope, 3) if slope is not None else None,
-        children_mib_start=round(start_children, 1), children_mib_end=round(end_children, 1),
-        process="feedgrid up: API + outbox relay + embedded Faust worker + chdb in one process "
-        "(children: the bulk-validation helper)",
-        target="<= 10% growth", met=bool(growth <= 10),
-        server_cpu_cores=round(
-            (marks["cpu_end"][1] - marks["cpu_start"][1])
-            / max(1e-9, marks["cpu_end"][0] - marks["cpu_start"][0]),
-            3,
-        ),
-        pipeline_during_load={key: after[key] - before[key] for key in after},
-        pipeline_drain_seconds=marks["drain_seconds"],
-        pipeline_after_drain={key: drained[key] - before[key] for key in drained},
+        f"load_{kind.name}_throughput", sustained["rate"], "req/s",
+        baseline=baseline, baseline_value=healthz["rate"],
+        target=", ".join(goals) + f" at {kind.connections} connections",
+        met=bool(met and errors == 0), note=kind.note,
+        p50_ms=sustained["p50_ms"], p99_ms=sustained["p99_ms"], requests=sustained["count"],
+        closed_loop={key: closed[key] for key in ("rate", "p50_ms", "p95_ms", "p99_ms", "count")},
+        healthz={key: healthz[key] for key in ("rate", "p50_ms", "p99_ms", "count")},
+        probes=[
+            {key: probe[key] for key in ("offered", "rate", "p99_ms", "unsent")} for probe in probes
+        ],
         **context,
     )  # fmt: skip
+    within = sustained["rate"] > 0 and sustained["p99_ms"] <= kind.budget_ms
+    emit(
+        f"load_{kind.name}_p99", sustained["p99_ms"], "ms",
+        baseline=f"/healthz p99 at {kind.connections} connections",
+        baseline_value=healthz["p99_ms"], target=f"<= {kind.budget_ms:g} ms", met=within,
+        p95_ms=sustained["p95_ms"],
+    )  # fmt: skip
+    emit(
+        f"load_{kind.name}_errors", errors, "requests", target="0", met=errors == 0,
+        rate_limited_429=closed["rate_limited_429"], statuses=closed["statuses"],
+        error_samples=closed["error_samples"] + [s for p in probes for s in p["error_samples"]],
+    )  # fmt: skip
 
 
-def make_plan(
-    url: str, world: World, rate: float, warmup: float, duration: float, quick: bool, seed: int
-) -> dict[str, Any]:
-    scheduled = rate * (warmup + duration)
-    hook_checks = scheduled * MIX["hook_check"]
-    token_count = int(min(10_000, max(500, hook_checks / 4)))
-    minutes = max(120, math.ceil((warmup + duration) / 60) + 60)
-    console.print(f"issuing {token_count:,} retrieval tokens")
-    tokens = retrieval_tokens(url, world, token_count, minutes)
-    # Each reported feed is heard about every 60 s at the planned heartbeat rate.
-    heartbeats_per_second = rate * MIX["heartbeat"] * HEARTBEAT_BATCH
-    owners = len({feed["owner"] for feed in world.feeds})
-    per_department = max(HEARTBEAT_BATCH, int(heartbeats_per_second * 60 / max(1, owners)))
-    gateway_departments = sorted(world.gateway_keys)
-    return {
-        "url": url,
-        "rate": rate,
-        "warmup": warmup,
-        "duration": duration,
-        "seed": seed,
-        "mix": MIX,
-        "requester_keys": world.requester_keys,
-        "requester_list": [world.requester_keys[code] for code in sorted(world.requester_keys)],
-        "hook_gateway_keys": {
-            server: world.gateway_keys[gateway_departments[n % len(gateway_departments)]]
-            for n, server in enumerate(HOOK_SERVERS)
-        },
-        "tokens": tokens,
-        "searches": search_requests(world, 200 if quick else 1000),
-        "access": access_bodies(world),
-        "heartbeats": heartbeat_groups(world, per_department),
-    }
+def hook_rate_check(generator: Generator, duration: float, rate: float) -> None:
+    """The hook checks' p99 at a fixed offered rate (open loop), beside /healthz."""
+    console.print(f"hook_check: open loop at {rate:g}/s")
+    healthz = generator.step("healthz", 32, duration, 200, rate)
+    checks = generator.step("hook_check", 32, duration, 200, rate)
+    emit(
+        "load_hook_check_p99_at_2000_per_second", checks["p99_ms"], "ms",
+        baseline=f"/healthz p99 at {rate:g}/s, same run", baseline_value=healthz["p99_ms"],
+        target="<= 15 ms at 2,000/s", met=checks["p99_ms"] <= 15 and checks["errors"] == 0
+        and checks["unsent"] == 0,
+        offered=rate, achieved=checks["rate"], errors=checks["errors"], unsent=checks["unsent"],
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["--load-generator"]:
-        asyncio.run(generate_load(Path(arguments[1]), Path(arguments[2])))
+        asyncio.run(generate_load(Path(arguments[1])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smoke run: small city, 30 s load")
-    parser.add_argument("--duration", type=float, help="measured seconds (default 600; quick 30)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds (default 60; quick 5)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 6,000 feeds, 2 s steps")
+    parser.add_argument("--step", type=float, help="seconds a step (default 15; quick 2)")
     parser.add_argument(
-        "--rate",
-        type=float,
-        help=f"offered requests/s, all kinds (default {DEFAULT_RATE:g}; quick {QUICK_RATE:g})",
+        "--only", nargs="+", choices=[kind.name for kind in KINDS], help="these kinds only"
     )
-    parser.add_argument("--seed", type=int, default=1, help="seed of the request sequence")
     parser.add_argument("--workdir", type=Path, help="keep the server's files here")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the server and the generator run on any core (by default the server has "
+        "core 0 and the generator core 1 where there are two)",
+    )
     args = parser.parse_args(arguments)
-    duration = args.duration or (30.0 if args.quick else 600.0)
-    rate = args.rate or (QUICK_RATE if args.quick else DEFAULT_RATE)
-    warmup = args.warmup if args.warmup is not None else (5.0 if args.quick else 60.0)
+    if args.no_pin:
+        global pin
+        pin = _no_pin
+    duration = args.step or (2.0 if args.quick else 15.0)
+    kinds = [kind for kind in KINDS if not args.only or kind.name in args.only]
     cameras, sensors, requests = (5_700, 300, 120) if args.quick else (57_000, 3_000, 2_000)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    # Tokens are issued before the warm-up; they must hold until the end with room to spare.
-    ttl = int(min(86_400, max(900, warmup + duration + 1800)))
-    server = FeedGridUp(workdir, ttl)
+    server = FeedGridUp(workdir, 86_400, extra_env=RAISED_LIMITS, core=SERVER_CORE)
+    generator: Generator | None = None
     try:
         from deploy.seed.writer import write_demo_city
 
@@ -1049,26 +807,40 @@ def main(argv: list[str] | None = None) -> int:
         console.print("starting feedgrid up (API + relay + embedded worker + chdb)")
         server.start(load_deadline_s=900)
         world = build_world(server.url, server.demo_dir)
-        console.print(f"{len(world.feeds):,} feeds registered; preparing the load")
-        plan = make_plan(server.url, world, rate, warmup, duration, args.quick, args.seed)
-        samples, memory, marks = run_generator(plan, workdir, server)
+        console.print(f"{len(world.feeds):,} feeds registered; issuing retrieval tokens")
+        tokens = retrieval_tokens(server.url, world, 500 if args.quick else 5_000, 24 * 60)
+        plan = {"url": server.url, "requests": plan_requests(server.url, world, tokens, args.quick)}
+        generator = Generator(plan, workdir)
+        pinned = pin(SERVER_CORE) is not None
         context = {
-            "offered_rate_all": rate,
-            "duration_s": duration,
-            "warmup_s": warmup,
             "feeds": len(world.feeds),
-            "server": "feedgrid up (one process: API, relay, embedded Faust worker, chdb), "
-            "SQLite, local Kafka",
-            "generator": f"open loop, second process, {CONNECTIONS} keep-alive connections",
+            "step_s": duration,
+            "server": "feedgrid up (API, relay, embedded worker, chdb), SQLite, local Kafka"
+            + (f", pinned to core {SERVER_CORE}" if pinned else ""),
+            "generator": "asyncio raw HTTP/1.1 keep-alive, second process"
+            + (f", pinned to core {GENERATOR_CORE}" if pinned else ", not pinned (one core)"),
             "machine_cores": os.cpu_count(),
+            "machine_load_average_1min": round(os.getloadavg()[0], 2),
         }
-        # The machine may be shared: its load says how much else ran beside the benchmark.
-        context["machine_load_average_1min"] = {
-            "measure_start": marks.get("load_average_start"),
-            "measure_end": marks.get("load_average_end"),
-        }
-        report(plan, samples, memory, marks, context)
+        console.print(f"settling (the tokens' access requests): {wait_until_settled(server)} s")
+        rss_before = server.memory_mib()[0]
+        for kind in kinds:
+            healthz, closed, sustained, probes = measure_kind(generator, kind, duration)
+            report_kind(kind, healthz, closed, sustained, probes, context)
+            if kind.name == "hook_check":
+                hook_rate_check(generator, duration, HOOK_RATE)
+            if not server.alive():
+                raise RuntimeError("feedgrid up died during the load" + server.tail())
+            settled = wait_until_settled(server)
+            console.print(f"{kind.name}: the relay and the sink settled after {settled} s")
+        rss_after = server.memory_mib()[0]
+        emit(
+            "load_api_process_rss", rss_after, "MiB", baseline="before the load",
+            baseline_value=round(rss_before, 1), feeds=len(world.feeds),
+        )  # fmt: skip
     finally:
+        if generator is not None:
+            generator.close()
         server.stop()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

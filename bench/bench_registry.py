@@ -494,6 +494,7 @@ def bench_scale(
         time_feed_points(client, total)
         rss_now, rss_peak = server.memory_mb()
         helpers = server.helpers_mb()
+        report_rendered(client, total)
     memory = (rss_after_import, rss_now, rss_peak, helpers)
     report_scale(url, workdir, base, total, queries, limit, skip_postgis, http, memory)
 
@@ -538,6 +539,22 @@ def import_city(client: httpx.Client, base: list[Feature], total: int, progress:
         target="<= 120 s for 1,000,000" if total >= 1_000_000 else None,
         met=import_seconds <= 120 if total >= 1_000_000 else None,
     )
+
+
+def report_rendered(client: httpx.Client, total: int) -> None:
+    """How much of the API process the rendered feed documents hold (its /metrics)."""
+    values = {}
+    for line in client.get("/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("feedgrid_rendered_feeds", "feedgrid_rendered_feed_bytes"):
+            values[name] = float(value)
+    feeds = values.get("feedgrid_rendered_feeds", 0.0)
+    stored = values.get("feedgrid_rendered_feed_bytes", 0.0)
+    emit(
+        "rendered_documents_mib", stored / 2**20, "MiB", feeds=total, rendered_feeds=int(feeds),
+        bytes_per_feed=round(stored / feeds, 1) if feeds else None,
+        note="documents rendered once and kept as bytes (part of api_process_rss)",
+    )  # fmt: skip
 
 
 def report_scale(

@@ -37,16 +37,17 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 async def get_principal(
     runtime: RuntimeDep,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The caller. No session of its own: a key resolved lately costs nothing, and a lookup
+    opens one only then (a page of feeds needs no database at all)."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized(
             "a bearer token is required",
             code="missing_token",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = await resolve_principal(runtime, credentials.credentials, session=session)
+    principal = await resolve_principal(runtime, credentials.credentials)
     if principal is None:
         raise Unauthorized(
             "the bearer token is not valid",

@@ -70,7 +70,12 @@ class Runtime:
             ),
             relay=OutboxRelay(settings, engine, sessions),
             access=access,
-            feed_index=FeedIndex(sessions),
+            feed_index=FeedIndex(
+                sessions,
+                spill_above_feeds=settings.rendered_spill_above_feeds,
+                hot_bytes=int(settings.rendered_hot_mib * 2**20),
+                spill_dir=settings.var_dir,
+            ),
             producer=SharedProducer(settings.kafka_bootstrap, client_id="feedgrid-api"),
             enforcement=Enforcer(settings, sessions, access.grants),
         )

@@ -209,6 +209,19 @@ class Settings(BaseSettings):
         "writes made by other replicas and workers (default: on with PostgreSQL, where several "
         "replicas share the registry; off with SQLite, one process)",
     )
+    rendered_spill_above_feeds: int = Field(
+        250_000,
+        ge=0,
+        le=100_000_000,
+        description="Above this many feeds, the API keeps most rendered feed documents in an "
+        "unnamed file under var_dir (read back per page) instead of in memory",
+    )
+    rendered_hot_mib: float = Field(
+        64.0,
+        ge=0,
+        le=100_000,
+        description="Rendered feed documents kept in memory once the API spills them to its file",
+    )
     relay_batch_size: int = Field(500, ge=1, le=100_000)
     relay_idle_seconds: float = Field(0.2, gt=0, le=60)
     outbox_retention_hours: float = Field(

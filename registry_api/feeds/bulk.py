@@ -44,6 +44,7 @@ from registry_api.feeds.documents import new_feed_ids
 from registry_api.feeds.events import outbox_row
 from registry_api.feeds.index.columns import Columns
 from registry_api.feeds.models import feeds_table
+from registry_api.feeds.rendered import Staged, render_rows
 from registry_api.feeds.service import media_path_problem, record_of
 from registry_api.feeds.spatial import DELTA_LIMIT, FeedIndex
 from registry_api.identity.models import Department
@@ -456,6 +457,9 @@ async def _bulk_upsert(
     now = utcnow()
     big = len(parsed.items) > DELTA_LIMIT
     index_parts: list[Columns] = []
+    renderings: list[bytes] = []  # the touched feeds' documents, in ``state.touched`` order
+    staged: list[Staged] = []  # big imports: the same, held by the rendered store
+    committed = False
     writer = WriteChain(session)
     checker = ChunkChecker(parsed.items)
     try:
@@ -475,6 +479,21 @@ async def _bulk_upsert(
                 timer.lap("lookup")
                 await writer.add(prepare_writes(session, inserts, updates))
                 timer.lap("prepare")
+                # in a worker thread: it overlaps the previous chunks' writes (SQLite lets the
+                # GIL go while it works)
+                chunk_renderings = await asyncio.to_thread(
+                    render_rows,
+                    [candidate.values for candidate in state.touched[touched_before:]],
+                    index.owners,
+                )
+                if big:
+                    chunk_ids = [c.values["id"] for c in state.touched[touched_before:]]
+                    staged.append(
+                        index.rendered.stage(chunk_ids, chunk_renderings, len(parsed.items))
+                    )
+                else:
+                    renderings += chunk_renderings
+                timer.lap("render")
                 if big:  # the chunk's index columns (mostly built by the checker)
                     chunk = state.touched[touched_before:]
                     index_parts.append(
@@ -495,6 +514,7 @@ async def _bulk_upsert(
         timer.lap("write")
         async with _checkpoint_deferred(session):
             await session.commit()
+        committed = True
         timer.lap("commit")
     except (IntegrityError, _ChangedMeanwhile):
         await writer.cancel()
@@ -506,11 +526,13 @@ async def _bulk_upsert(
     finally:
         checker.close()
         await writer.cancel()
+        if not committed:
+            index.rendered.release(staged)
     del parsed
     if big:
-        await index.apply_columns(Columns.concat_all(index_parts))
+        await index.apply_columns(Columns.concat_all(index_parts), staged)
     else:
-        index.apply(record_of(candidate.values) for candidate in state.touched)
+        index.apply([record_of(candidate.values) for candidate in state.touched], renderings)
     timer.lap("index")
     state.rejected.sort(key=lambda reject: reject.index)
     log.info(

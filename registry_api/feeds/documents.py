@@ -137,22 +137,37 @@ def fov_of(row: Row) -> dict[str, float] | None:
 
 def fov_polygons_geojson(rows: Sequence[Row]) -> list[dict[str, Any] | None]:
     """The field-of-view polygons of the rows as GeoJSON (computed together: one numpy pass)."""
-    with_view = [position for position, row in enumerate(rows) if row["fov_heading"] is not None]
-    polygons: list[dict[str, Any] | None] = [None] * len(rows)
+    return fov_polygons_of(
+        [
+            (row["lon"], row["lat"], row["fov_heading"], row["fov_angle"], row["fov_range_m"])
+            if row["fov_heading"] is not None
+            else None
+            for row in rows
+        ]
+    )
+
+
+def fov_polygons_of(
+    views: Sequence[tuple[float, float, float, float, float] | None], *, as_arrays: bool = False
+) -> list[dict[str, Any] | None]:
+    """GeoJSON polygons of (lon, lat, heading, angle, range_m) views (None: no view).
+
+    ``as_arrays``: the rings stay numpy arrays, for ``orjson.OPT_SERIALIZE_NUMPY`` (which
+    writes float64 exactly as it writes Python floats) instead of thousands of small lists.
+    """
+    with_view = [position for position, view in enumerate(views) if view is not None]
+    polygons: list[dict[str, Any] | None] = [None] * len(views)
     if not with_view:
         return polygons
-    chosen = [rows[position] for position in with_view]
-    rings = fov_ring_arrays(
-        np.array([row["lon"] for row in chosen]),
-        np.array([row["lat"] for row in chosen]),
-        np.array([row["fov_heading"] for row in chosen]),
-        np.array([row["fov_angle"] for row in chosen]),
-        np.array([row["fov_range_m"] for row in chosen]),
-    )
+    columns = np.array([views[position] for position in with_view], dtype=np.float64)
+    rings = fov_ring_arrays(*columns.T)
     for position, ring in zip(with_view, rings, strict=True):
         polygons[position] = {
             "type": "Polygon",
-            "coordinates": [np.round(ring, POLYGON_DECIMALS).tolist()],
+            "coordinates": [
+                rounded if as_arrays else rounded.tolist()
+                for rounded in [np.round(ring, POLYGON_DECIMALS)]
+            ],
         }
     return polygons
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -26,10 +27,12 @@ from prometheus_client import Counter, Gauge
 
 from infra.kafka_admin import topic_partitions
 from registry_api.feeds.index.adapter import record_from_document
-from registry_api.feeds.index.records import FeedRecord
+from registry_api.feeds.index.records import FeedRecord, Vocabulary
+from registry_api.feeds.liveness import read_liveness
+from registry_api.feeds.rendered import render_documents
 from registry_api.feeds.spatial import FeedIndex
 from schemas.settings import Settings
-from schemas.topics import FEED_METADATA, topic_name
+from schemas.topics import FEED_METADATA, FEED_STATUS, topic_name
 
 log = logging.getLogger("feedgrid.feeds.follower")
 
@@ -56,6 +59,9 @@ class IndexFollower:
         self.settings = settings
         self.index = index
         self.topic = topic_name(settings.topic_prefix, FEED_METADATA)
+        # ``last_seen`` moves without a revision (no feed-metadata event): every replica reads
+        # them from feed-status too, so its rendered documents show what the database says
+        self.status_topic = topic_name(settings.topic_prefix, FEED_STATUS)
         self._since_ms = 0
         self._task: asyncio.Task[None] | None = None
         self.following = asyncio.Event()  # set once positioned on every partition
@@ -98,9 +104,11 @@ class IndexFollower:
     async def _position(self, consumer: AIOKafkaConsumer) -> None:
         # the topic may not exist yet: the API creates it in the background
         bootstrap = self.settings.kafka_bootstrap
-        while not (partitions := await topic_partitions(bootstrap, self.topic)):
-            await asyncio.sleep(1.0)
-        assigned = [TopicPartition(self.topic, partition) for partition in sorted(partitions)]
+        assigned: list[TopicPartition] = []
+        for topic in (self.topic, self.status_topic):
+            while not (partitions := await topic_partitions(bootstrap, topic)):
+                await asyncio.sleep(1.0)
+            assigned += [TopicPartition(topic, partition) for partition in sorted(partitions)]
         consumer.assign(assigned)
         found = await consumer.offsets_for_times({tp: self._since_ms for tp in assigned})
         ends = await consumer.end_offsets(assigned)
@@ -114,27 +122,49 @@ class IndexFollower:
         while True:
             batches = await consumer.getmany(timeout_ms=1000, max_records=FETCH_RECORDS)
             records: list[FeedRecord] = []
+            renderings: list[bytes] = []
+            seen: dict[str, datetime] = {}
             newest_ms = 0
-            for messages in batches.values():
+            for partition, messages in batches.items():
+                if partition.topic == self.status_topic:
+                    _fold_seen(seen, messages)
+                    continue
                 for message in messages:
-                    record = _record_of(message.value)
-                    if record is None:
+                    parsed = _parse(message.value, self.index.owners)
+                    if parsed is None:
                         UNREADABLE.inc()
                         continue
-                    records.append(record)
+                    records.append(parsed[0])
+                    renderings.append(parsed[1])
                     newest_ms = max(newest_ms, message.timestamp)
             if records:
                 # one batch: a bulk import elsewhere becomes one merge here, not thousands
-                self.index.apply(records)
+                self.index.apply(records, renderings)
                 FOLLOWED.inc(len(records))
                 FOLLOWER_LAG.set(max(0.0, time.time() - newest_ms / 1000))
+            if seen:
+                self.index.rendered.saw(seen)
 
 
-def _record_of(value: bytes | None) -> FeedRecord | None:
+def _fold_seen(seen: dict[str, datetime], messages: list[Any]) -> None:
+    """The newest ``last_seen`` of each feed in feed-status messages (unreadable ones are the
+    liveness applier's to count)."""
+    for message in messages:
+        liveness = read_liveness(message.value)
+        if liveness is None or liveness.last_seen is None:
+            continue
+        known = seen.get(liveness.feed_id)
+        if known is None or known < liveness.last_seen:
+            seen[liveness.feed_id] = liveness.last_seen
+
+
+def _parse(value: bytes | None, owners: Vocabulary) -> tuple[FeedRecord, bytes] | None:
+    """The index record and rendering of the feed an event carries, or None if unreadable."""
     if not value:
         return None
     try:
         envelope: dict[str, Any] = orjson.loads(value)
-        return record_from_document(envelope["data"])
+        document: dict[str, Any] = envelope["data"]
+        return record_from_document(document), render_documents([document], owners)[0]
     except Exception:  # a malformed event must not stop the replica from following
         return None

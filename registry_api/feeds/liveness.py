@@ -245,8 +245,10 @@ class LivenessApplier:
             if changed and self.in_transaction is not None:
                 await self.in_transaction(session, changed)
             await session.commit()
-        for row in changed:
-            self.index.apply_event(event_data(row))
+        # what the UPDATE did to last_seen, then the new revisions of the changed feeds
+        self.index.rendered.saw(batch.seen)
+        if changed:
+            self.index.apply_documents([event_data(row) for row in changed])
         if changed and self.on_written is not None:
             self.on_written()  # outbox rows to relay
         TRANSITIONS.inc(len(changed))

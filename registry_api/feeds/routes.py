@@ -14,6 +14,7 @@ from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, requ
 from registry_api.errors import RETRY_AFTER, ErrorBody
 from registry_api.feeds import bulk, duplicates, heartbeats, service
 from registry_api.feeds.points import FeedPoints, answer_points
+from registry_api.feeds.rendered import gzip_if_accepted
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.principal import Principal
 from registry_api.runtime import Runtime
@@ -56,10 +57,20 @@ def json_response(
     return Response(body, status_code, headers, media_type="application/json")
 
 
-def _with_etag(document: dict[str, Any], status_code: int = 200) -> Response:
-    return json_response(
-        document, status_code=status_code, headers={"ETag": service.etag(document["version"])}
-    )
+def _with_etag(
+    document: dict[str, Any], status_code: int = 200, if_none_match: str | None = None
+) -> Response:
+    body = orjson.dumps(document, option=orjson.OPT_UTC_Z)
+    tag = service.etag(document["version"], body)
+    if service.none_match(if_none_match, tag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
+    return Response(body, status_code, {"ETag": tag}, media_type="application/json")
+
+
+def page_response(request: Request, page: bytes) -> Response:
+    """A page of feeds (ready JSON bytes), gzip-compressed when the client accepts it."""
+    body, headers = gzip_if_accepted(page, request.headers.get("accept-encoding"))
+    return Response(body, headers=headers, media_type="application/json")
 
 
 def _wrote(runtime: Runtime) -> None:
@@ -125,19 +136,18 @@ async def feed_filters(
 
 @router.get("/v1/feeds", response_model=FeedPage, summary="List and find feeds")
 async def list_feeds(
+    request: Request,
     filters: Annotated[FeedFilters, Depends(feed_filters)],
-    session: SessionDep,
     index: IndexDep,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = service.PAGE_LIMIT_DEFAULT,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
     """Filters combine with AND. ``near`` pages nearest first, the rest in registration order.
-    Retired feeds only with ``include_retired=true``."""
-    page = await service.search_feeds(
-        session, index, principal, filters, limit=limit, cursor=cursor
-    )
-    return json_response(page)
+    Retired feeds only with ``include_retired=true``. Gzip-compressed when the client accepts
+    it."""
+    page = await service.search_feeds(index, principal, filters, limit=limit, cursor=cursor)
+    return page_response(request, page)
 
 
 @router.get(
@@ -165,14 +175,14 @@ async def list_feed_points(
 
 @router.post("/v1/feeds/search", response_model=FeedPage, summary="Find feeds in an area")
 async def search_feeds(
-    search: FeedSearch, session: SessionDep, index: IndexDep, principal: PrincipalDep
+    request: Request, search: FeedSearch, index: IndexDep, principal: PrincipalDep
 ) -> Response:
     """The list filters plus a GeoJSON Polygon or MultiPolygon with ``relation`` within or
-    intersects (a district, a road buffer)."""
+    intersects (a district, a road buffer). Gzip-compressed when the client accepts it."""
     page = await service.search_feeds(
-        session, index, principal, search, limit=search.limit, cursor=search.cursor
+        index, principal, search, limit=search.limit, cursor=search.cursor
     )
-    return json_response(page)
+    return page_response(request, page)
 
 
 @router.post(
@@ -211,10 +221,23 @@ async def bulk_import(
     return json_response(result.model_dump())
 
 
-@router.get("/v1/feeds/{feed_id}", response_model=FeedOut, summary="One feed")
-async def get_feed(feed_id: FeedId, session: SessionDep, principal: PrincipalDep) -> Response:
-    """Other departments see the public fields: never ``stream.url``. The ETag is the version."""
-    return _with_etag(await service.get_feed(session, principal, feed_id))
+@router.get(
+    "/v1/feeds/{feed_id}",
+    response_model=FeedOut,
+    summary="One feed",
+    responses={304: {"description": "If-None-Match names the document the caller would get"}},
+)
+async def get_feed(
+    feed_id: FeedId,
+    session: SessionDep,
+    principal: PrincipalDep,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    """Other departments see the public fields: never ``stream.url``. The ETag is
+    ``"<version>.<digest of the document>"``: send it as If-None-Match to get a 304 while the
+    document is unchanged, or as If-Match to change the feed (only the version counts)."""
+    document = await service.get_feed(session, principal, feed_id)
+    return _with_etag(document, if_none_match=if_none_match)
 
 
 @router.patch(

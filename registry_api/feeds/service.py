@@ -6,6 +6,7 @@ the change visible in this process's index. Callers notify the outbox relay afte
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,7 +30,6 @@ from registry_api.feeds.documents import (
     can_see_internal,
     content_values,
     feed_document,
-    feed_documents,
     input_document,
     new_feed_id,
 )
@@ -112,10 +112,11 @@ async def load_row(
 
 
 VERSION_TEXT = re.compile(r"[0-9]{1,18}")
+DIGEST_TEXT = re.compile(r"(?:[0-9a-f]{16})?")
 
 
 def parse_if_match(value: str | None, *, required: bool) -> int | None:
-    """``If-Match: 3``, ``"3"`` or ``W/"3"`` -> 3."""
+    """``If-Match: 3``, ``"3"``, ``W/"3"`` or an ETag of GET (``"3.<digest>"``) -> 3."""
     if value is None or not value.strip():
         if required:
             raise ApiError(
@@ -128,17 +129,32 @@ def parse_if_match(value: str | None, *, required: bool) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
+    version, _, digest = text.partition(".")
     # ASCII digits only (str.isdigit() takes "²", which int() refuses), and few enough of them
     # for a signed 64-bit column: any other version is one no feed has.
-    if not VERSION_TEXT.fullmatch(text):
+    if not VERSION_TEXT.fullmatch(version) or not DIGEST_TEXT.fullmatch(digest):
         raise PreconditionFailed(
             f"If-Match must be a feed version, got {value!r}", code="bad_if_match"
         )
-    return int(text)
+    return int(version)
 
 
-def etag(version: int) -> str:
-    return f'"{version}"'
+def etag(version: int, body: bytes | None = None) -> str:
+    """The feed's version, and with ``body`` a digest of the document as sent: ``If-Match``
+    compares the version only (status and ``last_seen`` change without a new version, and an
+    editor's precondition stays valid through them), ``If-None-Match`` the whole tag (a 304
+    only when the caller would get the very same bytes)."""
+    if body is None:
+        return f'"{version}"'
+    return f'"{version}.{hashlib.blake2b(body, digest_size=8).hexdigest()}"'
+
+
+def none_match(if_none_match: str | None, tag: str) -> bool:
+    """Whether ``If-None-Match`` names ``tag`` (or is ``*``): the client's copy is current."""
+    if not if_none_match:
+        return False
+    candidates = [candidate.strip() for candidate in if_none_match.split(",")]
+    return "*" in candidates or any(candidate.removeprefix("W/") == tag for candidate in candidates)
 
 
 def record_of(row: Mapping[Any, Any]) -> FeedRecord:
@@ -215,7 +231,7 @@ async def register_feed(
             f"department {properties.owner!r} already registered code {properties.code!r}",
             code="feed_exists",
         ) from None
-    index.apply([record_of(row)])
+    index.apply_rows([row])
     document = feed_document(row, show_url=True)
     document["duplicates"] = hints
     return document
@@ -290,7 +306,7 @@ async def update_feed(
     updated = {**row, **changes}
     await enqueue_many(session, [outbox_row(EventType.FEED_UPDATED, updated)])
     await session.commit()
-    index.apply([record_of(updated)])
+    index.apply_rows([updated])
     return feed_document(updated, show_url=True)
 
 
@@ -327,7 +343,7 @@ async def retire_feed(
     retired = {**row, **changes}
     await enqueue_many(session, [outbox_row(EventType.FEED_RETIRED, retired)])
     await session.commit()
-    index.apply([record_of(retired)])
+    index.apply_rows([retired])
     return feed_document(retired, show_url=True)
 
 
@@ -384,27 +400,22 @@ async def load_page_rows(
 
 
 async def search_feeds(
-    session: AsyncSession,
     index: FeedIndex,
     principal: Principal,
     filters: FeedFilters,
     *,
     limit: int = PAGE_LIMIT_DEFAULT,
     cursor: str | None = None,
-) -> dict[str, Any]:
-    """One page of feeds matching the filters, as the caller may see them."""
+) -> bytes:
+    """One page of feeds matching the filters, as the caller may see them, as JSON: the
+    index's match joined with the documents rendered when the feeds last changed."""
     try:
         page = index.search(index_query(filters), limit=limit, cursor=cursor)
     except InvalidCursor as error:
         raise Unprocessable(str(error), code="invalid_cursor") from None
-    rows = await load_page_rows(session, page.ids)
-    # a feed registered by another replica and not followed yet has no row here: skipped
-    found = [position for position, feed_id in enumerate(page.ids) if feed_id in rows]
-    items = feed_documents([rows[page.ids[position]] for position in found], principal)
-    if page.distances is not None:
-        for document, position in zip(items, found, strict=True):
-            document["distance_m"] = round(page.distances[position], 2)
-    return {"items": items, "total": page.total, "next_cursor": page.next_cursor}
+    return index.rendered.page(
+        page.ids, page.distances, principal, total=page.total, next_cursor=page.next_cursor
+    )
 
 
 async def search_feed_ids(index: FeedIndex, search: FeedSearch) -> list[str]:

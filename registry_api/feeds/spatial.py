@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,10 +57,12 @@ from registry_api.feeds.index.queries import (
 )
 from registry_api.feeds.index.records import ID_DTYPE, FeedRecord, Vocabulary
 from registry_api.feeds.index.snapshot import Snapshot, merge_columns, merge_snapshot
+from registry_api.feeds.rendered import RenderedFeeds, Staged, render_documents, render_rows
 
 log = logging.getLogger("feedgrid.feeds.index")
 
 DELTA_LIMIT = 2_000
+REVISIONS_REMEMBERED = 100_000
 
 # ---------------------------------------------------------------------------- the index
 
@@ -76,10 +79,24 @@ class _Delta:
 class FeedIndex:
     """The process-wide index: a base snapshot plus recent writes. A Runtime component."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession] | None = None) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession] | None = None,
+        *,
+        spill_above_feeds: int = 250_000,
+        hot_bytes: int = 64 * 2**20,
+        spill_dir: Path | None = None,
+    ) -> None:
         self.sessions = sessions
         self.owners = Vocabulary()
         self.tags = Vocabulary()
+        # Each feed's documents as bytes, of the revision the index holds (``rendered.py``).
+        self.rendered = RenderedFeeds(
+            self.owners,
+            spill_above_feeds=spill_above_feeds,
+            hot_bytes=hot_bytes,
+            spill_dir=spill_dir,
+        )
         self._base = Snapshot(Columns.empty())
         self._superseded = np.zeros(0, dtype=bool)
         self._delta = _Delta()
@@ -90,6 +107,9 @@ class FeedIndex:
         # Counts the times the index's content changed: caches of feed facts elsewhere (the
         # hooks' path lookups) compare it to know that nothing moved since they looked.
         self.changes = 0
+        # revision_of answers, valid while ``changes`` holds (hook checks ask it per check)
+        self._revisions: dict[str, int | None] = {}
+        self._revisions_at = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -104,12 +124,16 @@ class FeedIndex:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        self.rendered.close()
 
     async def load(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         """Replaces the index with every feed in the database (retired ones included)."""
         started = time.perf_counter()
-        base = await load_snapshot(sessions, self.owners, self.tags)
+        rendered = self.rendered.empty_like()
+        base = await load_snapshot(sessions, self.owners, self.tags, rendered)
         self._install_base(base, {})
+        self.rendered.close()
+        self.rendered = rendered
         self.changes += 1
         log.info(
             "feed index loaded",
@@ -122,6 +146,20 @@ class FeedIndex:
         return self._base.size - int(self._superseded.sum()) + len(self._delta.records)
 
     def revision_of(self, feed_id: str) -> int | None:
+        """The revision the index holds of the feed (None if unknown)."""
+        if self._revisions_at != self.changes:
+            self._revisions.clear()
+            self._revisions_at = self.changes
+        try:
+            return self._revisions[feed_id]
+        except KeyError:
+            pass
+        revision = self._revision_now(feed_id)
+        if len(self._revisions) < REVISIONS_REMEMBERED:
+            self._revisions[feed_id] = revision
+        return revision
+
+    def _revision_now(self, feed_id: str) -> int | None:
         record = self._delta.records.get(feed_id)
         if record is not None:
             return record.revision
@@ -159,17 +197,28 @@ class FeedIndex:
                 found[feed_id] = (owners[owner], is_retired)
         return found
 
-    def apply(self, records: Iterable[FeedRecord]) -> None:
-        """Makes committed writes visible. Older revisions than the known one are ignored."""
+    def apply(
+        self, records: Iterable[FeedRecord], renderings: Sequence[bytes] | None = None
+    ) -> None:
+        """Makes committed writes visible. Older revisions than the known one are ignored.
+
+        ``renderings`` (``rendered.py``), one per record, are stored with the records the
+        index accepts; a record accepted without one drops the feed's old rendering (pages
+        leave it out rather than show an older revision).
+        """
         changed = False
-        for record in records:
-            known = self.revision_of(record.id)
+        for position, record in enumerate(records):
+            known = self._revision_now(record.id)  # not remembered: it changes in this loop
             if known is not None and known >= record.revision:
                 continue
             row = self._base.row_of(record.id)
             if row is not None:
                 self._superseded[row] = True
             self._delta.records[record.id] = record
+            if renderings is None:
+                self.rendered.drop(record.id)
+            else:
+                self.rendered.put(record.id, renderings[position])
             changed = True
         if changed:
             self.changes += 1
@@ -177,9 +226,20 @@ class FeedIndex:
             if len(self._delta.records) > DELTA_LIMIT:
                 self._schedule_merge()
 
+    def apply_rows(self, rows: Sequence[Mapping[Any, Any]]) -> None:
+        """Applies committed table rows (full rows: rendered here)."""
+        self.apply([FeedRecord.from_row(row) for row in rows], render_rows(rows, self.owners))
+
+    def apply_documents(self, documents: Sequence[Mapping[Any, Any]]) -> None:
+        """Applies feed documents in the feed-metadata event shape (followed events)."""
+        self.apply(
+            [record_from_document(document) for document in documents],
+            render_documents(documents, self.owners),
+        )
+
     def apply_event(self, event_data: Mapping[Any, Any]) -> None:
         """Applies one feed-metadata event (the scale-mode follower's entry point)."""
-        self.apply([record_from_document(event_data)])
+        self.apply_documents([event_data])
 
     async def apply_and_merge(self, records: Sequence[FeedRecord]) -> None:
         """For big batches: apply, then fold everything into a new base now."""
@@ -190,15 +250,18 @@ class FeedIndex:
         """Records as columns in this index's vocabularies (for :meth:`apply_columns`)."""
         return Columns.from_records(records, self.owners, self.tags)
 
-    async def apply_columns(self, incoming: Columns) -> None:
+    async def apply_columns(self, incoming: Columns, renderings: Sequence[Staged]) -> None:
         """Folds a big batch of committed writes, prepared as columns, into a new base.
 
-        Bulk imports prepare the columns while the database is still busy writing, so only
-        the merge itself (sorting and grids, in a worker thread) follows the commit.
+        Bulk imports prepare the columns (and renderings, by feed id) while the database is
+        still busy writing, so only the merge itself (sorting and grids, in a worker thread)
+        follows the commit.
         """
         async with self._merge_lock:
             merged = await asyncio.to_thread(merge_columns, self._base, incoming)
             self._install_base(merged, self._delta.records)
+            # feeds changed again while merging keep their newer renderings
+            self.rendered.adopt(renderings, except_ids=self._delta.records)
             self.changes += 1
 
     def _schedule_merge(self) -> None:

@@ -10,8 +10,6 @@ from typing import Any
 
 import shapely
 
-from registry_api.feeds.models import Feed
-
 KINDS = ("camera", "sensor")
 SHARING = ("unconditional", "conditional", "not_shared")
 STATUSES = ("online", "offline", "unknown")
@@ -67,14 +65,6 @@ class FeedRecord:
             ),
             coverage=shapely.geometry.shape(coverage) if coverage else None,
         )
-
-
-# Columns FeedRecord.from_row reads: the index loads exactly these.
-RECORD_COLUMNS = (
-    Feed.id, Feed.revision, Feed.owner, Feed.kind, Feed.gb_industry, Feed.gb_type,
-    Feed.gb_region, Feed.sharing_class, Feed.status, Feed.retired_at, Feed.tags, Feed.name,
-    Feed.lon, Feed.lat, Feed.fov_heading, Feed.fov_angle, Feed.fov_range_m, Feed.coverage,
-)  # fmt: skip
 
 
 class Vocabulary:
