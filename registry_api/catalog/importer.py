@@ -1,0 +1,461 @@
+"""Applying checked catalog items to the registry, in the caller's transaction.
+
+Channels are camera feeds upserted by (posting department, code): a new channel gets its
+department's default sharing (``Secrecy=1``: not shared, unless the import says otherwise), an
+existing one takes the catalog's name and, when the catalog has them, its coordinates; what
+the department edited by hand (sharing, field of view, tags, a position the catalog lacks)
+stays. Every item is also a catalog node (platform, group, organisation, device, channel)
+keyed by (department, id): the tree. A complete answer of a platform retires the channels and
+nodes of that platform it no longer lists; a retired one that reappears comes back.
+Nothing here touches another department's rows: every lookup and write is by owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry_api.catalog.items import LIVENESS_OF, CatalogEntryItem, ItemProblem
+from registry_api.catalog.models import catalog_nodes_table
+from registry_api.db import rows_matched
+from registry_api.errors import Conflict
+from registry_api.feeds import sqlite_rows as sqlite_fast
+from registry_api.feeds.documents import content_values, input_document, new_feed_ids
+from registry_api.feeds.events import outbox_row
+from registry_api.feeds.index.records import FeedRecord
+from registry_api.feeds.models import feeds_table
+from registry_api.feeds.problems import first_problem, validation_details
+from registry_api.outbox.service import enqueue_many
+from schemas.events import EventType
+from schemas.feeds import FeedCreate, FeedProperties, PointGeometry
+
+feeds = feeds_table
+nodes = catalog_nodes_table
+LOOKUP_CHUNK = 4_000
+WRITE_CHUNK = 5_000
+SECRET_LEGAL_BASIS = "GB/T 28181 Secrecy=1: the platform's catalog marks this channel classified"
+DESCRIBING = (None, "ADD", "UPDATE")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How new channels are shared: ``sharing`` for ordinary ones, ``secret_sharing`` for the
+    ones the platform marks ``Secrecy=1`` (a department may choose to share those too)."""
+
+    sharing: str = "unconditional"
+    secret_sharing: str = "not_shared"
+
+
+@dataclass
+class Applied:
+    """What one application changed, and what it leaves to do after the commit."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    retired: int = 0
+    revived: int = 0
+    unplaced: int = 0
+    nodes_written: int = 0
+    nodes_retired: int = 0
+    rejected: list[ItemProblem] = field(default_factory=list)
+    records: list[FeedRecord] = field(default_factory=list)
+    liveness: list[tuple[str, str]] = field(default_factory=list)  # (feed id, online|offline)
+
+
+def sharing_document(secret: bool, options: ImportOptions) -> dict[str, Any]:
+    sharing_class = options.secret_sharing if secret else options.sharing
+    document: dict[str, Any] = {"class": sharing_class}
+    if sharing_class == "not_shared":
+        document["legal_basis"] = SECRET_LEGAL_BASIS if secret else "the department's default"
+    return document
+
+
+def new_channel_properties(
+    item: CatalogEntryItem, *, department: str, platform_id: str, options: ImportOptions
+) -> dict[str, Any]:
+    return {
+        "kind": "camera",
+        "code": item.device_id,
+        "owner": department,
+        "name": item.name,
+        "stream": {
+            "protocol": "gb28181",
+            "url": f"gb28181://{platform_id}/{item.device_id}",
+            "media_path": f"{department}/gb28181/{item.device_id}",
+        },
+        "sharing": sharing_document(item.secret, options),
+    }
+
+
+def _point(item: CatalogEntryItem) -> PointGeometry | None:
+    if item.lon is None or item.lat is None:
+        return None
+    return PointGeometry.model_construct(type="Point", coordinates=[item.lon, item.lat])
+
+
+async def _chunks_of(
+    session: AsyncSession, statement_of: Any, keys: Sequence[str]
+) -> list[Mapping[Any, Any]]:
+    rows: list[Mapping[Any, Any]] = []
+    for begin in range(0, len(keys), LOOKUP_CHUNK):
+        result = await session.execute(statement_of(list(keys[begin : begin + LOOKUP_CHUNK])))
+        rows += list(result.mappings())
+    return rows
+
+
+async def existing_channels(
+    session: AsyncSession, department: str, codes: Sequence[str]
+) -> dict[str, Mapping[Any, Any]]:
+    rows = await _chunks_of(
+        session,
+        lambda chunk: select(feeds).where(feeds.c.owner == department, feeds.c.code.in_(chunk)),
+        codes,
+    )
+    return {row["code"]: row for row in rows}
+
+
+async def existing_nodes(
+    session: AsyncSession, department: str, device_ids: Sequence[str]
+) -> dict[str, Mapping[Any, Any]]:
+    rows = await _chunks_of(
+        session,
+        lambda chunk: select(nodes).where(
+            nodes.c.owner == department, nodes.c.device_id.in_(chunk)
+        ),
+        device_ids,
+    )
+    return {row["device_id"]: row for row in rows}
+
+
+class _Plan:
+    """The rows one application writes, gathered before any write."""
+
+    def __init__(self, department: str, now: datetime) -> None:
+        self.department = department
+        self.now = now
+        self.feed_inserts: list[dict[str, Any]] = []
+        self.feed_updates: list[dict[str, Any]] = []
+        self.feed_retirements: list[dict[str, Any]] = []
+        self.node_inserts: list[dict[str, Any]] = []
+        self.node_updates: list[dict[str, Any]] = []
+
+
+def _plan_channel(
+    item: CatalogEntryItem,
+    current: Mapping[Any, Any] | None,
+    *,
+    plan: _Plan,
+    applied: Applied,
+    platform_id: str,
+    options: ImportOptions,
+) -> dict[str, Any] | None:
+    """The channel's feed row after this item (None when the item is refused)."""
+    try:
+        if current is None:
+            properties = FeedProperties.model_validate(
+                new_channel_properties(
+                    item, department=plan.department, platform_id=platform_id, options=options
+                )
+            )
+            location = _point(item)
+        else:
+            document = input_document(current)
+            document["name"] = item.name
+            if item.lon is not None:
+                document["location"] = {"type": "Point", "coordinates": [item.lon, item.lat]}
+            body = FeedCreate.model_validate(document, strict=None)
+            properties, location = body, body.location
+    except ValidationError as error:
+        applied.rejected.append(
+            ItemProblem(item.index, item.device_id, first_problem(validation_details(error)))
+        )
+        return None
+    values = content_values(properties, location)
+    if values["lon"] is None:
+        applied.unplaced += 1
+    if current is None:
+        values.update(
+            id="", status="unknown", last_seen=None, version=1, revision=1,
+            created_at=plan.now, updated_at=plan.now, retired_at=None,
+        )  # fmt: skip
+        plan.feed_inserts.append(values)
+        applied.created += 1
+        return values
+    if values["content_hash"] == current["content_hash"] and current["retired_at"] is None:
+        applied.unchanged += 1
+        return dict(current)
+    if current["retired_at"] is not None:
+        applied.revived += 1
+    else:
+        applied.updated += 1
+    values.update(
+        id=current["id"], status=current["status"], last_seen=current["last_seen"],
+        version=current["version"] + 1, revision=current["revision"] + 1,
+        created_at=current["created_at"], updated_at=plan.now, retired_at=None,
+    )  # fmt: skip
+    plan.feed_updates.append(values)
+    return values
+
+
+def _node_row(
+    item: CatalogEntryItem, *, department: str, platform_id: str, feed_id: str | None, now: datetime
+) -> dict[str, Any]:
+    attributes = dict(item.attributes)
+    if item.status:
+        attributes["Status"] = item.status
+    if item.lon is not None:
+        attributes["Longitude"], attributes["Latitude"] = str(item.lon), str(item.lat)
+    return {
+        "owner": department,
+        "device_id": item.device_id,
+        "kind": item.kind,
+        "name": item.name or item.device_id,
+        "parent_id": item.parent_id,
+        "platform_id": platform_id,
+        "feed_id": feed_id,
+        "attributes": attributes,
+        "updated_at": now,
+        "retired_at": None,
+    }
+
+
+def _plan_node(plan: _Plan, row: dict[str, Any], current: Mapping[Any, Any] | None) -> None:
+    if current is None:
+        plan.node_inserts.append(row)
+        return
+    same = all(
+        current[name] == row[name]
+        for name in ("kind", "name", "parent_id", "platform_id", "feed_id", "attributes")
+    )
+    if same and current["retired_at"] is None:
+        return
+    plan.node_updates.append(row)
+
+
+def _retirement(row: Mapping[Any, Any], now: datetime) -> dict[str, Any]:
+    return {
+        **row,
+        "retired_at": now,
+        "updated_at": now,
+        "version": row["version"] + 1,
+        "revision": row["revision"] + 1,
+    }
+
+
+async def apply_items(
+    session: AsyncSession,
+    *,
+    department: str,
+    platform_id: str,
+    items: Sequence[CatalogEntryItem],
+    complete: bool,
+    options: ImportOptions,
+    now: datetime,
+    keep: Iterable[str] = (),
+) -> Applied:
+    """Writes the items (and, for a complete answer, the retirements) without committing.
+
+    ``keep``: ids the answer listed but that were refused; a complete answer does not
+    retire them (they are there, only badly described).
+    """
+    applied = Applied()
+    plan = _Plan(department, now)
+    describing = _last_of_each([item for item in items if item.event in DESCRIBING])
+    deleting = _last_of_each([item for item in items if item.event == "DEL"])
+    reporting = [item for item in items if item.event in LIVENESS_OF]
+    ids = sorted({item.device_id for item in items} | {platform_id})
+    node_rows = await existing_nodes(session, department, ids)
+    channel_codes = sorted(
+        {item.device_id for item in (*describing, *deleting) if item.kind == "channel"}
+    )
+    channel_rows = await existing_channels(session, department, channel_codes)
+    if platform_id not in {item.device_id for item in describing}:
+        platform_node = node_rows.get(platform_id)
+        if platform_node is None or platform_node["retired_at"] is not None:
+            platform_row: dict[str, Any] = {
+                "owner": department, "device_id": platform_id, "kind": "platform",
+                "name": platform_node["name"] if platform_node else platform_id,
+                "parent_id": None, "platform_id": platform_id, "feed_id": None,
+                "attributes": {}, "updated_at": now, "retired_at": None,
+            }  # fmt: skip
+            _plan_node(plan, platform_row, platform_node)
+
+    new_channels = sum(
+        1 for item in describing if item.kind == "channel" and item.device_id not in channel_rows
+    )
+    fresh = iter(new_feed_ids(new_channels))
+    for item in describing:
+        feed_id: str | None = None
+        if item.kind == "channel":
+            row = _plan_channel(
+                item, channel_rows.get(item.device_id), plan=plan, applied=applied,
+                platform_id=platform_id, options=options,
+            )  # fmt: skip
+            if row is None:
+                continue
+            if not row["id"]:
+                row["id"] = next(fresh)
+            feed_id = str(row["id"])
+            if item.status:
+                applied.liveness.append((feed_id, LIVENESS_OF[item.status]))
+        node = _node_row(
+            item, department=department, platform_id=platform_id, feed_id=feed_id, now=now
+        )
+        _plan_node(plan, node, node_rows.get(item.device_id))
+
+    retiring_nodes: list[Mapping[Any, Any]] = []
+    for item in deleting:
+        current_node = node_rows.get(item.device_id)
+        current_feed = channel_rows.get(item.device_id)
+        if current_node is None and current_feed is None:
+            applied.rejected.append(
+                ItemProblem(item.index, item.device_id, "no such item in your catalog")
+            )
+            continue
+        if current_node is not None and current_node["retired_at"] is None:
+            retiring_nodes.append(current_node)
+        if current_feed is not None and current_feed["retired_at"] is None:
+            plan.feed_retirements.append(_retirement(current_feed, now))
+    for item in reporting:
+        current_node = node_rows.get(item.device_id)
+        reported = current_node["feed_id"] if current_node is not None else None
+        if reported is None or current_node is None or current_node["retired_at"] is not None:
+            applied.rejected.append(
+                ItemProblem(item.index, item.device_id, "no such live channel in your catalog")
+            )
+            continue
+        applied.liveness.append((reported, LIVENESS_OF[item.event or ""]))
+
+    if complete:
+        listed = {item.device_id for item in items} | set(keep) | {platform_id}
+        absent = await _absent_nodes(session, department, platform_id, listed)
+        retiring_nodes += absent
+        absent_feeds = [row["feed_id"] for row in absent if row["feed_id"]]
+        for live in await _live_feeds(session, department, absent_feeds):
+            plan.feed_retirements.append(_retirement(live, now))
+
+    await _write(session, plan, retiring_nodes, now)
+    applied.retired = len(plan.feed_retirements)
+    applied.nodes_written = len(plan.node_inserts) + len(plan.node_updates)
+    applied.nodes_retired = len(retiring_nodes)
+    applied.records = [
+        FeedRecord.from_row(row)
+        for row in (*plan.feed_inserts, *plan.feed_updates, *plan.feed_retirements)
+    ]
+    return applied
+
+
+def _last_of_each(items: list[CatalogEntryItem]) -> list[CatalogEntryItem]:
+    """One item per id, the last one (a Notify may change one channel twice)."""
+    return list({item.device_id: item for item in items}.values())
+
+
+async def _absent_nodes(
+    session: AsyncSession, department: str, platform_id: str, listed: set[str]
+) -> list[Mapping[Any, Any]]:
+    statement = select(nodes).where(
+        nodes.c.owner == department,
+        nodes.c.platform_id == platform_id,
+        nodes.c.retired_at.is_(None),
+    )
+    rows = (await session.execute(statement)).mappings().all()
+    return [row for row in rows if row["device_id"] not in listed]
+
+
+async def _live_feeds(
+    session: AsyncSession, department: str, feed_ids: Sequence[str]
+) -> list[Mapping[Any, Any]]:
+    return await _chunks_of(
+        session,
+        lambda chunk: select(feeds).where(
+            feeds.c.owner == department, feeds.c.id.in_(chunk), feeds.c.retired_at.is_(None)
+        ),
+        feed_ids,
+    )
+
+
+async def _write(
+    session: AsyncSession, plan: _Plan, retiring_nodes: list[Mapping[Any, Any]], now: datetime
+) -> None:
+    events = [outbox_row(EventType.FEED_REGISTERED, row) for row in plan.feed_inserts]
+    events += [outbox_row(EventType.FEED_UPDATED, row) for row in plan.feed_updates]
+    events += [outbox_row(EventType.FEED_RETIRED, row) for row in plan.feed_retirements]
+    for begin in range(0, len(events), WRITE_CHUNK):
+        await enqueue_many(session, events[begin : begin + WRITE_CHUNK])
+    for begin in range(0, len(plan.feed_inserts), WRITE_CHUNK):
+        chunk = plan.feed_inserts[begin : begin + WRITE_CHUNK]
+        if sqlite_fast.is_sqlite(session):
+            await sqlite_fast.insert_rows(session, sqlite_fast.encode_rows(chunk))
+        else:
+            await session.execute(insert(feeds), chunk)
+    await _update_feeds(session, plan.feed_updates)
+    await _update_feeds(session, plan.feed_retirements)
+    for begin in range(0, len(plan.node_inserts), WRITE_CHUNK):
+        await session.execute(insert(nodes), plan.node_inserts[begin : begin + WRITE_CHUNK])
+    if plan.node_updates:
+        names = [name for name in plan.node_updates[0] if name not in ("owner", "device_id")]
+        statement = (
+            update(nodes)
+            .where(
+                and_(nodes.c.owner == bindparam("k_owner"), nodes.c.device_id == bindparam("k_id"))
+            )
+            .values({name: bindparam(f"v_{name}") for name in names})
+        )
+        await session.execute(
+            statement,
+            [
+                {
+                    "k_owner": row["owner"],
+                    "k_id": row["device_id"],
+                    **{f"v_{n}": row[n] for n in names},
+                }
+                for row in plan.node_updates
+            ],
+        )
+    if retiring_nodes:
+        statement = (
+            update(nodes)
+            .where(
+                and_(nodes.c.owner == bindparam("k_owner"), nodes.c.device_id == bindparam("k_id"))
+            )
+            .values(retired_at=now, updated_at=now)
+        )
+        await session.execute(
+            statement,
+            [{"k_owner": row["owner"], "k_id": row["device_id"]} for row in retiring_nodes],
+        )
+
+
+async def _update_feeds(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Updates by id, each only if nobody bumped its version since it was read."""
+    if not rows:
+        return
+    names = [name for name in rows[0] if name not in ("id", "created_at")]
+    statement = (
+        update(feeds)
+        .where(and_(feeds.c.id == bindparam("b_id"), feeds.c.version == bindparam("b_expected")))
+        .values({name: bindparam(f"b_{name}") for name in names})
+    )
+    for begin in range(0, len(rows), WRITE_CHUNK):
+        chunk = rows[begin : begin + WRITE_CHUNK]
+        parameters = [
+            {
+                "b_id": row["id"],
+                "b_expected": row["version"] - 1,
+                **{f"b_{n}": row[n] for n in names},
+            }
+            for row in chunk
+        ]
+        result = await session.execute(statement, parameters)
+        if rows_matched(result) not in (-1, len(chunk)):
+            raise Conflict(
+                "some of these feeds changed meanwhile; send the catalog again",
+                code="concurrent_import",
+            )
