@@ -207,12 +207,14 @@ def render_catalog(
     sum_num: int,
     items: Iterable[Mapping[str, str]],
     encoding: str = "GB2312",
+    root: str = "Response",
 ) -> bytes:
-    """A catalog Response as a platform sends it: the items in field order, Info nested."""
+    """A catalog Response (or Notify) as a platform sends it: the items in field order, Info
+    nested."""
     codec = OUTPUT_ENCODINGS[encoding]
     rows = list(items)
     parts = [
-        f'<?xml version="1.0" encoding="{encoding}"?>\n<Response>\n<CmdType>Catalog</CmdType>\n',
+        f'<?xml version="1.0" encoding="{encoding}"?>\n<{root}>\n<CmdType>Catalog</CmdType>\n',
         f"<SN>{escape(sn)}</SN>\n<DeviceID>{escape(device_id)}</DeviceID>\n",
         f'<SumNum>{sum_num}</SumNum>\n<DeviceList Num="{len(rows)}">\n',
     ]
@@ -228,5 +230,5 @@ def render_catalog(
             parts += [f"<{name}>{escape(value)}</{name}>\n" for name, value in info if value]
             parts.append("</Info>\n")
         parts.append("</Item>\n")
-    parts.append("</DeviceList>\n</Response>\n")
+    parts.append(f"</DeviceList>\n</{root}>\n")
     return "".join(parts).encode(codec)
