@@ -11,9 +11,15 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from deploy.catalog_samples import BRIDGE_AREA, BUSINESS_GROUP, DISTRICT, NVR, PLATFORM
+from deploy.catalog_samples import (
+    BRIDGE_AREA,
+    BUSINESS_GROUP,
+    DISTRICT,
+    NVR,
+    PLATFORM,
+    sample_catalog,
+)
 from deploy.catalog_samples import channel_code as code
-from deploy.catalog_samples import sample_catalog
 from schemas.topics import HEARTBEATS
 from tests.integration.catalog_support import (
     applied,
@@ -223,15 +229,19 @@ async def test_hostile_and_malformed_catalogs_are_refused_and_change_nothing(
         response = await post_catalog(client, body, headers=gateway)
         assert response.status_code == 422 and response.json()["code"] == error, body[:80]
     wrong_type = await client.post(
-        "/v1/catalog/manscdp", content=sample_catalog(), headers={**gateway, "Content-Type": "text/plain"}
+        "/v1/catalog/manscdp",
+        content=sample_catalog(),
+        headers={**gateway, "Content-Type": "text/plain"},
     )
     assert wrong_type.status_code == 415
     assert await registry_counts(runtime) == (0, 0, 0)
 
     # items missing required fields are rejected one by one; the rest is written
-    broken = sample_catalog().replace(
-        "<Name>白塔山公园入口枪机</Name>".encode("gb18030"), b""
-    ).replace(b"<Latitude>36.058300</Latitude>", b"<Latitude>136.0</Latitude>")
+    broken = (
+        sample_catalog()
+        .replace("<Name>白塔山公园入口枪机</Name>".encode("gb18030"), b"")
+        .replace(b"<Latitude>36.058300</Latitude>", b"<Latitude>136.0</Latitude>")
+    )
     answer = await applied(client, broken, gateway)
     rejected = {problem["device_id"]: problem["message"] for problem in answer["rejected"]}
     assert rejected == {
@@ -260,9 +270,7 @@ async def test_a_department_cannot_touch_another_departments_catalog(
     )
     assert summary.status_code == 403
     # police's own platform deleting urban's channel: no such item of police's; urban untouched
-    own = fixture("notify_events_gb2312.xml").replace(
-        PLATFORM.encode(), b"62010000002002000001", 1
-    )
+    own = fixture("notify_events_gb2312.xml").replace(PLATFORM.encode(), b"62010000002002000001", 1)
     answer = await applied(client, own, police)
     assert {problem["device_id"] for problem in answer["rejected"]} == {
         code(2), code(3), code(4), code(5),
