@@ -25,6 +25,7 @@ from registry_api.catalog.items import ItemProblem, classify_items
 from registry_api.catalog.manscdp import parse_catalog, require_media_type
 from registry_api.catalog.models import catalog_nodes_table
 from registry_api.errors import ApiError, Forbidden
+from registry_api.feeds.bulk import garbage_collector_paused
 from registry_api.feeds.heartbeats import record_heartbeats
 from registry_api.feeds.service import require_department
 from registry_api.feeds.spatial import DELTA_LIMIT, FeedIndex
@@ -75,6 +76,23 @@ def _problems(found: list[ItemProblem]) -> list[dict[str, Any]]:
 
 
 async def receive_catalog(
+    session: AsyncSession,
+    index: FeedIndex,
+    *,
+    principal: Principal,
+    department: str,
+    body: bytes,
+    content_type: str | None,
+    options: ImportOptions,
+) -> tuple[CatalogImportResult, Applied]:
+    with garbage_collector_paused():  # as the bulk import: the many young objects
+        return await _receive(
+            session, index, principal=principal, department=department, body=body,
+            content_type=content_type, options=options,
+        )  # fmt: skip
+
+
+async def _receive(
     session: AsyncSession,
     index: FeedIndex,
     *,
