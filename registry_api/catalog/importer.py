@@ -164,6 +164,11 @@ def _plan_channel(
     options: ImportOptions,
 ) -> dict[str, Any] | None:
     """The channel's feed row after this item (None when the item is refused)."""
+    if current is not None and _says_nothing_new(item, current):
+        applied.unchanged += 1
+        if current["lon"] is None:
+            applied.unplaced += 1
+        return dict(current)
     try:
         if current is None:
             properties = new_channel(
@@ -207,6 +212,14 @@ def _plan_channel(
     )  # fmt: skip
     plan.feed_updates.append(values)
     return values
+
+
+def _says_nothing_new(item: CatalogEntryItem, current: Mapping[Any, Any]) -> bool:
+    """A live channel whose name and (given) position the item repeats: nothing to write.
+    (The common case of a platform's periodic full catalog, decided without validating.)"""
+    if current["retired_at"] is not None or item.name != current["name"]:
+        return False
+    return item.lon is None or (item.lon == current["lon"] and item.lat == current["lat"])
 
 
 def _node_row(

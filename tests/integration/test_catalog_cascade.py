@@ -75,9 +75,10 @@ async def test_the_province_imports_exactly_the_channels_shared_with_it(
 
     as_province = {"Authorization": f"Bearer {province_key}"}
     geojson = await client.get(
-        "/v1/catalog/shared", params={"platform": PROVINCE, "format": "geojson", "page_size": 100},
+        "/v1/catalog/shared",
+        params={"platform": PROVINCE, "format": "geojson", "page_size": 100},
         headers=as_province,
-    )  # fmt: skip
+    )
     assert geojson.status_code == 200, geojson.text
     features = geojson.json()["features"]
     channels = {f["id"]: f for f in features if f["properties"]["kind"] == "channel"}
@@ -93,18 +94,20 @@ async def test_the_province_imports_exactly_the_channels_shared_with_it(
 
     pages = []
     first = await client.get(
-        "/v1/catalog/shared", params={"platform": PROVINCE, "page_size": 3, "sn": "901"},
+        "/v1/catalog/shared",
+        params={"platform": PROVINCE, "page_size": 3, "sn": "901"},
         headers=as_province,
-    )  # fmt: skip
+    )
     assert first.status_code == 200, first.text
     assert first.headers["content-type"].lower().startswith("application/manscdp+xml")
     assert first.headers["x-catalog-sum-num"] == "7" and first.headers["x-catalog-pages"] == "3"
     pages.append(first.content)
     for page in (2, 3):
         response = await client.get(
-            "/v1/catalog/shared", params={"platform": PROVINCE, "page_size": 3, "sn": "901", "page": page},
+            "/v1/catalog/shared",
+            params={"platform": PROVINCE, "page_size": 3, "sn": "901", "page": page},
             headers=as_province,
-        )  # fmt: skip
+        )
         pages.append(response.content)
     assert "中山桥南端球机".encode("gb18030") in b"".join(pages)
 
