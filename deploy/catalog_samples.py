@@ -16,7 +16,7 @@ NVR = "62010200081182000001"
 
 
 def channel_code(serial: int, region: str = "62010200", industry: str = "08") -> str:
-    return f"{region}{industry}1322{serial:06d}"
+    return f"{region}{industry}1327{serial:06d}"  # network 7: not among the demo city's
 
 
 def sample_items() -> list[dict[str, str]]:

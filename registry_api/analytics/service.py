@@ -670,8 +670,8 @@ class AnalyticsService:
                    countIf(m.sharing_class = 'unconditional') AS unconditional,
                    countIf(m.sharing_class = 'conditional') AS conditional,
                    countIf(m.sharing_class = 'not_shared') AS not_shared,
-                   countIf(if(s.liveness != '', s.liveness, m.registry_status) = 'online') AS online,
-                   countIf(m.longitude IS NULL) AS unplaced
+                   countIf(m.longitude IS NULL) AS unplaced,
+                   countIf(if(s.liveness != '', s.liveness, m.registry_status) = 'online') AS online
             FROM ({feeds_sql}) AS m
             LEFT JOIN ({_LATEST_LIVENESS}) AS s ON s.feed_id = m.feed_id
             GROUP BY department

@@ -34,7 +34,14 @@ from registry_api.feeds.models import feeds_table
 from registry_api.feeds.problems import first_problem, validation_details
 from registry_api.outbox.service import enqueue_many
 from schemas.events import EventType
-from schemas.feeds import FeedCreate, FeedProperties, PointGeometry, Sharing, StreamEndpoint
+from schemas.feeds import (
+    FeedCreate,
+    FeedProperties,
+    PointGeometry,
+    Sharing,
+    SharingClass,
+    StreamEndpoint,
+)
 
 feeds = feeds_table
 nodes = catalog_nodes_table
@@ -49,8 +56,8 @@ class ImportOptions:
     """How new channels are shared: ``sharing`` for ordinary ones, ``secret_sharing`` for the
     ones the platform marks ``Secrecy=1`` (a department may choose to share those too)."""
 
-    sharing: str = "unconditional"
-    secret_sharing: str = "not_shared"
+    sharing: SharingClass = "unconditional"
+    secret_sharing: SharingClass = "not_shared"
 
 
 @dataclass
@@ -85,7 +92,7 @@ def new_channel(
         kind="camera",
         code=item.device_id,
         owner=department,
-        name=item.name,
+        name=item.name or item.device_id,  # classify_items requires a name of a new item
         stream=StreamEndpoint.model_construct(
             protocol="gb28181",
             url=f"gb28181://{platform_id}/{item.device_id}",

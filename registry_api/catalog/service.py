@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,6 +39,21 @@ from schemas.identity import Role
 log = logging.getLogger("feedgrid.catalog")
 nodes = catalog_nodes_table
 HEARTBEAT_BATCH = 20_000
+MESSAGES = Counter(
+    "feedgrid_catalog_messages_total",
+    "MANSCDP catalog messages taken, by kind and state (applied, waiting for more parts)",
+    ["kind", "state"],
+)
+ITEMS = Counter(
+    "feedgrid_catalog_items_total",
+    "Catalog items of applied messages, by outcome",
+    ["outcome"],
+)
+SECONDS = Histogram(
+    "feedgrid_catalog_apply_seconds",
+    "Time to check and apply one catalog message",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 
 def require_catalog_writer(principal: Principal, department: str) -> None:
@@ -128,6 +144,7 @@ async def _receive(
                     first_index=state.received - len(raw_items),
                 )  # fmt: skip
                 await session.commit()
+                MESSAGES.labels(message.root, "waiting").inc()
                 return _result(
                     "waiting", message, department, received, False, Applied(rejected=rejected),
                     skipped,
@@ -159,6 +176,14 @@ async def _receive(
         },
     )  # fmt: skip
     result = _result("applied", message, department, received, complete, applied, skipped)
+    MESSAGES.labels(message.root, "applied").inc()
+    for outcome, count in (
+        ("created", applied.created), ("updated", applied.updated + applied.revived),
+        ("unchanged", applied.unchanged), ("retired", applied.retired),
+        ("rejected", len(applied.rejected)), ("skipped", len(skipped)),
+    ):  # fmt: skip
+        ITEMS.labels(outcome).inc(count)
+    SECONDS.observe(time.perf_counter() - started)
     return result, applied
 
 

@@ -8,6 +8,8 @@ liveness reports are read back from the heartbeats topic the workers consume.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -108,9 +110,9 @@ async def test_a_platform_catalog_becomes_feeds_with_its_tree(client: httpx.Asyn
     assert found[code(2)]["status"] == "unknown"  # the workers decide, the registry follows
 
 
-def _walk(node: dict[str, object]) -> list[dict[str, object]]:
+def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
     found = [node]
-    for child in node["children"]:  # type: ignore[attr-defined]
+    for child in node["children"]:
         found += _walk(child)
     return found
 
