@@ -8,6 +8,7 @@ liveness reports are read back from the heartbeats topic the workers consume.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from deploy.catalog_samples import (
     NVR,
     PLATFORM,
     sample_catalog,
+    synthetic_catalog,
 )
 from deploy.catalog_samples import channel_code as code
 from schemas.topics import HEARTBEATS
@@ -295,3 +297,21 @@ async def test_secrecy_follows_what_the_department_says(client: httpx.AsyncClien
     found = await feeds_of(client, department=URBAN)
     assert found[code(5)]["sharing"]["class"] == "conditional"
     assert found[code(1)]["sharing"]["class"] == "not_shared"
+
+
+@SQLITE_ONLY
+async def test_a_large_catalog_imports_in_one_message_quickly(client: httpx.AsyncClient) -> None:
+    """bench/bench_catalog.py times 50,000 channels (target <= 10 s); here 3,000, bounded."""
+    await build_city(client)
+    body = synthetic_catalog(3_000)
+    started = time.perf_counter()
+    first = await applied(client, body, department=URBAN)
+    seconds = time.perf_counter() - started
+    assert first["channels"]["created"] == 3_000 and first["channels"]["unplaced"] == 300
+    assert first["nodes_written"] == 3_000 + 47 + 1 + 1  # channels, NVRs, group, platform
+    assert first["liveness"]["reported"] == 3_000
+    again = await applied(client, body, department=URBAN)
+    assert again["channels"]["unchanged"] == 3_000 and again["nodes_written"] == 0
+    assert seconds < 30, f"3,000 channels took {seconds:.1f} s"
+    total = (await client.get("/v1/feeds", params={"department": URBAN, "limit": 1})).json()
+    assert total["total"] == 3_000
