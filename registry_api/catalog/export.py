@@ -15,6 +15,7 @@ platform answers a catalog query over several messages.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -68,6 +69,32 @@ def may_see(facts: FeedFacts, requester: Department, context: PolicyContext) -> 
         valid_until=now + timedelta(minutes=1),
     )
     return decide(sharing_view(facts), request, context).outcome is Outcome.granted
+
+
+class SharedCatalogCache:
+    """The last answers per upper platform, while the feed index has not changed and for at
+    most ``TTL_SECONDS``: a platform pulls a large catalog page after page, and every page
+    would otherwise decide every feed again."""
+
+    TTL_SECONDS = 30.0
+    SIZE = 8
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, int, list[dict[str, Any]]]] = {}
+
+    def get(self, platform: str, version: int) -> list[dict[str, Any]] | None:
+        found = self._entries.get(platform)
+        if found is None or found[1] != version or time.monotonic() - found[0] > self.TTL_SECONDS:
+            return None
+        return found[2]
+
+    def put(self, platform: str, version: int, entries: list[dict[str, Any]]) -> None:
+        if len(self._entries) >= self.SIZE:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[platform] = (time.monotonic(), version, entries)
+
+
+CACHE = SharedCatalogCache()
 
 
 async def shared_entries(

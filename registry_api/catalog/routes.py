@@ -151,6 +151,7 @@ async def get_summary(
 async def get_shared_catalog(
     session: SessionDep,
     runtime: RuntimeDep,
+    index: IndexDep,
     principal: PrincipalDep,
     platform: Annotated[
         str, Query(pattern=DEPARTMENT_CODE_PATTERN, description="The upper platform's department")
@@ -169,9 +170,12 @@ async def get_shared_catalog(
     department; the tree nodes above them first; ``Status`` from liveness. All pages share
     one ``SumNum``; ``X-Catalog-Pages`` says how many there are."""
     requester = await export.upper_platform(session, principal, platform)
-    entries = await export.shared_entries(
-        session, requester, timezone=ZoneInfo(runtime.settings.city_timezone)
-    )
+    entries = export.CACHE.get(platform, index.changes)
+    if entries is None or page == 1:  # a pull starts afresh; later pages reuse its answer
+        entries = await export.shared_entries(
+            session, requester, timezone=ZoneInfo(runtime.settings.city_timezone)
+        )
+        export.CACHE.put(platform, index.changes, entries)
     chosen, pages = export.page_of(entries, page, page_size)
     headers = {"X-Catalog-Pages": str(pages), "X-Catalog-Sum-Num": str(len(entries))}
     if format == "geojson":
