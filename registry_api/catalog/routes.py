@@ -79,10 +79,10 @@ async def post_catalog(
     the department (upsert by code); ``Status`` and ON/OFF/VLOST/DEFECT go to the liveness
     workers as heartbeat reports. Bad items are listed in ``rejected``; they never sink the
     message."""
+    body = await request.body()  # first: an oversized body is a 413 whoever sends it
     target = department or principal.department
     if target is None:
         raise Forbidden("the city admin names the department (?department=)", code="no_department")
-    body = await request.body()
     result, applied = await service.receive_catalog(
         session, index, principal=principal, department=target, body=body,
         content_type=request.headers.get("content-type"),
