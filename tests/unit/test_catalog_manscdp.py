@@ -100,3 +100,35 @@ def test_the_shared_catalog_renders_as_it_parses() -> None:
     assert parse_catalog(body).items == [
         {"DeviceID": code(1), "Name": "a & <b>", "Status": "ON", "Info.PTZType": "3"}
     ]
+
+
+def test_an_unplaced_feed_is_in_no_spatial_answer_but_in_every_other() -> None:
+    from registry_api.feeds.index.columns import Columns
+    from registry_api.feeds.index.queries import IndexQuery
+    from registry_api.feeds.index.records import FeedRecord, Vocabulary
+    from registry_api.feeds.index.snapshot import Snapshot
+
+    def record(feed_id: str, lon: float | None, lat: float | None) -> FeedRecord:
+        row = {
+            "id": feed_id, "revision": 1, "owner": "lz-cmb", "kind": "camera",
+            "gb_industry": "08", "gb_type": "132", "gb_region": "62010200",
+            "sharing_class": "unconditional", "status": "unknown", "retired_at": None,
+            "tags": [], "name": feed_id, "lon": lon, "lat": lat, "fov_heading": 90.0,
+            "fov_angle": 60.0, "fov_range_m": 50.0, "coverage": None,
+        }  # fmt: skip
+        return FeedRecord.from_row(row)
+
+    owners, tags = Vocabulary(), Vocabulary()
+    records = [record("A" * 24, 103.83, 36.06), record("B" * 24, None, None)]
+    snapshot = Snapshot(Columns.from_records(records, owners, tags))
+
+    def ids(query: IndexQuery) -> set[str]:
+        rows = snapshot.match(query, vocabularies=(owners, tags)).rows
+        return {value.decode() for value in snapshot.columns.ids[rows]}
+
+    assert ids(IndexQuery(owner="lz-cmb")) == {"A" * 24, "B" * 24}
+    assert ids(IndexQuery(bbox=(-180.0, -90.0, 180.0, 90.0))) == {"A" * 24}
+    assert ids(IndexQuery(near=(103.83, 36.06, 20_000.0))) == {"A" * 24}
+    assert ids(IndexQuery(sees=(103.8303, 36.06))) == {"A" * 24}
+    assert ids(IndexQuery(placed=False)) == {"B" * 24}
+    assert ids(IndexQuery(feed_ids=("B" * 24,))) == {"B" * 24}
