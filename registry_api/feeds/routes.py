@@ -153,8 +153,19 @@ async def list_feeds(
     """Filters combine with AND. ``near`` pages nearest first, the rest in registration order.
     Retired feeds only with ``include_retired=true``. Gzip-compressed when the client accepts
     it."""
-    page = await service.search_feeds(index, principal, filters, limit=limit, cursor=cursor)
+    page = await service.search_feeds(
+        index, principal, filters, limit=limit, cursor=cursor,
+        feed_ids=await catalog_node_feeds(request, filters),
+    )  # fmt: skip
     return page_response(request, page)
+
+
+async def catalog_node_feeds(request: Request, filters: FeedFilters) -> list[str] | None:
+    """The feeds beneath the filters' ``catalog_node``: a session only when one is asked."""
+    if filters.catalog_node is None:
+        return None
+    async with request.app.state.runtime.sessions() as session:
+        return await service.catalog_node_feeds(session, filters)
 
 
 @router.get(
@@ -187,8 +198,9 @@ async def search_feeds(
     """The list filters plus a GeoJSON Polygon or MultiPolygon with ``relation`` within or
     intersects (a district, a road buffer). Gzip-compressed when the client accepts it."""
     page = await service.search_feeds(
-        index, principal, search, limit=search.limit, cursor=search.cursor
-    )
+        index, principal, search, limit=search.limit, cursor=search.cursor,
+        feed_ids=await catalog_node_feeds(request, search),
+    )  # fmt: skip
     return page_response(request, page)
 
 

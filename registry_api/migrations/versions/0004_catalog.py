@@ -1,7 +1,7 @@
 """catalog: unplaced feeds, GB/T 28181 catalog nodes, pending catalog parts, duplicate decisions
 
 Revision ID: 0004_catalog
-Revises: 0006_lifecycle
+Revises: 0005_enforcement
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from registry_api.db import UtcDateTime
 
 revision = "0004_catalog"
-down_revision = "0006_lifecycle"
+down_revision = "0005_enforcement"
 branch_labels = None
 depends_on = None
 
