@@ -25,7 +25,6 @@ from registry_api.catalog.items import LIVENESS_OF, CatalogEntryItem, ItemProble
 from registry_api.catalog.models import catalog_nodes_table
 from registry_api.catalog.writes import WritePlan, write_plan
 from registry_api.feeds.documents import content_values, input_document, new_feed_ids
-from registry_api.feeds.index.records import FeedRecord
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.problems import first_problem, validation_details
 from schemas.feeds import (
@@ -66,7 +65,7 @@ class Applied:
     nodes_written: int = 0
     nodes_retired: int = 0
     rejected: list[ItemProblem] = field(default_factory=list)
-    records: list[FeedRecord] = field(default_factory=list)
+    rows: list[Mapping[str, Any]] = field(default_factory=list)  # feed rows written
     liveness: list[tuple[str, str]] = field(default_factory=list)  # (feed id, online|offline)
 
 
@@ -350,10 +349,7 @@ async def apply_items(
     applied.retired = len(plan.feed_retirements)
     applied.nodes_written = len(plan.node_inserts) + len(plan.node_updates)
     applied.nodes_retired = len(retiring_nodes)
-    applied.records = [
-        FeedRecord.from_row(row)
-        for row in (*plan.feed_inserts, *plan.feed_updates, *plan.feed_retirements)
-    ]
+    applied.rows = [*plan.feed_inserts, *plan.feed_updates, *plan.feed_retirements]
     return applied
 
 

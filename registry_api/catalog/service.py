@@ -161,10 +161,10 @@ async def _receive(
     )  # fmt: skip
     applied.rejected = sorted([*rejected, *applied.rejected], key=lambda problem: problem.index)
     await session.commit()
-    if len(applied.records) > DELTA_LIMIT:
-        await index.apply_and_merge(applied.records)
-    else:
-        index.apply(applied.records)
+    if applied.rows:
+        index.apply_rows(applied.rows)  # rendered here, as every writer's rows are
+        if len(applied.rows) > DELTA_LIMIT:
+            await index.merge()  # a big catalog: folded into the base now
     log.info(
         "catalog applied",
         extra={
