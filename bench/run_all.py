@@ -26,6 +26,7 @@ BENCHMARKS = (
     "bench_pipeline",
     "bench_load",
     "bench_stream_targets",
+    "bench_catalog",
 )
 RESULTS = Path(__file__).parent / "results"
 

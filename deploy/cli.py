@@ -197,6 +197,7 @@ def _serve(settings: Settings, host: str, port: int, after_start: object = None)
 
 
 def _mount_subcommands() -> None:
+    from deploy.catalog_cli import catalog_app
     from deploy.local_kafka import kafka_app
     from deploy.local_mosquitto import mqtt_app
     from deploy.local_postgres import postgres_app
@@ -214,6 +215,7 @@ def _mount_subcommands() -> None:
         help="The local MQTT broker for sensor grants (Mosquitto 2, dynamic security).",
     )
     app.command(name="seed")(seed_command)
+    app.add_typer(catalog_app, name="catalog", help=catalog_app.info.help)
 
 
 _mount_subcommands()

@@ -13,6 +13,7 @@ from infra.structured_logging import configure_logging
 from registry_api.access.routes import grants_router, requests_router
 from registry_api.analytics.routes import router as analytics_router
 from registry_api.audit.routes import router as audit_router
+from registry_api.catalog.routes import router as catalog_router
 from registry_api.dashboard.routes import router as dashboard_router
 from registry_api.enforcement.routes import router as grant_sessions_router
 from registry_api.errors import error_responses, install_error_handlers
@@ -120,6 +121,7 @@ def create_app(
     app.include_router(health_router)
     app.include_router(identity_router, responses=error_responses(*API_REFUSALS))
     app.include_router(feeds_router, responses=error_responses(*API_REFUSALS, 412, 428))
+    app.include_router(catalog_router, responses=error_responses(*API_REFUSALS, 415, 429))
     app.include_router(requests_router, responses=error_responses(*API_REFUSALS, 429))
     app.include_router(grants_router, responses=error_responses(*API_REFUSALS, 410))
     app.include_router(grant_sessions_router, responses=error_responses(*API_REFUSALS))

@@ -97,6 +97,7 @@ ERROR_DESCRIPTIONS = {
     410: "The grant has ended or was revoked",
     412: "If-Match names an old version",
     413: "The body is larger than the configured limit",
+    415: "The body's Content-Type is not one this endpoint takes",
     422: "A parameter or the body is invalid; `details` lists where",
     428: "If-Match is required",
     429: "Too many requests from this identity; retry after `Retry-After` seconds",

@@ -14,6 +14,7 @@ def import_all_models() -> None:
         "registry_api.audit.models",
         "registry_api.subscriptions.models",
         "registry_api.enforcement.models",
+        "registry_api.catalog.models",
     ):
         try:
             importlib.import_module(module)

@@ -319,9 +319,10 @@ class FeedProperties(BaseModel):
 
 
 class FeedCreate(FeedProperties):
-    """Body of ``POST /v1/feeds``: the properties plus the location."""
+    """Body of ``POST /v1/feeds``: the properties plus the location (null or left out: an
+    unplaced feed, listed for its department to locate and kept off maps and spatial answers)."""
 
-    location: PointGeometry
+    location: PointGeometry | None = None
 
 
 class FeedFeature(BaseModel):
@@ -384,7 +385,9 @@ class FeedOut(BaseModel):
     code: str
     owner: str
     name: str
-    location: dict[str, Any]
+    location: dict[str, Any] | None = Field(
+        description="GeoJSON Point; null for an unplaced feed (no coordinates yet)"
+    )
     altitude: float | None
     fov: FieldOfView | None
     fov_polygon: dict[str, Any] | None = Field(description="The field of view as a GeoJSON Polygon")
@@ -491,6 +494,14 @@ class FeedFilters(BaseModel):
     near: Near | None = Field(None, description="lon,lat,metres: true distance, nearest first")
     sees: LonLat | None = Field(None, description="lon,lat: cameras whose FOV or coverage holds it")
     include_retired: bool = False
+    placed: bool | None = Field(
+        None, description="false: only unplaced feeds (no coordinates); true: only placed ones"
+    )
+    catalog_node: str | None = Field(
+        None,
+        pattern=r"^\d{20}$",
+        description="GB/T 28181 id of a catalog-tree node: feeds of the channels beneath it",
+    )
 
     @field_validator("bbox", mode="before")
     @classmethod
@@ -573,10 +584,11 @@ class DuplicateMember(BaseModel):
     kind: FeedKind
     code: str
     name: str
-    location: dict[str, Any]
+    location: dict[str, Any] | None
 
 
 class DuplicateGroup(BaseModel):
+    key: str = Field(description="Names this group (its reason and members) to resolve it")
     reason: Literal["same_code", "same_stream_url", "nearby_overlapping_view"]
     feeds: list[DuplicateMember]
     departments: list[str]

@@ -59,7 +59,7 @@ async def resolve_requested_feeds(
             raise ApiError(
                 "the feed index is not loaded yet", code="index_unavailable", status_code=503
             )
-        ids = await search_feed_ids(index, payload.selection)
+        ids = await search_feed_ids(index, payload.selection, session)
     else:
         ids = list(dict.fromkeys(payload.feed_ids or []))
     return RequestedFeeds(ids=ids, facts=await load_feed_facts(session, ids))

@@ -215,6 +215,9 @@ class ScorecardRow(BaseModel):
     feeds_conditional: int
     feeds_not_shared: int
     feeds_online: int
+    feeds_unplaced: int = Field(
+        0, description="Feeds without coordinates (catalog channels to locate)"
+    )
     availability: float | None = Field(description="feeds_online / feeds")
     requests_received: int
     requests_answered: int

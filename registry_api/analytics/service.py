@@ -585,7 +585,7 @@ class AnalyticsService:
         where.scope(self.scope, owner_only=True)
         sql = f"""
             SELECT feed_id, owner_department, name, kind, region, sharing_class,
-                   status AS registry_status, registered_at
+                   status AS registry_status, registered_at, longitude
             FROM feed_metadata FINAL
             WHERE {where.sql()}
         """
@@ -670,6 +670,7 @@ class AnalyticsService:
                    countIf(m.sharing_class = 'unconditional') AS unconditional,
                    countIf(m.sharing_class = 'conditional') AS conditional,
                    countIf(m.sharing_class = 'not_shared') AS not_shared,
+                   countIf(m.longitude IS NULL) AS unplaced,
                    countIf(if(s.liveness != '', s.liveness, m.registry_status) = 'online') AS online
             FROM ({feeds_sql}) AS m
             LEFT JOIN ({_LATEST_LIVENESS}) AS s ON s.feed_id = m.feed_id
@@ -747,6 +748,7 @@ class AnalyticsService:
                     feeds_conditional=int(row.get("conditional", 0)),
                     feeds_not_shared=int(row.get("not_shared", 0)),
                     feeds_online=int(row.get("online", 0)),
+                    feeds_unplaced=int(row.get("unplaced", 0)),
                     availability=_share(int(row.get("online", 0)), feeds),
                     requests_received=int(row.get("received", 0)),
                     requests_answered=int(row.get("answered_count", 0)),

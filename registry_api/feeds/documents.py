@@ -88,8 +88,9 @@ def stream_url_key(url: str) -> str:
     return hashlib.sha256(normalised.encode()).hexdigest()
 
 
-def content_values(properties: FeedProperties, location: PointGeometry) -> dict[str, Any]:
-    """Column values of a validated feed, without identity, version or status columns."""
+def content_values(properties: FeedProperties, location: PointGeometry | None) -> dict[str, Any]:
+    """Column values of a validated feed, without identity, version or status columns.
+    ``location`` None: an unplaced feed (no coordinates yet)."""
     gb = properties.gb
     fov = properties.fov
     stream = properties.stream
@@ -98,8 +99,8 @@ def content_values(properties: FeedProperties, location: PointGeometry) -> dict[
         "code": properties.code,
         "owner": properties.owner,
         "name": properties.name,
-        "lon": location.lon,
-        "lat": location.lat,
+        "lon": location.lon if location is not None else None,
+        "lat": location.lat if location is not None else None,
         "altitude": properties.altitude,
         "gb_region": gb.region if gb else None,
         "gb_industry": gb.industry if gb else None,
@@ -124,6 +125,13 @@ def content_values(properties: FeedProperties, location: PointGeometry) -> dict[
     return values
 
 
+def location_document(row: Row) -> dict[str, Any] | None:
+    """The feed's position as a GeoJSON Point; None for an unplaced feed."""
+    if row["lon"] is None or row["lat"] is None:
+        return None
+    return {"type": "Point", "coordinates": [row["lon"], row["lat"]]}
+
+
 def can_see_internal(principal: Principal, owner: str) -> bool:
     """The owner department's users and the city admin see internal fields (the stream URL)."""
     return principal.is_city_admin or principal.department == owner
@@ -140,7 +148,7 @@ def fov_polygons_geojson(rows: Sequence[Row]) -> list[dict[str, Any] | None]:
     return fov_polygons_of(
         [
             (row["lon"], row["lat"], row["fov_heading"], row["fov_angle"], row["fov_range_m"])
-            if row["fov_heading"] is not None
+            if row["fov_heading"] is not None and row["lon"] is not None  # unplaced: nowhere
             else None
             for row in rows
         ]
@@ -195,7 +203,7 @@ def feed_document(row: Row, *, show_url: bool, with_polygon: bool = True) -> dic
         "code": row["code"],
         "owner": row["owner"],
         "name": row["name"],
-        "location": {"type": "Point", "coordinates": [row["lon"], row["lat"]]},
+        "location": location_document(row),
         "altitude": row["altitude"],
         "fov": fov_of(row),
         "coverage": row["coverage"],
@@ -231,7 +239,7 @@ def input_document(row: Row) -> dict[str, Any]:
         "code": row["code"],
         "owner": row["owner"],
         "name": row["name"],
-        "location": {"type": "Point", "coordinates": [row["lon"], row["lat"]]},
+        "location": location_document(row),
         "altitude": row["altitude"],
         "fov": fov_of(row),
         "coverage": row["coverage"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.errors import Unprocessable
+from registry_api.feeds.documents import location_document
 from registry_api.feeds.geodesy import fov_polygons, geodesic_area_m2
 from registry_api.feeds.index.proximity import close_pairs
 from registry_api.feeds.index.queries import IndexQuery
@@ -80,8 +82,15 @@ def _member(row: Mapping[Any, Any]) -> dict[str, Any]:
         "kind": row["kind"],
         "code": row["code"],
         "name": row["name"],
-        "location": {"type": "Point", "coordinates": [row["lon"], row["lat"]]},
+        "location": location_document(row),
     }
+
+
+def group_key(reason: str, feed_ids: Sequence[str]) -> str:
+    """Names a group by its reason and members: a group that gains or loses a member is a
+    new group (and needs a new decision)."""
+    digest = hashlib.sha1(",".join(sorted(feed_ids)).encode()).hexdigest()[:20]
+    return f"{reason}:{digest}"
 
 
 def _group(
@@ -89,6 +98,7 @@ def _group(
 ) -> dict[str, Any]:
     members = sorted((_member(row) for row in rows), key=lambda member: member["id"])
     return {
+        "key": group_key(reason, [member["id"] for member in members]),
         "reason": reason,
         "feeds": members,
         "departments": sorted({member["owner"] for member in members}),
@@ -151,7 +161,7 @@ def _connected(pairs: list[tuple[int, int]]) -> list[list[int]]:
 async def _nearby_groups(
     session: AsyncSession, index: FeedIndex, distance_m: float
 ) -> list[dict[str, Any]]:
-    live = index.matching_columns(IndexQuery())
+    live = index.matching_columns(IndexQuery(placed=True))  # unplaced feeds are near nothing
     first, second, distance = close_pairs(live["lon"], live["lat"], distance_m)
     candidate = (live["kind"][first] == live["kind"][second]) & (
         live["owner"][first] != live["owner"][second]
@@ -228,8 +238,10 @@ async def find_duplicates(
     distance_m: float = DEFAULT_DISTANCE_M,
     limit: int = 100,
     cursor: str | None = None,
+    decided: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Groups of suspected duplicates, ordered by reason then first feed id; paged."""
+    """Groups of suspected duplicates, ordered by reason then first feed id; paged. Groups
+    whose key is in ``decided`` (resolved or dismissed) are left out."""
     groups: list[dict[str, Any]] = []
     if reason in (None, "same_code"):
         groups += await _code_groups(session)
@@ -239,6 +251,8 @@ async def find_duplicates(
         groups += await _nearby_groups(session, index, distance_m)
     if department is not None:
         groups = [group for group in groups if department in group["departments"]]
+    if decided:
+        groups = [group for group in groups if group["key"] not in decided]
     groups.sort(key=lambda group: (REASONS.index(group["reason"]), group["feeds"][0]["id"]))
     offset = _decode_offset(cursor) if cursor else 0
     page = groups[offset : offset + limit]

@@ -65,8 +65,10 @@ class Feed(Base):
     code: Mapped[str] = mapped_column(String(64))
     owner: Mapped[str] = mapped_column(ForeignKey("departments.code"))
     name: Mapped[str] = mapped_column(String(200))
-    lon: Mapped[float] = mapped_column(Float)
-    lat: Mapped[float] = mapped_column(Float)
+    # None for an unplaced feed (a catalog channel without coordinates): found by every
+    # non-spatial filter, absent from spatial answers and the map until someone places it.
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
     altitude: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     gb_region: Mapped[str | None] = mapped_column(String(8), nullable=True)

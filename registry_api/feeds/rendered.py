@@ -105,7 +105,7 @@ def render_documents(documents: Sequence[Mapping[str, Any]], owners: Vocabulary)
     views: list[tuple[float, float, float, float, float] | None] = []
     for document in documents:
         fov = document["fov"]
-        if fov is None:
+        if fov is None or document["location"] is None:  # no view, or an unplaced feed
             views.append(None)
         else:
             lon, lat = document["location"]["coordinates"][:2]

@@ -120,11 +120,18 @@ async def feed_filters(
         str | None, Query(description="lon,lat: cameras whose view holds this point")
     ] = None,
     include_retired: bool = False,
+    placed: Annotated[
+        bool | None, Query(description="false: unplaced feeds only (no coordinates)")
+    ] = None,
+    catalog_node: Annotated[
+        str | None, Query(description="Catalog-tree node (20 digits): the channels beneath it")
+    ] = None,
 ) -> FeedFilters:
     raw = {
         "department": department, "kind": kind, "industry": industry, "type_code": type_code,
         "region": region, "sharing": sharing, "status": status, "tag": tag, "q": q, "bbox": bbox,
-        "near": near, "sees": sees, "include_retired": include_retired,
+        "near": near, "sees": sees, "include_retired": include_retired, "placed": placed,
+        "catalog_node": catalog_node,
     }  # fmt: skip
     try:
         return FeedFilters.model_validate(
@@ -146,8 +153,19 @@ async def list_feeds(
     """Filters combine with AND. ``near`` pages nearest first, the rest in registration order.
     Retired feeds only with ``include_retired=true``. Gzip-compressed when the client accepts
     it."""
-    page = await service.search_feeds(index, principal, filters, limit=limit, cursor=cursor)
+    page = await service.search_feeds(
+        index, principal, filters, limit=limit, cursor=cursor,
+        feed_ids=await catalog_node_feeds(request, filters),
+    )  # fmt: skip
     return page_response(request, page)
+
+
+async def catalog_node_feeds(request: Request, filters: FeedFilters) -> list[str] | None:
+    """The feeds beneath the filters' ``catalog_node``: a session only when one is asked."""
+    if filters.catalog_node is None:
+        return None
+    async with request.app.state.runtime.sessions() as session:
+        return await service.catalog_node_feeds(session, filters)
 
 
 @router.get(
@@ -161,10 +179,10 @@ async def list_feed_points(
     kind: Annotated[str | None, Query(pattern="^(camera|sensor)$")] = None,
     bbox: Annotated[str | None, Query(description="minLon,minLat,maxLon,maxLat")] = None,
 ) -> Response:
-    """Ids, positions, kinds, statuses and owners of all matching feeds (retired ones left
-    out) as compact columns, for maps of the whole city; public fields only. Gzip-compressed
-    when the client accepts it."""
-    filters = await feed_filters(department=department, kind=kind, bbox=bbox)
+    """Ids, positions, kinds, statuses and owners of all matching feeds (retired and unplaced
+    ones left out) as compact columns, for maps of the whole city; public fields only.
+    Gzip-compressed when the client accepts it."""
+    filters = await feed_filters(department=department, kind=kind, bbox=bbox, placed=True)
     # Matching is quick and reads the index's live state: here, on the loop. The rest (a
     # second or two at a million feeds) runs in a worker thread on the unchanging snapshots.
     parts = index.matching_rows(service.index_query(filters))
@@ -180,8 +198,9 @@ async def search_feeds(
     """The list filters plus a GeoJSON Polygon or MultiPolygon with ``relation`` within or
     intersects (a district, a road buffer). Gzip-compressed when the client accepts it."""
     page = await service.search_feeds(
-        index, principal, search, limit=search.limit, cursor=search.cursor
-    )
+        index, principal, search, limit=search.limit, cursor=search.cursor,
+        feed_ids=await catalog_node_feeds(request, search),
+    )  # fmt: skip
     return page_response(request, page)
 
 
@@ -303,13 +322,20 @@ async def catalog_duplicates(
     ] = duplicates.DEFAULT_DISTANCE_M,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
+    include_decided: Annotated[
+        bool, Query(description="Also groups already resolved or dismissed")
+    ] = False,
 ) -> Response:
     """Groups of feeds of different departments that look like one device, with the evidence:
     the same GB/T 28181 code, the same stream, or the same kind within ``distance_m`` metres
-    with overlapping fields of view."""
+    with overlapping fields of view. Groups an owner resolved or dismissed
+    (``POST /v1/catalog/duplicates/{key}/resolve|dismiss``) are left out."""
+    from registry_api.catalog.resolutions import decided_keys  # the catalog builds on feeds
+
+    decided = frozenset() if include_decided else await decided_keys(session)
     report = await duplicates.find_duplicates(
         session, index, principal, reason=reason, department=department,
-        distance_m=distance_m, limit=limit, cursor=cursor,
+        distance_m=distance_m, limit=limit, cursor=cursor, decided=decided,
     )  # fmt: skip
     return json_response(report)
 

@@ -65,7 +65,7 @@ def unprocessable(error: ValidationError, code: str) -> Unprocessable:
     return Unprocessable(first_problem(details), code=code, details=details)
 
 
-def split_body(body: FeedCreate | FeedFeature) -> tuple[FeedProperties, PointGeometry]:
+def split_body(body: FeedCreate | FeedFeature) -> tuple[FeedProperties, PointGeometry | None]:
     if isinstance(body, FeedFeature):
         return body.properties, body.geometry
     return body, body.location
@@ -350,7 +350,9 @@ async def retire_feed(
 # ---------------------------------------------------------------------------- reads
 
 
-def index_query(filters: FeedFilters) -> IndexQuery:
+def index_query(filters: FeedFilters, *, feed_ids: Sequence[str] | None = None) -> IndexQuery:
+    """The index's query for the filters; ``feed_ids`` (the feeds beneath ``catalog_node``,
+    read from the catalog tree by the caller) narrows it to those feeds."""
     geometry = None
     relation = "intersects"
     if isinstance(filters, FeedSearch) and filters.geometry is not None:
@@ -376,6 +378,19 @@ def index_query(filters: FeedFilters) -> IndexQuery:
         sees=(filters.sees.lon, filters.sees.lat) if filters.sees else None,
         geometry=geometry,
         relation=relation,
+        placed=filters.placed,
+        feed_ids=tuple(feed_ids) if feed_ids is not None else None,
+    )
+
+
+async def catalog_node_feeds(session: AsyncSession, filters: FeedFilters) -> list[str] | None:
+    """The feed ids beneath the filters' catalog-tree node (None when no node is asked)."""
+    if filters.catalog_node is None:
+        return None
+    from registry_api.catalog.tree import feed_ids_under  # the catalog builds on the feeds
+
+    return await feed_ids_under(
+        session, node_id=filters.catalog_node, department=filters.department
     )
 
 
@@ -406,11 +421,14 @@ async def search_feeds(
     *,
     limit: int = PAGE_LIMIT_DEFAULT,
     cursor: str | None = None,
+    feed_ids: Sequence[str] | None = None,
 ) -> bytes:
     """One page of feeds matching the filters, as the caller may see them, as JSON: the
-    index's match joined with the documents rendered when the feeds last changed."""
+    index's match joined with the documents rendered when the feeds last changed.
+    ``feed_ids``: the feeds beneath the filters' ``catalog_node`` (see
+    :func:`catalog_node_feeds`)."""
     try:
-        page = index.search(index_query(filters), limit=limit, cursor=cursor)
+        page = index.search(index_query(filters, feed_ids=feed_ids), limit=limit, cursor=cursor)
     except InvalidCursor as error:
         raise Unprocessable(str(error), code="invalid_cursor") from None
     return index.rendered.page(
@@ -418,9 +436,16 @@ async def search_feeds(
     )
 
 
-async def search_feed_ids(index: FeedIndex, search: FeedSearch) -> list[str]:
-    """Ids of the first ``search.limit`` feeds a search finds (for access requests by area)."""
+async def search_feed_ids(
+    index: FeedIndex, search: FeedSearch, session: AsyncSession | None = None
+) -> list[str]:
+    """Ids of the first ``search.limit`` feeds a search finds (for access requests by area);
+    a ``catalog_node`` selection needs the session to read the tree."""
+    if search.catalog_node is not None and session is None:
+        raise Unprocessable("catalog_node is not supported here", code="invalid_filter")
+    feed_ids = await catalog_node_feeds(session, search) if session is not None else None
     try:
-        return index.search(index_query(search), limit=search.limit, cursor=search.cursor).ids
+        query = index_query(search, feed_ids=feed_ids)
+        return index.search(query, limit=search.limit, cursor=search.cursor).ids
     except InvalidCursor as error:
         raise Unprocessable(str(error), code="invalid_cursor") from None

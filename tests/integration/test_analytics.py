@@ -99,6 +99,7 @@ def build_city(now: datetime) -> City:
         )
         if feed_id in FORMULA_NAMES:
             city.feeds[feed_id]["name"] = FORMULA_NAMES[feed_id]
+    city.feeds["feed-11"]["location"] = None  # a catalog channel without coordinates
     window = (now - timedelta(days=30), now + timedelta(days=30))
     granted = city.grants
     for _ in range(300):
@@ -540,6 +541,7 @@ async def test_dormant_feeds_and_scorecards_equal_the_catalog(
         )
         online = [f for f in mine if f["id"] not in NEVER_ONLINE and f["id"] != OFFLINE]
         assert card["feeds_online"] == len(online)
+        assert card["feeds_unplaced"] == sum(1 for feed in mine if feed["location"] is None)
         by_others = [
             r
             for r in city.retrievals

@@ -135,6 +135,7 @@ async def path_ids(world: World) -> dict[str, str]:
         "code": TRANSPORT,
         "key_id": world.keys[(TRANSPORT, "requester")].split("_", 2)[1],
         "subscription_id": subscription.json()["id"],
+        "key": "same_code:" + "0" * 20,  # a duplicate group's key (none: the body is refused first)
     }
 
 

@@ -34,6 +34,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from registry_api.app import create_app
+from registry_api.catalog.manscdp import render_catalog
 from schemas.events import EventType
 from schemas.settings import Settings, load_settings
 from tests.integration.access_world import (
@@ -193,6 +194,14 @@ async def build_scene(world: World, app: FastAPI, settings: Settings) -> Scene:
         played = await world.hook(gateway_path(world, feed), token)
         assert played.status_code == 200, played.text
     scene.ids["token a->p"] = await retrieval_token(world, A, scene.ids["grant a->p"])
+    # B's GB/T 28181 platform posted its catalog (no Status: no liveness traffic meanwhile).
+    posted = await client.post(
+        "/v1/catalog/manscdp",
+        params={"department": B},
+        content=B_CATALOG,
+        headers={"Content-Type": "Application/MANSCDP+xml"},
+    )
+    assert posted.status_code == 200 and posted.json()["channels"]["created"] == 1, posted.text
     # A retrieval of B's sensor that nobody granted: an alert between B and C.
     now = datetime.now(UTC).replace(microsecond=0)
     rogue = Retrieval(world.feed_id("sensor"), C, f"{C}-rogue", "", now, 2.0, 100)
@@ -314,6 +323,94 @@ async def register_feed(scene: Scene) -> None:
     hijack["stream"]["media_path"] = world.feeds["not_shared"]["stream"]["media_path"]
     response = await scene.client.post("/v1/feeds", json=hijack, headers=scene.a("dept_admin"))
     assert 400 <= response.status_code < 500, f"A registered at B's media path: {response.text}"
+
+
+B_PLATFORM = "62010000042002000001"
+B_CHANNEL = "62010200041322000001"
+B_CATALOG = render_catalog(
+    sn="1",
+    device_id=B_PLATFORM,
+    sum_num=1,
+    items=[{"DeviceID": B_CHANNEL, "Name": "南关十字球机", "ParentID": B_PLATFORM}],
+)
+
+
+async def post_catalog(scene: Scene) -> None:
+    notify = render_catalog(
+        sn="2", device_id=B_PLATFORM, sum_num=1, root="Notify",
+        items=[{"DeviceID": B_CHANNEL, "Event": "DEL"}],
+    )  # fmt: skip
+    for role in A_ROLES:
+        headers = {**scene.a(role), "Content-Type": "Application/MANSCDP+xml"}
+        for params, body in (({}, notify), ({"department": B}, B_CATALOG)):
+            response = await scene.client.post(
+                "/v1/catalog/manscdp", params=params, content=body, headers=headers
+            )
+            assert response.status_code == 403, (role, params, response.text)
+
+
+async def catalog_tree(scene: Scene) -> None:
+    for role in A_ROLES:
+        response = await scene.client.get(
+            "/v1/catalog/tree", params={"include_channels": "true"}, headers=scene.a(role)
+        )
+        assert response.status_code == 200, response.text
+        shows_nothing_private(scene, response.text, role)
+        assert B_PLATFORM in response.text  # catalog metadata is public, as feeds are
+
+
+async def catalog_summary(scene: Scene) -> None:
+    for role in A_ROLES:
+        refused = await scene.client.get(
+            "/v1/catalog/summary", params={"department": B}, headers=scene.a(role)
+        )
+        assert refused.status_code == 403, (role, refused.text)
+        own = await scene.client.get("/v1/catalog/summary", headers=scene.a(role))
+        assert own.status_code == 200 and own.json()["department"] == A, own.text
+        shows_nothing_of_others(scene, own.text, role)
+
+
+async def shared_catalog(scene: Scene) -> None:
+    for role in A_ROLES:
+        for form in ("manscdp", "geojson"):
+            refused = await scene.client.get(
+                "/v1/catalog/shared", params={"platform": B, "format": form}, headers=scene.a(role)
+            )
+            assert refused.status_code == 403, (role, refused.text)
+            own = await scene.client.get(
+                "/v1/catalog/shared", params={"platform": A, "format": form}, headers=scene.a(role)
+            )
+            assert own.status_code == 200, own.text
+            shows_nothing_private(scene, own.content.decode("gb18030"), role)
+            assert scene.world.feeds["not_shared"]["code"] not in own.content.decode("gb18030")
+
+
+def decide_duplicates(verb: str) -> Check:
+    async def check(scene: Scene) -> None:
+        listed = await scene.client.get(
+            "/v1/catalog/duplicates", params={"reason": "same_stream_url"}
+        )
+        keys = [group["key"] for group in listed.json()["groups"] if A not in group["departments"]]
+        assert keys, listed.text  # B's and C's group exists: the refusal is not vacuous
+        group = next(g for g in listed.json()["groups"] if g["key"] == keys[0])
+        for role in A_ROLES:
+            response = await scene.client.post(
+                f"/v1/catalog/duplicates/{keys[0]}/{verb}",
+                json={"authoritative_feed_id": group["feeds"][0]["id"]}
+                if verb == "resolve"
+                else {},
+                headers=scene.a(role),
+            )
+            assert response.status_code == 403, (role, response.text)
+
+    return check
+
+
+async def duplicate_decisions(scene: Scene) -> None:
+    for role in A_ROLES:
+        response = await scene.client.get("/v1/catalog/duplicates/decisions", headers=scene.a(role))
+        assert response.status_code == 200, response.text
+        shows_nothing_of_others(scene, response.text, role)
 
 
 def b_feed_items(scene: Scene, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -867,6 +964,13 @@ MATRIX: dict[str, Check] = {
     "PATCH /v1/feeds/{feed_id}": patch_feed,
     "DELETE /v1/feeds/{feed_id}": retire_feed,
     "GET /v1/catalog/duplicates": duplicates,
+    "POST /v1/catalog/manscdp": post_catalog,
+    "GET /v1/catalog/tree": catalog_tree,
+    "GET /v1/catalog/summary": catalog_summary,
+    "GET /v1/catalog/shared": shared_catalog,
+    "POST /v1/catalog/duplicates/{key}/resolve": decide_duplicates("resolve"),
+    "POST /v1/catalog/duplicates/{key}/dismiss": decide_duplicates("dismiss"),
+    "GET /v1/catalog/duplicates/decisions": duplicate_decisions,
     "POST /v1/heartbeats": heartbeats,
     "POST /v1/access-requests": request_access,
     "GET /v1/access-requests": list_requests,

@@ -79,10 +79,12 @@ DEPARTMENT_ADMIN_ROLES = ["dept_admin", "requester", "auditor", "gateway"]
 # Changes that end things (retiring feeds) run last, after everything that reads them.
 METHOD_ORDER = {"GET": 0, "POST": 1, "PATCH": 2, "DELETE": 3}
 NDJSON = "application/x-ndjson"
+MANSCDP = "Application/MANSCDP+xml"  # GB/T 28181 catalogs: a string body, sent as it is
 
 
 class NdjsonSerializer:
-    """Bulk import takes NDJSON; its schema is a string, sent as it is."""
+    """Bulk import takes NDJSON, the catalog MANSCDP XML; their schema is a string, sent as
+    it is."""
 
     def as_requests(self, context: Any, value: Any) -> dict[str, Any]:
         return {"data": value.encode() if isinstance(value, str) else orjson.dumps(value)}
@@ -239,9 +241,11 @@ def openapi_3_1() -> Iterator[None]:
     """Schemathesis 3 validates OpenAPI 3.1 (FastAPI's output) behind an experiment flag."""
     schemathesis.experimental.OPEN_API_3_1.enable()
     schemathesis.serializers.register(NDJSON)(NdjsonSerializer)
+    schemathesis.serializers.register(MANSCDP)(NdjsonSerializer)
     try:
         yield
     finally:
+        schemathesis.serializers.unregister(MANSCDP)
         schemathesis.serializers.unregister(NDJSON)
         schemathesis.experimental.OPEN_API_3_1.disable()
 

@@ -215,7 +215,7 @@ function describeSharing(sharing) {
 // may hang on a wall.
 export async function renderFeedCard(container, feedId, signal) {
   const feed = await getJson(pathFor(PATHS.feed, { feed_id: feedId }), {}, signal);
-  const [lon, lat] = feed.location.coordinates;
+  const [lon, lat] = feed.location ? feed.location.coordinates : [null, null]; // null: unplaced
   const gb = feed.gb28181;
   const facts = [
     ["id", feed.id],
@@ -225,7 +225,7 @@ export async function renderFeedCard(container, feedId, signal) {
     ["sharing", describeSharing(feed.sharing)],
     ["code", feed.code],
     gb ? ["GB/T 28181", `${gb.industry_label} · ${gb.type_label} · ${gb.network_label}`] : null,
-    ["position", `${lat.toFixed(6)}, ${lon.toFixed(6)}${feed.altitude !== null ? `, ${feed.altitude} m` : ""}`],
+    ["position", lon === null ? "not placed yet (no coordinates)" : `${lat.toFixed(6)}, ${lon.toFixed(6)}${feed.altitude !== null ? `, ${feed.altitude} m` : ""}`],
     feed.fov ? ["view", `heading ${feed.fov.heading}°, ${feed.fov.angle}° wide, ${feed.fov.range_m} m`] : null,
     feed.datastreams?.length ? ["measures", feed.datastreams.map((d) => `${d.name} (${d.unit})`).join(", ")] : null,
     feed.tags.length ? ["tags", feed.tags.join(", ")] : null,

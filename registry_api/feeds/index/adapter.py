@@ -8,7 +8,7 @@ from typing import Any
 
 import shapely
 
-from registry_api.feeds.index.records import FeedRecord
+from registry_api.feeds.index.records import NOWHERE, FeedRecord
 
 
 def record_from_document(document: Mapping[Any, Any]) -> FeedRecord:
@@ -16,7 +16,8 @@ def record_from_document(document: Mapping[Any, Any]) -> FeedRecord:
     gb = document.get("gb28181") or {}
     fov = document.get("fov")
     coverage = document.get("coverage")
-    lon, lat = document["location"]["coordinates"][:2]
+    location = document.get("location")
+    lon, lat = location["coordinates"][:2] if location else (NOWHERE, NOWHERE)
     return FeedRecord(
         id=document["id"],
         revision=int(document["revision"]),

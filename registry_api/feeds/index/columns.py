@@ -194,7 +194,7 @@ def _footprints(
     lon: np.ndarray, lat: np.ndarray, fov: np.ndarray, coverage: np.ndarray
 ) -> np.ndarray:
     bounds = np.full((lon.shape[0], 4), np.nan)
-    has_fov = ~np.isnan(fov[:, 0])
+    has_fov = ~np.isnan(fov[:, 0]) & ~np.isnan(lon)  # an unplaced feed's view is nowhere
     if has_fov.any():
         bounds[has_fov] = fov_bounds(
             lon[has_fov], lat[has_fov], fov[has_fov, 0], fov[has_fov, 1], fov[has_fov, 2]

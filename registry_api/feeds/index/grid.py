@@ -12,15 +12,14 @@ MAX_FOOTPRINT_CELLS = 256
 
 
 def grid_row(lat: np.ndarray | float) -> np.ndarray:
-    return np.clip(np.floor((np.asarray(lat) + 90.0) / CELL_DEGREES), 0, GRID_ROWS - 1).astype(
-        np.int64
-    )
+    # an unplaced feed (NaN) goes to the first cell, where the exact test leaves it out
+    degrees = np.nan_to_num(np.asarray(lat, dtype=np.float64), nan=-90.0)
+    return np.clip(np.floor((degrees + 90.0) / CELL_DEGREES), 0, GRID_ROWS - 1).astype(np.int64)
 
 
 def grid_column(lon: np.ndarray | float) -> np.ndarray:
-    return np.clip(np.floor((np.asarray(lon) + 180.0) / CELL_DEGREES), 0, GRID_COLUMNS - 1).astype(
-        np.int64
-    )
+    degrees = np.nan_to_num(np.asarray(lon, dtype=np.float64), nan=-180.0)
+    return np.clip(np.floor((degrees + 180.0) / CELL_DEGREES), 0, GRID_COLUMNS - 1).astype(np.int64)
 
 
 def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

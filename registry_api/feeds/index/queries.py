@@ -34,6 +34,8 @@ class IndexQuery:
     sees: tuple[float, float] | None = None
     geometry: shapely.Geometry | None = None
     relation: str = "intersects"
+    placed: bool | None = None  # True: only feeds with a position; False: only unplaced ones
+    feed_ids: tuple[str, ...] | None = None  # only these feeds (a catalog-tree node's)
 
 
 @dataclass

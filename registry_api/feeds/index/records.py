@@ -17,6 +17,9 @@ KIND_CODE = {value: code for code, value in enumerate(KINDS)}
 SHARING_CODE = {value: code for code, value in enumerate(SHARING)}
 STATUS_CODE = {value: code for code, value in enumerate(STATUSES)}
 ID_DTYPE = "S26"
+# The position of an unplaced feed: NaN fails every spatial comparison, so such a feed is in
+# no box, near nothing and on no map, while every other filter still finds it.
+NOWHERE = float("nan")
 
 
 @dataclass(slots=True)
@@ -35,7 +38,7 @@ class FeedRecord:
     retired: bool
     tags: Sequence[str]
     name: str
-    lon: float
+    lon: float  # NOWHERE when unplaced
     lat: float
     fov: tuple[float, float, float] | None = None
     coverage: shapely.Geometry | None = None
@@ -56,8 +59,8 @@ class FeedRecord:
             retired=row["retired_at"] is not None,
             tags=row["tags"],
             name=row["name"],
-            lon=row["lon"],
-            lat=row["lat"],
+            lon=NOWHERE if row["lon"] is None else row["lon"],
+            lat=NOWHERE if row["lat"] is None else row["lat"],
             fov=(
                 (row["fov_heading"], row["fov_angle"], row["fov_range_m"])
                 if row["fov_heading"] is not None

@@ -202,6 +202,8 @@ class Snapshot:
         def narrow(found: np.ndarray) -> np.ndarray:
             return found if rows is None else np.intersect1d(rows, found, assume_unique=True)
 
+        if query.feed_ids is not None:
+            rows = narrow(np.unique(self.rows_of(list(query.feed_ids))))
         if query.bbox is not None:
             rows = narrow(self.points_in_box(query.bbox))
         if query.sees is not None:
@@ -255,6 +257,8 @@ class Snapshot:
             mask &= c.sharing[view] == wanted["sharing"]
         if query.status is not None:
             mask &= c.status[view] == wanted["status"]
+        if query.placed is not None:
+            mask &= np.isnan(c.lon[view]) != query.placed
         if query.tag is not None:
             tagged = np.zeros(self.size, dtype=bool)
             if "tag" in self._groups:

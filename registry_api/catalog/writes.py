@@ -1,0 +1,120 @@
+"""Writing one catalog application: feed rows with their outbox events, catalog nodes, and
+retirements, in the caller's transaction (nothing is committed here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, insert, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry_api.bulk_insert import execute_insert, prepare_insert
+from registry_api.catalog.models import catalog_nodes_table
+from registry_api.db import rows_matched
+from registry_api.errors import Conflict
+from registry_api.feeds import sqlite_rows as sqlite_fast
+from registry_api.feeds.events import outbox_row
+from registry_api.feeds.models import feeds_table
+from registry_api.outbox.service import enqueue_many
+from schemas.events import EventType
+
+feeds = feeds_table
+nodes = catalog_nodes_table
+WRITE_CHUNK = 5_000
+
+
+class WritePlan:
+    """The rows one application writes, gathered before any write."""
+
+    def __init__(self, department: str, now: datetime) -> None:
+        self.department = department
+        self.now = now
+        self.feed_inserts: list[dict[str, Any]] = []
+        self.feed_updates: list[dict[str, Any]] = []
+        self.feed_retirements: list[dict[str, Any]] = []
+        self.node_inserts: list[dict[str, Any]] = []
+        self.node_updates: list[dict[str, Any]] = []
+
+
+async def write_plan(
+    session: AsyncSession, plan: WritePlan, retiring_nodes: list[Mapping[Any, Any]], now: datetime
+) -> None:
+    events = [outbox_row(EventType.FEED_REGISTERED, row) for row in plan.feed_inserts]
+    events += [outbox_row(EventType.FEED_UPDATED, row) for row in plan.feed_updates]
+    events += [outbox_row(EventType.FEED_RETIRED, row) for row in plan.feed_retirements]
+    for begin in range(0, len(events), WRITE_CHUNK):
+        await enqueue_many(session, events[begin : begin + WRITE_CHUNK])
+    for begin in range(0, len(plan.feed_inserts), WRITE_CHUNK):
+        chunk = plan.feed_inserts[begin : begin + WRITE_CHUNK]
+        if sqlite_fast.is_sqlite(session):
+            await sqlite_fast.insert_rows(session, sqlite_fast.encode_rows(chunk))
+        else:
+            await session.execute(insert(feeds), chunk)
+    await _update_feeds(session, plan.feed_updates)
+    await _update_feeds(session, plan.feed_retirements)
+    dialect = session.bind.dialect
+    for begin in range(0, len(plan.node_inserts), WRITE_CHUNK):
+        chunk = plan.node_inserts[begin : begin + WRITE_CHUNK]
+        await execute_insert(session, prepare_insert(nodes, chunk, dialect))
+    if plan.node_updates:
+        names = [name for name in plan.node_updates[0] if name not in ("owner", "device_id")]
+        statement = (
+            update(nodes)
+            .where(
+                and_(nodes.c.owner == bindparam("k_owner"), nodes.c.device_id == bindparam("k_id"))
+            )
+            .values({name: bindparam(f"v_{name}") for name in names})
+        )
+        await session.execute(
+            statement,
+            [
+                {
+                    "k_owner": row["owner"],
+                    "k_id": row["device_id"],
+                    **{f"v_{n}": row[n] for n in names},
+                }
+                for row in plan.node_updates
+            ],
+        )
+    if retiring_nodes:
+        statement = (
+            update(nodes)
+            .where(
+                and_(nodes.c.owner == bindparam("k_owner"), nodes.c.device_id == bindparam("k_id"))
+            )
+            .values(retired_at=now, updated_at=now)
+        )
+        await session.execute(
+            statement,
+            [{"k_owner": row["owner"], "k_id": row["device_id"]} for row in retiring_nodes],
+        )
+
+
+async def _update_feeds(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Updates by id, each only if nobody bumped its version since it was read."""
+    if not rows:
+        return
+    names = [name for name in rows[0] if name not in ("id", "created_at")]
+    statement = (
+        update(feeds)
+        .where(and_(feeds.c.id == bindparam("b_id"), feeds.c.version == bindparam("b_expected")))
+        .values({name: bindparam(f"b_{name}") for name in names})
+    )
+    for begin in range(0, len(rows), WRITE_CHUNK):
+        chunk = rows[begin : begin + WRITE_CHUNK]
+        parameters = [
+            {
+                "b_id": row["id"],
+                "b_expected": row["version"] - 1,
+                **{f"b_{n}": row[n] for n in names},
+            }
+            for row in chunk
+        ]
+        result = await session.execute(statement, parameters)
+        if rows_matched(result) not in (-1, len(chunk)):
+            raise Conflict(
+                "some of these feeds changed meanwhile; send the catalog again",
+                code="concurrent_import",
+            )
