@@ -1,7 +1,7 @@
 """catalog: unplaced feeds, GB/T 28181 catalog nodes, pending catalog parts, duplicate decisions
 
 Revision ID: 0004_catalog
-Revises: 0005_enforcement
+Revises: 0003_access
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from registry_api.db import UtcDateTime
 
 revision = "0004_catalog"
-down_revision = "0005_enforcement"
+down_revision = "0003_access"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """enforcement: the sessions each grant holds open, to cut on revocation and at its end
 
 Revision ID: 0005_enforcement
-Revises: 0006_lifecycle (chained after the lifecycle migration that reached main first)
+Revises: 0004_catalog
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from registry_api.db import UtcDateTime
 
 revision = "0005_enforcement"
-down_revision = "0006_lifecycle"
+down_revision = "0004_catalog"
 branch_labels = None
 depends_on = None
 

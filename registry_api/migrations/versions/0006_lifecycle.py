@@ -1,7 +1,7 @@
 """lifecycle: webhook subscriptions and deliveries, deadline and expiry notices, key life cycle
 
 Revision ID: 0006_lifecycle
-Revises: 0003_access
+Revises: 0005_enforcement
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from registry_api.db import UtcDateTime
 
 revision = "0006_lifecycle"
-down_revision = "0003_access"
+down_revision = "0005_enforcement"
 branch_labels = None
 depends_on = None
 
