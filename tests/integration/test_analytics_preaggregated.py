@@ -251,19 +251,21 @@ def raw_dormant_feeds(
         f"WHERE NOT retired AND {scope}",
         parameters=parameters,
     ).result_rows
-    liveness = dict(
-        client.query(
+    liveness: dict[str, str] = {
+        feed_id: status
+        for feed_id, status in client.query(
             "SELECT feed_id, argMax(status, changed_at) FROM feed_status GROUP BY feed_id"
         ).result_rows
-    )
+    }
     where, window = _raw_where(store, period, None, UsageFilters())
-    retrievals = dict(
-        client.query(
+    retrievals: dict[str, int] = {
+        feed_id: int(count)
+        for feed_id, count in client.query(
             "SELECT feed_id, count() FROM access_events FINAL "
             f"WHERE type = 'retrieval.started' AND {where} AND {scope} GROUP BY feed_id",
             parameters={**parameters, **window},
         ).result_rows
-    )
+    }
     answer = []
     for feed_id, _owner, status in sorted(catalog, key=lambda row: (row[1], row[0])):
         live = liveness.get(feed_id, "")
