@@ -935,10 +935,14 @@ def stored_analytics_set(directory: Path, events: int) -> tuple[str, float, bool
 
 
 def bench_analytics(
-    quick: bool, workdir: Path, events: int | None = None, store: Path | None = None
+    quick: bool,
+    workdir: Path,
+    events: int | None = None,
+    store: Path | None = None,
+    rounds: int | None = None,
 ) -> None:
     events = events or (2_000_000 if quick else ANALYTICS_EVENTS)
-    rounds = 5 if quick else 20
+    rounds = rounds or (5 if quick else 20)
     settings = bench_settings(workdir, "analytics")
     url, load_seconds, reused, end = stored_analytics_set(store or workdir / "stored-set", events)
     settings = settings.model_copy(update={"clickhouse_url": url})
@@ -1030,6 +1034,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"events stored for the analytics phase (default {ANALYTICS_EVENTS:,})",
     )
     parser.add_argument(
+        "--analytics-rounds",
+        type=int,
+        help="calls of each endpoint per caller in the analytics phase (default 20; 5 quick)",
+    )
+    parser.add_argument(
         "--analytics-store",
         type=Path,
         help="directory of the analytics phase's chdb store, built once and reused by later "
@@ -1040,7 +1049,13 @@ def main(argv: list[str] | None = None) -> int:
         for phase in args.only or PHASES:
             console.print(f"[bold]pipeline benchmark: {phase}[/bold]")
             if phase == "analytics":
-                bench_analytics(args.quick, workdir, args.analytics_events, args.analytics_store)
+                bench_analytics(
+                    args.quick,
+                    workdir,
+                    args.analytics_events,
+                    args.analytics_store,
+                    args.analytics_rounds,
+                )
             else:
                 {"throughput": bench_throughput, "lag": bench_lag}[phase](args.quick, workdir)
     return 0
