@@ -3,19 +3,26 @@
 Applied versions and the checksum of their file are kept in ``schema_migrations``. Every
 statement is ``IF NOT EXISTS``, so a migration interrupted half-way is simply applied again.
 A file edited after it was applied is refused: a schema change is a new numbered file.
+
+A view marked for backfill (``-- backfill: by month of <column>``) has its table filled from
+the rows its source already held, a month at a time with a progress line each, before the
+migration is recorded: an interrupted backfill runs again on the next start.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from clickhouse_connect.driver.client import Client
 
 from infra.clickhouse import cluster_name, connect
 from schemas.clickhouse import (
     BOOTSTRAP_VERSION,
+    Backfill,
     Migration,
     Topology,
+    backfill_statements,
     load_migrations,
     render_migration,
 )
@@ -41,6 +48,28 @@ def applied_migrations(client: Client) -> dict[int, str]:
 def _apply(client: Client, migration: Migration, topology: Topology) -> None:
     for statement in render_migration(migration, topology):
         client.command(statement)
+    for item in migration.objects:
+        backfill = backfill_statements(item)
+        if backfill is not None:
+            _backfill(client, item.name, backfill)
+
+
+def _backfill(client: Client, view: str, backfill: Backfill) -> None:
+    months = [int(row[0]) for row in client.query(backfill.months).result_rows]
+    if not months:
+        return
+    log.info(
+        "backfilling %s from %s: %d month(s) of stored rows", backfill.target, backfill.source,
+        len(months),
+    )  # fmt: skip
+    started = time.perf_counter()
+    for done, month in enumerate(months, start=1):
+        client.command(backfill.insert, parameters={"month": month})
+        log.info(
+            "backfilled %s for %d (%d/%d months, %.1f s)", backfill.target, month, done,
+            len(months), time.perf_counter() - started,
+        )  # fmt: skip
+    log.info("backfill of %s (view %s) done", backfill.target, view)
 
 
 def apply_migrations(url: str) -> list[int]:

@@ -38,6 +38,8 @@ from registry_api.errors import Unprocessable
 
 MINUTE_RETENTION = timedelta(days=35)
 MAX_BUCKETS = 200_000
+# A ranking narrowed to more feeds than this reads the rollups whole instead.
+MOST_CONTENDERS = 20_000
 DEFAULT_DEADLINE_DAYS = 5
 
 _GROUP_COLUMNS = {
@@ -125,6 +127,20 @@ def day_spans(start: datetime, end: datetime) -> list[tuple[bool, datetime, date
     if last_day < end:
         spans.append((False, last_day, end))
     return spans
+
+
+def hour_numbers(period: Period) -> tuple[int, int]:
+    """The period as hours since 1970-01-01 UTC, [first, end): the hour buckets it counts
+    (the one holding its start too), as feed_retrieval_hours numbers them."""
+    first = int(floor_time(period.start, Granularity.hour).timestamp()) // 3600
+    # Whole seconds, as the rollup queries' DateTime bound reads the end.
+    return first, -(-int(period.end.timestamp()) // 3600)
+
+
+def covering_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """[first, last) of the UTC days that [start, end) touches, whole or in part."""
+    last = floor_time(end, Granularity.day)
+    return floor_time(start, Granularity.day), last if last == end else last + timedelta(days=1)
 
 
 _DEPARTMENT_COLUMNS = (
@@ -327,63 +343,66 @@ class AnalyticsService:
     async def top_feeds(
         self, period: Period, metric: TopMetric, filters: UsageFilters, limit: int
     ) -> list[TopFeedRow]:
-        """Ranks feeds on the plain sums first, then merges the distinct-count states of the
-        winners only (merging those states is the expensive part).
+        """The feeds ranked first in the period, with their figures.
 
-        City-wide, the per-day feed rollup serves both steps; a department's view (or a
+        City-wide, the per-day feed rollup serves whole days; a department's view (or a
         requester filter) needs the requester: whole days come from the per-day rollup by feed
-        and requester department, the hours at either end from the hourly one.
+        and requester department. The hours at either end come from the hourly rollup, which
+        holds most of the rows a ranking would merge: the per-day rows first narrow the ranking
+        to the feeds that can still reach it (:meth:`_contenders`), and only those are summed
+        over the hours and have their distinct-count states merged.
         """
         city_wide = self.scope.is_city and not filters.requester_department
         if city_wide:
             columns = ["owner_department", "kind", "region", "feed_id"]
             departments = "uniqMerge(requester_departments)"
+            daily = "feed_activity_day"
         else:
             columns = ["owner_department", "requester_department", "kind", "region", "feed_id"]
             departments = "uniqExactIf(requester_department, retrievals > 0)"
-
-        def source(where: Where, states: bool = True) -> str:
-            if city_wide:
-                return self._feed_activity(period, where, states=states)
-            start = floor_time(period.start, Granularity.hour)
-            columns = _FEED_REQUESTER_COLUMNS if states else _FEED_REQUESTER_SUMS
-            return where.stitched(start, period.end, "usage_feeds_hour", "usage_feeds_day", columns)
-
-        detail_where = Where().filters(filters, columns).scope(self.scope)
+            daily = "usage_feeds_day"
+        where = Where().filters(filters, columns).scope(self.scope)
+        if city_wide:
+            source = self._feed_activity(period, where)
+        else:
+            source = where.stitched(
+                floor_time(period.start, Granularity.hour),
+                period.end,
+                "usage_feeds_hour",
+                "usage_feeds_day",
+                _FEED_REQUESTER_COLUMNS,
+            )
         if metric is not TopMetric.requesters:
-            ranking_where = Where().filters(filters, columns).scope(self.scope)
-            ranking = await self.store.rows(
-                "top_feeds_rank",
-                f"""
-                SELECT feed_id, sum(retrievals) AS total_retrievals, sum(bytes) AS total_bytes,
-                       sum(seconds) AS total_seconds
-                FROM {source(ranking_where, states=False)}
-                GROUP BY feed_id
-                HAVING total_retrievals > 0 OR total_bytes > 0
-                ORDER BY {_TOP_ORDER[metric]} DESC, feed_id
-                LIMIT {{row_limit:UInt32}}
-                """,
-                {**ranking_where.parameters, "row_limit": limit},
-            )
-            if not ranking:
-                return []
-            detail_where.add(
-                "feed_id IN {ranked_feeds:Array(String)}",
-                ranked_feeds=[row["feed_id"] for row in ranking],
-            )
+            bounds_where = Where().filters(filters, columns).scope(self.scope)
+            contenders = await self._contenders(period, metric, daily, bounds_where, limit)
+            if contenders is not None:
+                if not contenders:
+                    return []
+                where.add("feed_id IN {ranked_feeds:Array(String)}", ranked_feeds=contenders)
+                source = (
+                    self._feed_activity(period, where)
+                    if city_wide
+                    else where.stitched(
+                        floor_time(period.start, Granularity.hour),
+                        period.end,
+                        "usage_feeds_hour",
+                        "usage_feeds_day",
+                        _FEED_REQUESTER_COLUMNS,
+                    )
+                )
         rows = await self.store.rows(
             "top_feeds",
             f"""
             SELECT feed_id, any(owner_department) AS feed_owner, any(kind) AS feed_kind,
                    any(region) AS feed_region, {_TOTALS},
                    {departments} AS total_requester_departments
-            FROM {source(detail_where)}
+            FROM {source}
             GROUP BY feed_id
             HAVING total_retrievals > 0 OR total_bytes > 0
             ORDER BY {_TOP_ORDER[metric]} DESC, feed_id
             LIMIT {{row_limit:UInt32}}
             """,
-            {**detail_where.parameters, "row_limit": limit},
+            {**where.parameters, "row_limit": limit},
         )
         return [
             TopFeedRow(
@@ -396,6 +415,68 @@ class AnalyticsService:
             )
             for row in rows
         ]
+
+    async def _contenders(
+        self, period: Period, metric: TopMetric, daily: str, where: Where, limit: int
+    ) -> list[str] | None:
+        """The feeds that can still be among the first ``limit`` by a summed metric, or None
+        when the per-day rows cannot narrow the ranking (no whole day in the period, or too
+        many feeds left).
+
+        From the per-day rollup alone, each feed's total over the period lies between its sum
+        over the whole days (low) and its sum over every day the period touches (high: the
+        partial days counted whole; the figures are never negative). At least ``limit`` feeds
+        reach the ``limit``-th highest low, so a feed whose high is below it ranks after them
+        all and is left out; every other feed is a contender. Exact: the answer is then
+        computed over the contenders from the same rollups as without the narrowing.
+        """
+        first_hour = floor_time(period.start, Granularity.hour)
+        spans = day_spans(first_hour, period.end)
+        whole = [(span_start, span_end) for daily_span, span_start, span_end in spans if daily_span]
+        if not whole:
+            return None
+        cover_start, cover_end = covering_days(first_hour, period.end)
+        value = {TopMetric.retrievals: "retrievals", TopMetric.bytes: "bytes"}.get(
+            metric, "seconds"
+        )
+        where.bind(
+            whole_start=whole[0][0],
+            whole_end=whole[0][1],
+            cover_start=cover_start,
+            cover_end=cover_end,
+            rank=limit,
+            most_contenders=MOST_CONTENDERS,
+        )
+        rows = await self.store.rows(
+            "top_feeds_contenders",
+            f"""
+            SELECT length(contenders) <= {{most_contenders:UInt32}} AS narrowed,
+                   if(narrowed, contenders, []) AS feeds
+            FROM (
+                SELECT arrayFilter(
+                           (feed, high) -> high >= threshold * (1 - 1e-9), feed_ids, highs)
+                           AS contenders
+                FROM (
+                    SELECT groupArray(feed_id) AS feed_ids, groupArray(high) AS highs,
+                           arrayReverseSort(groupArray(low))[{{rank:UInt32}}] AS threshold
+                    FROM (
+                        SELECT feed_id,
+                               sumIf({value}, bucket >= {{whole_start:DateTime('UTC')}}
+                                     AND bucket < {{whole_end:DateTime('UTC')}}) AS low,
+                               sum({value}) AS high
+                        FROM {daily}
+                        WHERE bucket >= {{cover_start:DateTime('UTC')}}
+                          AND bucket < {{cover_end:DateTime('UTC')}} AND {where.sql()}
+                        GROUP BY feed_id
+                    )
+                )
+            )
+            """,
+            where.parameters,
+        )
+        if not rows or not rows[0]["narrowed"]:
+            return None
+        return list(rows[0]["feeds"])
 
     def _departments(self, period: Period, where: Where) -> str:
         start = floor_time(period.start, Granularity.hour)
@@ -594,6 +675,11 @@ class AnalyticsService:
     async def dormant_feeds(
         self, period: Period, owners: list[str], limit: int, offset: int
     ) -> tuple[list[DormantFeedRow], int]:
+        """Whether a feed was retrieved in the period comes from its first and last retrieval
+        hours (feed_retrieval_span: one small row per feed) rather than a sum over a row per
+        feed and day; the retrievals of the listed feeds that were retrieved (offline ones)
+        are then summed for those feeds alone. A past period that some feed was retrieved both
+        before and after cannot be told from the span: it is summed from the rollups."""
         feeds_sql, where = self._current_feeds(owners)
         activity_where = Where()
         if owners:
@@ -601,7 +687,31 @@ class AnalyticsService:
                 "owner_department IN {feed_owners:Array(String)}", feed_owners=owners
             )
         activity_where.scope(self.scope, owner_only=True)
-        activity = self._feed_activity(period, activity_where, states=False)
+        first_hour, end_hour = hour_numbers(period)
+        activity_where.bind(first_hour=first_hour, end_hour=end_hour)
+        spans = f"""
+            SELECT feed_id, min(first_hour) AS first_retrieved, max(last_hour) AS last_retrieved
+            FROM feed_retrieval_span
+            WHERE {activity_where.sql()}
+            GROUP BY feed_id
+        """
+        straddling = await self.store.rows(
+            "dormant_feeds_spans",
+            f"SELECT count() AS feeds FROM ({spans}) "
+            "WHERE first_retrieved < {first_hour:UInt32} AND last_retrieved >= {end_hour:UInt32}",
+            activity_where.parameters,
+        )
+        if straddling[0]["feeds"]:
+            activity = self._feed_activity(period, activity_where, states=False)
+            retrieved = f"""
+                SELECT feed_id, sum(retrievals) > 0 AS retrieved FROM {activity} GROUP BY feed_id
+            """
+        else:
+            retrieved = f"""
+                SELECT feed_id, last_retrieved >= {{first_hour:UInt32}}
+                                AND first_retrieved < {{end_hour:UInt32}} AS retrieved
+                FROM ({spans})
+            """
         parameters = {
             **where.parameters,
             **activity_where.parameters,
@@ -612,17 +722,13 @@ class AnalyticsService:
             SELECT m.feed_id AS feed_id, m.owner_department AS owner_department, m.name AS name,
                    m.kind AS kind, m.region AS region, m.registry_status AS registry_status,
                    s.liveness AS liveness, s.last_change AS liveness_changed_at,
-                   u.feed_retrievals AS retrievals,
-                   u.feed_retrievals = 0 AS never_retrieved,
+                   NOT u.retrieved AS never_retrieved,
                    if(s.liveness != '', s.liveness, m.registry_status) = 'offline' AS offline,
                    s.liveness = '' AND m.registry_status NOT IN ('online', 'offline')
                        AS never_online
             FROM ({feeds_sql}) AS m
             LEFT JOIN ({_LATEST_LIVENESS}) AS s ON s.feed_id = m.feed_id
-            LEFT JOIN (
-                SELECT feed_id, sum(retrievals) AS feed_retrievals FROM {activity}
-                GROUP BY feed_id
-            ) AS u ON u.feed_id = m.feed_id
+            LEFT JOIN ({retrieved}) AS u ON u.feed_id = m.feed_id
             WHERE never_retrieved OR offline OR never_online
         """
         rows = await self.store.rows(
@@ -632,6 +738,8 @@ class AnalyticsService:
             "LIMIT {row_limit:UInt32} OFFSET {row_offset:UInt32}",
             parameters,
         )
+        retrieved_feeds = [row["feed_id"] for row in rows if not row["never_retrieved"]]
+        retrievals = await self._feed_retrievals(period, activity_where, retrieved_feeds)
         answer = []
         for row in rows:
             reasons = [name for name in ("never_retrieved", "offline", "never_online") if row[name]]
@@ -646,7 +754,7 @@ class AnalyticsService:
                     registry_status=row["registry_status"],
                     liveness=row["liveness"],
                     liveness_changed_at=changed,
-                    retrievals=row["retrievals"],
+                    retrievals=retrievals.get(row["feed_id"], 0),
                     reasons=reasons,
                 )
             )
@@ -656,6 +764,24 @@ class AnalyticsService:
             "dormant_count", f"SELECT count() AS feeds FROM ({dormant})", parameters
         )
         return answer, int(total[0]["feeds"])
+
+    async def _feed_retrievals(
+        self, period: Period, where: Where, feeds: list[str]
+    ) -> dict[str, int]:
+        """Retrievals in the period of these feeds only (the rollups' rows of other feeds are
+        skipped by the feed condition)."""
+        if not feeds:
+            return {}
+        scoped = Where(list(where.conditions), dict(where.parameters)).add(
+            "feed_id IN {listed_feeds:Array(String)}", listed_feeds=feeds
+        )
+        activity = self._feed_activity(period, scoped, states=False)
+        rows = await self.store.rows(
+            "dormant_feed_retrievals",
+            f"SELECT feed_id, sum(retrievals) AS feed_retrievals FROM {activity} GROUP BY feed_id",
+            scoped.parameters,
+        )
+        return {row["feed_id"]: int(row["feed_retrievals"]) for row in rows}
 
     # ------------------------------------------------------------------ scorecards
 

@@ -20,6 +20,15 @@ as written. A cluster gets, for a ``sharded`` table, ``<name>_local`` with the r
 engine plus a ``Distributed`` table called ``<name>`` over it, so queries use the same names
 in both variants. ``everywhere`` tables are replicated to every node without sharding;
 views are created on every node, reading and writing the local tables.
+
+A view added to a store that already holds rows can carry a third header::
+
+    -- backfill: by month of bucket
+
+The migration then fills its table from the rows its source already held, one month of that
+column at a time (:func:`backfill_statements`). Only views whose table is idempotent under a
+second copy of a row (a set union, a latest-version table) may say so: rows inserted while the
+backfill runs reach the table through the view and through the backfill alike.
 """
 
 from __future__ import annotations
@@ -42,6 +51,12 @@ _SHARDED = re.compile(r"^sharded by (?P<key>.+)$")
 _PLACEHOLDER = re.compile(r"\{\{\s*(?P<body>[^{}]+?)\s*\}\}")
 _ENGINE = re.compile(r"^engine:\s*(?P<engine>[A-Za-z]*MergeTree)\s*(?:\((?P<args>.*)\))?$")
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+_BACKFILL_HEADER = re.compile(
+    r"^--\s*backfill:\s*by month of (?P<column>[a-z][a-z0-9_]*)\s*$", re.MULTILINE
+)
+_VIEW_QUERY = re.compile(
+    r"TO (?P<target>\w+)\s+AS (?P<select>SELECT\b.*\bFROM (?P<source>\w+)\b.*)$", re.DOTALL
+)
 
 
 class SchemaError(ValueError):
@@ -60,6 +75,7 @@ class SchemaObject:
     placement: Placement
     sharding_key: str | None
     template: str
+    backfill_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,16 @@ def _parse_statement(text: str, source: str) -> SchemaObject:
         placement, key = Placement(placement_text), None
     else:
         raise SchemaError(f"{source}: unknown placement {placement_text!r}")
-    return SchemaObject(name_match["name"], placement, key, text.strip())
+    backfill = _BACKFILL_HEADER.search(text)
+    if backfill is not None and placement is not Placement.view:
+        raise SchemaError(f"{source}: only a view can be backfilled")
+    return SchemaObject(
+        name_match["name"],
+        placement,
+        key,
+        text.strip(),
+        backfill["column"] if backfill is not None else None,
+    )
 
 
 def _split_statements(text: str) -> list[str]:
@@ -204,3 +229,35 @@ def render_migration(migration: Migration, topology: Topology) -> list[str]:
 def render_schema(topology: Topology) -> list[str]:
     """The whole schema as statements, in migration order (for review or a manual apply)."""
     return [sql for migration in load_migrations() for sql in render_migration(migration, topology)]
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """How to fill a new view's table from the rows its source held before the view existed."""
+
+    target: str
+    source: str
+    months: str
+    insert: str
+
+
+def backfill_statements(item: SchemaObject) -> Backfill | None:
+    """The view's own query over one month of its source (bound as ``{month:UInt32}``), so a
+    backfilled row is exactly what the view would have written. Logical names are used: on a
+    cluster they are the Distributed tables, so one run covers every shard."""
+    if item.backfill_column is None:
+        return None
+    statement = render_object(item, SINGLE_NODE)[0]
+    match = _VIEW_QUERY.search(statement)
+    if match is None:
+        raise SchemaError(f"{item.name}: a backfilled view needs 'TO table AS SELECT ... FROM'")
+    source, column = match["source"], item.backfill_column
+    month = f"toYYYYMM({column})"
+    one_month = f"FROM (SELECT * FROM {source} WHERE {month} = {{month:UInt32}}) AS {source}"
+    return Backfill(
+        target=match["target"],
+        source=source,
+        months=f"SELECT DISTINCT {month} AS month FROM {source} ORDER BY month",
+        insert=f"INSERT INTO {match['target']} "
+        + match["select"].replace(f"FROM {source}", one_month, 1),
+    )

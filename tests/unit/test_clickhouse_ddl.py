@@ -23,6 +23,7 @@ from schemas.clickhouse import (
     SINGLE_NODE,
     Placement,
     Topology,
+    backfill_statements,
     load_migrations,
     render_migration,
     render_object,
@@ -85,7 +86,12 @@ def test_migrations_are_numbered_without_gaps_and_every_table_is_there() -> None
         for family in ("departments", "feeds")
         for grain in ("minute", "hour")
     }
-    rollups |= {"usage_departments_day", "usage_feeds_day", "feed_activity_day"}
+    rollups |= {
+        "usage_departments_day",
+        "usage_feeds_day",
+        "feed_activity_day",
+        "feed_retrieval_span",
+    }
     assert rollups <= names
     assert views == {f"{rollup}_mv" for rollup in rollups}
 
@@ -176,3 +182,16 @@ def test_every_statement_of_both_variants_parses(analytics_url: str) -> None:
             *render_migration(migration, CLUSTER),
         ]:
             assert _formatted(analytics_url, statement).startswith("CREATE")
+
+
+def test_a_backfilled_view_fills_its_table_with_its_own_query_a_month_at_a_time() -> None:
+    view = schema_objects()["feed_retrieval_span_mv"]
+    backfill = backfill_statements(view)
+    assert backfill is not None
+    assert (backfill.target, backfill.source) == ("feed_retrieval_span", "usage_feeds_hour")
+    assert "toYYYYMM(bucket) = {month:UInt32}" in backfill.insert
+    defined = render_object(view, SINGLE_NODE)[0].split("AS SELECT", 1)[1]
+    assert defined.split("FROM")[0] in backfill.insert  # the view's own columns
+    # Only views whose table tolerates a row twice say so; the sums must not.
+    backfilled = {name for name, item in schema_objects().items() if item.backfill_column}
+    assert backfilled == {"feed_retrieval_span_mv"}

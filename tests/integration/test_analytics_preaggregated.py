@@ -1,0 +1,417 @@
+"""The narrowed rankings and the per-feed retrieval spans answer exactly what the raw events do.
+
+Top feeds are narrowed by bounds read from the per-day rollups before the hourly ends are
+merged, and dormant feeds are told from each feed's first and last retrieval hour
+(``feed_retrieval_span``). Both must equal the same answer computed here straight from
+``access_events`` (FINAL), for the operator and for a department, with filters, over periods
+of whole days with hours at either end, shorter than a day, and in the past. The store is real
+chdb; the events go in through ``access_events`` and its materialized views, as the sink's
+inserts do; and an existing store gets the new table backfilled when it migrates.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.clickhouse import connect, disconnect
+from infra.clickhouse_migrations import apply_migrations
+from registry_api.analytics.schemas import Granularity, Period, Scope, TopMetric, UsageFilters
+from registry_api.analytics.service import AnalyticsService, floor_time, hour_numbers
+from registry_api.analytics.store import AnalyticsStore, to_clickhouse_time
+
+OWNERS = ["lz-psb", "lz-jtj", "lz-cgj", "lz-hbj"]
+REQUESTERS = [*OWNERS, "lz-sjj", "lz-wjw"]
+FEEDS = 120  # feeds with traffic; the catalog holds a few more that never had any
+CATALOG = 130
+RETRIEVALS = 6_000
+DAYS = 12
+
+
+@dataclass(frozen=True)
+class Store:
+    url: str
+    now: datetime
+
+
+def _feed(index: int) -> str:
+    return f"feed-{index:03d}"
+
+
+def _facts(index: int) -> dict[str, str]:
+    return {
+        "owner_department": OWNERS[index % 4],
+        "kind": "sensor" if index % 5 == 0 else "camera",
+        "region": ("620102", "620103", "620104")[index % 3],
+    }
+
+
+def _access_rows(now: datetime, seed: int = 7) -> list[dict[str, Any]]:
+    """Retrievals (started, and ended with bytes and seconds) and denials over DAYS days,
+    skewed towards the first feeds as real use is."""
+    rng = random.Random(seed)
+    rows = []
+    for number in range(RETRIEVALS):
+        index = int(FEEDS * rng.random() ** 2.5)
+        moment = now - timedelta(seconds=rng.randrange(DAYS * 86_400))
+        requester = rng.choice(REQUESTERS)
+        common = {
+            "feed_id": _feed(index),
+            **_facts(index),
+            "requester_department": requester,
+            "requester_user": f"{requester}-u{rng.randrange(8)}",
+            "time": moment,
+        }
+        rows.append({**common, "type": "retrieval.started", "bytes": 0, "duration_seconds": 0.0})
+        rows.append(
+            {
+                **common,
+                "type": "retrieval.ended",
+                "bytes": rng.randrange(1_000, 9_000_000),
+                # quarter seconds: sums are exact, whatever order they are added in
+                "duration_seconds": rng.randrange(4, 2_400) / 4,
+            }
+        )
+        if number % 25 == 0:
+            rows.append({**common, "type": "retrieval.denied", "bytes": 0, "duration_seconds": 0.0})
+    return rows
+
+
+def _insert_access(url: str, rows: list[dict[str, Any]]) -> None:
+    names = [
+        "event_id",
+        "time",
+        "type",
+        "feed_id",
+        "owner_department",
+        "requester_department",
+        "requester_user",
+        "kind",
+        "region",
+        "bytes",
+        "duration_seconds",
+    ]
+    data = [
+        [uuid.uuid4(), to_clickhouse_time(row["time"])] + [row[name] for name in names[2:]]
+        for row in rows
+    ]
+    for start in range(0, len(data), 5_000):  # several blocks, as the sink inserts them
+        connect(url).insert("access_events", data[start : start + 5_000], column_names=names)
+
+
+def _insert_catalog(url: str, now: datetime) -> None:
+    client = connect(url)
+    feeds = []
+    for index in range(CATALOG):
+        facts = _facts(index)
+        status = "unknown" if index % 17 == 0 else "online"
+        retired = index % 29 == 28
+        feeds.append(
+            [_feed(index), 1, uuid.uuid4(), f"camera {index}", facts["owner_department"]]
+            + [facts["kind"], facts["region"], status, retired]
+        )
+    client.insert(
+        "feed_metadata",
+        feeds,
+        column_names=[
+            "feed_id", "version", "event_id", "name", "owner_department", "kind", "region",
+            "status", "retired",
+        ],
+    )  # fmt: skip
+    transitions = []
+    for index in range(0, CATALOG, 3):
+        status = "offline" if index % 9 == 0 else "online"
+        changed = to_clickhouse_time(now - timedelta(hours=index))
+        transitions.append(
+            [uuid.uuid4(), _feed(index), _facts(index)["owner_department"], status, changed]
+        )
+    client.insert(
+        "feed_status",
+        transitions,
+        column_names=["transition_id", "feed_id", "owner_department", "status", "changed_at"],
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    url = f"chdb://{tmp_path_factory.mktemp('preaggregated') / 'analytics'}"
+    # Not on an hour: every period below has hours at its ends.
+    now = datetime.now(UTC).replace(microsecond=0)
+    if now.minute in (0, 59):
+        now -= timedelta(minutes=7)
+    apply_migrations(url)
+    _insert_access(url, _access_rows(now))
+    _insert_catalog(url, now)
+    yield Store(url, now)
+    disconnect(url)
+
+
+def _service(store: Store, department: str | None) -> AnalyticsService:
+    return AnalyticsService(AnalyticsStore(store.url), Scope(department=department))
+
+
+def _periods(now: datetime) -> dict[str, Period]:
+    return {
+        "7 days, hours at both ends": Period(now - timedelta(days=7, minutes=41), now),
+        "3 days ending in the past": Period(
+            now - timedelta(days=5, hours=3), now - timedelta(days=2, hours=5)
+        ),
+        "whole days": Period(
+            floor_time(now, Granularity.day) - timedelta(days=4), floor_time(now, Granularity.day)
+        ),
+        "under a day": Period(now - timedelta(hours=20), now),
+        "every event and more": Period(now - timedelta(days=40), now + timedelta(hours=1)),
+    }
+
+
+def _raw_where(
+    store: Store, period: Period, department: str | None, filters: UsageFilters
+) -> tuple[str, dict[str, Any]]:
+    """The same events as the rollups' buckets starting in the period, straight from the table."""
+    start = floor_time(period.start, Granularity.hour)
+    conditions = [
+        "toStartOfHour(time) >= {start:DateTime('UTC')}",
+        "toStartOfHour(time) < {end:DateTime('UTC')}",
+    ]
+    parameters: dict[str, Any] = {
+        "start": to_clickhouse_time(start),
+        "end": to_clickhouse_time(period.end),
+    }
+    for column in ("owner_department", "requester_department", "kind", "region", "feed_id"):
+        values = getattr(filters, column)
+        if values:
+            conditions.append(f"{column} IN {{{column}:Array(String)}}")
+            parameters[column] = values
+    if department is not None:
+        conditions.append(
+            "(owner_department = {department:String} OR requester_department = {department:String})"
+        )
+        parameters["department"] = department
+    return " AND ".join(conditions), parameters
+
+
+def raw_top_feeds(
+    store: Store,
+    period: Period,
+    metric: TopMetric,
+    filters: UsageFilters,
+    limit: int,
+    department: str | None,
+) -> list[dict[str, Any]]:
+    where, parameters = _raw_where(store, period, department, filters)
+    order = {"retrievals": "retrievals", "bytes": "bytes", "seconds": "seconds"}[metric.value]
+    result = connect(store.url).query(
+        f"""
+        SELECT feed_id, any(owner_department) AS feed_owner, any(kind) AS feed_kind,
+               any(region) AS feed_region,
+               countIf(type = 'retrieval.started') AS total_retrievals,
+               sumIf(bytes, type = 'retrieval.ended') AS total_bytes,
+               sumIf(duration_seconds, type = 'retrieval.ended') AS total_seconds,
+               uniqExactIf(sipHash64(requester_department, requester_user),
+                           type = 'retrieval.started') AS total_requesters,
+               uniqExactIf(requester_department, type = 'retrieval.started')
+                   AS total_requester_departments
+        FROM access_events FINAL
+        WHERE type IN ('retrieval.started', 'retrieval.ended', 'retrieval.denied') AND {where}
+        GROUP BY feed_id
+        HAVING total_retrievals > 0 OR total_bytes > 0
+        ORDER BY total_{order} DESC, feed_id
+        LIMIT {limit}
+        """,
+        parameters=parameters,
+    )
+    names = ["feed_id", "owner_department", "kind", "region", "retrievals", "bytes", "seconds"]
+    names += ["requesters", "requester_departments"]
+    return [
+        {**dict(zip(names, row, strict=True)), "seconds": round(row[6], 3)}
+        for row in result.result_rows
+    ]
+
+
+def raw_dormant_feeds(
+    store: Store, period: Period, owners: list[str], department: str | None
+) -> list[dict[str, Any]]:
+    client = connect(store.url)
+    scope = "1"
+    parameters: dict[str, Any] = {"owners": owners, "department": department or ""}
+    if owners:
+        scope += " AND owner_department IN {owners:Array(String)}"
+    if department is not None:
+        scope += " AND owner_department = {department:String}"
+    catalog = client.query(
+        "SELECT feed_id, owner_department, status FROM feed_metadata FINAL "
+        f"WHERE NOT retired AND {scope}",
+        parameters=parameters,
+    ).result_rows
+    liveness: dict[str, str] = {
+        feed_id: status
+        for feed_id, status in client.query(
+            "SELECT feed_id, argMax(status, changed_at) FROM feed_status GROUP BY feed_id"
+        ).result_rows
+    }
+    where, window = _raw_where(store, period, None, UsageFilters())
+    retrievals: dict[str, int] = {
+        feed_id: int(count)
+        for feed_id, count in client.query(
+            "SELECT feed_id, count() FROM access_events FINAL "
+            f"WHERE type = 'retrieval.started' AND {where} AND {scope} GROUP BY feed_id",
+            parameters={**parameters, **window},
+        ).result_rows
+    }
+    answer = []
+    for feed_id, _owner, status in sorted(catalog, key=lambda row: (row[1], row[0])):
+        live = liveness.get(feed_id, "")
+        reasons = [
+            name
+            for name, holds in (
+                ("never_retrieved", not retrievals.get(feed_id)),
+                ("offline", (live or status) == "offline"),
+                ("never_online", not live and status not in ("online", "offline")),
+            )
+            if holds
+        ]
+        if reasons:
+            answer.append(
+                {"feed_id": feed_id, "retrievals": retrievals.get(feed_id, 0), "reasons": reasons}
+            )
+    return answer
+
+
+SCOPES = [None, "lz-jtj"]
+# The first place, a short list, and every feed (where the narrowing must keep them all).
+RANKINGS = [(TopMetric.retrievals, 7), (TopMetric.bytes, 1), (TopMetric.seconds, 200)]
+FILTERS = {
+    "no filter": UsageFilters(),
+    "cameras of two regions": UsageFilters(kind=["camera"], region=["620102", "620104"]),
+    "one owner": UsageFilters(owner_department=["lz-cgj"]),
+    "one requester": UsageFilters(requester_department=["lz-sjj"]),
+}
+
+
+@pytest.mark.parametrize("department", SCOPES, ids=["operator", "department"])
+async def test_top_feeds_equal_the_ranking_of_the_raw_events(
+    store: Store, department: str | None
+) -> None:
+    service = _service(store, department)
+    compared = 0
+    for period_name, period in _periods(store.now).items():
+        for filter_name, filters in FILTERS.items():
+            for metric, limit in RANKINGS:
+                got = [
+                    row.model_dump()
+                    for row in await service.top_feeds(period, metric, filters, limit)
+                ]
+                expected = raw_top_feeds(store, period, metric, filters, limit, department)
+                assert got == expected, (period_name, filter_name, metric, limit)
+                compared += len(expected)
+    assert compared > 500
+
+
+@pytest.mark.parametrize("department", SCOPES, ids=["operator", "department"])
+async def test_top_feeds_narrowing_leaves_out_feeds_and_keeps_every_winner(
+    store: Store, department: str | None
+) -> None:
+    """Not vacuous: over periods with whole days the bounds do leave most feeds out."""
+    from registry_api.analytics.service import Where
+
+    service = _service(store, department)
+    period = _periods(store.now)["7 days, hours at both ends"]
+    daily = "feed_activity_day" if department is None else "usage_feeds_day"
+    where = Where().scope(Scope(department=department))
+    contenders = await service._contenders(period, TopMetric.retrievals, daily, where, 7)
+    assert contenders is not None and 7 <= len(contenders) < FEEDS // 2
+    winners = raw_top_feeds(store, period, TopMetric.retrievals, UsageFilters(), 7, department)
+    assert {row["feed_id"] for row in winners} <= set(contenders)
+    short = _periods(store.now)["under a day"]
+    assert await service._contenders(short, TopMetric.retrievals, daily, where, 7) is None
+
+
+@pytest.mark.parametrize("department", SCOPES, ids=["operator", "department"])
+async def test_dormant_feeds_equal_the_raw_events_and_the_catalog(
+    store: Store, department: str | None
+) -> None:
+    service = _service(store, department)
+    for period_name, period in _periods(store.now).items():
+        for owners in ([], ["lz-jtj", "lz-hbj"]):
+            expected = raw_dormant_feeds(store, period, owners, department)
+            rows, total = await service.dormant_feeds(period, owners, 10_000, 0)
+            got = [
+                {"feed_id": row.feed_id, "retrievals": row.retrievals, "reasons": row.reasons}
+                for row in rows
+            ]
+            assert got == expected, (period_name, owners)
+            assert total == len(expected)
+            page, paged_total = await service.dormant_feeds(period, owners, 3, 2)
+            assert [row.feed_id for row in page] == [row["feed_id"] for row in expected[2:5]]
+            assert paged_total == total
+    # The periods reach both answers: feeds never retrieved, and feeds listed (offline)
+    # although retrieved, whose retrievals are summed.
+    everything = raw_dormant_feeds(
+        store, _periods(store.now)["7 days, hours at both ends"], [], None
+    )
+    assert any(row["reasons"] == ["never_retrieved"] for row in everything)
+    assert any(row["retrievals"] > 0 for row in everything)
+
+
+def test_feed_retrieval_spans_equal_the_raw_events(store: Store) -> None:
+    client = connect(store.url)
+    spans = client.query(
+        "SELECT feed_id, owner_department, min(first_hour), max(last_hour) "
+        "FROM feed_retrieval_span GROUP BY feed_id, owner_department ORDER BY feed_id"
+    ).result_rows
+    raw = client.query(
+        "SELECT feed_id, owner_department, toUInt32(intDiv(toUnixTimestamp(min(time)), 3600)), "
+        "toUInt32(intDiv(toUnixTimestamp(max(time)), 3600)) FROM access_events FINAL "
+        "WHERE type = 'retrieval.started' GROUP BY feed_id, owner_department ORDER BY feed_id"
+    ).result_rows
+    assert spans == raw and len(raw) > FEEDS // 2
+    first, end = hour_numbers(_periods(store.now)["under a day"])
+    assert end - first in (20, 21)
+
+
+def test_an_existing_store_gets_the_spans_backfilled_when_it_migrates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store holding events from before the span table (migration 14) existed."""
+    url = f"chdb://{tmp_path / 'analytics'}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    try:
+        apply_migrations(url)
+        client = connect(url)
+        client.command("DROP VIEW feed_retrieval_span_mv")
+        client.command("DROP TABLE feed_retrieval_span")
+        client.command(
+            "ALTER TABLE schema_migrations DELETE WHERE version = 14",
+            settings={"mutations_sync": 2},
+        )
+        _insert_access(url, _access_rows(now - timedelta(days=40), seed=3))
+        with caplog.at_level(logging.INFO, logger="feedgrid.clickhouse.migrations"):
+            assert apply_migrations(url) == [14]
+        months = [
+            record.getMessage() for record in caplog.records if "backfilled" in record.getMessage()
+        ]
+        assert months and "months" in months[-1]
+        spans = client.query(
+            "SELECT feed_id, min(first_hour), max(last_hour) FROM feed_retrieval_span "
+            "GROUP BY feed_id ORDER BY feed_id"
+        ).result_rows
+        raw = client.query(
+            "SELECT feed_id, toUInt32(intDiv(toUnixTimestamp(min(time)), 3600)), "
+            "toUInt32(intDiv(toUnixTimestamp(max(time)), 3600)) FROM access_events "
+            "WHERE type = 'retrieval.started' GROUP BY feed_id ORDER BY feed_id"
+        ).result_rows
+        assert spans == raw and raw
+        # New events after the upgrade reach the table through the view.
+        _insert_access(url, _access_rows(now, seed=4)[:50])
+        latest = client.query("SELECT max(last_hour) FROM feed_retrieval_span").result_rows[0][0]
+        assert latest >= int((now - timedelta(days=DAYS)).timestamp()) // 3600
+    finally:
+        disconnect(url)
