@@ -757,7 +757,9 @@ def bench_demo_city(quick: bool, workdir: Path, profile: Path | None) -> None:
 
 
 async def replay(url: str, directory: Path, max_requests: int) -> Any:
-    from deploy.demo_traffic import DEFAULT_CONCURRENCY, replay_demo_traffic
+    """The demo's replay, as ``./deploy/up`` runs it, of ``max_requests`` requests (0: all).
+    (TrafficReplay itself: replay_demo_traffic() does not pass its max_requests on.)"""
+    from deploy.demo_traffic import DEFAULT_CONCURRENCY, TrafficReplay
 
     async with httpx.AsyncClient(
         base_url=url,
@@ -765,9 +767,7 @@ async def replay(url: str, directory: Path, max_requests: int) -> Any:
         timeout=httpx.Timeout(120.0, connect=10.0),
         limits=httpx.Limits(max_connections=DEFAULT_CONCURRENCY * 2),
     ) as client:
-        return await replay_demo_traffic(
-            client, directory, max_requests=max_requests, progress=False
-        )
+        return await TrafficReplay(client, directory, max_requests=max_requests).run()
 
 
 def owner_decision_times(
