@@ -7,17 +7,21 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry_api.access.grants import RevocationListener, revoke_row, revoked_events
-from registry_api.access.inbox import get_access_request, load_visible_request
-from registry_api.access.models import AccessRequest, AccessRequestFeed, Grant, GrantFeed
-from registry_api.access.policy import (
-    PolicyDecision,
+from registry_api.access.grants import (
+    RevocationListener,
+    grant_feed_ids,
+    revoke_row,
+    revoked_events,
 )
-from registry_api.access.records import event_data, grant_issued_event, grant_row
-from registry_api.audit.service import AccessEvent, record_access_events
+from registry_api.access.inbox import get_access_request, load_visible_request
+from registry_api.access.models import AccessRequestFeed, Grant
+from registry_api.access.policy import PolicyDecision
+from registry_api.access.records import TABLES, EventPayloads, grant_row
+from registry_api.audit.service import EncodedAccessEvent, RecordedEvent, record_access_events
+from registry_api.bulk_insert import execute_insert, prepare_insert
 from registry_api.db import rows_matched
 from registry_api.errors import Conflict, Forbidden, NotFound
 from registry_api.identity.principal import Principal
@@ -78,21 +82,17 @@ async def _claim(
     """Updates the chosen items only if still undecided: two concurrent decisions never both win."""
     pending = [item.feed_id for item in chosen if item.outcome == Outcome.pending.value]
     review = [item.feed_id for item in chosen if item.outcome != Outcome.pending.value]
+    items = TABLES.request_feeds.c
     for feed_ids, condition in (
-        (pending, AccessRequestFeed.outcome == Outcome.pending.value),
-        (review, AccessRequestFeed.review_required.is_(True)),
+        (pending, items.outcome == Outcome.pending.value),
+        (review, items.review_required.is_(True)),
     ):
         if not feed_ids:
             continue
         result = await session.execute(
-            update(AccessRequestFeed)
-            .where(
-                AccessRequestFeed.request_id == request_id,
-                AccessRequestFeed.feed_id.in_(feed_ids),
-                condition,
-            )
+            update(TABLES.request_feeds)
+            .where(items.request_id == request_id, items.feed_id.in_(feed_ids), condition)
             .values(**values)
-            .execution_options(synchronize_session=False)
         )
         if rows_matched(result) != len(feed_ids):
             await session.rollback()
@@ -109,10 +109,12 @@ async def approve(
     reviewed = [item for item in chosen if item.outcome != Outcome.pending.value]
     if pending and request.valid_until <= now:
         raise Conflict("the requested window has ended; nothing can be granted", code="window_over")
-    events: list[AccessEvent] = []
+    payloads = EventPayloads(request)
+    events: list[EncodedAccessEvent] = []
     by_owner: dict[str, list[AccessRequestFeed]] = defaultdict(list)
     for item in pending:
         by_owner[item.owner_department or ""].append(item)
+    dialect = (await session.connection()).dialect
     for owner, owner_items in by_owner.items():
         decision = PolicyDecision(
             Outcome.granted,
@@ -123,11 +125,9 @@ async def approve(
             valid_until=request.valid_until,
         )
         grant = grant_row(request, owner, decision, now)
-        await session.execute(insert(Grant), [grant])
-        await session.execute(
-            insert(GrantFeed),
-            [{"grant_id": grant["id"], "feed_id": item.feed_id} for item in owner_items],
-        )
+        await execute_insert(session, prepare_insert(TABLES.grants, [grant], dialect))
+        grant_feeds = [{"grant_id": grant["id"], "feed_id": item.feed_id} for item in owner_items]
+        await execute_insert(session, prepare_insert(TABLES.grant_feeds, grant_feeds, dialect))
         await _claim(
             session,
             request.id,
@@ -144,7 +144,7 @@ async def approve(
         for item in owner_items:
             events.append(
                 _decided_event(
-                    request,
+                    payloads,
                     item,
                     principal,
                     Outcome.granted,
@@ -153,7 +153,7 @@ async def approve(
                     str(grant["id"]),
                 )
             )
-            events.append(grant_issued_event(request, item.feed_id, grant, principal.subject, now))
+            events.append(payloads.grant_issued(item.feed_id, grant, principal.subject, now))
     if reviewed:
         await _claim(
             session,
@@ -164,7 +164,7 @@ async def approve(
         for item in reviewed:
             events.append(
                 _decided_event(
-                    request,
+                    payloads,
                     item,
                     principal,
                     Outcome.granted,
@@ -181,43 +181,47 @@ async def approve(
 
 async def _finish_reviews(session: AsyncSession, grant_ids: set[str]) -> None:
     """A grant leaves the review queue when none of its feeds waits for review any more."""
-    for grant_id in grant_ids:
-        still_waiting = await session.scalar(
-            select(AccessRequestFeed.feed_id)
-            .where(
-                AccessRequestFeed.grant_id == grant_id, AccessRequestFeed.review_required.is_(True)
+    if not grant_ids:
+        return
+    items = TABLES.request_feeds.c
+    still_waiting = set(
+        (
+            await session.scalars(
+                select(items.grant_id)
+                .where(items.grant_id.in_(grant_ids), items.review_required.is_(True))
+                .distinct()
             )
-            .limit(1)
+        ).all()
+    )
+    finished = grant_ids - still_waiting
+    if finished:
+        await session.execute(
+            update(TABLES.grants)
+            .where(TABLES.grants.c.id.in_(finished))
+            .values(review_required=False)
         )
-        if still_waiting is None:
-            await session.execute(
-                update(Grant).where(Grant.id == grant_id).values(review_required=False)
-            )
 
 
 def _decided_event(
-    request: AccessRequest,
+    payloads: EventPayloads,
     item: AccessRequestFeed,
     principal: Principal,
     outcome: Outcome,
     reason: ReasonCode,
     now: datetime,
     grant_id: str | None,
-) -> AccessEvent:
-    return AccessEvent(
+) -> EncodedAccessEvent:
+    return payloads.event(
         EventType.ACCESS_DECIDED,
-        event_data(
-            request,
-            item.feed_id,
-            item.owner_department,
-            item.actions,
-            decision=outcome.value,
-            reason=reason.value,
-            decided_at=now,
-            grant_id=grant_id,
-        ),
+        item.feed_id,
+        item.owner_department,
+        item.actions,
         principal.subject,
-        occurred_at=now,
+        now,
+        decision=outcome.value,
+        reason=reason.value,
+        decided_at=now,
+        grant_id=grant_id,
     )
 
 
@@ -246,9 +250,16 @@ async def deny(
             "review_required": False,
         },
     )
-    events = [
+    payloads = EventPayloads(request)
+    events: list[RecordedEvent] = [
         _decided_event(
-            request, item, principal, Outcome.denied, ReasonCode.denied_by_owner, now, item.grant_id
+            payloads,
+            item,
+            principal,
+            Outcome.denied,
+            ReasonCode.denied_by_owner,
+            now,
+            item.grant_id,
         )
         for item in chosen
     ]
@@ -259,7 +270,8 @@ async def deny(
         )
         if grant is not None:
             revoked.append(grant)
-            events.extend(await revoked_events(session, grant, principal, now))
+            feed_ids = await grant_feed_ids(session, grant.id)
+            events.extend(revoked_events(payloads, grant, feed_ids, principal, now))
     await record_access_events(session, events)
     await session.commit()
     for grant in revoked:

@@ -23,18 +23,27 @@ def canonical_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
-    """Sorted keys, no whitespace, datetimes at microsecond precision in UTC."""
-    normalised = {
-        key: canonical_time(value) if isinstance(value, datetime) else value
-        for key, value in fields.items()
-    }
+def canonical_bytes(fields: Mapping[str, Any], times: dict[datetime, str] | None = None) -> bytes:
+    """Sorted keys, no whitespace, datetimes at microsecond precision in UTC.
+
+    ``times`` remembers the text of datetimes already written (a batch of entries mostly
+    shares one time)."""
+    normalised = dict(fields)
+    for key, value in fields.items():
+        if isinstance(value, datetime):
+            if times is None:
+                normalised[key] = canonical_time(value)
+            else:
+                text = times.get(value)
+                if text is None:
+                    text = times[value] = canonical_time(value)
+                normalised[key] = text
     return orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)
 
 
-def entry_hash(fields: Mapping[str, Any]) -> str:
+def entry_hash(fields: Mapping[str, Any], times: dict[datetime, str] | None = None) -> str:
     """``fields``: everything stored in the entry but its own hash (``previous_hash`` included)."""
-    return hashlib.sha256(canonical_bytes(fields)).hexdigest()
+    return hashlib.sha256(canonical_bytes(fields, times)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -121,10 +130,11 @@ def extend_chain(
 ) -> list[dict[str, Any]]:
     """Numbers and hashes new entries after the given head; returns them ready to insert."""
     chained = []
+    times: dict[datetime, str] = {}
     for entry in entries:
         previous_seq += 1
         fields = dict(entry, seq=previous_seq, previous_hash=previous_hash)
-        digest = entry_hash(fields)
+        digest = entry_hash(fields, times)
         chained.append(dict(fields, entry_hash=digest))
         previous_hash = digest
     return chained

@@ -38,6 +38,7 @@ CHAIN_HEAD_ID = 1
 VERIFY_BATCH = 5_000
 PREPARE_SLICE = 50
 AUDIT_TABLE = cast(Table, AuditEntry.__table__)
+HEAD_TABLE = cast(Table, AuditChainHead.__table__)
 
 
 _ids = random.Random()
@@ -208,8 +209,8 @@ async def record_access_events(
         prepared = prepare_events(head.last_seq, head.last_hash, events, now, dialect)
     await execute_insert(session, prepared.audit)
     await session.execute(
-        update(AuditChainHead)
-        .where(AuditChainHead.id == CHAIN_HEAD_ID)
+        update(HEAD_TABLE)
+        .where(HEAD_TABLE.c.id == CHAIN_HEAD_ID)
         .values(last_seq=prepared.last_seq, last_hash=prepared.last_hash)
     )
     await enqueue_prepared(session, prepared.outbox)
@@ -222,12 +223,13 @@ async def _lock_chain_head(session: AsyncSession, now: datetime) -> Any:
 
     Taking it with an UPDATE locks it (a row lock on PostgreSQL, the write lock on SQLite)
     before reading it, so concurrent appends, in this process or another, queue up."""
+    # Core statements on the table: the ORM's bulk-update machinery costs more than the update.
     return (
         await session.execute(
-            update(AuditChainHead)
-            .where(AuditChainHead.id == CHAIN_HEAD_ID)
+            update(HEAD_TABLE)
+            .where(HEAD_TABLE.c.id == CHAIN_HEAD_ID)
             .values(updated_at=now)
-            .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
+            .returning(HEAD_TABLE.c.last_seq, HEAD_TABLE.c.last_hash)
         )
     ).one()
 
