@@ -685,10 +685,12 @@ def bench_demo_city(quick: bool, workdir: Path, profile: Path | None) -> None:
             url, BARE_PATH, requester, bodies_file, seconds, workdir, connections=DEMO_CONNECTIONS
         )
         with profiled(server.pid, profile, "access_request_8_connections"):
+            cpu_before = cpu_seconds(server.pid)
             loaded = run_load(
                 url, "/v1/access-requests", requester, bodies_file, seconds, workdir,
                 connections=DEMO_CONNECTIONS,
             )  # fmt: skip
+            loaded_cpu = (cpu_seconds(server.pid) - cpu_before) / max(loaded["requests"], 1)
         progress.advance(task)
         decisions = owner_decision_times(url, city, requester, owner_keys, 5 if quick else 30)
         progress.advance(task)
@@ -726,6 +728,7 @@ def bench_demo_city(quick: bool, workdir: Path, profile: Path | None) -> None:
         baseline_value=round(bare["rps"], 1), ratio=round(loaded["rps"] / bare["rps"], 3),
         p50_ms=round(loaded["p50_ms"], 3), p99_ms=round(loaded["p99_ms"], 3),
         connections=DEMO_CONNECTIONS, seconds=seconds, generator=loaded["generator"],
+        server_cpu_ms_per_request=round(loaded_cpu * 1000, 3),
         non_2xx=errors, target=">= 100/s at 8 connections, no errors",
         met=loaded["rps"] >= 100 and errors == 0, **server_note,
     )  # fmt: skip

@@ -22,7 +22,7 @@ from registry_api.access.policy import PolicyDecision
 from registry_api.access.records import TABLES, EventPayloads, grant_row
 from registry_api.audit.service import EncodedAccessEvent, RecordedEvent, record_access_events
 from registry_api.bulk_insert import execute_insert, prepare_insert
-from registry_api.db import rows_matched
+from registry_api.db import rows_matched, writes_in_turn
 from registry_api.errors import Conflict, Forbidden, NotFound
 from registry_api.identity.principal import Principal
 from schemas.access import (
@@ -110,16 +110,35 @@ async def approve(
     if pending and request.valid_until <= now:
         raise Conflict("the requested window has ended; nothing can be granted", code="window_over")
     payloads = EventPayloads(request)
-    events: list[EncodedAccessEvent] = []
+    async with writes_in_turn(session):
+        events = await _grant_pending(session, payloads, principal, pending, body.comment, now)
+        if reviewed:
+            events += await _confirm_reviewed(session, payloads, principal, reviewed, now)
+        await record_access_events(session, events)
+        await session.commit()
+    return await get_access_request(session, principal, request_id)
+
+
+async def _grant_pending(
+    session: AsyncSession,
+    payloads: EventPayloads,
+    principal: Principal,
+    pending: Sequence[AccessRequestFeed],
+    comment: str | None,
+    now: datetime,
+) -> list[EncodedAccessEvent]:
+    """A grant per owner department for its approved feeds; their decided and issued events."""
+    request = payloads.request
     by_owner: dict[str, list[AccessRequestFeed]] = defaultdict(list)
     for item in pending:
         by_owner[item.owner_department or ""].append(item)
     dialect = (await session.connection()).dialect
+    events: list[EncodedAccessEvent] = []
     for owner, owner_items in by_owner.items():
         decision = PolicyDecision(
             Outcome.granted,
             ReasonCode.approved_by_owner,
-            body.comment or "approved by the owner",
+            comment or "approved by the owner",
             actions=frozenset(AccessAction(action) for action in request.actions),
             valid_from=max(request.valid_from, now),
             valid_until=request.valid_until,
@@ -141,42 +160,40 @@ async def approve(
                 "grant_id": grant["id"],
             },
         )
+        grant_id = str(grant["id"])
         for item in owner_items:
             events.append(
                 _decided_event(
-                    payloads,
-                    item,
-                    principal,
-                    Outcome.granted,
-                    ReasonCode.approved_by_owner,
-                    now,
-                    str(grant["id"]),
+                    payloads, item, principal, Outcome.granted, ReasonCode.approved_by_owner,
+                    now, grant_id,
                 )
-            )
+            )  # fmt: skip
             events.append(payloads.grant_issued(item.feed_id, grant, principal.subject, now))
-    if reviewed:
-        await _claim(
-            session,
-            request.id,
-            reviewed,
-            {"review_required": False, "decided_by": principal.subject},
+    return events
+
+
+async def _confirm_reviewed(
+    session: AsyncSession,
+    payloads: EventPayloads,
+    principal: Principal,
+    reviewed: Sequence[AccessRequestFeed],
+    now: datetime,
+) -> list[EncodedAccessEvent]:
+    """Emergency grants the owner confirms: off the review queue, a decided event each."""
+    await _claim(
+        session,
+        payloads.request.id,
+        reviewed,
+        {"review_required": False, "decided_by": principal.subject},
+    )
+    await _finish_reviews(session, {item.grant_id for item in reviewed if item.grant_id})
+    return [
+        _decided_event(
+            payloads, item, principal, Outcome.granted, ReasonCode.emergency_confirmed, now,
+            item.grant_id,
         )
-        for item in reviewed:
-            events.append(
-                _decided_event(
-                    payloads,
-                    item,
-                    principal,
-                    Outcome.granted,
-                    ReasonCode.emergency_confirmed,
-                    now,
-                    item.grant_id,
-                )
-            )
-        await _finish_reviews(session, {item.grant_id for item in reviewed if item.grant_id})
-    await record_access_events(session, events)
-    await session.commit()
-    return await get_access_request(session, principal, request_id)
+        for item in reviewed
+    ]  # fmt: skip
 
 
 async def _finish_reviews(session: AsyncSession, grant_ids: set[str]) -> None:
@@ -237,43 +254,44 @@ async def deny(
     chosen = _select_items(principal, items, body.feed_ids)
     now = utcnow()
     message = body.comment or "denied by the owner"
-    await _claim(
-        session,
-        request.id,
-        chosen,
-        {
-            "outcome": Outcome.denied.value,
-            "reason": ReasonCode.denied_by_owner.value,
-            "message": message,
-            "decided_at": now,
-            "decided_by": principal.subject,
-            "review_required": False,
-        },
-    )
-    payloads = EventPayloads(request)
-    events: list[RecordedEvent] = [
-        _decided_event(
-            payloads,
-            item,
-            principal,
-            Outcome.denied,
-            ReasonCode.denied_by_owner,
-            now,
-            item.grant_id,
+    async with writes_in_turn(session):
+        await _claim(
+            session,
+            request.id,
+            chosen,
+            {
+                "outcome": Outcome.denied.value,
+                "reason": ReasonCode.denied_by_owner.value,
+                "message": message,
+                "decided_at": now,
+                "decided_by": principal.subject,
+                "review_required": False,
+            },
         )
-        for item in chosen
-    ]
-    revoked: list[Grant] = []
-    for grant_id in {item.grant_id for item in chosen if item.grant_id}:
-        grant = await revoke_row(
-            session, grant_id, principal, f"emergency access refused on review: {message}", now
-        )
-        if grant is not None:
-            revoked.append(grant)
-            feed_ids = await grant_feed_ids(session, grant.id)
-            events.extend(revoked_events(payloads, grant, feed_ids, principal, now))
-    await record_access_events(session, events)
-    await session.commit()
+        payloads = EventPayloads(request)
+        events: list[RecordedEvent] = [
+            _decided_event(
+                payloads,
+                item,
+                principal,
+                Outcome.denied,
+                ReasonCode.denied_by_owner,
+                now,
+                item.grant_id,
+            )
+            for item in chosen
+        ]
+        revoked: list[Grant] = []
+        for grant_id in {item.grant_id for item in chosen if item.grant_id}:
+            grant = await revoke_row(
+                session, grant_id, principal, f"emergency access refused on review: {message}", now
+            )
+            if grant is not None:
+                revoked.append(grant)
+                feed_ids = await grant_feed_ids(session, grant.id)
+                events.extend(revoked_events(payloads, grant, feed_ids, principal, now))
+        await record_access_events(session, events)
+        await session.commit()
     for grant in revoked:
         on_revoked(grant.id, grant.valid_until)
     return await get_access_request(session, principal, request_id)

@@ -17,7 +17,7 @@ from registry_api.access.requests import REQUESTING_ROLES
 from registry_api.access.retrieval import retrieval_urls
 from registry_api.access.visibility import may_see_grant, require_owner_side
 from registry_api.audit.service import EncodedAccessEvent, record_access_events
-from registry_api.db import rows_matched
+from registry_api.db import rows_matched, writes_in_turn
 from registry_api.errors import ApiError, Conflict, Forbidden, NotFound
 from registry_api.identity.principal import Principal
 from registry_api.tokens.service import RetrievalTokens
@@ -182,15 +182,16 @@ async def revoke_grant(
     if grant.revoked_at is not None:
         raise Conflict("the grant is already revoked", code="already_revoked")
     now = utcnow()
-    revoked = await revoke_row(session, grant_id, principal, reason, now)
-    if revoked is None:
-        raise Conflict("the grant is already revoked", code="already_revoked")
-    request = await session.get(AccessRequest, revoked.request_id)
-    assert request is not None
-    feed_ids = await grant_feed_ids(session, revoked.id)
-    events = revoked_events(EventPayloads(request), revoked, feed_ids, principal, now)
-    await record_access_events(session, events)
-    await session.commit()
+    async with writes_in_turn(session):
+        revoked = await revoke_row(session, grant_id, principal, reason, now)
+        if revoked is None:
+            raise Conflict("the grant is already revoked", code="already_revoked")
+        request = await session.get(AccessRequest, revoked.request_id)
+        assert request is not None
+        feed_ids = await grant_feed_ids(session, revoked.id)
+        events = revoked_events(EventPayloads(request), revoked, feed_ids, principal, now)
+        await record_access_events(session, events)
+        await session.commit()
     on_revoked(revoked.id, revoked.valid_until)
     return _grant_out(revoked, feed_ids)
 

@@ -20,6 +20,7 @@ from registry_api.access.policy_columns import ColumnContext, ColumnDecisions, d
 from registry_api.access.records import TABLES, EventPayloads, grant_row, new_id
 from registry_api.audit.service import EncodedAccessEvent, record_access_events
 from registry_api.bulk_insert import execute_insert, prepare_insert
+from registry_api.db import writes_in_turn
 from registry_api.errors import ApiError, Forbidden, NotFound, Unprocessable
 from registry_api.feeds.service import search_feed_ids
 from registry_api.feeds.spatial import FeedIndex
@@ -141,8 +142,9 @@ async def create_access_request(
     except EmergencyNotAllowed as error:
         raise Forbidden(str(error), code="emergency_not_allowed") from None
     written = decided_rows(request, feeds, decisions, facts, now)
-    await _write(session, request, written)
-    await session.commit()
+    async with writes_in_turn(session):
+        await _write(session, request, written)
+        await session.commit()
     return request_out(request, written.items)
 
 
