@@ -129,7 +129,7 @@ async def create_access_request(
         valid_until=valid_until,
         emergency=payload.emergency,
         emergency_reason=payload.emergency_reason,
-        area=payload.area.to_shapely() if payload.area is not None else None,
+        area=payload.area.to_shapely if payload.area is not None else None,
     )
     context = ColumnContext(
         now=now,
