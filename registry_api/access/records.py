@@ -117,14 +117,31 @@ class EventPayloads:
         occurred_at: datetime,
         **fields: object,
     ) -> EncodedAccessEvent:
+        return self.of_shape(
+            self.shape(owner, actions, **fields), event_type, feed_id, actor, occurred_at
+        )
+
+    def shape(self, owner: str | None, actions: Iterable[str], **fields: object) -> dict[str, Any]:
+        """The payload of events with these values, but for its feed id (validated once)."""
         action_list = sorted(actions)
         key = (owner, tuple(action_list), tuple(sorted(fields.items())))
         shape = self._shapes.get(key)
         if shape is None:
-            shape = event_data(self.request, feed_id, owner, action_list, **fields).model_dump(
+            # The feed id is the only value that differs between events of one shape.
+            shape = event_data(self.request, "", owner, action_list, **fields).model_dump(
                 mode="json"
             )
             self._shapes[key] = shape
+        return shape
+
+    @staticmethod
+    def of_shape(
+        shape: dict[str, Any],
+        event_type: EventType,
+        feed_id: str,
+        actor: str | None,
+        occurred_at: datetime,
+    ) -> EncodedAccessEvent:
         return EncodedAccessEvent(
             event_type, {**shape, "feed_id": feed_id}, actor, new_event_id(), occurred_at
         )
@@ -132,12 +149,13 @@ class EventPayloads:
     def grant_issued(
         self, feed_id: str, grant: Mapping[str, object], actor: str, now: datetime
     ) -> EncodedAccessEvent:
-        return self.event(
-            EventType.GRANT_ISSUED,
-            feed_id,
+        return self.of_shape(
+            self.grant_issued_shape(grant, now), EventType.GRANT_ISSUED, feed_id, actor, now
+        )
+
+    def grant_issued_shape(self, grant: Mapping[str, object], now: datetime) -> dict[str, Any]:
+        return self.shape(
             str(grant["owner_department"]),
             cast(list[str], grant["actions"]),
-            actor,
-            now,
             **_grant_issued_fields(grant, now),
         )

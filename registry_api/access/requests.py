@@ -174,6 +174,7 @@ def decided_rows(
     grant_feeds: list[dict[str, object]] = []
     events: list[EncodedAccessEvent] = []
     actions_of: dict[int, list[AccessAction]] = {}
+    shapes: dict[object, dict[str, Any]] = {}
     owners = feeds.owner.tolist()
     for row, feed_id in enumerate(feeds.ids):
         decision = decisions.templates[row]
@@ -204,28 +205,31 @@ def decided_rows(
                 "review_required": decision.review_required,
             }
         )
-        events.append(
-            payloads.event(
-                EventType.ACCESS_REQUESTED, feed_id, owner, request.actions, request.requester, now
-            )
-        )
-        events.append(
-            payloads.event(
-                EventType.ACCESS_DECIDED,
-                feed_id,
+        # Payload shapes by what they depend on: feeds alike share one, validated once.
+        asked = shapes.get(owner)
+        if asked is None:
+            asked = shapes[owner] = payloads.shape(owner, request.actions)
+        decided_key = (owner, id(decision), grant_id)
+        decided = shapes.get(decided_key)
+        if decided is None:
+            decided = shapes[decided_key] = payloads.shape(
                 owner,
                 actions,
-                "policy",
-                now,
                 decision=decision.outcome.value,
                 reason=decision.reason.value,
                 decided_at=decided_at,
                 grant_id=grant_id,
             )
+        events.append(
+            payloads.of_shape(asked, EventType.ACCESS_REQUESTED, feed_id, request.requester, now)
         )
+        events.append(payloads.of_shape(decided, EventType.ACCESS_DECIDED, feed_id, "policy", now))
         if grant is not None:
             grant_feeds.append({"grant_id": grant_id, "feed_id": feed_id})
-            events.append(payloads.grant_issued(feed_id, grant, "policy", now))
+            issued = shapes.get(grant_id)
+            if issued is None:
+                issued = shapes[grant_id] = payloads.grant_issued_shape(grant, now)
+            events.append(payloads.of_shape(issued, EventType.GRANT_ISSUED, feed_id, "policy", now))
     return DecidedRows(items, list(grants.values()), grant_feeds, events)
 
 

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -23,27 +24,30 @@ def canonical_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def canonical_bytes(fields: Mapping[str, Any], times: dict[datetime, str] | None = None) -> bytes:
-    """Sorted keys, no whitespace, datetimes at microsecond precision in UTC.
-
-    ``times`` remembers the text of datetimes already written (a batch of entries mostly
-    shares one time)."""
-    normalised = dict(fields)
-    for key, value in fields.items():
-        if isinstance(value, datetime):
-            if times is None:
-                normalised[key] = canonical_time(value)
-            else:
-                text = times.get(value)
-                if text is None:
-                    text = times[value] = canonical_time(value)
-                normalised[key] = text
-    return orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)
+def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
+    """Sorted keys, no whitespace, datetimes at microsecond precision in UTC."""
+    return orjson.dumps(
+        fields,
+        default=_canonical_value,
+        option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME,
+    )
 
 
-def entry_hash(fields: Mapping[str, Any], times: dict[datetime, str] | None = None) -> str:
+@lru_cache(maxsize=4096)
+def _canonical_datetime(value: datetime) -> str:
+    return canonical_time(value)
+
+
+def _canonical_value(value: Any) -> str:
+    # Only datetimes reach here (OPT_PASSTHROUGH_DATETIME); a batch mostly shares one time.
+    if isinstance(value, datetime):
+        return _canonical_datetime(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def entry_hash(fields: Mapping[str, Any]) -> str:
     """``fields``: everything stored in the entry but its own hash (``previous_hash`` included)."""
-    return hashlib.sha256(canonical_bytes(fields, times)).hexdigest()
+    return hashlib.sha256(canonical_bytes(fields)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -130,11 +134,11 @@ def extend_chain(
 ) -> list[dict[str, Any]]:
     """Numbers and hashes new entries after the given head; returns them ready to insert."""
     chained = []
-    times: dict[datetime, str] = {}
     for entry in entries:
         previous_seq += 1
         fields = dict(entry, seq=previous_seq, previous_hash=previous_hash)
-        digest = entry_hash(fields, times)
-        chained.append(dict(fields, entry_hash=digest))
+        digest = entry_hash(fields)
+        fields["entry_hash"] = digest  # after hashing: the hash covers everything but itself
+        chained.append(fields)
         previous_hash = digest
     return chained
