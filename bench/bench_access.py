@@ -13,8 +13,16 @@ Prints one JSON line per figure on stdout (``{"name", "value", "unit", "baseline
 2. ``POST /v1/access-requests`` for 100 feeds found by a ``near`` selection, decided by the
    policy and written (request, grants, audit chain, outbox) in one transaction; p50/p95 on
    SQLite and on PostgreSQL.
+3. The demo city (``deploy/seed``, 60,000 feeds; 6,000 with ``--quick``) loaded into the API:
+   access requests of the transport bureau for the 100 feeds nearest a central feed, one after
+   another (p95 beside ``GET /healthz`` on the same server) and from 8 connections (requests/s
+   beside a bare POST endpoint), each with the server's CPU time per request (steadier than
+   the clock on a shared machine); owners approving and denying, and requesters revoking, 100
+   feeds at once; then ``deploy/demo_traffic.py`` replaying every seeded request (100 with
+   ``--quick``) as ``./deploy/up`` does. ``--profile DIR`` samples the server with py-spy
+   during these runs (collapsed stacks in DIR, a summary on stderr).
 
-``--quick`` shortens every run (about a minute in all).
+``--quick`` shortens every run (a few minutes in all); ``--only`` picks parts.
 """
 
 from __future__ import annotations

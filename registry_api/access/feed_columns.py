@@ -31,7 +31,8 @@ UNCONDITIONAL = SHARING_CODE["unconditional"]
 
 RULE_LOOKUPS = Counter(
     "feedgrid_access_sharing_rule_lookups_total",
-    "Sharing rules (conditions, legal basis) an access request needed, by where they came from",
+    "Feeds whose sharing rules (conditions, legal basis) an access request read, by source: "
+    "the revision-keyed cache, or the database (cache misses, feeds the index does not know)",
     ["source"],
 )
 
