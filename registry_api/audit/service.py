@@ -236,7 +236,7 @@ async def _lock_chain_head(session: AsyncSession, now: datetime) -> Any:
 
 # Told of every batch of access events inside the transaction that records them (webhook
 # notifications are written there, so they exist exactly when the change does).
-AccessEventListener = Callable[[AsyncSession, Sequence[AccessEvent]], Awaitable[None]]
+AccessEventListener = Callable[[AsyncSession, Sequence[RecordedEvent]], Awaitable[None]]
 _ACCESS_EVENT_LISTENERS: list[AccessEventListener] = []
 
 
