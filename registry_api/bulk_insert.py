@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Table
+from sqlalchemy import JSON, DateTime, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -53,10 +53,34 @@ def _processor(table: Table, name: str, dialect: Dialect) -> Processor | None:
     return column_type._cached_bind_processor(dialect)  # the column's own conversion
 
 
+def _is_timestamp(table: Table, name: str) -> bool:
+    column_type = table.c[name].type
+    return isinstance(column_type, DateTime) or isinstance(
+        getattr(column_type, "impl", None), DateTime
+    )
+
+
+def _remembering(processor: Processor) -> Processor:
+    """The processor, remembering its answers for one batch: a batch's rows mostly share
+    their timestamps, and SQLite's text form of a timestamp is slow to write."""
+    answers: dict[Any, Any] = {}
+
+    def process(value: Any) -> Any:
+        found = answers.get(value, _UNSEEN)
+        if found is _UNSEEN:
+            found = answers[value] = processor(value)
+        return found
+
+    return process
+
+
+_UNSEEN = object()
+
+
 @lru_cache(maxsize=64)
 def _statement(
     table: Table, columns: tuple[str, ...], dialect: Dialect
-) -> tuple[str, tuple[tuple[int, Processor], ...]]:
+) -> tuple[str, tuple[tuple[int, Processor, bool], ...]]:
     preparer = dialect.identifier_preparer
     names = ", ".join(preparer.quote(name) for name in columns)
     sql = (
@@ -64,7 +88,7 @@ def _statement(
         f"VALUES ({_placeholders(dialect.paramstyle, len(columns))})"
     )
     processors = tuple(
-        (index, processor)
+        (index, processor, _is_timestamp(table, name))
         for index, name in enumerate(columns)
         if (processor := _processor(table, name, dialect)) is not None
     )
@@ -76,7 +100,11 @@ def prepare_insert(
 ) -> DriverInsert:
     """CPU only, no I/O. Every row must have the first row's keys."""
     columns = tuple(rows[0])
-    sql, processors = _statement(table, columns, dialect)
+    sql, statement_processors = _statement(table, columns, dialect)
+    processors = [
+        (index, _remembering(processor) if timestamp else processor)
+        for index, processor, timestamp in statement_processors
+    ]
     params = []
     for row in rows:
         values = [row[name] for name in columns]

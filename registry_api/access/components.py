@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry_api.access.feed_columns import SharingRules
 from registry_api.access.revocation import GrantStates
 from registry_api.audit.writer import BufferedAccessEvents
 from registry_api.tokens.keyring import KeyRing
@@ -30,6 +31,8 @@ class AccessServices:
             flush_seconds=settings.hook_event_flush_seconds,
             batch_size=settings.hook_event_batch_size,
         )
+        # The written conditions and legal basis of feeds, by revision, for access requests.
+        self.sharing_rules = SharingRules()
         # Sessions the media servers opened, for the duration reported when they end.
         self.play_sessions: dict[str, float] = {}
 

@@ -7,18 +7,22 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry_api.access.grants import RevocationListener, revoke_row, revoked_events
-from registry_api.access.inbox import get_access_request, load_visible_request
-from registry_api.access.models import AccessRequest, AccessRequestFeed, Grant, GrantFeed
-from registry_api.access.policy import (
-    PolicyDecision,
+from registry_api.access.grants import (
+    RevocationListener,
+    grant_feed_ids,
+    revoke_row,
+    revoked_events,
 )
-from registry_api.access.records import event_data, grant_issued_event, grant_row
-from registry_api.audit.service import AccessEvent, record_access_events
-from registry_api.db import rows_matched
+from registry_api.access.inbox import get_access_request, load_visible_request
+from registry_api.access.models import AccessRequestFeed, Grant
+from registry_api.access.policy import PolicyDecision
+from registry_api.access.records import TABLES, EventPayloads, grant_row
+from registry_api.audit.service import EncodedAccessEvent, RecordedEvent, record_access_events
+from registry_api.bulk_insert import execute_insert, prepare_insert
+from registry_api.db import rows_matched, writes_in_turn
 from registry_api.errors import Conflict, Forbidden, NotFound
 from registry_api.identity.principal import Principal
 from schemas.access import (
@@ -78,21 +82,17 @@ async def _claim(
     """Updates the chosen items only if still undecided: two concurrent decisions never both win."""
     pending = [item.feed_id for item in chosen if item.outcome == Outcome.pending.value]
     review = [item.feed_id for item in chosen if item.outcome != Outcome.pending.value]
+    items = TABLES.request_feeds.c
     for feed_ids, condition in (
-        (pending, AccessRequestFeed.outcome == Outcome.pending.value),
-        (review, AccessRequestFeed.review_required.is_(True)),
+        (pending, items.outcome == Outcome.pending.value),
+        (review, items.review_required.is_(True)),
     ):
         if not feed_ids:
             continue
         result = await session.execute(
-            update(AccessRequestFeed)
-            .where(
-                AccessRequestFeed.request_id == request_id,
-                AccessRequestFeed.feed_id.in_(feed_ids),
-                condition,
-            )
+            update(TABLES.request_feeds)
+            .where(items.request_id == request_id, items.feed_id.in_(feed_ids), condition)
             .values(**values)
-            .execution_options(synchronize_session=False)
         )
         if rows_matched(result) != len(feed_ids):
             await session.rollback()
@@ -109,25 +109,44 @@ async def approve(
     reviewed = [item for item in chosen if item.outcome != Outcome.pending.value]
     if pending and request.valid_until <= now:
         raise Conflict("the requested window has ended; nothing can be granted", code="window_over")
-    events: list[AccessEvent] = []
+    payloads = EventPayloads(request)
+    async with writes_in_turn(session):
+        events = await _grant_pending(session, payloads, principal, pending, body.comment, now)
+        if reviewed:
+            events += await _confirm_reviewed(session, payloads, principal, reviewed, now)
+        await record_access_events(session, events)
+        await session.commit()
+    return await get_access_request(session, principal, request_id)
+
+
+async def _grant_pending(
+    session: AsyncSession,
+    payloads: EventPayloads,
+    principal: Principal,
+    pending: Sequence[AccessRequestFeed],
+    comment: str | None,
+    now: datetime,
+) -> list[EncodedAccessEvent]:
+    """A grant per owner department for its approved feeds; their decided and issued events."""
+    request = payloads.request
     by_owner: dict[str, list[AccessRequestFeed]] = defaultdict(list)
     for item in pending:
         by_owner[item.owner_department or ""].append(item)
+    dialect = (await session.connection()).dialect
+    events: list[EncodedAccessEvent] = []
     for owner, owner_items in by_owner.items():
         decision = PolicyDecision(
             Outcome.granted,
             ReasonCode.approved_by_owner,
-            body.comment or "approved by the owner",
+            comment or "approved by the owner",
             actions=frozenset(AccessAction(action) for action in request.actions),
             valid_from=max(request.valid_from, now),
             valid_until=request.valid_until,
         )
         grant = grant_row(request, owner, decision, now)
-        await session.execute(insert(Grant), [grant])
-        await session.execute(
-            insert(GrantFeed),
-            [{"grant_id": grant["id"], "feed_id": item.feed_id} for item in owner_items],
-        )
+        await execute_insert(session, prepare_insert(TABLES.grants, [grant], dialect))
+        grant_feeds = [{"grant_id": grant["id"], "feed_id": item.feed_id} for item in owner_items]
+        await execute_insert(session, prepare_insert(TABLES.grant_feeds, grant_feeds, dialect))
         await _claim(
             session,
             request.id,
@@ -141,83 +160,85 @@ async def approve(
                 "grant_id": grant["id"],
             },
         )
+        grant_id = str(grant["id"])
         for item in owner_items:
             events.append(
                 _decided_event(
-                    request,
-                    item,
-                    principal,
-                    Outcome.granted,
-                    ReasonCode.approved_by_owner,
-                    now,
-                    str(grant["id"]),
+                    payloads, item, principal, Outcome.granted, ReasonCode.approved_by_owner,
+                    now, grant_id,
                 )
-            )
-            events.append(grant_issued_event(request, item.feed_id, grant, principal.subject, now))
-    if reviewed:
-        await _claim(
-            session,
-            request.id,
-            reviewed,
-            {"review_required": False, "decided_by": principal.subject},
+            )  # fmt: skip
+            events.append(payloads.grant_issued(item.feed_id, grant, principal.subject, now))
+    return events
+
+
+async def _confirm_reviewed(
+    session: AsyncSession,
+    payloads: EventPayloads,
+    principal: Principal,
+    reviewed: Sequence[AccessRequestFeed],
+    now: datetime,
+) -> list[EncodedAccessEvent]:
+    """Emergency grants the owner confirms: off the review queue, a decided event each."""
+    await _claim(
+        session,
+        payloads.request.id,
+        reviewed,
+        {"review_required": False, "decided_by": principal.subject},
+    )
+    await _finish_reviews(session, {item.grant_id for item in reviewed if item.grant_id})
+    return [
+        _decided_event(
+            payloads, item, principal, Outcome.granted, ReasonCode.emergency_confirmed, now,
+            item.grant_id,
         )
-        for item in reviewed:
-            events.append(
-                _decided_event(
-                    request,
-                    item,
-                    principal,
-                    Outcome.granted,
-                    ReasonCode.emergency_confirmed,
-                    now,
-                    item.grant_id,
-                )
-            )
-        await _finish_reviews(session, {item.grant_id for item in reviewed if item.grant_id})
-    await record_access_events(session, events)
-    await session.commit()
-    return await get_access_request(session, principal, request_id)
+        for item in reviewed
+    ]  # fmt: skip
 
 
 async def _finish_reviews(session: AsyncSession, grant_ids: set[str]) -> None:
     """A grant leaves the review queue when none of its feeds waits for review any more."""
-    for grant_id in grant_ids:
-        still_waiting = await session.scalar(
-            select(AccessRequestFeed.feed_id)
-            .where(
-                AccessRequestFeed.grant_id == grant_id, AccessRequestFeed.review_required.is_(True)
+    if not grant_ids:
+        return
+    items = TABLES.request_feeds.c
+    still_waiting = set(
+        (
+            await session.scalars(
+                select(items.grant_id)
+                .where(items.grant_id.in_(grant_ids), items.review_required.is_(True))
+                .distinct()
             )
-            .limit(1)
+        ).all()
+    )
+    finished = grant_ids - still_waiting
+    if finished:
+        await session.execute(
+            update(TABLES.grants)
+            .where(TABLES.grants.c.id.in_(finished))
+            .values(review_required=False)
         )
-        if still_waiting is None:
-            await session.execute(
-                update(Grant).where(Grant.id == grant_id).values(review_required=False)
-            )
 
 
 def _decided_event(
-    request: AccessRequest,
+    payloads: EventPayloads,
     item: AccessRequestFeed,
     principal: Principal,
     outcome: Outcome,
     reason: ReasonCode,
     now: datetime,
     grant_id: str | None,
-) -> AccessEvent:
-    return AccessEvent(
+) -> EncodedAccessEvent:
+    return payloads.event(
         EventType.ACCESS_DECIDED,
-        event_data(
-            request,
-            item.feed_id,
-            item.owner_department,
-            item.actions,
-            decision=outcome.value,
-            reason=reason.value,
-            decided_at=now,
-            grant_id=grant_id,
-        ),
+        item.feed_id,
+        item.owner_department,
+        item.actions,
         principal.subject,
-        occurred_at=now,
+        now,
+        decision=outcome.value,
+        reason=reason.value,
+        decided_at=now,
+        grant_id=grant_id,
     )
 
 
@@ -233,35 +254,44 @@ async def deny(
     chosen = _select_items(principal, items, body.feed_ids)
     now = utcnow()
     message = body.comment or "denied by the owner"
-    await _claim(
-        session,
-        request.id,
-        chosen,
-        {
-            "outcome": Outcome.denied.value,
-            "reason": ReasonCode.denied_by_owner.value,
-            "message": message,
-            "decided_at": now,
-            "decided_by": principal.subject,
-            "review_required": False,
-        },
-    )
-    events = [
-        _decided_event(
-            request, item, principal, Outcome.denied, ReasonCode.denied_by_owner, now, item.grant_id
+    async with writes_in_turn(session):
+        await _claim(
+            session,
+            request.id,
+            chosen,
+            {
+                "outcome": Outcome.denied.value,
+                "reason": ReasonCode.denied_by_owner.value,
+                "message": message,
+                "decided_at": now,
+                "decided_by": principal.subject,
+                "review_required": False,
+            },
         )
-        for item in chosen
-    ]
-    revoked: list[Grant] = []
-    for grant_id in {item.grant_id for item in chosen if item.grant_id}:
-        grant = await revoke_row(
-            session, grant_id, principal, f"emergency access refused on review: {message}", now
-        )
-        if grant is not None:
-            revoked.append(grant)
-            events.extend(await revoked_events(session, grant, principal, now))
-    await record_access_events(session, events)
-    await session.commit()
+        payloads = EventPayloads(request)
+        events: list[RecordedEvent] = [
+            _decided_event(
+                payloads,
+                item,
+                principal,
+                Outcome.denied,
+                ReasonCode.denied_by_owner,
+                now,
+                item.grant_id,
+            )
+            for item in chosen
+        ]
+        revoked: list[Grant] = []
+        for grant_id in {item.grant_id for item in chosen if item.grant_id}:
+            grant = await revoke_row(
+                session, grant_id, principal, f"emergency access refused on review: {message}", now
+            )
+            if grant is not None:
+                revoked.append(grant)
+                feed_ids = await grant_feed_ids(session, grant.id)
+                events.extend(revoked_events(payloads, grant, feed_ids, principal, now))
+        await record_access_events(session, events)
+        await session.commit()
     for grant in revoked:
         on_revoked(grant.id, grant.valid_until)
     return await get_access_request(session, principal, request_id)

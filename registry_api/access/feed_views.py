@@ -59,7 +59,27 @@ def _limit(values: Any) -> frozenset[str] | None:
 
 
 def sharing_view(feed: FeedFacts) -> FeedSharing:
-    conditions_doc = feed.sharing.get("conditions") or {}
+    return feed_sharing(
+        feed_id=feed.id,
+        owner=feed.owner,
+        kind=feed.kind,
+        sharing_class=feed.sharing_class,
+        sharing=feed.sharing,
+        retired=feed.retired_at is not None,
+    )
+
+
+def feed_sharing(
+    *,
+    feed_id: str,
+    owner: str,
+    kind: str,
+    sharing_class: str,
+    sharing: dict[str, Any],
+    retired: bool,
+) -> FeedSharing:
+    """The policy's view of a feed from its columns and its sharing document."""
+    conditions_doc = sharing.get("conditions") or {}
     area_doc = conditions_doc.get("area")
     conditions = SharingConditions(
         departments=_limit(conditions_doc.get("departments")),
@@ -69,13 +89,13 @@ def sharing_view(feed: FeedFacts) -> FeedSharing:
         area=shapely.geometry.shape(area_doc) if area_doc else None,
     )
     return FeedSharing(
-        feed_id=feed.id,
-        owner_department=feed.owner,
-        feed_kind=feed.kind,
-        sharing_class=SharingClass(feed.sharing_class),
+        feed_id=feed_id,
+        owner_department=owner,
+        feed_kind=kind,
+        sharing_class=SharingClass(sharing_class),
         conditions=conditions,
-        legal_basis=feed.sharing.get("legal_basis"),
-        active=feed.retired_at is None,
+        legal_basis=sharing.get("legal_basis"),
+        active=not retired,
     )
 
 

@@ -12,12 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.access.feed_views import gateway_path, load_feed_facts
 from registry_api.access.models import AccessRequest, Grant, GrantFeed
-from registry_api.access.records import event_data
+from registry_api.access.records import EventPayloads
 from registry_api.access.requests import REQUESTING_ROLES
 from registry_api.access.retrieval import retrieval_urls
 from registry_api.access.visibility import may_see_grant, require_owner_side
-from registry_api.audit.service import AccessEvent, record_access_events
-from registry_api.db import rows_matched
+from registry_api.audit.service import EncodedAccessEvent, record_access_events
+from registry_api.db import rows_matched, writes_in_turn
 from registry_api.errors import ApiError, Conflict, Forbidden, NotFound
 from registry_api.identity.principal import Principal
 from registry_api.tokens.service import RetrievalTokens
@@ -39,7 +39,7 @@ class Gone(ApiError):
     code = "gone"
 
 
-async def _grant_feed_ids(session: AsyncSession, grant_id: str) -> list[str]:
+async def grant_feed_ids(session: AsyncSession, grant_id: str) -> list[str]:
     return list(
         (
             await session.scalars(
@@ -79,7 +79,7 @@ async def _load_grant(session: AsyncSession, principal: Principal, grant_id: str
 
 async def get_grant(session: AsyncSession, principal: Principal, grant_id: str) -> GrantOut:
     grant = await _load_grant(session, principal, grant_id)
-    return _grant_out(grant, await _grant_feed_ids(session, grant.id))
+    return _grant_out(grant, await grant_feed_ids(session, grant.id))
 
 
 async def list_grants(
@@ -138,31 +138,31 @@ async def revoke_row(
     return grant
 
 
-async def revoked_events(
-    session: AsyncSession, grant: Grant, principal: Principal, now: datetime
-) -> list[AccessEvent]:
-    request = await session.get(AccessRequest, grant.request_id)
-    assert request is not None
+def revoked_events(
+    payloads: EventPayloads,
+    grant: Grant,
+    feed_ids: list[str],
+    principal: Principal,
+    now: datetime,
+) -> list[EncodedAccessEvent]:
+    """A grant.revoked event for each feed of the grant (``payloads`` of its request)."""
     return [
-        AccessEvent(
+        payloads.event(
             EventType.GRANT_REVOKED,
-            event_data(
-                request,
-                feed_id,
-                grant.owner_department,
-                grant.actions,
-                decision="revoked",
-                reason=grant.revoke_reason,
-                grant_id=grant.id,
-                decided_at=now,
-                grant_valid_from=grant.valid_from,
-                grant_valid_until=grant.valid_until,
-                emergency=grant.emergency,
-            ),
+            feed_id,
+            grant.owner_department,
+            grant.actions,
             principal.subject,
-            occurred_at=now,
+            now,
+            decision="revoked",
+            reason=grant.revoke_reason,
+            grant_id=grant.id,
+            decided_at=now,
+            grant_valid_from=grant.valid_from,
+            grant_valid_until=grant.valid_until,
+            emergency=grant.emergency,
         )
-        for feed_id in await _grant_feed_ids(session, grant.id)
+        for feed_id in feed_ids
     ]
 
 
@@ -182,13 +182,18 @@ async def revoke_grant(
     if grant.revoked_at is not None:
         raise Conflict("the grant is already revoked", code="already_revoked")
     now = utcnow()
-    revoked = await revoke_row(session, grant_id, principal, reason, now)
-    if revoked is None:
-        raise Conflict("the grant is already revoked", code="already_revoked")
-    await record_access_events(session, await revoked_events(session, revoked, principal, now))
-    await session.commit()
+    async with writes_in_turn(session):
+        revoked = await revoke_row(session, grant_id, principal, reason, now)
+        if revoked is None:
+            raise Conflict("the grant is already revoked", code="already_revoked")
+        request = await session.get(AccessRequest, revoked.request_id)
+        assert request is not None
+        feed_ids = await grant_feed_ids(session, revoked.id)
+        events = revoked_events(EventPayloads(request), revoked, feed_ids, principal, now)
+        await record_access_events(session, events)
+        await session.commit()
     on_revoked(revoked.id, revoked.valid_until)
-    return _grant_out(revoked, await _grant_feed_ids(session, revoked.id))
+    return _grant_out(revoked, feed_ids)
 
 
 async def retrieval(
@@ -212,7 +217,7 @@ async def retrieval(
         )
     if grant.valid_until <= now:
         raise Gone("the grant has ended", code="grant_expired")
-    feed_ids = await _grant_feed_ids(session, grant.id)
+    feed_ids = await grant_feed_ids(session, grant.id)
     facts = await load_feed_facts(session, feed_ids)
     feeds = []
     for feed_id in feed_ids:

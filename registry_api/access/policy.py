@@ -108,42 +108,38 @@ def supported_actions(feed_kind: str) -> frozenset[AccessAction]:
 
 
 def decide(feed: FeedSharing, request: RequestFacts, context: PolicyContext) -> PolicyDecision:
-    """Decides one feed for one request. Every branch names its reason."""
+    """Decides one feed for one request. Every branch names its reason.
+
+    :func:`registry_api.access.policy_columns.decide_columns` decides many feeds at once over
+    columns; it answers exactly as this function does for each of them (a unit test compares
+    the two over every combination) and builds its messages with the helpers below.
+    """
     check_emergency_allowed(request)
     if not feed.active:
-        return _denied(ReasonCode.feed_not_active, f"feed {feed.feed_id} is not active")
+        return _denied(ReasonCode.feed_not_active, inactive_message(feed.feed_id))
     unsupported = request.actions - supported_actions(feed.feed_kind)
     if unsupported:
-        names = ", ".join(sorted(unsupported))
         return _denied(
-            ReasonCode.action_not_supported, f"a {feed.feed_kind} does not support: {names}"
+            ReasonCode.action_not_supported, unsupported_message(feed.feed_kind, unsupported)
         )
     if feed.owner_department == request.requester_department:
-        return _granted(
-            ReasonCode.own_department, "the feed belongs to the requesting department", request
-        )
+        return granted_decision(ReasonCode.own_department, OWN_DEPARTMENT_MESSAGE, request)
     if feed.sharing_class is SharingClass.not_shared:
-        basis = feed.legal_basis or "no legal basis recorded"
-        return _denied(ReasonCode.not_shared_legal_basis, f"not shared: {basis}")
+        return _denied(ReasonCode.not_shared_legal_basis, not_shared_message(feed.legal_basis))
     if feed.sharing_class is SharingClass.unconditional:
-        return _granted(ReasonCode.unconditional_sharing, "unconditional sharing", request)
+        return granted_decision(ReasonCode.unconditional_sharing, UNCONDITIONAL_MESSAGE, request)
     unmet = first_unmet_condition(feed.conditions, request)
     if unmet is None:
-        return _granted(
-            ReasonCode.conditions_met, "the request fits the feed's conditions", request
-        )
-    if request.emergency and AccessAction.live in request.actions:
+        return granted_decision(ReasonCode.conditions_met, CONDITIONS_MET_MESSAGE, request)
+    if emergency_applies(request):
         # Only where the rules would make it wait: an emergency never gets less than the rules give.
-        return _emergency_grant(request, context)
+        return emergency_grant(request, context)
     reason, message = unmet
-    return PolicyDecision(
-        outcome=Outcome.pending,
-        reason=reason,
-        message=f"{message}; the owner {feed.owner_department} decides",
-        actions=request.actions,
-        valid_from=request.valid_from,
-        valid_until=request.valid_until,
-        due_at=add_working_days(context.now, context.owner_deadline_days, context.timezone),
+    return pending_decision(
+        reason,
+        pending_message(message, feed.owner_department),
+        request,
+        add_working_days(context.now, context.owner_deadline_days, context.timezone),
     )
 
 
@@ -155,34 +151,86 @@ def first_unmet_condition(
         conditions.departments is not None
         and request.requester_department not in conditions.departments
     ):
-        return ReasonCode.department_not_in_conditions, (
-            f"department {request.requester_department} is not among the conditions' departments"
-        )
+        return ReasonCode.department_not_in_conditions, department_unmet_message(request)
     if conditions.purposes is not None and request.purpose not in conditions.purposes:
-        return ReasonCode.purpose_not_in_conditions, f"purpose {request.purpose!r} is not allowed"
+        return ReasonCode.purpose_not_in_conditions, purpose_unmet_message(request)
     if conditions.actions is not None:
-        outside = {action.value for action in request.actions} - set(conditions.actions)
+        outside = actions_outside(request, conditions.actions)
         if outside:
-            return ReasonCode.action_not_in_conditions, (
-                "actions outside the conditions: " + ", ".join(sorted(outside))
-            )
+            return ReasonCode.action_not_in_conditions, actions_unmet_message(outside)
     limit = conditions.max_duration_minutes
     if limit is not None and request.duration_minutes > limit:
-        return ReasonCode.duration_exceeds_conditions, (
-            f"{request.duration_minutes:.0f} minutes asked, at most {limit} allowed"
-        )
+        return ReasonCode.duration_exceeds_conditions, duration_unmet_message(request, limit)
     if conditions.area is not None and (
         request.area is None or not conditions.area.covers(request.area)
     ):
-        return ReasonCode.area_outside_conditions, (
-            "no area of interest given"
-            if request.area is None
-            else "the area of interest is outside the allowed area"
-        )
+        return ReasonCode.area_outside_conditions, area_unmet_message(request)
     return None
 
 
-def _granted(reason: ReasonCode, message: str, request: RequestFacts) -> PolicyDecision:
+def emergency_applies(request: RequestFacts) -> bool:
+    """An emergency request for live view is granted briefly where the rules would make it wait."""
+    return request.emergency and AccessAction.live in request.actions
+
+
+def actions_outside(request: RequestFacts, allowed: frozenset[str]) -> set[str]:
+    return {action.value for action in request.actions} - set(allowed)
+
+
+# ------------------------------------------------------------------------------ messages
+# Shared by decide() and the column path, so both say exactly the same.
+
+OWN_DEPARTMENT_MESSAGE = "the feed belongs to the requesting department"
+UNCONDITIONAL_MESSAGE = "unconditional sharing"
+CONDITIONS_MET_MESSAGE = "the request fits the feed's conditions"
+
+
+def missing_message(feed_id: str) -> str:
+    return f"no feed {feed_id!r}"
+
+
+def inactive_message(feed_id: str) -> str:
+    return f"feed {feed_id} is not active"
+
+
+def unsupported_message(feed_kind: str, unsupported: Iterable[str]) -> str:
+    return f"a {feed_kind} does not support: {', '.join(sorted(unsupported))}"
+
+
+def not_shared_message(legal_basis: str | None) -> str:
+    return f"not shared: {legal_basis or 'no legal basis recorded'}"
+
+
+def pending_message(unmet_message: str, owner_department: str) -> str:
+    return f"{unmet_message}; the owner {owner_department} decides"
+
+
+def department_unmet_message(request: RequestFacts) -> str:
+    return f"department {request.requester_department} is not among the conditions' departments"
+
+
+def purpose_unmet_message(request: RequestFacts) -> str:
+    return f"purpose {request.purpose!r} is not allowed"
+
+
+def actions_unmet_message(outside: Iterable[str]) -> str:
+    return "actions outside the conditions: " + ", ".join(sorted(outside))
+
+
+def duration_unmet_message(request: RequestFacts, limit: int) -> str:
+    return f"{request.duration_minutes:.0f} minutes asked, at most {limit} allowed"
+
+
+def area_unmet_message(request: RequestFacts) -> str:
+    if request.area is None:
+        return "no area of interest given"
+    return "the area of interest is outside the allowed area"
+
+
+# ------------------------------------------------------------------------------ decisions
+
+
+def granted_decision(reason: ReasonCode, message: str, request: RequestFacts) -> PolicyDecision:
     return PolicyDecision(
         outcome=Outcome.granted,
         reason=reason,
@@ -197,7 +245,21 @@ def _denied(reason: ReasonCode, message: str) -> PolicyDecision:
     return PolicyDecision(outcome=Outcome.denied, reason=reason, message=message)
 
 
-def _emergency_grant(request: RequestFacts, context: PolicyContext) -> PolicyDecision:
+def pending_decision(
+    reason: ReasonCode, message: str, request: RequestFacts, due_at: datetime
+) -> PolicyDecision:
+    return PolicyDecision(
+        outcome=Outcome.pending,
+        reason=reason,
+        message=message,
+        actions=request.actions,
+        valid_from=request.valid_from,
+        valid_until=request.valid_until,
+        due_at=due_at,
+    )
+
+
+def emergency_grant(request: RequestFacts, context: PolicyContext) -> PolicyDecision:
     """Live view only, for a short bounded time, and the owner reviews it afterwards."""
     start = max(request.valid_from, context.now)
     end = min(request.valid_until, start + timedelta(minutes=context.emergency_grant_minutes))

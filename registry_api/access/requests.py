@@ -1,28 +1,26 @@
-"""Asking for access: which feeds a request names, the policy decision per feed, grants for
-what may be shared at once; and the request as the API shows it."""
+"""Asking for access: which feeds a request names, the policy's decision on all of them at
+once (over the feed index's columns), grants for what may be shared at once; and the request as
+the API shows it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry_api.access.feed_views import FeedFacts, load_feed_facts, sharing_view
+from registry_api.access.feed_columns import FeedColumns, SharingRules, requested_feed_columns
 from registry_api.access.models import AccessRequest, AccessRequestFeed
-from registry_api.access.policy import (
-    EmergencyNotAllowed,
-    PolicyContext,
-    PolicyDecision,
-    RequestFacts,
-    decide,
-)
-from registry_api.access.records import TABLES, event_data, grant_issued_event, grant_row, new_id
-from registry_api.audit.service import AccessEvent, record_access_events
+from registry_api.access.policy import EmergencyNotAllowed, RequestFacts
+from registry_api.access.policy_columns import ColumnContext, ColumnDecisions, decide_columns
+from registry_api.access.records import TABLES, EventPayloads, grant_row, new_id
+from registry_api.audit.service import EncodedAccessEvent, record_access_events
 from registry_api.bulk_insert import execute_insert, prepare_insert
+from registry_api.db import writes_in_turn
 from registry_api.errors import ApiError, Forbidden, NotFound, Unprocessable
 from registry_api.feeds.service import search_feed_ids
 from registry_api.feeds.spatial import FeedIndex
@@ -44,42 +42,49 @@ from schemas.settings import Settings
 REQUESTING_ROLES = (Role.requester, Role.dept_admin)
 
 
-@dataclass(frozen=True)
-class RequestedFeeds:
-    ids: list[str]
-    facts: dict[str, FeedFacts]
-
-
-async def resolve_requested_feeds(
+async def requested_feed_ids(
     session: AsyncSession, index: FeedIndex | None, payload: AccessRequestCreate
-) -> RequestedFeeds:
+) -> list[str]:
     """The feeds named by id, or found by the registry's own search for a spatial selection."""
     if payload.selection is not None:
         if index is None:
             raise ApiError(
                 "the feed index is not loaded yet", code="index_unavailable", status_code=503
             )
-        ids = await search_feed_ids(index, payload.selection, session)
-    else:
-        ids = list(dict.fromkeys(payload.feed_ids or []))
-    return RequestedFeeds(ids=ids, facts=await load_feed_facts(session, ids))
+        return await search_feed_ids(index, payload.selection, session)
+    return list(dict.fromkeys(payload.feed_ids or []))
 
 
-async def _departments(session: AsyncSession, codes: Iterable[str]) -> dict[str, Department]:
+@dataclass(frozen=True)
+class DepartmentTerms:
+    kind: str
+    answer_deadline_days: int
+
+
+async def _departments(session: AsyncSession, codes: Iterable[str]) -> dict[str, DepartmentTerms]:
     wanted = set(codes)
     if not wanted:
         return {}
-    rows = await session.scalars(select(Department).where(Department.code.in_(wanted)))
-    return {department.code: department for department in rows}
+    rows = await session.execute(
+        select(Department.code, Department.kind, Department.answer_deadline_days).where(
+            Department.code.in_(wanted)
+        )
+    )
+    return {code: DepartmentTerms(kind, days) for code, kind, days in rows}
 
 
 async def create_access_request(
     session: AsyncSession,
+    *,
     settings: Settings,
     index: FeedIndex | None,
+    rules: SharingRules,
     principal: Principal,
     payload: AccessRequestCreate,
 ) -> AccessRequestOut:
+    """Decides every requested feed at once over the index's columns and writes the request,
+    its decisions, grants, audit links and outbox events in one transaction, each table with
+    one batched statement."""
     if principal.department is None:
         raise Forbidden("only a department's users can request access", code="department_required")
     now = utcnow()
@@ -87,10 +92,11 @@ async def create_access_request(
     valid_until = valid_from + timedelta(minutes=payload.duration_minutes)
     if valid_until <= now:
         raise Unprocessable("the requested window has already ended", code="window_in_the_past")
-    feeds = await resolve_requested_feeds(session, index, payload)
-    if not feeds.ids:
+    ids = await requested_feed_ids(session, index, payload)
+    if not ids:
         raise Unprocessable("the request names no feed (the selection found none)", code="no_feeds")
-    owners = {facts.owner for facts in feeds.facts.values()}
+    feeds = await requested_feed_columns(session, index, rules, ids, principal.department)
+    owners = set(feeds.owner[feeds.found].tolist())
     departments = await _departments(session, owners | {principal.department})
     requester_department = departments.get(principal.department)
     if requester_department is None:
@@ -123,42 +129,65 @@ async def create_access_request(
         valid_until=valid_until,
         emergency=payload.emergency,
         emergency_reason=payload.emergency_reason,
-        area=payload.area.to_shapely() if payload.area is not None else None,
+        area=payload.area.to_shapely if payload.area is not None else None,
     )
-    timezone = ZoneInfo(settings.city_timezone)
-    decisions: list[tuple[str, str | None, PolicyDecision]] = []
-    for feed_id in feeds.ids:
-        feed = feeds.facts.get(feed_id)
-        if feed is None:
-            missing = PolicyDecision(
-                Outcome.denied, ReasonCode.feed_not_found, f"no feed {feed_id!r}"
-            )
-            decisions.append((feed_id, None, missing))
-            continue
-        context = PolicyContext(
-            now=now,
-            owner_deadline_days=departments[feed.owner].answer_deadline_days
-            if feed.owner in departments
-            else 5,
-            emergency_grant_minutes=settings.emergency_grant_minutes,
-            timezone=timezone,
-        )
-        try:
-            decisions.append((feed_id, feed.owner, decide(sharing_view(feed), facts, context)))
-        except EmergencyNotAllowed as error:
-            raise Forbidden(str(error), code="emergency_not_allowed") from None
+    context = ColumnContext(
+        now=now,
+        emergency_grant_minutes=settings.emergency_grant_minutes,
+        timezone=ZoneInfo(settings.city_timezone),
+        deadline_days={code: terms.answer_deadline_days for code, terms in departments.items()},
+    )
+    try:
+        decisions = decide_columns(feeds, facts, context)
+    except EmergencyNotAllowed as error:
+        raise Forbidden(str(error), code="emergency_not_allowed") from None
+    written = decided_rows(request, feeds, decisions, facts, now)
+    async with writes_in_turn(session):
+        await _write(session, request, written)
+        await session.commit()
+    return request_out(request, written.items)
 
-    # One grant per owner department for everything the policy granted at once.
-    grants: dict[str, dict[str, object]] = {}
-    for _, owner, decision in decisions:
-        if decision.outcome is Outcome.granted and owner is not None and owner not in grants:
-            grants[owner] = grant_row(request, owner, decision, now)
 
-    items: list[dict[str, object]] = []
-    events: list[AccessEvent] = []
-    for feed_id, owner, decision in decisions:
-        grant = grants.get(owner) if decision.outcome is Outcome.granted and owner else None
-        grant_id = str(grant["id"]) if grant else None
+@dataclass(frozen=True)
+class DecidedRows:
+    """What one request writes besides its own row: a decision per feed, a grant per owner
+    department with anything granted, the grants' feeds, and the access events."""
+
+    items: list[dict[str, Any]]
+    grants: list[dict[str, object]]
+    grant_feeds: list[dict[str, object]]
+    events: list[EncodedAccessEvent]
+
+
+def decided_rows(
+    request: AccessRequest,
+    feeds: FeedColumns,
+    decisions: ColumnDecisions,
+    facts: RequestFacts,
+    now: datetime,
+) -> DecidedRows:
+    """Rows and events in the order the per-feed path wrote them: for each feed its
+    access.requested, access.decided and (if granted) grant.issued event."""
+    payloads = EventPayloads(request)
+    grants: dict[str, dict[str, object]] = {}  # one per owner: made by its first granted feed
+    items: list[dict[str, Any]] = []
+    grant_feeds: list[dict[str, object]] = []
+    events: list[EncodedAccessEvent] = []
+    actions_of: dict[int, list[AccessAction]] = {}
+    shapes: dict[object, dict[str, Any]] = {}
+    owners = feeds.owner.tolist()
+    for row, feed_id in enumerate(feeds.ids):
+        decision = decisions.templates[row]
+        owner = owners[row] if feeds.found[row] else None
+        actions = actions_of.get(id(decision))
+        if actions is None:
+            actions = actions_of[id(decision)] = sorted(decision.actions or facts.actions)
+        grant = None
+        if decision.outcome is Outcome.granted and owner is not None:
+            grant = grants.get(owner)
+            if grant is None:
+                grant = grants[owner] = grant_row(request, owner, decision, now)
+        grant_id = str(grant["id"]) if grant is not None else None
         decided_at = now if decision.outcome is not Outcome.pending else None
         items.append(
             {
@@ -167,8 +196,8 @@ async def create_access_request(
                 "owner_department": owner,
                 "outcome": decision.outcome.value,
                 "reason": decision.reason.value,
-                "message": decision.message[:1200],
-                "actions": sorted(decision.actions or facts.actions),
+                "message": decisions.messages[row][:1200],
+                "actions": actions,
                 "due_at": decision.due_at,
                 "decided_at": decided_at,
                 "decided_by": "policy" if decided_at else None,
@@ -176,67 +205,83 @@ async def create_access_request(
                 "review_required": decision.review_required,
             }
         )
-        events.append(
-            AccessEvent(
-                EventType.ACCESS_REQUESTED,
-                event_data(request, feed_id, owner, request.actions),
-                principal.subject,
-                occurred_at=now,
+        # Payload shapes by what they depend on: feeds alike share one, validated once.
+        asked = shapes.get(owner)
+        if asked is None:
+            asked = shapes[owner] = payloads.shape(owner, request.actions)
+        decided_key = (owner, id(decision), grant_id)
+        decided = shapes.get(decided_key)
+        if decided is None:
+            decided = shapes[decided_key] = payloads.shape(
+                owner,
+                actions,
+                decision=decision.outcome.value,
+                reason=decision.reason.value,
+                decided_at=decided_at,
+                grant_id=grant_id,
             )
-        )
         events.append(
-            AccessEvent(
-                EventType.ACCESS_DECIDED,
-                event_data(
-                    request,
-                    feed_id,
-                    owner,
-                    decision.actions or facts.actions,
-                    decision=decision.outcome.value,
-                    reason=decision.reason.value,
-                    decided_at=decided_at,
-                    grant_id=grant_id,
-                ),
-                "policy",
-                occurred_at=now,
-            )
+            payloads.of_shape(asked, EventType.ACCESS_REQUESTED, feed_id, request.requester, now)
         )
+        events.append(payloads.of_shape(decided, EventType.ACCESS_DECIDED, feed_id, "policy", now))
         if grant is not None:
-            events.append(grant_issued_event(request, feed_id, grant, "policy", now))
+            grant_feeds.append({"grant_id": grant_id, "feed_id": feed_id})
+            issued = shapes.get(grant_id)
+            if issued is None:
+                issued = shapes[grant_id] = payloads.grant_issued_shape(grant, now)
+            events.append(payloads.of_shape(issued, EventType.GRANT_ISSUED, feed_id, "policy", now))
+    return DecidedRows(items, list(grants.values()), grant_feeds, events)
 
-    # Driver-level inserts: one request writes a hundred rows to each table.
+
+async def _write(session: AsyncSession, request: AccessRequest, written: DecidedRows) -> None:
+    """One multi-row statement per table (driver-level executemany), then the audit chain and
+    the outbox, in the caller's transaction."""
     dialect = (await session.connection()).dialect
     request_row = {column.name: getattr(request, column.name) for column in TABLES.requests.columns}
     await execute_insert(session, prepare_insert(TABLES.requests, [request_row], dialect))
-    if grants:
-        await execute_insert(session, prepare_insert(TABLES.grants, list(grants.values()), dialect))
-        grant_feeds = [
-            {"grant_id": item["grant_id"], "feed_id": item["feed_id"]}
-            for item in items
-            if item["grant_id"]
-        ]
-        await execute_insert(session, prepare_insert(TABLES.grant_feeds, grant_feeds, dialect))
-    await execute_insert(session, prepare_insert(TABLES.request_feeds, items, dialect))
-    await record_access_events(session, events)
-    await session.commit()
-    return request_out(request, [AccessRequestFeed(**item) for item in items])
+    if written.grants:
+        await execute_insert(session, prepare_insert(TABLES.grants, written.grants, dialect))
+        await execute_insert(
+            session, prepare_insert(TABLES.grant_feeds, written.grant_feeds, dialect)
+        )
+    await execute_insert(session, prepare_insert(TABLES.request_feeds, written.items, dialect))
+    await record_access_events(session, written.events)
 
 
-def _status(items: Sequence[AccessRequestFeed]) -> RequestStatus:
-    outcomes = {item.outcome for item in items}
-    if Outcome.pending.value in outcomes:
+def _status(feeds: Sequence[FeedDecisionOut]) -> RequestStatus:
+    outcomes = {feed.outcome for feed in feeds}
+    if Outcome.pending in outcomes:
         return RequestStatus.pending
-    if outcomes == {Outcome.granted.value}:
+    if outcomes == {Outcome.granted}:
         return RequestStatus.granted
-    if outcomes == {Outcome.denied.value}:
+    if outcomes == {Outcome.denied}:
         return RequestStatus.denied
     return RequestStatus.partial
 
 
-def request_out(request: AccessRequest, items: Sequence[AccessRequestFeed]) -> AccessRequestOut:
+def request_out(
+    request: AccessRequest, items: Sequence[AccessRequestFeed] | Sequence[Mapping[str, Any]]
+) -> AccessRequestOut:
+    """The request as the API shows it, with the given items (stored rows or their values)."""
+    feeds = [
+        FeedDecisionOut(
+            feed_id=values["feed_id"],
+            owner_department=values["owner_department"],
+            outcome=Outcome(values["outcome"]),
+            reason=ReasonCode(values["reason"]),
+            message=values["message"],
+            actions=[AccessAction(action) for action in values["actions"]],
+            grant_id=values["grant_id"],
+            due_at=values["due_at"],
+            decided_at=values["decided_at"],
+            decided_by=values["decided_by"],
+            review_required=values["review_required"],
+        )
+        for values in (item if isinstance(item, Mapping) else _item_values(item) for item in items)
+    ]
     counts = {outcome.value: 0 for outcome in Outcome}
-    for item in items:
-        counts[item.outcome] += 1
+    for feed in feeds:
+        counts[feed.outcome.value] += 1
     return AccessRequestOut(
         id=request.id,
         requester=request.requester,
@@ -247,26 +292,18 @@ def request_out(request: AccessRequest, items: Sequence[AccessRequestFeed]) -> A
         valid_until=request.valid_until,
         emergency=request.emergency,
         emergency_reason=request.emergency_reason,
-        status=_status(items) if items else RequestStatus.denied,
+        status=_status(feeds) if feeds else RequestStatus.denied,
         created_at=request.created_at,
         counts=counts,
-        feeds=[
-            FeedDecisionOut(
-                feed_id=item.feed_id,
-                owner_department=item.owner_department,
-                outcome=Outcome(item.outcome),
-                reason=ReasonCode(item.reason),
-                message=item.message,
-                actions=[AccessAction(action) for action in item.actions],
-                grant_id=item.grant_id,
-                due_at=item.due_at,
-                decided_at=item.decided_at,
-                decided_by=item.decided_by,
-                review_required=item.review_required,
-            )
-            for item in items
-        ],
+        feeds=feeds,
     )
+
+
+def _item_values(item: AccessRequestFeed) -> dict[str, Any]:
+    return {column: getattr(item, column) for column in ITEM_COLUMNS}
+
+
+ITEM_COLUMNS = tuple(column.name for column in TABLES.request_feeds.columns)
 
 
 async def load_request(

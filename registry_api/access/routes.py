@@ -50,7 +50,12 @@ async def request_access(
     """Ask for feeds by id or by a spatial selection. Each feed is answered at once: granted,
     pending (the owner decides by ``due_at``) or denied, always with a reason code."""
     created = await requests.create_access_request(
-        session, runtime.settings, feed_index(runtime), principal, payload
+        session,
+        settings=runtime.settings,
+        index=feed_index(runtime),
+        rules=runtime.access.sharing_rules,
+        principal=principal,
+        payload=payload,
     )
     runtime.relay.notify()
     return created

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -25,11 +26,23 @@ def canonical_time(value: datetime) -> str:
 
 def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
     """Sorted keys, no whitespace, datetimes at microsecond precision in UTC."""
-    normalised = {
-        key: canonical_time(value) if isinstance(value, datetime) else value
-        for key, value in fields.items()
-    }
-    return orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(
+        fields,
+        default=_canonical_value,
+        option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _canonical_datetime(value: datetime) -> str:
+    return canonical_time(value)
+
+
+def _canonical_value(value: Any) -> str:
+    # Only datetimes reach here (OPT_PASSTHROUGH_DATETIME); a batch mostly shares one time.
+    if isinstance(value, datetime):
+        return _canonical_datetime(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def entry_hash(fields: Mapping[str, Any]) -> str:
@@ -125,6 +138,7 @@ def extend_chain(
         previous_seq += 1
         fields = dict(entry, seq=previous_seq, previous_hash=previous_hash)
         digest = entry_hash(fields)
-        chained.append(dict(fields, entry_hash=digest))
+        fields["entry_hash"] = digest  # after hashing: the hash covers everything but itself
+        chained.append(fields)
         previous_hash = digest
     return chained

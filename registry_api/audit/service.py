@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Select, Table, or_, select, update
 from sqlalchemy.engine import Dialect
@@ -23,13 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry_api.audit.chain import ChainLink, ChainVerifier, extend_chain
 from registry_api.audit.models import HASHED_COLUMNS, AuditChainHead, AuditEntry
 from registry_api.bulk_insert import DriverInsert, execute_insert, prepare_insert
-from registry_api.outbox.service import enqueue_prepared, prepare_enqueue
+from registry_api.outbox.service import enqueue_prepared, prepare_encoded
 from schemas.access import AuditEntryOut, AuditPage, AuditVerification
 from schemas.events import (
     SCHEMA_ACCESS_EVENT_V1,
     AccessEventData,
-    CloudEvent,
     EventType,
+    encode_cloud_event,
     utcnow,
 )
 from schemas.topics import ACCESS_EVENTS
@@ -38,6 +38,7 @@ CHAIN_HEAD_ID = 1
 VERIFY_BATCH = 5_000
 PREPARE_SLICE = 50
 AUDIT_TABLE = cast(Table, AuditEntry.__table__)
+HEAD_TABLE = cast(Table, AuditChainHead.__table__)
 
 
 _ids = random.Random()
@@ -64,35 +65,68 @@ class AccessEvent:
     event_id: uuid.UUID = field(default_factory=new_event_id)
     occurred_at: datetime = field(default_factory=utcnow)
 
-    def audit_fields(self) -> dict[str, Any]:
-        payload = self.data.model_dump(mode="json")
-        return {
-            "event_id": str(self.event_id),
-            "event_type": str(self.event_type),
-            "occurred_at": self.occurred_at,
-            "actor": self.actor,
-            "feed_id": self.data.feed_id,
-            "request_id": self.data.request_id,
-            "grant_id": self.data.grant_id,
-            "requester_department": self.data.requester_department,
-            "owner_department": self.data.owner_department,
-            "decision": self.data.decision,
-            "reason": self.data.reason,
-            "data": payload,
-        }
+    @property
+    def feed_id(self) -> str:
+        return self.data.feed_id
 
-    def cloud_event(self, payload: dict[str, Any]) -> CloudEvent:
-        """The event on the access-events topic, with the audit link's id and payload. A
-        trusted envelope: this runs thousands of times a second for the hooks, and validating
-        the payload again would double the cost."""
-        return CloudEvent.trusted(
-            id=self.event_id,
-            type=self.event_type,
-            time=self.occurred_at,
-            subject=self.data.feed_id,
-            dataschema=SCHEMA_ACCESS_EVENT_V1,
-            data=payload,
-        )
+    def payload(self) -> dict[str, Any]:
+        """The event's data in its JSON form, as the audit link and the CloudEvent hold it."""
+        return self.data.model_dump(mode="json")
+
+
+class EncodedAccessEvent(NamedTuple):
+    """An access event whose data is already in its JSON form (``AccessEventData`` dumped in
+    JSON mode, keys in field order): writers of many alike events validate one payload and
+    copy it per feed (``registry_api.access.records.EventPayloads``). A tuple: hundreds are
+    made per access request."""
+
+    event_type: EventType
+    data: dict[str, Any]
+    actor: str | None
+    event_id: uuid.UUID
+    occurred_at: datetime
+
+    @property
+    def feed_id(self) -> str:
+        return str(self.data["feed_id"])
+
+    def payload(self) -> dict[str, Any]:
+        return self.data
+
+
+RecordedEvent = AccessEvent | EncodedAccessEvent
+
+
+def audit_fields(event: RecordedEvent, payload: dict[str, Any]) -> dict[str, Any]:
+    """The audit link's columns (but its place in the chain) of an event with this payload."""
+    return {
+        "event_id": str(event.event_id),
+        "event_type": str(event.event_type),
+        "occurred_at": event.occurred_at,
+        "actor": event.actor,
+        "feed_id": payload["feed_id"],
+        "request_id": payload["request_id"],
+        "grant_id": payload["grant_id"],
+        "requester_department": payload["requester_department"],
+        "owner_department": payload["owner_department"],
+        "decision": payload["decision"],
+        "reason": payload["reason"],
+        "data": payload,
+    }
+
+
+def encoded_cloud_event(event: RecordedEvent, payload: dict[str, Any]) -> bytes:
+    """The event on the access-events topic, with the audit link's id and payload: the bytes
+    of ``CloudEvent.trusted(...).to_bytes()`` without building the envelope (this runs
+    thousands of times a second for the hooks and hundreds per access request)."""
+    return encode_cloud_event(
+        id=event.event_id,
+        type=event.event_type,
+        time=event.occurred_at,
+        subject=payload["feed_id"],
+        dataschema=SCHEMA_ACCESS_EVENT_V1,
+        data=payload,
+    )
 
 
 @dataclass(frozen=True)
@@ -104,24 +138,33 @@ class PreparedEvents:
 
 
 def prepare_events(
-    head_seq: int, head_hash: str, events: Sequence[AccessEvent], now: datetime, dialect: Dialect
+    head_seq: int,
+    head_hash: str,
+    events: Sequence[RecordedEvent],
+    now: datetime,
+    dialect: Dialect,
 ) -> PreparedEvents:
     """The chain links and outbox rows of ``events`` after the given head: CPU only, no I/O."""
-    rows = extend_chain(head_hash, head_seq, [event.audit_fields() for event in events])
+    payloads = [event.payload() for event in events]
+    rows = extend_chain(
+        head_hash,
+        head_seq,
+        [audit_fields(event, payload) for event, payload in zip(events, payloads, strict=True)],
+    )
     outbox = [
-        (ACCESS_EVENTS, event.data.feed_id, event.cloud_event(row["data"]))
-        for event, row in zip(events, rows, strict=True)
+        (ACCESS_EVENTS, payload["feed_id"], encoded_cloud_event(event, payload))
+        for event, payload in zip(events, payloads, strict=True)
     ]
     return PreparedEvents(
         audit=prepare_insert(AUDIT_TABLE, rows, dialect),
-        outbox=prepare_enqueue(outbox, created_at=now, dialect=dialect),
+        outbox=prepare_encoded(outbox, created_at=now, dialect=dialect),
         last_seq=rows[-1]["seq"],
         last_hash=rows[-1]["entry_hash"],
     )
 
 
 async def _prepare_in_slices(
-    head_seq: int, head_hash: str, events: Sequence[AccessEvent], now: datetime, dialect: Dialect
+    head_seq: int, head_hash: str, events: Sequence[RecordedEvent], now: datetime, dialect: Dialect
 ) -> PreparedEvents:
     """prepare_events() a slice at a time, letting the event loop run between slices: a batch
     of a thousand events costs tens of milliseconds of CPU, which must not stall the requests
@@ -148,7 +191,7 @@ async def _prepare_in_slices(
 
 
 async def record_access_events(
-    session: AsyncSession, events: Sequence[AccessEvent], *, cooperative: bool = False
+    session: AsyncSession, events: Sequence[RecordedEvent], *, cooperative: bool = False
 ) -> None:
     """Appends the events to the audit chain and the outbox. The caller commits.
 
@@ -166,8 +209,8 @@ async def record_access_events(
         prepared = prepare_events(head.last_seq, head.last_hash, events, now, dialect)
     await execute_insert(session, prepared.audit)
     await session.execute(
-        update(AuditChainHead)
-        .where(AuditChainHead.id == CHAIN_HEAD_ID)
+        update(HEAD_TABLE)
+        .where(HEAD_TABLE.c.id == CHAIN_HEAD_ID)
         .values(last_seq=prepared.last_seq, last_hash=prepared.last_hash)
     )
     await enqueue_prepared(session, prepared.outbox)
@@ -180,19 +223,20 @@ async def _lock_chain_head(session: AsyncSession, now: datetime) -> Any:
 
     Taking it with an UPDATE locks it (a row lock on PostgreSQL, the write lock on SQLite)
     before reading it, so concurrent appends, in this process or another, queue up."""
+    # Core statements on the table: the ORM's bulk-update machinery costs more than the update.
     return (
         await session.execute(
-            update(AuditChainHead)
-            .where(AuditChainHead.id == CHAIN_HEAD_ID)
+            update(HEAD_TABLE)
+            .where(HEAD_TABLE.c.id == CHAIN_HEAD_ID)
             .values(updated_at=now)
-            .returning(AuditChainHead.last_seq, AuditChainHead.last_hash)
+            .returning(HEAD_TABLE.c.last_seq, HEAD_TABLE.c.last_hash)
         )
     ).one()
 
 
 # Told of every batch of access events inside the transaction that records them (webhook
 # notifications are written there, so they exist exactly when the change does).
-AccessEventListener = Callable[[AsyncSession, Sequence[AccessEvent]], Awaitable[None]]
+AccessEventListener = Callable[[AsyncSession, Sequence[RecordedEvent]], Awaitable[None]]
 _ACCESS_EVENT_LISTENERS: list[AccessEventListener] = []
 
 

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from registry_api.feeds.index.adapter import record_from_document
 from registry_api.feeds.index.columns import Columns, gather_columns
 from registry_api.feeds.index.loader import load_snapshot
+from registry_api.feeds.index.lookup import FeedAttributes, attributes_of
 from registry_api.feeds.index.queries import (
     IndexPage,
     IndexQuery,
@@ -196,6 +197,13 @@ class FeedIndex:
             if hit:
                 found[feed_id] = (owners[owner], is_retired)
         return found
+
+    def attributes_of(self, feed_ids: Sequence[str]) -> FeedAttributes:
+        """Owner, kind, sharing class, retired flag and revision of each id, from the columns
+        (access requests decide over them; see registry_api/feeds/index/lookup.py)."""
+        return attributes_of(
+            self._base, self._superseded, self._delta.records, self.owners, feed_ids
+        )
 
     def apply(
         self, records: Iterable[FeedRecord], renderings: Sequence[bytes] | None = None

@@ -23,9 +23,18 @@ OUTBOX_TABLE = cast(Table, OutboxMessage.__table__)
 
 def outbox_values(events: Iterable[OutboxEvent], *, created_at: datetime) -> list[dict[str, Any]]:
     """The outbox rows (column values) of the events, envelopes encoded."""
+    return encoded_values(
+        ((topic, key, event.to_bytes()) for topic, key, event in events), created_at=created_at
+    )
+
+
+def encoded_values(
+    events: Iterable[tuple[str, str, bytes]], *, created_at: datetime
+) -> list[dict[str, Any]]:
+    """The outbox rows of events whose envelopes are encoded already (suffix, key, bytes)."""
     return [
-        {"topic": topic, "key": key, "payload": event.to_bytes(), "created_at": created_at}
-        for topic, key, event in events
+        {"topic": topic, "key": key, "payload": payload, "created_at": created_at}
+        for topic, key, payload in events
     ]
 
 
@@ -48,6 +57,14 @@ def prepare_enqueue(
     """``enqueue_many`` prepared ahead, CPU only (see ``registry_api.bulk_insert``): for
     writers that must keep the event loop free while they encode thousands of events."""
     return prepare_insert(OUTBOX_TABLE, outbox_values(events, created_at=created_at), dialect)
+
+
+def prepare_encoded(
+    events: list[tuple[str, str, bytes]], *, created_at: datetime, dialect: Dialect
+) -> DriverInsert:
+    """``prepare_enqueue`` of events whose envelopes are encoded already (topic suffix, key,
+    the CloudEvent's bytes)."""
+    return prepare_insert(OUTBOX_TABLE, encoded_values(events, created_at=created_at), dialect)
 
 
 async def enqueue_prepared(session: AsyncSession, prepared: DriverInsert) -> None:

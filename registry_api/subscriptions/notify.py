@@ -24,10 +24,10 @@ from sqlalchemy import func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.access.models import AccessRequestFeed, Grant, GrantFeed
-from registry_api.audit.service import AccessEvent
+from registry_api.audit.service import AccessEvent, RecordedEvent
 from registry_api.subscriptions.models import WebhookDelivery, WebhookSubscription
 from schemas.access import Outcome, ReasonCode
-from schemas.events import EventType, utcnow
+from schemas.events import AccessEventData, EventType, utcnow
 from schemas.subscriptions import DeliveryState, NotificationKind
 
 # A notification names at most this many feeds (and says how many there are in all).
@@ -153,14 +153,38 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-async def on_access_events(session: AsyncSession, events: Sequence[AccessEvent]) -> None:
+NOTABLE_TYPES = (EventType.ACCESS_DECIDED, EventType.ACCESS_ESCALATED, EventType.GRANT_REVOKED)
+
+
+def _as_access_event(event: RecordedEvent) -> AccessEvent | None:
+    """The event with its data as a model; None for an event already encoded (the many-feed
+    writers' events) that no notification can be about, so a request for a hundred feeds
+    validates only the payloads that matter here."""
+    if isinstance(event, AccessEvent):
+        return event
+    if event.event_type not in NOTABLE_TYPES:
+        return None
+    if event.event_type == EventType.ACCESS_DECIDED and not (
+        event.data["decision"] == Outcome.pending.value
+        or event.data["reason"] == ReasonCode.emergency_live_access.value
+        or event.data["reason"] in OWNER_DECISIONS
+    ):
+        return None
+    data = AccessEventData.model_validate(event.data)
+    return AccessEvent(event.event_type, data, event.actor, event.event_id, event.occurred_at)
+
+
+async def on_access_events(session: AsyncSession, events: Sequence[RecordedEvent]) -> None:
     """The audit writer's listener: access events that someone should hear of."""
     pending: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
     review: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
     overdue: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
     decided: dict[str, list[AccessEvent]] = defaultdict(list)
     revoked: dict[str, list[AccessEvent]] = defaultdict(list)
-    for event in events:
+    for recorded in events:
+        event = _as_access_event(recorded)
+        if event is None:
+            continue
         data = event.data
         if event.event_type == EventType.ACCESS_DECIDED and data.request_id:
             if data.decision == Outcome.pending.value and data.owner_department:
