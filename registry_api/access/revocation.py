@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from infra.polling import refresh_every
 from registry_api.access.models import Grant
 from schemas.events import utcnow
 
@@ -59,7 +60,10 @@ class GrantStates:
             await self.refresh()
         except Exception as error:  # the database may be down at start: the poll retries
             log.warning("cannot read revocations at start: %s", error)
-        self._task = asyncio.create_task(self._poll(), name="revocation-refresh")
+        self._task = asyncio.create_task(
+            refresh_every(self.refresh_seconds, self.refresh, what="revocations", log=log),
+            name="revocation-refresh",
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -144,13 +148,3 @@ class GrantStates:
         if len(self._revoked) > 1000 or now - self._last_prune > 60:
             self._revoked = {grant: end for grant, end in self._revoked.items() if end > now}
             self._last_prune = now
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_seconds)
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("cannot refresh revocations: %s", error)

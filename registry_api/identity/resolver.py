@@ -24,6 +24,7 @@ from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from infra.polling import refresh_every
 from registry_api.identity.idp import IdentityProviderTokens, looks_like_jwt
 from registry_api.identity.keys import API_KEY_PREFIX, hash_secret
 from registry_api.identity.models import ApiKey
@@ -145,7 +146,10 @@ class ApiKeyResolver:
             return
         with contextlib.suppress(Exception):  # the database may be down: the poll retries
             await self.refresh()
-        self._task = asyncio.create_task(self._poll(), name="api-key-refresh")
+        self._task = asyncio.create_task(
+            refresh_every(self.refresh_seconds, self.refresh, what="API key changes", log=log),
+            name="api-key-refresh",
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -188,13 +192,3 @@ class ApiKeyResolver:
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(self.refresh())
         await asyncio.shield(self._inflight)
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_seconds)
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("cannot refresh API key changes: %s", error)
