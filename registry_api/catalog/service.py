@@ -102,89 +102,73 @@ async def receive_catalog(
     options: ImportOptions,
 ) -> tuple[CatalogImportResult, Applied]:
     with garbage_collector_paused():  # as the bulk import: the many young objects
-        return await _receive(
-            session, index, principal=principal, department=department, body=body,
-            content_type=content_type, options=options,
-        )  # fmt: skip
-
-
-async def _receive(
-    session: AsyncSession,
-    index: FeedIndex,
-    *,
-    principal: Principal,
-    department: str,
-    body: bytes,
-    content_type: str | None,
-    options: ImportOptions,
-) -> tuple[CatalogImportResult, Applied]:
-    started = time.perf_counter()
-    require_media_type(content_type)
-    require_catalog_writer(principal, department)
-    await require_department(session, department)
-    message = parse_catalog(body)
-    await claim_platform(session, department, message.device_id)
-    notify = message.root == "Notify"
-    now = utcnow()
-    raw_items = message.items
-    received = len(raw_items)
-    complete = False
-    if not notify:
-        sum_num = message.sum_num or 0
-        waiting = await _has_parts(session, department, message)
-        if received < sum_num or waiting:
-            state = await parts.add_part(
-                session, department=department, platform_id=message.device_id, sn=message.sn,
-                sum_num=sum_num, body=body, items=raw_items, now=now,
-            )  # fmt: skip
-            received = state.received
-            if state.items is None:
-                accepted, rejected, skipped = classify_items(
-                    raw_items, platform_id=message.device_id, notify=False,
-                    first_index=state.received - len(raw_items),
+        started = time.perf_counter()
+        require_media_type(content_type)
+        require_catalog_writer(principal, department)
+        await require_department(session, department)
+        message = parse_catalog(body)
+        await claim_platform(session, department, message.device_id)
+        notify = message.root == "Notify"
+        now = utcnow()
+        raw_items = message.items
+        received = len(raw_items)
+        complete = False
+        if not notify:
+            sum_num = message.sum_num or 0
+            waiting = await _has_parts(session, department, message)
+            if received < sum_num or waiting:
+                state = await parts.add_part(
+                    session, department=department, platform_id=message.device_id, sn=message.sn,
+                    sum_num=sum_num, body=body, items=raw_items, now=now,
                 )  # fmt: skip
-                await session.commit()
-                MESSAGES.labels(message.root, "waiting").inc()
-                return _result(
-                    "waiting", message, department, received, False, Applied(rejected=rejected),
-                    skipped,
-                ), Applied()  # fmt: skip
-            raw_items = state.items
-        complete = True
-    accepted, rejected, skipped = classify_items(
-        raw_items, platform_id=message.device_id, notify=notify
-    )
-    applied = await apply_items(
-        session, department=department, platform_id=message.device_id, items=accepted,
-        complete=complete, options=options, now=now,
-        keep=[problem.device_id for problem in rejected if problem.device_id],
-    )  # fmt: skip
-    applied.rejected = sorted([*rejected, *applied.rejected], key=lambda problem: problem.index)
-    await session.commit()
-    if applied.rows:
-        index.apply_rows(applied.rows)  # rendered here, as every writer's rows are
-        if len(applied.rows) > DELTA_LIMIT:
-            await index.merge()  # a big catalog: folded into the base now
-    log.info(
-        "catalog applied",
-        extra={
-            "department": department, "platform": message.device_id, "sn": message.sn,
-            "kind": message.root, "items": len(raw_items), "created": applied.created,
-            "updated": applied.updated, "retired": applied.retired,
-            "rejected": len(applied.rejected),
-            "seconds": round(time.perf_counter() - started, 3),
-        },
-    )  # fmt: skip
-    result = _result("applied", message, department, received, complete, applied, skipped)
-    MESSAGES.labels(message.root, "applied").inc()
-    for outcome, count in (
-        ("created", applied.created), ("updated", applied.updated + applied.revived),
-        ("unchanged", applied.unchanged), ("retired", applied.retired),
-        ("rejected", len(applied.rejected)), ("skipped", len(skipped)),
-    ):  # fmt: skip
-        ITEMS.labels(outcome).inc(count)
-    SECONDS.observe(time.perf_counter() - started)
-    return result, applied
+                received = state.received
+                if state.items is None:
+                    accepted, rejected, skipped = classify_items(
+                        raw_items, platform_id=message.device_id, notify=False,
+                        first_index=state.received - len(raw_items),
+                    )  # fmt: skip
+                    await session.commit()
+                    MESSAGES.labels(message.root, "waiting").inc()
+                    return _result(
+                        "waiting", message, department, received, False, Applied(rejected=rejected),
+                        skipped,
+                    ), Applied()  # fmt: skip
+                raw_items = state.items
+            complete = True
+        accepted, rejected, skipped = classify_items(
+            raw_items, platform_id=message.device_id, notify=notify
+        )
+        applied = await apply_items(
+            session, department=department, platform_id=message.device_id, items=accepted,
+            complete=complete, options=options, now=now,
+            keep=[problem.device_id for problem in rejected if problem.device_id],
+        )  # fmt: skip
+        applied.rejected = sorted([*rejected, *applied.rejected], key=lambda problem: problem.index)
+        await session.commit()
+        if applied.rows:
+            index.apply_rows(applied.rows)  # rendered here, as every writer's rows are
+            if len(applied.rows) > DELTA_LIMIT:
+                await index.merge()  # a big catalog: folded into the base now
+        log.info(
+            "catalog applied",
+            extra={
+                "department": department, "platform": message.device_id, "sn": message.sn,
+                "kind": message.root, "items": len(raw_items), "created": applied.created,
+                "updated": applied.updated, "retired": applied.retired,
+                "rejected": len(applied.rejected),
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )  # fmt: skip
+        result = _result("applied", message, department, received, complete, applied, skipped)
+        MESSAGES.labels(message.root, "applied").inc()
+        for outcome, count in (
+            ("created", applied.created), ("updated", applied.updated + applied.revived),
+            ("unchanged", applied.unchanged), ("retired", applied.retired),
+            ("rejected", len(applied.rejected)), ("skipped", len(skipped)),
+        ):  # fmt: skip
+            ITEMS.labels(outcome).inc(count)
+        SECONDS.observe(time.perf_counter() - started)
+        return result, applied
 
 
 async def _has_parts(session: AsyncSession, department: str, message: Any) -> bool:
