@@ -191,14 +191,22 @@ def stack(world: World, api_process: tuple[str, Path], tmp_path: Path) -> Iterat
             key=world.keys[(TRANSPORT, "gateway")],
         )
     )
+    with running_nginx(prefix, rtmp_port):
+        yield Stack(api, rtmp_port, key_dir)
+
+
+@contextlib.contextmanager
+def running_nginx(prefix: Path, *ports: int) -> Iterator[None]:
+    """nginx from `prefix/nginx.conf`, until every port answers; stopped at the end."""
     nginx = subprocess.Popen(
         ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for_port(rtmp_port, nginx)
-        yield Stack(api, rtmp_port, key_dir)
+        for port in ports:
+            _wait_for_port(port, nginx)
+        yield
     finally:
         _stop(nginx)
 

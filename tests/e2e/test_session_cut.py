@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,9 +32,9 @@ from tests.e2e.test_nginx_rtmp import (
     _play,
     _publish,
     _stop,
-    _wait_for_port,
     _wait_until_playable,
     running_api,
+    running_nginx,
 )
 from tests.integration.access_world import TRANSPORT, URBAN, World, build_world
 
@@ -129,17 +128,8 @@ def stack(
             key=world.keys[(TRANSPORT, "gateway")],
         )
     )
-    nginx = subprocess.Popen(
-        ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(rtmp_port, nginx)
-        _wait_for_port(control_port, nginx)
+    with running_nginx(prefix, rtmp_port, control_port):
         yield Stack(api, rtmp_port, key_dir)
-    finally:
-        _stop(nginx)
 
 
 async def _grant(world: World, feed: str, **window: Any) -> tuple[str, str]:
