@@ -3,10 +3,16 @@
 Two steps run once, each remembered by its own marker under ``var/demo`` (per registry
 database), so a second `feedgrid up` repeats neither: the departments and feeds
 (``.loaded-<db>``), then the seeded access traffic (``.traffic-<db>``): all its requests
-replayed through the API as the departments would make them, then its recorded week
+replayed through the API as the departments would make them, and its recorded week
 (``deploy/demo_history.py``) produced to the access-events topic with its own times, so the
 charts show a week of work. On every start, the city's gateways report liveness through the
 API while FeedGrid runs (``deploy/demo_gateways.py``).
+
+Everything on the page should have something to show within a minute of the start, so the
+order is: a first wave of ``FIRST_WAVE`` requests spread over the week and the recorded week
+built from its answers (every analytics panel, misuse alerts included), then the gateways
+(their first round brings the map's feeds online), then the other requests and the rest of
+the recorded week.
 """
 
 from __future__ import annotations
@@ -15,15 +21,23 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from deploy.demo_traffic import LIVE_PLAYED_GRANTS, TrafficSummary
+from deploy.demo_history import HistorySummary
+from deploy.demo_traffic import LIVE_PLAYED_GRANTS, ReplayedRequest, TrafficSummary
 from schemas.settings import Settings
 
 log = logging.getLogger("feedgrid.demo")
+
+# Requests replayed (spread over the week) before the first part of the recorded week is sent:
+# enough grants for every kind of misuse the week holds, a few seconds of replay.
+FIRST_WAVE = 250
 
 
 def _markers(settings: Settings) -> tuple[Path, Path, Path]:
@@ -41,11 +55,12 @@ async def load_demo_city_once(
     progress: bool = True,
     gateways: bool = False,
     live_played_grants: int = LIVE_PLAYED_GRANTS,
+    first_wave: int = FIRST_WAVE,
 ) -> TrafficSummary | None:
-    """Generates the demo city if needed, loads it, starts its gateways (``gateways``: they
-    run in the background until the process ends), then replays its traffic and its recorded
-    week, each once per registry database. Returns what the replay did, or None when it did
-    not run."""
+    """Generates the demo city if needed, loads it, replays its traffic and its recorded week
+    (``first_wave`` requests first, see the module's text), each once per registry database,
+    and starts its gateways (``gateways``: they run in the background until the process
+    ends). Returns what the replay did, or None when it did not run."""
     from deploy.seed.writer import write_demo_city
 
     directory, city_marker, traffic_marker = _markers(settings)
@@ -56,40 +71,127 @@ async def load_demo_city_once(
         log.info("demo city already loaded (remove %s to load it again)", city_marker)
     elif not await _load_city(directory, city_marker, base_url, token):
         return None
-    replayed = await _replay_traffic_once(
-        settings, directory, traffic_marker, base_url, token, progress, live_played_grants
+    started = False
+
+    async def start_gateways_once() -> None:
+        nonlocal started
+        if gateways and not started:
+            started = True
+            await start_gateways(settings, base_url, token)
+
+    replay = _TrafficStep(
+        settings,
+        directory,
+        traffic_marker,
+        base_url,
+        token,
+        progress=progress,
+        live_played_grants=live_played_grants,
+        first_wave=first_wave,
+        after_first_wave=start_gateways_once,
     )
-    # After the replay: at 60,000 feeds the first reports bring every feed online at once (as
-    # many registry writes, then their last-seen updates), which slows the replay to a crawl.
-    if gateways:
-        await start_gateways(settings, base_url, token)
+    replayed = await replay.run_once()
+    await start_gateways_once()
     return replayed
 
 
-async def _replay_traffic_once(
-    settings: Settings,
-    directory: Path,
-    traffic_marker: Path,
-    base_url: str,
-    token: str,
-    progress: bool,
-    live_played_grants: int,
-) -> TrafficSummary | None:
-    if traffic_marker.exists():
-        state = orjson.loads(traffic_marker.read_bytes()).get("state")
-        if state == "done":
-            log.info("demo traffic already replayed (remove %s to replay it)", traffic_marker)
-        else:
-            log.warning(
-                "the demo traffic replay did not finish before (%s); not replaying it on top of "
-                "what it made: remove %s to replay anyway",
-                state,
-                traffic_marker,
-            )
-        return None
-    return await _replay_traffic(
-        settings, directory, traffic_marker, base_url, token, progress, live_played_grants
-    )
+@dataclass
+class _TrafficStep:
+    """The seeded traffic replayed through the API and its recorded week, once per database."""
+
+    settings: Settings
+    directory: Path
+    marker: Path
+    base_url: str
+    token: str
+    progress: bool
+    live_played_grants: int
+    first_wave: int
+    after_first_wave: Callable[[], Awaitable[None]]
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))  # the week ends then
+    history: HistorySummary = field(default_factory=HistorySummary)  # what has been sent
+
+    async def run_once(self) -> TrafficSummary | None:
+        if self.marker.exists():
+            state = orjson.loads(self.marker.read_bytes()).get("state")
+            if state == "done":
+                log.info("demo traffic already replayed (remove %s to replay it)", self.marker)
+            else:
+                log.warning(
+                    "the demo traffic replay did not finish before (%s); not replaying it on top "
+                    "of what it made: remove %s to replay anyway",
+                    state,
+                    self.marker,
+                )
+            return None
+        return await self._run()
+
+    async def _run(self) -> TrafficSummary | None:
+        import httpx
+
+        from deploy.demo_traffic import DEFAULT_CONCURRENCY, replay_demo_traffic
+
+        if not (self.directory / "access-requests.ndjson").exists():
+            log.info("the demo city has no access requests to replay")
+            return None
+        # Written before the first call: a replay cut short (Ctrl-C) is not run again on top
+        # of the requests it already made.
+        _write_marker(self.marker, {"state": "started"})
+        self.now = datetime.now(UTC)
+        self.history = HistorySummary()
+        try:
+            async with httpx.AsyncClient(
+                base_url=self.base_url.rstrip("/"),
+                headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json"},
+                timeout=httpx.Timeout(120.0, connect=10.0),
+                limits=httpx.Limits(max_connections=DEFAULT_CONCURRENCY * 2),
+            ) as client:
+                summary = await replay_demo_traffic(
+                    client,
+                    self.directory,
+                    progress=self.progress,
+                    live_played_grants=self.live_played_grants,
+                    first_wave=self.first_wave,
+                    on_wave=self._record,
+                )
+            log.info("demo traffic replayed: %s", summary.one_line())
+        except Exception as error:
+            log.error("the demo traffic could not be replayed: %s", error)
+            _write_marker(self.marker, {"state": "failed", "error": str(error)[:2000]})
+            return None
+        history = summary.history = self.history
+        log.info(
+            "demo: the recorded week (%s to %s) sent to the stream: %s events, %s retrievals, "
+            "misuse %s",
+            history.start,
+            history.end,
+            history.events,
+            history.retrievals,
+            dict(history.misuse),
+        )
+        content = {"state": "done"} | summary.as_dict() | {"history": history.as_dict()}
+        _write_marker(self.marker, content)
+        return summary
+
+    async def _record(
+        self, answered: list[ReplayedRequest], latest: datetime | None, first: bool
+    ) -> None:
+        """Sends a wave's part of the recorded week (the first wave's has the misuse)."""
+        from deploy.demo_history import send_recorded_week
+        from deploy.demo_traffic import DEFAULT_SEED
+
+        part = await send_recorded_week(
+            self.settings, answered, seed=DEFAULT_SEED, now=self.now, latest=latest, misuse=first
+        )
+        self.history += part
+        log.info(
+            "demo: %s of the recorded week sent to the stream: %s events from %s requests",
+            "the first part" if first else "the rest",
+            part.events,
+            len(answered),
+        )
+        if first:
+            await self.after_first_wave()
 
 
 async def _load_city(directory: Path, marker: Path, base_url: str, token: str) -> bool:
@@ -113,56 +215,6 @@ async def _load_city(directory: Path, marker: Path, base_url: str, token: str) -
     )
     marker.write_text(orjson.dumps(summary | {"bulk": bulk | {"rejected": rejected[:20]}}).decode())
     return True
-
-
-async def _replay_traffic(
-    settings: Settings,
-    directory: Path,
-    marker: Path,
-    base_url: str,
-    token: str,
-    progress: bool,
-    live_played_grants: int,
-) -> TrafficSummary | None:
-    import httpx
-
-    from deploy.demo_history import send_recorded_week
-    from deploy.demo_traffic import DEFAULT_CONCURRENCY, DEFAULT_SEED, replay_demo_traffic
-
-    if not (directory / "access-requests.ndjson").exists():
-        log.info("the demo city has no access requests to replay")
-        return None
-    # Written before the first call: a replay cut short (Ctrl-C) is not run again on top of
-    # the requests it already made.
-    _write_marker(marker, {"state": "started"})
-    try:
-        async with httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            timeout=httpx.Timeout(120.0, connect=10.0),
-            limits=httpx.Limits(max_connections=DEFAULT_CONCURRENCY * 2),
-        ) as client:
-            summary = await replay_demo_traffic(
-                client, directory, progress=progress, live_played_grants=live_played_grants
-            )
-        log.info("demo traffic replayed: %s", summary.one_line())
-        history = await send_recorded_week(settings, summary.replayed, seed=DEFAULT_SEED)
-    except Exception as error:
-        log.error("the demo traffic could not be replayed: %s", error)
-        _write_marker(marker, {"state": "failed", "error": str(error)[:2000]})
-        return None
-    summary.history = history
-    log.info(
-        "demo: the recorded week (%s to %s) sent to the stream: %s events, %s retrievals, "
-        "misuse %s",
-        history.start,
-        history.end,
-        history.events,
-        history.retrievals,
-        dict(history.misuse),
-    )
-    _write_marker(marker, {"state": "done"} | summary.as_dict() | {"history": history.as_dict()})
-    return summary
 
 
 _gateway_tasks: set[asyncio.Task[None]] = set()

@@ -96,6 +96,25 @@ class HistorySummary:
             "misuse": dict(sorted(self.misuse.items())),
         }
 
+    def __add__(self, other: HistorySummary) -> HistorySummary:
+        """Two parts of one week (the waves of a replay) as one."""
+        starts = [time for time in (self.start, other.start) if time is not None]
+        ends = [time for time in (self.end, other.end) if time is not None]
+        return HistorySummary(
+            start=min(starts, default=None),
+            end=max(ends, default=None),
+            events=self.events + other.events,
+            requests=self.requests + other.requests,
+            decisions=self.decisions + other.decisions,
+            grants=self.grants + other.grants,
+            retrievals=self.retrievals + other.retrievals,
+            retrievals_by_pair=self.retrievals_by_pair + other.retrievals_by_pair,
+            attributed_denials=self.attributed_denials + other.attributed_denials,
+            unattributed_denials=self.unattributed_denials + other.unattributed_denials,
+            bytes=self.bytes + other.bytes,
+            misuse=self.misuse + other.misuse,
+        )
+
 
 @dataclass(frozen=True)
 class _Event:
@@ -123,16 +142,32 @@ def _id(*parts: object) -> str:
 
 
 class RecordedWeek:
-    """Builds the week's events from the live replay's answers (deterministic per seed)."""
+    """Builds the week's events from the live replay's answers (deterministic per seed).
 
-    def __init__(self, replayed: list[ReplayedRequest], now: datetime, seed: int) -> None:
+    A replay sent in waves records its week in as many parts, each from its wave's answers:
+    all parts take the same ``now`` and the same ``latest`` request time (the whole file's,
+    so a request falls at the same moment whichever wave it was in), and only one of them
+    (``misuse``) adds the misuse cases.
+    """
+
+    def __init__(
+        self,
+        replayed: list[ReplayedRequest],
+        now: datetime,
+        seed: int,
+        *,
+        latest: datetime | None = None,
+        misuse: bool = True,
+    ) -> None:
         self.replayed = [item for item in replayed if item.at is not None]
         self.seed = seed
         self.end = now - WEEK_ENDS_BEFORE_NOW
         self.events: list[_Event] = []
         self.summary = HistorySummary()
         self.grants: list[_Grant] = []
-        latest = max((item.at for item in self.replayed if item.at), default=None)
+        self.with_misuse = misuse
+        if latest is None:
+            latest = max((item.at for item in self.replayed if item.at), default=None)
         self.shift = (self.end - latest) if latest else timedelta(0)
 
     def _rand(self, *parts: object) -> Rand:
@@ -156,7 +191,8 @@ class RecordedWeek:
         for item in self.replayed:
             self._request(item)
         self._plays()
-        self._misuse()
+        if self.with_misuse:
+            self._misuse()
         # Nothing of the record lies in the future: a session still running at its end has no
         # end event yet, as in a real log.
         self.events = sorted(
@@ -540,10 +576,17 @@ def encode(event: _Event) -> tuple[bytes, bytes]:
 
 
 async def send_recorded_week(
-    settings: Settings, replayed: list[ReplayedRequest], *, seed: int, now: datetime | None = None
+    settings: Settings,
+    replayed: list[ReplayedRequest],
+    *,
+    seed: int,
+    now: datetime | None = None,
+    latest: datetime | None = None,
+    misuse: bool = True,
 ) -> HistorySummary:
-    """Builds the recorded week from the replay's answers and produces it to access-events."""
-    week = RecordedWeek(replayed, now or datetime.now(UTC), seed)
+    """Builds the recorded week (or one wave's part of it, see :class:`RecordedWeek`) from
+    the replay's answers and produces it to access-events."""
+    week = RecordedWeek(replayed, now or datetime.now(UTC), seed, latest=latest, misuse=misuse)
     events = week.build()
     topic = topic_name(settings.topic_prefix, ACCESS_EVENTS)
     producer = AIOKafkaProducer(

@@ -302,6 +302,8 @@ class TrafficReplay:
         self.officer_keys: dict[str, list[str]] = {}
         self.owner_keys: dict[str, str] = {}
         self.gateway_keys: dict[str, str] = {}
+        # Each department's requests go round its officers in the order they are sent.
+        self.turn: Counter[str] = Counter()
 
     # ----------------------------------------------------------------------------- plumbing
 
@@ -352,7 +354,8 @@ class TrafficReplay:
 
         began = time.perf_counter()
         await asyncio.gather(*(one(item) for item in items))
-        self.summary.phase_seconds[description] = round(time.perf_counter() - began, 2)
+        phases = self.summary.phase_seconds
+        phases[description] = round(phases.get(description, 0.0) + time.perf_counter() - began, 2)
 
     # ------------------------------------------------------------------------------ keys
 
@@ -508,12 +511,10 @@ class TrafficReplay:
         owners_of: dict[str, list[str]] = defaultdict(list)
         for owner, code in sorted(codes):
             owners_of[code].append(owner)
-        # Each department's requests go round its officers in file order.
-        turn: Counter[str] = Counter()
         planned: list[tuple[DemoRequest, int, dict[str, Any] | None]] = []
         for request in requests:
-            officer = turn[request.requester] % len(self.officer_keys[request.requester])
-            turn[request.requester] += 1
+            officer = self.turn[request.requester] % len(self.officer_keys[request.requester])
+            self.turn[request.requester] += 1
             planned.append((request, officer, self._body(request, codes, owners_of)))
         replayed: dict[int, ReplayedRequest] = {}
 
@@ -544,7 +545,7 @@ class TrafficReplay:
 
         await self._each("access requests", planned, send)
         ordered = [replayed[line] for line in sorted(replayed)]
-        self.summary.requests = len(ordered)
+        self.summary.requests += len(ordered)
         for item in ordered:
             self.summary.initial_feeds.update(item.initial)
         return ordered
@@ -835,7 +836,14 @@ class TrafficReplay:
 
     # ---------------------------------------------------------------------------- the run
 
-    async def run(self) -> TrafficSummary:
+    async def run(self, first_wave: int = 0, on_wave: WaveDone | None = None) -> TrafficSummary:
+        """Sends the requests and the owners' answers in waves, then plays the grants used.
+
+        With ``first_wave`` > 0 a spread sample of that many requests (the week's rhythm, a
+        thinner week) goes first and the rest after it: ``on_wave`` hears of each wave's
+        answered requests as soon as its owners have answered, so what is built from them (the
+        recorded week) starts flowing while the rest is replayed.
+        """
         began = time.perf_counter()
         requests = read_requests(self.directory / "access-requests.ndjson")
         self.summary.lines = len(requests)
@@ -855,13 +863,33 @@ class TrafficReplay:
                 code for request in requests for code in request.selection.get("feed_codes") or ()
             }
             self.summary.unresolved_codes = len(wanted - {code for _, code in codes})
-            replayed = await self.send_requests(requests, codes)
-            await self.decide(replayed)
+            latest = max((request.at for request in requests if request.at), default=None)
+            replayed: list[ReplayedRequest] = []
+            for number, wave in enumerate(waves(requests, first_wave)):
+                answered = await self.send_requests(wave, codes)
+                await self.decide(answered)
+                replayed += answered
+                if on_wave is not None:
+                    await on_wave(answered, latest, number == 0)
+            replayed.sort(key=lambda item: item.line)
             tokens = await self.fetch_tokens(replayed)
             await self.play(self.plan_plays(tokens))
             self.summary.replayed = replayed
         self.summary.elapsed_seconds = time.perf_counter() - began
         return self.summary
+
+
+WaveDone = Callable[[list["ReplayedRequest"], datetime | None, bool], Awaitable[None]]
+
+
+def waves(requests: list[DemoRequest], first: int) -> list[list[DemoRequest]]:
+    """The requests in the order they are sent: ``first`` of them spread over the file, then
+    the others in file order (one wave when ``first`` is 0 or covers them all)."""
+    if first <= 0 or first >= len(requests):
+        return [requests]
+    sample = spread_sample(requests, first)
+    chosen = {id(request) for request in sample}
+    return [sample, [request for request in requests if id(request) not in chosen]]
 
 
 def spread_sample(items: list[T], count: int) -> list[T]:
@@ -889,11 +917,13 @@ async def replay_demo_traffic(
     max_requests: int = DEFAULT_MAX_REQUESTS,
     live_played_grants: int = 0,
     progress: bool = True,
+    first_wave: int = 0,
+    on_wave: WaveDone | None = None,
 ) -> TrafficSummary:
     """Replays ``directory/access-requests.ndjson`` (``max_requests`` of it, evenly spread;
     0 for all) through the API ``client`` talks to; with ``live_played_grants`` > 0 only the
     grants of that many of the latest requests are played (the rest of the week's plays are
-    the recorded week's).
+    the recorded week's); ``first_wave`` and ``on_wave`` as in :meth:`TrafficReplay.run`.
 
     ``client`` carries the city-admin token (it issues the departments' keys) and the API's
     base URL. Returns what was done; refusals the API answers with a 4xx are counted, not
@@ -916,4 +946,4 @@ async def replay_demo_traffic(
             live_played_grants=live_played_grants,
             progress=bar,
         )
-        return await replay.run()
+        return await replay.run(first_wave, on_wave)

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from deploy.demo_history import HISTORY_SOURCE, RecordedWeek, encode
-from deploy.demo_traffic import ReplayedRequest
+from deploy.demo_traffic import ReplayedRequest, spread_sample, waves
 from schemas.events import EventType
 from streams.decoding import decode_access_event
 
@@ -125,3 +125,43 @@ def test_every_event_is_a_valid_access_event_marked_as_the_record() -> None:
         assert orjson.loads(value)["id"]
     again = RecordedWeek(_replayed(60), NOW, seed=1).build()
     assert [encode(event) for event in again] == [encode(event) for event in events]
+
+
+def test_a_week_recorded_in_waves_is_the_whole_weeks_requests_with_one_set_of_misuse() -> None:
+    replayed = _replayed(600)
+    latest = max(item.at for item in replayed if item.at)
+    first = spread_sample(replayed, 100)
+    rest = [item for item in replayed if item not in first]
+    parts = [
+        RecordedWeek(first, NOW, seed=1, latest=latest, misuse=True),
+        RecordedWeek(rest, NOW, seed=1, latest=latest, misuse=False),
+    ]
+    events = [event for part in parts for event in part.build()]
+    whole = RecordedWeek(replayed, NOW, seed=1)
+    whole_events = whole.build()
+
+    def asked(items: list[Any]) -> dict[str, datetime]:
+        return {e.data["request_id"]: e.time for e in items if e.type == EventType.ACCESS_REQUESTED}
+
+    # Each request is asked at the same moment whichever wave carried it, once.
+    assert asked(events) == asked(whole_events)
+    assert sorted(encode(e)[1] for e in events if e.type == EventType.ACCESS_REQUESTED) == sorted(
+        encode(e)[1] for e in whole_events if e.type == EventType.ACCESS_REQUESTED
+    )
+    # Only the first part has misuse, and as much as a whole week has.
+    assert parts[1].summary.misuse == Counter()
+    assert parts[0].summary.misuse == whole.summary.misuse
+    total = parts[0].summary + parts[1].summary
+    assert total.events == len(events) == len({encode(e)[1] for e in events})
+    assert total.retrievals == sum(e.type == EventType.RETRIEVAL_STARTED for e in events)
+    assert total.start == min(e.time for e in events) and total.end == max(e.time for e in events)
+    assert total.misuse == parts[0].summary.misuse
+
+
+def test_waves_send_a_spread_sample_first_then_the_others_in_file_order() -> None:
+    requests = list(range(20))
+    first, rest = waves(requests, 5)  # type: ignore[arg-type]
+    assert first == [0, 4, 8, 12, 16]
+    assert rest == [n for n in requests if n not in first]
+    assert waves(requests, 0) == [requests]  # type: ignore[arg-type]
+    assert waves(requests, 20) == [requests]  # type: ignore[arg-type]
