@@ -12,6 +12,7 @@ has no ERROR or WARNING line.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -271,6 +272,14 @@ async def _owner_approves(page: Page, city: RunningCity, request: dict[str, Any]
     await page.wait_for(f'!!document.querySelector("{item}")', timeout=30, what="the inbox item")
     due = await page.evaluate(f"document.querySelector(\"{item} .due\")?.textContent || ''")
     assert "answer due" in due
+    # The waiting feeds by the names their owner gave them, not by id.
+    with city.admin() as admin:
+        name = admin.get(f"/v1/feeds/{waiting[0]['feed_id']}").json()["name"]
+    await page.wait_for(
+        f'[...document.querySelectorAll("{item} .feed-name")]'
+        f".some((cell) => cell.textContent.startsWith({json.dumps(name)}))",
+        what=f"the waiting feed named {name!r}",
+    )
     await _shot(page, "owner-inbox")
     await page.type_into(f"{item} .inbox-comment", "approved for the incident")
     await page.click(f"{item} .approve-one")

@@ -68,6 +68,7 @@ export class WorkConsole {
     this.identity = null;
     this.area = null;
     this.areaFeeds = [];
+    this.feedNames = new Map(); // feed id -> "name (code)", for the owner's inbox
     this.wire();
   }
 
@@ -248,7 +249,7 @@ export class WorkConsole {
             + `${formatTime(new Date(request.valid_from))} to ${formatTime(new Date(request.valid_until))}`,
           due ? element("span", { class: "due", text: ` · answer due ${formatTime(new Date(due))}` }) : ""),
         table([
-          ["feed", (f) => f.feed_id],
+          ["feed", (f) => element("span", { class: "feed-name", "data-feed": f.feed_id, title: f.feed_id, text: this.feedNames.get(f.feed_id) || f.feed_id })],
           ["why it waits", (f) => f.message || f.reason],
           ["due", (f) => (f.due_at ? formatTime(new Date(f.due_at)) : "")],
           ["", (f) => element("span", { class: "row-buttons" },
@@ -263,6 +264,31 @@ export class WorkConsole {
     $("inbox").replaceChildren(items.length
       ? element("ul", { class: "inbox-list" }, items)
       : element("p", { class: "empty", text: "Nothing waits for your answer." }));
+    this.nameFeeds();
+  }
+
+  // The inbox names its feeds as the owner knows them (name and code), read from the
+  // owner's own feed documents, a few at a time; an id stays where a feed cannot be read.
+  async nameFeeds() {
+    const spans = [...document.querySelectorAll("#inbox .feed-name")];
+    const missing = [...new Set(spans.map((span) => span.dataset.feed))].filter((id) => !this.feedNames.has(id));
+    const queue = missing.slice(0, 200);
+    const worker = async () => {
+      while (queue.length) {
+        const id = queue.shift();
+        try {
+          const feed = await getJson(pathFor(PATHS.feed, { feed_id: id }));
+          this.feedNames.set(id, feed.code ? `${feed.name} (${feed.code})` : feed.name);
+        } catch {
+          this.feedNames.set(id, id);
+        }
+      }
+    };
+    await Promise.all([1, 2, 3, 4].map(worker));
+    for (const span of document.querySelectorAll("#inbox .feed-name")) {
+      const name = this.feedNames.get(span.dataset.feed);
+      if (name) span.textContent = name;
+    }
   }
 
   renderOwnerGrants(grants) {
