@@ -5,6 +5,9 @@ synthetic catalogs of any size for benchmarks and tests."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
 
 from registry_api.catalog.manscdp import render_catalog
 
@@ -152,3 +155,68 @@ def synthetic_catalog(channels: int, *, sn: str = "1", encoding: str = "GB2312")
     return render_catalog(
         sn=sn, device_id=PLATFORM, sum_num=len(items), items=items, encoding=encoding
     )
+
+
+# The districts and counties of Lanzhou (GB/T 2260 codes) the demo city's cameras stand in.
+LANZHOU_DISTRICTS = {
+    "620102": "城关区 Chengguan District",
+    "620103": "七里河区 Qilihe District",
+    "620104": "西固区 Xigu District",
+    "620105": "安宁区 Anning District",
+    "620111": "红古区 Honggu District",
+    "620121": "永登县 Yongdeng County",
+    "620122": "皋兰县 Gaolan County",
+    "620123": "榆中县 Yuzhong County",
+}
+DEMO_PLATFORMS = {  # department -> (industry digits of its platform, its business group)
+    "lz-cmb": ("08", "兰州市城市管理视频资源 Lanzhou urban management video"),
+    "lz-tb": ("04", "兰州市交通视频资源 Lanzhou transport video"),
+}
+
+
+def demo_city_catalog(feeds_ndjson: Path, department: str) -> tuple[str, bytes]:
+    """The catalog ``department``'s platform answers for the demo city's cameras: platform >
+    business group > one virtual organisation per district > its channels, with the names
+    and positions the registry already holds (so the import writes the tree and leaves the
+    feeds as they are). Returns the platform's id and the Response message."""
+    industry, title = DEMO_PLATFORMS[department]
+    platform = f"62010000{industry}2000000001"
+    group = f"62010000{industry}2150000001"
+    channels: list[dict[str, str]] = []
+    districts: set[str] = set()
+    with feeds_ndjson.open("rb") as lines:
+        for line in lines:
+            feature = orjson.loads(line)
+            properties = feature["properties"]
+            code = str(properties.get("code") or "")
+            if properties["owner"] != department or len(code) != 20 or not code.isdigit():
+                continue
+            if code[10:13] not in ("131", "132", "121") or code[:6] not in LANZHOU_DISTRICTS:
+                continue
+            districts.add(code[:6])
+            item = {
+                "DeviceID": code,
+                "Name": properties["name"],
+                "Owner": department,
+                "CivilCode": code[:6],
+                "Parental": "0",
+                "ParentID": f"{code[:6]}00{industry}2160000001",
+                "BusinessGroupID": group,
+                "Secrecy": "0",
+            }  # no Status: the demo's gateways tell liveness (a Status would be a report)
+            geometry = feature.get("geometry")
+            if geometry:
+                longitude, latitude = geometry["coordinates"][:2]
+                item["Longitude"], item["Latitude"] = repr(longitude), repr(latitude)
+            channels.append(item)
+    tree = [{"DeviceID": group, "Name": title}]
+    tree += [
+        {
+            "DeviceID": f"{civil}00{industry}2160000001",
+            "Name": LANZHOU_DISTRICTS[civil],
+            "BusinessGroupID": group,
+        }
+        for civil in sorted(districts)
+    ]
+    items = tree + channels
+    return platform, render_catalog(sn="1", device_id=platform, sum_num=len(items), items=items)

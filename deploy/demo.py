@@ -213,8 +213,52 @@ async def _load_city(directory: Path, marker: Path, base_url: str, token: str) -
         len(rejected),
         time.perf_counter() - started,
     )
+    summary["catalogs"] = await _post_catalogs(directory, base_url, token)
     marker.write_text(orjson.dumps(summary | {"bulk": bulk | {"rejected": rejected[:20]}}).decode())
     return True
+
+
+async def _post_catalogs(directory: Path, base_url: str, token: str) -> dict[str, Any]:
+    """Two departments' platforms answer with their GB/T 28181 catalogs of the city's cameras
+    (``POST /v1/catalog/manscdp``, as their gateways would): the catalog tree. The channels
+    are the feeds just loaded, named and placed alike, so only the tree is written."""
+    import httpx
+
+    from deploy.catalog_samples import DEMO_PLATFORMS, demo_city_catalog
+
+    answers: dict[str, Any] = {}
+    async with httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "Application/MANSCDP+xml"},
+        timeout=httpx.Timeout(300.0, connect=10.0),
+    ) as client:
+        for department in DEMO_PLATFORMS:
+            platform, body = await asyncio.to_thread(
+                demo_city_catalog, directory / "feeds.ndjson", department
+            )
+            answer = await client.post(
+                "/v1/catalog/manscdp", params={"department": department}, content=body
+            )
+            if answer.status_code != 200:
+                log.error(
+                    "the demo catalog of %s was refused: HTTP %s: %s",
+                    department,
+                    answer.status_code,
+                    answer.text[:300],
+                )
+                continue
+            result = answer.json()
+            answers[department] = result
+            log.info(
+                "demo catalog of %s's platform %s applied: channels %s, %s tree nodes written, "
+                "%s rejected",
+                department,
+                platform,
+                result["channels"],
+                result["nodes_written"],
+                len(result["rejected"]),
+            )
+    return answers
 
 
 _gateway_tasks: set[asyncio.Task[None]] = set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -27,6 +28,11 @@ from registry_api.migrate import upgrade_registry
 from schemas.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+
+# Every log call of FeedGrid builds its record under test, as it does in `feedgrid up` (INFO)
+# or with FEEDGRID_LOG_LEVEL=DEBUG: a record that cannot be built (an ``extra`` key the
+# LogRecord owns, a format that does not match its arguments) fails a test, not a request.
+logging.getLogger("feedgrid").setLevel(logging.DEBUG)
 KAFKA_BOOTSTRAP = os.environ.get("FEEDGRID_TEST_KAFKA", "127.0.0.1:9092")
 POSTGRES_ADMIN_URL = os.environ.get(
     "FEEDGRID_TEST_POSTGRES", "postgresql+asyncpg://feedgrid:feedgrid@127.0.0.1:55432/feedgrid"

@@ -153,8 +153,8 @@ async def receive_catalog(
             "catalog applied",
             extra={
                 "department": department, "platform": message.device_id, "sn": message.sn,
-                "kind": message.root, "items": len(raw_items), "created": applied.created,
-                "updated": applied.updated, "retired": applied.retired,
+                "kind": message.root, "items": len(raw_items), "feeds_created": applied.created,
+                "feeds_updated": applied.updated, "feeds_retired": applied.retired,
                 "rejected": len(applied.rejected),
                 "seconds": round(time.perf_counter() - started, 3),
             },

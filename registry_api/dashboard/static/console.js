@@ -389,16 +389,26 @@ export async function renderCatalogTree(signal) {
     throw error;
   }
   panel.hidden = false;
-  const roots = Array.isArray(tree) ? tree : tree.nodes || tree.items || tree.children || tree.roots || [tree];
-  const label = (node) => [node.name || node.title || node.id || node.device_id || "(unnamed)",
-    node.feeds !== undefined ? `${formatCount(node.feeds)} feeds` : node.count !== undefined ? `${formatCount(node.count)}` : ""]
-    .filter(Boolean).join(" · ");
-  const branch = (nodes, depth) => element("ul", { class: "tree" }, nodes.slice(0, 100).map((node) => {
-    const children = Array.isArray(node.children) ? node.children : [];
-    if (!children.length || depth >= 3) return element("li", { text: label(node) });
-    return element("li", {}, element("details", { open: depth === 0 ? "" : undefined },
-      element("summary", { text: label(node) }), branch(children, depth + 1)));
-  }));
+  // GET /v1/catalog/tree: {roots: [node], nodes}; a node counts the live channels directly
+  // beneath it, the label the ones anywhere beneath.
+  const roots = Array.isArray(tree.roots) ? tree.roots : [];
+  const beneath = (node) => (node.channels || 0) + (node.children || []).reduce((sum, child) => sum + beneath(child), 0);
+  const KINDS = { platform: "platform", business_group: "business group", virtual_organisation: "organisation", device: "device", channel: "channel" };
+  const label = (node) => {
+    const channels = beneath(node);
+    return [node.name || node.id, `${KINDS[node.kind] || node.kind} of ${node.department}`,
+      node.kind === "channel" ? "" : `${formatCount(channels)} channel${channels === 1 ? "" : "s"}`]
+      .filter(Boolean).join(" · ");
+  };
+  const branch = (nodes, depth) => element("ul", { class: "tree" }, [
+    ...nodes.slice(0, 100).map((node) => {
+      const children = Array.isArray(node.children) ? node.children : [];
+      if (!children.length || depth >= 4) return element("li", { text: label(node), "data-node": node.id });
+      return element("li", { "data-node": node.id }, element("details", { open: depth === 0 ? "" : undefined },
+        element("summary", { text: label(node) }), branch(children, depth + 1)));
+    }),
+    ...(nodes.length > 100 ? [element("li", { class: "muted", text: `and ${formatCount(nodes.length - 100)} more` })] : []),
+  ]);
   $("catalog-tree").replaceChildren(roots.length ? branch(roots, 0) : element("p", { class: "empty", text: "The catalog is empty." }));
   return "";
 }
