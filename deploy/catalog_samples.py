@@ -174,7 +174,7 @@ DEMO_PLATFORMS = {  # department -> (industry digits of its platform, its busine
 }
 
 
-def demo_city_catalog(feeds_ndjson: Path, department: str) -> tuple[str, bytes]:
+def demo_city_catalog(feeds_ndjson: Path, department: str) -> tuple[str, bytes | None]:
     """The catalog ``department``'s platform answers for the demo city's cameras: platform >
     business group > one virtual organisation per district > its channels, with the names
     and positions the registry already holds (so the import writes the tree and leaves the
@@ -209,6 +209,8 @@ def demo_city_catalog(feeds_ndjson: Path, department: str) -> tuple[str, bytes]:
                 longitude, latitude = geometry["coordinates"][:2]
                 item["Longitude"], item["Latitude"] = repr(longitude), repr(latitude)
             channels.append(item)
+    if not channels:
+        return platform, None
     tree = [{"DeviceID": group, "Name": title}]
     tree += [
         {

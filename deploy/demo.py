@@ -11,8 +11,8 @@ API while FeedGrid runs (``deploy/demo_gateways.py``).
 Everything on the page should have something to show within a minute of the start, so the
 order is: a first wave of ``FIRST_WAVE`` requests spread over the week and the recorded week
 built from its answers (every analytics panel, misuse alerts included), then the gateways
-(their first round brings the map's feeds online), then the other requests and the rest of
-the recorded week.
+(their first round brings the map's feeds online) and two platforms' GB/T 28181 catalogs (the
+catalog tree, ``.catalogs-<db>``), then the other requests and the rest of the recorded week.
 """
 
 from __future__ import annotations
@@ -40,11 +40,17 @@ log = logging.getLogger("feedgrid.demo")
 FIRST_WAVE = 250
 
 
-def _markers(settings: Settings) -> tuple[Path, Path, Path]:
-    """The demo directory and the markers of its city and traffic for this registry."""
+def _markers(settings: Settings) -> tuple[Path, Path, Path, Path]:
+    """The demo directory and the markers of its city, traffic and catalogs for this
+    registry."""
     directory = settings.var_dir / "demo"
     database_id = hashlib.sha256(settings.database_url.encode()).hexdigest()[:12]
-    return directory, directory / f".loaded-{database_id}", directory / f".traffic-{database_id}"
+    return (
+        directory,
+        directory / f".loaded-{database_id}",
+        directory / f".traffic-{database_id}",
+        directory / f".catalogs-{database_id}",
+    )
 
 
 async def load_demo_city_once(
@@ -63,7 +69,7 @@ async def load_demo_city_once(
     ends). Returns what the replay did, or None when it did not run."""
     from deploy.seed.writer import write_demo_city
 
-    directory, city_marker, traffic_marker = _markers(settings)
+    directory, city_marker, traffic_marker, catalog_marker = _markers(settings)
     if not (directory / "manifest.json").exists():
         log.info("generating the demo city into %s", directory)
         await asyncio.to_thread(write_demo_city, directory)
@@ -73,11 +79,18 @@ async def load_demo_city_once(
         return None
     started = False
 
-    async def start_gateways_once() -> None:
+    async def after_first_wave() -> None:
+        """The gateways and the platforms' catalogs, once the analytics have their first week."""
         nonlocal started
-        if gateways and not started:
-            started = True
+        if started:
+            return
+        started = True
+        if gateways:
             await start_gateways(settings, base_url, token)
+        if not catalog_marker.exists():
+            answers = await _post_catalogs(directory, base_url, token)
+            if answers:
+                _write_marker(catalog_marker, answers)
 
     replay = _TrafficStep(
         settings,
@@ -88,10 +101,10 @@ async def load_demo_city_once(
         progress=progress,
         live_played_grants=live_played_grants,
         first_wave=first_wave,
-        after_first_wave=start_gateways_once,
+        after_first_wave=after_first_wave,
     )
     replayed = await replay.run_once()
-    await start_gateways_once()
+    await after_first_wave()
     return replayed
 
 
@@ -213,7 +226,6 @@ async def _load_city(directory: Path, marker: Path, base_url: str, token: str) -
         len(rejected),
         time.perf_counter() - started,
     )
-    summary["catalogs"] = await _post_catalogs(directory, base_url, token)
     marker.write_text(orjson.dumps(summary | {"bulk": bulk | {"rejected": rejected[:20]}}).decode())
     return True
 
@@ -236,6 +248,8 @@ async def _post_catalogs(directory: Path, base_url: str, token: str) -> dict[str
             platform, body = await asyncio.to_thread(
                 demo_city_catalog, directory / "feeds.ndjson", department
             )
+            if body is None:
+                continue
             answer = await client.post(
                 "/v1/catalog/manscdp", params={"department": department}, content=body
             )

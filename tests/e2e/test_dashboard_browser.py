@@ -187,6 +187,7 @@ async def _city_admin_sees_every_panel(page: Page, city: RunningCity) -> None:
         "decisions": "document.querySelectorAll('#decisions-time rect').length > 0",
         "dormant feeds": "document.querySelectorAll('#dormant-table tbody tr').length > 0",
         "alerts": "document.querySelectorAll('#alerts-table tbody tr').length > 0",
+        "catalog tree": "/channels/.test(document.getElementById('catalog-tree').textContent)",
     }
     for panel, check in checks.items():
         try:

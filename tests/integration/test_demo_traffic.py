@@ -172,6 +172,16 @@ async def test_demo_load_replays_the_traffic_once_and_it_reaches_the_analytics(
 
         await _check_registry(api, summary)
 
+        # Two platforms answered with their catalogs: the tree is there, the feeds untouched.
+        marker = next((demo_settings.var_dir / "demo").glob(".catalogs-*"))
+        catalogs = orjson.loads(marker.read_bytes())
+        assert set(catalogs) == {"lz-cmb", "lz-tb"}, catalogs
+        for answer in catalogs.values():
+            assert answer["channels"]["unchanged"] > 0 and answer["rejected"] == []
+            assert answer["channels"]["created"] == answer["channels"]["updated"] == 0
+        tree = (await api.get("/v1/catalog/tree")).json()
+        assert {root["department"] for root in tree["roots"]} == {"lz-cmb", "lz-tb"}
+
         # The plays reach ClickHouse through outbox -> Kafka -> the embedded worker, and the
         # recorded week through the access-events topic, each at its own time.
         history = summary.history
