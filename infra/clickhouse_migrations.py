@@ -6,7 +6,8 @@ A file edited after it was applied is refused: a schema change is a new numbered
 
 A view marked for backfill (``-- backfill: by month of <column>``) has its table filled from
 the rows its source already held, a month at a time with a progress line each, before the
-migration is recorded: an interrupted backfill runs again on the next start.
+migration is recorded: an interrupted backfill runs again on the next start (a table of sums,
+``..., rebuilding <bucket>``, has each month's rows deleted before the month goes in).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _apply(client: Client, migration: Migration, topology: Topology) -> None:
     for statement in render_migration(migration, topology):
         client.command(statement)
     for item in migration.objects:
-        backfill = backfill_statements(item)
+        backfill = backfill_statements(item, topology)
         if backfill is not None:
             _backfill(client, item.name, backfill)
 
@@ -64,6 +65,10 @@ def _backfill(client: Client, view: str, backfill: Backfill) -> None:
     )  # fmt: skip
     started = time.perf_counter()
     for done, month in enumerate(months, start=1):
+        if backfill.clear is not None:
+            client.command(
+                backfill.clear, parameters={"month": month}, settings={"mutations_sync": 2}
+            )
         client.command(backfill.insert, parameters={"month": month})
         log.info(
             "backfilled %s for %d (%d/%d months, %.1f s)", backfill.target, month, done,

@@ -40,6 +40,10 @@ MINUTE_RETENTION = timedelta(days=35)
 MAX_BUCKETS = 200_000
 # A ranking narrowed to more feeds than this reads the rollups whole instead.
 MOST_CONTENDERS = 20_000
+# The contenders' rows are read from the rollup ordered by feed while they are at most one
+# in this many of the feeds ranked: each feed then reads granules of its own (hours and
+# requester departments), cheaper than merging every feed's per-day distinct-count states.
+BY_FEED_SHARE = 100
 DEFAULT_DEADLINE_DAYS = 5
 
 _GROUP_COLUMNS = {
@@ -164,6 +168,19 @@ _FEED_COLUMNS_FROM_HOURS = (
     "requesters, arrayReduce('uniqState', if(retrievals > 0, "
     "[CAST(requester_department, 'String')], CAST([], 'Array(String)'))) AS requester_departments"
 )
+
+
+# Requesting departments from rows split by requester department (a department's view, or
+# the rollup ordered by feed), counting those with a retrieval.
+_DEPARTMENTS_FROM_REQUESTER_ROWS = "uniqExactIf(requester_department, retrievals > 0)"
+
+
+@dataclass(frozen=True)
+class Contenders:
+    """The feeds a ranking is narrowed to, and how many feeds it was narrowed from."""
+
+    feeds: list[str]
+    ranked: int
 
 
 def _finite(value: Any) -> float | None:
@@ -345,51 +362,65 @@ class AnalyticsService:
     ) -> list[TopFeedRow]:
         """The feeds ranked first in the period, with their figures.
 
-        City-wide, the per-day feed rollup serves whole days; a department's view (or a
-        requester filter) needs the requester: whole days come from the per-day rollup by feed
-        and requester department. The hours at either end come from the hourly rollup, which
-        holds most of the rows a ranking would merge: the per-day rows first narrow the ranking
-        to the feeds that can still reach it (:meth:`_contenders`), and only those are summed
-        over the hours and have their distinct-count states merged.
+        Summed metrics are ranked in two steps. The per-day rows first narrow the ranking to
+        the feeds that can still reach it (:meth:`_contenders`): city-wide from the per-day
+        feed rollup, for a department from its own rows (``usage_scopes_day``), with a
+        requester filter from the per-day rollup by feed and requester department. The
+        contenders' figures, distinct counts included, are then merged over the period's
+        hours from the rollup ordered by feed (``usage_feeds_hour_by_feed``), which holds each
+        feed's rows together: a few dozen feeds read only their own granules. When too many
+        feeds are left for that, or the period holds no whole day, or the ranking is by
+        distinct requesters, the bucket-ordered rollups are merged as a whole: whole days from
+        the per-day rollups, the hours at either end from the hourly one.
         """
         city_wide = self.scope.is_city and not filters.requester_department
         if city_wide:
             columns = ["owner_department", "kind", "region", "feed_id"]
             departments = "uniqMerge(requester_departments)"
-            daily = "feed_activity_day"
         else:
             columns = ["owner_department", "requester_department", "kind", "region", "feed_id"]
-            departments = "uniqExactIf(requester_department, retrievals > 0)"
-            daily = "usage_feeds_day"
+            departments = _DEPARTMENTS_FROM_REQUESTER_ROWS
         where = Where().filters(filters, columns).scope(self.scope)
+        first_hour = floor_time(period.start, Granularity.hour)
+        if metric is not TopMetric.requesters:
+            daily, bounds_where = self._ranking_rollup(filters)
+            narrowed = await self._contenders(period, metric, daily, bounds_where, limit)
+            if narrowed is not None:
+                if not narrowed.feeds:
+                    return []
+                where.add("feed_id IN {ranked_feeds:Array(String)}", ranked_feeds=narrowed.feeds)
+                if len(narrowed.feeds) * BY_FEED_SHARE <= narrowed.ranked:
+                    where.add("bucket >= {first_hour:DateTime('UTC')}", first_hour=first_hour)
+                    where.add("bucket < {end:DateTime('UTC')}", end=period.end)
+                    return await self._ranked(
+                        f"(SELECT {_FEED_REQUESTER_COLUMNS} FROM usage_feeds_hour_by_feed "
+                        f"WHERE {where.sql()})",
+                        _DEPARTMENTS_FROM_REQUESTER_ROWS,
+                        metric,
+                        limit,
+                        where.parameters,
+                    )
         if city_wide:
             source = self._feed_activity(period, where)
         else:
             source = where.stitched(
-                floor_time(period.start, Granularity.hour),
+                first_hour,
                 period.end,
                 "usage_feeds_hour",
                 "usage_feeds_day",
                 _FEED_REQUESTER_COLUMNS,
             )
-        if metric is not TopMetric.requesters:
-            bounds_where = Where().filters(filters, columns).scope(self.scope)
-            contenders = await self._contenders(period, metric, daily, bounds_where, limit)
-            if contenders is not None:
-                if not contenders:
-                    return []
-                where.add("feed_id IN {ranked_feeds:Array(String)}", ranked_feeds=contenders)
-                source = (
-                    self._feed_activity(period, where)
-                    if city_wide
-                    else where.stitched(
-                        floor_time(period.start, Granularity.hour),
-                        period.end,
-                        "usage_feeds_hour",
-                        "usage_feeds_day",
-                        _FEED_REQUESTER_COLUMNS,
-                    )
-                )
+        return await self._ranked(source, departments, metric, limit, where.parameters)
+
+    async def _ranked(
+        self,
+        source: str,
+        departments: str,
+        metric: TopMetric,
+        limit: int,
+        parameters: dict[str, Any],
+    ) -> list[TopFeedRow]:
+        """The first ``limit`` feeds of ``source`` (rows of a feed rollup) by ``metric``."""
         rows = await self.store.rows(
             "top_feeds",
             f"""
@@ -402,7 +433,7 @@ class AnalyticsService:
             ORDER BY {_TOP_ORDER[metric]} DESC, feed_id
             LIMIT {{row_limit:UInt32}}
             """,
-            {**where.parameters, "row_limit": limit},
+            {**parameters, "row_limit": limit},
         )
         return [
             TopFeedRow(
@@ -416,9 +447,26 @@ class AnalyticsService:
             for row in rows
         ]
 
+    def _ranking_rollup(self, filters: UsageFilters) -> tuple[str, Where]:
+        """The per-day rollup whose rows bound a ranking for this caller, and its conditions.
+
+        A department's rows are a table of their own (``usage_scopes_day``: one row per feed
+        and day); only a requester filter needs the rows split by requester department.
+        """
+        feed_columns = ["owner_department", "kind", "region", "feed_id"]
+        if filters.requester_department:
+            where = Where().filters(filters, ["requester_department", *feed_columns])
+            return "usage_feeds_day", where.scope(self.scope)
+        where = Where().filters(filters, feed_columns)
+        if self.scope.is_city:
+            return "feed_activity_day", where
+        return "usage_scopes_day", where.add(
+            "scope_department = {scope_department:String}", scope_department=self.scope.department
+        )
+
     async def _contenders(
         self, period: Period, metric: TopMetric, daily: str, where: Where, limit: int
-    ) -> list[str] | None:
+    ) -> Contenders | None:
         """The feeds that can still be among the first ``limit`` by a summed metric, or None
         when the per-day rows cannot narrow the ranking (no whole day in the period, or too
         many feeds left).
@@ -428,7 +476,7 @@ class AnalyticsService:
         partial days counted whole; the figures are never negative). At least ``limit`` feeds
         reach the ``limit``-th highest low, so a feed whose high is below it ranks after them
         all and is left out; every other feed is a contender. Exact: the answer is then
-        computed over the contenders from the same rollups as without the narrowing.
+        computed over the contenders from rollups holding the same events.
         """
         first_hour = floor_time(period.start, Granularity.hour)
         spans = day_spans(first_hour, period.end)
@@ -451,11 +499,12 @@ class AnalyticsService:
             "top_feeds_contenders",
             f"""
             SELECT length(contenders) <= {{most_contenders:UInt32}} AS narrowed,
-                   if(narrowed, contenders, []) AS feeds
+                   if(narrowed, contenders, []) AS feeds, ranked
             FROM (
                 SELECT arrayFilter(
                            (feed, high) -> high >= threshold * (1 - 1e-9), feed_ids, highs)
-                           AS contenders
+                           AS contenders,
+                       length(feed_ids) AS ranked
                 FROM (
                     SELECT groupArray(feed_id) AS feed_ids, groupArray(high) AS highs,
                            arrayReverseSort(groupArray(low))[{{rank:UInt32}}] AS threshold
@@ -476,7 +525,7 @@ class AnalyticsService:
         )
         if not rows or not rows[0]["narrowed"]:
             return None
-        return list(rows[0]["feeds"])
+        return Contenders(feeds=list(rows[0]["feeds"]), ranked=int(rows[0]["ranked"]))
 
     def _departments(self, period: Period, where: Where) -> str:
         start = floor_time(period.start, Granularity.hour)

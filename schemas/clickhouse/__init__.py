@@ -26,9 +26,16 @@ A view added to a store that already holds rows can carry a third header::
     -- backfill: by month of bucket
 
 The migration then fills its table from the rows its source already held, one month of that
-column at a time (:func:`backfill_statements`). Only views whose table is idempotent under a
-second copy of a row (a set union, a latest-version table) may say so: rows inserted while the
-backfill runs reach the table through the view and through the backfill alike.
+column at a time (:func:`backfill_statements`). A table idempotent under a second copy of a
+row (a set union, a latest-version table) needs nothing more: rows inserted while the backfill
+runs reach the table through the view and through the backfill alike. A table of sums names
+its own bucket column instead::
+
+    -- backfill: by month of time, rebuilding bucket
+
+and each month's buckets are deleted before the month is inserted, so a backfill interrupted
+and run again rebuilds the months it had done instead of adding them twice. It is exact when
+nothing is inserted meanwhile: the stream worker, the only writer, migrates before it consumes.
 """
 
 from __future__ import annotations
@@ -52,7 +59,9 @@ _PLACEHOLDER = re.compile(r"\{\{\s*(?P<body>[^{}]+?)\s*\}\}")
 _ENGINE = re.compile(r"^engine:\s*(?P<engine>[A-Za-z]*MergeTree)\s*(?:\((?P<args>.*)\))?$")
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _BACKFILL_HEADER = re.compile(
-    r"^--\s*backfill:\s*by month of (?P<column>[a-z][a-z0-9_]*)\s*$", re.MULTILINE
+    r"^--\s*backfill:\s*by month of (?P<column>[a-z][a-z0-9_]*)"
+    r"(?:,\s*rebuilding (?P<rebuilt>[a-z][a-z0-9_]*))?\s*$",
+    re.MULTILINE,
 )
 _VIEW_QUERY = re.compile(
     r"TO (?P<target>\w+)\s+AS (?P<select>SELECT\b.*\bFROM (?P<source>\w+)\b.*)$", re.DOTALL
@@ -76,6 +85,8 @@ class SchemaObject:
     sharding_key: str | None
     template: str
     backfill_column: str | None = None
+    # The target's bucket column whose months a backfill deletes before inserting them.
+    rebuilt_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,7 @@ def _parse_statement(text: str, source: str) -> SchemaObject:
         key,
         text.strip(),
         backfill["column"] if backfill is not None else None,
+        backfill["rebuilt"] if backfill is not None else None,
     )
 
 
@@ -239,12 +251,15 @@ class Backfill:
     source: str
     months: str
     insert: str
+    # Deletes one month of the target's rows first (tables of sums), or None.
+    clear: str | None = None
 
 
-def backfill_statements(item: SchemaObject) -> Backfill | None:
+def backfill_statements(item: SchemaObject, topology: Topology = SINGLE_NODE) -> Backfill | None:
     """The view's own query over one month of its source (bound as ``{month:UInt32}``), so a
     backfilled row is exactly what the view would have written. Logical names are used: on a
-    cluster they are the Distributed tables, so one run covers every shard."""
+    cluster they are the Distributed tables, so one run covers every shard; a month's rows are
+    deleted from the local tables of every node."""
     if item.backfill_column is None:
         return None
     statement = render_object(item, SINGLE_NODE)[0]
@@ -254,10 +269,19 @@ def backfill_statements(item: SchemaObject) -> Backfill | None:
     source, column = match["source"], item.backfill_column
     month = f"toYYYYMM({column})"
     one_month = f"FROM (SELECT * FROM {source} WHERE {month} = {{month:UInt32}}) AS {source}"
+    clear = None
+    if item.rebuilt_column is not None:
+        local = physical_name(match["target"], topology)
+        on_cluster = f" ON CLUSTER '{topology.cluster}'" if topology.cluster else ""
+        clear = (
+            f"ALTER TABLE {local}{on_cluster} DELETE "
+            f"WHERE toYYYYMM({item.rebuilt_column}) = {{month:UInt32}}"
+        )
     return Backfill(
         target=match["target"],
         source=source,
         months=f"SELECT DISTINCT {month} AS month FROM {source} ORDER BY month",
         insert=f"INSERT INTO {match['target']} "
         + match["select"].replace(f"FROM {source}", one_month, 1),
+        clear=clear,
     )

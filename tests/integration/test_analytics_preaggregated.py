@@ -326,10 +326,10 @@ async def test_top_feeds_narrowing_leaves_out_feeds_and_keeps_every_winner(
     period = _periods(store.now)["7 days, hours at both ends"]
     daily = "feed_activity_day" if department is None else "usage_feeds_day"
     where = Where().scope(Scope(department=department))
-    contenders = await service._contenders(period, TopMetric.retrievals, daily, where, 7)
-    assert contenders is not None and 7 <= len(contenders) < FEEDS // 2
+    narrowed = await service._contenders(period, TopMetric.retrievals, daily, where, 7)
+    assert narrowed is not None and 7 <= len(narrowed.feeds) < FEEDS // 2
     winners = raw_top_feeds(store, period, TopMetric.retrievals, UsageFilters(), 7, department)
-    assert {row["feed_id"] for row in winners} <= set(contenders)
+    assert {row["feed_id"] for row in winners} <= set(narrowed.feeds)
     short = _periods(store.now)["under a day"]
     assert await service._contenders(short, TopMetric.retrievals, daily, where, 7) is None
 

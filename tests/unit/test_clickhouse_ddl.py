@@ -91,6 +91,8 @@ def test_migrations_are_numbered_without_gaps_and_every_table_is_there() -> None
         "usage_feeds_day",
         "feed_activity_day",
         "feed_retrieval_span",
+        "usage_scopes_day",
+        "usage_feeds_hour_by_feed",
     }
     assert rollups <= names
     assert views == {f"{rollup}_mv" for rollup in rollups}
@@ -192,6 +194,20 @@ def test_a_backfilled_view_fills_its_table_with_its_own_query_a_month_at_a_time(
     assert "toYYYYMM(bucket) = {month:UInt32}" in backfill.insert
     defined = render_object(view, SINGLE_NODE)[0].split("AS SELECT", 1)[1]
     assert defined.split("FROM")[0] in backfill.insert  # the view's own columns
-    # Only views whose table tolerates a row twice say so; the sums must not.
+    assert backfill.clear is None  # min and max take a row twice: nothing to delete first
+    # A table of sums is backfilled only with its months rebuilt (deleted, then inserted).
     backfilled = {name for name, item in schema_objects().items() if item.backfill_column}
-    assert backfilled == {"feed_retrieval_span_mv"}
+    assert backfilled == {
+        "feed_retrieval_span_mv",
+        "usage_scopes_day_mv",
+        "usage_feeds_hour_by_feed_mv",
+    }
+    for name in backfilled - {"feed_retrieval_span_mv"}:
+        summed = backfill_statements(schema_objects()[name])
+        assert summed is not None and summed.source == "access_events"
+        assert summed.clear == (
+            f"ALTER TABLE {summed.target} DELETE WHERE toYYYYMM(bucket) = {{month:UInt32}}"
+        )
+        on_cluster = backfill_statements(schema_objects()[name], CLUSTER)
+        assert on_cluster is not None and on_cluster.clear is not None
+        assert on_cluster.clear.startswith(f"ALTER TABLE {summed.target}_local ON CLUSTER ")
