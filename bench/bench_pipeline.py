@@ -808,6 +808,8 @@ def load_analytics_set(url: str, events: int, end: datetime) -> float:
         "usage_feeds_minute",
         "usage_feeds_hour",
         "usage_feeds_day",
+        "usage_scopes_day",
+        "usage_feeds_hour_by_feed",
     ):
         client.command(f"OPTIMIZE TABLE {table} FINAL")
     return time.perf_counter() - started

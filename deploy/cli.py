@@ -46,7 +46,12 @@ def _admin_token(settings: Settings) -> str:
 
 @app.command()
 def migrate() -> None:
-    """Bring the registry database and the ClickHouse tables to the newest schema (idempotent)."""
+    """Bring the registry database and the ClickHouse tables to the newest schema (idempotent).
+
+    A new ClickHouse rollup on a store that holds events is backfilled from them a month at a
+    time; run it before the stream workers start (each worker also migrates at its start,
+    before consuming), as events inserted meanwhile would be summed twice.
+    """
     settings = _settings()
     _migrate(settings)
     typer.echo("migrations applied")

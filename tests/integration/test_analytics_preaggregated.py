@@ -1,18 +1,21 @@
 """The narrowed rankings and the per-feed retrieval spans answer exactly what the raw events do.
 
-Top feeds are narrowed by bounds read from the per-day rollups before the hourly ends are
-merged, and dormant feeds are told from each feed's first and last retrieval hour
-(``feed_retrieval_span``). Both must equal the same answer computed here straight from
-``access_events`` (FINAL), for the operator and for a department, with filters, over periods
-of whole days with hours at either end, shorter than a day, and in the past. The store is real
-chdb; the events go in through ``access_events`` and its materialized views, as the sink's
-inserts do; and an existing store gets the new table backfilled when it migrates.
+Top feeds are narrowed by bounds read from the per-day rollups (a department's own rows in
+``usage_scopes_day``) before the contenders' hours are merged, from the rollup ordered by
+feed (``usage_feeds_hour_by_feed``) or from the bucket-ordered ones, and dormant feeds are
+told from each feed's first and last retrieval hour (``feed_retrieval_span``). Both must
+equal the same answer computed here straight from ``access_events`` (FINAL), for the operator
+and for a department, with filters, over periods of whole days with hours at either end,
+shorter than a day, and in the past. The store is real chdb; the events go in through
+``access_events`` and its materialized views, as the sink's inserts do; and an existing store
+gets the new tables backfilled when it migrates.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,10 +26,12 @@ from typing import Any
 import pytest
 
 from infra.clickhouse import connect, disconnect
-from infra.clickhouse_migrations import apply_migrations
+from infra.clickhouse_migrations import _backfill, apply_migrations
+from registry_api.analytics import service as service_module
 from registry_api.analytics.schemas import Granularity, Period, Scope, TopMetric, UsageFilters
 from registry_api.analytics.service import AnalyticsService, floor_time, hour_numbers
 from registry_api.analytics.store import AnalyticsStore, to_clickhouse_time
+from schemas.clickhouse import Placement, backfill_statements, load_migrations
 
 OWNERS = ["lz-psb", "lz-jtj", "lz-cgj", "lz-hbj"]
 REQUESTERS = [*OWNERS, "lz-sjj", "lz-wjw"]
@@ -296,11 +301,31 @@ FILTERS = {
 }
 
 
+def _tables_read(service: AnalyticsService) -> list[str]:
+    """Records the rollups each of the service's queries reads, in order."""
+    read: list[str] = []
+    rows = service.store.rows
+
+    async def recording(name: str, sql: str, parameters: Any) -> list[dict[str, Any]]:
+        read.append(" ".join(sorted(set(re.findall(r"\bFROM (\w+)", sql)))))
+        return await rows(name, sql, parameters)
+
+    service.store.rows = recording  # type: ignore[method-assign]
+    return read
+
+
+# Contenders read by feed whenever narrowed (1), or never (the bucket-ordered rollups).
+READS = {"by feed": 1, "by bucket": 10**9}
+
+
+@pytest.mark.parametrize("reads", list(READS))
 @pytest.mark.parametrize("department", SCOPES, ids=["operator", "department"])
 async def test_top_feeds_equal_the_ranking_of_the_raw_events(
-    store: Store, department: str | None
+    store: Store, department: str | None, reads: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(service_module, "BY_FEED_SHARE", READS[reads])
     service = _service(store, department)
+    read = _tables_read(service)
     compared = 0
     for period_name, period in _periods(store.now).items():
         for filter_name, filters in FILTERS.items():
@@ -313,6 +338,58 @@ async def test_top_feeds_equal_the_ranking_of_the_raw_events(
                 assert got == expected, (period_name, filter_name, metric, limit)
                 compared += len(expected)
     assert compared > 500
+    # Each way was taken: by feed for narrowed rankings, and a department's bounds come from
+    # its own rows unless a requester filter needs them split.
+    by_feed = [tables for tables in read if "usage_feeds_hour_by_feed" in tables]
+    assert (len(by_feed) > 10) if reads == "by feed" else not by_feed
+    bounds = {tables for tables in read if "usage_feeds_hour" not in tables}
+    if department is None:
+        assert bounds == {"feed_activity_day", "usage_feeds_day"}
+    else:
+        assert bounds == {"usage_scopes_day", "usage_feeds_day"}
+
+
+def test_ranking_rollups_equal_the_raw_events(store: Store) -> None:
+    assert_ranking_rollups_equal_the_raw_events(store.url)
+
+
+def assert_ranking_rollups_equal_the_raw_events(url: str) -> None:
+    """A department's rows hold the events of its feeds and its own retrievals of others',
+    once each; the rows by feed hold every hour's figures and distinct requesters."""
+    client = connect(url)
+    sums = (
+        "countIf(type = 'retrieval.started'), countIf(type = 'retrieval.denied'), "
+        "sumIf(bytes, type = 'retrieval.ended'), sumIf(duration_seconds, type = 'retrieval.ended')"
+    )
+    for department in REQUESTERS:
+        rows = client.query(
+            "SELECT bucket, feed_id, owner_department, sum(retrievals), sum(denied), sum(bytes), "
+            "sum(seconds) FROM usage_scopes_day WHERE scope_department = {department:String} "
+            "GROUP BY bucket, feed_id, owner_department ORDER BY bucket, feed_id",
+            parameters={"department": department},
+        ).result_rows
+        raw = client.query(
+            f"SELECT toStartOfDay(time, 'UTC') AS day, feed_id, owner_department, {sums} "
+            "FROM access_events FINAL WHERE owner_department = {department:String} "
+            "OR requester_department = {department:String} "
+            "GROUP BY day, feed_id, owner_department ORDER BY day, feed_id",
+            parameters={"department": department},
+        ).result_rows
+        assert rows == raw and raw, department
+    by_feed = client.query(
+        "SELECT bucket, feed_id, requester_department, sum(retrievals), sum(denied), sum(bytes), "
+        "sum(seconds), uniqMerge(requesters) FROM usage_feeds_hour_by_feed "
+        "GROUP BY bucket, feed_id, requester_department "
+        "ORDER BY bucket, feed_id, requester_department"
+    ).result_rows
+    raw = client.query(
+        f"SELECT toStartOfHour(time) AS hour, feed_id, requester_department, {sums}, "
+        "uniqExactIf(sipHash64(requester_department, requester_user), "
+        "type = 'retrieval.started') FROM access_events FINAL "
+        "GROUP BY hour, feed_id, requester_department "
+        "ORDER BY hour, feed_id, requester_department"
+    ).result_rows
+    assert by_feed == raw and len(raw) > 1_000
 
 
 @pytest.mark.parametrize("department", SCOPES, ids=["operator", "department"])
@@ -413,5 +490,45 @@ def test_an_existing_store_gets_the_spans_backfilled_when_it_migrates(
         _insert_access(url, _access_rows(now, seed=4)[:50])
         latest = client.query("SELECT max(last_hour) FROM feed_retrieval_span").result_rows[0][0]
         assert latest >= int((now - timedelta(days=DAYS)).timestamp()) // 3600
+    finally:
+        disconnect(url)
+
+
+def test_an_existing_store_gets_the_ranking_rollups_backfilled_when_it_migrates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store holding events from before the ranking rollups (migration 15) existed; the
+    backfill run a second time (as after an interruption) rebuilds its months, not doubles."""
+    url = f"chdb://{tmp_path / 'analytics'}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    try:
+        apply_migrations(url)
+        client = connect(url)
+        ranking = load_migrations()[15]
+        for item in reversed(ranking.objects):  # the views first
+            kind = "VIEW" if item.placement is Placement.view else "TABLE"
+            client.command(f"DROP {kind} {item.name}")
+        client.command(
+            "ALTER TABLE schema_migrations DELETE WHERE version = 15",
+            settings={"mutations_sync": 2},
+        )
+        _insert_access(url, _access_rows(now - timedelta(days=20), seed=5))
+        with caplog.at_level(logging.INFO, logger="feedgrid.clickhouse.migrations"):
+            assert apply_migrations(url) == [15]
+        backfilled = {
+            record.getMessage().split()[2]  # "backfill of <table> (view <view>) done"
+            for record in caplog.records
+            if record.getMessage().startswith("backfill of")
+        }
+        assert backfilled == {"usage_scopes_day", "usage_feeds_hour_by_feed"}
+        assert_ranking_rollups_equal_the_raw_events(url)
+        for item in ranking.objects:
+            backfill = backfill_statements(item)
+            if backfill is not None:
+                _backfill(client, item.name, backfill)
+        assert_ranking_rollups_equal_the_raw_events(url)
+        # New events after the upgrade reach both tables through their views.
+        _insert_access(url, _access_rows(now, seed=6)[:500])
+        assert_ranking_rollups_equal_the_raw_events(url)
     finally:
         disconnect(url)
