@@ -70,6 +70,9 @@ def _backfill(client: Client, view: str, backfill: Backfill) -> None:
                 backfill.clear, parameters={"month": month}, settings={"mutations_sync": 2}
             )
         client.command(backfill.insert, parameters={"month": month})
+        merge = backfill.merge(month)
+        if merge is not None:
+            client.command(merge)
         log.info(
             "backfilled %s for %d (%d/%d months, %.1f s)", backfill.target, month, done,
             len(months), time.perf_counter() - started,

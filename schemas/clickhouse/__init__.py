@@ -33,8 +33,9 @@ its own bucket column instead::
 
     -- backfill: by month of time, rebuilding bucket
 
-and each month's buckets are deleted before the month is inserted, so a backfill interrupted
-and run again rebuilds the months it had done instead of adding them twice. It is exact when
+and each month's buckets are deleted before the month is inserted (and merged into one part
+after), so a backfill interrupted and run again rebuilds the months it had done instead of
+adding them twice. The table must be partitioned by the month of that column. It is exact when
 nothing is inserted meanwhile: the stream worker, the only writer, migrates before it consumes.
 """
 
@@ -253,6 +254,16 @@ class Backfill:
     insert: str
     # Deletes one month of the target's rows first (tables of sums), or None.
     clear: str | None = None
+    # The target's local table (and ON CLUSTER clause) whose month is merged after it is
+    # rebuilt, or None.
+    rebuilt_table: str | None = None
+
+    def merge(self, month: int) -> str | None:
+        """Merges a rebuilt month into one part (the insert writes several): a table ordered
+        by feed then reads one run of granules per feed, not one per part."""
+        if self.rebuilt_table is None:
+            return None
+        return f"OPTIMIZE TABLE {self.rebuilt_table} PARTITION ID '{month:d}' FINAL"
 
 
 def backfill_statements(item: SchemaObject, topology: Topology = SINGLE_NODE) -> Backfill | None:
@@ -269,12 +280,12 @@ def backfill_statements(item: SchemaObject, topology: Topology = SINGLE_NODE) ->
     source, column = match["source"], item.backfill_column
     month = f"toYYYYMM({column})"
     one_month = f"FROM (SELECT * FROM {source} WHERE {month} = {{month:UInt32}}) AS {source}"
-    clear = None
+    clear = rebuilt_table = None
     if item.rebuilt_column is not None:
-        local = physical_name(match["target"], topology)
         on_cluster = f" ON CLUSTER '{topology.cluster}'" if topology.cluster else ""
+        rebuilt_table = physical_name(match["target"], topology) + on_cluster
         clear = (
-            f"ALTER TABLE {local}{on_cluster} DELETE "
+            f"ALTER TABLE {rebuilt_table} DELETE "
             f"WHERE toYYYYMM({item.rebuilt_column}) = {{month:UInt32}}"
         )
     return Backfill(
@@ -284,4 +295,5 @@ def backfill_statements(item: SchemaObject, topology: Topology = SINGLE_NODE) ->
         insert=f"INSERT INTO {match['target']} "
         + match["select"].replace(f"FROM {source}", one_month, 1),
         clear=clear,
+        rebuilt_table=rebuilt_table,
     )

@@ -194,7 +194,8 @@ def test_a_backfilled_view_fills_its_table_with_its_own_query_a_month_at_a_time(
     assert "toYYYYMM(bucket) = {month:UInt32}" in backfill.insert
     defined = render_object(view, SINGLE_NODE)[0].split("AS SELECT", 1)[1]
     assert defined.split("FROM")[0] in backfill.insert  # the view's own columns
-    assert backfill.clear is None  # min and max take a row twice: nothing to delete first
+    # min and max take a row twice: nothing to delete first
+    assert backfill.clear is None and backfill.merge(202611) is None
     # A table of sums is backfilled only with its months rebuilt (deleted, then inserted).
     backfilled = {name for name, item in schema_objects().items() if item.backfill_column}
     assert backfilled == {
@@ -208,6 +209,12 @@ def test_a_backfilled_view_fills_its_table_with_its_own_query_a_month_at_a_time(
         assert summed.clear == (
             f"ALTER TABLE {summed.target} DELETE WHERE toYYYYMM(bucket) = {{month:UInt32}}"
         )
+        assert summed.merge(202611) == (
+            f"OPTIMIZE TABLE {summed.target} PARTITION ID '202611' FINAL"
+        )
         on_cluster = backfill_statements(schema_objects()[name], CLUSTER)
         assert on_cluster is not None and on_cluster.clear is not None
         assert on_cluster.clear.startswith(f"ALTER TABLE {summed.target}_local ON CLUSTER ")
+        assert str(on_cluster.merge(202611)).startswith(
+            f"OPTIMIZE TABLE {summed.target}_local ON CLUSTER 'feedgrid' PARTITION ID"
+        )
