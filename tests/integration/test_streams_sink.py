@@ -140,7 +140,7 @@ async def test_a_record_published_twice_is_stored_once(analytics_url: str) -> No
     again = [dict(row, kafka_offset=row["kafka_offset"] + 1000) for row in rows]  # new records
     mixed = again[:10] + retrieval_rows(5, first_offset=5000)
     assert await sink.write_events("access_events", columns(mixed)) == 5
-    assert figures(analytics_url) == (35, [35] * 6)
+    assert figures(analytics_url) == (35, [35] * ROLLUPS)
 
 
 async def test_an_insert_retried_after_it_succeeded_counts_once(analytics_url: str) -> None:
@@ -151,4 +151,4 @@ async def test_an_insert_retried_after_it_succeeded_counts_once(analytics_url: s
     payload = encode_rows(rows)
     for _ in range(2):  # the client saw an error after ClickHouse had the insert
         sink._insert("access_events", list(rows[0]), payload, block_token("access_events", 42))
-    assert figures(analytics_url) == (10, [10] * 6)
+    assert figures(analytics_url) == (10, [10] * ROLLUPS)
