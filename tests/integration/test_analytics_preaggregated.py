@@ -319,7 +319,11 @@ READS = {"by feed": 1, "by bucket": 10**9}
 
 
 @pytest.mark.parametrize("reads", list(READS))
-@pytest.mark.parametrize("department", SCOPES, ids=["operator", "department"])
+@pytest.mark.parametrize(
+    "department",
+    [*SCOPES, "lz-sjj"],
+    ids=["operator", "department", "department owning no feed"],
+)
 async def test_top_feeds_equal_the_ranking_of_the_raw_events(
     store: Store, department: str | None, reads: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
