@@ -306,6 +306,10 @@ class AnalyticsService:
             where = Where(parameters=where.parameters)
         else:
             source = f"usage_{family}_{grain}"
+            if source == "usage_feeds_hour" and filters.feed_id:
+                # Named feeds: their rows lie together in the rollup ordered by feed, where
+                # the bucket-ordered one spreads each over every hour's granules.
+                source = "usage_feeds_hour_by_feed"
             where.add("bucket >= {start:DateTime('UTC')}", start=start)
             where.add("bucket < {end:DateTime('UTC')}", end=period.end)
         where.parameters["row_limit"] = limit + 1

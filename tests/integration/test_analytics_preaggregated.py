@@ -28,7 +28,14 @@ import pytest
 from infra.clickhouse import connect, disconnect
 from infra.clickhouse_migrations import _backfill, apply_migrations
 from registry_api.analytics import service as service_module
-from registry_api.analytics.schemas import Granularity, Period, Scope, TopMetric, UsageFilters
+from registry_api.analytics.schemas import (
+    Granularity,
+    GroupBy,
+    Period,
+    Scope,
+    TopMetric,
+    UsageFilters,
+)
 from registry_api.analytics.service import AnalyticsService, floor_time, hour_numbers
 from registry_api.analytics.store import AnalyticsStore, to_clickhouse_time
 from schemas.clickhouse import Placement, backfill_statements, load_migrations
@@ -351,6 +358,63 @@ async def test_top_feeds_equal_the_ranking_of_the_raw_events(
         assert bounds == {"feed_activity_day", "usage_feeds_day"}
     else:
         assert bounds == {"usage_scopes_day", "usage_feeds_day"}
+
+
+def raw_usage(
+    store: Store,
+    period: Period,
+    granularity: Granularity,
+    group_by: str,
+    filters: UsageFilters,
+    department: str | None,
+) -> list[dict[str, Any]]:
+    # Buckets starting in the period count, the one holding its start included.
+    counted = Period(floor_time(period.start, granularity), period.end)
+    where, parameters = _raw_where(store, counted, department, filters)
+    bucket = (
+        "toStartOfDay(time, 'UTC')" if granularity is Granularity.day else "toStartOfHour(time)"
+    )
+    result = connect(store.url).query(
+        f"""
+        SELECT {bucket} AS period_bucket, {group_by} AS grouped,
+               countIf(type = 'retrieval.started'), countIf(type = 'retrieval.denied'),
+               sumIf(bytes, type = 'retrieval.ended'),
+               sumIf(duration_seconds, type = 'retrieval.ended'),
+               uniqExactIf(sipHash64(requester_department, requester_user),
+                           type = 'retrieval.started')
+        FROM access_events FINAL
+        WHERE type IN ('retrieval.started', 'retrieval.ended', 'retrieval.denied') AND {where}
+        GROUP BY period_bucket, grouped
+        ORDER BY period_bucket, grouped
+        """,
+        parameters=parameters,
+    )
+    names = ["bucket", "group", "retrievals", "denied", "bytes", "seconds", "requesters"]
+    return [
+        {**dict(zip(names, row, strict=True)), "bucket": row[0].replace(tzinfo=UTC)}
+        for row in result.result_rows
+    ]
+
+
+@pytest.mark.parametrize("department", SCOPES, ids=["operator", "department"])
+async def test_usage_of_named_feeds_reads_them_by_feed_and_equals_the_raw_events(
+    store: Store, department: str | None
+) -> None:
+    service = _service(store, department)
+    read = _tables_read(service)
+    feeds = UsageFilters(feed_id=[_feed(0), _feed(5), _feed(13), _feed(42)])
+    compared = 0
+    for period_name, period in _periods(store.now).items():
+        for granularity in (Granularity.hour, Granularity.day):
+            for group_by in (GroupBy.feed, GroupBy.requester_department):
+                rows, truncated = await service.usage(period, granularity, group_by, feeds, 10_000)
+                got = [row.model_dump() for row in rows]
+                column = "feed_id" if group_by is GroupBy.feed else group_by.value
+                expected = raw_usage(store, period, granularity, column, feeds, department)
+                assert got == expected and not truncated, (period_name, granularity, group_by)
+                compared += len(expected)
+    assert compared > 300
+    assert read and all(tables == "usage_feeds_hour_by_feed" for tables in read)
 
 
 def test_ranking_rollups_equal_the_raw_events(store: Store) -> None:
