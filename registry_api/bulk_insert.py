@@ -26,16 +26,21 @@ class DriverInsert:
     params: list[tuple[Any, ...]]
 
 
-def _placeholders(paramstyle: str, count: int) -> str:
+def placeholder(paramstyle: str, position: int) -> str:
+    """The driver's placeholder of the ``position``-th (from 1) parameter of a statement."""
     if paramstyle == "qmark":
-        return ", ".join("?" * count)
+        return "?"
     if paramstyle == "numeric_dollar":
-        return ", ".join(f"${index}" for index in range(1, count + 1))
+        return f"${position}"
     if paramstyle in ("format", "pyformat"):
-        return ", ".join(["%s"] * count)
+        return "%s"
     if paramstyle == "numeric":
-        return ", ".join(f":{index}" for index in range(1, count + 1))
+        return f":{position}"
     raise ValueError(f"unsupported DBAPI paramstyle {paramstyle!r}")
+
+
+def _placeholders(paramstyle: str, count: int) -> str:
+    return ", ".join(placeholder(paramstyle, position) for position in range(1, count + 1))
 
 
 Processor = Callable[[Any], Any]
@@ -51,6 +56,12 @@ def _processor(table: Table, name: str, dialect: Dialect) -> Processor | None:
     if isinstance(column_type, JSON):
         return _json_text
     return column_type._cached_bind_processor(dialect)  # the column's own conversion
+
+
+def bound_value(table: Table, name: str, value: Any, dialect: Dialect) -> Any:
+    """``value`` as the driver receives it for the column (the column's own conversion)."""
+    processor = _processor(table, name, dialect)
+    return value if processor is None else processor(value)
 
 
 def _is_timestamp(table: Table, name: str) -> bool:

@@ -19,7 +19,7 @@ from registry_api.access.policy import EmergencyNotAllowed, RequestFacts
 from registry_api.access.policy_columns import ColumnContext, ColumnDecisions, decide_columns
 from registry_api.access.records import TABLES, EventPayloads, grant_row, new_id
 from registry_api.audit.service import EncodedAccessEvent, record_access_events
-from registry_api.bulk_insert import execute_insert, prepare_insert
+from registry_api.bulk_insert import prepare_insert
 from registry_api.db import writes_in_turn
 from registry_api.errors import ApiError, Forbidden, NotFound, Unprocessable
 from registry_api.feeds.service import search_feed_ids
@@ -235,17 +235,15 @@ def decided_rows(
 
 async def _write(session: AsyncSession, request: AccessRequest, written: DecidedRows) -> None:
     """One multi-row statement per table (driver-level executemany), then the audit chain and
-    the outbox, in the caller's transaction."""
+    the outbox, in the caller's transaction: all of it one piece of driver work."""
     dialect = (await session.connection()).dialect
     request_row = {column.name: getattr(request, column.name) for column in TABLES.requests.columns}
-    await execute_insert(session, prepare_insert(TABLES.requests, [request_row], dialect))
+    rows = [prepare_insert(TABLES.requests, [request_row], dialect)]
     if written.grants:
-        await execute_insert(session, prepare_insert(TABLES.grants, written.grants, dialect))
-        await execute_insert(
-            session, prepare_insert(TABLES.grant_feeds, written.grant_feeds, dialect)
-        )
-    await execute_insert(session, prepare_insert(TABLES.request_feeds, written.items, dialect))
-    await record_access_events(session, written.events)
+        rows.append(prepare_insert(TABLES.grants, written.grants, dialect))
+        rows.append(prepare_insert(TABLES.grant_feeds, written.grant_feeds, dialect))
+    rows.append(prepare_insert(TABLES.request_feeds, written.items, dialect))
+    await record_access_events(session, written.events, along=rows)
 
 
 def _status(feeds: Sequence[FeedDecisionOut]) -> RequestStatus:

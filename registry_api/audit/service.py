@@ -22,7 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.audit.chain import ChainLink, ChainVerifier, extend_chain
 from registry_api.audit.models import HASHED_COLUMNS, AuditChainHead, AuditEntry
-from registry_api.bulk_insert import DriverInsert, execute_insert, prepare_insert
+from registry_api.bulk_insert import (
+    DriverInsert,
+    bound_value,
+    execute_insert,
+    placeholder,
+    prepare_insert,
+)
+from registry_api.driver_work import DriverCalls, DriverStatement, DriverWork, run_driver_work
 from registry_api.outbox.service import enqueue_prepared, prepare_encoded
 from schemas.access import AuditEntryOut, AuditPage, AuditVerification
 from schemas.events import (
@@ -137,6 +144,43 @@ class PreparedEvents:
     last_hash: str
 
 
+@dataclass(frozen=True)
+class UnchainedEvents:
+    """Events prepared but for their place in the chain: each audit link's fields (all but
+    ``seq``, ``previous_hash`` and ``entry_hash``) and the outbox rows."""
+
+    fields: list[dict[str, Any]]
+    outbox: DriverInsert
+
+
+def unchained_events(
+    events: Sequence[RecordedEvent], now: datetime, dialect: Dialect
+) -> UnchainedEvents:
+    """CPU only, no I/O, and nothing that depends on the chain's head."""
+    pairs = [(event, event.payload()) for event in events]
+    outbox = [
+        (ACCESS_EVENTS, payload["feed_id"], encoded_cloud_event(event, payload))
+        for event, payload in pairs
+    ]
+    return UnchainedEvents(
+        fields=[audit_fields(event, payload) for event, payload in pairs],
+        outbox=prepare_encoded(outbox, created_at=now, dialect=dialect),
+    )
+
+
+def chain_events(
+    unchained: UnchainedEvents, head_seq: int, head_hash: str, dialect: Dialect
+) -> PreparedEvents:
+    """The chain links of ``unchained`` after the given head: CPU only, no I/O."""
+    rows = extend_chain(head_hash, head_seq, unchained.fields)
+    return PreparedEvents(
+        audit=prepare_insert(AUDIT_TABLE, rows, dialect),
+        outbox=unchained.outbox,
+        last_seq=rows[-1]["seq"],
+        last_hash=rows[-1]["entry_hash"],
+    )
+
+
 def prepare_events(
     head_seq: int,
     head_hash: str,
@@ -145,22 +189,7 @@ def prepare_events(
     dialect: Dialect,
 ) -> PreparedEvents:
     """The chain links and outbox rows of ``events`` after the given head: CPU only, no I/O."""
-    payloads = [event.payload() for event in events]
-    rows = extend_chain(
-        head_hash,
-        head_seq,
-        [audit_fields(event, payload) for event, payload in zip(events, payloads, strict=True)],
-    )
-    outbox = [
-        (ACCESS_EVENTS, payload["feed_id"], encoded_cloud_event(event, payload))
-        for event, payload in zip(events, payloads, strict=True)
-    ]
-    return PreparedEvents(
-        audit=prepare_insert(AUDIT_TABLE, rows, dialect),
-        outbox=prepare_encoded(outbox, created_at=now, dialect=dialect),
-        last_seq=rows[-1]["seq"],
-        last_hash=rows[-1]["entry_hash"],
-    )
+    return chain_events(unchained_events(events, now, dialect), head_seq, head_hash, dialect)
 
 
 async def _prepare_in_slices(
@@ -191,31 +220,86 @@ async def _prepare_in_slices(
 
 
 async def record_access_events(
-    session: AsyncSession, events: Sequence[RecordedEvent], *, cooperative: bool = False
+    session: AsyncSession,
+    events: Sequence[RecordedEvent],
+    *,
+    cooperative: bool = False,
+    along: Sequence[DriverInsert] = (),
 ) -> None:
-    """Appends the events to the audit chain and the outbox. The caller commits.
+    """Appends the events to the audit chain and the outbox, after the rows of ``along`` (the
+    change the events tell of, prepared by the caller). The caller commits.
 
     Call it last before the commit: on PostgreSQL it holds the chain-head row lock until then.
-    ``cooperative`` prepares large batches in slices, yielding to the event loop in between.
+    The rows, the chain head and the links are written as one piece of driver work (on SQLite
+    one call on the connection's thread). ``cooperative`` (large batches of the hooks' events)
+    prepares the links in slices instead, yielding to the event loop in between.
     """
     if not events:
+        for insert in along:
+            await execute_insert(session, insert)
         return
     now = utcnow()
-    head = await _lock_chain_head(session, now)
     dialect = (await session.connection()).dialect
     if cooperative:
+        for insert in along:
+            await execute_insert(session, insert)
+        head = await _lock_chain_head(session, now)
         prepared = await _prepare_in_slices(head.last_seq, head.last_hash, events, now, dialect)
+        await execute_insert(session, prepared.audit)
+        await session.execute(
+            update(HEAD_TABLE)
+            .where(HEAD_TABLE.c.id == CHAIN_HEAD_ID)
+            .values(last_seq=prepared.last_seq, last_hash=prepared.last_hash)
+        )
+        await enqueue_prepared(session, prepared.outbox)
     else:
-        prepared = prepare_events(head.last_seq, head.last_hash, events, now, dialect)
-    await execute_insert(session, prepared.audit)
-    await session.execute(
-        update(HEAD_TABLE)
-        .where(HEAD_TABLE.c.id == CHAIN_HEAD_ID)
-        .values(last_seq=prepared.last_seq, last_hash=prepared.last_hash)
-    )
-    await enqueue_prepared(session, prepared.outbox)
+        unchained = unchained_events(events, now, dialect)
+        await run_driver_work(session, _appending(along, unchained, now, dialect))
     for listener in _ACCESS_EVENT_LISTENERS:
         await listener(session, events)
+
+
+def _appending(
+    along: Sequence[DriverInsert], unchained: UnchainedEvents, now: datetime, dialect: Dialect
+) -> DriverWork[PreparedEvents]:
+    """The driver work of record_access_events(): the caller's rows, then the head locked,
+    the links chained after it and written, the head moved, the outbox rows written."""
+    lock_head = _head_statement(dialect, {"updated_at": now}, returning=("last_seq", "last_hash"))
+
+    def append(calls: DriverCalls) -> PreparedEvents:
+        for insert in along:
+            calls.executemany(insert)
+        [(head_seq, head_hash)] = calls.execute(lock_head)
+        prepared = chain_events(unchained, int(head_seq), str(head_hash), dialect)
+        calls.executemany(prepared.audit)
+        calls.execute(
+            _head_statement(
+                dialect, {"last_seq": prepared.last_seq, "last_hash": prepared.last_hash}
+            )
+        )
+        calls.executemany(prepared.outbox)
+        return prepared
+
+    return append
+
+
+def _head_statement(
+    dialect: Dialect, values: dict[str, Any], returning: Sequence[str] = ()
+) -> DriverStatement:
+    """UPDATE of the chain head's row in the driver's own terms (see driver_work)."""
+    quote = dialect.identifier_preparer.quote
+    assignments = ", ".join(
+        f"{quote(name)} = {placeholder(dialect.paramstyle, position)}"
+        for position, name in enumerate(values, start=1)
+    )
+    sql = (
+        f"UPDATE {dialect.identifier_preparer.format_table(HEAD_TABLE)} SET {assignments} "
+        f"WHERE {quote('id')} = {placeholder(dialect.paramstyle, len(values) + 1)}"
+    )
+    if returning:
+        sql += " RETURNING " + ", ".join(quote(name) for name in returning)
+    params = tuple(bound_value(HEAD_TABLE, name, value, dialect) for name, value in values.items())
+    return DriverStatement(sql, (*params, CHAIN_HEAD_ID))
 
 
 async def _lock_chain_head(session: AsyncSession, now: datetime) -> Any:

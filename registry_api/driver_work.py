@@ -1,0 +1,115 @@
+"""A transaction's prepared statements run as one piece of work on the database driver.
+
+Through SQLAlchemy and aiosqlite each statement is several hops between the event loop and
+the connection's thread (a cursor, the execution, the rows, the close), each a future, a
+thread wake-up and a fight for the GIL, plus SQLAlchemy's own work per statement. An access
+request for a hundred feeds writes seven tables and the audit chain's head: a plain function
+of prepared statements (:data:`DriverWork`) does all of it, on SQLite in the connection's own
+thread in a single hop, on PostgreSQL through the session's connection statement by statement
+(``run_sync``; asyncpg has no thread to hop to). One function, so both databases write the
+same rows in the same order.
+
+The work runs in the session's transaction: the caller commits (or rolls back) as before.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry_api.bulk_insert import DriverInsert
+
+
+@dataclass(frozen=True)
+class DriverStatement:
+    """One statement in the driver's own parameter style, its values already converted."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
+class DriverCalls(Protocol):
+    """What a piece of work may ask of the driver."""
+
+    def execute(self, statement: DriverStatement) -> list[tuple[Any, ...]]:
+        """Runs the statement; its rows (a RETURNING clause's), if any."""
+        ...
+
+    def executemany(self, insert: DriverInsert) -> None: ...
+
+
+Result = TypeVar("Result")
+DriverWork = Callable[[DriverCalls], Result]
+
+
+class _SqliteCalls:
+    """The work's calls on the sqlite3 connection itself, in the driver's thread."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    def execute(self, statement: DriverStatement) -> list[tuple[Any, ...]]:
+        cursor = self.connection.execute(statement.sql, statement.params)
+        try:
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def executemany(self, insert: DriverInsert) -> None:
+        if insert.params:
+            self.connection.executemany(insert.sql, insert.params).close()
+
+
+class _ConnectionCalls:
+    """The work's calls through SQLAlchemy's connection (PostgreSQL, or any other driver)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def execute(self, statement: DriverStatement) -> list[tuple[Any, ...]]:
+        result = self.connection.exec_driver_sql(statement.sql, statement.params)
+        return [tuple(row) for row in result.fetchall()] if result.returns_rows else []
+
+    def executemany(self, insert: DriverInsert) -> None:
+        if insert.params:
+            self.connection.exec_driver_sql(insert.sql, insert.params)
+
+
+async def run_driver_work(session: AsyncSession, work: DriverWork[Result]) -> Result:
+    """Runs ``work`` in the session's transaction, after the session's pending changes (so
+    rows are written, and locks taken, in the order the caller made them)."""
+    await session.flush()
+    connection = await session.connection()
+    if connection.dialect.name == "sqlite":
+        sqlite_connection, run_in_thread = await _sqlite_thread(session)
+        if sqlite_connection is not None and run_in_thread is not None:
+            calls = _SqliteCalls(sqlite_connection)
+            result: Result = await run_in_thread(work, calls)
+            return result
+    return await connection.run_sync(lambda synchronous: work(_ConnectionCalls(synchronous)))
+
+
+async def _sqlite_thread(
+    session: AsyncSession,
+) -> tuple[sqlite3.Connection | None, Callable[..., Any] | None]:
+    """The sqlite3 connection under the session and aiosqlite's way of running a function in
+    its thread (``Connection._execute``: aiosqlite has no public name for it), or Nones where
+    this aiosqlite differs or the connection commits each statement (no transaction to join).
+    """
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    run_in_thread = getattr(driver, "_execute", None)
+    sqlite_connection = getattr(driver, "_connection", None)
+    if (
+        not callable(run_in_thread)
+        or not isinstance(sqlite_connection, sqlite3.Connection)
+        or sqlite_connection.isolation_level is None
+    ):
+        return None, None
+    return sqlite_connection, run_in_thread
