@@ -504,6 +504,13 @@ async def run_step(host: str, port: int, step: dict[str, Any]) -> dict[str, Any]
                     continue
                 if (wait := due - time.perf_counter()) > 0:
                     await asyncio.sleep(wait)
+            if connection is not None and connection[0].at_eof():
+                # The server closed it while it was idle (uvicorn: after 5 s without a
+                # request): a client opens a new one, as HTTP/1.1 clients do, instead of
+                # sending into a closed connection (slow open-loop probes leave each
+                # connection idle for longer than that).
+                connection[1].close()
+                connection = None
             try:
                 if connection is None:
                     connection = await _connect(host, port)

@@ -74,26 +74,39 @@ def listed(feed_ids: Iterable[str]) -> dict[str, Any]:
     return {"feed_ids": ordered[:LISTED_FEEDS], "feed_count": len(ordered)}
 
 
-async def write_notifications(session: AsyncSession, notifications: Sequence[Notification]) -> int:
-    """One delivery row per matching subscription, in the caller's transaction; returns how
-    many were written. The caller commits."""
-    if not notifications:
-        return 0
-    audiences = {code for note in notifications for code in note.departments}
-    subscriptions = (
-        await session.execute(
-            select(
-                WebhookSubscription.id,
-                WebhookSubscription.department_code,
-                WebhookSubscription.kinds,
-            ).where(
-                or_(
-                    WebhookSubscription.department_code.in_(audiences),
-                    WebhookSubscription.department_code.is_(None),
-                )
+Subscription = tuple[Any, str | None, list[str]]  # id, department (None: city-wide), kinds
+
+
+async def _subscriptions(session: AsyncSession, audiences: Iterable[str]) -> list[Subscription]:
+    """The subscriptions of these departments and the city-wide ones."""
+    rows = await session.execute(
+        select(
+            WebhookSubscription.id,
+            WebhookSubscription.department_code,
+            WebhookSubscription.kinds,
+        ).where(
+            or_(
+                WebhookSubscription.department_code.in_(set(audiences)),
+                WebhookSubscription.department_code.is_(None),
             )
         )
-    ).all()
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def write_notifications(
+    session: AsyncSession,
+    notifications: Sequence[Notification],
+    subscriptions: Sequence[Subscription] | None = None,
+) -> int:
+    """One delivery row per matching subscription, in the caller's transaction; returns how
+    many were written. The caller commits. ``subscriptions``: those of (at least) every
+    audience of the notifications, when the caller has read them already."""
+    if not notifications:
+        return 0
+    if subscriptions is None:
+        audiences = {code for note in notifications for code in note.departments}
+        subscriptions = await _subscriptions(session, audiences)
     if not subscriptions:
         return 0
     now = utcnow()
@@ -201,6 +214,13 @@ async def on_access_events(session: AsyncSession, events: Sequence[RecordedEvent
             revoked[data.grant_id].append(event)
     if not (pending or review or overdue or decided or revoked):
         return
+    audiences = {owner for groups in (pending, review, overdue) for _, owner in groups}
+    for group in (*decided.values(), *revoked.values()):
+        first = group[0].data
+        audiences.update(filter(None, (first.requester_department, first.owner_department)))
+    subscriptions = await _subscriptions(session, audiences)
+    if not subscriptions:
+        return  # nobody to tell: no due times to look up either
     due = await _due_times(session, [*pending, *overdue])
     notes: list[Notification] = []
     for kind, groups in (
@@ -276,7 +296,7 @@ async def on_access_events(session: AsyncSession, events: Sequence[RecordedEvent
                 occurred_at=group[0].occurred_at,
             )
         )
-    await write_notifications(session, notes)
+    await write_notifications(session, notes, subscriptions)
 
 
 # ---------------------------------------------------------------------- feed status
