@@ -53,6 +53,10 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 SQLITE_WAIT_SECONDS = 300.0
+# Where a commit checkpoints the write-ahead log itself: far above what the API's background
+# checkpointer (registry_api.wal_checkpoints) lets the log grow to; a safety net for processes
+# that run none (migrations, tools).
+SQLITE_AUTOCHECKPOINT_PAGES = 20_000
 
 
 def create_engine(database_url: str) -> AsyncEngine:
@@ -82,6 +86,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_WAIT_SECONDS * 1000)}")
         cursor.execute("PRAGMA cache_size=-65536")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
         cursor.close()
 
 

@@ -23,6 +23,7 @@ from registry_api.outbox.relay import OutboxRelay
 from registry_api.subscriptions.deadlines import DeadlineKeeper
 from registry_api.subscriptions.dispatcher import WebhookDispatcher
 from registry_api.subscriptions.notify import on_access_events
+from registry_api.wal_checkpoints import WalCheckpointer
 from schemas.settings import Settings
 
 log = logging.getLogger("feedgrid.runtime")
@@ -83,6 +84,7 @@ class Runtime:
         runtime.components.append(runtime.api_keys)
         runtime.components.append(runtime.access)
         runtime.components.append(runtime.enforcement)
+        runtime.components.append(WalCheckpointer(engine))
         # Access events that someone should hear of become webhook deliveries in the same
         # transaction, whichever replica sends them.
         listen_to_access_events(on_access_events)

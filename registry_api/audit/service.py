@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,11 +55,16 @@ os.register_at_fork(after_in_child=_ids.seed)
 
 
 def new_event_id() -> uuid.UUID:
-    """A random (version 4) UUID without a system call per id: event ids must be unique, not
-    unpredictable, and the hooks make thousands a second (uuid4() reads os.urandom each time)."""
-    value = _ids.getrandbits(128)
-    value = (value & ~(0xF << 76)) | (0x4 << 76)  # version 4
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    """A time-ordered (version 7, RFC 9562) UUID: Unix milliseconds, then 74 random bits.
+
+    Event ids must be unique, not unpredictable, and the hooks make thousands a second
+    (uuid4() reads os.urandom each time). Ordered by time, the ids of one commit sit side by
+    side at the end of the audit log's unique index: random ids put each of an access
+    request's ~300 links on a page of its own, each page written again per commit (about
+    0.6 MB of SQLite's WAL per request, measured)."""
+    value = (time.time_ns() // 1_000_000) << 80 | _ids.getrandbits(80)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
     return uuid.UUID(int=value)
 
 
