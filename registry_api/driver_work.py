@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.bulk_insert import DriverInsert
@@ -48,21 +49,34 @@ DriverWork = Callable[[DriverCalls], Result]
 
 
 class _SqliteCalls:
-    """The work's calls on the sqlite3 connection itself, in the driver's thread."""
+    """The work's calls on the sqlite3 connection itself, in the driver's thread. The driver's
+    errors come out as SQLAlchemy's (``IntegrityError``, ``OperationalError`` ...), as they do
+    through the session."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
 
     def execute(self, statement: DriverStatement) -> list[tuple[Any, ...]]:
-        cursor = self.connection.execute(statement.sql, statement.params)
         try:
-            return [tuple(row) for row in cursor.fetchall()]
-        finally:
-            cursor.close()
+            cursor = self.connection.execute(statement.sql, statement.params)
+            try:
+                return [tuple(row) for row in cursor.fetchall()]
+            finally:
+                cursor.close()
+        except sqlite3.Error as error:
+            raise _as_sqlalchemy(error, statement.sql, statement.params) from error
 
     def executemany(self, insert: DriverInsert) -> None:
-        if insert.params:
+        if not insert.params:
+            return
+        try:
             self.connection.executemany(insert.sql, insert.params).close()
+        except sqlite3.Error as error:
+            raise _as_sqlalchemy(error, insert.sql, insert.params) from error
+
+
+def _as_sqlalchemy(error: sqlite3.Error, sql: str, params: Any) -> StatementError:
+    return DBAPIError.instance(sql, params, error, sqlite3.Error, hide_parameters=True)
 
 
 class _ConnectionCalls:
