@@ -8,6 +8,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry_api.access.feed_columns import SharingRules
+from registry_api.access.requests import KnownDepartments
 from registry_api.access.revocation import GrantStates
 from registry_api.audit.writer import BufferedAccessEvents
 from registry_api.tokens.keyring import KeyRing
@@ -33,6 +34,8 @@ class AccessServices:
         )
         # The written conditions and legal basis of feeds, by revision, for access requests.
         self.sharing_rules = SharingRules()
+        # Departments' kind and answer deadline (fixed once registered), for access requests.
+        self.departments = KnownDepartments()
         # Sessions the media servers opened, for the duration reported when they end.
         self.play_sessions: dict[str, float] = {}
 

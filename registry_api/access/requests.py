@@ -73,6 +73,23 @@ async def _departments(session: AsyncSession, codes: Iterable[str]) -> dict[str,
     return {code: DepartmentTerms(kind, days) for code, kind, days in rows}
 
 
+class KnownDepartments:
+    """Departments' kind and answer deadline, read once per process: neither changes once a
+    department is registered (no endpoint edits or removes a department), so an access request
+    asks the database only about a department this process has not met yet."""
+
+    def __init__(self) -> None:
+        self._terms: dict[str, DepartmentTerms] = {}
+
+    async def terms(
+        self, session: AsyncSession, codes: Iterable[str]
+    ) -> dict[str, DepartmentTerms]:
+        wanted = set(codes)
+        if missing := wanted - self._terms.keys():
+            self._terms.update(await _departments(session, missing))
+        return {code: self._terms[code] for code in wanted if code in self._terms}
+
+
 async def create_access_request(
     session: AsyncSession,
     *,
@@ -81,6 +98,7 @@ async def create_access_request(
     rules: SharingRules,
     principal: Principal,
     payload: AccessRequestCreate,
+    known: KnownDepartments | None = None,
 ) -> AccessRequestOut:
     """Decides every requested feed at once over the index's columns and writes the request,
     its decisions, grants, audit links and outbox events in one transaction, each table with
@@ -97,7 +115,10 @@ async def create_access_request(
         raise Unprocessable("the request names no feed (the selection found none)", code="no_feeds")
     feeds = await requested_feed_columns(session, index, rules, ids, principal.department)
     owners = set(feeds.owner[feeds.found].tolist())
-    departments = await _departments(session, owners | {principal.department})
+    wanted = owners | {principal.department}
+    departments = await (
+        known.terms(session, wanted) if known is not None else _departments(session, wanted)
+    )
     requester_department = departments.get(principal.department)
     if requester_department is None:
         raise Forbidden(

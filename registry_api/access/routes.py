@@ -56,6 +56,7 @@ async def request_access(
         rules=runtime.access.sharing_rules,
         principal=principal,
         payload=payload,
+        known=runtime.access.departments,
     )
     runtime.relay.notify()
     return created
