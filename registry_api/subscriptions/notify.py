@@ -169,35 +169,51 @@ def _iso(moment: datetime | None) -> str | None:
 NOTABLE_TYPES = (EventType.ACCESS_DECIDED, EventType.ACCESS_ESCALATED, EventType.GRANT_REVOKED)
 
 
-def _as_access_event(event: RecordedEvent) -> AccessEvent | None:
-    """The event with its data as a model; None for an event already encoded (the many-feed
-    writers' events) that no notification can be about, so a request for a hundred feeds
-    validates only the payloads that matter here."""
-    if isinstance(event, AccessEvent):
-        return event
+def _is_notable(event: RecordedEvent) -> bool:
+    """Whether a notification may be about the event, from its raw payload: a request for a
+    hundred feeds validates only the payloads that matter here, and only when someone is
+    subscribed."""
     if event.event_type not in NOTABLE_TYPES:
-        return None
-    if event.event_type == EventType.ACCESS_DECIDED and not (
+        return False
+    if isinstance(event, AccessEvent) or event.event_type != EventType.ACCESS_DECIDED:
+        return True
+    return bool(
         event.data["decision"] == Outcome.pending.value
         or event.data["reason"] == ReasonCode.emergency_live_access.value
         or event.data["reason"] in OWNER_DECISIONS
-    ):
-        return None
+    )
+
+
+def _as_access_event(event: RecordedEvent) -> AccessEvent:
+    """The event with its data as a model (validated here for an already encoded one)."""
+    if isinstance(event, AccessEvent):
+        return event
     data = AccessEventData.model_validate(event.data)
     return AccessEvent(event.event_type, data, event.actor, event.event_id, event.occurred_at)
 
 
+def _departments_of(event: RecordedEvent) -> tuple[str | None, str | None]:
+    if isinstance(event, AccessEvent):
+        return event.data.requester_department, event.data.owner_department
+    return event.data.get("requester_department"), event.data.get("owner_department")
+
+
 async def on_access_events(session: AsyncSession, events: Sequence[RecordedEvent]) -> None:
     """The audit writer's listener: access events that someone should hear of."""
+    notable = [event for event in events if _is_notable(event)]
+    if not notable:
+        return
+    audiences = {code for event in notable for code in _departments_of(event) if code}
+    subscriptions = await _subscriptions(session, audiences)
+    if not subscriptions:
+        return  # nobody to tell: nothing to validate, no due times to look up
     pending: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
     review: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
     overdue: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
     decided: dict[str, list[AccessEvent]] = defaultdict(list)
     revoked: dict[str, list[AccessEvent]] = defaultdict(list)
-    for recorded in events:
+    for recorded in notable:
         event = _as_access_event(recorded)
-        if event is None:
-            continue
         data = event.data
         if event.event_type == EventType.ACCESS_DECIDED and data.request_id:
             if data.decision == Outcome.pending.value and data.owner_department:
@@ -214,13 +230,6 @@ async def on_access_events(session: AsyncSession, events: Sequence[RecordedEvent
             revoked[data.grant_id].append(event)
     if not (pending or review or overdue or decided or revoked):
         return
-    audiences = {owner for groups in (pending, review, overdue) for _, owner in groups}
-    for group in (*decided.values(), *revoked.values()):
-        first = group[0].data
-        audiences.update(filter(None, (first.requester_department, first.owner_department)))
-    subscriptions = await _subscriptions(session, audiences)
-    if not subscriptions:
-        return  # nobody to tell: no due times to look up either
     due = await _due_times(session, [*pending, *overdue])
     notes: list[Notification] = []
     for kind, groups in (
