@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection
@@ -67,12 +68,32 @@ class _SqliteCalls:
             raise _as_sqlalchemy(error, statement.sql, statement.params) from error
 
     def executemany(self, insert: DriverInsert) -> None:
-        if not insert.params:
+        """The rows as multi-row INSERTs of up to ROWS_PER_STATEMENT rows: sqlite3's
+        executemany steps once per row, and gives up and takes back the GIL around every step
+        (hundreds of times per access request, each a wait behind the event loop when it is
+        busy); one statement of many rows is one step."""
+        params = insert.params
+        if not params:
             return
+        per_statement = max(1, min(ROWS_PER_STATEMENT, SQLITE_VARIABLES // len(params[0])))
         try:
-            self.connection.executemany(insert.sql, insert.params).close()
+            for start in range(0, len(params), per_statement):
+                rows = params[start : start + per_statement]
+                values = [value for row in rows for value in row]
+                self.connection.execute(_rows_of(insert.sql, len(rows)), values).close()
         except sqlite3.Error as error:
             raise _as_sqlalchemy(error, insert.sql, insert.params) from error
+
+
+ROWS_PER_STATEMENT = 64
+SQLITE_VARIABLES = 999  # the smallest SQLITE_MAX_VARIABLE_NUMBER of any SQLite build
+
+
+@lru_cache(maxsize=256)
+def _rows_of(sql: str, rows: int) -> str:
+    """A one-row ``INSERT ... VALUES (...)`` as an INSERT of ``rows`` rows."""
+    head, _, values = sql.rpartition(" VALUES ")
+    return f"{head} VALUES {', '.join([values] * rows)}"
 
 
 def _as_sqlalchemy(error: sqlite3.Error, sql: str, params: Any) -> StatementError:
