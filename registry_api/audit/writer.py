@@ -29,6 +29,7 @@ from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry_api.audit.service import AccessEvent, record_access_events
+from registry_api.db import writes_in_turn
 from schemas.events import utcnow
 
 log = logging.getLogger("feedgrid.audit.writer")
@@ -166,7 +167,7 @@ class BufferedAccessEvents:
         return written
 
     async def _write(self, events: list[AccessEvent]) -> None:
-        async with self.sessions() as session:
+        async with self.sessions() as session, writes_in_turn(session):
             await record_access_events(session, events, cooperative=True)
             await session.commit()
 

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import Row, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from registry_api.db import writes_in_turn
 from registry_api.outbox.models import OutboxMessage
 from schemas.events import utcnow
 from schemas.settings import Settings
@@ -193,12 +194,15 @@ class OutboxRelay:
             await self._publish(producer, rows)
             ids = [row.id for row in rows]
             now = utcnow()
-            await session.execute(
-                # Exactly the ids published: on PostgreSQL a lower id can commit later than a
-                # higher one, so an id range could mark a row that was never read.
-                update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(sent_at=now)
-            )
-            await session.commit()
+            # In turn with the process's other writers (SQLite): an access request meeting
+            # this write in SQLite's busy handler would sleep there (1, 2, 5 ... ms).
+            async with writes_in_turn(session):
+                await session.execute(
+                    # Exactly the ids published: on PostgreSQL a lower id can commit later
+                    # than a higher one, so an id range could mark a row that was never read.
+                    update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(sent_at=now)
+                )
+                await session.commit()
             RELAYED.inc(len(rows))
             LAST_PUBLISHED.set(ids[-1])
         if time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS:
