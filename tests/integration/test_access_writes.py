@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
@@ -132,8 +133,18 @@ async def test_a_change_its_audit_links_and_outbox_rows_commit_together(
             assert links.count(request_id) == 120
     async with sessions() as session:
         verification = await verify_chain(session)
+        # The outbox holds the same events in the chain's order (rows go in 64 to a statement).
+        by_seq = select(AuditEntry.event_id).order_by(AuditEntry.seq)
+        chained = (await session.scalars(by_seq)).all()
+        published = [
+            orjson.loads(payload)["id"]
+            for payload in (
+                await session.scalars(select(OutboxMessage.payload).order_by(OutboxMessage.id))
+            ).all()
+        ]
     assert verification.ok, verification.message
     assert verification.entries_checked == before[1] + 360
+    assert published[-360:] == list(chained[-360:])
 
 
 async def test_a_failing_row_leaves_nothing_of_the_change_written(

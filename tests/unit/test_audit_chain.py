@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,3 +109,14 @@ def test_any_single_change_is_detected_at_or_before_the_next_entry(
     rows[target] = dict(rows[target], event_type="feedgrid.retrieval.denied")
     broken = verify_links(_links(rows))
     assert broken is not None and broken.seq == target + 1
+
+
+def test_event_ids_are_unique_and_ordered_by_the_time_they_were_made() -> None:
+    from registry_api.audit.service import new_event_id
+
+    first = [new_event_id() for _ in range(2_000)]
+    time.sleep(0.002)
+    later = [new_event_id() for _ in range(10)]
+    assert len(set(first + later)) == len(first) + len(later)
+    assert {event_id.version for event_id in first + later} == {7}
+    assert max(first) < min(later)  # the millisecond comes first: a later id sorts later
