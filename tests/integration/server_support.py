@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -15,8 +16,9 @@ from deploy.http_server import server_config
 
 
 @contextlib.contextmanager
-def serving(app: FastAPI, http: str = "h11") -> Iterator[str]:
-    """The app under uvicorn in a thread, on a loopback port the OS picked; its base URL."""
+def serving(app: FastAPI, http: str = "h11", **options: Any) -> Iterator[str]:
+    """The app under uvicorn in a thread, on a loopback port the OS picked; its base URL.
+    ``options``: more of uvicorn's settings (``timeout_keep_alive`` ...)."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
@@ -24,7 +26,7 @@ def serving(app: FastAPI, http: str = "h11") -> Iterator[str]:
     # loop="asyncio": uvloop would be installed as the process's event-loop policy, under
     # every test that runs after this one.
     config = server_config(
-        app, loop="asyncio", http_implementation=http, ws="none", log_level="warning"
+        app, loop="asyncio", http_implementation=http, ws="none", log_level="warning", **options
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
