@@ -5,6 +5,7 @@ on PostgreSQL (statement by statement); and SQLite's WAL checkpoints run in the 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from registry_api.audit.service import (
 )
 from registry_api.bulk_insert import DriverInsert, prepare_insert
 from registry_api.db import SQLITE_AUTOCHECKPOINT_PAGES, create_engine, session_factory
+from registry_api.driver_work import _sqlite_thread, run_driver_work
 from registry_api.identity.models import Department
 from registry_api.outbox.models import OutboxMessage
 from registry_api.wal_checkpoints import WalCheckpointer
@@ -200,3 +202,17 @@ async def test_sqlite_checkpoints_its_log_in_the_background(
     pages, copied = await checkpointer.checkpoint()
     assert pages >= 0 and copied == pages
     assert REGISTRY.get_sample_value("feedgrid_sqlite_wal_pages_not_checkpointed") == 0
+
+
+async def test_sqlite_work_runs_on_the_connections_own_thread(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """The one-hop path depends on aiosqlite's private way into its thread: an aiosqlite that
+    changed it would fall back to the slower path silently; this says so instead."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("aiosqlite's thread")
+    async with sessions() as session:
+        sqlite_connection, run_in_thread = await _sqlite_thread(session)
+        assert sqlite_connection is not None and run_in_thread is not None
+        ran_on = await run_driver_work(session, lambda calls: threading.get_ident())
+    assert ran_on != threading.get_ident()
