@@ -8,7 +8,9 @@ the registry. Nothing here touches the registry or ClickHouse.
 
 So that the liveness panels tell a true story, not all feeds behave:
 
-- most feeds report every round (they go online within a round of the start);
+- most feeds report every round (they go online within a round of the start: the first round
+  goes at once, later ones are spread over the interval in batches of ``SPREAD_BATCH_ITEMS``,
+  as devices report on clocks of their own rather than in one city-wide burst);
 - about one in sixteen never reports (catalog entries with no live resource: ``unknown``);
 - about one in five hundred flaps: its device reports offline, then online again, every
   ``FLAP_ROUNDS`` rounds;
@@ -33,7 +35,9 @@ import httpx
 log = logging.getLogger("feedgrid.demo.gateways")
 
 DEFAULT_INTERVAL_SECONDS = 30.0
-BATCH_ITEMS = 10_000  # well under the API's 20,000 a batch
+BATCH_ITEMS = 10_000  # well under the API's 20,000 a batch (the first round)
+SPREAD_BATCH_ITEMS = 500  # later rounds: small batches spread over this share of the interval
+SPREAD_SHARE = 0.9
 NEVER_REPORTS = 1 / 16
 FLAPS = 1 / 500
 FLAP_ROUNDS = 10
@@ -139,31 +143,64 @@ class GatewaySimulator:
         return items
 
     async def send_round(self) -> None:
+        """One round of every gateway's reports. The first goes at once (the city comes online
+        within a round of the start); later ones are spread over the interval in small
+        batches, as a city's devices report on clocks of their own, not in one burst."""
         number = self.rounds
         self.rounds += 1
-
-        async def gateway(owner: str) -> None:
+        owners = [
+            owner
+            for owner in sorted(set(self.plan.reporting) | set(self.plan.flapping))
+            if owner in self.keys
+        ]
+        size = BATCH_ITEMS if number == 0 else SPREAD_BATCH_ITEMS
+        batches: list[tuple[float, str, list[dict[str, str]]]] = []
+        for owner in owners:
             items = self.reports_of(owner, number)
-            for start in range(0, len(items), BATCH_ITEMS):
-                batch = items[start : start + BATCH_ITEMS]
-                try:
-                    answer = await self.client.post(
-                        "/v1/heartbeats",
-                        json={"items": batch, "reporter": f"{owner} demo gateway"},
-                        headers={"Authorization": f"Bearer {self.keys[owner]}"},
-                    )
-                except httpx.HTTPError as error:
-                    self.failures += 1
-                    log.info("demo gateway %s: no answer (%s); next round", owner, error)
-                    return
-                if answer.status_code != 200:
-                    self.failures += 1
-                    log.info("demo gateway %s: HTTP %s; next round", owner, answer.status_code)
-                    return
-                self.reports += answer.json()["accepted"]
+            starts = range(0, len(items), size)
+            # Each gateway's batches at even places of the round: the gateways interleave.
+            batches += [
+                (k / len(starts), owner, items[start : start + size])
+                for k, start in enumerate(starts)
+            ]
+        batches.sort(key=lambda batch: (batch[0], batch[1]))
+        if number == 0:
+            failed: set[str] = set()
+            await asyncio.gather(*(self._send_in_turn(owner, batches, failed) for owner in owners))
+            return
+        began = time.monotonic()
+        spacing = self.interval * SPREAD_SHARE / max(1, len(batches))
+        failed = set()
+        for k, (_, owner, batch) in enumerate(batches):
+            if owner not in failed and not await self._post(owner, batch):
+                failed.add(owner)
+            await asyncio.sleep(max(0.0, began + (k + 1) * spacing - time.monotonic()))
 
-        owners = sorted(set(self.plan.reporting) | set(self.plan.flapping))
-        await asyncio.gather(*(gateway(owner) for owner in owners if owner in self.keys))
+    async def _send_in_turn(
+        self, owner: str, batches: list[tuple[float, str, list[dict[str, str]]]], failed: set[str]
+    ) -> None:
+        for _, batch_owner, batch in batches:
+            if batch_owner == owner and owner not in failed and not await self._post(owner, batch):
+                failed.add(owner)
+
+    async def _post(self, owner: str, batch: list[dict[str, str]]) -> bool:
+        """One batch of a gateway's reports; False when the rest of its round is given up."""
+        try:
+            answer = await self.client.post(
+                "/v1/heartbeats",
+                json={"items": batch, "reporter": f"{owner} demo gateway"},
+                headers={"Authorization": f"Bearer {self.keys[owner]}"},
+            )
+        except httpx.HTTPError as error:
+            self.failures += 1
+            log.info("demo gateway %s: no answer (%s); next round", owner, error)
+            return False
+        if answer.status_code != 200:
+            self.failures += 1
+            log.info("demo gateway %s: HTTP %s; next round", owner, answer.status_code)
+            return False
+        self.reports += answer.json()["accepted"]
+        return True
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
