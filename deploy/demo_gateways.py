@@ -34,7 +34,9 @@ import httpx
 
 log = logging.getLogger("feedgrid.demo.gateways")
 
-DEFAULT_INTERVAL_SECONDS = 30.0
+# GB/T 28181's default keepalive period (a device silent for three of them is offline; the
+# worker's silence limit, 120 s by default, is two).
+DEFAULT_INTERVAL_SECONDS = 60.0
 BATCH_ITEMS = 10_000  # well under the API's 20,000 a batch (the first round)
 SPREAD_BATCH_ITEMS = 500  # later rounds: small batches spread over this share of the interval
 SPREAD_SHARE = 0.9
