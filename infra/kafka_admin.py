@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import CoordinationType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.commit import OffsetFetchRequest
 
 from schemas.settings import Settings
 from schemas.topics import TOPIC_SPECS, TopicSpec, topic_name
@@ -100,6 +101,20 @@ CONSUMER_GROUPS = ("registry-status", "worker-batch", "worker")
 USABLE_WAIT_SECONDS = 30.0
 
 
+async def _coordinator_answers(client: AIOKafkaClient, group: str, topic: str) -> bool:
+    """Whether the group's coordinator is found and answers for the group: a broker names the
+    coordinator before it has loaded the group's offsets partition, and a consumer joining
+    then is told the coordinator is not available (aiokafka logs it as a dead coordinator)."""
+    try:
+        node = await client.coordinator_lookup(CoordinationType.GROUP, group)
+        answer = await client.send(node, OffsetFetchRequest(group, [(topic, [0])]))
+    except KafkaError:
+        return False
+    if getattr(answer, "error_code", 0):  # versions 2 and later say it once for the group
+        return False
+    return all(partition[-1] == 0 for _, partitions in answer.topics for partition in partitions)
+
+
 async def wait_until_usable(
     bootstrap: str, topics: list[str], groups: list[str], timeout: float = USABLE_WAIT_SECONDS
 ) -> bool:
@@ -124,14 +139,10 @@ async def wait_until_usable(
                 await asyncio.sleep(0.2)
         for group in groups:
             waiting_for = f"a coordinator of group {group}"
-            while True:
-                try:
-                    await client.coordinator_lookup(CoordinationType.GROUP, group)
-                    break
-                except KafkaError:
-                    if asyncio.get_running_loop().time() > deadline:
-                        raise TimeoutError from None
-                    await asyncio.sleep(0.2)
+            while not await _coordinator_answers(client, group, topics[0]):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError
+                await asyncio.sleep(0.2)
         return True
     except (TimeoutError, KafkaError, OSError) as error:
         log.info("kafka not usable yet (waiting for %s): %r", waiting_for, error)
