@@ -97,7 +97,10 @@ def stored_counts(settings: Settings) -> tuple[int, int]:
 
 
 def rollup_totals(settings: Settings) -> dict[str, tuple[int, int]]:
-    """(retrievals, bytes) summed over every rollup table (those with both columns)."""
+    """(retrievals, bytes) summed over every rollup table (those with both columns). A table
+    kept per department (``scope_department``: each event under its owner, and again under its
+    requester when that is another department) is summed over its owners' rows: each event
+    once."""
     tables = [
         str(row[0])
         for row in query(
@@ -108,10 +111,19 @@ def rollup_totals(settings: Settings) -> dict[str, tuple[int, int]]:
         )
     ]
     assert KNOWN_ROLLUPS <= set(tables), tables
+    scoped = {
+        str(row[0])
+        for row in query(
+            settings,
+            "SELECT table FROM system.columns WHERE database = currentDatabase() "
+            "AND name = 'scope_department'",
+        )
+    }
     totals = {}
     for table in tables:
+        owners_rows = " WHERE scope_department = owner_department" if table in scoped else ""
         retrievals, total_bytes = query(
-            settings, f"SELECT sum(retrievals), sum(bytes) FROM {table}"
+            settings, f"SELECT sum(retrievals), sum(bytes) FROM {table}{owners_rows}"
         )[0]
         totals[table] = (int(retrievals), int(total_bytes))
     return totals
