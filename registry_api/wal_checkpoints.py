@@ -50,6 +50,9 @@ class WalCheckpointer:
         self.engine = engine
         self.every_seconds = every_seconds
         self._task: asyncio.Task[None] | None = None
+        # Held while a checkpoint runs: stopping waits for it, so the loop is never cancelled
+        # inside the driver call (the pool would then log a failed reset at every shutdown).
+        self._running = asyncio.Lock()
 
     async def start(self) -> None:
         if self.engine.dialect.name != "sqlite":
@@ -63,14 +66,15 @@ class WalCheckpointer:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            async with self._running:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
 
     async def checkpoint(self) -> tuple[int, int]:
         """One PASSIVE checkpoint: (pages in the log, pages copied to the database)."""
-        async with self.engine.connect() as connection:
+        async with self._running, self.engine.connect() as connection:
             row = (await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")).one()
         _busy, pages, copied = (int(value) for value in row)
         CHECKPOINTS.inc()
