@@ -174,26 +174,26 @@ DEMO_PLATFORMS = {  # department -> (industry digits of its platform, its busine
 }
 
 
-def demo_city_catalog(feeds_ndjson: Path, department: str) -> tuple[str, bytes | None]:
-    """The catalog ``department``'s platform answers for the demo city's cameras: platform >
-    business group > one virtual organisation per district > its channels, with the names
-    and positions the registry already holds (so the import writes the tree and leaves the
-    feeds as they are). Returns the platform's id and the Response message."""
-    industry, title = DEMO_PLATFORMS[department]
-    platform = f"62010000{industry}2000000001"
-    group = f"62010000{industry}2150000001"
-    channels: list[dict[str, str]] = []
-    districts: set[str] = set()
+def demo_city_catalogs(feeds_ndjson: Path) -> dict[str, tuple[str, bytes | None]]:
+    """The catalogs the ``DEMO_PLATFORMS`` answer for the demo city's cameras (the city's
+    file read once): platform > business group > one virtual organisation per district > its
+    channels, with the names and positions the registry already holds (so the import writes
+    the tree and leaves the feeds as they are). Per department: the platform's id and the
+    Response message (None when the department has no such camera in the city)."""
+    channels: dict[str, list[dict[str, str]]] = {department: [] for department in DEMO_PLATFORMS}
+    districts: dict[str, set[str]] = {department: set() for department in DEMO_PLATFORMS}
     with feeds_ndjson.open("rb") as lines:
         for line in lines:
             feature = orjson.loads(line)
             properties = feature["properties"]
+            department = properties["owner"]
             code = str(properties.get("code") or "")
-            if properties["owner"] != department or len(code) != 20 or not code.isdigit():
+            if department not in channels or len(code) != 20 or not code.isdigit():
                 continue
             if code[10:13] not in ("131", "132", "121") or code[:6] not in LANZHOU_DISTRICTS:
                 continue
-            districts.add(code[:6])
+            industry = DEMO_PLATFORMS[department][0]
+            districts[department].add(code[:6])
             item = {
                 "DeviceID": code,
                 "Name": properties["name"],
@@ -201,24 +201,31 @@ def demo_city_catalog(feeds_ndjson: Path, department: str) -> tuple[str, bytes |
                 "CivilCode": code[:6],
                 "Parental": "0",
                 "ParentID": f"{code[:6]}00{industry}2160000001",
-                "BusinessGroupID": group,
+                "BusinessGroupID": f"62010000{industry}2150000001",
                 "Secrecy": "0",
             }  # no Status: the demo's gateways tell liveness (a Status would be a report)
             geometry = feature.get("geometry")
             if geometry:
                 longitude, latitude = geometry["coordinates"][:2]
                 item["Longitude"], item["Latitude"] = repr(longitude), repr(latitude)
-            channels.append(item)
-    if not channels:
-        return platform, None
-    tree = [{"DeviceID": group, "Name": title}]
-    tree += [
-        {
-            "DeviceID": f"{civil}00{industry}2160000001",
-            "Name": LANZHOU_DISTRICTS[civil],
-            "BusinessGroupID": group,
-        }
-        for civil in sorted(districts)
-    ]
-    items = tree + channels
-    return platform, render_catalog(sn="1", device_id=platform, sum_num=len(items), items=items)
+            channels[department].append(item)
+    catalogs: dict[str, tuple[str, bytes | None]] = {}
+    for department, (industry, title) in DEMO_PLATFORMS.items():
+        platform = f"62010000{industry}2000000001"
+        group = f"62010000{industry}2150000001"
+        if not channels[department]:
+            catalogs[department] = (platform, None)
+            continue
+        items = [{"DeviceID": group, "Name": title}]
+        items += [
+            {
+                "DeviceID": f"{civil}00{industry}2160000001",
+                "Name": LANZHOU_DISTRICTS[civil],
+                "BusinessGroupID": group,
+            }
+            for civil in sorted(districts[department])
+        ]
+        items += channels[department]
+        body = render_catalog(sn="1", device_id=platform, sum_num=len(items), items=items)
+        catalogs[department] = (platform, body)
+    return catalogs

@@ -236,7 +236,7 @@ async def _post_catalogs(directory: Path, base_url: str, token: str) -> dict[str
     are the feeds just loaded, named and placed alike, so only the tree is written."""
     import httpx
 
-    from deploy.catalog_samples import DEMO_PLATFORMS, demo_city_catalog
+    from deploy.catalog_samples import demo_city_catalogs
 
     answers: dict[str, Any] = {}
     async with httpx.AsyncClient(
@@ -244,10 +244,8 @@ async def _post_catalogs(directory: Path, base_url: str, token: str) -> dict[str
         headers={"Authorization": f"Bearer {token}", "Content-Type": "Application/MANSCDP+xml"},
         timeout=httpx.Timeout(300.0, connect=10.0),
     ) as client:
-        for department in DEMO_PLATFORMS:
-            platform, body = await asyncio.to_thread(
-                demo_city_catalog, directory / "feeds.ndjson", department
-            )
+        catalogs = await asyncio.to_thread(demo_city_catalogs, directory / "feeds.ndjson")
+        for department, (platform, body) in catalogs.items():
             if body is None:
                 continue
             answer = await client.post(
