@@ -104,6 +104,7 @@ class FeedIndex:
         self._merge_lock = asyncio.Lock()
         self._merge_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self.ready = asyncio.Event()
         # Counts the times the index's content changed: caches of feed facts elsewhere (the
         # hooks' path lookups) compare it to know that nothing moved since they looked.
@@ -120,12 +121,18 @@ class FeedIndex:
         self.ready.set()
 
     async def stop(self) -> None:
+        self._stopping = True  # a merge finishing now starts no preparation
         for task in [self._merge_task, *self._background]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self.rendered.close()
+
+    async def settled(self) -> None:
+        """Waits for the background work a merge started (the filter groups' sorting)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def load(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         """Replaces the index with every feed in the database (retired ones included)."""
@@ -297,7 +304,7 @@ class FeedIndex:
         self._base = base
         self._superseded = superseded
         self._delta = _Delta(remaining)
-        if base.size > DELTA_LIMIT:
+        if base.size > DELTA_LIMIT and not self._stopping:
             task = asyncio.get_running_loop().create_task(self._prepare(base))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -170,6 +170,7 @@ async def world() -> tuple[FeedIndex, dict[str, FeedRecord]]:
         records[record.id] = newer
         index.apply([newer])
         index.apply([replace(record, revision=0, lon=0.0)])
+    await index.settled()  # nothing left running when the module's loop closes
     return index, records
 
 
@@ -299,6 +300,7 @@ async def test_merging_the_delta_changes_no_answer(
     query = IndexQuery(near=(CENTRE[0], CENTRE[1], 2000), kind="camera")
     before = _all_pages(index, query, limit=100)
     await index.merge()
+    await index.settled()
     assert _all_pages(index, query, limit=100) == before
     assert before[0] == _brute_force(records, query)
 
@@ -322,6 +324,7 @@ async def test_filters_answer_the_same_before_and_after_the_groups_are_sorted() 
     assert [_all_pages(index, query, limit=50) for query in queries] == scanned
     expected = {record.id: record for record in records}
     assert [ids for ids, _ in scanned] == [_brute_force(expected, query) for query in queries]
+    await index.settled()
 
 
 async def test_owners_of_answers_owner_and_retired_state_of_exactly_the_ids_asked(
