@@ -31,6 +31,7 @@ import orjson
 
 from deploy.demo_history import HistorySummary
 from deploy.demo_traffic import LIVE_PLAYED_GRANTS, ReplayedRequest, TrafficSummary
+from infra.heap import settle
 from schemas.settings import Settings
 
 log = logging.getLogger("feedgrid.demo")
@@ -105,6 +106,7 @@ async def load_demo_city_once(
     )
     replayed = await replay.run_once()
     await after_first_wave()
+    settle("demo city loaded")  # what the loading left in memory stays (infra/heap)
     return replayed
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from infra.heap import settle, tune_collector
 from infra.structured_logging import configure_logging
 from registry_api.access.routes import grants_router, requests_router
 from registry_api.analytics.routes import router as analytics_router
@@ -87,13 +87,14 @@ def create_app(
         )
         app.state.runtime = runtime
         async with AsyncExitStack() as stack:
+            tune_collector()
             await runtime.start()
-            # What start-up built (the feed index, tables, routes) lives as long as the process:
-            # keep it out of the cyclic GC's full scans, which otherwise stall requests.
-            gc.freeze()
             stack.push_async_callback(runtime.stop)
             for extension in extensions:
                 await stack.enter_async_context(extension(settings))
+            # What start-up built (the feed index, tables, routes, an embedded worker's state)
+            # lives as long as the process: out of the collector's full passes (infra/heap).
+            settle("started")
             log.info("feedgrid api ready", extra={"database": _safe_url(settings.database_url)})
             yield
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 
+from infra.heap import tune_collector
 from schemas.settings import Settings, get_settings
 from streams.app import run_stream_worker
 from streams.context import build_stream_context
@@ -25,6 +26,7 @@ async def serve_worker(settings: Settings, tuning: StreamTuning | None = None) -
         from prometheus_client import start_http_server
 
         start_http_server(tuning.metrics_port, addr="127.0.0.1")
+    tune_collector()
     context = build_stream_context(settings, tuning)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
