@@ -54,6 +54,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from infra.clickhouse import connect
 from streams.columns import to_arrow
+from streams.recent_ids import RecentIds
 from streams.rollups import repair_last_block
 from streams.tuning import StreamTuning
 
@@ -81,7 +82,6 @@ INSERT_SECONDS = Histogram(
 
 T = TypeVar("T")
 
-RECENT_IDS_PER_GENERATION = 500_000
 _LOW_64 = (1 << 64) - 1
 
 # Ids per existence query: keeps the bound parameter well under HTTP URI limits.
@@ -135,8 +135,8 @@ class ClickHouseSink:
         # rebuilt without racing anyone, once, before this process inserts anything.
         self._repair_pending = not resend_replayed_blocks
         self._horizons: dict[int, int] | None = None
-        # Ids stored lately (64-bit hashes, two generations): a relay's duplicate is looked up.
-        self._recent: list[np.ndarray] = [np.empty(0, np.uint64), np.empty(0, np.uint64)]
+        # Ids stored lately (64-bit hashes): a relay's duplicate is looked up.
+        self._recent = RecentIds()
         self._available = True
         SINK_AVAILABLE.set(1)
 
@@ -243,7 +243,7 @@ class ClickHouseSink:
 
             await self._retrying(table, insert)
             ROWS_WRITTEN.labels(table).inc(len(fresh))
-        self._remember(hashes)
+        self._recent.add(hashes)
         INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
         return len(fresh)
 
@@ -256,7 +256,7 @@ class ClickHouseSink:
     ) -> list[int]:
         """Positions that may already be stored: at or before their partition's horizon, or
         an id seen in this process lately (the outbox relay publishing an event twice)."""
-        recent = self._recent_hits(hashes)
+        recent = self._recent.contains(hashes)
         horizons = self._horizons
         suspects = []
         for position in unique:
@@ -264,19 +264,6 @@ class ClickHouseSink:
             if horizon is None or offsets[position] <= horizon or recent[position]:
                 suspects.append(position)
         return suspects
-
-    def _recent_hits(self, hashes: np.ndarray) -> np.ndarray:
-        generations = [generation for generation in self._recent if generation.size]
-        if not generations:
-            return np.zeros(hashes.size, dtype=bool)
-        return np.isin(hashes, np.concatenate(generations))
-
-    def _remember(self, hashes: np.ndarray) -> None:
-        current = np.concatenate([self._recent[-1], hashes])
-        if current.size >= RECENT_IDS_PER_GENERATION:
-            self._recent = [current, np.empty(0, np.uint64)]
-        else:
-            self._recent[-1] = current
 
     def _record_offsets(self, table: str, intents: dict[int, int], block: int) -> None:
         connect(self.clickhouse_url).insert(
