@@ -19,9 +19,11 @@ collection's pause is measured (``feedgrid_gc_pause_seconds``, by generation).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import Gauge, Histogram
@@ -31,6 +33,7 @@ log = logging.getLogger("feedgrid.heap")
 YOUNG_THRESHOLD = 20_000  # net allocations of tracked objects between young collections
 MIDDLE_THRESHOLD = 10  # young collections per middle one (the default)
 OLD_THRESHOLD = 10  # middle collections before a full one is considered (the default)
+DEFAULT_THRESHOLDS = (700, 10, 10)  # Python's
 
 PAUSES = Histogram(
     "feedgrid_gc_pause_seconds",
@@ -44,6 +47,7 @@ FROZEN = Gauge(
 )
 
 _started: list[float] = []
+_eager: list[str] = []  # the eager_collection() blocks running now
 
 
 def _measure(phase: str, info: dict[str, Any]) -> None:
@@ -58,6 +62,24 @@ def tune_collector() -> None:
     gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
     if _measure not in gc.callbacks:
         gc.callbacks.append(_measure)
+
+
+@contextlib.contextmanager
+def eager_collection(reason: str) -> Iterator[None]:
+    """Around work that makes much cyclic garbage at once (a bulk import of tens of thousands
+    of features): the collector's default thresholds while it runs, a full collection after.
+    With the raised thresholds the garbage of a 60,000-feature call outlived it until a later
+    full pass, and each call's peak stood on the last one's (measured at 400,000 feeds: peak
+    resident memory 1,281 MiB with the defaults, 1,417 MiB raised, 1,331 MiB like this)."""
+    _eager.append(reason)
+    gc.set_threshold(*DEFAULT_THRESHOLDS)
+    try:
+        yield
+    finally:
+        _eager.remove(reason)
+        if not _eager:
+            gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
+            gc.collect()
 
 
 def settle(reason: str) -> None:

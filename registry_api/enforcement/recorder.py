@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry_api.db import writes_in_turn
 from registry_api.enforcement.models import GrantSession
 
 log = logging.getLogger("feedgrid.enforcement.recorder")
@@ -163,7 +164,7 @@ class SessionRecorder:
             self.on_written(list(opened.values()))
 
     async def _write(self, opened: list[OpenedSession], closed: set[SessionKey]) -> None:
-        async with self.sessions() as session:
+        async with self.sessions() as session, writes_in_turn(session):  # see db.writes_in_turn
             if opened:
                 rows = [item.row() for item in opened]
                 # The server's word on a session id is the truth now: a server that restarted

@@ -39,6 +39,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry_api.db import writes_in_turn
 from registry_api.feeds.documents import event_data
 from registry_api.feeds.events import outbox_row
 from registry_api.feeds.models import feeds_table
@@ -240,7 +241,9 @@ class LivenessApplier:
             batch.add(event)
         if not batch:
             return 0
-        async with self.sessions() as session:
+        # In turn with the process's other writers (SQLite): an access request meeting this
+        # transaction in SQLite's busy handler would sleep there (1, 2, 5 ... 100 ms).
+        async with self.sessions() as session, writes_in_turn(session):
             changed = await apply_liveness(session, batch=batch)
             if changed and self.in_transaction is not None:
                 await self.in_transaction(session, changed)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, stat
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from infra.heap import eager_collection
 from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, require_roles
 from registry_api.errors import RETRY_AFTER, ErrorBody
 from registry_api.feeds import bulk, duplicates, heartbeats, service
@@ -233,9 +234,10 @@ async def bulk_import(
     in ``rejected`` and never sink the batch; cameras whose code another department holds are
     stored and listed in ``flagged``."""
     body = await request.body()
-    result = await bulk.bulk_upsert(
-        session, index, principal, body, request.headers.get("content-type")
-    )
+    with eager_collection("bulk import"):  # its garbage gone with it (infra/heap)
+        result = await bulk.bulk_upsert(
+            session, index, principal, body, request.headers.get("content-type")
+        )
     _wrote(runtime)
     return json_response(result.model_dump())
 

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import REGISTRY
 
-from infra.heap import YOUNG_THRESHOLD, settle, tune_collector
+from infra.heap import (
+    DEFAULT_THRESHOLDS,
+    YOUNG_THRESHOLD,
+    eager_collection,
+    settle,
+    tune_collector,
+)
 
 
 @pytest.fixture
@@ -47,3 +53,20 @@ def test_settling_takes_what_lives_now_out_of_the_collectors_sight(collector: No
     probe = kept[-1]
     assert gc.is_tracked(probe)
     assert not any(seen is probe for seen in gc.get_objects())  # no full pass looks at it
+
+
+def test_eager_collection_uses_the_defaults_inside_and_collects_when_the_last_one_ends(
+    collector: None,
+) -> None:
+    tune_collector()
+    with eager_collection("first"):
+        assert gc.get_threshold() == DEFAULT_THRESHOLDS
+        with eager_collection("second"):  # two bulk imports at once
+            pass
+        assert gc.get_threshold() == DEFAULT_THRESHOLDS  # the first still runs
+        before = _pauses(2)
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+    assert _pauses(2) == before + 1  # the full collection after the last one
+    with pytest.raises(RuntimeError), eager_collection("failing"):
+        raise RuntimeError("the import failed")
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD
