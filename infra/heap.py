@@ -24,6 +24,7 @@ import gc
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Gauge, Histogram
@@ -47,7 +48,15 @@ FROZEN = Gauge(
 )
 
 _started: list[float] = []
-_eager: list[str] = []  # the eager_collection() blocks running now
+
+
+@dataclass
+class _Eager:
+    blocks: int = 0  # eager_collection() blocks running now
+    before: tuple[int, ...] = DEFAULT_THRESHOLDS  # the thresholds to restore after the last
+
+
+_eager = _Eager()
 
 
 def _measure(phase: str, info: dict[str, Any]) -> None:
@@ -65,20 +74,23 @@ def tune_collector() -> None:
 
 
 @contextlib.contextmanager
-def eager_collection(reason: str) -> Iterator[None]:
+def eager_collection() -> Iterator[None]:
     """Around work that makes much cyclic garbage at once (a bulk import of tens of thousands
-    of features): the collector's default thresholds while it runs, a full collection after.
-    With the raised thresholds the garbage of a 60,000-feature call outlived it until a later
-    full pass, and each call's peak stood on the last one's (measured at 400,000 feeds: peak
-    resident memory 1,281 MiB with the defaults, 1,417 MiB raised, 1,331 MiB like this)."""
-    _eager.append(reason)
-    gc.set_threshold(*DEFAULT_THRESHOLDS)
+    of features): the collector's default thresholds while it runs, then the thresholds of
+    before and a full collection. With the raised thresholds the garbage of a 60,000-feature
+    call outlived it until a later full pass, and each call's peak stood on the last one's
+    (measured at 400,000 feeds: peak resident memory 1,281 MiB with the defaults, 1,417 MiB
+    raised, 1,331 MiB like this). Blocks may overlap: the last one out restores."""
+    if _eager.blocks == 0:
+        _eager.before = gc.get_threshold()
+        gc.set_threshold(*DEFAULT_THRESHOLDS)
+    _eager.blocks += 1
     try:
         yield
     finally:
-        _eager.remove(reason)
-        if not _eager:
-            gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
+        _eager.blocks -= 1
+        if _eager.blocks == 0:
+            gc.set_threshold(*_eager.before)
             gc.collect()
 
 
@@ -86,5 +98,6 @@ def settle(reason: str) -> None:
     """Moves every object alive now out of the collector's sight: call it when something
     that lives as long as the process has just been built."""
     gc.freeze()
-    FROZEN.set(gc.get_freeze_count())
-    log.debug("heap settled", extra={"reason": reason, "frozen": gc.get_freeze_count()})
+    frozen = gc.get_freeze_count()
+    FROZEN.set(frozen)
+    log.debug("heap settled", extra={"reason": reason, "frozen": frozen})

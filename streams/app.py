@@ -24,6 +24,7 @@ from faust.contrib.asgi import faust_app_running
 
 from infra.clickhouse_migrations import apply_migrations
 from infra.health import unregister_check
+from infra.heap import settle
 from infra.kafka_admin import ensure_topics
 from schemas.settings import Settings
 from streams.context import StreamContext, build_stream_context
@@ -78,6 +79,8 @@ async def run_stream_worker(
                     "catalog_feeds": len(context.catalog),
                 },
             )
+            # The feed catalog just read lives as long as the worker (infra/heap).
+            settle("stream worker caught up")
             if started is not None:
                 started.set()
             stopping = asyncio.create_task(stop.wait())

@@ -234,7 +234,7 @@ async def bulk_import(
     in ``rejected`` and never sink the batch; cameras whose code another department holds are
     stored and listed in ``flagged``."""
     body = await request.body()
-    with eager_collection("bulk import"):  # its garbage gone with it (infra/heap)
+    with eager_collection():  # its garbage gone with it (infra/heap)
         result = await bulk.bulk_upsert(
             session, index, principal, body, request.headers.get("content-type")
         )

@@ -59,14 +59,14 @@ def test_eager_collection_uses_the_defaults_inside_and_collects_when_the_last_on
     collector: None,
 ) -> None:
     tune_collector()
-    with eager_collection("first"):
+    with eager_collection():
         assert gc.get_threshold() == DEFAULT_THRESHOLDS
-        with eager_collection("second"):  # two bulk imports at once
+        with eager_collection():  # two bulk imports at once
             pass
         assert gc.get_threshold() == DEFAULT_THRESHOLDS  # the first still runs
         before = _pauses(2)
     assert gc.get_threshold()[0] == YOUNG_THRESHOLD
     assert _pauses(2) == before + 1  # the full collection after the last one
-    with pytest.raises(RuntimeError), eager_collection("failing"):
+    with pytest.raises(RuntimeError), eager_collection():
         raise RuntimeError("the import failed")
     assert gc.get_threshold()[0] == YOUNG_THRESHOLD
