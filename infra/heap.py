@@ -48,6 +48,7 @@ FROZEN = Gauge(
 )
 
 _started: list[float] = []
+_paused = [0.0]  # seconds of every collection measured so far
 
 
 @dataclass
@@ -63,7 +64,14 @@ def _measure(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
         _started.append(time.perf_counter())
     elif _started:
-        PAUSES.labels(str(info["generation"])).observe(time.perf_counter() - _started.pop())
+        pause = time.perf_counter() - _started.pop()
+        _paused[0] += pause
+        PAUSES.labels(str(info["generation"])).observe(pause)
+
+
+def pause_seconds_total() -> float:
+    """Seconds the measured collections have paused this process (since tune_collector())."""
+    return _paused[0]
 
 
 def tune_collector() -> None:

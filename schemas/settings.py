@@ -353,6 +353,13 @@ class Settings(BaseSettings):
 
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    loop_blocked_report_ms: float = Field(
+        200.0,
+        ge=50,
+        le=60_000,
+        description="An event loop held this long is logged ('event loop blocked', with the "
+        "stack that held it); every stall counts in feedgrid_event_loop_lag_seconds",
+    )
     max_body_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="Largest accepted request body"
     )

@@ -1,0 +1,168 @@
+"""How late the event loop is, and what held it when it was blocked.
+
+Everything a FeedGrid process serves runs on one asyncio loop: a piece of work that keeps the
+loop for 80 ms delays every request arriving meanwhile by up to 80 ms, and shows up only as a
+p99 nobody can explain. Two parts:
+
+- a beat inside the loop (a task sleeping ``interval`` seconds at a time) measures how late
+  each wake-up is: ``feedgrid_event_loop_lag_seconds``;
+- a watchdog thread notices a beat that is overdue by ``report_after`` seconds, samples the
+  loop thread's stack while the loop stays blocked, and when the loop is back logs one line
+  (``event loop blocked``) with how long, the stack seen most often, and how much of the time
+  the garbage collector had (its pauses are counted by ``infra.heap``). Reports are rate
+  limited per place, so a recurring stall is one line per ``quiet_seconds`` with a count.
+
+The thread takes the GIL only every ``interval`` seconds, and samples only while a stall
+lasts (``sys._current_frames``, no tracing): cheap enough to stay on in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import FrameType
+
+from prometheus_client import Counter as MetricCounter
+from prometheus_client import Histogram
+
+from infra.heap import pause_seconds_total
+
+log = logging.getLogger("feedgrid.loop")
+
+LAG = Histogram(
+    "feedgrid_event_loop_lag_seconds",
+    "How late the event loop's beat woke up (work holding the loop delays every request)",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0),
+)
+BLOCKED = MetricCounter(
+    "feedgrid_event_loop_blocked_total",
+    "Times the event loop was held past the report threshold",
+)
+
+STACK_DEPTH = 6  # innermost frames kept in a report
+
+
+def frame_summary(frame: FrameType | None, depth: int = STACK_DEPTH) -> tuple[str, ...]:
+    """The innermost ``depth`` frames, innermost first, as ``path:line function`` with the
+    path from the package root (``registry_api/feeds/routes.py``, ``sqlalchemy/orm/...``)."""
+    frames: list[str] = []
+    while frame is not None and len(frames) < depth:
+        code = frame.f_code
+        frames.append(f"{_short_path(code.co_filename)}:{frame.f_lineno} {code.co_name}")
+        frame = frame.f_back
+    return tuple(frames)
+
+
+def _short_path(path: str) -> str:
+    for marker in ("/site-packages/", "/lib/python3"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    for root in ("/registry_api/", "/streams/", "/infra/", "/schemas/", "/deploy/"):
+        if root in path:
+            return root[1:] + path.split(root, 1)[1]
+    return path
+
+
+@dataclass
+class Stall:
+    """One blocked stretch, as the watchdog saw it."""
+
+    began: float  # monotonic time of the last beat before it
+    gc_before: float  # the collector's total pause seconds then
+    stacks: Counter[tuple[str, ...]] = field(default_factory=Counter)
+
+
+class LoopWatch:
+    """Start it from inside the loop it watches (``async with watch.running():``)."""
+
+    def __init__(
+        self,
+        *,
+        interval: float = 0.02,
+        report_after: float = 0.1,
+        quiet_seconds: float = 30.0,
+        role: str = "api",
+    ) -> None:
+        if interval <= 0 or report_after <= interval:
+            raise ValueError("need 0 < interval < report_after")
+        self.interval = interval
+        self.report_after = report_after
+        self.quiet_seconds = quiet_seconds
+        self.role = role
+        self._last_beat = time.monotonic()
+        self._loop_thread = threading.get_ident()
+        self._stall: Stall | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reported: dict[tuple[str, ...], tuple[float, int]] = {}  # place: (when, unsaid)
+        self.reports: list[dict[str, object]] = []  # the latest few, for tests and /debug
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[LoopWatch]:
+        self._loop_thread = threading.get_ident()
+        self._last_beat = time.monotonic()
+        beat = asyncio.create_task(self._beat(), name="loop-watch beat")
+        thread = threading.Thread(target=self._watch, name="loop-watch", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            await asyncio.to_thread(thread.join, 1.0)
+
+    async def _beat(self) -> None:
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            LAG.observe(max(0.0, now - asked - self.interval))
+            with self._lock:
+                stall, self._stall = self._stall, None
+                self._last_beat = now
+            if stall is not None:
+                self._report(stall, now)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                overdue = time.monotonic() - self._last_beat - self.interval
+                if overdue < self.report_after:
+                    continue
+                if self._stall is None:
+                    self._stall = Stall(self._last_beat, pause_seconds_total())
+                stall = self._stall
+            frame = sys._current_frames().get(self._loop_thread)
+            stall.stacks[frame_summary(frame)] += 1
+
+    def _report(self, stall: Stall, now: float) -> None:
+        blocked = now - stall.began - self.interval
+        if blocked < self.report_after:
+            return
+        BLOCKED.inc()
+        place, samples = stall.stacks.most_common(1)[0] if stall.stacks else ((), 0)
+        said, unsaid = self._reported.get(place, (float("-inf"), 0))
+        if now - said < self.quiet_seconds:
+            self._reported[place] = (said, unsaid + 1)
+            return
+        self._reported[place] = (now, 0)
+        report: dict[str, object] = {
+            "role": self.role,
+            "blocked_ms": round(blocked * 1000, 1),
+            "gc_ms": round((pause_seconds_total() - stall.gc_before) * 1000, 1),
+            "samples": sum(stall.stacks.values()),
+            "same_place_samples": samples,
+            "stack": " <- ".join(place) if place else "(not sampled)",
+            "since_last_report": unsaid,
+        }
+        self.reports = [*self.reports[-19:], report]
+        log.warning("event loop blocked", extra=report)

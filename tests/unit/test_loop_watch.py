@@ -1,0 +1,96 @@
+"""The event loop's watch (infra/loop_watch.py): lateness measured, a blocked loop reported
+once per place with the stack that held it, nothing reported when the loop keeps turning."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from infra.heap import pause_seconds_total, tune_collector
+from infra.loop_watch import LoopWatch, frame_summary
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def hold_the_loop(seconds: float) -> None:
+    """Blocks the calling thread (the loop's) without giving the loop a turn."""
+    time.sleep(seconds)
+
+
+async def test_a_blocked_loop_is_reported_with_what_held_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    blocked_before = _sample("feedgrid_event_loop_blocked_total")
+    beats_before = _sample("feedgrid_event_loop_lag_seconds_count")
+    watch = LoopWatch(interval=0.01, report_after=0.08)
+    with caplog.at_level(logging.WARNING, logger="feedgrid.loop"):
+        async with watch.running():
+            await asyncio.sleep(0.05)
+            hold_the_loop(0.3)
+            await asyncio.sleep(0.05)
+    [report] = watch.reports
+    assert 250 <= float(str(report["blocked_ms"])) < 1000
+    assert "hold_the_loop" in str(report["stack"])
+    assert "test_loop_watch.py" in str(report["stack"])
+    assert int(str(report["samples"])) >= 5  # sampled while it lasted, every 10 ms
+    assert [record.getMessage() for record in caplog.records] == ["event loop blocked"]
+    assert _sample("feedgrid_event_loop_blocked_total") == blocked_before + 1
+    assert _sample("feedgrid_event_loop_lag_seconds_count") > beats_before + 3
+
+
+async def test_a_recurring_stall_is_one_line_per_quiet_period() -> None:
+    blocked_before = _sample("feedgrid_event_loop_blocked_total")
+    watch = LoopWatch(interval=0.01, report_after=0.05, quiet_seconds=60)
+    async with watch.running():
+        for _ in range(3):
+            await asyncio.sleep(0.03)
+            hold_the_loop(0.15)
+        await asyncio.sleep(0.03)
+    assert len(watch.reports) == 1  # the same place: counted, said once
+    assert _sample("feedgrid_event_loop_blocked_total") == blocked_before + 3
+
+
+async def test_a_turning_loop_reports_nothing() -> None:
+    watch = LoopWatch(interval=0.01, report_after=0.1)
+    async with watch.running():
+        for _ in range(20):
+            hold_the_loop(0.01)  # short holds, each below the threshold
+            await asyncio.sleep(0.005)
+    assert watch.reports == []
+
+
+async def test_a_collection_inside_a_stall_is_told_apart() -> None:
+    tune_collector()
+    watch = LoopWatch(interval=0.01, report_after=0.05)
+    async with watch.running():
+        await asyncio.sleep(0.03)
+        before = pause_seconds_total()
+        started = time.monotonic()
+        while time.monotonic() - started < 0.1:
+            gc.collect()
+        collected = pause_seconds_total() - before
+        await asyncio.sleep(0.03)
+    [report] = watch.reports
+    assert collected > 0.05
+    assert float(str(report["gc_ms"])) >= collected * 1000 * 0.9
+
+
+def test_frame_summary_is_innermost_first_and_short() -> None:
+    frames = frame_summary(sys._getframe(), depth=2)
+    assert len(frames) == 2
+    assert "test_loop_watch.py:" in frames[0]
+    assert frames[0].endswith("test_frame_summary_is_innermost_first_and_short")
+
+
+@pytest.mark.parametrize(("interval", "report_after"), [(0.0, 0.1), (0.1, 0.1), (0.2, 0.1)])
+def test_thresholds_must_leave_room_for_a_beat(interval: float, report_after: float) -> None:
+    with pytest.raises(ValueError, match="interval"):
+        LoopWatch(interval=interval, report_after=report_after)
