@@ -165,6 +165,9 @@ class GatewaySimulator:
                 (k / len(starts), owner, items[start : start + size])
                 for k, start in enumerate(starts)
             ]
+            # The gateways share the API's event loop in `feedgrid up`: a whole city's reports
+            # built in one go held it for ~0.1 s each round (infra/loop_watch's reports).
+            await asyncio.sleep(0)
         batches.sort(key=lambda batch: (batch[0], batch[1]))
         if number == 0:
             failed: set[str] = set()

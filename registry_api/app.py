@@ -93,6 +93,9 @@ def create_app(
             stack.push_async_callback(runtime.stop)
             for extension in extensions:
                 await stack.enter_async_context(extension(settings))
+            # The OpenAPI document, built now rather than by the first visit to /docs (a
+            # third of a second in which the loop answers nobody).
+            app.openapi()
             # What start-up built (the feed index, tables, routes, an embedded worker's state)
             # lives as long as the process: out of the collector's full passes (infra/heap).
             settle("started")

@@ -63,6 +63,11 @@ feeds = feeds_table
 GROUP_SUFFIX = "registry-status"
 FETCH_RECORDS = 5_000
 LOOKUP_CHUNK = 1_000
+# Feeds per transaction, messages read per turn of the event loop: the applier shares the
+# API's loop, and a whole fetched batch (the gateways' first round turns tens of thousands of
+# feeds online) held it for 0.2-0.7 s at a time (infra/loop_watch's reports, demo city).
+APPLY_FEEDS = 250
+READ_SLICE = 500
 MAX_RETRY_SECONDS = 30.0
 
 TRANSITIONS = Counter(
@@ -144,6 +149,19 @@ class LivenessBatch:
 
     def __bool__(self) -> bool:
         return bool(self.statuses or self.seen)
+
+    def parts(self, feeds_per_part: int) -> list[LivenessBatch]:
+        """The batch split by feed: each feed's folded status and last_seen in one part."""
+        ids = list(dict.fromkeys([*self.statuses, *self.seen]))
+        return [
+            LivenessBatch(
+                statuses={i: self.statuses[i] for i in chunk if i in self.statuses},
+                seen={i: self.seen[i] for i in chunk if i in self.seen},
+            )
+            for chunk in (
+                ids[begin : begin + feeds_per_part] for begin in range(0, len(ids), feeds_per_part)
+            )
+        ]
 
 
 # ---------------------------------------------------------------------------- writing
@@ -234,13 +252,21 @@ class LivenessApplier:
                 await self._task
 
     async def apply(self, events: Iterable[Liveness]) -> int:
-        """Applies the events in one transaction, then tells the index; returns how many
-        feeds changed status."""
+        """Applies the events (folded per feed) a part of APPLY_FEEDS feeds at a time, each
+        part in one transaction and then told to the index, letting the loop run in between;
+        returns how many feeds changed status. Applying a part again changes nothing (a
+        status already set, a last_seen not newer), so a batch retried after a failure in
+        its middle ends the same."""
         batch = LivenessBatch()
         for event in events:
             batch.add(event)
-        if not batch:
-            return 0
+        changed = 0
+        for part in batch.parts(APPLY_FEEDS):
+            changed += await self._apply_part(part)
+            await asyncio.sleep(0)
+        return changed
+
+    async def _apply_part(self, batch: LivenessBatch) -> int:
         # In turn with the process's other writers (SQLite): an access request meeting this
         # transaction in SQLite's busy handler would sleep there (1, 2, 5 ... 100 ms).
         async with self.sessions() as session, writes_in_turn(session):
@@ -289,8 +315,12 @@ class LivenessApplier:
             fetched = await consumer.getmany(timeout_ms=1000, max_records=FETCH_RECORDS)
             events: list[Liveness] = []
             newest_ms = 0
+            read = 0
             for messages in fetched.values():
                 for message in messages:
+                    read += 1
+                    if read % READ_SLICE == 0:
+                        await asyncio.sleep(0)
                     event = read_liveness(message.value)
                     if event is None:
                         UNREADABLE.inc()

@@ -52,3 +52,29 @@ def test_unreadable_messages_are_none_never_an_exception() -> None:
         valid.replace(b"feedgrid:liveness:v1", b"feedgrid:liveness:v9"),
     ]
     assert [read_liveness(message) for message in garbage] == [None] * len(garbage)
+
+
+def test_a_batch_splits_by_feed_and_the_parts_add_up_to_it() -> None:
+    batch = LivenessBatch()
+    for number in range(8):  # F1, F4 and F7 ask for nothing
+        feed_id = f"F{number}"
+        if number in (0, 2, 3, 6):
+            batch.statuses[feed_id] = "online"
+        if number in (0, 5, 6):
+            batch.seen[feed_id] = T0 + timedelta(seconds=number)
+    parts = batch.parts(3)
+    assert [sorted({*part.statuses, *part.seen}) for part in parts] == [
+        ["F0", "F2", "F3"],
+        ["F5", "F6"],
+    ]
+    # every feed in exactly one part, with both its status and its sighting
+    joined_statuses: dict[str, str] = {}
+    joined_seen: dict[str, datetime] = {}
+    for part in parts:
+        assert not joined_statuses.keys() & part.statuses.keys()
+        assert not joined_seen.keys() & part.seen.keys()
+        joined_statuses.update(part.statuses)
+        joined_seen.update(part.seen)
+    assert joined_statuses == batch.statuses
+    assert joined_seen == batch.seen
+    assert LivenessBatch().parts(3) == []
