@@ -72,6 +72,16 @@ def _short_path(path: str) -> str:
     return path
 
 
+@contextlib.asynccontextmanager
+async def watching_loop(report_after_ms: float, role: str) -> AsyncIterator[None]:
+    """The watch of the running loop, reporting from ``report_after_ms`` up; 0: no watch."""
+    if report_after_ms <= 0:
+        yield
+        return
+    async with LoopWatch(report_after=report_after_ms / 1000, role=role).running():
+        yield
+
+
 @dataclass
 class Stall:
     """One blocked stretch, as the watchdog saw it."""
@@ -104,7 +114,7 @@ class LoopWatch:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reported: dict[tuple[str, ...], tuple[float, int]] = {}  # place: (when, unsaid)
-        self.reports: list[dict[str, object]] = []  # the latest few, for tests and /debug
+        self.reports: list[dict[str, object]] = []  # the latest 20 reports made
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[LoopWatch]:

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from fastapi import FastAPI
 
 from infra.heap import settle, tune_collector
-from infra.loop_watch import LoopWatch
+from infra.loop_watch import watching_loop
 from infra.structured_logging import configure_logging
 from registry_api.access.routes import grants_router, requests_router
 from registry_api.analytics.routes import router as analytics_router
@@ -102,7 +102,7 @@ def create_app(
             # From here on a request waits for whatever holds the loop: measured, and a long
             # hold logged with its stack (infra/loop_watch).
             await stack.enter_async_context(
-                LoopWatch(report_after=settings.loop_blocked_report_ms / 1000).running()
+                watching_loop(settings.loop_blocked_report_ms, role="api")
             )
             log.info("feedgrid api ready", extra={"database": _safe_url(settings.database_url)})
             yield

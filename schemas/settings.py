@@ -355,10 +355,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     loop_blocked_report_ms: float = Field(
         200.0,
-        ge=50,
+        ge=0,
         le=60_000,
         description="An event loop held this long is logged ('event loop blocked', with the "
-        "stack that held it); every stall counts in feedgrid_event_loop_lag_seconds",
+        "stack that held it); every stall counts in feedgrid_event_loop_lag_seconds. "
+        "0 turns the watch off; otherwise at least 50",
     )
     max_body_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="Largest accepted request body"
@@ -392,6 +393,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must be sqlite+aiosqlite:///<file> or postgresql+asyncpg://<user>@<host>/<db>"
             )
+        return value
+
+    @field_validator("loop_blocked_report_ms")
+    @classmethod
+    def _watch_off_or_above_its_beat(cls, value: float) -> float:
+        if 0 < value < 50:
+            raise ValueError("must be 0 (the watch off) or at least 50 (ms)")
         return value
 
     @field_validator("kafka_bootstrap")

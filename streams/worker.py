@@ -12,7 +12,7 @@ import logging
 import signal
 
 from infra.heap import tune_collector
-from infra.loop_watch import LoopWatch
+from infra.loop_watch import watching_loop
 from schemas.settings import Settings, get_settings
 from streams.app import run_stream_worker
 from streams.context import build_stream_context
@@ -33,8 +33,7 @@ async def serve_worker(settings: Settings, tuning: StreamTuning | None = None) -
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    watch = LoopWatch(report_after=settings.loop_blocked_report_ms / 1000, role="worker")
-    async with watch.running():
+    async with watching_loop(settings.loop_blocked_report_ms, role="worker"):
         await run_stream_worker(context, stop)
     log.info("stream worker stopped")
 

@@ -61,13 +61,14 @@ log = logging.getLogger("feedgrid.feeds.liveness")
 
 feeds = feeds_table
 GROUP_SUFFIX = "registry-status"
-FETCH_RECORDS = 5_000
 LOOKUP_CHUNK = 1_000
-# Feeds per transaction, messages read per turn of the event loop: the applier shares the
-# API's loop, and a whole fetched batch (the gateways' first round turns tens of thousands of
-# feeds online) held it for 0.2-0.7 s at a time (infra/loop_watch's reports, demo city).
-APPLY_FEEDS = 250
+# Messages fetched at once, read per turn of the event loop, feeds per transaction: the
+# applier shares the API's loop, and a fetch of 5,000 (the gateways' first round turns tens
+# of thousands of feeds online) held it for 0.2-0.7 s at a time, a quarter of it unpacking
+# the records (infra/loop_watch's reports, demo city).
+FETCH_RECORDS = 1_000
 READ_SLICE = 500
+APPLY_FEEDS = 250
 MAX_RETRY_SECONDS = 30.0
 
 TRANSITIONS = Counter(

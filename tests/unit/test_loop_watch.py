@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from infra.heap import pause_seconds_total, tune_collector
-from infra.loop_watch import LoopWatch, frame_summary
+from infra.loop_watch import LoopWatch, frame_summary, watching_loop
 
 
 def _sample(name: str) -> float:
@@ -108,3 +108,26 @@ async def test_a_loop_held_for_a_second_is_a_warning(caplog: pytest.LogCaptureFi
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("WARNING", "event loop blocked")
     ]
+
+
+async def test_the_watch_can_be_turned_off() -> None:
+    beats_before = _sample("feedgrid_event_loop_lag_seconds_count")
+    async with watching_loop(0, role="api"):
+        await asyncio.sleep(0.1)
+    assert _sample("feedgrid_event_loop_lag_seconds_count") == beats_before
+    async with watching_loop(50, role="api"):
+        await asyncio.sleep(0.1)
+    assert _sample("feedgrid_event_loop_lag_seconds_count") > beats_before
+
+
+@pytest.mark.parametrize(("value", "accepted"), [(0, True), (10, False), (49, False), (50, True)])
+def test_the_threshold_is_off_or_above_the_beat(value: float, accepted: bool) -> None:
+    from pydantic import ValidationError
+
+    from schemas.settings import Settings
+
+    if accepted:
+        assert Settings(loop_blocked_report_ms=value).loop_blocked_report_ms == value
+    else:
+        with pytest.raises(ValidationError, match="at least 50"):
+            Settings(loop_blocked_report_ms=value)
