@@ -20,6 +20,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -96,8 +97,11 @@ def _exit_with_parent(parent_pid: int) -> None:
     """Pool initializer: the helper ends when the API process does, however it ended.
 
     A process killed by a signal runs no atexit handler, so without this the helper would
-    outlive it (and hold its stdout open).
+    outlive it (and hold its stdout open). Ctrl-C in a terminal reaches the whole process
+    group: the helper leaves it to the API, which shuts the pool down (else each Ctrl-C of
+    `./deploy/up` printed the helper's KeyboardInterrupt traceback).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while os.getppid() == parent_pid:
