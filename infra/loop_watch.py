@@ -49,6 +49,7 @@ BLOCKED = MetricCounter(
 
 STACK_DEPTH = 6  # innermost frames kept in a report
 WARN_AFTER_SECONDS = 1.0  # a report is a warning from here on, information below
+MAX_PLACES = 1_000  # places remembered for the rate limit
 
 
 def frame_summary(frame: FrameType | None, depth: int = STACK_DEPTH) -> tuple[str, ...]:
@@ -153,8 +154,10 @@ class LoopWatch:
                 if self._stall is None:
                     self._stall = Stall(self._last_beat, pause_seconds_total())
                 stall = self._stall
-            frame = sys._current_frames().get(self._loop_thread)
-            stall.stacks[frame_summary(frame)] += 1
+            place = frame_summary(sys._current_frames().get(self._loop_thread))
+            with self._lock:  # the beat may have taken the stall meanwhile: then it is over
+                if self._stall is stall:
+                    stall.stacks[place] += 1
 
     def _report(self, stall: Stall, now: float) -> None:
         blocked = now - stall.began - self.interval
@@ -166,6 +169,12 @@ class LoopWatch:
         if now - said < self.quiet_seconds:
             self._reported[place] = (said, unsaid + 1)
             return
+        if len(self._reported) >= MAX_PLACES:  # places quiet for long are forgotten
+            self._reported = {
+                known: entry
+                for known, entry in self._reported.items()
+                if now - entry[0] < self.quiet_seconds
+            }
         self._reported[place] = (now, 0)
         report: dict[str, object] = {
             "role": self.role,
