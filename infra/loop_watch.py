@@ -23,11 +23,13 @@ import asyncio
 import contextlib
 import logging
 import sys
+import sysconfig
 import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from prometheus_client import Counter as MetricCounter
@@ -63,13 +65,22 @@ def frame_summary(frame: FrameType | None, depth: int = STACK_DEPTH) -> tuple[st
     return tuple(frames)
 
 
+# Where code comes from, longest first: installed packages, the standard library, this project.
+_ROOTS = sorted(
+    {
+        *(sysconfig.get_paths()[name] for name in ("purelib", "platlib", "stdlib")),
+        str(Path(__file__).resolve().parents[1]),
+    },
+    key=len,
+    reverse=True,
+)
+
+
 def _short_path(path: str) -> str:
-    for marker in ("/site-packages/", "/lib/python3"):
-        if marker in path:
-            return path.split(marker, 1)[1]
-    for root in ("/registry_api/", "/streams/", "/infra/", "/schemas/", "/deploy/"):
-        if root in path:
-            return root[1:] + path.split(root, 1)[1]
+    """``path`` from its root (``sqlalchemy/orm/...``, ``asyncio/...``, ``registry_api/...``)."""
+    for root in _ROOTS:
+        if path.startswith(root + "/"):
+            return path[len(root) + 1 :]
     return path
 
 
@@ -121,6 +132,7 @@ class LoopWatch:
     async def running(self) -> AsyncIterator[LoopWatch]:
         self._loop_thread = threading.get_ident()
         self._last_beat = time.monotonic()
+        self._stop.clear()
         beat = asyncio.create_task(self._beat(), name="loop-watch beat")
         thread = threading.Thread(target=self._watch, name="loop-watch", daemon=True)
         thread.start()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -147,9 +148,6 @@ class LivenessBatch:
             known = self.seen.get(event.feed_id)
             if known is None or known < event.last_seen:
                 self.seen[event.feed_id] = event.last_seen
-
-    def __bool__(self) -> bool:
-        return bool(self.statuses or self.seen)
 
     def parts(self, feeds_per_part: int) -> list[LivenessBatch]:
         """The batch split by feed: each feed's folded status and last_seen in one part."""
@@ -316,22 +314,20 @@ class LivenessApplier:
             fetched = await consumer.getmany(timeout_ms=1000, max_records=FETCH_RECORDS)
             events: list[Liveness] = []
             newest_ms = 0
-            read = 0
-            for messages in fetched.values():
-                for message in messages:
-                    read += 1
-                    if read % READ_SLICE == 0:
-                        await asyncio.sleep(0)
-                    event = read_liveness(message.value)
-                    if event is None:
-                        UNREADABLE.inc()
-                        log.warning(
-                            "unreadable feed-status message skipped",
-                            extra={"partition": message.partition, "offset": message.offset},
-                        )
-                        continue
-                    events.append(event)
-                    newest_ms = max(newest_ms, message.timestamp)
+            messages = itertools.chain.from_iterable(fetched.values())
+            for read, message in enumerate(messages, 1):
+                if read % READ_SLICE == 0:
+                    await asyncio.sleep(0)
+                event = read_liveness(message.value)
+                if event is None:
+                    UNREADABLE.inc()
+                    log.warning(
+                        "unreadable feed-status message skipped",
+                        extra={"partition": message.partition, "offset": message.offset},
+                    )
+                    continue
+                events.append(event)
+                newest_ms = max(newest_ms, message.timestamp)
             if fetched:
                 await self._apply_until_done(events)
                 try:

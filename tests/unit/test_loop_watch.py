@@ -7,13 +7,14 @@ import asyncio
 import gc
 import logging
 import sys
+import sysconfig
 import time
 
 import pytest
 from prometheus_client import REGISTRY
 
 from infra.heap import pause_seconds_total, tune_collector
-from infra.loop_watch import LoopWatch, frame_summary, watching_loop
+from infra.loop_watch import LoopWatch, _short_path, frame_summary, watching_loop
 
 
 def _sample(name: str) -> float:
@@ -25,25 +26,31 @@ def hold_the_loop(seconds: float) -> None:
     time.sleep(seconds)
 
 
+async def logged_hold(
+    watch: LoopWatch, seconds: float, caplog: pytest.LogCaptureFixture
+) -> list[tuple[str, str]]:
+    """Holds the watched loop once, between two turns; the watch's log lines (level, text)."""
+    with caplog.at_level(logging.INFO, logger="feedgrid.loop"):
+        async with watch.running():
+            await asyncio.sleep(0.05)
+            hold_the_loop(seconds)
+            await asyncio.sleep(0.05)
+    return [(record.levelname, record.getMessage()) for record in caplog.records]
+
+
 async def test_a_blocked_loop_is_reported_with_what_held_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     blocked_before = _sample("feedgrid_event_loop_blocked_total")
     beats_before = _sample("feedgrid_event_loop_lag_seconds_count")
     watch = LoopWatch(interval=0.01, report_after=0.08)
-    with caplog.at_level(logging.INFO, logger="feedgrid.loop"):
-        async with watch.running():
-            await asyncio.sleep(0.05)
-            hold_the_loop(0.3)
-            await asyncio.sleep(0.05)
+    logged = await logged_hold(watch, 0.3, caplog)
     [report] = watch.reports
     assert 250 <= float(str(report["blocked_ms"])) < 1000
     assert "hold_the_loop" in str(report["stack"])
-    assert "test_loop_watch.py" in str(report["stack"])
+    assert "tests/unit/test_loop_watch.py:" in str(report["stack"])  # from the project's root
     assert int(str(report["samples"])) >= 5  # sampled while it lasted, every 10 ms
-    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("INFO", "event loop blocked")  # under a second: information, not an alarm
-    ]
+    assert logged == [("INFO", "event loop blocked")]  # under a second: not an alarm
     assert _sample("feedgrid_event_loop_blocked_total") == blocked_before + 1
     assert _sample("feedgrid_event_loop_lag_seconds_count") > beats_before + 3
 
@@ -99,15 +106,8 @@ def test_thresholds_must_leave_room_for_a_beat(interval: float, report_after: fl
 
 
 async def test_a_loop_held_for_a_second_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    watch = LoopWatch(interval=0.02, report_after=0.1)
-    with caplog.at_level(logging.INFO, logger="feedgrid.loop"):
-        async with watch.running():
-            await asyncio.sleep(0.05)
-            hold_the_loop(1.05)
-            await asyncio.sleep(0.05)
-    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("WARNING", "event loop blocked")
-    ]
+    logged = await logged_hold(LoopWatch(interval=0.02, report_after=0.1), 1.05, caplog)
+    assert logged == [("WARNING", "event loop blocked")]
 
 
 async def test_the_watch_can_be_turned_off() -> None:
@@ -131,3 +131,13 @@ def test_the_threshold_is_off_or_above_the_beat(value: float, accepted: bool) ->
     else:
         with pytest.raises(ValidationError, match="at least 50"):
             Settings(loop_blocked_report_ms=value)
+
+
+def test_paths_are_shown_from_their_root() -> None:
+    assert frame_summary(sys._getframe())[0].startswith("tests/unit/test_loop_watch.py:")
+    stdlib = sysconfig.get_paths()["stdlib"]
+    packages = sysconfig.get_paths()["purelib"]
+    assert _short_path(f"{stdlib}/asyncio/events.py") == "asyncio/events.py"
+    assert _short_path(f"{packages}/sqlalchemy/orm/session.py") == "sqlalchemy/orm/session.py"
+    assert _short_path("/elsewhere/tool.py") == "/elsewhere/tool.py"
+    assert frame_summary(None) == ()
