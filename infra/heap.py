@@ -20,14 +20,16 @@ collection's pause is measured (``feedgrid_gc_pause_seconds``, by generation).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger("feedgrid.heap")
 
@@ -41,6 +43,10 @@ PAUSES = Histogram(
     "Pauses of Python's cyclic garbage collector, by generation (nothing else runs meanwhile)",
     ["generation"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+RETURNED = Counter(
+    "feedgrid_heap_returned_bytes_total",
+    "Bytes of freed heap handed back to the operating system by malloc_trim (resident memory)",
 )
 FROZEN = Gauge(
     "feedgrid_gc_frozen_objects",
@@ -100,12 +106,59 @@ def eager_collection() -> Iterator[None]:
         if _eager.blocks == 0:
             gc.set_threshold(*_eager.before)
             gc.collect()
+            return_free_memory()
 
 
 def settle(reason: str) -> None:
     """Moves every object alive now out of the collector's sight: call it when something
     that lives as long as the process has just been built."""
     gc.freeze()
+    return_free_memory()  # what building it freed, handed back (see there)
     frozen = gc.get_freeze_count()
     FROZEN.set(frozen)
     log.debug("heap settled", extra={"reason": reason, "frozen": frozen})
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: its C library
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return cast(Callable[[int], int], trim)
+
+
+_trim = _malloc_trim()
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def return_free_memory() -> int:
+    """Hands the heap's free pages back to the operating system; returns how many bytes the
+    resident set shrank by (0 where glibc's ``malloc_trim`` is missing).
+
+    Memory Python frees goes back to the C allocator, which keeps it for later: in the
+    arenas of the threads that allocated it (the database driver's thread reads every row)
+    and between live blocks, where it never shrinks the heap by itself. Measured loading
+    1,000,000 feeds at start: 1,451 MiB resident at the end, 722 MiB after one
+    ``malloc_trim(0)``, the same objects alive. Call it after work that freed much (a load,
+    an import): it walks the heaps (milliseconds to tens of them), not something per request.
+    """
+    if _trim is None:
+        return 0
+    before = _resident_bytes()
+    _trim(0)
+    returned = max(0, before - _resident_bytes())
+    RETURNED.inc(returned)
+    return returned
