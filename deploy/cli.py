@@ -19,6 +19,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",  # paragraphs reflow to the terminal's width
 )
 
 

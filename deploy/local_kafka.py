@@ -855,7 +855,7 @@ def install(
 ) -> None:
     """Download the Kafka broker jars (version pinned in deploy/kafka/pom.xml) with Maven.
 
-    The jars go to <var>/kafka/libs. Quick and idempotent once they are there.
+    The jars go to $FEEDGRID_VAR_DIR/kafka/libs. Quick and idempotent once they are there.
     """
     try:
         ran = install_kafka(force=force, echo=typer.echo)
@@ -878,7 +878,7 @@ def start(
 
     Exit 0 when the broker runs (already running is fine).
 
-    Exit 1 with the tail of <var>/kafka/server.log when it cannot start.
+    Exit 1 with the tail of $FEEDGRID_VAR_DIR/kafka/server.log when it cannot start.
     """
     try:
         start_kafka(port=port, timeout=timeout, echo=typer.echo)
