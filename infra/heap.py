@@ -131,6 +131,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _trim = _malloc_trim()
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _resident_bytes() -> int:
@@ -139,9 +140,6 @@ def _resident_bytes() -> int:
             return int(statm.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def return_free_memory() -> int:
