@@ -201,7 +201,7 @@ class RenderedFeeds:
         self,
         owners: Vocabulary,
         *,
-        spill_above_feeds: int = 250_000,
+        spill_above_feeds: int = 100_000,
         hot_bytes: int = 64 * 2**20,
         spill_dir: Path | None = None,
         compact_from_bytes: int = COMPACT_FROM_BYTES,

@@ -84,7 +84,7 @@ class FeedIndex:
         self,
         sessions: async_sessionmaker[AsyncSession] | None = None,
         *,
-        spill_above_feeds: int = 250_000,
+        spill_above_feeds: int = 100_000,
         hot_bytes: int = 64 * 2**20,
         spill_dir: Path | None = None,
     ) -> None:
