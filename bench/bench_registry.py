@@ -53,6 +53,7 @@ from bench.common import (
     make_queries,
     proc_status,
     progress_bar,
+    require_postgres,
 )
 from deploy.seed.departments import departments
 from deploy.seed.feeds import generate_feeds
@@ -656,6 +657,11 @@ def main(argv: list[str] | None = None) -> int:
     cameras, sensors = (5_700, 300) if args.quick else (57_000, 3_000)
     total = args.feeds or (60_000 if args.quick else 1_000_000)
     query_count = args.queries or (200 if args.quick else 1_000)
+    if not args.skip_demo or (not args.skip_scale and not args.skip_postgis):
+        require_postgres(
+            "the demo import's PostgreSQL figure and the PostGIS baseline",
+            "--skip-demo --skip-postgis",
+        )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-registry-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:

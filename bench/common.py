@@ -78,6 +78,19 @@ async def postgres_statement(statement: str, database: str = "feedgrid") -> None
         await connection.close()
 
 
+def require_postgres(what: str, skip: str) -> None:
+    """Exits with what to do when the PostgreSQL of ``FEEDGRID_TEST_POSTGRES`` does not answer:
+    before the long parts of a run, not after them."""
+    try:
+        asyncio.run(postgres_statement("SELECT 1"))
+    except (OSError, asyncpg.PostgresError) as error:
+        raise SystemExit(
+            f"PostgreSQL does not answer at {POSTGRES_ADMIN.split('@')[-1]} ({error}); it is "
+            f"needed for {what}. Start it with `feedgrid postgres start` (./deploy/bench does), "
+            f"or pass {skip}"
+        ) from None
+
+
 @dataclass
 class PostgresDatabase:
     name: str
