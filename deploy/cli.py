@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -184,6 +186,7 @@ def _serve(settings: Settings, host: str, port: int, after_start: object = None)
     from deploy.composition import build_app
     from deploy.http_server import server_config
     from infra.structured_logging import configure_logging
+    from registry_api.feeds.bulk_validation import stop_helper
 
     configure_logging(settings.log_format, settings.log_level)
     application = build_app(settings)
@@ -199,7 +202,25 @@ def _serve(settings: Settings, host: str, port: int, after_start: object = None)
                 await after_start()
         await serving
 
+    # uvicorn stops on SIGTERM/SIGINT and then raises the signal again with the handler it
+    # found, so that the exit status says why the process ended. Found here: the stop is
+    # noted, the loop and the bulk-validation helper end in order (the default action would
+    # kill the process with no exit handler run), and only then does the signal end it.
+    stopped_by: list[int] = []
+
+    def note_stop(signum: int, _frame: object) -> None:
+        stopped_by.append(signum)
+        server.should_exit = True  # a stop before uvicorn listens for one
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, note_stop)
     asyncio.run(main())
+    stop_helper()
+    if stopped_by:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(stopped_by[0], signal.SIG_DFL)
+        signal.raise_signal(stopped_by[0])
 
 
 def _mount_subcommands() -> None:

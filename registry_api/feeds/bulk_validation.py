@@ -9,7 +9,8 @@ departments exist, who may write them, duplicates within the batch) stays in the
 
 The helper is a process-wide singleton, started in the background when the API starts (a
 spawned interpreter takes a second to import pydantic and shapely) and replaced if it dies;
-without it, the same function runs in-process.
+without it, the same function runs in-process. A server process stops it in order before it
+ends (``stop_helper``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Checked:
 
 _pool: concurrent.futures.ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_stopped = False  # by stop_helper: the process is ending, no new helper
 HELPERS = 1
 
 
@@ -119,7 +121,7 @@ def helper_pool() -> concurrent.futures.ProcessPoolExecutor | None:
     """The helper process pool, started on first call (in the background); None if it cannot."""
     global _pool
     with _pool_lock:
-        if _pool is None:
+        if _pool is None and not _stopped:
             try:
                 _pool = concurrent.futures.ProcessPoolExecutor(
                     max_workers=HELPERS,
@@ -152,6 +154,22 @@ def submit(items: Sequence[Any], first_index: int) -> concurrent.futures.Future[
     except (RuntimeError, concurrent.futures.BrokenExecutor):
         discard_helper_pool()
         return None
+
+
+def stop_helper() -> None:
+    """Shuts the helper down and waits for it: for the end of a server process.
+
+    uvicorn ends a server stopped by a signal by raising the signal again, which kills the
+    process without running exit handlers. The pool's queues hold named semaphores; unless
+    they are closed and dropped before then, multiprocessing's resource tracker outlives the
+    process, finds them and warns "There appear to be 5 leaked semaphore objects" (it unlinks
+    them itself). Waits for the chunk in hand, or the imports if the helper is still starting.
+    """
+    global _pool, _stopped
+    with _pool_lock:
+        pool, _pool, _stopped = _pool, None, True
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @atexit.register
