@@ -134,13 +134,18 @@ class Snapshot:
 
     def footprints_touching(self, box: tuple[float, float, float, float]) -> np.ndarray:
         """Rows whose footprint bounds intersect the box, ascending."""
-        found = [self.oversized]
+        found = [self.oversized] if self.oversized.size else []
+        cells = 0
         for part in split_antimeridian(*box):
             first, last = cell_key_ranges(part)
+            cells += int((last - first).sum()) + first.shape[0]
             starts = np.searchsorted(self.footprint_keys, first, side="left")
             ends = np.searchsorted(self.footprint_keys, last, side="right")
             found.append(self.footprint_rows[concat_ranges(starts, ends)])
-        candidates = np.unique(np.concatenate(found))
+        if cells == 1 and len(found) == 1:
+            candidates = found[0]  # one cell (a point's): each row once, ascending already
+        else:
+            candidates = np.unique(np.concatenate(found))
         bounds = self.columns.footprint[candidates]
         min_lon, min_lat, max_lon, max_lat = box
         touching = (
