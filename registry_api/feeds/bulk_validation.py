@@ -156,27 +156,24 @@ def submit(items: Sequence[Any], first_index: int) -> concurrent.futures.Future[
         return None
 
 
-def stop_helper() -> None:
-    """Shuts the helper down and waits for it: for the end of a server process.
+def stop_helper(*, wait: bool = True) -> None:
+    """Shuts the helper down (and waits for it): for the end of a server process.
 
     uvicorn ends a server stopped by a signal by raising the signal again, which kills the
     process without running exit handlers. The pool's queues hold named semaphores; unless
     they are closed and dropped before then, multiprocessing's resource tracker outlives the
     process, finds them and warns "There appear to be 5 leaked semaphore objects" (it unlinks
     them itself). Waits for the chunk in hand, or the imports if the helper is still starting.
+    At any other exit it runs without waiting.
     """
     global _pool, _stopped
     with _pool_lock:
         pool, _pool, _stopped = _pool, None, True
     if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=wait, cancel_futures=True)
 
 
-@atexit.register
-def _shutdown() -> None:
-    with _pool_lock:
-        if _pool is not None:
-            _pool.shutdown(wait=False, cancel_futures=True)
+atexit.register(stop_helper, wait=False)
 
 
 class HelperWarmup:

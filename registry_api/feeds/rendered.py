@@ -449,16 +449,12 @@ class RenderedFeeds:
         """A page of ``GET /v1/feeds`` as JSON, byte for byte what rendering the rows would give.
 
         Ids without a rendering are left out (as rows missing from the database were). The
-        loop is the hot path of every search page: the header is read in one call, the pieces
-        are views (the final join is their only copy).
+        pieces are views of the stored bytes: the final join is their only copy.
         """
         viewer = self._viewer(principal)
-        sees_all = viewer == -1
         stored_of = self._stored.get if not self._cold else self.get
-        unpack = _OWNER_AND_URL.unpack_from
-        start = HEADER_SIZE
+        visible = self._visible
         items: list[bytes | memoryview] = []
-        append = items.append
         suffixes: Iterable[bytes]
         if distances:  # each document gets ``"distance_m"`` before its closing brace
             numbers = orjson.dumps([round(value, 2) for value in distances])[1:-1].split(b",")
@@ -467,16 +463,9 @@ class RenderedFeeds:
             suffixes, end = itertools.repeat(b","), None
         for feed_id, suffix in zip(feed_ids, suffixes, strict=False):
             stored = stored_of(feed_id)
-            if stored is None:
-                continue
-            owner, url_start, url_end = unpack(stored)
-            view = memoryview(stored)
-            if sees_all or viewer == owner:
-                append(view[start:end])
-            else:
-                append(view[start : start + url_start])
-                append(view[start + url_end : end])
-            append(suffix)
+            if stored is not None:
+                items += visible(stored, viewer, end)
+                items.append(suffix)
         if items:
             items[-1] = items[-1][:-1]  # no comma after the last item
         tail = b'],"total":%d,"next_cursor":%s}' % (total, orjson.dumps(next_cursor))
