@@ -9,7 +9,8 @@ from registry_api.db import Base, UtcDateTime
 
 
 class OutboxMessage(Base):
-    """An event committed with the change it describes, waiting for the relay."""
+    """An event (or a bundle of a batch's events) committed with the change it describes,
+    waiting for the relay."""
 
     __tablename__ = "outbox"
 
@@ -19,5 +20,7 @@ class OutboxMessage(Base):
     topic: Mapped[str] = mapped_column(String(64))
     key: Mapped[str] = mapped_column(String(128))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+    # 1: the payload is one message under ``key``; more: a bundle (registry_api.outbox.service)
+    messages: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)

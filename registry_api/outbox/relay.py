@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from registry_api.db import writes_in_turn
 from registry_api.outbox.models import OutboxMessage
+from registry_api.outbox.service import row_messages
 from schemas.events import utcnow
 from schemas.settings import Settings
 from schemas.topics import topic_name
@@ -57,6 +58,18 @@ class KeyHashes:
             if len(self._hashes) > self.limit:
                 self._hashes.popitem(last=False)
         return known
+
+
+def _first_messages(waiting: Sequence[Row[Any]], limit: int) -> list[int]:
+    """The ids of the first rows that hold at most ``limit`` messages in all (at least one)."""
+    ids: list[int] = []
+    total = 0
+    for row_id, messages in waiting:
+        total += messages
+        if ids and total > limit:
+            break
+        ids.append(row_id)
+    return ids
 
 
 class OutboxRelay:
@@ -173,8 +186,22 @@ class OutboxRelay:
                 await producer.stop()
 
     async def publish_pending(self) -> int:
-        """Publishes one batch of unsent rows in id order; returns how many were published."""
+        """Publishes one batch of unsent rows in id order: rows up to ``relay_batch_size``
+        messages (at least one row, whatever it holds). Returns how many messages."""
         async with self.sessions() as session:
+            # Which rows first (ids and message counts only), so a run of bundles is not read
+            # whole only to leave most of it for the next round.
+            waiting = (
+                await session.execute(
+                    select(OutboxMessage.id, OutboxMessage.messages)
+                    .where(OutboxMessage.sent_at.is_(None))
+                    .order_by(OutboxMessage.id)
+                    .limit(self.settings.relay_batch_size)
+                )
+            ).all()
+            if not waiting:
+                return 0
+            ids = _first_messages(waiting, self.settings.relay_batch_size)
             rows = (
                 await session.execute(
                     select(
@@ -182,17 +209,14 @@ class OutboxRelay:
                         OutboxMessage.topic,
                         OutboxMessage.key,
                         OutboxMessage.payload,
+                        OutboxMessage.messages,
                     )
-                    .where(OutboxMessage.sent_at.is_(None))
+                    .where(OutboxMessage.id.in_(ids))
                     .order_by(OutboxMessage.id)
-                    .limit(self.settings.relay_batch_size)
                 )
             ).all()
-            if not rows:
-                return 0
             producer = await self._ensure_producer()
-            await self._publish(producer, rows)
-            ids = [row.id for row in rows]
+            published = await self._publish(producer, rows)
             now = utcnow()
             # In turn with the process's other writers (SQLite): an access request meeting
             # this write in SQLite's busy handler would sleep there (1, 2, 5 ... ms).
@@ -203,41 +227,44 @@ class OutboxRelay:
                     update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(sent_at=now)
                 )
                 await session.commit()
-            RELAYED.inc(len(rows))
+            RELAYED.inc(published)
             LAST_PUBLISHED.set(ids[-1])
         if time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS:
             await self.purge_sent()
-        return len(rows)
+        return published
 
-    async def _publish(self, producer: AIOKafkaProducer, rows: Sequence[Row[Any]]) -> None:
+    async def _publish(self, producer: AIOKafkaProducer, rows: Sequence[Row[Any]]) -> int:
         """One record batch per topic partition, filled here and handed over whole: the
         producer's per-message path (a future, a partitioner call and an accumulator lookup
         each) cost more than everything else the relay does. Partitions are what the
         producer's default partitioner picks for the key (murmur2), so a key stays on its
-        partition whichever way it was published."""
+        partition whichever way it was published. Returns how many messages."""
         batches: dict[tuple[str, int], BatchBuilder] = {}
         deliveries = []
         partitions: dict[str, list[int]] = {}
-        for position, row in enumerate(rows, 1):
+        position = 0
+        for row in rows:
             topic = topic_name(self.settings.topic_prefix, row.topic)
             known = partitions.get(topic)
             if known is None:
                 known = partitions[topic] = sorted(await producer.partitions_for(topic))
-            key = row.key.encode()
-            partition = known[self._keys.hash(key) % len(known)]
-            batch = batches.get((topic, partition))
-            if batch is None:
-                batch = batches[(topic, partition)] = producer.create_batch()
-            if batch.append(key=key, value=row.payload, timestamp=None) is None:  # full
-                deliveries.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = batches[(topic, partition)] = producer.create_batch()
-                if batch.append(key=key, value=row.payload, timestamp=None) is None:
-                    raise MessageSizeTooLargeError(f"outbox row {row.id} exceeds a batch")
-            if position % 500 == 0:
-                await asyncio.sleep(0)  # let request handlers run between slices
+            for key, value in row_messages(row.key, row.payload, row.messages):
+                partition = known[self._keys.hash(key) % len(known)]
+                batch = batches.get((topic, partition))
+                if batch is None:
+                    batch = batches[(topic, partition)] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = batches[(topic, partition)] = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise MessageSizeTooLargeError(f"outbox row {row.id} exceeds a batch")
+                position += 1
+                if position % 500 == 0:
+                    await asyncio.sleep(0)  # let request handlers run between slices
         for (topic, partition), batch in batches.items():
             deliveries.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*deliveries)
+        return position
 
     async def purge_sent(self) -> None:
         """Sent rows are kept a while for inspection (outbox_retention_hours), then removed."""
@@ -248,12 +275,11 @@ class OutboxRelay:
         self._last_purge = time.monotonic()
 
     async def backlog(self) -> int:
+        """Messages waiting to be published."""
         async with self.sessions() as session:
             return int(
                 await session.scalar(
-                    select(func.count())
-                    .select_from(OutboxMessage)
-                    .where(OutboxMessage.sent_at.is_(None))
+                    select(func.sum(OutboxMessage.messages)).where(OutboxMessage.sent_at.is_(None))
                 )
                 or 0
             )

@@ -30,6 +30,7 @@ import pytest
 
 from deploy.seed.cli import load_into_api
 from deploy.seed.writer import write_demo_city
+from registry_api.outbox.service import row_messages
 from schemas.settings import Settings
 from schemas.topics import FEED_METADATA
 from tests.conftest import ADMIN_TOKEN
@@ -73,11 +74,13 @@ def read_registry(database: Path) -> RegistryState:
             feeds[(row[owner], row[code])] = tuple(row[i] for i in kept)
             feed_keys[row[feed_id]] = (row[owner], row[code])
         events = []
-        for (payload,) in connection.execute(
-            "SELECT payload FROM outbox WHERE topic = ? ORDER BY id", (FEED_METADATA,)
+        for key, payload, messages in connection.execute(
+            "SELECT key, payload, messages FROM outbox WHERE topic = ? ORDER BY id",
+            (FEED_METADATA,),
         ):
-            event = orjson.loads(payload)
-            events.append((event["subject"], event["type"], event["data"]["version"]))
+            for _, value in row_messages(key, payload, messages):
+                event = orjson.loads(value)
+                events.append((event["subject"], event["type"], event["data"]["version"]))
     finally:
         connection.close()
     return RegistryState(feeds, feed_keys, events)

@@ -159,11 +159,12 @@ async def build_city(client: httpx.AsyncClient) -> City:
     return city
 
 
-async def outbox_rows(
+async def outbox_messages(
     runtime: Runtime, topic: str | None = None, *, unsent_only: bool = False
 ) -> int:
+    """Events in the outbox (a row may bundle many)."""
     async with runtime.sessions() as session:
-        statement = select(func.count()).select_from(OutboxMessage)
+        statement = select(func.coalesce(func.sum(OutboxMessage.messages), 0))
         if topic is not None:
             statement = statement.where(OutboxMessage.topic == topic)
         if unsent_only:
@@ -213,7 +214,7 @@ async def read_topic(
 
 async def wait_until_sent(runtime: Runtime, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    while await outbox_rows(runtime, unsent_only=True):
+    while await outbox_messages(runtime, unsent_only=True):
         if time.monotonic() > deadline:
             raise AssertionError("the outbox was not drained in time")
         runtime.relay.notify()

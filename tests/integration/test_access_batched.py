@@ -29,6 +29,7 @@ from registry_api.access.records import event_data
 from registry_api.audit.models import AuditEntry
 from registry_api.identity.models import Department
 from registry_api.outbox.models import OutboxMessage
+from registry_api.outbox.service import row_messages
 from schemas.access import AccessAction, Outcome, ReasonCode
 from schemas.events import SCHEMA_ACCESS_EVENT_V1, CloudEvent, EventType
 from schemas.topics import ACCESS_EVENTS
@@ -89,7 +90,7 @@ class Stored:
     grants: dict[str, dict[str, Any]]  # by owner department
     grant_feeds: set[tuple[str, str]]
     audit: list[AuditEntry]
-    outbox: list[OutboxMessage]
+    outbox: list[tuple[bytes, bytes]]  # the access events' messages: (key, value)
 
 
 async def _stored(world: World, request_id: str) -> Stored:
@@ -112,10 +113,11 @@ async def _stored(world: World, request_id: str) -> Stored:
         of_request = select(AuditEntry).where(AuditEntry.request_id == request_id)
         audit = list(await session.scalars(of_request.order_by(AuditEntry.seq)))
         outbox = [
-            row
+            (key, value)
             for row in await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
             if row.topic == ACCESS_EVENTS
-            and orjson.loads(row.payload)["data"].get("request_id") == request_id
+            for key, value in row_messages(row.key, row.payload, row.messages)
+            if orjson.loads(value)["data"].get("request_id") == request_id
         ]
     return Stored(request, items, grants, grant_feeds, audit, outbox)
 
@@ -237,13 +239,13 @@ async def assert_written_as_the_per_feed_path_would(world: World, answer: dict[s
             data["feed_id"], data["grant_id"], data["decision"])  # fmt: skip
     # The outbox: the same events, encoded exactly as the per-feed path encoded them.
     assert len(stored.outbox) == len(events)
-    for row, entry in zip(stored.outbox, stored.audit, strict=True):
+    for message, entry in zip(stored.outbox, stored.audit, strict=True):
         expected = CloudEvent.trusted(
             id=uuid.UUID(entry.event_id), type=entry.event_type,
             time=entry.occurred_at, subject=entry.feed_id, dataschema=SCHEMA_ACCESS_EVENT_V1,
             data=entry.data,
         ).to_bytes()  # fmt: skip
-        assert (row.key, bytes(row.payload)) == (entry.feed_id, expected)
+        assert message == (entry.feed_id.encode(), expected)
     return stored
 
 

@@ -32,6 +32,7 @@ from registry_api.db import SQLITE_AUTOCHECKPOINT_PAGES, create_engine, session_
 from registry_api.driver_work import _sqlite_thread, run_driver_work
 from registry_api.identity.models import Department
 from registry_api.outbox.models import OutboxMessage
+from registry_api.outbox.service import row_messages
 from registry_api.wal_checkpoints import WalCheckpointer
 from schemas.events import AccessEventData, EventType, utcnow
 
@@ -95,13 +96,13 @@ def events(request_id: str, count: int) -> list[EncodedAccessEvent]:
 
 
 async def counts(session: AsyncSession) -> tuple[int, int, int, int]:
-    """(access requests, audit links, outbox rows, the chain head's last seq)."""
+    """(access requests, audit links, outbox messages, the chain head's last seq)."""
     head = await session.get(AuditChainHead, CHAIN_HEAD_ID, populate_existing=True)
     assert head is not None
     return (
         await session.scalar(select(func.count()).select_from(TABLES.requests)) or 0,
         await session.scalar(select(func.count()).select_from(AuditEntry)) or 0,
-        await session.scalar(select(func.count()).select_from(OutboxMessage)) or 0,
+        await session.scalar(select(func.sum(OutboxMessage.messages))) or 0,
         head.last_seq,
     )
 
@@ -116,6 +117,7 @@ async def test_a_change_its_audit_links_and_outbox_rows_commit_together(
 ) -> None:
     async with sessions() as session:
         before = await counts(session)
+        rows_before = await session.scalar(select(func.count()).select_from(OutboxMessage))
     for round_ in range(3):  # each append continues the chain from the head the last one left
         request_id = new_id()
         async with sessions() as session:
@@ -135,18 +137,19 @@ async def test_a_change_its_audit_links_and_outbox_rows_commit_together(
             assert links.count(request_id) == 120
     async with sessions() as session:
         verification = await verify_chain(session)
-        # The outbox holds the same events in the chain's order (rows go in 64 to a statement).
+        # The outbox holds the same events in the chain's order (in bundles of many).
         by_seq = select(AuditEntry.event_id).order_by(AuditEntry.seq)
         chained = (await session.scalars(by_seq)).all()
         published = [
-            orjson.loads(payload)["id"]
-            for payload in (
-                await session.scalars(select(OutboxMessage.payload).order_by(OutboxMessage.id))
-            ).all()
+            orjson.loads(value)["id"]
+            for row in await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
+            for _, value in row_messages(row.key, row.payload, row.messages)
         ]
+        rows = await session.scalar(select(func.count()).select_from(OutboxMessage))
     assert verification.ok, verification.message
     assert verification.entries_checked == before[1] + 360
     assert published[-360:] == list(chained[-360:])
+    assert rows == (rows_before or 0) + 3  # each change's 120 events: one bundle
 
 
 async def test_a_failing_row_leaves_nothing_of_the_change_written(

@@ -20,7 +20,7 @@ from tests.integration.feeds_support import (
     camera,
     feed_count,
     gb_code,
-    outbox_rows,
+    outbox_messages,
     sensor,
 )
 
@@ -145,14 +145,14 @@ async def test_a_stale_if_match_is_refused_with_412_and_changes_nothing(
     feed = f"/v1/feeds/{created['id']}"
     first = await client.patch(feed, json={"name": "First editor"}, headers={"If-Match": '"1"'})
     assert first.status_code == 200 and first.headers["etag"].startswith('"2.')
-    events_before = await outbox_rows(city.runtime, FEED_METADATA)
+    events_before = await outbox_messages(city.runtime, FEED_METADATA)
     stale = await client.patch(feed, json={"name": "Second editor"}, headers={"If-Match": '"1"'})
     assert stale.status_code == 412
     assert stale.json()["code"] == "version_mismatch"
     assert stale.json()["details"] == {"current_version": 2}
     current = (await client.get(feed)).json()
     assert current["name"] == "First editor" and current["version"] == 2
-    assert await outbox_rows(city.runtime, FEED_METADATA) == events_before
+    assert await outbox_messages(city.runtime, FEED_METADATA) == events_before
     missing = await client.patch(feed, json={"name": "No precondition"})
     assert missing.status_code == 428
     assert missing.json()["code"] == "precondition_required"
@@ -315,7 +315,7 @@ async def test_each_bad_input_is_a_4xx_with_its_reason_and_nothing_is_written(
     client: httpx.AsyncClient,
 ) -> None:
     city = await build_city(client)
-    events_before = await outbox_rows(city.runtime)
+    events_before = await outbox_messages(city.runtime)
     failures = []
     for what, body, reason in _bad_inputs():
         response = await client.post("/v1/feeds", json=body)
@@ -326,7 +326,7 @@ async def test_each_bad_input_is_a_4xx_with_its_reason_and_nothing_is_written(
             failures.append(f"{what}: reason {reason!r} missing from {error['message']!r}")
     assert not failures, "\n".join(failures)
     assert await feed_count(city.runtime) == 0
-    assert await outbox_rows(city.runtime) == events_before
+    assert await outbox_messages(city.runtime) == events_before
     assert (await client.get("/v1/feeds")).json()["total"] == 0
 
 

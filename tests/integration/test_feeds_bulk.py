@@ -18,7 +18,7 @@ from tests.integration.feeds_support import (
     build_city,
     camera,
     feed_count,
-    outbox_rows,
+    outbox_messages,
     sensor,
 )
 
@@ -44,7 +44,7 @@ async def test_bulk_upsert_creates_then_updates_then_leaves_unchanged(
         "rejected": [],
         "flagged": [],
     }
-    assert await outbox_rows(city.runtime, FEED_METADATA) == 6
+    assert await outbox_messages(city.runtime, FEED_METADATA) == 6
 
     features[1]["properties"]["name"] = "Renamed by the second import"
     collection = {"type": "FeatureCollection", "features": features}
@@ -56,7 +56,7 @@ async def test_bulk_upsert_creates_then_updates_then_leaves_unchanged(
         "rejected": [],
         "flagged": [],
     }
-    assert await outbox_rows(city.runtime, FEED_METADATA) == 7
+    assert await outbox_messages(city.runtime, FEED_METADATA) == 7
     listed = (await client.get("/v1/feeds", params={"q": "renamed"})).json()["items"]
     assert (
         len(listed) == 1
@@ -118,7 +118,7 @@ async def test_bad_features_are_rejected_one_by_one_without_sinking_the_batch(
     assert "earlier in this batch" in rejected[7]["message"]
     assert "longitude" in rejected[9]["message"]
     assert await feed_count(city.runtime) == 3
-    assert await outbox_rows(city.runtime, FEED_METADATA) == 3
+    assert await outbox_messages(city.runtime, FEED_METADATA) == 3
 
 
 async def test_a_code_held_by_another_department_is_stored_and_flagged(

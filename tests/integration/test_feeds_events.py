@@ -23,7 +23,7 @@ from tests.integration.feeds_support import (
     TRANSPORT,
     build_city,
     camera,
-    outbox_rows,
+    outbox_messages,
     read_topic,
     wait_until_sent,
 )
@@ -164,7 +164,7 @@ async def test_writes_succeed_while_the_broker_is_down_and_every_event_arrives_i
             await asyncio.to_thread(stop_kafka)
             assert not broker_answers(bootstrap, 2.0)
             during = await _write_history(client, range(4, 9))  # every write still answers at once
-            assert await outbox_rows(runtime, FEED_METADATA, unsent_only=True) >= 20
+            assert await outbox_messages(runtime, FEED_METADATA, unsent_only=True) >= 20
 
             await asyncio.to_thread(start_kafka, port, 120)
             await wait_until_sent(runtime, timeout=120)

@@ -30,7 +30,7 @@ from tests.integration.feeds_support import (
     camera,
     eventually,
     liveness_event,
-    outbox_rows,
+    outbox_messages,
     publish_feed_status,
     read_topic,
 )
@@ -52,7 +52,7 @@ async def test_heartbeats_go_to_the_topic_and_write_nothing_to_the_registry(
     city = await build_city(client)
     feeds = [await city.register(camera(TRANSPORT, serial)) for serial in range(1, 6)]
     before = {feed["id"]: await _feed(city, feed["id"]) for feed in feeds}
-    outbox_before = await outbox_rows(city.runtime)
+    outbox_before = await outbox_messages(city.runtime)
     seen = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
     items = [
         {
@@ -74,7 +74,7 @@ async def test_heartbeats_go_to_the_topic_and_write_nothing_to_the_registry(
     for feed in feeds:
         assert await _feed(city, feed["id"]) == before[feed["id"]]
         assert before[feed["id"]]["status"] == "unknown" and before[feed["id"]]["last_seen"] is None
-    assert await outbox_rows(city.runtime) == outbox_before
+    assert await outbox_messages(city.runtime) == outbox_before
 
     beats = await read_topic(
         settings.kafka_bootstrap, settings.topic_prefix, HEARTBEATS, until=1_000
@@ -280,7 +280,7 @@ async def test_seen_moves_last_seen_forward_only_without_a_revision(
     city = await build_city(client)
     feed = await city.register(camera(TRANSPORT, 1))
     feed_id = feed["id"]
-    outbox_before = await outbox_rows(city.runtime)
+    outbox_before = await outbox_messages(city.runtime)
     first = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
 
     async def last_seen_is(moment: datetime) -> dict[str, Any] | None:
@@ -292,7 +292,7 @@ async def test_seen_moves_last_seen_forward_only_without_a_revision(
     )
     document = await eventually(lambda: last_seen_is(first))
     assert document["status"] == "unknown" and document["revision"] == feed["revision"]
-    assert await outbox_rows(city.runtime) == outbox_before
+    assert await outbox_messages(city.runtime) == outbox_before
 
     # an older "seen", then (same partition, after it) a transition that carries no time
     older = first - timedelta(minutes=1)
