@@ -134,7 +134,10 @@ def api_server(database_url: str, workdir: Path) -> Iterator[ApiServer]:
         yield ApiServer(url, process.pid)
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            # SIGINT, not SIGTERM: uvicorn ends by raising the signal again, and only an
+            # interrupt lets the exit handlers run (the bulk-validation helper's pool is shut
+            # down there; killed by SIGTERM its semaphores were reported leaked).
+            os.killpg(process.pid, signal.SIGINT)
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:

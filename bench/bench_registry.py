@@ -113,7 +113,8 @@ class ApiServer:
 
     def __exit__(self, *_: object) -> None:
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            # SIGINT: exit handlers run (see bench_access.api_server)
+            os.killpg(self.process.pid, signal.SIGINT)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
