@@ -22,7 +22,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Row, delete, func, select, text, update
+from sqlalchemy import Row, case, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from registry_api.db import writes_in_turn
@@ -60,16 +60,18 @@ class KeyHashes:
         return known
 
 
-def _first_messages(waiting: Sequence[Row[Any]], limit: int) -> list[int]:
-    """The ids of the first rows that hold at most ``limit`` messages in all (at least one)."""
-    ids: list[int] = []
+# id, topic suffix, key, messages, payload
+OutboxRow = tuple[int, str, str, int, bytes]
+
+
+def _first_messages(waiting: Sequence[Row[Any]], limit: int) -> list[Row[Any]]:
+    """The first rows that hold at most ``limit`` messages in all (at least one row)."""
     total = 0
-    for row_id, messages in waiting:
-        total += messages
-        if ids and total > limit:
-            break
-        ids.append(row_id)
-    return ids
+    for taken, row in enumerate(waiting):
+        total += row[3]
+        if taken and total > limit:
+            return list(waiting[:taken])
+    return list(waiting)
 
 
 class OutboxRelay:
@@ -189,11 +191,17 @@ class OutboxRelay:
         """Publishes one batch of unsent rows in id order: rows up to ``relay_batch_size``
         messages (at least one row, whatever it holds). Returns how many messages."""
         async with self.sessions() as session:
-            # Which rows first (ids and message counts only), so a run of bundles is not read
-            # whole only to leave most of it for the next round.
+            # A single message's payload comes with the first read; a bundle's (up to a MiB)
+            # only once it is known to fit this batch.
             waiting = (
                 await session.execute(
-                    select(OutboxMessage.id, OutboxMessage.messages)
+                    select(
+                        OutboxMessage.id,
+                        OutboxMessage.topic,
+                        OutboxMessage.key,
+                        OutboxMessage.messages,
+                        case((OutboxMessage.messages == 1, OutboxMessage.payload)),
+                    )
                     .where(OutboxMessage.sent_at.is_(None))
                     .order_by(OutboxMessage.id)
                     .limit(self.settings.relay_batch_size)
@@ -201,20 +209,21 @@ class OutboxRelay:
             ).all()
             if not waiting:
                 return 0
-            ids = _first_messages(waiting, self.settings.relay_batch_size)
-            rows = (
-                await session.execute(
-                    select(
-                        OutboxMessage.id,
-                        OutboxMessage.topic,
-                        OutboxMessage.key,
-                        OutboxMessage.payload,
-                        OutboxMessage.messages,
+            chosen = _first_messages(waiting, self.settings.relay_batch_size)
+            bundles = [row[0] for row in chosen if row[3] > 1]
+            payloads: dict[int, bytes] = {}
+            if bundles:
+                read = await session.execute(
+                    select(OutboxMessage.id, OutboxMessage.payload).where(
+                        OutboxMessage.id.in_(bundles)
                     )
-                    .where(OutboxMessage.id.in_(ids))
-                    .order_by(OutboxMessage.id)
                 )
-            ).all()
+                payloads = {row_id: payload for row_id, payload in read}
+            rows: list[OutboxRow] = [
+                (row_id, topic, key, messages, payloads[row_id] if messages > 1 else payload)
+                for row_id, topic, key, messages, payload in chosen
+            ]
+            ids = [row[0] for row in rows]
             producer = await self._ensure_producer()
             published = await self._publish(producer, rows)
             now = utcnow()
@@ -233,7 +242,7 @@ class OutboxRelay:
             await self.purge_sent()
         return published
 
-    async def _publish(self, producer: AIOKafkaProducer, rows: Sequence[Row[Any]]) -> int:
+    async def _publish(self, producer: AIOKafkaProducer, rows: Sequence[OutboxRow]) -> int:
         """One record batch per topic partition, filled here and handed over whole: the
         producer's per-message path (a future, a partitioner call and an accumulator lookup
         each) cost more than everything else the relay does. Partitions are what the
@@ -243,12 +252,17 @@ class OutboxRelay:
         deliveries = []
         partitions: dict[str, list[int]] = {}
         position = 0
-        for row in rows:
-            topic = topic_name(self.settings.topic_prefix, row.topic)
+        for row_id, suffix, row_key, count, payload in rows:
+            topic = topic_name(self.settings.topic_prefix, suffix)
             known = partitions.get(topic)
             if known is None:
                 known = partitions[topic] = sorted(await producer.partitions_for(topic))
-            for key, value in row_messages(row.key, row.payload, row.messages):
+            messages = (
+                ((row_key.encode(), payload),)
+                if count == 1
+                else row_messages(row_key, payload, count)
+            )
+            for key, value in messages:
                 partition = known[self._keys.hash(key) % len(known)]
                 batch = batches.get((topic, partition))
                 if batch is None:
@@ -257,7 +271,7 @@ class OutboxRelay:
                     deliveries.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = batches[(topic, partition)] = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise MessageSizeTooLargeError(f"outbox row {row.id} exceeds a batch")
+                        raise MessageSizeTooLargeError(f"outbox row {row_id} exceeds a batch")
                 position += 1
                 if position % 500 == 0:
                     await asyncio.sleep(0)  # let request handlers run between slices

@@ -31,6 +31,7 @@ from deploy.local_kafka import kafka_is_up
 from infra.kafka_admin import ensure_topics
 from registry_api.db import create_engine, session_factory
 from registry_api.outbox.models import OutboxMessage
+from registry_api.outbox.service import row_messages
 from schemas.settings import Settings
 from schemas.topics import FEED_METADATA
 from tests.conftest import ADMIN_TOKEN
@@ -181,19 +182,25 @@ OutboxRow = tuple[int, str, bytes, bool]
 
 
 async def _outbox(engine: AsyncEngine) -> list[OutboxRow]:
-    """Feed-metadata outbox rows in id order: (id, key, payload, sent)."""
+    """Feed-metadata outbox messages in order (a row may bundle many): (row id, key, payload,
+    sent)."""
     async with session_factory(engine)() as session:
         rows = await session.execute(
             select(
                 OutboxMessage.id,
                 OutboxMessage.key,
                 OutboxMessage.payload,
+                OutboxMessage.messages,
                 OutboxMessage.sent_at.is_not(None),
             )
             .where(OutboxMessage.topic == FEED_METADATA)
             .order_by(OutboxMessage.id)
         )
-        return [tuple(row) for row in rows.all()]  # type: ignore[misc]
+        return [
+            (row_id, key.decode(), value, sent)
+            for row_id, row_key, payload, messages, sent in rows.all()
+            for key, value in row_messages(row_key, payload, messages)
+        ]
 
 
 def _unsent(rows: list[OutboxRow]) -> int:
