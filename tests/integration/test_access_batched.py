@@ -245,7 +245,7 @@ async def assert_written_as_the_per_feed_path_would(world: World, answer: dict[s
             time=entry.occurred_at, subject=entry.feed_id, dataschema=SCHEMA_ACCESS_EVENT_V1,
             data=entry.data,
         ).to_bytes()  # fmt: skip
-        assert message == (entry.feed_id.encode(), expected)
+        assert message == (str(entry.feed_id).encode(), expected)
     return stored
 
 
