@@ -257,12 +257,7 @@ class OutboxRelay:
             known = partitions.get(topic)
             if known is None:
                 known = partitions[topic] = sorted(await producer.partitions_for(topic))
-            messages = (
-                ((row_key.encode(), payload),)
-                if count == 1
-                else row_messages(row_key, payload, count)
-            )
-            for key, value in messages:
+            for key, value in row_messages(row_key, payload, count):
                 partition = known[self._keys.hash(key) % len(known)]
                 batch = batches.get((topic, partition))
                 if batch is None:
