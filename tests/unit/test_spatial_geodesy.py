@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from registry_api.feeds.geodesy import (
     ARC_POINTS,
     GEOD,
+    UNSURE,
     fov_bounds,
     fov_polygon,
     fov_polygons,
+    fov_verdicts,
     geodesic_area_m2,
     geodesic_distance_m,
     offset_points,
@@ -139,3 +141,71 @@ def test_close_pairs_equal_the_brute_force_pairs() -> None:
     }
     assert found == expected and len(expected) > 50
     assert np.all(distance <= 25.0)
+
+
+def _points_around_views(
+    rng: np.random.Generator, count: int, max_abs_lat: float
+) -> tuple[np.ndarray, ...]:
+    """Random views and, for each, a point placed where a verdict is hardest: near its edges
+    (bearings at the sector's sides), near its arc (distances around the range) and near its
+    apex, besides points anywhere within 1.3 ranges."""
+    lon = rng.uniform(-180, 180, count)
+    lat = rng.uniform(-max_abs_lat, max_abs_lat, count)
+    heading = rng.uniform(0, 360, count)
+    angle = np.where(rng.random(count) < 0.15, 360.0, rng.uniform(0.5, 359.9, count))
+    range_m = np.exp(rng.uniform(np.log(1.0), np.log(10_000.0), count))
+    side = rng.choice([-1.0, 1.0], count)
+    kind = rng.integers(0, 4, count)
+    bearing = np.where(
+        kind == 0,
+        heading + side * (np.minimum(angle, 360) / 2 + rng.normal(0, 1.5, count)),
+        heading + rng.uniform(-0.7, 0.7, count) * np.minimum(angle, 360),
+    )
+    reach = np.select(
+        [kind == 1, kind == 2],
+        [range_m * rng.uniform(0.97, 1.03, count), rng.uniform(0, 0.05, count)],
+        range_m * rng.uniform(0, 1.3, count),
+    )
+    radians = np.radians(bearing)
+    point_lon, point_lat = offset_points(lon, lat, reach * np.sin(radians), reach * np.cos(radians))
+    point_lon = (point_lon + 180.0) % 360.0 - 180.0
+    return lon, lat, heading, angle, range_m, point_lon, point_lat
+
+
+def test_view_verdicts_agree_with_the_polygon_wherever_they_decide() -> None:
+    rng = np.random.default_rng(5)
+    lon, lat, heading, angle, range_m, point_lon, point_lat = _points_around_views(
+        rng, 20_000, 89.0
+    )
+    polygons = fov_polygons(lon, lat, heading, angle, range_m)
+    decided = 0
+    for row in range(lon.shape[0]):
+        verdict = fov_verdicts(
+            lon[row : row + 1], lat[row : row + 1], heading[row : row + 1],
+            angle[row : row + 1], range_m[row : row + 1], point_lon[row], point_lat[row],
+        )[0]  # fmt: skip
+        if verdict == UNSURE:
+            continue
+        decided += 1
+        truth = bool(shapely.intersects_xy(polygons[row], point_lon[row], point_lat[row]))
+        assert bool(verdict) == truth, (row, lon[row], lat[row], heading[row], angle[row])
+    # the frame decides most points even when they are placed near the edges on purpose
+    assert decided > 0.6 * lon.shape[0]
+
+
+def test_view_verdicts_leave_the_apex_and_the_far_north_to_the_polygon() -> None:
+    at_apex = fov_verdicts(
+        np.array([103.8]), np.array([36.06]), np.array([90.0]), np.array([60.0]),
+        np.array([200.0]), 103.8, 36.06,
+    )  # fmt: skip
+    far_north = fov_verdicts(
+        np.array([20.0]), np.array([75.0]), np.array([0.0]), np.array([60.0]),
+        np.array([200.0]), 20.0, 75.0005,
+    )  # fmt: skip
+    inside = fov_verdicts(
+        np.array([103.8]), np.array([36.06]), np.array([0.0]), np.array([60.0]),
+        np.array([200.0]), 103.8, 36.0605,
+    )  # fmt: skip
+    assert at_apex.tolist() == [UNSURE]  # on the polygon's boundary: intersects, by its rule
+    assert far_north.tolist() == [UNSURE]
+    assert inside.tolist() == [1]

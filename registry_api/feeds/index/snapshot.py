@@ -3,15 +3,24 @@ predicate of a query; merging a batch of records or columns into a new one."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import shapely
 
-from registry_api.feeds.geodesy import fov_polygons, geodesic_distance_m, radius_box
+from registry_api.feeds.geodesy import (
+    UNSURE,
+    fov_polygons,
+    fov_verdicts,
+    geodesic_distance_m,
+    radius_box,
+)
 from registry_api.feeds.index.columns import Columns
 from registry_api.feeds.index.grid import (
+    CELL_DEGREES,
     GRID_COLUMNS,
+    GRID_ROWS,
     MAX_FOOTPRINT_CELLS,
     cell_key_ranges,
     concat_ranges,
@@ -154,6 +163,24 @@ class Snapshot:
         )  # fmt: skip
         return candidates[touching]
 
+    def footprints_at(self, lon: float, lat: float) -> np.ndarray:
+        """Rows whose footprint bounds hold the point, ascending: :meth:`footprints_touching`
+        for a point's one cell, in scalar arithmetic."""
+        row = min(max(math.floor((lat + 90.0) / CELL_DEGREES), 0), GRID_ROWS - 1)
+        column = min(max(math.floor((lon + 180.0) / CELL_DEGREES), 0), GRID_COLUMNS - 1)
+        key = row * GRID_COLUMNS + column
+        start = int(self.footprint_keys.searchsorted(key, "left"))
+        end = int(self.footprint_keys.searchsorted(key, "right"))
+        candidates = self.footprint_rows[start:end]  # one cell: each row once, ascending
+        if self.oversized.size:
+            candidates = np.union1d(candidates, self.oversized)
+        bounds = self.columns.footprint[candidates]
+        holding = (
+            (bounds[:, 0] <= lon) & (bounds[:, 2] >= lon)
+            & (bounds[:, 1] <= lat) & (bounds[:, 3] >= lat)
+        )  # fmt: skip
+        return candidates[holding]
+
     def footprint_shapes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(FOV polygons, coverage polygons) of the rows; None where a row has no such shape."""
         fov = self.columns.fov[rows]
@@ -173,11 +200,34 @@ class Snapshot:
     # ------------------------------------------------------------------ predicates
 
     def _rows_seeing(self, lon: float, lat: float) -> np.ndarray:
-        candidates = self.footprints_touching((lon, lat, lon, lat))
+        """Rows whose field of view or coverage holds the point. A view is decided in its local
+        frame where that is sure (:func:`fov_verdicts`); only the few points near a view's
+        edges are tested against its polygon."""
+        candidates = self.footprints_at(lon, lat)
         if candidates.size == 0:
             return candidates
-        polygons, coverage = self.footprint_shapes(candidates)
-        seen = shapely.intersects_xy(polygons, lon, lat) | shapely.intersects_xy(coverage, lon, lat)
+        c = self.columns
+        fov = c.fov[candidates]
+        seen = np.zeros(candidates.shape[0], dtype=bool)
+        has_fov = np.flatnonzero(~np.isnan(fov[:, 0]))
+        if has_fov.size:
+            rows = candidates[has_fov]
+            verdicts = fov_verdicts(
+                c.lon[rows], c.lat[rows], fov[has_fov, 0], fov[has_fov, 1], fov[has_fov, 2],
+                lon, lat,
+            )  # fmt: skip
+            unsure = np.flatnonzero(verdicts == UNSURE)
+            if unsure.size:
+                views = fov[has_fov[unsure]]
+                polygons = fov_polygons(
+                    c.lon[rows[unsure]], c.lat[rows[unsure]], views[:, 0], views[:, 1], views[:, 2]
+                )
+                verdicts[unsure] = shapely.intersects_xy(polygons, lon, lat)
+            seen[has_fov] = verdicts == 1
+        coverage = c.coverage[candidates]
+        covered = coverage != None  # noqa: E711 (an object array: elementwise)
+        if covered.any():
+            seen[covered] |= shapely.intersects_xy(coverage[covered], lon, lat)
         return candidates[seen]
 
     def _rows_in_geometry(self, geometry: shapely.Geometry, relation: str) -> np.ndarray:
