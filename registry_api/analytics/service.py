@@ -8,7 +8,7 @@ bucket expression, the grouped column), never text from a request.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -645,7 +645,8 @@ class AnalyticsService:
                    countIf(answered AND decided_at <= deadline) AS within_deadline,
                    countIf(answered OR deadline <= {{now:DateTime64(3, 'UTC')}}) AS due,
                    quantileExactInclusiveIf(0.5)(seconds_to_decision, answered) AS median_seconds,
-                   quantileExactInclusiveIf(0.95)(seconds_to_decision, answered) AS p95_seconds
+                   quantileExactInclusiveIf(0.95)(seconds_to_decision, answered) AS p95_seconds,
+                   sumMapIf([reason], [toUInt64(1)], decision = 'denied') AS deny_reasons
             FROM decisions FINAL
             WHERE {where.sql()}
             GROUP BY owner_department
@@ -653,30 +654,23 @@ class AnalyticsService:
             """,
             where.parameters,
         )
-        reasons = await self.store.rows(
-            "deny_reasons",
-            f"""
-            SELECT reason, count() AS denials
-            FROM decisions FINAL
-            WHERE {where.sql()} AND decision = 'denied'
-            GROUP BY reason
-            ORDER BY denials DESC, reason
-            """,
-            where.parameters,
-        )
-        # Escalations are access.escalated events (the deadline keeper's), counted once per
-        # request and feed from the raw events: the decisions table keeps only the latest state.
+        # Escalations are the deadline keeper's access.escalated events, counted once per
+        # request and feed (the decisions table keeps only the latest state): their table.
         escalations = await self.store.rows(
             "escalations",
             f"""
             SELECT owner_department, uniqExact(request_id, feed_id) AS escalated
-            FROM access_events
-            WHERE {where.sql()} AND type = 'access.escalated'
+            FROM escalations
+            WHERE {where.sql()}
             GROUP BY owner_department
             """,
             where.parameters,
         )
         escalated = {row["owner_department"]: int(row["escalated"]) for row in escalations}
+        denials: Counter[str] = Counter()
+        for row in rows:
+            reasons, counts = row["deny_reasons"]
+            denials.update(dict(zip(reasons, counts, strict=True)))
         departments = [
             DecisionDepartmentRow(
                 owner_department=row["owner_department"],
@@ -706,7 +700,10 @@ class AnalyticsService:
         )
         return (
             totals,
-            [DenyReason(reason=row["reason"], count=row["denials"]) for row in reasons],
+            [
+                DenyReason(reason=reason, count=count)
+                for reason, count in sorted(denials.items(), key=lambda item: (-item[1], item[0]))
+            ],
             departments,
         )
 

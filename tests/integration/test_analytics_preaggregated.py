@@ -601,3 +601,111 @@ def test_an_existing_store_gets_the_ranking_rollups_backfilled_when_it_migrates(
         assert_ranking_rollups_equal_the_raw_events(url)
     finally:
         disconnect(url)
+
+
+def _escalation_rows(now: datetime, seed: int) -> list[list[Any]]:
+    """access.escalated events (request, feed, departments, requested_at): some twice (a
+    replay), some without a request time, among other access events of the same requests."""
+    rng = random.Random(seed)
+    rows = []
+    for number in range(400):
+        index = rng.randrange(FEEDS)
+        requested = now - timedelta(days=rng.uniform(0, 40))
+        requester = rng.choice(REQUESTERS)
+        common = [
+            f"request-{seed}-{number // 3}", _feed(index), _facts(index)["owner_department"],
+            requester,
+        ]  # fmt: skip
+        escalated = to_clickhouse_time(requested + timedelta(days=6))
+        kinds = ["access.requested", "access.escalated"] + ["access.escalated"] * (number % 7 == 0)
+        for kind in kinds:
+            at = None if number % 23 == 0 else to_clickhouse_time(requested)
+            rows.append([uuid.uuid4(), escalated, kind, *common, at])
+    return rows
+
+
+def _insert_escalations(url: str, rows: list[list[Any]]) -> None:
+    """The events, and each request's row in ``decisions`` (still pending), which is what the
+    decisions report lists its departments from."""
+    names = [
+        "event_id", "time", "type", "request_id", "feed_id", "owner_department",
+        "requester_department", "requested_at",
+    ]  # fmt: skip
+    connect(url).insert("access_events", rows, column_names=names)
+    requests = {tuple(row[3:8]) for row in rows if row[7] is not None}
+    connect(url).insert(
+        "decisions",
+        [[*request, uuid.uuid4(), request[4], "pending"] for request in requests],
+        column_names=[
+            "request_id", "feed_id", "owner_department", "requester_department",
+            "requested_at", "event_id", "time", "decision",
+        ],
+    )  # fmt: skip
+
+
+async def _escalated_by_service(url: str, period: Period, department: str | None) -> list[Any]:
+    service = AnalyticsService(AnalyticsStore(url), Scope(department=department))
+    _, _, rows = await service.decisions(period, UsageFilters(), {})
+    return sorted((row.owner_department, row.escalated) for row in rows if row.escalated)
+
+
+def _escalated_raw(url: str, period: Period, department: str | None) -> list[Any]:
+    """What the decisions report counted before the escalations table: the raw events."""
+    scope = (
+        ""
+        if department is None
+        else " AND (owner_department = {department:String} "
+        "OR requester_department = {department:String})"
+    )
+    rows = (
+        connect(url)
+        .query(
+            "SELECT owner_department, uniqExact(request_id, feed_id) FROM access_events "
+            "WHERE type = 'access.escalated' AND requested_at >= {start:DateTime64(3, 'UTC')} "
+            "AND requested_at < {end:DateTime64(3, 'UTC')}" + scope + " GROUP BY owner_department",
+            parameters={
+                "start": to_clickhouse_time(period.start),
+                "end": to_clickhouse_time(period.end),
+                "department": department or "",
+            },
+        )
+        .result_rows
+    )
+    return sorted((owner, int(count)) for owner, count in rows)
+
+
+async def test_escalations_equal_the_raw_events_after_a_backfill_and_through_the_view(
+    tmp_path: Path,
+) -> None:
+    """A store holding escalations from before their table (migration 16) existed gets them
+    backfilled; later ones come through the view; the decisions report counts what the raw
+    events hold, for the operator and for a department, over periods in the past and now."""
+    url = f"chdb://{tmp_path / 'analytics'}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    periods = [
+        Period(now - timedelta(days=45), now + timedelta(hours=1)),
+        Period(now - timedelta(days=30), now - timedelta(days=9)),
+        Period(now - timedelta(days=3), now),
+    ]
+    try:
+        apply_migrations(url)
+        client = connect(url)
+        for item in reversed(load_migrations()[16].objects):  # the view first
+            kind = "VIEW" if item.placement is Placement.view else "TABLE"
+            client.command(f"DROP {kind} {item.name}")
+        client.command(
+            "ALTER TABLE schema_migrations DELETE WHERE version = 16",
+            settings={"mutations_sync": 2},
+        )
+        _insert_escalations(url, _escalation_rows(now, seed=1))
+        assert apply_migrations(url) == [16]
+        _insert_escalations(url, _escalation_rows(now, seed=2))
+        counted = 0
+        for period in periods:
+            for department in (None, OWNERS[1], REQUESTERS[-1]):
+                raw = _escalated_raw(url, period, department)
+                assert await _escalated_by_service(url, period, department) == raw
+                counted += sum(count for _, count in raw)
+        assert counted > 300  # the periods hold escalations of both seeds
+    finally:
+        disconnect(url)
