@@ -818,17 +818,22 @@ class AnalyticsService:
     async def _feed_retrievals(
         self, period: Period, where: Where, feeds: list[str]
     ) -> dict[str, int]:
-        """Retrievals in the period of these feeds only (the rollups' rows of other feeds are
-        skipped by the feed condition)."""
+        """Retrievals in the period of these feeds only, from the hourly rollup ordered by
+        feed: only the listed feeds' rows are read."""
         if not feeds:
             return {}
-        scoped = Where(list(where.conditions), dict(where.parameters)).add(
-            "feed_id IN {listed_feeds:Array(String)}", listed_feeds=feeds
-        )
-        activity = self._feed_activity(period, scoped, states=False)
+        hourly = self._hourly(period)
+        scoped = Where(
+            where.conditions + hourly.conditions, {**where.parameters, **hourly.parameters}
+        ).add("feed_id IN {listed_feeds:Array(String)}", listed_feeds=feeds)
         rows = await self.store.rows(
             "dormant_feed_retrievals",
-            f"SELECT feed_id, sum(retrievals) AS feed_retrievals FROM {activity} GROUP BY feed_id",
+            f"""
+            SELECT feed_id, sum(retrievals) AS feed_retrievals
+            FROM usage_feeds_hour_by_feed
+            WHERE {scoped.sql()}
+            GROUP BY feed_id
+            """,
             scoped.parameters,
         )
         return {row["feed_id"]: int(row["feed_retrievals"]) for row in rows}
