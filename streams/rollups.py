@@ -5,7 +5,9 @@ process killed in between leaves the event in the table (so a replay skips it) b
 from some rollups. With the embedded engine one process is the only writer, so at start the
 worker rebuilds the buckets of the last block the sink inserted: the only block that can have
 been cut off. The rollups' own view definitions (``schemas/clickhouse``) give the queries, so
-a rebuilt bucket holds exactly what the views would have written.
+a rebuilt bucket holds exactly what the views would have written. A view that copies events
+rather than summing them into buckets (``escalations``: a row per event, keeping the event's
+``time`` as a column) has the block's time span itself rebuilt, by that column.
 
 (Against a ClickHouse server, several workers write at once and a rebuild would race them;
 there the sink re-sends a replayed block instead, which Keeper's deduplication makes safe.)
@@ -31,6 +33,8 @@ _GRAINS = {
     "toStartOfDay(": timedelta(days=1),
 }
 _VIEW = re.compile(r"TO (?P<target>\w+)\s+AS (?P<select>SELECT\b.*)$", re.DOTALL)
+_TIME_COPY = re.compile(r"^\s*time AS (?P<column>\w+),?$", re.MULTILINE)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ class Rollup:
     view: str
     target: str
     select: str
-    grain: timedelta
+    grain: timedelta | None  # None: the view copies events, each keeping its time
+    time_column: str = "bucket"
 
 
 @cache
@@ -53,9 +58,13 @@ def rollups() -> tuple[Rollup, ...]:
         if match is None or f"FROM {_SOURCE}\n" not in match["select"] + "\n":
             continue
         grains = [size for marker, size in _GRAINS.items() if marker in match["select"]]
-        if len(grains) != 1:
+        copied = _TIME_COPY.search(match["select"])
+        if len(grains) == 1:
+            found.append(Rollup(name, match["target"], match["select"], grains[0]))
+        elif not grains and copied is not None:
+            found.append(Rollup(name, match["target"], match["select"], None, copied["column"]))
+        else:
             raise ValueError(f"cannot tell the bucket size of view {name}")
-        found.append(Rollup(name, match["target"], match["select"], grains[0]))
     return tuple(found)
 
 
@@ -68,12 +77,18 @@ def rebuild(url: str, start: datetime, end: datetime) -> None:
     """Recomputes every rollup's buckets overlapping [start, end] from access_events."""
     client = connect(url)
     for rollup in rollups():
-        low = _floor(start, rollup.grain).replace(tzinfo=None)
-        high = (_floor(end, rollup.grain) + rollup.grain).replace(tzinfo=None)
+        if rollup.grain is None:  # copied events: exactly the span, to the millisecond
+            low, high = start.replace(tzinfo=None), (end + _MILLISECOND).replace(tzinfo=None)
+            column_type = "DateTime64(3, 'UTC')"
+        else:
+            low = _floor(start, rollup.grain).replace(tzinfo=None)
+            high = (_floor(end, rollup.grain) + rollup.grain).replace(tzinfo=None)
+            column_type = "DateTime('UTC')"
         bounds = {"low": low, "high": high}
+        column = rollup.time_column
         client.command(
-            f"ALTER TABLE {rollup.target} DELETE WHERE bucket >= {{low:DateTime('UTC')}} "
-            "AND bucket < {high:DateTime('UTC')}",
+            f"ALTER TABLE {rollup.target} DELETE WHERE {column} >= {{low:{column_type}}} "
+            f"AND {column} < {{high:{column_type}}}",
             parameters=bounds,
             settings={"mutations_sync": 2},
         )

@@ -152,3 +152,52 @@ async def test_an_insert_retried_after_it_succeeded_counts_once(analytics_url: s
     for _ in range(2):  # the client saw an error after ClickHouse had the insert
         sink._insert("access_events", list(rows[0]), payload, block_token("access_events", 42))
     assert figures(analytics_url) == (10, [10] * ROLLUPS)
+
+
+def test_the_last_block_rebuild_restores_the_escalations_it_cut_off(analytics_url: str) -> None:
+    """The escalations view copies events (no buckets): the rebuild restores the block's
+    time span by the copied time, exactly, and a second rebuild adds nothing."""
+    client = connect(analytics_url)
+    start = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=5)
+    names = [
+        "event_id", "time", "type", "request_id", "feed_id", "owner_department",
+        "requester_department", "requested_at", "sink_block",
+    ]  # fmt: skip
+
+    def escalations(block: int, first: int, count: int) -> list[list[Any]]:
+        return [
+            [
+                uuid.uuid4(),
+                start + timedelta(seconds=number, milliseconds=7),
+                "access.escalated",
+                f"r-{number}",
+                f"f-{number % 3}",
+                "lz-psb",
+                "lz-jtj",
+                start - timedelta(days=6),
+                block,
+            ]  # fmt: skip
+            for number in range(first, first + count)
+        ]
+
+    def stored() -> list[tuple[Any, ...]]:
+        rows = client.query(
+            "SELECT request_id, feed_id, escalated_at FROM escalations ORDER BY request_id"
+        ).result_rows
+        return [tuple(row) for row in rows]
+
+    client.insert("access_events", escalations(1, 0, 30), column_names=names)
+    client.command("DETACH TABLE escalations_mv")
+    client.insert("access_events", escalations(2, 30, 12), column_names=names)  # cut off
+    client.command("ATTACH TABLE escalations_mv")
+    assert len(stored()) == 30
+    assert repair_last_block(analytics_url) is not None
+    raw = [
+        tuple(row)
+        for row in client.query(
+            "SELECT request_id, feed_id, time FROM access_events ORDER BY request_id"
+        ).result_rows
+    ]
+    assert stored() == raw and len(raw) == 42
+    assert repair_last_block(analytics_url) is not None  # again: nothing added
+    assert stored() == raw
