@@ -17,6 +17,7 @@ import shapely
 from shapely.geometry import Point
 
 from registry_api.feeds.geodesy import fov_polygon, geodesic_distance_m
+from registry_api.feeds.index.grid import GRID_COLUMNS, cell_key, grid_column, grid_row
 from registry_api.feeds.index.queries import IndexQuery, InvalidCursor
 from registry_api.feeds.index.records import FeedRecord
 from registry_api.feeds.spatial import FeedIndex
@@ -341,3 +342,11 @@ async def test_owners_of_answers_owner_and_retired_state_of_exactly_the_ids_aske
     near_misses = [feed_id[:-1] for feed_id in some] + [feed_id + "0" for feed_id in some]
     near_misses += [f"{some[0]}é", "", "\x00", some[1] + "\x00"]
     assert index.owners_of(near_misses) == {}
+
+
+def test_a_points_scalar_cell_is_the_cell_the_grid_columns_give() -> None:
+    rng = np.random.default_rng(3)
+    lon = np.concatenate([rng.uniform(-180, 180, 5_000), [-180.0, 180.0, 0.0, 103.83, -0.005]])
+    lat = np.concatenate([rng.uniform(-90, 90, 5_000), [-90.0, 90.0, 0.0, 36.06, 89.999]])
+    expected = grid_row(lat) * GRID_COLUMNS + grid_column(lon)
+    assert [cell_key(x, y) for x, y in zip(lon, lat, strict=True)] == expected.tolist()

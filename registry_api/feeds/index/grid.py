@@ -3,6 +3,8 @@ sorted), so a search box becomes one ``searchsorted`` range per grid row."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 CELL_DEGREES = 0.01
@@ -20,6 +22,14 @@ def grid_row(lat: np.ndarray | float) -> np.ndarray:
 def grid_column(lon: np.ndarray | float) -> np.ndarray:
     degrees = np.nan_to_num(np.asarray(lon, dtype=np.float64), nan=-180.0)
     return np.clip(np.floor((degrees + 180.0) / CELL_DEGREES), 0, GRID_COLUMNS - 1).astype(np.int64)
+
+
+def cell_key(lon: float, lat: float) -> int:
+    """The grid key of one placed point: :func:`grid_row` and :func:`grid_column` in scalar
+    arithmetic (the same floor and clip, so the same cell)."""
+    row = min(max(math.floor((lat + 90.0) / CELL_DEGREES), 0), GRID_ROWS - 1)
+    column = min(max(math.floor((lon + 180.0) / CELL_DEGREES), 0), GRID_COLUMNS - 1)
+    return row * GRID_COLUMNS + column
 
 
 def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -3,7 +3,6 @@ predicate of a query; merging a batch of records or columns into a new one."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,10 +17,9 @@ from registry_api.feeds.geodesy import (
 )
 from registry_api.feeds.index.columns import Columns
 from registry_api.feeds.index.grid import (
-    CELL_DEGREES,
     GRID_COLUMNS,
-    GRID_ROWS,
     MAX_FOOTPRINT_CELLS,
+    cell_key,
     cell_key_ranges,
     concat_ranges,
     grid_column,
@@ -152,9 +150,25 @@ class Snapshot:
             ends = np.searchsorted(self.footprint_keys, last, side="right")
             found.append(self.footprint_rows[concat_ranges(starts, ends)])
         if cells == 1 and len(found) == 1:
-            candidates = found[0]  # one cell (a point's): each row once, ascending already
+            candidates = found[0]  # one cell: each row once, ascending already
         else:
             candidates = np.unique(np.concatenate(found))
+        return self._bounds_touching(candidates, box)
+
+    def footprints_at(self, lon: float, lat: float) -> np.ndarray:
+        """Rows whose footprint bounds hold the point, ascending: :meth:`footprints_touching`
+        for a point, whose one cell needs no box arithmetic."""
+        key = cell_key(lon, lat)
+        start = int(self.footprint_keys.searchsorted(key, "left"))
+        end = int(self.footprint_keys.searchsorted(key, "right"))
+        candidates = self.footprint_rows[start:end]  # one cell: each row once, ascending
+        if self.oversized.size:
+            candidates = np.union1d(candidates, self.oversized)
+        return self._bounds_touching(candidates, (lon, lat, lon, lat))
+
+    def _bounds_touching(
+        self, candidates: np.ndarray, box: tuple[float, float, float, float]
+    ) -> np.ndarray:
         bounds = self.columns.footprint[candidates]
         min_lon, min_lat, max_lon, max_lat = box
         touching = (
@@ -162,24 +176,6 @@ class Snapshot:
             & (bounds[:, 1] <= max_lat) & (bounds[:, 3] >= min_lat)
         )  # fmt: skip
         return candidates[touching]
-
-    def footprints_at(self, lon: float, lat: float) -> np.ndarray:
-        """Rows whose footprint bounds hold the point, ascending: :meth:`footprints_touching`
-        for a point's one cell, in scalar arithmetic."""
-        row = min(max(math.floor((lat + 90.0) / CELL_DEGREES), 0), GRID_ROWS - 1)
-        column = min(max(math.floor((lon + 180.0) / CELL_DEGREES), 0), GRID_COLUMNS - 1)
-        key = row * GRID_COLUMNS + column
-        start = int(self.footprint_keys.searchsorted(key, "left"))
-        end = int(self.footprint_keys.searchsorted(key, "right"))
-        candidates = self.footprint_rows[start:end]  # one cell: each row once, ascending
-        if self.oversized.size:
-            candidates = np.union1d(candidates, self.oversized)
-        bounds = self.columns.footprint[candidates]
-        holding = (
-            (bounds[:, 0] <= lon) & (bounds[:, 2] >= lon)
-            & (bounds[:, 1] <= lat) & (bounds[:, 3] >= lat)
-        )  # fmt: skip
-        return candidates[holding]
 
     def footprint_shapes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(FOV polygons, coverage polygons) of the rows; None where a row has no such shape."""
@@ -218,16 +214,10 @@ class Snapshot:
             )  # fmt: skip
             unsure = np.flatnonzero(verdicts == UNSURE)
             if unsure.size:
-                views = fov[has_fov[unsure]]
-                polygons = fov_polygons(
-                    c.lon[rows[unsure]], c.lat[rows[unsure]], views[:, 0], views[:, 1], views[:, 2]
-                )
+                polygons, _ = self.footprint_shapes(rows[unsure])
                 verdicts[unsure] = shapely.intersects_xy(polygons, lon, lat)
             seen[has_fov] = verdicts == 1
-        coverage = c.coverage[candidates]
-        covered = coverage != None  # noqa: E711 (an object array: elementwise)
-        if covered.any():
-            seen[covered] |= shapely.intersects_xy(coverage[covered], lon, lat)
+        seen |= shapely.intersects_xy(c.coverage[candidates], lon, lat)  # None: False
         return candidates[seen]
 
     def _rows_in_geometry(self, geometry: shapely.Geometry, relation: str) -> np.ndarray:
