@@ -71,6 +71,12 @@ def create_engine(database_url: str) -> AsyncEngine:
             database_url,
             connect_args={"timeout": SQLITE_WAIT_SECONDS},
             pool_timeout=SQLITE_WAIT_SECONDS,
+            # The connection returned last is handed out next. Each pooled connection has its
+            # own page cache, and SQLite empties it whenever another connection has written
+            # since its last transaction: handed out in turn (the pool's default), every
+            # request met a cold cache and read its pages again (an access request for 100
+            # feeds: 62 -> 27 ms p50, 68 -> 31 ms of CPU, measured on the demo city).
+            pool_use_lifo=True,
         )
         _tune_sqlite(engine)
         return engine

@@ -207,6 +207,19 @@ async def test_sqlite_checkpoints_its_log_in_the_background(
     assert REGISTRY.get_sample_value("feedgrid_sqlite_wal_pages_not_checkpointed") == 0
 
 
+async def test_sqlite_hands_out_the_connection_returned_last(engine: AsyncEngine) -> None:
+    """Its page cache is the warm one (another connection's write empties a cache)."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's per-connection page cache")
+    async with engine.connect() as first, engine.connect() as second:
+        first_raw = (await first.get_raw_connection()).driver_connection
+        second_raw = (await second.get_raw_connection()).driver_connection
+        assert first_raw is not second_raw
+        await first.close()  # returned first; `second` is returned last, leaving the block
+    async with engine.connect() as again:
+        assert (await again.get_raw_connection()).driver_connection is second_raw
+
+
 async def test_sqlite_work_runs_on_the_connections_own_thread(
     sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
 ) -> None:
