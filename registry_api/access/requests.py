@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.access.feed_columns import FeedColumns, SharingRules, requested_feed_columns
@@ -18,8 +19,12 @@ from registry_api.access.models import AccessRequest, AccessRequestFeed
 from registry_api.access.policy import EmergencyNotAllowed, RequestFacts
 from registry_api.access.policy_columns import ColumnContext, ColumnDecisions, decide_columns
 from registry_api.access.records import TABLES, EventPayloads, grant_row, new_id
-from registry_api.audit.service import EncodedAccessEvent, record_access_events
-from registry_api.bulk_insert import prepare_insert
+from registry_api.audit.service import (
+    EncodedAccessEvent,
+    record_access_events,
+    unchained_events,
+)
+from registry_api.bulk_insert import DriverInsert, prepare_insert
 from registry_api.db import writes_in_turn
 from registry_api.errors import ApiError, Forbidden, NotFound, Unprocessable
 from registry_api.feeds.service import search_feed_ids
@@ -163,8 +168,14 @@ async def create_access_request(
     except EmergencyNotAllowed as error:
         raise Forbidden(str(error), code="emergency_not_allowed") from None
     written = decided_rows(request, feeds, decisions, facts, now)
+    # Everything but the driver's work is prepared before this request's turn to write: the
+    # writers of a SQLite registry take turns, so the turn's length bounds how many requests
+    # a second the process can take.
+    dialect = (await session.connection()).dialect
+    rows = _prepared_rows(request, written, dialect)
+    unchained = unchained_events(written.events, now, dialect)
     async with writes_in_turn(session):
-        await _write(session, request, written)
+        await record_access_events(session, written.events, along=rows, unchained=unchained)
         await session.commit()
     return request_out(request, written.items)
 
@@ -254,17 +265,18 @@ def decided_rows(
     return DecidedRows(items, list(grants.values()), grant_feeds, events)
 
 
-async def _write(session: AsyncSession, request: AccessRequest, written: DecidedRows) -> None:
-    """One multi-row statement per table (driver-level executemany), then the audit chain and
-    the outbox, in the caller's transaction: all of it one piece of driver work."""
-    dialect = (await session.connection()).dialect
+def _prepared_rows(
+    request: AccessRequest, written: DecidedRows, dialect: Dialect
+) -> list[DriverInsert]:
+    """One multi-row statement per table (driver-level executemany), written before the audit
+    chain and the outbox, in the same piece of driver work."""
     request_row = {column.name: getattr(request, column.name) for column in TABLES.requests.columns}
     rows = [prepare_insert(TABLES.requests, [request_row], dialect)]
     if written.grants:
         rows.append(prepare_insert(TABLES.grants, written.grants, dialect))
         rows.append(prepare_insert(TABLES.grant_feeds, written.grant_feeds, dialect))
     rows.append(prepare_insert(TABLES.request_feeds, written.items, dialect))
-    await record_access_events(session, written.events, along=rows)
+    return rows
 
 
 def _status(feeds: Sequence[FeedDecisionOut]) -> RequestStatus:

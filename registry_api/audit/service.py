@@ -231,9 +231,13 @@ async def record_access_events(
     *,
     cooperative: bool = False,
     along: Sequence[DriverInsert] = (),
+    unchained: UnchainedEvents | None = None,
 ) -> None:
     """Appends the events to the audit chain and the outbox, after the rows of ``along`` (the
     change the events tell of, prepared by the caller). The caller commits.
+
+    ``unchained``: :func:`unchained_events` of ``events``, when the caller prepared them before
+    its turn to write (``db.writes_in_turn``), so the turn holds only the driver's work.
 
     Call it last before the commit: on PostgreSQL it holds the chain-head row lock until then.
     The rows, the chain head and the links are written as one piece of driver work (on SQLite
@@ -259,7 +263,8 @@ async def record_access_events(
         )
         await enqueue_prepared(session, prepared.outbox)
     else:
-        unchained = unchained_events(events, now, dialect)
+        if unchained is None:
+            unchained = unchained_events(events, now, dialect)
         await run_driver_work(session, _appending(along, unchained, now, dialect))
     for listener in _ACCESS_EVENT_LISTENERS:
         await listener(session, events)
