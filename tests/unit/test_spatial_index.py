@@ -17,7 +17,14 @@ import shapely
 from shapely.geometry import Point
 
 from registry_api.feeds.geodesy import fov_polygon, geodesic_distance_m
-from registry_api.feeds.index.grid import GRID_COLUMNS, cell_key, grid_column, grid_row
+from registry_api.feeds.index.grid import (
+    GRID_COLUMNS,
+    cell_key,
+    column_of,
+    grid_column,
+    grid_row,
+    row_of,
+)
 from registry_api.feeds.index.queries import IndexQuery, InvalidCursor
 from registry_api.feeds.index.records import FeedRecord
 from registry_api.feeds.spatial import FeedIndex
@@ -350,3 +357,7 @@ def test_a_points_scalar_cell_is_the_cell_the_grid_columns_give() -> None:
     lat = np.concatenate([rng.uniform(-90, 90, 5_000), [-90.0, 90.0, 0.0, 36.06, 89.999]])
     expected = grid_row(lat) * GRID_COLUMNS + grid_column(lon)
     assert [cell_key(x, y) for x, y in zip(lon, lat, strict=True)] == expected.tolist()
+    # and so are the rows and columns a search box's ranges start from, off the map and NaN too
+    edges = np.array([-1e9, -200.0, -90.0, -0.004, 0.0, 45.67, 89.995, 90.0, 200.0, np.nan])
+    assert [row_of(value) for value in edges] == grid_row(edges).tolist()
+    assert [column_of(value) for value in edges] == grid_column(edges).tolist()

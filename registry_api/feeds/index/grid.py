@@ -24,12 +24,24 @@ def grid_column(lon: np.ndarray | float) -> np.ndarray:
     return np.clip(np.floor((degrees + 180.0) / CELL_DEGREES), 0, GRID_COLUMNS - 1).astype(np.int64)
 
 
+def row_of(lat: float) -> int:
+    """:func:`grid_row` of one latitude in scalar arithmetic (the same NaN cell, floor and
+    clip, so the same row): the array form costs ~20 us a call on a scalar."""
+    if math.isnan(lat):
+        return 0
+    return min(max(math.floor((lat + 90.0) / CELL_DEGREES), 0), GRID_ROWS - 1)
+
+
+def column_of(lon: float) -> int:
+    """:func:`grid_column` of one longitude in scalar arithmetic."""
+    if math.isnan(lon):
+        return 0
+    return min(max(math.floor((lon + 180.0) / CELL_DEGREES), 0), GRID_COLUMNS - 1)
+
+
 def cell_key(lon: float, lat: float) -> int:
-    """The grid key of one placed point: :func:`grid_row` and :func:`grid_column` in scalar
-    arithmetic (the same floor and clip, so the same cell)."""
-    row = min(max(math.floor((lat + 90.0) / CELL_DEGREES), 0), GRID_ROWS - 1)
-    column = min(max(math.floor((lon + 180.0) / CELL_DEGREES), 0), GRID_COLUMNS - 1)
-    return row * GRID_COLUMNS + column
+    """The grid key of one placed point."""
+    return row_of(lat) * GRID_COLUMNS + column_of(lon)
 
 
 def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -57,7 +69,7 @@ def split_antimeridian(
 def cell_key_ranges(box: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
     """First and last grid key of every grid row the box covers."""
     min_lon, min_lat, max_lon, max_lat = box
-    rows = np.arange(int(grid_row(min_lat)), int(grid_row(max_lat)) + 1, dtype=np.int64)
-    first = rows * GRID_COLUMNS + int(grid_column(min_lon))
-    last = rows * GRID_COLUMNS + int(grid_column(max_lon))
+    rows = np.arange(row_of(min_lat), row_of(max_lat) + 1, dtype=np.int64)
+    first = rows * GRID_COLUMNS + column_of(min_lon)
+    last = rows * GRID_COLUMNS + column_of(max_lon)
     return first, last
