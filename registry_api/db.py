@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from prometheus_client import Histogram
 from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Result, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -101,15 +103,29 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
 
 _SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+_TURN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+TURN_WAITED = Histogram(
+    "feedgrid_sqlite_write_turn_wait_seconds",
+    "Time a SQLite registry writer waited for its turn to write",
+    ["writer"],
+    buckets=_TURN_BUCKETS,
+)
+TURN_HELD = Histogram(
+    "feedgrid_sqlite_write_turn_held_seconds",
+    "Time a SQLite registry writer held its turn (its writes and commit)",
+    ["writer"],
+    buckets=_TURN_BUCKETS,
+)
 
 
 @contextlib.asynccontextmanager
-async def writes_in_turn(session: AsyncSession) -> AsyncIterator[None]:
+async def writes_in_turn(session: AsyncSession, writer: str) -> AsyncIterator[None]:
     """Around a transaction's writes and its commit: on SQLite, the writers of this process
     take turns here, on the event loop, instead of in SQLite's busy handler, which sleeps
     (1, 2, 5 ... 100 ms) between tries: under concurrent writers that sleeping, not the work,
     set the pace. A block left by an error rolls back before the next writer's turn. On
     PostgreSQL writers never wait for each other here (row locks order what must be ordered).
+    ``writer`` names the caller in the turn's wait and hold metrics.
     """
     engine = session.get_bind().engine
     if engine.dialect.name != "sqlite":
@@ -118,12 +134,17 @@ async def writes_in_turn(session: AsyncSession) -> AsyncIterator[None]:
     turn = _SQLITE_WRITERS.get(engine)
     if turn is None:
         turn = _SQLITE_WRITERS.setdefault(engine, asyncio.Lock())
+    asked = time.perf_counter()
     async with turn:
+        began = time.perf_counter()
+        TURN_WAITED.labels(writer).observe(began - asked)
         try:
             yield
         except BaseException:
             await session.rollback()
             raise
+        finally:
+            TURN_HELD.labels(writer).observe(time.perf_counter() - began)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -110,7 +110,7 @@ async def approve(
     if pending and request.valid_until <= now:
         raise Conflict("the requested window has ended; nothing can be granted", code="window_over")
     payloads = EventPayloads(request)
-    async with writes_in_turn(session):
+    async with writes_in_turn(session, "approval"):
         events = await _grant_pending(session, payloads, principal, pending, body.comment, now)
         if reviewed:
             events += await _confirm_reviewed(session, payloads, principal, reviewed, now)
@@ -254,7 +254,7 @@ async def deny(
     chosen = _select_items(principal, items, body.feed_ids)
     now = utcnow()
     message = body.comment or "denied by the owner"
-    async with writes_in_turn(session):
+    async with writes_in_turn(session, "denial"):
         await _claim(
             session,
             request.id,

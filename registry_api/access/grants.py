@@ -182,7 +182,7 @@ async def revoke_grant(
     if grant.revoked_at is not None:
         raise Conflict("the grant is already revoked", code="already_revoked")
     now = utcnow()
-    async with writes_in_turn(session):
+    async with writes_in_turn(session, "revocation"):
         revoked = await revoke_row(session, grant_id, principal, reason, now)
         if revoked is None:
             raise Conflict("the grant is already revoked", code="already_revoked")

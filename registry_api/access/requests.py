@@ -174,7 +174,7 @@ async def create_access_request(
     dialect = (await session.connection()).dialect
     rows = _prepared_rows(request, written, dialect)
     unchained = unchained_events(written.events, now, dialect)
-    async with writes_in_turn(session):
+    async with writes_in_turn(session, "access_request"):
         await record_access_events(session, written.events, along=rows, unchained=unchained)
         await session.commit()
     return request_out(request, written.items)

@@ -167,7 +167,7 @@ class BufferedAccessEvents:
         return written
 
     async def _write(self, events: list[AccessEvent]) -> None:
-        async with self.sessions() as session, writes_in_turn(session):
+        async with self.sessions() as session, writes_in_turn(session, "hook_events"):
             await record_access_events(session, events, cooperative=True)
             await session.commit()
 

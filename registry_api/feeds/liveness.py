@@ -268,7 +268,7 @@ class LivenessApplier:
     async def _apply_part(self, batch: LivenessBatch) -> int:
         # In turn with the process's other writers (SQLite): an access request meeting this
         # transaction in SQLite's busy handler would sleep there (1, 2, 5 ... 100 ms).
-        async with self.sessions() as session, writes_in_turn(session):
+        async with self.sessions() as session, writes_in_turn(session, "liveness"):
             changed = await apply_liveness(session, batch=batch)
             if changed and self.in_transaction is not None:
                 await self.in_transaction(session, changed)

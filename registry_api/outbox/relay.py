@@ -229,7 +229,7 @@ class OutboxRelay:
             now = utcnow()
             # In turn with the process's other writers (SQLite): an access request meeting
             # this write in SQLite's busy handler would sleep there (1, 2, 5 ... ms).
-            async with writes_in_turn(session):
+            async with writes_in_turn(session, "outbox_relay"):
                 await session.execute(
                     # Exactly the ids published: on PostgreSQL a lower id can commit later
                     # than a higher one, so an id range could mark a row that was never read.

@@ -28,7 +28,12 @@ from registry_api.audit.service import (
     verify_chain,
 )
 from registry_api.bulk_insert import DriverInsert, prepare_insert
-from registry_api.db import SQLITE_AUTOCHECKPOINT_PAGES, create_engine, session_factory
+from registry_api.db import (
+    SQLITE_AUTOCHECKPOINT_PAGES,
+    create_engine,
+    session_factory,
+    writes_in_turn,
+)
 from registry_api.driver_work import _sqlite_thread, run_driver_work
 from registry_api.identity.models import Department
 from registry_api.outbox.models import OutboxMessage
@@ -232,3 +237,46 @@ async def test_sqlite_work_runs_on_the_connections_own_thread(
         assert sqlite_connection is not None and run_in_thread is not None
         ran_on = await run_driver_work(session, lambda calls: threading.get_ident())
     assert ran_on != threading.get_ident()
+
+
+async def test_sqlite_writers_turns_are_measured_per_writer(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """A writer that waits behind another shows the wait in its own writer's metric, and each
+    turn its time held; a turn left by an error is measured too."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the turns of a SQLite registry's writers")
+
+    def sample(metric: str, writer: str, suffix: str) -> float:
+        name = f"feedgrid_sqlite_write_turn_{metric}_seconds_{suffix}"
+        return REGISTRY.get_sample_value(name, {"writer": writer}) or 0.0
+
+    before = {
+        (metric, writer, suffix): sample(metric, writer, suffix)
+        for metric in ("wait", "held")
+        for writer in ("test_first", "test_second")
+        for suffix in ("count", "sum")
+    }
+    first_holds = asyncio.Event()
+
+    async def first() -> None:
+        async with sessions() as session, writes_in_turn(session, "test_first"):
+            first_holds.set()
+            await asyncio.sleep(0.2)
+
+    async def second() -> None:
+        await first_holds.wait()
+        async with sessions() as session:
+            with pytest.raises(RuntimeError):
+                async with writes_in_turn(session, "test_second"):
+                    raise RuntimeError("left by an error")
+
+    await asyncio.gather(first(), second())
+
+    def grew(metric: str, writer: str, suffix: str) -> float:
+        return sample(metric, writer, suffix) - before[(metric, writer, suffix)]
+
+    assert grew("held", "test_first", "count") == 1 and grew("held", "test_first", "sum") >= 0.2
+    assert grew("wait", "test_second", "count") == 1 and grew("wait", "test_second", "sum") >= 0.15
+    assert grew("held", "test_second", "count") == 1  # the error's turn, measured all the same
+    assert grew("wait", "test_first", "sum") < 0.15  # nobody held the turn before it
