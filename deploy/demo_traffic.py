@@ -345,6 +345,8 @@ class TrafficReplay:
         self, description: str, items: list[T], work: Callable[[T], Awaitable[None]]
     ) -> None:
         """Runs ``work`` over ``items`` (the semaphore bounds the calls), ticking a bar."""
+        if not items:  # no bar: an empty one would tick its clock until the replay ends
+            return
         task = self.progress.add_task(description, total=len(items)) if self.progress else None
 
         async def one(item: T) -> None:
