@@ -164,10 +164,8 @@ class SessionRecorder:
             self.on_written(list(opened.values()))
 
     async def _write(self, opened: list[OpenedSession], closed: set[SessionKey]) -> None:
-        async with (
-            self.sessions() as session,
-            writes_in_turn(session, "play_sessions"),
-        ):  # see db.writes_in_turn
+        # In turn with the process's other writers (SQLite): see db.writes_in_turn.
+        async with self.sessions() as session, writes_in_turn(session, "play_sessions"):
             if opened:
                 rows = [item.row() for item in opened]
                 # The server's word on a session id is the truth now: a server that restarted
