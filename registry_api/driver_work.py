@@ -15,6 +15,8 @@ The work runs in the session's transaction: the caller commits (or rolls back) a
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +27,14 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.bulk_insert import DriverInsert
+from registry_api.db import (
+    TURN_HELD,
+    TURN_WAITED,
+    sqlite_thread,
+    sqlite_write_lock,
+    take_write_lock,
+    writes_in_turn,
+)
 
 
 @dataclass(frozen=True)
@@ -121,7 +131,7 @@ async def run_driver_work(session: AsyncSession, work: DriverWork[Result]) -> Re
     await session.flush()
     connection = await session.connection()
     if connection.dialect.name == "sqlite":
-        sqlite_connection, run_in_thread = await _sqlite_thread(session)
+        sqlite_connection, run_in_thread = await sqlite_thread(session)
         if sqlite_connection is not None and run_in_thread is not None:
             calls = _SqliteCalls(sqlite_connection)
             result: Result = await run_in_thread(work, calls)
@@ -129,22 +139,51 @@ async def run_driver_work(session: AsyncSession, work: DriverWork[Result]) -> Re
     return await connection.run_sync(lambda synchronous: work(_ConnectionCalls(synchronous)))
 
 
-async def _sqlite_thread(
-    session: AsyncSession,
-) -> tuple[sqlite3.Connection | None, Callable[..., Any] | None]:
-    """The sqlite3 connection under the session and aiosqlite's way of running a function in
-    its thread (``Connection._execute``: aiosqlite has no public name for it), or Nones where
-    this aiosqlite differs or the connection commits each statement (no transaction to join).
-    """
+async def commit_in_turn(session: AsyncSession, writer: str, work: DriverWork[Result]) -> Result:
+    """Runs ``work`` and commits, in the writers' turn (``db.writes_in_turn``); ``writer``
+    names the caller in the turn's metrics.
+
+    On SQLite the turn is taken, the work done, the transaction committed and the turn given
+    back in one call on the connection's thread: no hop back to the event loop while the turn
+    is held, so a busy loop (searches, hook checks) no longer stretches every writer's turn.
+    Elsewhere it is ``run_driver_work`` and a commit inside ``writes_in_turn``."""
+    await session.flush()
     connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    run_in_thread = getattr(driver, "_execute", None)
-    sqlite_connection = getattr(driver, "_connection", None)
-    if (
-        not callable(run_in_thread)
-        or not isinstance(sqlite_connection, sqlite3.Connection)
-        or sqlite_connection.isolation_level is None
-    ):
-        return None, None
-    return sqlite_connection, run_in_thread
+    if connection.dialect.name == "sqlite":
+        sqlite_connection, run_in_thread = await sqlite_thread(session)
+        if sqlite_connection is not None and run_in_thread is not None:
+            whole = _committed(
+                sqlite_connection, sqlite_write_lock(session.get_bind().engine), writer, work
+            )
+            result: Result = await run_in_thread(whole)
+            await session.commit()  # the session's side: nothing is left for it to write
+            return result
+    async with writes_in_turn(session, writer):
+        result = await run_driver_work(session, work)
+        await session.commit()
+    return result
+
+
+def _committed(
+    connection: sqlite3.Connection, lock: threading.Lock, writer: str, work: DriverWork[Result]
+) -> Callable[[], Result]:
+    """``work`` with the turn taken before it and the commit (or rollback) after it, to run in
+    the connection's thread."""
+    asked = time.perf_counter()
+
+    def whole() -> Result:
+        take_write_lock(lock)
+        began = time.perf_counter()
+        try:
+            result = work(_SqliteCalls(connection))
+            connection.commit()
+            return result
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            lock.release()
+            TURN_WAITED.labels(writer).observe(began - asked)
+            TURN_HELD.labels(writer).observe(time.perf_counter() - began)
+
+    return whole

@@ -21,11 +21,12 @@ from registry_api.access.policy_columns import ColumnContext, ColumnDecisions, d
 from registry_api.access.records import TABLES, EventPayloads, grant_row, new_id
 from registry_api.audit.service import (
     EncodedAccessEvent,
-    record_access_events,
+    appending_events,
+    listened_work,
     unchained_events,
 )
 from registry_api.bulk_insert import DriverInsert, prepare_insert
-from registry_api.db import writes_in_turn
+from registry_api.driver_work import commit_in_turn
 from registry_api.errors import ApiError, Forbidden, NotFound, Unprocessable
 from registry_api.feeds.service import search_feed_ids
 from registry_api.feeds.spatial import FeedIndex
@@ -171,13 +172,29 @@ async def create_access_request(
     # Everything but the driver's work is prepared before this request's turn to write: the
     # writers of a SQLite registry take turns, so the turn's length bounds how many requests
     # a second the process can take.
+    # On SQLite the turn then holds only the driver's work and the commit, in one call on the
+    # connection's thread (driver_work.commit_in_turn).
     dialect = (await session.connection()).dialect
     rows = _prepared_rows(request, written, dialect)
     unchained = unchained_events(written.events, now, dialect)
-    async with writes_in_turn(session, "access_request"):
-        await record_access_events(session, written.events, along=rows, unchained=unchained)
-        await session.commit()
+    listened = await listened_work(session, written.events, _pending_due(written.items))
+    await commit_in_turn(
+        session, "access_request", appending_events(rows, unchained, now, dialect, listened)
+    )
     return request_out(request, written.items)
+
+
+def _pending_due(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], datetime | None]:
+    """The earliest due time of each (request, owner department)'s pending feeds."""
+    due: dict[tuple[str, str], datetime | None] = {}
+    for item in items:
+        if item["outcome"] != Outcome.pending.value or item["owner_department"] is None:
+            continue
+        key = (item["request_id"], item["owner_department"])
+        earliest = due.setdefault(key, None)
+        if item["due_at"] is not None and (earliest is None or item["due_at"] < earliest):
+            due[key] = item["due_at"]
+    return due
 
 
 @dataclass(frozen=True)

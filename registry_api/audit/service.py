@@ -12,7 +12,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, cast
@@ -230,29 +230,23 @@ async def record_access_events(
     events: Sequence[RecordedEvent],
     *,
     cooperative: bool = False,
-    along: Sequence[DriverInsert] = (),
-    unchained: UnchainedEvents | None = None,
 ) -> None:
-    """Appends the events to the audit chain and the outbox, after the rows of ``along`` (the
-    change the events tell of, prepared by the caller). The caller commits.
-
-    ``unchained``: :func:`unchained_events` of ``events``, when the caller prepared them before
-    its turn to write (``db.writes_in_turn``), so the turn holds only the driver's work.
+    """Appends the events to the audit chain and the outbox, with what the access-event
+    listeners write beside them (webhook deliveries). The caller commits.
 
     Call it last before the commit: on PostgreSQL it holds the chain-head row lock until then.
-    The rows, the chain head and the links are written as one piece of driver work (on SQLite
-    one call on the connection's thread). ``cooperative`` (large batches of the hooks' events)
-    prepares the links in slices instead, yielding to the event loop in between.
+    The links, the chain head and the listeners' rows are written as one piece of driver work
+    (on SQLite one call on the connection's thread). ``cooperative`` (large batches of the
+    hooks' events) prepares the links in slices instead, yielding to the event loop in
+    between. A writer that can prepare all of its transaction beforehand uses
+    :func:`appending_events` with ``driver_work.commit_in_turn`` instead.
     """
     if not events:
-        for insert in along:
-            await execute_insert(session, insert)
         return
     now = utcnow()
     dialect = (await session.connection()).dialect
+    listened = await listened_work(session, events)
     if cooperative:
-        for insert in along:
-            await execute_insert(session, insert)
         head = await _lock_chain_head(session, now)
         prepared = await _prepare_in_slices(head.last_seq, head.last_hash, events, now, dialect)
         await execute_insert(session, prepared.audit)
@@ -262,19 +256,24 @@ async def record_access_events(
             .values(last_seq=prepared.last_seq, last_hash=prepared.last_hash)
         )
         await enqueue_prepared(session, prepared.outbox)
+        if listened:
+            await run_driver_work(session, _all_of(listened))
     else:
-        if unchained is None:
-            unchained = unchained_events(events, now, dialect)
-        await run_driver_work(session, _appending(along, unchained, now, dialect))
-    for listener in _ACCESS_EVENT_LISTENERS:
-        await listener(session, events)
+        unchained = unchained_events(events, now, dialect)
+        await run_driver_work(session, appending_events((), unchained, now, dialect, listened))
 
 
-def _appending(
-    along: Sequence[DriverInsert], unchained: UnchainedEvents, now: datetime, dialect: Dialect
+def appending_events(
+    along: Sequence[DriverInsert],
+    unchained: UnchainedEvents,
+    now: datetime,
+    dialect: Dialect,
+    listened: Sequence[DriverWork[None]] = (),
 ) -> DriverWork[PreparedEvents]:
-    """The driver work of record_access_events(): the caller's rows, then the head locked,
-    the links chained after it and written, the head moved, the outbox rows written."""
+    """The driver work of recording access events: the caller's rows (``along``, the change
+    the events tell of), then the chain head locked, the links chained after it and written,
+    the head moved, the outbox rows written, and last the listeners' work
+    (:func:`listened_work`)."""
     lock_head = _head_statement(dialect, {"updated_at": now}, returning=("last_seq", "last_hash"))
 
     def append(calls: DriverCalls) -> PreparedEvents:
@@ -289,9 +288,19 @@ def _appending(
             )
         )
         calls.executemany(prepared.outbox)
+        for work in listened:
+            work(calls)
         return prepared
 
     return append
+
+
+def _all_of(works: Sequence[DriverWork[None]]) -> DriverWork[None]:
+    def run(calls: DriverCalls) -> None:
+        for work in works:
+            work(calls)
+
+    return run
 
 
 def _head_statement(
@@ -329,16 +338,36 @@ async def _lock_chain_head(session: AsyncSession, now: datetime) -> Any:
     ).one()
 
 
-# Told of every batch of access events inside the transaction that records them (webhook
-# notifications are written there, so they exist exactly when the change does).
-AccessEventListener = Callable[[AsyncSession, Sequence[RecordedEvent]], Awaitable[None]]
+# Told of every batch of access events before it is written; what a listener returns is
+# written in the transaction that records them (webhook notifications: so they exist exactly
+# when the change does). ``PendingDue``: the earliest due time of each (request, owner
+# department)'s pending feeds, given by a caller whose rows are not written yet (a new
+# request); else the listener reads them.
+PendingDue = Mapping[tuple[str, str], datetime | None]
+AccessEventListener = Callable[
+    [AsyncSession, Sequence[RecordedEvent], PendingDue | None],
+    Awaitable[DriverWork[None] | None],
+]
 _ACCESS_EVENT_LISTENERS: list[AccessEventListener] = []
 
 
 def listen_to_access_events(listener: AccessEventListener) -> None:
-    """Registers ``listener`` (once) to run in the transaction of every recorded batch."""
+    """Registers ``listener`` (once) to be told of every recorded batch."""
     if listener not in _ACCESS_EVENT_LISTENERS:
         _ACCESS_EVENT_LISTENERS.append(listener)
+
+
+async def listened_work(
+    session: AsyncSession, events: Sequence[RecordedEvent], pending_due: PendingDue | None = None
+) -> list[DriverWork[None]]:
+    """What the listeners would write with ``events``, to pass to :func:`appending_events`.
+    It may read (subscriptions): a writer calls it before its turn to write."""
+    works = []
+    for listener in _ACCESS_EVENT_LISTENERS:
+        work = await listener(session, events, pending_due)
+        if work is not None:
+            works.append(work)
+    return works
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,18 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from prometheus_client import Counter
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import Table, func, insert, or_, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.access.models import AccessRequestFeed, Grant, GrantFeed
-from registry_api.audit.service import AccessEvent, RecordedEvent
+from registry_api.audit.service import AccessEvent, PendingDue, RecordedEvent
+from registry_api.bulk_insert import placeholder, prepare_insert
+from registry_api.driver_work import DriverCalls, DriverStatement, DriverWork
 from registry_api.subscriptions.models import WebhookDelivery, WebhookSubscription
 from schemas.access import Outcome, ReasonCode
 from schemas.events import AccessEventData, EventType, utcnow
@@ -107,8 +110,17 @@ async def write_notifications(
     if subscriptions is None:
         audiences = {code for note in notifications for code in note.departments}
         subscriptions = await _subscriptions(session, audiences)
-    if not subscriptions:
-        return 0
+    rows = _delivery_rows(notifications, subscriptions)
+    if rows:
+        await session.execute(insert(WebhookDelivery), rows)
+    for row in rows:
+        NOTIFICATIONS.labels(row["kind"]).inc()
+    return len(rows)
+
+
+def _delivery_rows(
+    notifications: Sequence[Notification], subscriptions: Sequence[Subscription]
+) -> list[dict[str, Any]]:
     now = utcnow()
     rows: list[dict[str, Any]] = []
     for note in notifications:
@@ -131,10 +143,37 @@ async def write_notifications(
                     "next_attempt_at": now,
                 }
             )
-            NOTIFICATIONS.labels(note.kind.value).inc()
-    if rows:
-        await session.execute(insert(WebhookDelivery), rows)
-    return len(rows)
+    return rows
+
+
+def _writing_deliveries(rows: list[dict[str, Any]], dialect: Dialect) -> DriverWork[None]:
+    """Driver work writing the delivery rows of subscriptions that still exist when it runs:
+    the subscriptions were read before the writer's turn, and one deleted meanwhile would
+    fail the whole change on its foreign key."""
+    table = cast(Table, WebhookDelivery.__table__)
+    subscription_ids = sorted({str(row["subscription_id"]) for row in rows})
+    quote = dialect.identifier_preparer.quote
+    existing = DriverStatement(
+        f"SELECT {quote('id')} FROM "
+        f"{dialect.identifier_preparer.format_table(WebhookSubscription.__table__)} "
+        f"WHERE {quote('id')} IN ("
+        + ", ".join(
+            placeholder(dialect.paramstyle, position)
+            for position in range(1, len(subscription_ids) + 1)
+        )
+        + ")",
+        tuple(subscription_ids),
+    )
+
+    def write(calls: DriverCalls) -> None:
+        still = {str(found) for (found,) in calls.execute(existing)}
+        kept = [row for row in rows if str(row["subscription_id"]) in still]
+        if kept:
+            calls.executemany(prepare_insert(table, kept, dialect))
+        for row in kept:
+            NOTIFICATIONS.labels(row["kind"]).inc()
+
+    return write
 
 
 # ---------------------------------------------------------------------- access events
@@ -198,15 +237,19 @@ def _departments_of(event: RecordedEvent) -> tuple[str | None, str | None]:
     return event.data.get("requester_department"), event.data.get("owner_department")
 
 
-async def on_access_events(session: AsyncSession, events: Sequence[RecordedEvent]) -> None:
-    """The audit writer's listener: access events that someone should hear of."""
+async def on_access_events(
+    session: AsyncSession, events: Sequence[RecordedEvent], pending_due: PendingDue | None
+) -> DriverWork[None] | None:
+    """The audit writer's listener: the deliveries of access events that someone should hear
+    of, as driver work for the transaction that records them. ``pending_due``: the due times
+    of new requests' pending feeds (their rows are not written yet), else they are read."""
     notable = [event for event in events if _is_notable(event)]
     if not notable:
-        return
+        return None
     audiences = {code for event in notable for code in _departments_of(event) if code}
     subscriptions = await _subscriptions(session, audiences)
     if not subscriptions:
-        return  # nobody to tell: nothing to validate, no due times to look up
+        return None  # nobody to tell: nothing to validate, no due times to look up
     pending: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
     review: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
     overdue: dict[tuple[str, str], list[AccessEvent]] = defaultdict(list)
@@ -229,8 +272,10 @@ async def on_access_events(session: AsyncSession, events: Sequence[RecordedEvent
         elif event.event_type == EventType.GRANT_REVOKED and data.grant_id:
             revoked[data.grant_id].append(event)
     if not (pending or review or overdue or decided or revoked):
-        return
-    due = await _due_times(session, [*pending, *overdue])
+        return None
+    due = (
+        pending_due if pending_due is not None else await _due_times(session, [*pending, *overdue])
+    )
     notes: list[Notification] = []
     for kind, groups in (
         (NotificationKind.request_pending, pending),
@@ -305,7 +350,10 @@ async def on_access_events(session: AsyncSession, events: Sequence[RecordedEvent
                 occurred_at=group[0].occurred_at,
             )
         )
-    await write_notifications(session, notes, subscriptions)
+    rows = _delivery_rows(notes, subscriptions)
+    if not rows:
+        return None
+    return _writing_deliveries(rows, (await session.connection()).dialect)
 
 
 # ---------------------------------------------------------------------- feed status

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
-from datetime import timedelta
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -23,8 +25,9 @@ from registry_api.audit.models import AuditChainHead, AuditEntry
 from registry_api.audit.service import (
     CHAIN_HEAD_ID,
     EncodedAccessEvent,
+    appending_events,
     new_event_id,
-    record_access_events,
+    unchained_events,
     verify_chain,
 )
 from registry_api.bulk_insert import DriverInsert, prepare_insert
@@ -32,12 +35,15 @@ from registry_api.db import (
     SQLITE_AUTOCHECKPOINT_PAGES,
     create_engine,
     session_factory,
+    sqlite_thread,
     writes_in_turn,
 )
-from registry_api.driver_work import _sqlite_thread, run_driver_work
+from registry_api.driver_work import commit_in_turn, run_driver_work
 from registry_api.identity.models import Department
 from registry_api.outbox.models import OutboxMessage
 from registry_api.outbox.service import row_messages
+from registry_api.subscriptions.models import WebhookDelivery, WebhookSubscription
+from registry_api.subscriptions.notify import on_access_events
 from registry_api.wal_checkpoints import WalCheckpointer
 from schemas.events import AccessEventData, EventType, utcnow
 
@@ -117,6 +123,16 @@ async def insert_of(session: AsyncSession, request_id: str) -> DriverInsert:
     return prepare_insert(TABLES.requests, [request_row(request_id)], dialect)
 
 
+async def commit_along(
+    session: AsyncSession, recorded: list[EncodedAccessEvent], along: list[DriverInsert]
+) -> None:
+    """The access request's way of writing: its rows, then the events, committed in turn."""
+    now = utcnow()
+    dialect = (await session.connection()).dialect
+    unchained = unchained_events(recorded, now, dialect)
+    await commit_in_turn(session, "test", appending_events(along, unchained, now, dialect))
+
+
 async def test_a_change_its_audit_links_and_outbox_rows_commit_together(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -127,8 +143,7 @@ async def test_a_change_its_audit_links_and_outbox_rows_commit_together(
         request_id = new_id()
         async with sessions() as session:
             along = [await insert_of(session, request_id)]
-            await record_access_events(session, events(request_id, 120), along=along)
-            await session.commit()
+            await commit_along(session, events(request_id, 120), along)
         async with sessions() as session:
             assert await counts(session) == (
                 before[0] + round_ + 1,
@@ -162,10 +177,7 @@ async def test_a_failing_row_leaves_nothing_of_the_change_written(
 ) -> None:
     taken = new_id()
     async with sessions() as session:
-        await record_access_events(
-            session, events(taken, 5), along=[await insert_of(session, taken)]
-        )
-        await session.commit()
+        await commit_along(session, events(taken, 5), [await insert_of(session, taken)])
         before = await counts(session)
     async with sessions() as session:
         fresh = new_id()
@@ -174,7 +186,7 @@ async def test_a_failing_row_leaves_nothing_of_the_change_written(
         # rolled back with it.
         along = [await insert_of(session, fresh), await insert_of(session, taken)]
         with pytest.raises(IntegrityError):
-            await record_access_events(session, events(fresh, 50), along=along)
+            await commit_along(session, events(fresh, 50), along)
         await session.rollback()
     async with sessions() as session:
         assert await counts(session) == before
@@ -198,8 +210,7 @@ async def test_sqlite_checkpoints_its_log_in_the_background(
         request_id = new_id()
         async with sessions() as session:
             along = [await insert_of(session, request_id)]
-            await record_access_events(session, events(request_id, 300), along=along)
-            await session.commit()
+            await commit_along(session, events(request_id, 300), along)
         deadline = asyncio.get_running_loop().time() + 10
         while REGISTRY.get_sample_value("feedgrid_sqlite_wal_checkpoints_total") == before:
             assert asyncio.get_running_loop().time() < deadline, "no background checkpoint"
@@ -233,7 +244,7 @@ async def test_sqlite_work_runs_on_the_connections_own_thread(
     if engine.dialect.name != "sqlite":
         pytest.skip("aiosqlite's thread")
     async with sessions() as session:
-        sqlite_connection, run_in_thread = await _sqlite_thread(session)
+        sqlite_connection, run_in_thread = await sqlite_thread(session)
         assert sqlite_connection is not None and run_in_thread is not None
         ran_on = await run_driver_work(session, lambda calls: threading.get_ident())
     assert ran_on != threading.get_ident()
@@ -280,3 +291,157 @@ async def test_sqlite_writers_turns_are_measured_per_writer(
     assert grew("wait", "test_second", "count") == 1 and grew("wait", "test_second", "sum") >= 0.15
     assert grew("held", "test_second", "count") == 1  # the error's turn, measured all the same
     assert grew("wait", "test_first", "sum") < 0.15  # nobody held the turn before it
+
+
+async def test_one_hop_writers_and_statement_writers_take_the_same_turn(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """A writer whose whole transaction runs on the connection's thread (commit_in_turn)
+    waits for a writer going statement by statement (writes_in_turn), and the other way
+    round: never both at once, each wait measured under its writer's name."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the turns of a SQLite registry's writers")
+    holds = asyncio.Event()
+    spans: dict[str, tuple[float, float]] = {}
+
+    def waited(writer: str) -> float:
+        name = "feedgrid_sqlite_write_turn_wait_seconds_sum"
+        return REGISTRY.get_sample_value(name, {"writer": writer}) or 0.0
+
+    loop = asyncio.get_running_loop()
+
+    def sleeping_work(writer: str, seconds: float) -> Callable[[Any], None]:
+        def work(calls: Any) -> None:
+            began = time.perf_counter()
+            loop.call_soon_threadsafe(holds.set)
+            time.sleep(seconds)  # on the connection's thread, holding the turn
+            spans[writer] = (began, time.perf_counter())
+
+        return work
+
+    async def statement_writer(writer: str, seconds: float) -> None:
+        async with sessions() as session, writes_in_turn(session, writer):
+            began = time.perf_counter()
+            holds.set()
+            await asyncio.sleep(seconds)
+            spans[writer] = (began, time.perf_counter())
+
+    async def one_hop_writer(writer: str, seconds: float) -> None:
+        async with sessions() as session:
+            await commit_in_turn(session, writer, sleeping_work(writer, seconds))
+
+    async def after_the_first(second: Awaitable[None]) -> None:
+        await holds.wait()
+        await second
+
+    for first, second, waiting in (
+        (statement_writer("test_statements", 0.3), one_hop_writer("test_hop", 0), "test_hop"),
+        (one_hop_writer("test_hop_first", 0.3), statement_writer("test_then", 0), "test_then"),
+    ):  # fmt: skip
+        holds.clear()
+        spans.clear()
+        before = waited(waiting)
+        await asyncio.gather(first, after_the_first(second))
+        (_, first_ended), (second_began, _) = sorted(spans.values())
+        assert second_began >= first_ended, spans  # never inside the other's turn
+        assert waited(waiting) - before >= 0.2
+
+
+async def test_a_writer_cancelled_while_waiting_for_its_turn_gives_it_back(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """A waiting writer's thread takes the turn even after its request was cancelled (a
+    client gone): the turn must come back, or every later writer waits forever."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the turns of a SQLite registry's writers")
+    release = asyncio.Event()
+    holds = asyncio.Event()
+
+    async def holder() -> None:
+        async with sessions() as session, writes_in_turn(session, "test_holder"):
+            holds.set()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with sessions() as session, writes_in_turn(session, "test_cancelled"):
+            raise AssertionError("a cancelled writer got its turn")
+
+    holding = asyncio.create_task(holder())
+    await holds.wait()
+    waiting = asyncio.create_task(waiter())
+    await asyncio.sleep(0.2)  # its thread waits for the turn
+    waiting.cancel()
+    release.set()  # (the cancelled writer's session closes on its thread, after the turn)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await holding
+
+    async def later() -> None:
+        async with sessions() as session:
+            await commit_along(session, events(new_id(), 1), [await insert_of(session, new_id())])
+
+    await asyncio.wait_for(later(), timeout=10)
+
+
+async def test_deliveries_prepared_before_the_turn_skip_a_subscription_deleted_meanwhile(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A new request's notifications are prepared before its turn to write, from the
+    subscriptions read then: one deleted before the commit gets nothing, and the request is
+    written all the same (its foreign key would otherwise fail the whole change)."""
+    request_id = new_id()
+    due = utcnow() + timedelta(days=2)
+    kept, gone = (f"sub-{name}-{uuid.uuid4().hex[:20]}" for name in ("kept", "gone"))
+    async with sessions() as session:
+        for subscription_id in (kept, gone):
+            session.add(
+                WebhookSubscription(
+                    id=subscription_id,
+                    department_code=DEPARTMENT,
+                    url="https://hooks.example.org/feedgrid",
+                    kinds=["request.pending"],
+                    secret="s" * 32,
+                    created_at=utcnow(),
+                    created_by="test",
+                )
+            )
+        await session.commit()
+    now = utcnow()
+    pending = EncodedAccessEvent(
+        EventType.ACCESS_DECIDED,
+        AccessEventData(
+            feed_id="feed-0001",
+            requester_department=DEPARTMENT,
+            owner_department=DEPARTMENT,
+            request_id=request_id,
+            action="live",
+            decision="pending",
+            reason="owner_approval_required",
+            requested_at=now,
+        ).model_dump(mode="json"),
+        "policy",
+        new_event_id(),
+        now,
+    )
+    async with sessions() as session:
+        listened = await on_access_events(session, [pending], {(request_id, DEPARTMENT): due})
+        assert listened is not None
+        async with sessions() as other:
+            await other.delete(await other.get(WebhookSubscription, gone))
+            await other.commit()
+        dialect = (await session.connection()).dialect
+        unchained = unchained_events([pending], now, dialect)
+        along = [await insert_of(session, request_id)]
+        work = appending_events(along, unchained, now, dialect, [listened])
+        await commit_in_turn(session, "test", work)
+    async with sessions() as session:
+        assert await session.get(AccessRequest, request_id) is not None
+        delivered = (
+            await session.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.subscription_id.in_([kept, gone]))
+            )
+        ).all()
+    assert [row.subscription_id for row in delivered] == [kept]
+    body = orjson.loads(delivered[0].payload)
+    assert body["type"] == "request.pending"
+    assert datetime.fromisoformat(body["data"]["due_at"]) == due

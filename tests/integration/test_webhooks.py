@@ -12,6 +12,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,14 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
         )
         assert owner["secret"] == receiver.secret and owner["department"] == TRANSPORT
         requests = []
+        due: dict[str, str] = {}  # each request's due time, as the API answered it
         for number in range(BURST):
             if number == KILLED_AT:
                 receiver.kill()
             made = await world.request(ENVIRONMENT, feed_ids=[world.feed_id("conditional")])
             assert made["status"] == "pending", made
             requests.append(made["id"])
+            due[made["id"]] = made["feeds"][0]["due_at"]
         revoked = await _revoked_grants(world, REVOKED)
         # An emergency grant in force at once, waiting for the owner's review: the owner hears.
         emergency = await world.request(
@@ -170,7 +173,13 @@ async def test_a_receiver_killed_during_a_burst_gets_every_notification_after_it
     assert review["data"]["request_id"] == emergency["id"] and review["data"]["emergency"]
     pending.remove(review)
     assert sorted(body["data"]["request_id"] for body in pending) == sorted(requests)
-    assert all(body["data"]["due_at"] and body["data"]["feed_count"] == 1 for body in pending)
+    assert all(body["data"]["feed_count"] == 1 for body in pending)
+    # The due time the request was answered with (known before its rows were written).
+    assert all(
+        datetime.fromisoformat(body["data"]["due_at"])
+        == datetime.fromisoformat(due[body["data"]["request_id"]])
+        for body in pending
+    )
     revocations = [bodies[0] for bodies in got.values() if bodies[0]["type"] == "grant.revoked"]
     assert sorted(body["data"]["grant_id"] for body in revocations) == sorted(revoked)
     decided = sorted(
