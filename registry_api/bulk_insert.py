@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 from sqlalchemy import JSON, DateTime, Table
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncSession
 
 
 @dataclass(frozen=True)
@@ -123,8 +122,3 @@ def prepare_insert(
             values[index] = processor(values[index])
         params.append(tuple(values))
     return DriverInsert(sql, params)
-
-
-async def execute_insert(session: AsyncSession, insert: DriverInsert) -> None:
-    connection = await session.connection()
-    await connection.exec_driver_sql(insert.sql, insert.params)

@@ -21,8 +21,9 @@ from registry_api.access.models import AccessRequestFeed, Grant
 from registry_api.access.policy import PolicyDecision
 from registry_api.access.records import TABLES, EventPayloads, grant_row
 from registry_api.audit.service import EncodedAccessEvent, RecordedEvent, record_access_events
-from registry_api.bulk_insert import execute_insert, prepare_insert
+from registry_api.bulk_insert import prepare_insert
 from registry_api.db import rows_matched, writes_in_turn
+from registry_api.driver_work import execute_insert
 from registry_api.errors import Conflict, Forbidden, NotFound
 from registry_api.identity.principal import Principal
 from schemas.access import (

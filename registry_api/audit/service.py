@@ -23,14 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.audit.chain import ChainLink, ChainVerifier, extend_chain
 from registry_api.audit.models import HASHED_COLUMNS, AuditChainHead, AuditEntry
-from registry_api.bulk_insert import (
-    DriverInsert,
-    bound_value,
+from registry_api.bulk_insert import DriverInsert, bound_value, placeholder, prepare_insert
+from registry_api.driver_work import (
+    DriverCalls,
+    DriverStatement,
+    DriverWork,
     execute_insert,
-    placeholder,
-    prepare_insert,
+    run_driver_work,
 )
-from registry_api.driver_work import DriverCalls, DriverStatement, DriverWork, run_driver_work
 from registry_api.outbox.service import enqueue_prepared, prepare_encoded
 from schemas.access import AuditEntryOut, AuditPage, AuditVerification
 from schemas.events import (

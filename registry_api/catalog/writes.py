@@ -10,9 +10,10 @@ from typing import Any
 from sqlalchemy import and_, bindparam, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry_api.bulk_insert import execute_insert, prepare_insert
+from registry_api.bulk_insert import prepare_insert
 from registry_api.catalog.models import catalog_nodes_table
 from registry_api.db import rows_matched
+from registry_api.driver_work import execute_insert
 from registry_api.errors import Conflict
 from registry_api.feeds import sqlite_rows as sqlite_fast
 from registry_api.feeds.events import outbox_row

@@ -20,7 +20,8 @@ from sqlalchemy import Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry_api.bulk_insert import DriverInsert, execute_insert, prepare_insert
+from registry_api.bulk_insert import DriverInsert, prepare_insert
+from registry_api.driver_work import execute_insert
 from registry_api.outbox.models import OutboxMessage
 from schemas.events import CloudEvent, utcnow
 

@@ -5,6 +5,7 @@ on PostgreSQL (statement by statement); and SQLite's WAL checkpoints run in the 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 import uuid
@@ -38,7 +39,12 @@ from registry_api.db import (
     sqlite_thread,
     writes_in_turn,
 )
-from registry_api.driver_work import commit_in_turn, run_driver_work
+from registry_api.driver_work import (
+    ROWS_PER_STATEMENT,
+    commit_in_turn,
+    execute_insert,
+    run_driver_work,
+)
 from registry_api.identity.models import Department
 from registry_api.outbox.models import OutboxMessage
 from registry_api.outbox.service import row_messages
@@ -445,3 +451,38 @@ async def test_deliveries_prepared_before_the_turn_skip_a_subscription_deleted_m
     body = orjson.loads(delivered[0].payload)
     assert body["type"] == "request.pending"
     assert datetime.fromisoformat(body["data"]["due_at"]) == due
+
+
+async def test_sqlite_writes_prepared_rows_in_as_few_statements_as_its_limits_allow(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """Each statement is a wait for the GIL beside a busy loop: the rows go in statements of
+    ROWS_PER_STATEMENT rows, fewer where the build allows fewer variables, all of them."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's limit on a statement's variables")
+    rows = ROWS_PER_STATEMENT + 250
+    columns = len(TABLES.requests.columns)
+    for variables, statements in ((250_000, 2), (999, -(-rows // (999 // columns)))):
+        ids = [new_id() for _ in range(rows)]
+        async with sessions() as session:
+            sqlite_connection, run_in_thread = await sqlite_thread(session)
+            assert sqlite_connection is not None and run_in_thread is not None
+            limit = sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+            was = await run_in_thread(sqlite_connection.setlimit, limit, variables)
+            seen: list[str] = []
+            await run_in_thread(sqlite_connection.set_trace_callback, seen.append)
+            try:
+                dialect = (await session.connection()).dialect
+                insert = prepare_insert(TABLES.requests, [request_row(i) for i in ids], dialect)
+                await execute_insert(session, insert)
+                await session.commit()
+            finally:
+                await run_in_thread(sqlite_connection.set_trace_callback, None)
+                await run_in_thread(sqlite_connection.setlimit, limit, was)
+            written = await session.scalar(
+                select(func.count())
+                .select_from(TABLES.requests)
+                .where(TABLES.requests.c.id.in_(ids))
+            )
+        assert written == rows
+        assert len([sql for sql in seen if sql.lstrip().upper().startswith("INSERT")]) == statements
