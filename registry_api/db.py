@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +14,6 @@ from typing import Any, cast
 
 from prometheus_client import Histogram
 from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Result, event
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -105,7 +103,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.close()
 
 
-_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
 _TURN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 TURN_WAITED = Histogram(
     "feedgrid_sqlite_write_turn_wait_seconds",
@@ -119,28 +117,6 @@ TURN_HELD = Histogram(
     ["writer"],
     buckets=_TURN_BUCKETS,
 )
-
-
-def sqlite_write_lock(engine: Engine) -> threading.Lock:
-    """The turn to write of this process's writers to a SQLite registry.
-
-    A thread lock, not an asyncio one: a writer whose whole transaction is one piece of work
-    on the connection's thread (``driver_work.commit_in_turn``) takes and gives it back there,
-    so the event loop is not in the way while it holds it; a writer that talks to the
-    database statement by statement takes it from the loop (:func:`writes_in_turn`)."""
-    lock = _SQLITE_WRITE_LOCKS.get(engine)
-    if lock is None:
-        lock = _SQLITE_WRITE_LOCKS.setdefault(engine, threading.Lock())
-    return lock
-
-
-def take_write_lock(lock: threading.Lock) -> None:
-    """Takes ``lock`` in the calling thread, or raises after SQLITE_WAIT_SECONDS (as SQLite's
-    own busy timeout would: "database is locked")."""
-    if not lock.acquire(timeout=SQLITE_WAIT_SECONDS):
-        raise OperationalError(
-            "waiting for the turn to write", None, sqlite3.OperationalError("database is locked")
-        )
 
 
 RunInThread = Callable[..., Any]
@@ -167,57 +143,37 @@ async def sqlite_thread(
     return sqlite_connection, run_in_thread
 
 
-async def _take_from_the_loop(lock: threading.Lock, session: AsyncSession) -> None:
-    """Takes the write lock for a coroutine: at once when it is free, else by waiting in the
-    session's connection thread (idle meanwhile: its session waits for the turn too). A
-    waiter cancelled meanwhile gives the lock back as soon as its thread has taken it."""
-    if lock.acquire(blocking=False):
-        return
-    _, run_in_thread = await sqlite_thread(session)
-    taking = asyncio.ensure_future(
-        (run_in_thread or asyncio.to_thread)(take_write_lock, lock)  # type: ignore[operator]
-    )
-    try:
-        await asyncio.shield(taking)
-    except asyncio.CancelledError:
-        taking.add_done_callback(
-            lambda done: (
-                lock.release() if not done.cancelled() and done.exception() is None else None
-            )
-        )
-        raise
-
-
 @contextlib.asynccontextmanager
 async def writes_in_turn(session: AsyncSession, writer: str) -> AsyncIterator[None]:
     """Around a transaction's writes and its commit: on SQLite, the writers of this process
-    take turns (:func:`sqlite_write_lock`) instead of meeting in SQLite's busy handler, which
-    sleeps (1, 2, 5 ... 100 ms) between tries: under concurrent writers that sleeping, not the
-    work, set the pace. A block left by an error rolls back before the next writer's turn. On
+    take turns here, on the event loop, instead of in SQLite's busy handler, which sleeps
+    (1, 2, 5 ... 100 ms) between tries: under concurrent writers that sleeping, not the work,
+    set the pace. A block left by an error rolls back before the next writer's turn. On
     PostgreSQL writers never wait for each other here (row locks order what must be ordered).
     ``writer`` names the caller in the turn's wait and hold metrics.
 
     Each statement of the block is a hop between the event loop and the connection's thread,
     and a busy loop makes every hop wait: a writer that can put its whole transaction in one
-    piece of driver work holds the turn for less time with ``driver_work.commit_in_turn``.
+    piece of driver work holds the turn for one hop with ``driver_work.commit_in_turn``.
     """
     engine = session.get_bind().engine
     if engine.dialect.name != "sqlite":
         yield
         return
-    lock = sqlite_write_lock(engine)
+    turn = _SQLITE_WRITERS.get(engine)
+    if turn is None:
+        turn = _SQLITE_WRITERS.setdefault(engine, asyncio.Lock())
     asked = time.perf_counter()
-    await _take_from_the_loop(lock, session)
-    began = time.perf_counter()
-    TURN_WAITED.labels(writer).observe(began - asked)
-    try:
-        yield
-    except BaseException:
-        await session.rollback()
-        raise
-    finally:
-        lock.release()
-        TURN_HELD.labels(writer).observe(time.perf_counter() - began)
+    async with turn:
+        began = time.perf_counter()
+        TURN_WAITED.labels(writer).observe(began - asked)
+        try:
+            yield
+        except BaseException:
+            await session.rollback()
+            raise
+        finally:
+            TURN_HELD.labels(writer).observe(time.perf_counter() - began)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

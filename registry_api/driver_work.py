@@ -15,8 +15,6 @@ The work runs in the session's transaction: the caller commits (or rolls back) a
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,14 +25,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.bulk_insert import DriverInsert
-from registry_api.db import (
-    TURN_HELD,
-    TURN_WAITED,
-    sqlite_thread,
-    sqlite_write_lock,
-    take_write_lock,
-    writes_in_turn,
-)
+from registry_api.db import sqlite_thread, writes_in_turn
 
 
 @dataclass(frozen=True)
@@ -154,19 +145,17 @@ async def commit_in_turn(session: AsyncSession, writer: str, work: DriverWork[Re
     """Runs ``work`` and commits, in the writers' turn (``db.writes_in_turn``); ``writer``
     names the caller in the turn's metrics.
 
-    On SQLite the turn is taken, the work done, the transaction committed and the turn given
-    back in one call on the connection's thread: no hop back to the event loop while the turn
-    is held, so a busy loop (searches, hook checks) no longer stretches every writer's turn.
-    Elsewhere it is ``run_driver_work`` and a commit inside ``writes_in_turn``."""
+    On SQLite the work and the commit are one call on the connection's thread: the turn is
+    held for a single hop there and back, not one per statement and another for the commit,
+    each of which waits for a busy event loop. Elsewhere it is ``run_driver_work`` and a
+    commit."""
     await session.flush()
     connection = await session.connection()
     if connection.dialect.name == "sqlite":
         sqlite_connection, run_in_thread = await sqlite_thread(session)
         if sqlite_connection is not None and run_in_thread is not None:
-            whole = _committed(
-                sqlite_connection, sqlite_write_lock(session.get_bind().engine), writer, work
-            )
-            result: Result = await run_in_thread(whole)
+            async with writes_in_turn(session, writer):
+                result: Result = await run_in_thread(_committed(sqlite_connection, work))
             await session.commit()  # the session's side: nothing is left for it to write
             return result
     async with writes_in_turn(session, writer):
@@ -175,16 +164,10 @@ async def commit_in_turn(session: AsyncSession, writer: str, work: DriverWork[Re
     return result
 
 
-def _committed(
-    connection: sqlite3.Connection, lock: threading.Lock, writer: str, work: DriverWork[Result]
-) -> Callable[[], Result]:
-    """``work`` with the turn taken before it and the commit (or rollback) after it, to run in
-    the connection's thread."""
-    asked = time.perf_counter()
+def _committed(connection: sqlite3.Connection, work: DriverWork[Result]) -> Callable[[], Result]:
+    """``work`` and then the commit (or the rollback), to run in the connection's thread."""
 
     def whole() -> Result:
-        take_write_lock(lock)
-        began = time.perf_counter()
         try:
             result = work(_SqliteCalls(connection))
             connection.commit()
@@ -192,9 +175,5 @@ def _committed(
         except BaseException:
             connection.rollback()
             raise
-        finally:
-            lock.release()
-            TURN_WAITED.labels(writer).observe(began - asked)
-            TURN_HELD.labels(writer).observe(time.perf_counter() - began)
 
     return whole

@@ -356,8 +356,8 @@ async def test_one_hop_writers_and_statement_writers_take_the_same_turn(
 async def test_a_writer_cancelled_while_waiting_for_its_turn_gives_it_back(
     sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
 ) -> None:
-    """A waiting writer's thread takes the turn even after its request was cancelled (a
-    client gone): the turn must come back, or every later writer waits forever."""
+    """A writer cancelled while it waits for its turn (its client gone) must not keep the
+    turn, or every later writer waits forever."""
     if engine.dialect.name != "sqlite":
         pytest.skip("the turns of a SQLite registry's writers")
     release = asyncio.Event()
@@ -375,9 +375,9 @@ async def test_a_writer_cancelled_while_waiting_for_its_turn_gives_it_back(
     holding = asyncio.create_task(holder())
     await holds.wait()
     waiting = asyncio.create_task(waiter())
-    await asyncio.sleep(0.2)  # its thread waits for the turn
+    await asyncio.sleep(0.2)  # it waits for the turn
     waiting.cancel()
-    release.set()  # (the cancelled writer's session closes on its thread, after the turn)
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     await holding
