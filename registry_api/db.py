@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -117,30 +116,6 @@ TURN_HELD = Histogram(
     ["writer"],
     buckets=_TURN_BUCKETS,
 )
-
-
-RunInThread = Callable[..., Any]
-
-
-async def sqlite_thread(
-    session: AsyncSession,
-) -> tuple[sqlite3.Connection | None, RunInThread | None]:
-    """The sqlite3 connection under the session and aiosqlite's way of running a function in
-    its thread (``Connection._execute``: aiosqlite has no public name for it), or Nones where
-    this aiosqlite differs or the connection commits each statement (no transaction to join).
-    """
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    run_in_thread = getattr(driver, "_execute", None)
-    sqlite_connection = getattr(driver, "_connection", None)
-    if (
-        not callable(run_in_thread)
-        or not isinstance(sqlite_connection, sqlite3.Connection)
-        or sqlite_connection.isolation_level is None
-    ):
-        return None, None
-    return sqlite_connection, run_in_thread
 
 
 @contextlib.asynccontextmanager

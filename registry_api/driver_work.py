@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.bulk_insert import DriverInsert
-from registry_api.db import sqlite_thread, writes_in_turn
+from registry_api.db import writes_in_turn
 
 
 @dataclass(frozen=True)
@@ -177,3 +177,24 @@ def _committed(connection: sqlite3.Connection, work: DriverWork[Result]) -> Call
             raise
 
     return whole
+
+
+async def sqlite_thread(
+    session: AsyncSession,
+) -> tuple[sqlite3.Connection | None, Callable[..., Any] | None]:
+    """The sqlite3 connection under the session and aiosqlite's way of running a function in
+    its thread (``Connection._execute``: aiosqlite has no public name for it), or Nones where
+    this aiosqlite differs or the connection commits each statement (no transaction to join).
+    """
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    run_in_thread = getattr(driver, "_execute", None)
+    sqlite_connection = getattr(driver, "_connection", None)
+    if (
+        not callable(run_in_thread)
+        or not isinstance(sqlite_connection, sqlite3.Connection)
+        or sqlite_connection.isolation_level is None
+    ):
+        return None, None
+    return sqlite_connection, run_in_thread
