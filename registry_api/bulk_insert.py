@@ -38,7 +38,7 @@ def placeholder(paramstyle: str, position: int) -> str:
     raise ValueError(f"unsupported DBAPI paramstyle {paramstyle!r}")
 
 
-def _placeholders(paramstyle: str, count: int) -> str:
+def placeholders(paramstyle: str, count: int) -> str:
     return ", ".join(placeholder(paramstyle, position) for position in range(1, count + 1))
 
 
@@ -95,7 +95,7 @@ def _statement(
     names = ", ".join(preparer.quote(name) for name in columns)
     sql = (
         f"INSERT INTO {preparer.format_table(table)} ({names}) "
-        f"VALUES ({_placeholders(dialect.paramstyle, len(columns))})"
+        f"VALUES ({placeholders(dialect.paramstyle, len(columns))})"
     )
     processors = tuple(
         (index, processor, _is_timestamp(table, name))

@@ -169,11 +169,10 @@ async def create_access_request(
     except EmergencyNotAllowed as error:
         raise Forbidden(str(error), code="emergency_not_allowed") from None
     written = decided_rows(request, feeds, decisions, facts, now)
-    # Everything but the driver's work is prepared before this request's turn to write: the
-    # writers of a SQLite registry take turns, so the turn's length bounds how many requests
-    # a second the process can take.
-    # On SQLite the turn then holds only the driver's work and the commit, in one call on the
-    # connection's thread (driver_work.commit_in_turn).
+    # Everything but the driver's work is prepared before this request's turn to write (its
+    # webhook deliveries too): the writers of a SQLite registry take turns, so the turn's
+    # length bounds how many requests a second the process can take. On SQLite the turn then
+    # holds the driver's work and the commit as one call on the connection's thread.
     dialect = (await session.connection()).dialect
     rows = _prepared_rows(request, written, dialect)
     unchained = unchained_events(written.events, now, dialect)

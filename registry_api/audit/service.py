@@ -256,8 +256,8 @@ async def record_access_events(
             .values(last_seq=prepared.last_seq, last_hash=prepared.last_hash)
         )
         await enqueue_prepared(session, prepared.outbox)
-        if listened:
-            await run_driver_work(session, _all_of(listened))
+        for work in listened:
+            await run_driver_work(session, work)
     else:
         unchained = unchained_events(events, now, dialect)
         await run_driver_work(session, appending_events((), unchained, now, dialect, listened))
@@ -293,14 +293,6 @@ def appending_events(
         return prepared
 
     return append
-
-
-def _all_of(works: Sequence[DriverWork[None]]) -> DriverWork[None]:
-    def run(calls: DriverCalls) -> None:
-        for work in works:
-            work(calls)
-
-    return run
 
 
 def _head_statement(

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.access.models import AccessRequestFeed, Grant, GrantFeed
 from registry_api.audit.service import AccessEvent, PendingDue, RecordedEvent
-from registry_api.bulk_insert import placeholder, prepare_insert
+from registry_api.bulk_insert import placeholders, prepare_insert
 from registry_api.driver_work import DriverCalls, DriverStatement, DriverWork
 from registry_api.subscriptions.models import WebhookDelivery, WebhookSubscription
 from schemas.access import Outcome, ReasonCode
@@ -156,12 +156,7 @@ def _writing_deliveries(rows: list[dict[str, Any]], dialect: Dialect) -> DriverW
     existing = DriverStatement(
         f"SELECT {quote('id')} FROM "
         f"{dialect.identifier_preparer.format_table(WebhookSubscription.__table__)} "
-        f"WHERE {quote('id')} IN ("
-        + ", ".join(
-            placeholder(dialect.paramstyle, position)
-            for position in range(1, len(subscription_ids) + 1)
-        )
-        + ")",
+        f"WHERE {quote('id')} IN ({placeholders(dialect.paramstyle, len(subscription_ids))})",
         tuple(subscription_ids),
     )
 

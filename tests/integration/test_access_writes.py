@@ -92,21 +92,23 @@ def request_row(request_id: str) -> dict[str, Any]:
     }
 
 
+def encoded(event_type: EventType, actor: str, now: datetime, **data: Any) -> EncodedAccessEvent:
+    """An access event of this test's department, as the writers record it."""
+    payload = AccessEventData(
+        requester_department=DEPARTMENT, action="live", requested_at=now, **data
+    ).model_dump(mode="json")
+    return EncodedAccessEvent(event_type, payload, actor, new_event_id(), now)
+
+
 def events(request_id: str, count: int) -> list[EncodedAccessEvent]:
     now = utcnow()
     return [
-        EncodedAccessEvent(
+        encoded(
             EventType.ACCESS_REQUESTED,
-            AccessEventData(
-                feed_id=f"feed-{index:04d}",
-                requester_department=DEPARTMENT,
-                request_id=request_id,
-                action="live",
-                requested_at=now,
-            ).model_dump(mode="json"),
             "someone",
-            new_event_id(),
             now,
+            feed_id=f"feed-{index:04d}",
+            request_id=request_id,
         )
         for index in range(count)
     ]
@@ -413,21 +415,15 @@ async def test_deliveries_prepared_before_the_turn_skip_a_subscription_deleted_m
             )
         await session.commit()
     now = utcnow()
-    pending = EncodedAccessEvent(
+    pending = encoded(
         EventType.ACCESS_DECIDED,
-        AccessEventData(
-            feed_id="feed-0001",
-            requester_department=DEPARTMENT,
-            owner_department=DEPARTMENT,
-            request_id=request_id,
-            action="live",
-            decision="pending",
-            reason="owner_approval_required",
-            requested_at=now,
-        ).model_dump(mode="json"),
         "policy",
-        new_event_id(),
         now,
+        feed_id="feed-0001",
+        owner_department=DEPARTMENT,
+        request_id=request_id,
+        decision="pending",
+        reason="owner_approval_required",
     )
     async with sessions() as session:
         listened = await on_access_events(session, [pending], {(request_id, DEPARTMENT): due})
