@@ -68,20 +68,29 @@ async def insert_rows(session: AsyncSession, rows: list[tuple[Any, ...]]) -> Non
     await connection.exec_driver_sql(_INSERT, rows)
 
 
+def select_sql(count: int) -> str:
+    """The driver's SELECT of ``count`` feeds' full rows by id (qmark placeholders)."""
+    return f"{_SELECT}({', '.join('?' * count)})"
+
+
+def decode_row(values: Sequence[Any]) -> dict[str, Any]:
+    """A row as :data:`select_sql` reads it, JSON decoded and times as RFC 3339 text."""
+    row = list(values)
+    for position in _JSON:
+        if row[position] is not None:
+            row[position] = orjson.loads(row[position])
+    for position in _TIME:
+        if row[position] is not None:
+            row[position] = rfc3339_from_sqlite(row[position])
+    return dict(zip(COLUMNS, row, strict=True))
+
+
 async def select_rows(session: AsyncSession, feed_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Rows by id, JSON decoded and times as RFC 3339 text (ready to render)."""
     connection = await session.connection()
-    placeholders = ", ".join("?" * len(feed_ids))
-    result = await connection.exec_driver_sql(f"{_SELECT}({placeholders})", tuple(feed_ids))
+    result = await connection.exec_driver_sql(select_sql(len(feed_ids)), tuple(feed_ids))
     rows: dict[str, dict[str, Any]] = {}
     for values in result.all():
-        row = list(values)
-        for position in _JSON:
-            if row[position] is not None:
-                row[position] = orjson.loads(row[position])
-        for position in _TIME:
-            if row[position] is not None:
-                row[position] = rfc3339_from_sqlite(row[position])
-        mapping = dict(zip(COLUMNS, row, strict=True))
+        mapping = decode_row(values)
         rows[mapping["id"]] = mapping
     return rows

@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry_api.driver_work import run_driver_work
+from registry_api.feeds import liveness
+from registry_api.feeds.documents import event_data
 from registry_api.feeds.heartbeats import YIELD_EVERY, encode_reports
+from registry_api.feeds.liveness import LivenessBatch, write_liveness
+from registry_api.feeds.models import feeds_table
 from registry_api.identity.principal import Principal
 from registry_api.outbox.models import OutboxMessage
-from schemas.events import HEARTBEAT_EVENT_TYPE, SCHEMA_HEARTBEAT_V1, HeartbeatData
+from registry_api.outbox.service import row_messages
+from schemas.events import HEARTBEAT_EVENT_TYPE, SCHEMA_HEARTBEAT_V1, HeartbeatData, utcnow
 from schemas.feeds import HeartbeatBatch
 from schemas.identity import Role
 from schemas.settings import Settings
@@ -340,3 +349,91 @@ async def test_a_big_batch_gives_the_event_loop_turns_while_it_is_encoded(
     assert suspensions == 20_000 // YIELD_EVERY - 1
     assert len(records) == 19_999 and [reject.index for reject in rejected] == [7_777]
     assert {key.decode() for key, _ in records} == {feed["id"] for feed in feeds}
+
+
+async def _liveness_outcome(
+    city: City, feed_ids: list[str], write: Callable[[AsyncSession], Awaitable[Any]]
+) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]], list[bytes]]:
+    """What ``write`` leaves in its (rolled back) transaction: the feeds' status, revision and
+    last_seen, the outbox events it added (envelope ids and times aside), and the changed
+    rows it returned as their feed-metadata data."""
+    async with city.runtime.sessions() as session:
+        newest = await session.scalar(select(func.coalesce(func.max(OutboxMessage.id), 0)))
+        changed = await write(session)
+        states = (
+            await session.execute(
+                select(feeds_table.c.id, feeds_table.c.status, feeds_table.c.revision)
+                .add_columns(feeds_table.c.last_seen)
+                .where(feeds_table.c.id.in_(feed_ids))
+                .order_by(feeds_table.c.id)
+            )
+        ).all()
+        added = (
+            await session.execute(
+                select(OutboxMessage.key, OutboxMessage.payload, OutboxMessage.messages)
+                .where(OutboxMessage.id > newest)
+                .order_by(OutboxMessage.id)
+            )
+        ).all()
+        await session.rollback()
+    events = [
+        {name: event[name] for name in ("type", "subject", "dataschema", "data")}
+        for key, payload, count in added
+        for _, value in row_messages(key, payload, count)
+        for event in [orjson.loads(value)]
+    ]
+    rendered = [orjson.dumps(event_data(row), option=orjson.OPT_UTC_Z) for row in changed]
+    return [tuple(state) for state in states], events, rendered
+
+
+async def test_sqlite_statements_write_what_the_session_writes(
+    client: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("the statement path is SQLite's; PostgreSQL writes through the session")
+    city = await build_city(client)
+    feeds = [await city.register(camera(TRANSPORT, serial)) for serial in range(1, 7)]
+    ids = [feed["id"] for feed in feeds]
+    retired = ids[5]
+    assert (await client.delete(f"/v1/feeds/{retired}")).status_code in (200, 204)
+    seen = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+    later = seen + timedelta(seconds=10, microseconds=250_000)
+    async with city.runtime.sessions() as session:  # feed 3 was seen after the batch's time
+        await write_liveness(session, LivenessBatch(seen={ids[3]: later}))
+    batch = LivenessBatch(
+        statuses={
+            ids[0]: "online",  # changes
+            ids[1]: "unknown",  # as it is: no revision, no event
+            ids[2]: "offline",  # changes, and has no sighting in the batch
+            retired: "online",  # retired: left alone
+            "no-such-feed": "online",
+        },
+        seen={ids[0]: seen, ids[1]: seen, ids[3]: seen, ids[4]: later, retired: seen},
+    )
+    dialect = city.runtime.engine.dialect
+    monkeypatch.setattr(liveness, "PAIRS_PER_STATEMENT", 2)  # several statements per kind
+
+    async def through_session(session: AsyncSession) -> Any:
+        return await liveness.apply_liveness(session, batch=batch)
+
+    async def as_statements(session: AsyncSession) -> Any:
+        work = liveness.sqlite_liveness_work(batch, created_at=utcnow(), dialect=dialect)
+        return await run_driver_work(session, work)
+
+    expected = await _liveness_outcome(city, ids, through_session)
+    states, events, rendered = await _liveness_outcome(city, ids, as_statements)
+    assert (states, events, rendered) == expected
+    by_id = {state[0]: state for state in states}
+    assert by_id[ids[0]][1:3] == ("online", feeds[0]["revision"] + 1)
+    assert by_id[ids[2]][1:3] == ("offline", feeds[2]["revision"] + 1)
+    assert by_id[ids[1]][1:3] == ("unknown", feeds[1]["revision"])
+    assert [by_id[feed_id][3] for feed_id in (ids[0], ids[1], ids[3], ids[4])] == [
+        seen, seen, later, later  # feed 3's later sighting stays
+    ]  # fmt: skip
+    assert by_id[retired][1:] == (
+        "unknown", feeds[5]["revision"] + 1, None  # the retirement's revision, nothing more
+    )  # fmt: skip
+    assert [(event["subject"], event["data"]["status"]) for event in events] == [
+        (ids[0], "online"),
+        (ids[2], "offline"),
+    ]
