@@ -66,6 +66,7 @@ import numpy as np
 import orjson
 from rich.progress import Progress
 
+from bench.bench_access import profiled
 from bench.bench_load import FeedGridUp, _read_response, build_world, retrieval_tokens
 from bench.bench_registry import NDJSON, create_departments, demo_city, ndjson
 from bench.common import ADMIN_TOKEN, console, emit, mediamtx_body, progress_bar
@@ -978,7 +979,105 @@ def bench_burst(quick: bool, workdir: Path, seconds: float | None) -> None:
 # ------------------------------------------------------------------------------ main
 
 
-PHASES = ("heartbeats", "burst")
+PHASES = ("heartbeats", "burst", "storm")
+
+
+# --------------------------------------------------------------------------------- storm
+
+
+def report_round(url: str, plan: dict[str, Any]) -> int:
+    """Every feed of the plan reported once (its batches in turn, one connection, as a
+    gateway's first round goes out); returns how many reports the API accepted."""
+    accepted = 0
+    with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT) as client:
+        for batch in plan["batches"]:
+            answer = client.post(
+                "/v1/heartbeats",
+                json={"items": [{"feed_id": feed_id} for feed_id in batch["feeds"]]},
+                headers={"Authorization": f"Bearer {batch['key']}"},
+            )
+            answer.raise_for_status()
+            accepted += int(answer.json()["accepted"])
+    return accepted
+
+
+def wait_quiet(
+    server: FeedGridUp, registry: Registry, online: int, deadline_s: float
+) -> tuple[float, float]:
+    """Until ``online`` feeds are online, the outbox is relayed, every agent of the worker has
+    caught up and nothing has moved for 2 s; returns the moment (monotonic) and the server's
+    CPU seconds when the final state was first seen."""
+    started = time.monotonic()
+    previous: tuple[Any, ...] | None = None
+    since = (time.monotonic(), server.cpu_seconds())
+    while time.monotonic() - started < deadline_s:
+        time.sleep(0.25)
+        moment, cpu = time.monotonic(), server.cpu_seconds()
+        (revisions, now_online, outbox_id, unsent), = registry.query(
+            "SELECT (SELECT coalesce(sum(revision), 0) FROM feeds), "
+            "(SELECT count(*) FROM feeds WHERE status = 'online'), "
+            "(SELECT coalesce(max(id), 0) FROM outbox), "
+            "(SELECT count(*) FROM outbox WHERE sent_at IS NULL)"
+        )  # fmt: skip
+        lag = counter_sum(scrape(server.url), "feedgrid_stream_lag")
+        state = (revisions, outbox_id, now_online)
+        if state != previous or unsent or lag:
+            previous, since = state, (moment, cpu)
+        elif now_online == online and moment - since[0] >= 2.0:
+            return since
+    raise RuntimeError(f"the storm did not settle in {deadline_s:.0f} s" + server.tail())
+
+
+def bench_storm(quick: bool, workdir: Path, feeds: int | None, profile: Path | None = None) -> None:
+    """Every feed of a city reported at once while all are ``unknown`` (the demo gateways'
+    first round, a city's network coming back): each report is a transition the worker
+    publishes, the registry writes (status, revision, a feed.status event), the relay sends
+    and the worker follows on feed-metadata. Value: the server's CPU per transition, from the
+    first report until everything has settled; baseline: the same round again once every feed
+    is online (reports that change nothing), per report."""
+    feeds_wanted = feeds or (20_000 if quick else 56_000)
+    server = FeedGridUp(workdir, ttl_seconds=3600, demo=False)
+    registry = Registry(workdir / "registry.db")
+    try:
+        console.print("starting feedgrid up --no-demo (API + relay + embedded worker + chdb)")
+        server.start(load_deadline_s=300)
+        with progress_bar() as progress:
+            register_feeds(server.url, feeds_wanted, progress)
+        plan, feed_count = heartbeat_plan(server.url, registry)
+        wait_relayed(registry, deadline_s=240)
+        wait_quiet(server, registry, 0, deadline_s=240)  # the registration followed
+        rounds: dict[str, dict[str, float]] = {}
+        for name in ("storm", "unchanged"):
+            assert server.process is not None
+            with profiled(server.process.pid, profile if name == "storm" else None, name):
+                began, cpu_before = time.monotonic(), server.cpu_seconds()
+                accepted = report_round(server.url, plan)
+                console.print(f"{name}: {accepted:,} reports accepted; waiting until settled")
+                settled, cpu_after = wait_quiet(server, registry, feed_count, deadline_s=600)
+            rounds[name] = {
+                "accepted": accepted,
+                "seconds": settled - began,
+                "cpu_s": cpu_after - cpu_before,
+            }
+        transitions = registry.query("SELECT count(*) FROM feeds WHERE status = 'online'")[0][0]
+    finally:
+        server.stop()
+    storm, unchanged = rounds["storm"], rounds["unchanged"]
+    per_transition = 1000 * storm["cpu_s"] / max(transitions, 1)
+    per_report = 1000 * unchanged["cpu_s"] / max(unchanged["accepted"], 1)
+    emit(
+        "liveness_storm_cpu_ms_per_transition", per_transition, "ms",
+        baseline="the same round again, every feed online: server CPU ms per unchanged report",
+        baseline_value=round(per_report, 4), ratio=round(per_transition / max(per_report, 1e-9), 1),
+        transitions=int(transitions), feeds=feed_count, storm_seconds=round(storm["seconds"], 2),
+        storm_cpu_s=round(storm["cpu_s"], 2), unchanged_seconds=round(unchanged["seconds"], 2),
+        unchanged_cpu_s=round(unchanged["cpu_s"], 2), batch_reports=HEARTBEAT_BATCH,
+        server="feedgrid up --no-demo (one process: API, relay, embedded worker in its own "
+        "thread, chdb), SQLite, local Kafka",
+        note="from the first report until every feed is online, the outbox relayed, every "
+        "agent caught up and nothing moved for 2 s",
+        machine_cores=os.cpu_count(), machine_load_average_1min=load_average(),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -998,6 +1097,9 @@ def main(argv: list[str] | None = None) -> int:
         "--feeds", type=int, help="heartbeats: feeds (default 60,000; quick 20,000)"
     )
     parser.add_argument("--workdir", type=Path, help="keep the servers' files here")
+    parser.add_argument(
+        "--profile", type=Path, help="storm: py-spy samples the server's storm into DIR"
+    )
     args = parser.parse_args(arguments)
     failures = 0
     for phase in args.only or PHASES:
@@ -1010,6 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if phase == "heartbeats":
                 bench_heartbeats(args.quick, workdir, args.seconds, args.feeds)
+            elif phase == "storm":
+                bench_storm(args.quick, workdir, args.feeds, args.profile)
             else:
                 bench_burst(args.quick, workdir, args.seconds)
         except Exception as error:  # the other phase still runs; the exit status tells
