@@ -16,11 +16,16 @@ def feed_event(event_type: EventType, row: Mapping[Any, Any]) -> CloudEvent:
     A trusted envelope: the data is our own document, and validating a copy of it would cost
     more than the rest of the event (bulk imports).
     """
+    return document_event(event_type, event_data(row))
+
+
+def document_event(event_type: EventType, document: dict[str, Any]) -> CloudEvent:
+    """:func:`feed_event` of a row already rendered as its event data (``event_data``)."""
     return CloudEvent.trusted(
         type=event_type,
-        subject=row["id"],
+        subject=document["id"],
         dataschema=SCHEMA_FEED_METADATA_V1,
-        data=event_data(row),
+        data=document,
     )
 
 

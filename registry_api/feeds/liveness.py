@@ -45,7 +45,7 @@ from registry_api.db import writes_in_turn
 from registry_api.driver_work import DriverCalls, DriverStatement, DriverWork, run_driver_work
 from registry_api.feeds import sqlite_rows
 from registry_api.feeds.documents import event_data
-from registry_api.feeds.events import outbox_row
+from registry_api.feeds.events import document_event, outbox_row
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import load_rows
 from registry_api.feeds.spatial import FeedIndex
@@ -59,8 +59,8 @@ from schemas.events import (
 )
 from schemas.settings import Settings
 from schemas.times import utc_time
+from schemas.topics import FEED_METADATA, topic_name
 from schemas.topics import FEED_STATUS as FEED_STATUS_TOPIC
-from schemas.topics import topic_name
 
 log = logging.getLogger("feedgrid.feeds.liveness")
 
@@ -217,9 +217,9 @@ async def _current_statuses(session: AsyncSession, feed_ids: list[str]) -> dict[
     return found
 
 
-# Told of the feeds whose status changed, in the transaction that writes them (the webhook
-# notifications of departments holding grants on feeds that went offline).
-StatusListener = Callable[[AsyncSession, list[Mapping[Any, Any]]], Awaitable[None]]
+# Told of the feeds whose status changed (their event data), in the transaction that writes
+# them (the webhook notifications of departments holding grants on feeds that went offline).
+StatusListener = Callable[[AsyncSession, Sequence[Mapping[Any, Any]]], Awaitable[None]]
 
 
 # The same writes on SQLite as single statements for all the batch's feeds (the UPDATEs join
@@ -252,7 +252,7 @@ def sqlite_liveness_work(
     """:func:`apply_liveness` as driver work on SQLite, writing the same rows and events: one
     UPDATE for every feed's ``last_seen``, one for the statuses that differ (returning which),
     one read of the changed rows, their outbox events as one multi-row INSERT. The changed
-    rows come back as the driver reads them (times as RFC 3339 text, ready to render)."""
+    feeds come back as their feed-metadata event data (what the index is told)."""
     seen = _pair_statements(
         _SEEN_UPDATE,
         [(feed_id, sqlite_rows.sqlite_time(moment)) for feed_id, moment in batch.seen.items()],
@@ -271,19 +271,23 @@ def sqlite_liveness_work(
             for values in calls.execute(DriverStatement(sqlite_rows.select_sql(len(ids)), ids)):
                 row = sqlite_rows.decode_row(values)
                 rows[row["id"]] = row
-        ordered = [rows[feed_id] for feed_id in changed]
-        events = [outbox_row(EventType.FEED_STATUS, row) for row in ordered]
+        documents = [event_data(rows[feed_id]) for feed_id in changed]
+        events = [
+            (FEED_METADATA, document["id"], document_event(EventType.FEED_STATUS, document))
+            for document in documents
+        ]
         calls.executemany(prepare_enqueue(events, created_at=created_at, dialect=dialect))
-        return ordered
+        return documents
 
     return work
 
 
 async def write_liveness(
     session: AsyncSession, batch: LivenessBatch, listener: StatusListener | None = None
-) -> Sequence[Mapping[Any, Any]]:
+) -> list[dict[str, Any]]:
     """Writes and commits the batch in the writers' turn, the listener told of the changed
-    feeds in the same transaction; returns the changed rows.
+    feeds in the same transaction; returns the changed feeds as their feed-metadata event
+    data (each rendered once, for the outbox event and the index).
 
     On SQLite the writes are one piece of driver work (:func:`sqlite_liveness_work`): a
     statement for all the batch's feeds instead of one step per feed, since every step is a
@@ -296,11 +300,11 @@ async def write_liveness(
             work = sqlite_liveness_work(
                 batch, created_at=utcnow(), dialect=session.get_bind().dialect
             )
-            changed: Sequence[Mapping[Any, Any]] = await run_driver_work(session, work)
+            changed: list[dict[str, Any]] = await run_driver_work(session, work)
         else:
-            changed = await apply_liveness(session, batch=batch)
+            changed = [event_data(row) for row in await apply_liveness(session, batch=batch)]
         if changed and listener is not None:
-            await listener(session, list(changed))
+            await listener(session, changed)
         await session.commit()
     return changed
 
@@ -363,7 +367,7 @@ class LivenessApplier:
         # what the UPDATE did to last_seen, then the new revisions of the changed feeds
         self.index.rendered.saw(batch.seen)
         if changed:
-            self.index.apply_documents([event_data(row) for row in changed])
+            self.index.apply_documents(changed)
         if changed and self.on_written is not None:
             self.on_written()  # outbox rows to relay
         TRANSITIONS.inc(len(changed))

@@ -356,7 +356,7 @@ async def _liveness_outcome(
 ) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]], list[bytes]]:
     """What ``write`` leaves in its (rolled back) transaction: the feeds' status, revision and
     last_seen, the outbox events it added (envelope ids and times aside), and the changed
-    rows it returned as their feed-metadata data."""
+    feeds' event data it returned, encoded."""
     async with city.runtime.sessions() as session:
         newest = await session.scalar(select(func.coalesce(func.max(OutboxMessage.id), 0)))
         changed = await write(session)
@@ -382,7 +382,7 @@ async def _liveness_outcome(
         for _, value in row_messages(key, payload, count)
         for event in [orjson.loads(value)]
     ]
-    rendered = [orjson.dumps(event_data(row), option=orjson.OPT_UTC_Z) for row in changed]
+    rendered = [orjson.dumps(document, option=orjson.OPT_UTC_Z) for document in changed]
     return [tuple(state) for state in states], events, rendered
 
 
@@ -414,7 +414,8 @@ async def test_sqlite_statements_write_what_the_session_writes(
     monkeypatch.setattr(liveness, "PAIRS_PER_STATEMENT", 2)  # several statements per kind
 
     async def through_session(session: AsyncSession) -> Any:
-        return await liveness.apply_liveness(session, batch=batch)
+        rows = await liveness.apply_liveness(session, batch=batch)
+        return [event_data(row) for row in rows]
 
     async def as_statements(session: AsyncSession) -> Any:
         work = liveness.sqlite_liveness_work(batch, created_at=utcnow(), dialect=dialect)
