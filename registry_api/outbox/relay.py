@@ -14,7 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -22,12 +22,14 @@ from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Row, case, delete, func, select, text, update
+from sqlalchemy import Row, case, delete, func, select, text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from registry_api.db import writes_in_turn
+from registry_api.bulk_insert import bound_value, placeholder
+from registry_api.driver_work import DriverCalls, DriverStatement, DriverWork, commit_in_turn
 from registry_api.outbox.models import OutboxMessage
-from registry_api.outbox.service import row_messages
+from registry_api.outbox.service import OUTBOX_TABLE, row_messages
 from schemas.events import utcnow
 from schemas.settings import Settings
 from schemas.topics import topic_name
@@ -72,6 +74,29 @@ def _first_messages(waiting: Sequence[Row[Any]], limit: int) -> list[Row[Any]]:
         if taken and total > limit:
             return list(waiting[:taken])
     return list(waiting)
+
+
+# Ids per UPDATE: within the 999 variables a statement may bind on the oldest SQLite builds.
+IDS_PER_STATEMENT = 900
+
+
+def _marking_sent(ids: Sequence[int], now: datetime, dialect: Dialect) -> DriverWork[None]:
+    """The published rows marked sent. Exactly the ids published: on PostgreSQL a lower id can
+    commit later than a higher one, so an id range could mark a row that was never read."""
+    style = dialect.paramstyle
+    sent = bound_value(OUTBOX_TABLE, "sent_at", now, dialect)
+    statements = []
+    for begin in range(0, len(ids), IDS_PER_STATEMENT):
+        chunk = ids[begin : begin + IDS_PER_STATEMENT]
+        listed = ", ".join(placeholder(style, position) for position in range(2, len(chunk) + 2))
+        sql = f"UPDATE outbox SET sent_at = {placeholder(style, 1)} WHERE id IN ({listed})"
+        statements.append(DriverStatement(sql, (sent, *chunk)))
+
+    def work(calls: DriverCalls) -> None:
+        for statement in statements:
+            calls.execute(statement)
+
+    return work
 
 
 class OutboxRelay:
@@ -226,16 +251,12 @@ class OutboxRelay:
             ids = [row[0] for row in rows]
             producer = await self._ensure_producer()
             published = await self._publish(producer, rows)
-            now = utcnow()
             # In turn with the process's other writers (SQLite): an access request meeting
-            # this write in SQLite's busy handler would sleep there (1, 2, 5 ... ms).
-            async with writes_in_turn(session, "outbox_relay"):
-                await session.execute(
-                    # Exactly the ids published: on PostgreSQL a lower id can commit later
-                    # than a higher one, so an id range could mark a row that was never read.
-                    update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(sent_at=now)
-                )
-                await session.commit()
+            # this write in SQLite's busy handler would sleep there (1, 2, 5 ... ms). One call
+            # on the connection's thread, the UPDATE and the commit (driver_work).
+            await commit_in_turn(
+                session, "outbox_relay", _marking_sent(ids, utcnow(), session.get_bind().dialect)
+            )
             RELAYED.inc(published)
             LAST_PUBLISHED.set(ids[-1])
         if time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS:
