@@ -15,16 +15,17 @@ The work runs in the session's transaction: the caller commits (or rolls back) a
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry_api.bulk_insert import DriverInsert
+from registry_api.bulk_insert import DriverInsert, bound_value, placeholder
 from registry_api.db import writes_in_turn
 
 
@@ -34,6 +35,42 @@ class DriverStatement:
 
     sql: str
     params: tuple[Any, ...]
+
+
+def update_statement(
+    table: Table,
+    values: Mapping[str, Any],
+    dialect: Dialect,
+    *,
+    where: Mapping[str, Any],
+    within: tuple[str, Sequence[Any]] | None = None,
+    returning: Sequence[str] = (),
+) -> DriverStatement:
+    """``UPDATE table SET values WHERE`` each ``where`` column equals its value (and the
+    ``within`` column is one of its values) ``RETURNING`` columns, in the driver's own terms:
+    every value converted as the column converts it."""
+    quote = dialect.identifier_preparer.quote
+    style = dialect.paramstyle
+    params: list[Any] = []
+
+    def bound(name: str, value: Any) -> str:
+        params.append(bound_value(table, name, value, dialect))
+        return placeholder(style, len(params))
+
+    assignments = ", ".join(
+        f"{quote(name)} = {bound(name, value)}" for name, value in values.items()
+    )
+    conditions = [f"{quote(name)} = {bound(name, value)}" for name, value in where.items()]
+    if within is not None:
+        name, listed = within
+        conditions.append(f"{quote(name)} IN ({', '.join(bound(name, value) for value in listed)})")
+    sql = (
+        f"UPDATE {dialect.identifier_preparer.format_table(table)} SET {assignments} "
+        f"WHERE {' AND '.join(conditions)}"
+    )
+    if returning:
+        sql += " RETURNING " + ", ".join(quote(name) for name in returning)
+    return DriverStatement(sql, tuple(params))
 
 
 class DriverCalls(Protocol):

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.access.grants import (
@@ -20,10 +20,23 @@ from registry_api.access.inbox import get_access_request, load_visible_request
 from registry_api.access.models import AccessRequestFeed, Grant
 from registry_api.access.policy import PolicyDecision
 from registry_api.access.records import TABLES, EventPayloads, grant_row
-from registry_api.audit.service import EncodedAccessEvent, RecordedEvent, record_access_events
-from registry_api.bulk_insert import prepare_insert
-from registry_api.db import rows_matched, writes_in_turn
-from registry_api.driver_work import execute_insert
+from registry_api.audit.service import (
+    EncodedAccessEvent,
+    RecordedEvent,
+    appending_events,
+    listened_work,
+    record_access_events,
+    unchained_events,
+)
+from registry_api.bulk_insert import DriverInsert, bound_value, placeholder, prepare_insert
+from registry_api.db import writes_in_turn
+from registry_api.driver_work import (
+    DriverCalls,
+    DriverStatement,
+    commit_in_turn,
+    run_driver_work,
+    update_statement,
+)
 from registry_api.errors import Conflict, Forbidden, NotFound
 from registry_api.identity.principal import Principal
 from schemas.access import (
@@ -74,29 +87,44 @@ def _select_items(
     return chosen
 
 
-async def _claim(
-    session: AsyncSession,
+# Feeds per claiming UPDATE: within the 999 variables a statement may bind on the oldest
+# SQLite builds.
+CLAIM_CHUNK = 500
+Claims = list[tuple[DriverStatement, int]]
+
+
+def _claims(
     request_id: str,
     chosen: Sequence[AccessRequestFeed],
     values: dict[str, object],
-) -> None:
-    """Updates the chosen items only if still undecided: two concurrent decisions never both win."""
+    dialect: Dialect,
+) -> Claims:
+    """UPDATEs that take the chosen items only if still undecided, each with how many rows it
+    must take: two concurrent decisions never both win (see :func:`_claim`)."""
     pending = [item.feed_id for item in chosen if item.outcome == Outcome.pending.value]
     review = [item.feed_id for item in chosen if item.outcome != Outcome.pending.value]
-    items = TABLES.request_feeds.c
+    claims: Claims = []
     for feed_ids, condition in (
-        (pending, items.outcome == Outcome.pending.value),
-        (review, items.review_required.is_(True)),
+        (pending, {"outcome": Outcome.pending.value}),
+        (review, {"review_required": True}),
     ):
-        if not feed_ids:
-            continue
-        result = await session.execute(
-            update(TABLES.request_feeds)
-            .where(items.request_id == request_id, items.feed_id.in_(feed_ids), condition)
-            .values(**values)
-        )
-        if rows_matched(result) != len(feed_ids):
-            await session.rollback()
+        for begin in range(0, len(feed_ids), CLAIM_CHUNK):
+            chunk = feed_ids[begin : begin + CLAIM_CHUNK]
+            statement = update_statement(
+                TABLES.request_feeds,
+                values,
+                dialect,
+                where={"request_id": request_id, **condition},
+                within=("feed_id", chunk),
+                returning=("feed_id",),
+            )
+            claims.append((statement, len(chunk)))
+    return claims
+
+
+def _claim(calls: DriverCalls, claims: Claims) -> None:
+    for statement, wanted in claims:
+        if len(calls.execute(statement)) != wanted:
             raise Conflict("another decision on these feeds came first", code="already_decided")
 
 
@@ -111,29 +139,56 @@ async def approve(
     if pending and request.valid_until <= now:
         raise Conflict("the requested window has ended; nothing can be granted", code="window_over")
     payloads = EventPayloads(request)
-    async with writes_in_turn(session, "approval"):
-        events = await _grant_pending(session, payloads, principal, pending, body.comment, now)
-        if reviewed:
-            events += await _confirm_reviewed(session, payloads, principal, reviewed, now)
-        await record_access_events(session, events)
-        await session.commit()
+    # As an access request (requests.py): everything but the driver's work is prepared before
+    # the turn to write, which then holds one call on the connection's thread (SQLite).
+    dialect = (await session.connection()).dialect
+    inserts, claims, events = _granting(payloads, principal, pending, body.comment, now, dialect)
+    finishing = None
+    if reviewed:
+        values: dict[str, object] = {"review_required": False, "decided_by": principal.subject}
+        claims += _claims(request.id, reviewed, values, dialect)
+        finishing = _finishing_reviews(
+            {item.grant_id for item in reviewed if item.grant_id}, dialect
+        )
+        events += [
+            _decided_event(
+                payloads, item, principal, Outcome.granted, ReasonCode.emergency_confirmed, now,
+                item.grant_id,
+            )
+            for item in reviewed
+        ]  # fmt: skip
+    unchained = unchained_events(events, now, dialect)
+    append = appending_events((), unchained, now, dialect, await listened_work(session, events))
+
+    def write(calls: DriverCalls) -> None:
+        for insert in inserts:
+            calls.executemany(insert)
+        _claim(calls, claims)
+        if finishing is not None:
+            calls.execute(finishing)
+        append(calls)
+
+    await commit_in_turn(session, "approval", write)
     return await get_access_request(session, principal, request_id)
 
 
-async def _grant_pending(
-    session: AsyncSession,
+def _granting(
     payloads: EventPayloads,
     principal: Principal,
     pending: Sequence[AccessRequestFeed],
     comment: str | None,
     now: datetime,
-) -> list[EncodedAccessEvent]:
-    """A grant per owner department for its approved feeds; their decided and issued events."""
+    dialect: Dialect,
+) -> tuple[list[DriverInsert], Claims, list[EncodedAccessEvent]]:
+    """A grant per owner department for its approved feeds (its row and its feeds' rows), the
+    claims of those feeds, and their decided and issued events."""
     request = payloads.request
     by_owner: dict[str, list[AccessRequestFeed]] = defaultdict(list)
     for item in pending:
         by_owner[item.owner_department or ""].append(item)
-    dialect = (await session.connection()).dialect
+    grants: list[dict[str, object]] = []
+    grant_feeds: list[dict[str, object]] = []
+    claims: Claims = []
     events: list[EncodedAccessEvent] = []
     for owner, owner_items in by_owner.items():
         decision = PolicyDecision(
@@ -145,22 +200,17 @@ async def _grant_pending(
             valid_until=request.valid_until,
         )
         grant = grant_row(request, owner, decision, now)
-        await execute_insert(session, prepare_insert(TABLES.grants, [grant], dialect))
-        grant_feeds = [{"grant_id": grant["id"], "feed_id": item.feed_id} for item in owner_items]
-        await execute_insert(session, prepare_insert(TABLES.grant_feeds, grant_feeds, dialect))
-        await _claim(
-            session,
-            request.id,
-            owner_items,
-            {
-                "outcome": Outcome.granted.value,
-                "reason": ReasonCode.approved_by_owner.value,
-                "message": decision.message,
-                "decided_at": now,
-                "decided_by": principal.subject,
-                "grant_id": grant["id"],
-            },
-        )
+        grants.append(grant)
+        grant_feeds += [{"grant_id": grant["id"], "feed_id": item.feed_id} for item in owner_items]
+        values: dict[str, object] = {
+            "outcome": Outcome.granted.value,
+            "reason": ReasonCode.approved_by_owner.value,
+            "message": decision.message,
+            "decided_at": now,
+            "decided_by": principal.subject,
+            "grant_id": grant["id"],
+        }
+        claims += _claims(request.id, owner_items, values, dialect)
         grant_id = str(grant["id"])
         for item in owner_items:
             events.append(
@@ -170,54 +220,35 @@ async def _grant_pending(
                 )
             )  # fmt: skip
             events.append(payloads.grant_issued(item.feed_id, grant, principal.subject, now))
-    return events
-
-
-async def _confirm_reviewed(
-    session: AsyncSession,
-    payloads: EventPayloads,
-    principal: Principal,
-    reviewed: Sequence[AccessRequestFeed],
-    now: datetime,
-) -> list[EncodedAccessEvent]:
-    """Emergency grants the owner confirms: off the review queue, a decided event each."""
-    await _claim(
-        session,
-        payloads.request.id,
-        reviewed,
-        {"review_required": False, "decided_by": principal.subject},
+    inserts = (
+        [
+            prepare_insert(TABLES.grants, grants, dialect),
+            prepare_insert(TABLES.grant_feeds, grant_feeds, dialect),
+        ]
+        if grants
+        else []
     )
-    await _finish_reviews(session, {item.grant_id for item in reviewed if item.grant_id})
-    return [
-        _decided_event(
-            payloads, item, principal, Outcome.granted, ReasonCode.emergency_confirmed, now,
-            item.grant_id,
-        )
-        for item in reviewed
-    ]  # fmt: skip
+    return inserts, claims, events
 
 
-async def _finish_reviews(session: AsyncSession, grant_ids: set[str]) -> None:
+def _finishing_reviews(grant_ids: set[str], dialect: Dialect) -> DriverStatement | None:
     """A grant leaves the review queue when none of its feeds waits for review any more."""
     if not grant_ids:
-        return
-    items = TABLES.request_feeds.c
-    still_waiting = set(
-        (
-            await session.scalars(
-                select(items.grant_id)
-                .where(items.grant_id.in_(grant_ids), items.review_required.is_(True))
-                .distinct()
-            )
-        ).all()
+        return None
+    quote, style = dialect.identifier_preparer.quote, dialect.paramstyle
+    grants = dialect.identifier_preparer.format_table(TABLES.grants)
+    items = dialect.identifier_preparer.format_table(TABLES.request_feeds)
+    listed = sorted(grant_ids)
+    ids = ", ".join(placeholder(style, position) for position in range(2, len(listed) + 2))
+    sql = (
+        f"UPDATE {grants} SET {quote('review_required')} = {placeholder(style, 1)} "
+        f"WHERE {quote('id')} IN ({ids}) AND NOT EXISTS (SELECT 1 FROM {items} "
+        f"WHERE {items}.{quote('grant_id')} = {grants}.{quote('id')} "
+        f"AND {items}.{quote('review_required')} = {placeholder(style, len(listed) + 2)})"
     )
-    finished = grant_ids - still_waiting
-    if finished:
-        await session.execute(
-            update(TABLES.grants)
-            .where(TABLES.grants.c.id.in_(finished))
-            .values(review_required=False)
-        )
+    unset = bound_value(TABLES.grants, "review_required", False, dialect)
+    waiting = bound_value(TABLES.request_feeds, "review_required", True, dialect)
+    return DriverStatement(sql, (unset, *listed, waiting))
 
 
 def _decided_event(
@@ -255,20 +286,21 @@ async def deny(
     chosen = _select_items(principal, items, body.feed_ids)
     now = utcnow()
     message = body.comment or "denied by the owner"
+    values: dict[str, object] = {
+        "outcome": Outcome.denied.value,
+        "reason": ReasonCode.denied_by_owner.value,
+        "message": message,
+        "decided_at": now,
+        "decided_by": principal.subject,
+        "review_required": False,
+    }
+    claims = _claims(request.id, chosen, values, (await session.connection()).dialect)
     async with writes_in_turn(session, "denial"):
-        await _claim(
-            session,
-            request.id,
-            chosen,
-            {
-                "outcome": Outcome.denied.value,
-                "reason": ReasonCode.denied_by_owner.value,
-                "message": message,
-                "decided_at": now,
-                "decided_by": principal.subject,
-                "review_required": False,
-            },
-        )
+        try:
+            await run_driver_work(session, lambda calls: _claim(calls, claims))
+        except Conflict:
+            await session.rollback()
+            raise
         payloads = EventPayloads(request)
         events: list[RecordedEvent] = [
             _decided_event(

@@ -23,13 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.audit.chain import ChainLink, ChainVerifier, extend_chain
 from registry_api.audit.models import HASHED_COLUMNS, AuditChainHead, AuditEntry
-from registry_api.bulk_insert import DriverInsert, bound_value, placeholder, prepare_insert
+from registry_api.bulk_insert import DriverInsert, prepare_insert
 from registry_api.driver_work import (
     DriverCalls,
     DriverStatement,
     DriverWork,
     execute_insert,
     run_driver_work,
+    update_statement,
 )
 from registry_api.outbox.service import enqueue_prepared, prepare_encoded
 from schemas.access import AuditEntryOut, AuditPage, AuditVerification
@@ -299,19 +300,9 @@ def _head_statement(
     dialect: Dialect, values: dict[str, Any], returning: Sequence[str] = ()
 ) -> DriverStatement:
     """UPDATE of the chain head's row in the driver's own terms (see driver_work)."""
-    quote = dialect.identifier_preparer.quote
-    assignments = ", ".join(
-        f"{quote(name)} = {placeholder(dialect.paramstyle, position)}"
-        for position, name in enumerate(values, start=1)
+    return update_statement(
+        HEAD_TABLE, values, dialect, where={"id": CHAIN_HEAD_ID}, returning=returning
     )
-    sql = (
-        f"UPDATE {dialect.identifier_preparer.format_table(HEAD_TABLE)} SET {assignments} "
-        f"WHERE {quote('id')} = {placeholder(dialect.paramstyle, len(values) + 1)}"
-    )
-    if returning:
-        sql += " RETURNING " + ", ".join(quote(name) for name in returning)
-    params = tuple(bound_value(HEAD_TABLE, name, value, dialect) for name, value in values.items())
-    return DriverStatement(sql, (*params, CHAIN_HEAD_ID))
 
 
 async def _lock_chain_head(session: AsyncSession, now: datetime) -> Any:

@@ -26,8 +26,7 @@ from sqlalchemy import Row, case, delete, func, select, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from registry_api.bulk_insert import bound_value, placeholder
-from registry_api.driver_work import DriverCalls, DriverStatement, DriverWork, commit_in_turn
+from registry_api.driver_work import DriverCalls, DriverWork, commit_in_turn, update_statement
 from registry_api.outbox.models import OutboxMessage
 from registry_api.outbox.service import OUTBOX_TABLE, row_messages
 from schemas.events import utcnow
@@ -83,14 +82,16 @@ IDS_PER_STATEMENT = 900
 def _marking_sent(ids: Sequence[int], now: datetime, dialect: Dialect) -> DriverWork[None]:
     """The published rows marked sent. Exactly the ids published: on PostgreSQL a lower id can
     commit later than a higher one, so an id range could mark a row that was never read."""
-    style = dialect.paramstyle
-    sent = bound_value(OUTBOX_TABLE, "sent_at", now, dialect)
-    statements = []
-    for begin in range(0, len(ids), IDS_PER_STATEMENT):
-        chunk = ids[begin : begin + IDS_PER_STATEMENT]
-        listed = ", ".join(placeholder(style, position) for position in range(2, len(chunk) + 2))
-        sql = f"UPDATE outbox SET sent_at = {placeholder(style, 1)} WHERE id IN ({listed})"
-        statements.append(DriverStatement(sql, (sent, *chunk)))
+    statements = [
+        update_statement(
+            OUTBOX_TABLE,
+            {"sent_at": now},
+            dialect,
+            where={},
+            within=("id", ids[begin : begin + IDS_PER_STATEMENT]),
+        )
+        for begin in range(0, len(ids), IDS_PER_STATEMENT)
+    ]
 
     def work(calls: DriverCalls) -> None:
         for statement in statements:

@@ -5,6 +5,7 @@ Runs on SQLite and on PostgreSQL (the ``client`` fixture), with the real broker.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,12 @@ import httpx
 import jwt
 import orjson
 import pytest
+from sqlalchemy import select
 
+from registry_api.access.decisions import _claim, _claims
+from registry_api.access.models import AccessRequestFeed, Grant
+from registry_api.driver_work import commit_in_turn
+from registry_api.errors import Conflict
 from tests.integration.access_world import (
     ENVIRONMENT,
     LEGAL_BASIS,
@@ -239,6 +245,91 @@ async def test_owner_denial_carries_the_owners_reason(world: World) -> None:
     assert (item["outcome"], item["reason"]) == ("denied", "denied_by_owner")
     assert item["message"] == "outside our data-sharing agreement"
     assert denied.json()["status"] == "denied"
+
+
+async def test_two_owners_answers_at_once_grant_once(world: World) -> None:
+    answer = await world.request(ENVIRONMENT, feed_ids=[world.feed_id("conditional")])
+    assert answer["feeds"][0]["outcome"] == "pending"
+    answers = await asyncio.gather(
+        *(
+            world.client.post(
+                f"/v1/access-requests/{answer['id']}/{verb}",
+                json={},
+                headers=world.auth(TRANSPORT, "dept_admin"),
+            )
+            for verb in ("approve", "approve", "deny")
+        )
+    )
+    codes = sorted(response.status_code for response in answers)
+    assert codes == [200, 409, 409], [response.text for response in answers]
+    assert {response.json()["code"] for response in answers if response.status_code == 409} == {
+        "already_decided"
+    }
+    async with world.runtime.sessions() as session:
+        grants = (
+            await session.scalars(select(Grant).where(Grant.request_id == answer["id"]))
+        ).all()
+    winner = next(response.json() for response in answers if response.status_code == 200)
+    granted = winner["feeds"][0]["outcome"] == "granted"
+    assert len(grants) == (1 if granted else 0)
+    assert (await world.client.get("/v1/audit/verify")).json()["ok"]
+
+
+async def test_a_claim_of_feeds_decided_meanwhile_writes_nothing(world: World) -> None:
+    """The owner's answer is prepared before its turn to write: feeds another answer decided
+    in between make it a 409 with nothing of it written."""
+    answer = await world.request(ENVIRONMENT, feed_ids=[world.feed_id("conditional")])
+    async with world.runtime.sessions() as session:
+        (item,) = (
+            await session.scalars(
+                select(AccessRequestFeed).where(AccessRequestFeed.request_id == answer["id"])
+            )
+        ).all()
+        dialect = (await session.connection()).dialect
+    late = _claims(answer["id"], [item], {"outcome": "denied", "decided_by": "late"}, dialect)
+    approved = await world.client.post(
+        f"/v1/access-requests/{answer['id']}/approve",
+        json={},
+        headers=world.auth(TRANSPORT, "dept_admin"),
+    )
+    assert approved.status_code == 200
+    async with world.runtime.sessions() as session:
+        with pytest.raises(Conflict):
+            await commit_in_turn(session, "approval", lambda calls: _claim(calls, late))
+    async with world.runtime.sessions() as session:
+        stored = await session.get(AccessRequestFeed, (answer["id"], item.feed_id))
+        assert stored is not None and (stored.outcome, stored.decided_by) == (
+            "granted", approved.json()["feeds"][0]["decided_by"]
+        )  # fmt: skip
+
+
+async def test_an_owner_confirms_an_emergency_grant_out_of_review(world: World) -> None:
+    answer = await world.request(
+        POLICE,
+        feed_ids=[world.feed_id("conditional")],
+        purpose="missing person search",
+        emergency=True,
+        emergency_reason="child missing near the bridge",
+    )
+    grant_id = answer["feeds"][0]["grant_id"]
+    confirmed = await world.client.post(
+        f"/v1/access-requests/{answer['id']}/approve",
+        json={},
+        headers=world.auth(TRANSPORT, "dept_admin"),
+    )
+    assert confirmed.status_code == 200, confirmed.text
+    item = confirmed.json()["feeds"][0]
+    assert (item["outcome"], item["grant_id"], item["review_required"]) == (
+        "granted", grant_id, False
+    )  # fmt: skip
+    async with world.runtime.sessions() as session:
+        grant = await session.get(Grant, grant_id)
+        assert grant is not None and grant.review_required is False and grant.revoked_at is None
+    review = await world.client.get(
+        "/v1/access-requests?status=review", headers=world.auth(TRANSPORT, "dept_admin")
+    )
+    assert review.json() == []
+    assert (await world.client.get("/v1/audit/verify")).json()["ok"]
 
 
 # ------------------------------------------------------------------------------ emergencies
