@@ -39,8 +39,15 @@ process (raw keep-alive HTTP/1.1 sockets, pre-encoded requests: it is never the 
    burst; value: seconds from the burst's end until then (target <= 60 s). ``/metrics`` is
    read every second meanwhile: the highest ``feedgrid_stream_stalled_seconds`` of any agent.
 
+3. ``storm``: an empty registry gets 56,000 feeds (20,000 quick), all ``unknown``; every feed
+   is then reported once (a gateway's first round, a city's network coming back): each report
+   a transition. Value: the server's CPU ms per transition until everything has settled (every
+   feed online, the outbox relayed, every agent caught up); baseline: the same round again,
+   per unchanged report. ``--profile DIR`` samples the storm with py-spy.
+
 ``--quick``: 20,000 feeds and 15 s windows (a few minutes in all); the full run has 60,000
-feeds (the demo city's size) and 60 s windows, under 10 minutes. ``--only heartbeats|burst``.
+feeds (the demo city's size) and 60 s windows, under 10 minutes.
+``--only heartbeats|burst|storm``.
 """
 
 from __future__ import annotations
