@@ -572,6 +572,18 @@ def heartbeat_plan(url: str, registry: Registry) -> tuple[dict[str, Any], int]:
     return plan, len(every)
 
 
+def start_city(server: FeedGridUp, registry: Registry, feeds: int) -> tuple[dict[str, Any], int]:
+    """``feedgrid up --no-demo`` started, ``feeds`` feeds registered, a gateway key per owner
+    and the registration's events relayed; returns the heartbeat plan and the feed count."""
+    console.print("starting feedgrid up --no-demo (API + relay + embedded worker + chdb)")
+    server.start(load_deadline_s=300)
+    with progress_bar() as progress:
+        register_feeds(server.url, feeds, progress)
+    plan, feed_count = heartbeat_plan(server.url, registry)
+    wait_relayed(registry, deadline_s=240)
+    return plan, feed_count
+
+
 def wait_relayed(registry: Registry, deadline_s: float) -> None:
     """Until the registration's events have left the outbox (before any load)."""
     started = time.monotonic()
@@ -715,12 +727,7 @@ def bench_heartbeats(quick: bool, workdir: Path, seconds: float | None, feeds: i
         heartbeat_silence_seconds=SILENCE_SECONDS, liveness_seen_seconds=SEEN_SECONDS
     ).liveness_scan_seconds
     try:
-        console.print("starting feedgrid up --no-demo (API + relay + embedded worker + chdb)")
-        server.start(load_deadline_s=300)
-        with progress_bar() as progress:
-            register_feeds(server.url, feeds_wanted, progress)
-        plan, feed_count = heartbeat_plan(server.url, registry)
-        wait_relayed(registry, deadline_s=240)
+        plan, feed_count = start_city(server, registry, feeds_wanted)
         console.print(
             f"{feed_count:,} feeds in {len(plan['batches'])} batches of at most "
             f"{HEARTBEAT_BATCH:,}; {HEARTBEAT_CONNECTIONS} connections"
@@ -1047,12 +1054,7 @@ def bench_storm(quick: bool, workdir: Path, feeds: int | None, profile: Path | N
     server = FeedGridUp(workdir, ttl_seconds=3600, demo=False)
     registry = Registry(workdir / "registry.db")
     try:
-        console.print("starting feedgrid up --no-demo (API + relay + embedded worker + chdb)")
-        server.start(load_deadline_s=300)
-        with progress_bar() as progress:
-            register_feeds(server.url, feeds_wanted, progress)
-        plan, feed_count = heartbeat_plan(server.url, registry)
-        wait_relayed(registry, deadline_s=240)
+        plan, feed_count = start_city(server, registry, feeds_wanted)
         wait_quiet(server, registry, 0, deadline_s=240)  # the registration followed
         rounds: dict[str, dict[str, float]] = {}
         for name in ("storm", "unchanged"):

@@ -360,8 +360,7 @@ class LivenessApplier:
         return changed
 
     async def _apply_part(self, batch: LivenessBatch) -> int:
-        # In turn with the process's other writers (SQLite): an access request meeting this
-        # transaction in SQLite's busy handler would sleep there (1, 2, 5 ... 100 ms).
+        # in turn with the process's other writers (write_liveness)
         async with self.sessions() as session:
             changed = await write_liveness(session, batch, self.in_transaction)
         # what the UPDATE did to last_seen, then the new revisions of the changed feeds
