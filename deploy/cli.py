@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
@@ -142,12 +144,13 @@ def up(
     _migrate(settings)
     base_url = f"http://{host}:{port}"
     _print_welcome(base_url, token)
-    after_start = None
-    if demo:
-        from deploy.demo import load_demo_city_once
+    if not demo:
+        _serve(settings, host, port)
+        return
+    from deploy.demo import DemoClients
 
-        after_start = lambda: load_demo_city_once(settings, base_url, token, gateways=True)  # noqa: E731
-    _serve(settings, host, port, after_start=after_start)
+    clients = DemoClients(settings, base_url, token)
+    _serve(settings, host, port, after_start=clients.start, on_stop=clients.stop)
 
 
 def _with_local_broker(settings: Settings, **overrides: object) -> Settings:
@@ -180,7 +183,13 @@ def _print_welcome(base_url: str, token: str) -> None:
     )
 
 
-def _serve(settings: Settings, host: str, port: int, after_start: object = None) -> None:
+def _serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    after_start: Callable[[], Awaitable[None]] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
     import uvicorn
 
     from deploy.composition import build_app
@@ -195,11 +204,17 @@ def _serve(settings: Settings, host: str, port: int, after_start: object = None)
 
     async def main() -> None:
         serving = asyncio.create_task(server.serve())
-        if callable(after_start):
+        if after_start is not None:
             while not server.started and not serving.done():
                 await asyncio.sleep(0.1)
             if server.started:
-                await after_start()
+                # what comes after the start ends with the server, if not before
+                starting = asyncio.ensure_future(after_start())
+                await asyncio.wait({serving, starting}, return_when=asyncio.FIRST_COMPLETED)
+                if not starting.done():
+                    starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
         await serving
 
     # uvicorn stops on SIGTERM/SIGINT and then raises the signal again with the handler it
@@ -214,7 +229,11 @@ def _serve(settings: Settings, host: str, port: int, after_start: object = None)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, note_stop)
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if on_stop is not None:
+            on_stop()
     stop_helper()
     if stopped_by:
         sys.stdout.flush()

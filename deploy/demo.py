@@ -18,12 +18,18 @@ catalog tree, ``.catalogs-<db>``), then the other requests and the rest of the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import hashlib
 import logging
+import multiprocessing
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,98 @@ log = logging.getLogger("feedgrid.demo")
 # Requests replayed (spread over the week) before the first part of the recorded week is sent:
 # enough grants for every kind of misuse the week holds, a few seconds of replay.
 FIRST_WAVE = 250
+
+
+class DemoClients:
+    """The demo's clients in a process of their own beside FeedGrid: the departments replaying
+    their access requests and the gateways reporting liveness (:func:`load_demo_city_once`).
+
+    They stand for people and devices on other machines. Run on FeedGrid's event loop, as they
+    were, every request's client side (building it, reading its answer) and every gateway
+    round took the server's interpreter, which holds one core at a time: on two cores the
+    replay took what the server and its own clients left each other. A process of their own
+    takes the other core, as a real department's would, and FeedGrid keeps its one
+    process for every role (``up``). The process ends with FeedGrid: stopped by
+    :meth:`stop`, or by the kernel when FeedGrid dies first (Linux), or by itself when it
+    finds its parent gone.
+    """
+
+    def __init__(self, settings: Settings, base_url: str, token: str) -> None:
+        self.settings = settings
+        self.base_url = base_url
+        self.token = token
+        self._process: multiprocessing.process.BaseProcess | None = None
+
+    async def start(self) -> None:
+        """Starts the process and returns once the city is loaded and its traffic replayed
+        (the gateways go on reporting); then what FeedGrid's loading built settles
+        (infra/heap)."""
+        context = multiprocessing.get_context("spawn")  # nothing of the server's state copied
+        loaded, told = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_run_demo_clients,
+            args=(self.settings, self.base_url, self.token, told, os.getpid()),
+            name="feedgrid-demo-clients",
+            daemon=True,
+        )
+        process.start()
+        told.close()
+        self._process = process
+        while process.is_alive() and not loaded.poll():
+            await asyncio.sleep(0.5)
+        with contextlib.suppress(EOFError, OSError):
+            if loaded.poll():
+                loaded.recv()
+        loaded.close()
+        settle("demo city loaded")  # what the loading left in memory stays (infra/heap)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process, self._process = self._process, None
+        if process is None or not process.is_alive():
+            return
+        process.terminate()
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout)
+
+
+def _run_demo_clients(
+    settings: Settings, base_url: str, token: str, loaded: Connection, parent: int
+) -> None:
+    """The demo clients' process: loads the city, replays its traffic, tells the parent, and
+    runs the gateways until it is stopped."""
+    from infra.structured_logging import configure_logging
+
+    _end_with_parent(parent)
+    # Ctrl-C reaches the terminal's whole process group: FeedGrid stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(settings.log_format, settings.log_level)
+
+    async def main() -> None:
+        watch = asyncio.create_task(_watch_parent(parent), name="parent-watch")
+        await load_demo_city_once(settings, base_url, token, gateways=True)
+        loaded.send(True)
+        loaded.close()
+        await watch  # the gateways report until FeedGrid stops this process
+
+    asyncio.run(main())
+
+
+def _end_with_parent(parent: int) -> None:
+    """Asks Linux to end this process when its parent ends (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os._exit(0)
+
+
+async def _watch_parent(parent: int) -> None:
+    """Ends the process once its parent is gone (where PR_SET_PDEATHSIG is not available)."""
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    os._exit(0)
 
 
 def _markers(settings: Settings) -> tuple[Path, Path, Path, Path]:
@@ -106,7 +204,6 @@ async def load_demo_city_once(
     )
     replayed = await replay.run_once()
     await after_first_wave()
-    settle("demo city loaded")  # what the loading left in memory stays (infra/heap)
     return replayed
 
 

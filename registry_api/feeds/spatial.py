@@ -222,14 +222,21 @@ class FeedIndex:
         leave it out rather than show an older revision).
         """
         changed = False
-        for position, record in enumerate(records):
-            known = self._revision_now(record.id)  # not remembered: it changes in this loop
+        records = list(records)
+        base_rows = self._base.positions_of([record.id for record in records])
+        delta = self._delta.records
+        for position, (record, row) in enumerate(zip(records, base_rows, strict=True)):
+            # the known revision (_revision_now, not remembered: it changes in this loop)
+            newer = delta.get(record.id)
+            if newer is not None:
+                known: int | None = newer.revision
+            else:
+                known = None if row < 0 else int(self._base.columns.revision[row])
             if known is not None and known >= record.revision:
                 continue
-            row = self._base.row_of(record.id)
-            if row is not None:
+            if row >= 0:
                 self._superseded[row] = True
-            self._delta.records[record.id] = record
+            delta[record.id] = record
             if renderings is None:
                 self.rendered.drop(record.id)
             else:

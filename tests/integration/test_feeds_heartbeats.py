@@ -421,7 +421,17 @@ async def test_sqlite_statements_write_what_the_session_writes(
         work = liveness.sqlite_liveness_work(batch, created_at=utcnow(), dialect=dialect)
         return await run_driver_work(session, work)
 
+    async def foreseen(session: AsyncSession) -> Any:
+        now = utcnow()
+        ahead = await liveness.foresee_changes(session, batch, created_at=now, dialect=dialect)
+        assert ahead.expected == {ids[0], ids[2]}
+        work = liveness.sqlite_liveness_work(batch, created_at=now, dialect=dialect, foreseen=ahead)
+        written = await run_driver_work(session, work)
+        assert written is ahead.documents  # nothing changed meanwhile: nothing rendered again
+        return written
+
     expected = await _liveness_outcome(city, ids, through_session)
+    assert await _liveness_outcome(city, ids, foreseen) == expected  # rendered before the turn
     states, events, rendered = await _liveness_outcome(city, ids, as_statements)
     assert (states, events, rendered) == expected
     by_id = {state[0]: state for state in states}
@@ -438,3 +448,48 @@ async def test_sqlite_statements_write_what_the_session_writes(
         (ids[0], "online"),
         (ids[2], "offline"),
     ]
+
+
+async def test_a_change_foreseen_before_an_edit_is_rendered_again_in_the_turn(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A feed edited between the read ahead of the writers' turn and the turn: the guarded
+    UPDATE leaves it, the turn changes and renders it from the row as it is then (the new
+    name in its event), and the other feeds' events are the same as the session path's."""
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("the statement path is SQLite's; PostgreSQL writes through the session")
+    city = await build_city(client)
+    feeds = [await city.register(camera(TRANSPORT, serial)) for serial in range(1, 4)]
+    ids = [feed["id"] for feed in feeds]
+    seen = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+    batch = LivenessBatch(
+        statuses={ids[0]: "online", ids[1]: "online"}, seen={ids[0]: seen, ids[1]: seen}
+    )
+    dialect = city.runtime.engine.dialect
+    now = utcnow()
+    async with city.runtime.sessions() as session:
+        ahead = await liveness.foresee_changes(session, batch, created_at=now, dialect=dialect)
+    assert ahead.expected == {ids[0], ids[1]}
+    edited = await client.patch(
+        f"/v1/feeds/{ids[0]}",
+        json={"name": "Renamed after the read"},
+        headers={**city.as_(TRANSPORT), "If-Match": f'"{feeds[0]["version"]}"'},
+    )
+    assert edited.status_code == 200, edited.text
+
+    async def through_session(session: AsyncSession) -> Any:
+        return [event_data(row) for row in await liveness.apply_liveness(session, batch=batch)]
+
+    async def with_foresight(session: AsyncSession) -> Any:
+        work = liveness.sqlite_liveness_work(batch, created_at=now, dialect=dialect, foreseen=ahead)
+        return await run_driver_work(session, work)
+
+    expected = await _liveness_outcome(city, ids, through_session)
+    states, events, rendered = await _liveness_outcome(city, ids, with_foresight)
+    assert sorted(events, key=lambda event: event["subject"]) == sorted(
+        expected[1], key=lambda event: event["subject"]
+    )
+    assert states == expected[0] and sorted(rendered) == sorted(expected[2])
+    names = {event["subject"]: event["data"]["name"] for event in events}
+    assert names[ids[0]] == "Renamed after the read"
+    assert {event["data"]["status"] for event in events} == {"online"}

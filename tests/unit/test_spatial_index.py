@@ -361,3 +361,18 @@ def test_a_points_scalar_cell_is_the_cell_the_grid_columns_give() -> None:
     edges = np.array([-1e9, -200.0, -90.0, -0.004, 0.0, 45.67, 89.995, 90.0, 200.0, np.nan])
     assert [row_of(value) for value in edges] == grid_row(edges).tolist()
     assert [column_of(value) for value in edges] == grid_column(edges).tolist()
+
+
+def test_positions_of_is_row_of_for_many_ids(
+    world: tuple[FeedIndex, dict[str, FeedRecord]],
+) -> None:
+    """The batched lookup the index applies writes with answers as the one-id lookup does:
+    present ids, absent ones, and ids the id column cannot hold (too long, not ASCII)."""
+    index, records = world
+    base = index._base  # noqa: SLF001 (the snapshot under test)
+    present = [feed_id for feed_id in sorted(records) if base.row_of(feed_id) is not None][:50]
+    assert len(present) == 50
+    odd = ["no-such-feed", present[0] + "x" * 30, "é" + present[1][1:], ""]
+    for ids in (present + odd[:1], present + odd, odd):
+        expected = [-1 if (row := base.row_of(feed_id)) is None else row for feed_id in ids]
+        assert base.positions_of(ids) == expected

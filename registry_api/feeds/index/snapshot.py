@@ -117,6 +117,19 @@ class Snapshot:
             return position
         return None
 
+    def positions_of(self, feed_ids: Sequence[str]) -> list[int]:
+        """The row of each id, in order, -1 where it is absent: :meth:`row_of` of many ids
+        in one search."""
+        if not feed_ids or not self.size:
+            return [-1] * len(feed_ids)
+        width = self.columns.ids.dtype.itemsize
+        if not all(feed_id.isascii() and len(feed_id) <= width for feed_id in feed_ids):
+            # ID_DTYPE would cut or fail to encode such an id: each is looked up as it is
+            return [-1 if (row := self.row_of(feed_id)) is None else row for feed_id in feed_ids]
+        wanted = np.array(feed_ids, dtype=ID_DTYPE)
+        positions = np.minimum(np.searchsorted(self.columns.ids, wanted), self.size - 1)
+        return np.where(self.columns.ids[positions] == wanted, positions, -1).tolist()
+
     def rows_of(self, feed_ids: Sequence[str]) -> np.ndarray:
         """Rows of the ids present in this snapshot (absent ids are skipped)."""
         if not feed_ids or not self.size:
