@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -102,7 +104,6 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.close()
 
 
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
 _TURN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 TURN_WAITED = Histogram(
     "feedgrid_sqlite_write_turn_wait_seconds",
@@ -118,37 +119,134 @@ TURN_HELD = Histogram(
 )
 
 
+class WriteTurn:
+    """The turn of a SQLite registry's writers in this process: a lock taken and given back
+    on the connections' own threads, where their statements run.
+
+    Taken on the event loop (an ``asyncio.Lock``, as it was), the turn was given back only
+    when the loop came round to the writer again after its commit: every request, heartbeat
+    batch or page the loop was busy with at that moment was added to the turn, and the next
+    writer waited for it (the demo's replay: the turn held ~85 % of the time). Here a writer
+    whose transaction is one piece of driver work (``driver_work.commit_in_turn``) takes the
+    turn, writes, commits and gives it back on its connection's thread, and the next one
+    starts at once, whatever the loop is doing. A writer going statement by statement
+    (:func:`writes_in_turn`) waits for the turn on its connection's thread too (the loop
+    stays free) and gives it back after its commit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def take(self, writer: str, asked: float) -> float:
+        """Blocks until the turn is this writer's (not on the event loop); returns when."""
+        self._lock.acquire()
+        began = time.perf_counter()
+        TURN_WAITED.labels(writer).observe(began - asked)
+        return began
+
+    def give(self, writer: str, began: float) -> None:
+        TURN_HELD.labels(writer).observe(time.perf_counter() - began)
+        self._lock.release()
+
+
+class _Ticket:
+    """A statement writer's wait for the turn, which its waiter may abandon (cancelled): a
+    turn taken for an abandoned ticket is given back at once, by whichever side comes last."""
+
+    def __init__(self, turn: WriteTurn, writer: str, asked: float) -> None:
+        self.turn = turn
+        self.writer = writer
+        self.asked = asked
+        self.began = 0.0
+        self._state = "waiting"  # -> holding | abandoned
+        self._guard = threading.Lock()
+
+    def take(self) -> float:
+        began = self.turn.take(self.writer, self.asked)
+        with self._guard:
+            if self._state == "abandoned":
+                self.turn.give(self.writer, began)
+            else:
+                self._state, self.began = "holding", began
+        return began
+
+    def abandon(self) -> None:
+        with self._guard:
+            if self._state == "holding":
+                self.turn.give(self.writer, self.began)
+            self._state = "abandoned"
+
+
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, WriteTurn] = weakref.WeakKeyDictionary()
+
+
+def write_turn(session: AsyncSession) -> WriteTurn | None:
+    """The writers' turn of the session's engine; None where writers need none (not SQLite:
+    on PostgreSQL row locks order what must be ordered)."""
+    engine = session.get_bind().engine
+    if engine.dialect.name != "sqlite":
+        return None
+    turn = _SQLITE_WRITERS.get(engine)
+    if turn is None:
+        turn = _SQLITE_WRITERS.setdefault(engine, WriteTurn())
+    return turn
+
+
 @contextlib.asynccontextmanager
 async def writes_in_turn(session: AsyncSession, writer: str) -> AsyncIterator[None]:
     """Around a transaction's writes and its commit: on SQLite, the writers of this process
-    take turns here, on the event loop, instead of in SQLite's busy handler, which sleeps
+    take turns (:class:`WriteTurn`) instead of meeting in SQLite's busy handler, which sleeps
     (1, 2, 5 ... 100 ms) between tries: under concurrent writers that sleeping, not the work,
     set the pace. A block left by an error rolls back before the next writer's turn. On
-    PostgreSQL writers never wait for each other here (row locks order what must be ordered).
-    ``writer`` names the caller in the turn's wait and hold metrics.
+    PostgreSQL writers never wait for each other here. ``writer`` names the caller in the
+    turn's wait and hold metrics.
 
     Each statement of the block is a hop between the event loop and the connection's thread,
-    and a busy loop makes every hop wait: a writer that can put its whole transaction in one
-    piece of driver work holds the turn for one hop with ``driver_work.commit_in_turn``.
+    and a busy loop makes every hop wait, the turn held meanwhile: a writer that can put its
+    whole transaction in one piece of driver work uses ``driver_work.commit_in_turn``.
     """
-    engine = session.get_bind().engine
-    if engine.dialect.name != "sqlite":
+    turn = write_turn(session)
+    if turn is None:
         yield
         return
-    turn = _SQLITE_WRITERS.get(engine)
-    if turn is None:
-        turn = _SQLITE_WRITERS.setdefault(engine, asyncio.Lock())
-    asked = time.perf_counter()
-    async with turn:
-        began = time.perf_counter()
-        TURN_WAITED.labels(writer).observe(began - asked)
-        try:
-            yield
-        except BaseException:
-            await session.rollback()
-            raise
-        finally:
-            TURN_HELD.labels(writer).observe(time.perf_counter() - began)
+    ticket = _Ticket(turn, writer, time.perf_counter())
+    _, run_in_thread = await sqlite_thread(session)
+    try:
+        if run_in_thread is not None:
+            began = await run_in_thread(ticket.take)  # the connection's thread waits
+        else:
+            began = await asyncio.to_thread(ticket.take)
+    except BaseException:  # cancelled while waiting: the turn, if taken, goes back
+        ticket.abandon()
+        raise
+    try:
+        yield
+    except BaseException:
+        await session.rollback()
+        raise
+    finally:
+        turn.give(writer, began)
+
+
+async def sqlite_thread(
+    session: AsyncSession,
+) -> tuple[sqlite3.Connection | None, Callable[..., Any] | None]:
+    """The sqlite3 connection under the session and aiosqlite's way of running a function in
+    its thread (``Connection._execute``: aiosqlite has no public name for it), or Nones where
+    this aiosqlite differs or the connection commits each statement (no transaction to join).
+    """
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    run_in_thread = getattr(driver, "_execute", None)
+    sqlite_connection = getattr(driver, "_connection", None)
+    if (
+        not callable(run_in_thread)
+        or not isinstance(sqlite_connection, sqlite3.Connection)
+        or sqlite_connection.isolation_level is None
+    ):
+        return None, None
+    return sqlite_connection, run_in_thread
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -15,6 +15,7 @@ The work runs in the session's transaction: the caller commits (or rolls back) a
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.bulk_insert import DriverInsert, bound_value, placeholder
-from registry_api.db import writes_in_turn
+from registry_api.db import WriteTurn, sqlite_thread, write_turn, writes_in_turn
 
 
 @dataclass(frozen=True)
@@ -179,20 +180,20 @@ async def execute_insert(session: AsyncSession, insert: DriverInsert) -> None:
 
 
 async def commit_in_turn(session: AsyncSession, writer: str, work: DriverWork[Result]) -> Result:
-    """Runs ``work`` and commits, in the writers' turn (``db.writes_in_turn``); ``writer``
-    names the caller in the turn's metrics.
+    """Runs ``work`` and commits, in the writers' turn (``db.WriteTurn``); ``writer`` names
+    the caller in the turn's metrics.
 
-    On SQLite the work and the commit are one call on the connection's thread: the turn is
-    held for a single hop there and back, not one per statement and another for the commit,
-    each of which waits for a busy event loop. Elsewhere it is ``run_driver_work`` and a
-    commit."""
+    On SQLite the turn, the work and the commit are one call on the connection's thread: the
+    turn is taken and given back there, held for the work and the commit alone, not for a
+    hop per statement and another for the commit, each of which waits for a busy event loop.
+    Elsewhere it is ``run_driver_work`` and a commit."""
     await session.flush()
-    connection = await session.connection()
-    if connection.dialect.name == "sqlite":
+    turn = write_turn(session)
+    if turn is not None:
         sqlite_connection, run_in_thread = await sqlite_thread(session)
         if sqlite_connection is not None and run_in_thread is not None:
-            async with writes_in_turn(session, writer):
-                result: Result = await run_in_thread(_committed(sqlite_connection, work))
+            whole = _committed_in_turn(turn, writer, sqlite_connection, work)
+            result: Result = await run_in_thread(whole)
             await session.commit()  # the session's side: nothing is left for it to write
             return result
     async with writes_in_turn(session, writer):
@@ -201,10 +202,15 @@ async def commit_in_turn(session: AsyncSession, writer: str, work: DriverWork[Re
     return result
 
 
-def _committed(connection: sqlite3.Connection, work: DriverWork[Result]) -> Callable[[], Result]:
-    """``work`` and then the commit (or the rollback), to run in the connection's thread."""
+def _committed_in_turn(
+    turn: WriteTurn, writer: str, connection: sqlite3.Connection, work: DriverWork[Result]
+) -> Callable[[], Result]:
+    """The turn taken, ``work`` and then the commit (or the rollback), the turn given back:
+    to run on the connection's thread."""
+    asked = time.perf_counter()
 
     def whole() -> Result:
+        began = turn.take(writer, asked)
         try:
             result = work(_SqliteCalls(connection))
             connection.commit()
@@ -212,26 +218,7 @@ def _committed(connection: sqlite3.Connection, work: DriverWork[Result]) -> Call
         except BaseException:
             connection.rollback()
             raise
+        finally:
+            turn.give(writer, began)
 
     return whole
-
-
-async def sqlite_thread(
-    session: AsyncSession,
-) -> tuple[sqlite3.Connection | None, Callable[..., Any] | None]:
-    """The sqlite3 connection under the session and aiosqlite's way of running a function in
-    its thread (``Connection._execute``: aiosqlite has no public name for it), or Nones where
-    this aiosqlite differs or the connection commits each statement (no transaction to join).
-    """
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    run_in_thread = getattr(driver, "_execute", None)
-    sqlite_connection = getattr(driver, "_connection", None)
-    if (
-        not callable(run_in_thread)
-        or not isinstance(sqlite_connection, sqlite3.Connection)
-        or sqlite_connection.isolation_level is None
-    ):
-        return None, None
-    return sqlite_connection, run_in_thread

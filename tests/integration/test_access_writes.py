@@ -36,6 +36,7 @@ from registry_api.db import (
     SQLITE_AUTOCHECKPOINT_PAGES,
     create_engine,
     session_factory,
+    sqlite_thread,
     writes_in_turn,
 )
 from registry_api.driver_work import (
@@ -43,7 +44,6 @@ from registry_api.driver_work import (
     commit_in_turn,
     execute_insert,
     run_driver_work,
-    sqlite_thread,
 )
 from registry_api.identity.models import Department
 from registry_api.outbox.models import OutboxMessage
