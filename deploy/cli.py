@@ -129,7 +129,8 @@ def up(
     otherwise, starts the local Kafka broker when needed and migrates. With the demo (the
     default): loads the demo city, replays its 2,000 access requests through the API and its
     recorded week into the access-events topic (once per database), and runs its gateways,
-    which report the feeds' liveness through POST /v1/heartbeats while FeedGrid runs.
+    which report the feeds' liveness through POST /v1/heartbeats while FeedGrid runs. The
+    demo's clients run in a process of their own, which ends with FeedGrid.
     """
     settings = _settings(embedded_worker=True)
     token = _admin_token(settings)
