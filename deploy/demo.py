@@ -84,10 +84,12 @@ class DemoClients:
         self._process = process
         while process.is_alive() and not loaded.poll():
             await asyncio.sleep(0.5)
+        told_loaded = False
         with contextlib.suppress(EOFError, OSError):
-            if loaded.poll():
-                loaded.recv()
+            told_loaded = loaded.poll() and bool(loaded.recv())
         loaded.close()
+        if not told_loaded:
+            log.warning("the demo's clients ended early (exit code %s)", process.exitcode)
         settle("demo city loaded")  # what the loading left in memory stays (infra/heap)
 
     def stop(self, timeout: float = 5.0) -> None:
