@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import logging
 import multiprocessing
@@ -57,8 +56,7 @@ class DemoClients:
     replay took what the server and its own clients left each other. A process of their own
     takes the other core, as a real department's would, and FeedGrid keeps its one
     process for every role (``up``). The process ends with FeedGrid: stopped by
-    :meth:`stop`, or by the kernel when FeedGrid dies first (Linux), or by itself when it
-    finds its parent gone.
+    :meth:`stop`, or by itself within a second when it finds FeedGrid gone.
     """
 
     def __init__(self, settings: Settings, base_url: str, token: str) -> None:
@@ -110,7 +108,6 @@ def _run_demo_clients(
     runs the gateways until it is stopped."""
     from infra.structured_logging import configure_logging
 
-    _end_with_parent(parent)
     # Ctrl-C reaches the terminal's whole process group: FeedGrid stops this process itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_format, settings.log_level)
@@ -125,17 +122,8 @@ def _run_demo_clients(
     asyncio.run(main())
 
 
-def _end_with_parent(parent: int) -> None:
-    """Asks Linux to end this process when its parent ends (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent ended before the request took effect
-        os._exit(0)
-
-
 async def _watch_parent(parent: int) -> None:
-    """Ends the process once its parent is gone (where PR_SET_PDEATHSIG is not available)."""
+    """Ends the process within a second of its parent's end (killed, or crashed)."""
     while os.getppid() == parent:
         await asyncio.sleep(1.0)
     os._exit(0)

@@ -301,18 +301,25 @@ async def foresee_changes(
             quads.append((row["id"], status, row["revision"] - 1, last_seen))
             documents.append(event_data(row))
     await session.commit()  # the read ends here, not in the turn
-    events = [
-        (FEED_METADATA, document["id"], document_event(EventType.FEED_STATUS, document))
-        for document in documents
-    ]
     return ForeseenChanges(
         updates=_value_statements(_FORESEEN_UPDATE, "quads", quads, QUADS_PER_STATEMENT),
         expected=frozenset(quad[0] for quad in quads),
         documents=documents,
-        outbox=prepare_enqueue(events, created_at=created_at, dialect=dialect)
-        if events
-        else DriverInsert("", []),
+        outbox=_status_events(documents, created_at, dialect),
     )
+
+
+def _status_events(
+    documents: list[dict[str, Any]], created_at: datetime, dialect: Dialect
+) -> DriverInsert:
+    """The outbox rows of the changed feeds' ``feed.status`` events."""
+    if not documents:
+        return DriverInsert("", [])
+    events = [
+        (FEED_METADATA, document["id"], document_event(EventType.FEED_STATUS, document))
+        for document in documents
+    ]
+    return prepare_enqueue(events, created_at=created_at, dialect=dialect)
 
 
 def _value_statements(
@@ -369,11 +376,7 @@ def sqlite_liveness_work(
                 row = sqlite_rows.decode_row(values)
                 rows[row["id"]] = row
         documents = [event_data(rows[feed_id]) for feed_id in changed]
-        events = [
-            (FEED_METADATA, document["id"], document_event(EventType.FEED_STATUS, document))
-            for document in documents
-        ]
-        calls.executemany(prepare_enqueue(events, created_at=created_at, dialect=dialect))
+        calls.executemany(_status_events(documents, created_at, dialect))
         return documents
 
     return work
@@ -392,13 +395,13 @@ async def write_liveness(
     56,000 feeds online held the turn for ~150 ms per 250 feeds, and access requests waited
     behind it). Elsewhere the same writes go through the session (:func:`apply_liveness`).
     """
-    foreseen = None
-    if sqlite_rows.is_sqlite(session):
+    work = None
+    if sqlite_rows.is_sqlite(session):  # the changes read and rendered before the turn
         now, dialect = utcnow(), session.get_bind().dialect
         foreseen = await foresee_changes(session, batch, created_at=now, dialect=dialect)
+        work = sqlite_liveness_work(batch, created_at=now, dialect=dialect, foreseen=foreseen)
     async with writes_in_turn(session, "liveness"):
-        if sqlite_rows.is_sqlite(session):
-            work = sqlite_liveness_work(batch, created_at=now, dialect=dialect, foreseen=foreseen)
+        if work is not None:
             changed: list[dict[str, Any]] = await run_driver_work(session, work)
         else:
             changed = [event_data(row) for row in await apply_liveness(session, batch=batch)]

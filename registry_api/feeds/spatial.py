@@ -56,7 +56,7 @@ from registry_api.feeds.index.queries import (
     decode_cursor,
     encode_cursor,
 )
-from registry_api.feeds.index.records import ID_DTYPE, FeedRecord, Vocabulary
+from registry_api.feeds.index.records import FeedRecord, Vocabulary
 from registry_api.feeds.index.snapshot import Snapshot, merge_columns, merge_snapshot
 from registry_api.feeds.rendered import RenderedFeeds, Staged, render_documents, render_rows
 
@@ -66,9 +66,6 @@ DELTA_LIMIT = 2_000
 REVISIONS_REMEMBERED = 100_000
 
 # ---------------------------------------------------------------------------- the index
-
-
-_ID_WIDTH = np.dtype(ID_DTYPE).itemsize
 
 
 @dataclass
@@ -168,11 +165,15 @@ class FeedIndex:
         return revision
 
     def _revision_now(self, feed_id: str) -> int | None:
+        row = self._base.row_of(feed_id)
+        return self._revision_at(feed_id, -1 if row is None else row)
+
+    def _revision_at(self, feed_id: str, row: int) -> int | None:
+        """:meth:`_revision_now` with the feed's row in the base already found (-1: none)."""
         record = self._delta.records.get(feed_id)
         if record is not None:
             return record.revision
-        row = self._base.row_of(feed_id)
-        return None if row is None else int(self._base.columns.revision[row])
+        return None if row < 0 else int(self._base.columns.revision[row])
 
     def owners_of(self, feed_ids: Iterable[str]) -> dict[str, tuple[str, bool]]:
         """``(owner department, retired)`` of each known feed id; unknown ids are left out.
@@ -187,22 +188,18 @@ class FeedIndex:
             record = delta.get(feed_id)
             if record is not None:
                 found[feed_id] = (record.owner, record.retired)
-            elif feed_id.isascii() and feed_id.isalnum() and len(feed_id) <= _ID_WIDTH:
-                in_base.append(feed_id)  # anything else would be cut or padded by ID_DTYPE
-        base = self._base
-        if not in_base or not base.size:
+            else:
+                in_base.append(feed_id)
+        if not in_base:
             return found
-        wanted = np.array(in_base, dtype=ID_DTYPE)
-        positions = np.minimum(np.searchsorted(base.columns.ids, wanted), base.size - 1)
-        present = base.columns.ids[positions] == wanted
+        base = self._base
+        rows = base.positions_of(in_base)
+        hits = np.flatnonzero(rows >= 0)
         owners = self.owners.values
-        owner_codes = base.columns.owner[positions].tolist()
-        retired = base.columns.retired[positions].tolist()
-        for feed_id, hit, owner, is_retired in zip(
-            in_base, present.tolist(), owner_codes, retired, strict=True
-        ):
-            if hit:
-                found[feed_id] = (owners[owner], is_retired)
+        owner_codes = base.columns.owner[rows[hits]].tolist()
+        retired = base.columns.retired[rows[hits]].tolist()
+        for position, owner, is_retired in zip(hits.tolist(), owner_codes, retired, strict=True):
+            found[in_base[position]] = (owners[owner], is_retired)
         return found
 
     def attributes_of(self, feed_ids: Sequence[str]) -> FeedAttributes:
@@ -223,15 +220,10 @@ class FeedIndex:
         """
         changed = False
         records = list(records)
-        base_rows = self._base.positions_of([record.id for record in records])
+        base_rows = self._base.positions_of([record.id for record in records]).tolist()
         delta = self._delta.records
         for position, (record, row) in enumerate(zip(records, base_rows, strict=True)):
-            # the known revision (_revision_now, not remembered: it changes in this loop)
-            newer = delta.get(record.id)
-            if newer is not None:
-                known: int | None = newer.revision
-            else:
-                known = None if row < 0 else int(self._base.columns.revision[row])
+            known = self._revision_at(record.id, row)  # not remembered: it changes in this loop
             if known is not None and known >= record.revision:
                 continue
             if row >= 0:

@@ -375,4 +375,4 @@ def test_positions_of_is_row_of_for_many_ids(
     odd = ["no-such-feed", present[0] + "x" * 30, "é" + present[1][1:], ""]
     for ids in (present + odd[:1], present + odd, odd):
         expected = [-1 if (row := base.row_of(feed_id)) is None else row for feed_id in ids]
-        assert base.positions_of(ids) == expected
+        assert base.positions_of(ids).tolist() == expected

@@ -9,15 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from registry_api.feeds.index.records import (
-    ID_DTYPE,
     KIND_CODE,
     SHARING_CODE,
     FeedRecord,
     Vocabulary,
 )
 from registry_api.feeds.index.snapshot import Snapshot
-
-_ID_WIDTH = np.dtype(ID_DTYPE).itemsize
 
 
 @dataclass(frozen=True)
@@ -61,17 +58,17 @@ def attributes_of(
             sharing[position] = SHARING_CODE[record.sharing]
             retired[position] = record.retired
             revision[position] = record.revision
-        elif feed_id.isascii() and feed_id.isalnum() and len(feed_id) <= _ID_WIDTH:
-            in_base.append(position)  # anything else would be cut or padded by ID_DTYPE
-    if in_base and base.size:
+        else:
+            in_base.append(position)
+    if in_base:
         asked = np.array(in_base, dtype=np.int64)
-        wanted = np.array([feed_ids[position] for position in in_base], dtype=ID_DTYPE)
-        columns = base.columns
-        rows = np.minimum(np.searchsorted(columns.ids, wanted), base.size - 1)
-        hit = columns.ids[rows] == wanted
-        if superseded.shape[0]:
-            hit &= ~superseded[rows]
+        rows = base.positions_of([feed_ids[position] for position in in_base])
+        hit = rows >= 0
         asked, rows = asked[hit], rows[hit]
+        if superseded.shape[0]:
+            live = ~superseded[rows]
+            asked, rows = asked[live], rows[live]
+        columns = base.columns
         found[asked] = True
         owner[asked] = np.array(owners.values, dtype=object)[columns.owner[rows]]
         kind[asked] = columns.kind[rows]

@@ -117,26 +117,30 @@ class Snapshot:
             return position
         return None
 
-    def positions_of(self, feed_ids: Sequence[str]) -> list[int]:
-        """The row of each id, in order, -1 where it is absent: :meth:`row_of` of many ids
-        in one search."""
-        if not feed_ids or not self.size:
-            return [-1] * len(feed_ids)
+    def positions_of(self, feed_ids: Sequence[str]) -> np.ndarray:
+        """The row of each id, in order, -1 where it is absent: :meth:`row_of` of many ids in
+        one search. An id the id column cannot hold (not ASCII letters and digits, or too
+        long: ``ID_DTYPE`` would cut or pad it into another id) is absent."""
+        found = np.full(len(feed_ids), -1, dtype=np.int64)
+        if not self.size:
+            return found
         width = self.columns.ids.dtype.itemsize
-        if not all(feed_id.isascii() and len(feed_id) <= width for feed_id in feed_ids):
-            # ID_DTYPE would cut or fail to encode such an id: each is looked up as it is
-            return [-1 if (row := self.row_of(feed_id)) is None else row for feed_id in feed_ids]
-        wanted = np.array(feed_ids, dtype=ID_DTYPE)
+        held = [
+            position
+            for position, feed_id in enumerate(feed_ids)
+            if feed_id.isascii() and feed_id.isalnum() and len(feed_id) <= width
+        ]
+        if not held:
+            return found
+        wanted = np.array([feed_ids[position] for position in held], dtype=ID_DTYPE)
         positions = np.minimum(np.searchsorted(self.columns.ids, wanted), self.size - 1)
-        return np.where(self.columns.ids[positions] == wanted, positions, -1).tolist()
+        found[held] = np.where(self.columns.ids[positions] == wanted, positions, -1)
+        return found
 
     def rows_of(self, feed_ids: Sequence[str]) -> np.ndarray:
         """Rows of the ids present in this snapshot (absent ids are skipped)."""
-        if not feed_ids or not self.size:
-            return np.empty(0, dtype=np.int64)
-        wanted = np.array(feed_ids, dtype=ID_DTYPE)
-        positions = np.minimum(np.searchsorted(self.columns.ids, wanted), self.size - 1)
-        return positions[self.columns.ids[positions] == wanted]
+        rows = self.positions_of(feed_ids)
+        return rows[rows >= 0]
 
     def points_in_box(self, box: tuple[float, float, float, float]) -> np.ndarray:
         """Rows whose position lies in the lon/lat box (edges included), in grid order."""
