@@ -231,6 +231,16 @@ async def test_sqlite_checkpoints_its_log_in_the_background(
     assert REGISTRY.get_sample_value("feedgrid_sqlite_wal_pages_not_checkpointed") == 0
 
 
+async def test_sqlite_keeps_statement_journals_in_memory(engine: AsyncEngine) -> None:
+    """An access request's statements journal the pages they change; on disk that was a
+    temporary file created, written and unlinked per request."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's temporary files")
+    async with engine.connect() as connection:
+        pragma = await connection.exec_driver_sql("PRAGMA temp_store")
+        assert pragma.scalar() == 2  # MEMORY
+
+
 async def test_sqlite_hands_out_the_connection_returned_last(engine: AsyncEngine) -> None:
     """Its page cache is the warm one (another connection's write empties a cache)."""
     if engine.dialect.name != "sqlite":

@@ -120,3 +120,19 @@ def test_event_ids_are_unique_and_ordered_by_the_time_they_were_made() -> None:
     assert len(set(first + later)) == len(first) + len(later)
     assert {event_id.version for event_id in first + later} == {7}
     assert max(first) < min(later)  # the millisecond comes first: a later id sorts later
+
+
+def test_request_and_grant_ids_are_time_ordered_hex() -> None:
+    """They key five indexes each: made later, they sort later (appended to the indexes'
+    last pages instead of landing on a random page each)."""
+    import uuid
+
+    from registry_api.access.records import new_id
+
+    first = [new_id() for _ in range(1_000)]
+    time.sleep(0.002)
+    later = new_id()
+    assert len(set(first)) == len(first)
+    assert all(len(made) == 32 and uuid.UUID(hex=made).version == 7 for made in first)
+    assert max(first) < later
+
