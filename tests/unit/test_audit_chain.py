@@ -135,4 +135,3 @@ def test_request_and_grant_ids_are_time_ordered_hex() -> None:
     assert len(set(first)) == len(first)
     assert all(len(made) == 32 and uuid.UUID(hex=made).version == 7 for made in first)
     assert max(first) < later
-
