@@ -25,8 +25,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Gauge
 
 from streams.dead_letter import InvalidMessage
-from streams.decoding import decode_feed_event
-from streams.feeds import snapshot_from_event
+from streams.decoding import decode_feed_fields
+from streams.feeds import region_and_industry, sharing_class_of
 
 log = logging.getLogger("feedgrid.streams.catalog")
 
@@ -63,20 +63,22 @@ class FeedCatalog:
         if raw is None:
             return False
         try:
-            snapshot, _ = snapshot_from_event(decode_feed_event(raw))
+            data = decode_feed_fields(raw).data
         except InvalidMessage:
             return False
-        current = self._facts.get(snapshot.feed_id)
-        if current is not None and current.version > snapshot.version:
+        version = max(data.revision, data.version)
+        current = self._facts.get(data.id)
+        if current is not None and current.version > version:
             return True
+        region, industry = region_and_industry(data)
         intern = sys.intern
-        self._facts[snapshot.feed_id] = FeedFacts(
-            snapshot.version,
-            intern(snapshot.owner_department),
-            intern(snapshot.kind),
-            intern(snapshot.region),
-            intern(snapshot.industry),
-            intern(snapshot.sharing_class),
+        self._facts[data.id] = FeedFacts(
+            version,
+            intern(data.owner),
+            intern(data.kind),
+            intern(region),
+            intern(industry),
+            intern(sharing_class_of(data)),
         )
         return True
 

@@ -18,6 +18,7 @@ from schemas.events import (
     HeartbeatData,
 )
 from streams.dead_letter import InvalidMessage
+from streams.feeds import FeedFieldsEvent
 
 
 class AccessCloudEvent(CloudEvent):
@@ -65,3 +66,10 @@ def decode_heartbeat(raw: object) -> HeartbeatCloudEvent:
 
 def decode_feed_event(raw: object) -> CloudEvent:
     return _decode(CloudEvent, raw, FEED_EVENT_TYPES, SCHEMA_FEED_METADATA_V1)
+
+
+def decode_feed_fields(raw: object) -> FeedFieldsEvent:
+    """A feed-metadata message as :func:`decode_feed_event` and ``snapshot_from_event``
+    accept it (the same checks of the envelope and of the feed fields the streams read), the
+    rest of the feed document skipped rather than kept."""
+    return _decode(FeedFieldsEvent, raw, FEED_EVENT_TYPES, SCHEMA_FEED_METADATA_V1)
