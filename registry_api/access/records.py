@@ -26,9 +26,10 @@ class TABLES:
 
 def new_id() -> str:
     """An access request's or a grant's id: 32 hex digits of a time-ordered UUID (version 7,
-    like the events' ids). A request writes its ~100 grants into five indexes keyed by grant
-    id (the grants, their feeds, the request's feeds, the audit links); random ids put each
-    on a page of its own, written to the WAL at every commit and again at the checkpoint."""
+    like the events' ids). The rows a request writes under these ids (its grants and their
+    feeds, its feeds' decisions, its audit links) then go to the last pages of the indexes
+    keyed by them, where random ids sent each to a page of its own, written to the log at
+    the commit and again at the checkpoint."""
     return new_event_id().hex
 
 

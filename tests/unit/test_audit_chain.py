@@ -123,8 +123,8 @@ def test_event_ids_are_unique_and_ordered_by_the_time_they_were_made() -> None:
 
 
 def test_request_and_grant_ids_are_time_ordered_hex() -> None:
-    """They key five indexes each: made later, they sort later (appended to the indexes'
-    last pages instead of landing on a random page each)."""
+    """Indexes are keyed by them: made later, they sort later (taken on the indexes' last
+    pages instead of landing on a random page each)."""
     import uuid
 
     from registry_api.access.records import new_id
