@@ -66,7 +66,7 @@ class FeedCatalog:
             data = decode_feed_fields(raw).data
         except InvalidMessage:
             return False
-        version = max(data.revision, data.version)
+        version = data.state_version
         current = self._facts.get(data.id)
         if current is not None and current.version > version:
             return True

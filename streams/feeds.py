@@ -36,13 +36,18 @@ class FeedEventData(BaseModel):
     sharing: dict[str, Any] | None = None
     created_at: datetime | None = None
 
+    @property
+    def state_version(self) -> int:
+        """Orders the feed's states: its revision, or its content version where that is higher."""
+        return max(self.revision, self.version)
+
 
 class FeedEventFields(FeedEventData):
     """:class:`FeedEventData` validated the same way, without keeping the rest of the
     document: the feed catalog reads every feed-metadata message (each carries the whole
     feed document, about 1.7 KB) and needs six of its fields."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore")  # the aliases as FeedEventData's
 
 
 class FeedFieldsEvent(CloudEvent):
@@ -119,7 +124,7 @@ def snapshot_from_event(event: CloudEvent) -> tuple[FeedSnapshot, FeedEventData]
     longitude, latitude = _point(data.location)
     snapshot = FeedSnapshot(
         feed_id=data.id,
-        version=max(data.revision, data.version),
+        version=data.state_version,
         owner_department=data.owner,
         kind=data.kind,
         region=region,

@@ -124,7 +124,8 @@ def test_the_catalog_knows_a_feed_as_the_full_decoding_does(raw: bytes) -> None:
     assert expected is not None
     catalog = FeedCatalog("unused:9092", "feed-metadata")
     assert catalog.apply(raw) is True
-    feed_id = orjson.loads(raw)["data"].get("id") or orjson.loads(raw)["data"]["feed_id"]
+    data = orjson.loads(raw)["data"]
+    feed_id = data.get("id") or data["feed_id"]
     assert catalog.get(feed_id) == expected
 
 
