@@ -47,9 +47,9 @@ def update_statement(
     within: tuple[str, Sequence[Any]] | None = None,
     returning: Sequence[str] = (),
 ) -> DriverStatement:
-    """``UPDATE table SET values WHERE`` each ``where`` column equals its value (and the
-    ``within`` column is one of its values) ``RETURNING`` columns, in the driver's own terms:
-    every value converted as the column converts it."""
+    """``UPDATE table SET values WHERE`` each ``where`` column equals its value (IS NULL for
+    None) and the ``within`` column is one of its values, ``RETURNING`` columns, in the
+    driver's own terms: every value converted as the column converts it."""
     quote = dialect.identifier_preparer.quote
     style = dialect.paramstyle
     params: list[Any] = []
@@ -61,7 +61,10 @@ def update_statement(
     assignments = ", ".join(
         f"{quote(name)} = {bound(name, value)}" for name, value in values.items()
     )
-    conditions = [f"{quote(name)} = {bound(name, value)}" for name, value in where.items()]
+    conditions = [
+        f"{quote(name)} IS NULL" if value is None else f"{quote(name)} = {bound(name, value)}"
+        for name, value in where.items()
+    ]
     if within is not None:
         name, listed = within
         conditions.append(f"{quote(name)} IN ({', '.join(bound(name, value) for value in listed)})")

@@ -7,34 +7,21 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry_api.access.grants import (
-    RevocationListener,
-    grant_feed_ids,
-    revoke_row,
-    revoked_events,
-)
+from registry_api.access.grants import RevocationListener, prepare_revocation
 from registry_api.access.inbox import get_access_request, load_visible_request
 from registry_api.access.models import AccessRequestFeed, Grant
 from registry_api.access.policy import PolicyDecision
 from registry_api.access.records import TABLES, EventPayloads, grant_row
-from registry_api.audit.service import (
-    EncodedAccessEvent,
-    RecordedEvent,
-    appending_events,
-    listened_work,
-    record_access_events,
-    unchained_events,
-)
+from registry_api.audit.service import EncodedAccessEvent, prepared_appending
 from registry_api.bulk_insert import DriverInsert, bound_value, placeholder, prepare_insert
-from registry_api.db import writes_in_turn
 from registry_api.driver_work import (
     DriverCalls,
     DriverStatement,
     commit_in_turn,
-    run_driver_work,
     update_statement,
 )
 from registry_api.errors import Conflict, Forbidden, NotFound
@@ -157,8 +144,7 @@ async def approve(
             )
             for item in reviewed
         ]  # fmt: skip
-    unchained = unchained_events(events, now, dialect)
-    append = appending_events((), unchained, now, dialect, await listened_work(session, events))
+    append = await prepared_appending(session, events, now, dialect)
 
     def write(calls: DriverCalls) -> None:
         for insert in inserts:
@@ -274,6 +260,15 @@ def _decided_event(
     )
 
 
+# A denial prepared anew when an emergency grant it revokes was revoked by someone else
+# between its read and its turn: how many times before it answers 409.
+DENIAL_ATTEMPTS = 3
+
+
+class _RevokedMeanwhile(Exception):
+    """A grant the denial would revoke was revoked between the denial's read and its turn."""
+
+
 async def deny(
     session: AsyncSession,
     principal: Principal,
@@ -281,7 +276,30 @@ async def deny(
     body: OwnerDecision,
     on_revoked: RevocationListener,
 ) -> AccessRequestOut:
-    """Denies pending feeds; for emergency grants under review, revokes the grant."""
+    """Denies pending feeds; for emergency grants under review, revokes the grant.
+
+    As an approval, everything is read and prepared before the turn to write, which holds
+    the claims, the revocations, the audit links and the outbox rows as one piece of driver
+    work. A grant revoked by someone else in between (its guarded UPDATE takes no row) makes
+    the denial start again from a fresh read, so a revocation is never told twice."""
+    for _ in range(DENIAL_ATTEMPTS):
+        try:
+            revoked = await _deny_once(session, principal, request_id, body)
+        except _RevokedMeanwhile:
+            await session.rollback()
+            continue
+        for grant in revoked:
+            on_revoked(grant.id, grant.valid_until)
+        return await get_access_request(session, principal, request_id)
+    raise Conflict(
+        "the emergency grants of these feeds kept changing; try again", code="already_decided"
+    )
+
+
+async def _deny_once(
+    session: AsyncSession, principal: Principal, request_id: str, body: OwnerDecision
+) -> list[Grant]:
+    """One attempt of :func:`deny`; returns the grants it revoked."""
     request, items, _ = await load_visible_request(session, principal, request_id)
     chosen = _select_items(principal, items, body.feed_ids)
     now = utcnow()
@@ -294,37 +312,43 @@ async def deny(
         "decided_by": principal.subject,
         "review_required": False,
     }
-    claims = _claims(request.id, chosen, values, (await session.connection()).dialect)
-    async with writes_in_turn(session, "denial"):
-        try:
-            await run_driver_work(session, lambda calls: _claim(calls, claims))
-        except Conflict:
-            await session.rollback()
-            raise
-        payloads = EventPayloads(request)
-        events: list[RecordedEvent] = [
-            _decided_event(
-                payloads,
-                item,
-                principal,
-                Outcome.denied,
-                ReasonCode.denied_by_owner,
-                now,
-                item.grant_id,
-            )
-            for item in chosen
-        ]
-        revoked: list[Grant] = []
-        for grant_id in {item.grant_id for item in chosen if item.grant_id}:
-            grant = await revoke_row(
-                session, grant_id, principal, f"emergency access refused on review: {message}", now
-            )
-            if grant is not None:
-                revoked.append(grant)
-                feed_ids = await grant_feed_ids(session, grant.id)
-                events.extend(revoked_events(payloads, grant, feed_ids, principal, now))
-        await record_access_events(session, events)
-        await session.commit()
-    for grant in revoked:
-        on_revoked(grant.id, grant.valid_until)
-    return await get_access_request(session, principal, request_id)
+    dialect = (await session.connection()).dialect
+    claims = _claims(request.id, chosen, values, dialect)
+    payloads = EventPayloads(request)
+    events: list[EncodedAccessEvent] = [
+        _decided_event(
+            payloads, item, principal, Outcome.denied, ReasonCode.denied_by_owner, now,
+            item.grant_id,
+        )
+        for item in chosen
+    ]  # fmt: skip
+    grant_ids = sorted({item.grant_id for item in chosen if item.grant_id})
+    revocations = []
+    for grant in await _grants_in_force(session, grant_ids):
+        revocation = await prepare_revocation(
+            session, grant, payloads, principal,
+            f"emergency access refused on review: {message}", now,
+        )  # fmt: skip
+        revocations.append(revocation)
+        events += revocation.events
+    append = await prepared_appending(session, events, now, dialect)
+
+    def write(calls: DriverCalls) -> None:
+        _claim(calls, claims)
+        for revocation in revocations:
+            if not revocation.revoked_in(calls):
+                raise _RevokedMeanwhile(revocation.grant.id)
+        append(calls)
+
+    await commit_in_turn(session, "denial", write)
+    return [revocation.grant for revocation in revocations]
+
+
+async def _grants_in_force(session: AsyncSession, grant_ids: Sequence[str]) -> list[Grant]:
+    """The grants among ``grant_ids`` not revoked yet, in id order."""
+    if not grant_ids:
+        return []
+    statement = (
+        select(Grant).where(Grant.id.in_(grant_ids), Grant.revoked_at.is_(None)).order_by(Grant.id)
+    )
+    return list((await session.scalars(statement)).all())

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.access.feed_views import gateway_path, load_feed_facts
 from registry_api.access.models import AccessRequest, Grant, GrantFeed
-from registry_api.access.records import EventPayloads
+from registry_api.access.records import TABLES, EventPayloads
 from registry_api.access.requests import REQUESTING_ROLES
 from registry_api.access.retrieval import retrieval_urls
 from registry_api.access.visibility import may_see_grant, require_owner_side
-from registry_api.audit.service import EncodedAccessEvent, record_access_events
-from registry_api.db import rows_matched, writes_in_turn
+from registry_api.audit.service import EncodedAccessEvent, prepared_appending
+from registry_api.driver_work import DriverCalls, DriverStatement, commit_in_turn, update_statement
 from registry_api.errors import ApiError, Conflict, Forbidden, NotFound
 from registry_api.identity.principal import Principal
 from registry_api.tokens.service import RetrievalTokens
@@ -118,24 +119,60 @@ def _may_revoke(principal: Principal, grant: Grant) -> bool:
     )
 
 
-async def revoke_row(
-    session: AsyncSession, grant_id: str, principal: Principal, reason: str, now: datetime
-) -> Grant | None:
-    result = await session.execute(
-        update(Grant)
-        .where(Grant.id == grant_id, Grant.revoked_at.is_(None))
-        .values(
-            revoked_at=now,
-            revoked_by=principal.subject,
-            revoke_reason=reason[:500],
-            review_required=False,
+REVOKE_REASON_CHARS = 500
+
+
+@dataclass(frozen=True)
+class PreparedRevocation:
+    """A grant's revocation made ready before the turn to write: the guarded UPDATE (it takes
+    the grant only if it is still in force, returning its id) and the grant.revoked events."""
+
+    grant: Grant
+    feed_ids: list[str]
+    statement: DriverStatement
+    events: list[EncodedAccessEvent]
+
+    def revoked_in(self, calls: DriverCalls) -> bool:
+        """Runs the UPDATE in the turn: False when the grant was revoked meanwhile."""
+        return bool(calls.execute(self.statement))
+
+    def out(self, principal: Principal, reason: str, now: datetime) -> GrantOut:
+        """The grant as it is once the revocation is committed."""
+        return _grant_out(self.grant, self.feed_ids).model_copy(
+            update={
+                "revoked_at": now,
+                "revoked_by": principal.subject,
+                "revoke_reason": reason[:REVOKE_REASON_CHARS],
+                "review_required": False,
+            }
         )
-        .execution_options(synchronize_session=False)
+
+
+async def prepare_revocation(
+    session: AsyncSession,
+    grant: Grant,
+    payloads: EventPayloads,
+    principal: Principal,
+    reason: str,
+    now: datetime,
+) -> PreparedRevocation:
+    """Reads what revoking ``grant`` (of the request of ``payloads``) writes and tells."""
+    reason = reason[:REVOKE_REASON_CHARS]
+    statement = update_statement(
+        TABLES.grants,
+        {
+            "revoked_at": now,
+            "revoked_by": principal.subject,
+            "revoke_reason": reason,
+            "review_required": False,
+        },
+        (await session.connection()).dialect,
+        where={"id": grant.id, "revoked_at": None},
+        returning=("id",),
     )
-    if rows_matched(result) != 1:
-        return None
-    grant = await session.get(Grant, grant_id, populate_existing=True)
-    return grant
+    feed_ids = await grant_feed_ids(session, grant.id)
+    events = revoked_events(payloads, grant, feed_ids, principal, reason, now)
+    return PreparedRevocation(grant, feed_ids, statement, events)
 
 
 def revoked_events(
@@ -143,6 +180,7 @@ def revoked_events(
     grant: Grant,
     feed_ids: list[str],
     principal: Principal,
+    reason: str,
     now: datetime,
 ) -> list[EncodedAccessEvent]:
     """A grant.revoked event for each feed of the grant (``payloads`` of its request)."""
@@ -155,7 +193,7 @@ def revoked_events(
             principal.subject,
             now,
             decision="revoked",
-            reason=grant.revoke_reason,
+            reason=reason,
             grant_id=grant.id,
             decided_at=now,
             grant_valid_from=grant.valid_from,
@@ -173,6 +211,9 @@ async def revoke_grant(
     reason: str,
     on_revoked: RevocationListener,
 ) -> GrantOut:
+    """Revokes a grant in force. Everything is read and prepared before the turn to write,
+    which holds the guarded UPDATE, the audit links and the outbox rows (as an owner's
+    decision does)."""
     grant = await _load_grant(session, principal, grant_id)
     if not _may_revoke(principal, grant):
         raise Forbidden(
@@ -182,18 +223,22 @@ async def revoke_grant(
     if grant.revoked_at is not None:
         raise Conflict("the grant is already revoked", code="already_revoked")
     now = utcnow()
-    async with writes_in_turn(session, "revocation"):
-        revoked = await revoke_row(session, grant_id, principal, reason, now)
-        if revoked is None:
+    request = await session.get(AccessRequest, grant.request_id)
+    assert request is not None
+    revocation = await prepare_revocation(
+        session, grant, EventPayloads(request), principal, reason, now
+    )
+    dialect = (await session.connection()).dialect
+    append = await prepared_appending(session, revocation.events, now, dialect)
+
+    def write(calls: DriverCalls) -> None:
+        if not revocation.revoked_in(calls):
             raise Conflict("the grant is already revoked", code="already_revoked")
-        request = await session.get(AccessRequest, revoked.request_id)
-        assert request is not None
-        feed_ids = await grant_feed_ids(session, revoked.id)
-        events = revoked_events(EventPayloads(request), revoked, feed_ids, principal, now)
-        await record_access_events(session, events)
-        await session.commit()
-    on_revoked(revoked.id, revoked.valid_until)
-    return _grant_out(revoked, feed_ids)
+        append(calls)
+
+    await commit_in_turn(session, "revocation", write)
+    on_revoked(grant.id, grant.valid_until)
+    return revocation.out(principal, reason, now)
 
 
 async def retrieval(

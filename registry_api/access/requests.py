@@ -19,12 +19,7 @@ from registry_api.access.models import AccessRequest, AccessRequestFeed
 from registry_api.access.policy import EmergencyNotAllowed, RequestFacts
 from registry_api.access.policy_columns import ColumnContext, ColumnDecisions, decide_columns
 from registry_api.access.records import TABLES, EventPayloads, grant_row, new_id
-from registry_api.audit.service import (
-    EncodedAccessEvent,
-    appending_events,
-    listened_work,
-    unchained_events,
-)
+from registry_api.audit.service import EncodedAccessEvent, prepared_appending
 from registry_api.bulk_insert import DriverInsert, prepare_insert
 from registry_api.driver_work import commit_in_turn
 from registry_api.errors import ApiError, Forbidden, NotFound, Unprocessable
@@ -174,12 +169,15 @@ async def create_access_request(
     # length bounds how many requests a second the process can take. On SQLite the turn then
     # holds the driver's work and the commit as one call on the connection's thread.
     dialect = (await session.connection()).dialect
-    rows = _prepared_rows(request, written, dialect)
-    unchained = unchained_events(written.events, now, dialect)
-    listened = await listened_work(session, written.events, _pending_due(written.items))
-    await commit_in_turn(
-        session, "access_request", appending_events(rows, unchained, now, dialect, listened)
+    write = await prepared_appending(
+        session,
+        written.events,
+        now,
+        dialect,
+        along=_prepared_rows(request, written, dialect),
+        pending_due=_pending_due(written.items),
     )
+    await commit_in_turn(session, "access_request", write)
     return request_out(request, written.items)
 
 

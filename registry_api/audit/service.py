@@ -246,8 +246,8 @@ async def record_access_events(
         return
     now = utcnow()
     dialect = (await session.connection()).dialect
-    listened = await listened_work(session, events)
     if cooperative:
+        listened = await listened_work(session, events)
         head = await _lock_chain_head(session, now)
         prepared = await _prepare_in_slices(head.last_seq, head.last_hash, events, now, dialect)
         await execute_insert(session, prepared.audit)
@@ -260,8 +260,25 @@ async def record_access_events(
         for work in listened:
             await run_driver_work(session, work)
     else:
-        unchained = unchained_events(events, now, dialect)
-        await run_driver_work(session, appending_events((), unchained, now, dialect, listened))
+        await run_driver_work(session, await prepared_appending(session, events, now, dialect))
+
+
+async def prepared_appending(
+    session: AsyncSession,
+    events: Sequence[RecordedEvent],
+    now: datetime,
+    dialect: Dialect,
+    *,
+    along: Sequence[DriverInsert] = (),
+    pending_due: PendingDue | None = None,
+) -> DriverWork[PreparedEvents]:
+    """All a writer prepares before its turn to record ``events`` with its own rows
+    (``along``): the events encoded, the listeners' work read (it may read), and the driver
+    work that writes it all (:func:`appending_events`), to run with
+    ``driver_work.commit_in_turn``."""
+    unchained = unchained_events(events, now, dialect)
+    listened = await listened_work(session, events, pending_due)
+    return appending_events(along, unchained, now, dialect, listened)
 
 
 def appending_events(

@@ -15,10 +15,12 @@ import orjson
 import pytest
 from sqlalchemy import select
 
+from registry_api.access import decisions
 from registry_api.access.decisions import _claim, _claims
 from registry_api.access.models import AccessRequestFeed, Grant
 from registry_api.driver_work import commit_in_turn
 from registry_api.errors import Conflict
+from schemas.events import EventType
 from tests.integration.access_world import (
     ENVIRONMENT,
     LEGAL_BASIS,
@@ -381,6 +383,54 @@ async def test_public_security_emergency_gets_short_live_access_and_lands_in_rev
         "/v1/access-requests?status=review", headers=world.auth(TRANSPORT, "dept_admin")
     )
     assert review.json() == []
+
+
+async def test_a_denial_finding_its_emergency_grant_revoked_meanwhile_starts_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A denial is prepared before its turn to write: an emergency grant revoked by its
+    requester in between is not revoked (nor told revoked) a second time; the denial reads
+    again and denies the feed."""
+    answer = await world.request(
+        POLICE,
+        feed_ids=[world.feed_id("conditional")],
+        purpose="missing person search",
+        emergency=True,
+        emergency_reason="child missing near the bridge",
+    )
+    grant_id = answer["feeds"][0]["grant_id"]
+    prepared = decisions.prepared_appending
+    revocations: list[httpx.Response] = []
+
+    async def revoked_in_between(*args: Any, **kwargs: Any) -> Any:
+        if not revocations:  # the first attempt, after its read: the requester revokes
+            revocations.append(
+                await world.client.post(
+                    f"/v1/grants/{grant_id}/revoke",
+                    json={"reason": "child found"},
+                    headers=world.auth(POLICE, "requester"),
+                )
+            )
+        return await prepared(*args, **kwargs)
+
+    monkeypatch.setattr(decisions, "prepared_appending", revoked_in_between)
+    denied = await world.client.post(
+        f"/v1/access-requests/{answer['id']}/deny",
+        json={"comment": "not justified"},
+        headers=world.auth(TRANSPORT, "dept_admin"),
+    )
+    assert [response.status_code for response in revocations] == [200]
+    assert denied.status_code == 200, denied.text
+    item = denied.json()["feeds"][0]
+    assert (item["outcome"], item["review_required"]) == ("denied", False)
+    async with world.runtime.sessions() as session:
+        grant = await session.get(Grant, grant_id)
+        assert grant is not None and grant.revoke_reason == "child found"
+    revoked_type = EventType.GRANT_REVOKED.value
+    page = (await world.client.get("/v1/audit", params={"grant_id": grant_id})).json()
+    told = [entry["reason"] for entry in page["entries"] if entry["event_type"] == revoked_type]
+    assert told == ["child found"]
+    assert (await world.client.get("/v1/audit/verify")).json()["ok"]
 
 
 async def test_emergency_from_a_non_police_department_is_refused(world: World) -> None:
