@@ -43,7 +43,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry_api.bulk_insert import DriverInsert
 from registry_api.db import writes_in_turn
-from registry_api.driver_work import DriverCalls, DriverStatement, DriverWork, run_driver_work
+from registry_api.driver_work import (
+    DriverCalls,
+    DriverStatement,
+    DriverWork,
+    commit_in_turn,
+    run_driver_work,
+)
 from registry_api.feeds import sqlite_rows
 from registry_api.feeds.documents import event_data
 from registry_api.feeds.events import document_event, outbox_row
@@ -218,9 +224,11 @@ async def _current_statuses(session: AsyncSession, feed_ids: list[str]) -> dict[
     return found
 
 
-# Told of the feeds whose status changed (their event data), in the transaction that writes
-# them (the webhook notifications of departments holding grants on feeds that went offline).
+# Told of the feeds whose status changed (their event data) when some went offline, in the
+# transaction that writes them (the webhook notifications of departments holding grants on
+# feeds that went offline). A batch with no feed going offline does not call it.
 StatusListener = Callable[[AsyncSession, Sequence[Mapping[Any, Any]]], Awaitable[None]]
+OFFLINE = "offline"
 
 
 # The same writes on SQLite as single statements for all the batch's feeds (the UPDATEs join
@@ -386,8 +394,8 @@ async def write_liveness(
     session: AsyncSession, batch: LivenessBatch, listener: StatusListener | None = None
 ) -> list[dict[str, Any]]:
     """Writes and commits the batch in the writers' turn, the listener told of the changed
-    feeds in the same transaction; returns the changed feeds as their feed-metadata event
-    data (each rendered once, for the outbox event and the index).
+    feeds in the same transaction when some went offline; returns the changed feeds as their
+    feed-metadata event data (each rendered once, for the outbox event and the index).
 
     On SQLite the writes are one piece of driver work (:func:`sqlite_liveness_work`): a
     statement for all the batch's feeds instead of one step per feed, since every step is a
@@ -395,18 +403,23 @@ async def write_liveness(
     56,000 feeds online held the turn for ~150 ms per 250 feeds, and access requests waited
     behind it). Elsewhere the same writes go through the session (:func:`apply_liveness`).
     """
+    told = listener if OFFLINE in batch.statuses.values() else None
     work = None
     if sqlite_rows.is_sqlite(session):  # the changes read and rendered before the turn
         now, dialect = utcnow(), session.get_bind().dialect
         foreseen = await foresee_changes(session, batch, created_at=now, dialect=dialect)
         work = sqlite_liveness_work(batch, created_at=now, dialect=dialect, foreseen=foreseen)
+        if told is None:
+            # No listener to wait for in the turn: the work and the commit are one call on
+            # the connection's thread (the gateways' rounds: feeds going online, last_seen).
+            return await commit_in_turn(session, "liveness", work)
     async with writes_in_turn(session, "liveness"):
         if work is not None:
             changed: list[dict[str, Any]] = await run_driver_work(session, work)
         else:
             changed = [event_data(row) for row in await apply_liveness(session, batch=batch)]
-        if changed and listener is not None:
-            await listener(session, changed)
+        if changed and told is not None:
+            await told(session, changed)
         await session.commit()
     return changed
 
