@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -149,6 +150,30 @@ async def wait_until_usable(
         return False
     finally:
         await client.close()
+
+
+# Topics deleted per request: a test session's thousand topics in a few calls, each well
+# within the broker's request timeout.
+DELETE_CHUNK = 200
+
+
+async def delete_topics_under(bootstrap: str, prefixes: Iterable[str]) -> int:
+    """Deletes every topic whose name starts with one of ``prefixes``; returns how many.
+
+    The test suite gives each test topics of its own (a prefix each) and deletes them when
+    it ends, so a developer's broker does not keep every run's thousands of partitions."""
+    wanted = tuple(prefix for prefix in prefixes if prefix)
+    if not wanted:
+        return 0
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        names = sorted(name for name in await admin.list_topics() if name.startswith(wanted))
+        for begin in range(0, len(names), DELETE_CHUNK):
+            await admin.delete_topics(names[begin : begin + DELETE_CHUNK])
+        return len(names)
+    finally:
+        await admin.close()
 
 
 async def describe_topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from registry_api.app import create_app
 from registry_api.migrate import upgrade_registry
 from schemas.settings import Settings
+from tests import topic_prefixes
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
@@ -49,6 +50,25 @@ _exit_status: list[int] = []
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _exit_status.append(int(exitstatus))
+    _delete_test_topics()
+
+
+def _delete_test_topics() -> None:
+    """Deletes the topics the session's tests made (a few thousand partitions a full run),
+    so the broker a developer keeps between runs (var/kafka) does not grow with every run."""
+    if not topic_prefixes.HANDED_OUT:
+        return
+    from deploy.local_kafka import broker_answers
+    from infra.kafka_admin import delete_topics_under
+
+    if not broker_answers(KAFKA_BOOTSTRAP, 3.0):
+        return
+    try:
+        deleted = asyncio.run(delete_topics_under(KAFKA_BOOTSTRAP, topic_prefixes.HANDED_OUT))
+    except Exception as error:  # cleanup only: the run's result stands
+        print(f"\nthe tests' topics were not deleted: {error!r}", flush=True)
+        return
+    print(f"\ndeleted the {deleted} topics the tests made", flush=True)
 
 
 @pytest.hookimpl(trylast=True)
@@ -79,7 +99,7 @@ def kafka_bootstrap() -> str:
 
 @pytest.fixture
 def topic_prefix() -> str:
-    return f"t{uuid.uuid4().hex[:10]}."
+    return topic_prefixes.new_topic_prefix()
 
 
 @pytest.fixture(scope="session")

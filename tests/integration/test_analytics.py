@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import random
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from tests.integration.streams_support import (
     running_worker,
     wait_for_value,
 )
+from tests.topic_prefixes import new_topic_prefix
 
 # One city for the whole module: building it (Kafka, the agents, ClickHouse) is the slow part.
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="module")]
@@ -242,7 +242,7 @@ def visible(department: str | None, owner: str, requester: str) -> bool:
 def analytics_settings(
     tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, sqlite_template: Path
 ) -> Iterator[Settings]:
-    prefix = f"t{uuid.uuid4().hex[:10]}."
+    prefix = new_topic_prefix()
     settings = make_settings(
         tmp_path_factory.mktemp("analytics"), kafka_bootstrap, prefix, sqlite_template
     ).model_copy(update={"city_timezone": CITY_TIMEZONE})

@@ -9,7 +9,6 @@ own catalog endpoint: it must see exactly the channels the city's sharing rules 
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from schemas.settings import Settings
 from tests.conftest import running_client
 from tests.integration.catalog_support import applied, feeds_of
 from tests.integration.feeds_support import POLICE, TRANSPORT, URBAN, build_city, camera
+from tests.topic_prefixes import new_topic_prefix
 
 pytestmark = [pytest.mark.kafka, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
 PROVINCE = "gs-province"
@@ -116,7 +116,7 @@ async def test_the_province_imports_exactly_the_channels_shared_with_it(
     province_settings = settings.model_copy(
         update={
             "database_url": f"sqlite+aiosqlite:///{province_db}",
-            "topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
+            "topic_prefix": new_topic_prefix(),
             "clickhouse_url": f"chdb://{tmp_path / 'province-analytics'}",
             "var_dir": tmp_path / "province-var",
             "signing_key_dir": tmp_path / "province-keys",

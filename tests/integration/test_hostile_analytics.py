@@ -8,7 +8,6 @@ test_analytics.py); afterwards its tables, their row counts and every answer are
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,7 @@ from tests.integration.streams_support import (
     running_worker,
     wait_for_value,
 )
+from tests.topic_prefixes import new_topic_prefix
 
 # One seeded store for the module: building it (Kafka, the worker, ClickHouse) is the slow part.
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="module")]
@@ -69,7 +69,7 @@ SQL_PAYLOADS = (
 def hostile_settings(
     tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, sqlite_template: Path
 ) -> Iterator[Settings]:
-    prefix = f"t{uuid.uuid4().hex[:10]}."
+    prefix = new_topic_prefix()
     settings = make_settings(
         tmp_path_factory.mktemp("hostile-analytics"), kafka_bootstrap, prefix, sqlite_template
     )

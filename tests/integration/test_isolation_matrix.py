@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -59,6 +58,7 @@ from tests.integration.streams_support import (
     running_worker,
     wait_for_value,
 )
+from tests.topic_prefixes import new_topic_prefix
 
 pytestmark = pytest.mark.kafka
 
@@ -226,7 +226,7 @@ async def build_scene(world: World, app: FastAPI, settings: Settings) -> Scene:
 def matrix_settings(
     tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, sqlite_template: Path
 ) -> Iterator[Settings]:
-    prefix = f"t{uuid.uuid4().hex[:10]}."
+    prefix = new_topic_prefix()
     settings = make_settings(
         tmp_path_factory.mktemp("isolation"), kafka_bootstrap, prefix, sqlite_template
     )

@@ -28,6 +28,8 @@ from deploy.local_kafka import (
     start_kafka,
     stop_kafka,
 )
+from infra.kafka_admin import delete_topics_under
+from tests.topic_prefixes import new_topic_prefix
 
 pytestmark = pytest.mark.kafka
 
@@ -102,7 +104,7 @@ def test_cli_start_and_status_on_the_running_broker(shared_broker: str) -> None:
 
 async def test_produce_consume_roundtrip(shared_broker: str) -> None:
     assert await kafka_is_up(shared_broker, 5.0)
-    topic = f"test.local-kafka.{uuid.uuid4().hex}"
+    topic = f"{new_topic_prefix()}local-kafka"
     admin = AIOKafkaAdminClient(bootstrap_servers=shared_broker)
     await admin.start()
     try:
@@ -203,3 +205,21 @@ def test_second_broker_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert not _pid_alive(new_pid)
     finally:
         stop_kafka()
+
+
+async def test_the_topics_under_a_prefix_are_deleted_and_no_other(shared_broker: str) -> None:
+    """What the suite does with its tests' topics when it ends (conftest)."""
+    gone, kept = new_topic_prefix(), new_topic_prefix()
+    names = [f"{gone}a", f"{gone}b", f"{kept}a"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=shared_broker)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=1, replication_factor=1) for name in names]
+        )
+        assert await delete_topics_under(shared_broker, [gone, ""]) == 2
+        left = {name for name in await admin.list_topics() if name.startswith((gone, kept))}
+        assert left == {f"{kept}a"}
+        assert await delete_topics_under(shared_broker, []) == 0
+    finally:
+        await admin.close()
