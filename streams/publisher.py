@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter as Tally
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -31,6 +34,8 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 from prometheus_client import Counter
+
+from infra.kafka_batches import send_partitioned
 
 log = logging.getLogger("feedgrid.streams.publisher")
 
@@ -113,40 +118,72 @@ class Publisher:
         """Sends every message that can be sent; returns once the broker acknowledged them.
 
         Returns how many were set aside (never sent) because no retry could succeed.
+
+        Messages go as record batches, one per topic partition (``infra.kafka_batches``):
+        a storm of liveness changes is tens of thousands of messages in a batch of the batch
+        path. A batch the broker refuses for good is sent again a message at a time, so only
+        the message that cannot pass is set aside.
         """
         pending = [message for message in messages if self._sendable(message)]
         set_aside = len(messages) - len(pending)
+        alone: list[Outgoing] = []  # from a batch refused for good: each in a batch of its own
         delay = 0.2
-        while pending:
+        while pending or alone:
             producer = self._producer
             if producer is None:
                 raise RuntimeError("the publisher is not started")
-            futures = []
-            for message in pending:
-                try:
-                    futures.append(await producer.send(message.topic, message.value, message.key))
-                except KafkaError as error:
-                    futures.append(_failed(error))
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            retry: list[Outgoing] = []
-            for message, result in zip(pending, results, strict=True):
+            groups = await self._send(producer, pending, together=True)
+            groups += await self._send(producer, alone, together=False)
+            results = await asyncio.gather(*(sent for _, sent in groups), return_exceptions=True)
+            pending, alone = [], []
+            last_error: BaseException | None = None
+            for (group, _), result in zip(groups, results, strict=True):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
                 if not isinstance(result, BaseException):
-                    PUBLISHED.labels(message.topic).inc()
+                    for topic, count in Tally(message.topic for message in group).items():
+                        PUBLISHED.labels(topic).inc(count)
+                elif isinstance(result, PERMANENT_ERRORS) and len(group) > 1:
+                    alone += group
                 elif isinstance(result, PERMANENT_ERRORS):
-                    self._set_aside(message, type(result).__name__)
+                    self._set_aside(group[0], type(result).__name__)
                     set_aside += 1
                 else:
-                    retry.append(message)
+                    pending += group
                     last_error = result
-            if retry:
+            if last_error is not None:
                 PUBLISH_ERRORS.inc()
-                log.warning("could not publish %d messages yet: %s", len(retry), last_error)
+                log.warning("could not publish %d messages yet: %s", len(pending), last_error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_seconds)
-            pending = retry
         return set_aside
+
+    @staticmethod
+    async def _send(
+        producer: AIOKafkaProducer, messages: Sequence[Outgoing], *, together: bool
+    ) -> list[tuple[list[Outgoing], asyncio.Future[Any]]]:
+        """The messages handed to the producer as record batches, per topic (``together``)
+        or each in a batch of its own; each delivery with the messages it carries."""
+        by_topic: dict[str, list[Outgoing]] = defaultdict(list)
+        for message in messages:
+            by_topic[message.topic].append(message)
+        parts = [
+            (topic, part)
+            for topic, listed in by_topic.items()
+            for part in ([listed] if together else [[message] for message in listed])
+        ]
+        groups: list[tuple[list[Outgoing], asyncio.Future[Any]]] = []
+        for topic, part in parts:
+            try:
+                sent = await send_partitioned(
+                    producer, topic, [(message.key, message.value) for message in part]
+                )
+            except KafkaError as error:
+                groups.append((part, _failed(error)))
+                continue
+            groups += [([part[position] for position in carried], delivery)
+                       for carried, delivery in sent]  # fmt: skip
+        return groups
 
     def _sendable(self, message: Outgoing) -> bool:
         if fits(message.size, self.max_message_bytes):
@@ -164,7 +201,7 @@ class Publisher:
         )
 
 
-def _failed(error: Exception) -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+def _failed(error: Exception) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     future.set_exception(error)
     return future

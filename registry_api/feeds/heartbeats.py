@@ -16,18 +16,15 @@ partition a key, and handed to the producer as one record batch per partition.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from functools import lru_cache
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
-from aiokafka.producer.message_accumulator import BatchBuilder
 
+from infra.kafka_batches import delivered, send_partitioned
 from infra.kafka_producer import KafkaUnavailable, SharedProducer
 from registry_api.errors import ApiError
 from registry_api.feeds.spatial import FeedIndex
@@ -148,49 +145,9 @@ def _event_ids(count: int) -> list[str]:
     return ids
 
 
-@lru_cache(maxsize=1 << 18)
-def _partition_of(key: bytes, partitions: int) -> int:
-    """The partition aiokafka's and the Java client's default partitioner give the key."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 async def publish(producer: AIOKafkaProducer, topic: str, records: Sequence[Encoded]) -> None:
-    """Sends the records as one record batch per partition and waits for the broker's acks
-    (the event loop gets a turn every ``YIELD_EVERY`` records)."""
-    partitions = sorted(await producer.partitions_for(topic))
+    """Sends the records as record batches, one per partition at a time
+    (``infra.kafka_batches``), and waits for the broker's acks."""
     timestamp = int(time.time() * 1000)
-    builders = [producer.create_batch() for _ in partitions]
-    deliveries: list[asyncio.Future[object]] = []
-    try:
-        for position, (key, value) in enumerate(records):
-            if position and not position % YIELD_EVERY:
-                await asyncio.sleep(0)
-            slot = _partition_of(key, len(partitions))
-            if builders[slot].append(key=key, value=value, timestamp=timestamp) is None:
-                # the batch is full (max_batch_size): send it and start another
-                deliveries.append(await _send(producer, builders[slot], topic, partitions[slot]))
-                builders[slot] = producer.create_batch()
-                builders[slot].append(key=key, value=value, timestamp=timestamp)
-        for slot, builder in enumerate(builders):
-            if builder.record_count():
-                deliveries.append(await _send(producer, builder, topic, partitions[slot]))
-        await asyncio.gather(*deliveries)
-    except BaseException:
-        for delivery in deliveries:  # given up on: their outcome must not be logged as lost
-            delivery.add_done_callback(_ignore_outcome)
-        raise
-
-
-async def _send(
-    producer: AIOKafkaProducer, builder: BatchBuilder, topic: str, partition: int
-) -> asyncio.Future[object]:
-    builder.close()
-    delivery: asyncio.Future[object] = await producer.send_batch(
-        builder, topic, partition=partition
-    )
-    return delivery
-
-
-def _ignore_outcome(delivery: asyncio.Future[object]) -> None:
-    with contextlib.suppress(BaseException):
-        delivery.exception()
+    deliveries = await send_partitioned(producer, topic, records, timestamp_ms=timestamp)
+    await delivered(deliveries)

@@ -11,8 +11,11 @@ second burst, all stored once; and a message no retry can publish is set aside, 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from infra.kafka_admin import ensure_topics
 from schemas.events import CloudEvent
@@ -110,3 +113,41 @@ async def test_a_message_no_retry_can_publish_is_set_aside_and_the_rest_go_out(
     assert SET_ASIDE.labels(topic, "too_large")._value.get() == before + 1
     values = [record.value for record in await read_topic(stream_settings, REQUESTER_ACTIVITY, 1)]
     assert values == [b"ok"]
+
+
+async def test_a_batch_the_broker_refuses_goes_again_a_message_at_a_time(
+    stream_settings: Settings,
+) -> None:
+    """Messages go as one record batch per partition; a batch the broker refuses for good
+    (here: larger than the topic's max.message.bytes) is sent again message by message, so
+    every message that can pass does, in key order, and only the one that cannot is set
+    aside."""
+    suffix = "tight"
+    topic = topic_name(stream_settings.topic_prefix, suffix)
+    admin = AIOKafkaAdminClient(bootstrap_servers=stream_settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        limit = {"max.message.bytes": "20000"}
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs=limit)])
+    finally:
+        await admin.close()
+    small = [Outgoing(topic, b"feed-7", os.urandom(250).hex().encode()) for _ in range(120)]
+    large = Outgoing(topic, b"feed-8", os.urandom(20_000).hex().encode())  # under our 1 MB
+    publisher = Publisher(stream_settings.kafka_bootstrap, retry_max_seconds=1.0)
+    await publisher.start()
+    before = sum(
+        SET_ASIDE.labels(topic, reason)._value.get()
+        for reason in ("MessageSizeTooLargeError", "RecordListTooLargeError")
+    )
+    try:
+        set_aside = await asyncio.wait_for(publisher.publish([*small, large]), timeout=60)
+    finally:
+        await publisher.stop()
+    assert set_aside == 1
+    after = sum(
+        SET_ASIDE.labels(topic, reason)._value.get()
+        for reason in ("MessageSizeTooLargeError", "RecordListTooLargeError")
+    )
+    assert after == before + 1
+    values = [record.value for record in await read_topic(stream_settings, suffix, len(small))]
+    assert values == [message.value for message in small]
