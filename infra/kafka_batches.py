@@ -115,8 +115,7 @@ async def send_partitioned(
             if carried:
                 deliveries.append((carried, await _send(producer, builder, topic, partition)))
     except BaseException:
-        for _, delivery in deliveries:  # given up on: their outcome must not be logged as lost
-            delivery.add_done_callback(_ignore_outcome)
+        abandon(deliveries)
         raise
     return deliveries
 
@@ -127,9 +126,15 @@ async def delivered(deliveries: Sequence[Delivery]) -> None:
     try:
         await asyncio.gather(*(delivery for _, delivery in deliveries))
     except BaseException:
-        for _, delivery in deliveries:
-            delivery.add_done_callback(_ignore_outcome)
+        abandon(deliveries)
         raise
+
+
+def abandon(deliveries: Sequence[Delivery]) -> None:
+    """Deliveries given up on (cancelled, or another failed first): their outcome is not
+    awaited, and must not be logged as an exception nobody retrieved."""
+    for _, delivery in deliveries:
+        delivery.add_done_callback(_ignore_outcome)
 
 
 async def _send(

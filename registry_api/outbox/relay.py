@@ -12,20 +12,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.partitioner import murmur2
-from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Row, case, delete, func, select, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from infra.kafka_batches import Delivery, abandon, delivered, send_partitioned
 from registry_api.driver_work import DriverCalls, DriverWork, commit_in_turn, update_statement
 from registry_api.outbox.models import OutboxMessage
 from registry_api.outbox.service import OUTBOX_TABLE, row_messages
@@ -41,24 +39,6 @@ RELAY_ERRORS = Counter("feedgrid_outbox_errors_total", "Failed attempts to publi
 
 RELAY_LOCK_KEY = 0x0FEED6D1
 PURGE_EVERY_SECONDS = 300.0
-KNOWN_KEYS = 200_000
-
-
-class KeyHashes:
-    """murmur2 of message keys (the default partitioner's hash, in pure Python there),
-    remembered for the keys seen most recently: feeds are published again and again."""
-
-    def __init__(self, limit: int = KNOWN_KEYS) -> None:
-        self.limit = limit
-        self._hashes: OrderedDict[bytes, int] = OrderedDict()
-
-    def hash(self, key: bytes) -> int:
-        known = self._hashes.get(key)
-        if known is None:
-            known = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-            if len(self._hashes) > self.limit:
-                self._hashes.popitem(last=False)
-        return known
 
 
 # id, topic suffix, key, messages, payload
@@ -113,7 +93,6 @@ class OutboxRelay:
         self._lock_connection: AsyncConnection | None = None
         self.is_leader = False
         self._last_purge = 0.0
-        self._keys = KeyHashes()
 
     def notify(self) -> None:
         """Called after a commit that added outbox rows, so delivery does not wait for a poll."""
@@ -265,37 +244,25 @@ class OutboxRelay:
         return published
 
     async def _publish(self, producer: AIOKafkaProducer, rows: Sequence[OutboxRow]) -> int:
-        """One record batch per topic partition, filled here and handed over whole: the
-        producer's per-message path (a future, a partitioner call and an accumulator lookup
-        each) cost more than everything else the relay does. Partitions are what the
-        producer's default partitioner picks for the key (murmur2), so a key stays on its
-        partition whichever way it was published. Returns how many messages."""
-        batches: dict[tuple[str, int], BatchBuilder] = {}
-        deliveries = []
-        partitions: dict[str, list[int]] = {}
-        position = 0
-        for row_id, suffix, row_key, count, payload in rows:
-            topic = topic_name(self.settings.topic_prefix, suffix)
-            known = partitions.get(topic)
-            if known is None:
-                known = partitions[topic] = sorted(await producer.partitions_for(topic))
-            for key, value in row_messages(row_key, payload, count):
-                partition = known[self._keys.hash(key) % len(known)]
-                batch = batches.get((topic, partition))
-                if batch is None:
-                    batch = batches[(topic, partition)] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                    deliveries.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = batches[(topic, partition)] = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise MessageSizeTooLargeError(f"outbox row {row_id} exceeds a batch")
-                position += 1
-                if position % 500 == 0:
-                    await asyncio.sleep(0)  # let request handlers run between slices
-        for (topic, partition), batch in batches.items():
-            deliveries.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*deliveries)
-        return position
+        """The rows' messages as record batches, one per topic partition at a time, each
+        handed over whole (``infra.kafka_batches``): the producer's per-message path (a
+        future, a partitioner call and an accumulator lookup each) cost more than everything
+        else the relay does. A key goes to the partition the default partitioner gives it,
+        whichever way it was published. Returns how many messages."""
+        by_topic: dict[str, list[tuple[bytes | None, bytes]]] = defaultdict(list)
+        for _row_id, suffix, row_key, count, payload in rows:
+            by_topic[topic_name(self.settings.topic_prefix, suffix)] += row_messages(
+                row_key, payload, count
+            )
+        deliveries: list[Delivery] = []
+        try:
+            for topic, messages in by_topic.items():
+                deliveries += await send_partitioned(producer, topic, messages)
+        except BaseException:
+            abandon(deliveries)
+            raise
+        await delivered(deliveries)
+        return sum(len(messages) for messages in by_topic.values())
 
     async def purge_sent(self) -> None:
         """Sent rows are kept a while for inspection (outbox_retention_hours), then removed."""
