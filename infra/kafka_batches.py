@@ -1,11 +1,11 @@
 """Producing many messages at once: one record batch per topic partition, handed over whole.
 
 aiokafka's per-message ``send`` costs a future, a partitioner call and an accumulator lookup
-for every message, and its partitioner's murmur2 is pure Python (4.5 us a key): 16.6 us of
-CPU a message against 4.9 here (50,000 messages of ~400 bytes, one producer, lz4). Here the keys of a call are
-hashed together with numpy (the same murmur2 as Kafka's Java client and aiokafka, so a key
-lands on the partition it would have anyway), each partition's messages go into one
-``BatchBuilder`` and each full builder is sent as it is.
+for every message, and its partitioner's murmur2 is pure Python (4.5 us a key). Here the keys
+of a call are hashed together with numpy (the same murmur2 as Kafka's Java client and
+aiokafka, so a key lands on the partition it would have anyway), each partition's messages go
+into one ``BatchBuilder`` and each full builder is sent as it is: 4.9 us of CPU a message
+against 16.6 through ``send`` (50,000 messages of ~400 bytes, one producer, lz4).
 """
 
 from __future__ import annotations

@@ -132,12 +132,15 @@ class Publisher:
             producer = self._producer
             if producer is None:
                 raise RuntimeError("the publisher is not started")
-            groups = await self._send(producer, pending, together=True)
-            groups += await self._send(producer, alone, together=False)
-            results = await asyncio.gather(*(sent for _, sent in groups), return_exceptions=True)
+            groups = [
+                (group, sent, together)
+                for messages, together in ((pending, True), (alone, False))
+                for group, sent in await self._send(producer, messages, together=together)
+            ]
+            results = await asyncio.gather(*(sent for _, sent, _ in groups), return_exceptions=True)
             pending, alone = [], []
             last_error: BaseException | None = None
-            for (group, _), result in zip(groups, results, strict=True):
+            for (group, _, together), result in zip(groups, results, strict=True):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
                 if not isinstance(result, BaseException):
@@ -148,12 +151,16 @@ class Publisher:
                 elif isinstance(result, PERMANENT_ERRORS):
                     self._set_aside(group[0], type(result).__name__)
                     set_aside += 1
-                else:
-                    pending += group
+                else:  # retried as it went: batched, or alone
+                    if together:
+                        pending += group
+                    else:
+                        alone += group
                     last_error = result
             if last_error is not None:
                 PUBLISH_ERRORS.inc()
-                log.warning("could not publish %d messages yet: %s", len(pending), last_error)
+                waiting = len(pending) + len(alone)
+                log.warning("could not publish %d messages yet: %s", waiting, last_error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_seconds)
         return set_aside

@@ -53,11 +53,14 @@ def _select_items(
     ]
     if feed_ids is None:
         chosen = [item for item in undecided if principal.administers(item.owner_department or "")]
-        if not chosen:
+        if chosen:
+            return chosen
+        if any(principal.administers(item.owner_department or "") for item in items):
+            # decided before this answer was read: what a claim that came second answers
             raise Conflict(
-                "nothing in this request waits for your decision", code="nothing_to_decide"
+                "every feed of yours in this request is already decided", code="already_decided"
             )
-        return chosen
+        raise Conflict("nothing in this request waits for your decision", code="nothing_to_decide")
     by_feed = {item.feed_id: item for item in items}
     chosen = []
     for feed_id in dict.fromkeys(feed_ids):

@@ -129,6 +129,7 @@ class PreparedRevocation:
 
     grant: Grant
     feed_ids: list[str]
+    values: dict[str, object]  # what the UPDATE sets
     statement: DriverStatement
     events: list[EncodedAccessEvent]
 
@@ -136,16 +137,9 @@ class PreparedRevocation:
         """Runs the UPDATE in the turn: False when the grant was revoked meanwhile."""
         return bool(calls.execute(self.statement))
 
-    def out(self, principal: Principal, reason: str, now: datetime) -> GrantOut:
+    def out(self) -> GrantOut:
         """The grant as it is once the revocation is committed."""
-        return _grant_out(self.grant, self.feed_ids).model_copy(
-            update={
-                "revoked_at": now,
-                "revoked_by": principal.subject,
-                "revoke_reason": reason[:REVOKE_REASON_CHARS],
-                "review_required": False,
-            }
-        )
+        return _grant_out(self.grant, self.feed_ids).model_copy(update=self.values)
 
 
 async def prepare_revocation(
@@ -158,21 +152,22 @@ async def prepare_revocation(
 ) -> PreparedRevocation:
     """Reads what revoking ``grant`` (of the request of ``payloads``) writes and tells."""
     reason = reason[:REVOKE_REASON_CHARS]
+    values: dict[str, object] = {
+        "revoked_at": now,
+        "revoked_by": principal.subject,
+        "revoke_reason": reason,
+        "review_required": False,
+    }
     statement = update_statement(
         TABLES.grants,
-        {
-            "revoked_at": now,
-            "revoked_by": principal.subject,
-            "revoke_reason": reason,
-            "review_required": False,
-        },
+        values,
         (await session.connection()).dialect,
         where={"id": grant.id, "revoked_at": None},
         returning=("id",),
     )
     feed_ids = await grant_feed_ids(session, grant.id)
     events = revoked_events(payloads, grant, feed_ids, principal, reason, now)
-    return PreparedRevocation(grant, feed_ids, statement, events)
+    return PreparedRevocation(grant, feed_ids, values, statement, events)
 
 
 def revoked_events(
@@ -238,7 +233,7 @@ async def revoke_grant(
 
     await commit_in_turn(session, "revocation", write)
     on_revoked(grant.id, grant.valid_until)
-    return revocation.out(principal, reason, now)
+    return revocation.out()
 
 
 async def retrieval(

@@ -201,6 +201,7 @@ async def test_owner_inbox_lists_pending_requests_and_partial_approval_grants_pe
         headers=world.auth(ENVIRONMENT, "dept_admin"),
     )
     assert refused.status_code == 409  # nothing of theirs to decide
+    assert refused.json()["code"] == "nothing_to_decide"
     not_admin = await world.client.post(
         f"/v1/access-requests/{request_id}/approve",
         json={},
@@ -247,6 +248,12 @@ async def test_owner_denial_carries_the_owners_reason(world: World) -> None:
     assert (item["outcome"], item["reason"]) == ("denied", "denied_by_owner")
     assert item["message"] == "outside our data-sharing agreement"
     assert denied.json()["status"] == "denied"
+    again = await world.client.post(
+        f"/v1/access-requests/{answer['id']}/approve",
+        json={},
+        headers=world.auth(TRANSPORT, "dept_admin"),
+    )  # the owner's feeds are decided: as a claim coming second would be told
+    assert again.status_code == 409 and again.json()["code"] == "already_decided"
 
 
 async def test_two_owners_answers_at_once_grant_once(world: World) -> None:
