@@ -66,14 +66,10 @@ def murmur2_hashes(keys: Sequence[bytes]) -> np.ndarray[Any, np.dtype[np.uint32]
 def partitions_of(keys: Sequence[bytes | None], partitions: Sequence[int]) -> list[int]:
     """The partition of each key among ``partitions`` (sorted) as the default partitioner
     picks it; keyless messages are spread over them in turn."""
-    keyed = [position for position, key in enumerate(keys) if key is not None]
-    chosen = [partitions[next(_spread) % len(partitions)] for _ in keys]
-    if keyed:
-        hashes = murmur2_hashes([keys[position] for position in keyed])  # type: ignore[misc]
-        slots = (hashes % np.uint32(len(partitions))).tolist()
-        for position, slot in zip(keyed, slots, strict=True):
-            chosen[position] = partitions[slot]
-    return chosen
+    count = len(partitions)
+    hashes = murmur2_hashes([key for key in keys if key is not None])
+    slots = iter((hashes % np.uint32(count)).tolist())
+    return [partitions[next(slots) if key is not None else next(_spread) % count] for key in keys]
 
 
 Delivery = tuple[list[int], "asyncio.Future[Any]"]

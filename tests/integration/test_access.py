@@ -45,6 +45,19 @@ def _by_feed(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {item["feed_id"]: item for item in answer["feeds"]}
 
 
+async def _emergency_request(world: World, **body: Any) -> dict[str, Any]:
+    """Public security's emergency request for the conditional feed (granted at once, live
+    only, under the owner's review)."""
+    return await world.request(
+        POLICE,
+        feed_ids=[world.feed_id("conditional")],
+        purpose="missing person search",
+        emergency=True,
+        emergency_reason="child missing near the bridge",
+        **body,
+    )
+
+
 # ------------------------------------------------------------------------------ the decision table
 
 # (requester department, purpose, actions, duration) -> expected (outcome, reason) per feed.
@@ -313,13 +326,7 @@ async def test_a_claim_of_feeds_decided_meanwhile_writes_nothing(world: World) -
 
 
 async def test_an_owner_confirms_an_emergency_grant_out_of_review(world: World) -> None:
-    answer = await world.request(
-        POLICE,
-        feed_ids=[world.feed_id("conditional")],
-        purpose="missing person search",
-        emergency=True,
-        emergency_reason="child missing near the bridge",
-    )
+    answer = await _emergency_request(world)
     grant_id = answer["feeds"][0]["grant_id"]
     confirmed = await world.client.post(
         f"/v1/access-requests/{answer['id']}/approve",
@@ -347,15 +354,7 @@ async def test_an_owner_confirms_an_emergency_grant_out_of_review(world: World) 
 async def test_public_security_emergency_gets_short_live_access_and_lands_in_review(
     world: World,
 ) -> None:
-    answer = await world.request(
-        POLICE,
-        feed_ids=[world.feed_id("conditional")],
-        purpose="missing person search",
-        actions=["live", "playback"],
-        duration_minutes=480,
-        emergency=True,
-        emergency_reason="child missing near the bridge",
-    )
+    answer = await _emergency_request(world, actions=["live", "playback"], duration_minutes=480)
     item = answer["feeds"][0]
     assert (item["outcome"], item["reason"]) == ("granted", "emergency_live_access")
     assert item["actions"] == ["live"] and item["review_required"]
@@ -398,13 +397,7 @@ async def test_a_denial_finding_its_emergency_grant_revoked_meanwhile_starts_aga
     """A denial is prepared before its turn to write: an emergency grant revoked by its
     requester in between is not revoked (nor told revoked) a second time; the denial reads
     again and denies the feed."""
-    answer = await world.request(
-        POLICE,
-        feed_ids=[world.feed_id("conditional")],
-        purpose="missing person search",
-        emergency=True,
-        emergency_reason="child missing near the bridge",
-    )
+    answer = await _emergency_request(world)
     grant_id = answer["feeds"][0]["grant_id"]
     prepared = decisions.prepared_appending
     revocations: list[httpx.Response] = []
