@@ -197,7 +197,9 @@ async def commit_in_turn(session: AsyncSession, writer: str, work: DriverWork[Re
         if sqlite_connection is not None and run_in_thread is not None:
             whole = _committed_in_turn(turn, writer, sqlite_connection, work)
             result: Result = await run_in_thread(whole)
-            await session.commit()  # the session's side: nothing is left for it to write
+            # The session's side: nothing is left to write, and no transaction is open, so
+            # no commit is sent to the thread (db._skip_idle_ends).
+            await session.commit()
             return result
     async with writes_in_turn(session, writer):
         result = await run_driver_work(session, work)

@@ -268,6 +268,51 @@ async def test_sqlite_work_runs_on_the_connections_own_thread(
     assert ran_on != threading.get_ident()
 
 
+async def test_sqlite_sends_no_commit_or_rollback_with_no_transaction_open(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine, monkeypatch: Any
+) -> None:
+    """Each hop to the connection's thread waits for the event loop: a read-only session ends
+    with none (the pool's rollback when its connection comes back was one), and a writer
+    committing in one piece of driver work makes exactly that one (the session's commit
+    after it was another). A transaction that is open still commits or rolls back."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("aiosqlite's hops")
+    import aiosqlite
+
+    hops: list[str] = []
+    execute = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "__name__", repr(fn)))
+        return await execute(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Department)) == 1
+        hops.clear()
+    assert hops == []  # returned to the pool without a rollback
+
+    request_id = new_id()
+    async with sessions() as session:
+        insert = await insert_of(session, request_id)
+        hops.clear()
+        await commit_in_turn(session, "test", lambda calls: calls.executemany(insert))
+    assert len(hops) == 1, hops  # the work and its commit; nothing after
+    async with sessions() as session:
+        assert await session.get(AccessRequest, request_id) is not None  # committed
+
+    for ends, stays in (("commit", True), ("rollback", False)):
+        async with sessions() as session:
+            code = f"lz-{ends}"
+            session.add(Department(code=code, name=ends, kind="transport", created_at=utcnow()))
+            await session.flush()
+            hops.clear()
+            await getattr(session, ends)()
+            assert hops == [ends]  # a transaction was open: its end was sent
+        async with sessions() as session:
+            assert (await session.get(Department, code) is not None) is stays
+
+
 async def test_sqlite_writers_turns_are_measured_per_writer(
     sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
 ) -> None:
