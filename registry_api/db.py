@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+from registry_api.sqlite_adapter import one_hop_dbapi
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -73,6 +75,9 @@ def create_engine(database_url: str) -> AsyncEngine:
         # with "database is locked" after SQLite's usual few seconds.
         engine = create_async_engine(
             database_url,
+            # One hop to the connection's thread per statement, none for a commit or rollback
+            # with nothing to end (see sqlite_adapter).
+            module=one_hop_dbapi(),
             connect_args={"timeout": SQLITE_WAIT_SECONDS},
             pool_timeout=SQLITE_WAIT_SECONDS,
             # The connection returned last is handed out next. Each pooled connection has its
@@ -83,7 +88,6 @@ def create_engine(database_url: str) -> AsyncEngine:
             pool_use_lifo=True,
         )
         _tune_sqlite(engine)
-        _skip_idle_ends(engine)
         return engine
     return create_async_engine(database_url, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
@@ -108,45 +112,6 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
         cursor.close()
-
-
-def _skip_idle_ends(engine: AsyncEngine) -> None:
-    """A commit or rollback with no transaction open is not sent to the connection's thread.
-
-    sqlite3 commits and rolls back only when a transaction is open (it opens one before a
-    write, never for a read) and does nothing otherwise; through aiosqlite, doing nothing was
-    still a hop to the connection's thread and back, each waiting for the event loop. Every
-    session ended with one: the pool's rollback when its connection came back (a read-only
-    request: its only such hop), and a writer committing in one piece of driver work
-    (``driver_work.commit_in_turn``) had a second, the session's commit after the thread had
-    committed. Skipped here, with the same outcome: sqlite3 itself checks the same flag.
-    """
-    dialect = engine.sync_engine.dialect
-    commit, rollback = dialect.do_commit, dialect.do_rollback
-
-    def do_commit(dbapi_connection: Any) -> None:
-        if _in_transaction(dbapi_connection):
-            commit(dbapi_connection)
-
-    def do_rollback(dbapi_connection: Any) -> None:
-        if _in_transaction(dbapi_connection):
-            rollback(dbapi_connection)
-
-    dialect.do_commit = do_commit  # type: ignore[method-assign]
-    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
-
-
-def _in_transaction(dbapi_connection: Any) -> bool:
-    """Whether the sqlite3 connection under the pool's connection has a transaction open
-    (True where that cannot be told: the driver's own commit or rollback then decides)."""
-    driver = getattr(dbapi_connection, "driver_connection", None)
-    sqlite_connection = getattr(driver, "_connection", None)
-    if not isinstance(sqlite_connection, sqlite3.Connection):
-        return True
-    try:
-        return sqlite_connection.in_transaction
-    except sqlite3.Error:  # closed: the driver's own call says so
-        return True
 
 
 _TURN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

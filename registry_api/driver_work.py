@@ -198,7 +198,7 @@ async def commit_in_turn(session: AsyncSession, writer: str, work: DriverWork[Re
             whole = _committed_in_turn(turn, writer, sqlite_connection, work)
             result: Result = await run_in_thread(whole)
             # The session's side: nothing is left to write, and no transaction is open, so
-            # no commit is sent to the thread (db._skip_idle_ends).
+            # no commit is sent to the thread (sqlite_adapter).
             await session.commit()
             return result
     async with writes_in_turn(session, writer):

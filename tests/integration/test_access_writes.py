@@ -268,13 +268,13 @@ async def test_sqlite_work_runs_on_the_connections_own_thread(
     assert ran_on != threading.get_ident()
 
 
-async def test_sqlite_sends_no_commit_or_rollback_with_no_transaction_open(
+async def test_sqlite_makes_one_hop_per_statement_and_none_to_end_nothing(
     sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine, monkeypatch: Any
 ) -> None:
-    """Each hop to the connection's thread waits for the event loop: a read-only session ends
-    with none (the pool's rollback when its connection comes back was one), and a writer
-    committing in one piece of driver work makes exactly that one (the session's commit
-    after it was another). A transaction that is open still commits or rolls back."""
+    """Each hop to the connection's thread waits for the event loop (registry_api.sqlite_adapter):
+    a statement is one hop, a read-only session ends with none, and a writer committing in one
+    piece of driver work makes exactly that one. An open transaction still commits or rolls
+    back."""
     if engine.dialect.name != "sqlite":
         pytest.skip("aiosqlite's hops")
     import aiosqlite
@@ -288,9 +288,12 @@ async def test_sqlite_sends_no_commit_or_rollback_with_no_transaction_open(
 
     monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
     async with sessions() as session:
-        assert await session.scalar(select(func.count()).select_from(Department)) == 1
+        await session.connection()
         hops.clear()
-    assert hops == []  # returned to the pool without a rollback
+        assert await session.scalar(select(func.count()).select_from(Department)) == 1
+        assert len(hops) == 1, hops  # the statement and its rows in one call (were four)
+        hops.clear()
+    assert hops == []  # returned to the pool without a rollback (were two)
 
     request_id = new_id()
     async with sessions() as session:
@@ -305,7 +308,9 @@ async def test_sqlite_sends_no_commit_or_rollback_with_no_transaction_open(
         async with sessions() as session:
             code = f"lz-{ends}"
             session.add(Department(code=code, name=ends, kind="transport", created_at=utcnow()))
+            hops.clear()
             await session.flush()
+            assert len(hops) == 1, hops  # the INSERT (were three: cursor, execute, close)
             hops.clear()
             await getattr(session, ends)()
             assert hops == [ends]  # a transaction was open: its end was sent
