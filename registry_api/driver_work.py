@@ -1,8 +1,9 @@
 """A transaction's prepared statements run as one piece of work on the database driver.
 
-Through SQLAlchemy and aiosqlite each statement is several hops between the event loop and
-the connection's thread (a cursor, the execution, the rows, the close), each a future, a
-thread wake-up and a fight for the GIL, plus SQLAlchemy's own work per statement. An access
+Through SQLAlchemy and aiosqlite each statement is a hop between the event loop and the
+connection's thread (four before ``sqlite_adapter``: a cursor, the execution, the rows, the
+close), each a future, a thread wake-up and a fight for the GIL, plus SQLAlchemy's own work
+per statement. An access
 request for a hundred feeds writes seven tables and the audit chain's head: a plain function
 of prepared statements (:data:`DriverWork`) does all of it, on SQLite in the connection's own
 thread in a single hop, on PostgreSQL through the session's connection statement by statement
