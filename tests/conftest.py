@@ -110,16 +110,24 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_template() -> str:
-    from deploy.local_postgres import start_postgres
+def postgres_template() -> Iterator[str]:
+    """The migrated template every PostgreSQL test database is copied from. A server already
+    answering (``./deploy/test`` starts one) is used as it is; one this session had to start
+    (pytest run directly) is stopped when the session ends."""
+    from deploy.local_postgres import start_postgres, stop_postgres
 
-    if not _postgres_answers():
+    started = not _postgres_answers()
+    if started:
         start_postgres()
-    name = f"feedgrid_template_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_postgres_command(f'CREATE DATABASE "{name}"'))
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade_registry(url)
-    return name
+    try:
+        name = f"feedgrid_template_{uuid.uuid4().hex[:8]}"
+        asyncio.run(_postgres_command(f'CREATE DATABASE "{name}"'))
+        url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        upgrade_registry(url)
+        yield name
+    finally:
+        if started:
+            stop_postgres()
 
 
 def _postgres_answers() -> bool:
