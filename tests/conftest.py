@@ -68,6 +68,7 @@ def _delete_test_topics() -> None:
     except Exception as error:  # cleanup only: the run's result stands
         print(f"\nthe tests' topics were not deleted: {error!r}", flush=True)
         return
+    topic_prefixes.HANDED_OUT.clear()
     print(f"\ndeleted the {deleted} topics the tests made", flush=True)
 
 
@@ -89,12 +90,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    from deploy.local_kafka import broker_answers, start_kafka
+def kafka_bootstrap() -> Iterator[str]:
+    """The tests' broker. One already answering (``./deploy/test`` starts one) is used as it
+    is; one this session had to start (pytest run directly) is stopped when the session
+    ends, after the session's topics are deleted."""
+    from deploy.local_kafka import broker_answers, start_kafka, stop_kafka
 
-    if not broker_answers(KAFKA_BOOTSTRAP, 3.0):
+    started = not broker_answers(KAFKA_BOOTSTRAP, 3.0)
+    if started:
         start_kafka(port=int(KAFKA_BOOTSTRAP.rsplit(":", 1)[1]))
-    return KAFKA_BOOTSTRAP
+    try:
+        yield KAFKA_BOOTSTRAP
+    finally:
+        if started:
+            _delete_test_topics()
+            stop_kafka()
 
 
 @pytest.fixture
