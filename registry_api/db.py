@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
-from registry_api.sqlite_adapter import one_hop_dbapi
+from registry_api.sqlite_adapter import one_hop_dbapi, sqlite3_connection
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -249,10 +249,10 @@ async def sqlite_thread(
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     run_in_thread = getattr(driver, "_execute", None)
-    sqlite_connection = getattr(driver, "_connection", None)
+    sqlite_connection = sqlite3_connection(driver)
     if (
         not callable(run_in_thread)
-        or not isinstance(sqlite_connection, sqlite3.Connection)
+        or sqlite_connection is None
         or sqlite_connection.isolation_level is None
     ):
         return None, None

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections import deque
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -27,6 +28,15 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+
+Used = TypeVar("Used")
+
+
+def sqlite3_connection(driver_connection: Any) -> sqlite3.Connection | None:
+    """The sqlite3 connection under an aiosqlite connection (None if this aiosqlite keeps it
+    elsewhere, or it is closed)."""
+    connection = getattr(driver_connection, "_connection", None)
+    return connection if isinstance(connection, sqlite3.Connection) else None
 
 
 def one_hop_dbapi() -> AsyncAdapt_aiosqlite_dbapi:
@@ -61,8 +71,8 @@ class _OneHopConnection(AsyncAdapt_aiosqlite_connection):
     def _in_transaction(self) -> bool:
         """Whether sqlite3 has a transaction open (True where that cannot be told: the
         driver's own call then decides, and reports a closed connection as it always did)."""
-        sqlite_connection = getattr(self._connection, "_connection", None)
-        if not isinstance(sqlite_connection, sqlite3.Connection):
+        sqlite_connection = sqlite3_connection(self._connection)
+        if sqlite_connection is None:
             return True
         try:
             return sqlite_connection.in_transaction
@@ -76,22 +86,13 @@ class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     __slots__ = ()
 
     def execute(self, operation: Any, parameters: Any = None) -> None:
-        connection = cast(aiosqlite.Connection, self._connection)
+        def run(cursor: sqlite3.Cursor) -> tuple[Any, list[Any] | None, Any, int]:
+            cursor.execute(operation, () if parameters is None else parameters)
+            description = cursor.description
+            rows = cursor.fetchall() if description else None
+            return description, rows, cursor.lastrowid, cursor.rowcount
 
-        def run() -> tuple[Any, list[Any] | None, int | None, int]:
-            cursor = connection._conn.cursor()
-            try:
-                cursor.execute(operation, () if parameters is None else parameters)
-                description = cursor.description
-                rows = cursor.fetchall() if description else None
-                return description, rows, cursor.lastrowid, cursor.rowcount
-            finally:
-                cursor.close()
-
-        try:
-            description, rows, lastrowid, rowcount = self.await_(connection._execute(run))
-        except Exception as error:
-            self._adapt_connection._handle_exception(error)
+        description, rows, lastrowid, rowcount = self._on_thread(run)
         if description:
             self.description = description
             self.lastrowid = self.rowcount = -1
@@ -102,20 +103,27 @@ class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             self.rowcount = rowcount
 
     def executemany(self, operation: Any, seq_of_parameters: Any) -> None:
+        def run(cursor: sqlite3.Cursor) -> tuple[Any, int]:
+            cursor.executemany(operation, seq_of_parameters)
+            return cursor.lastrowid, cursor.rowcount
+
+        self.description = None
+        self.lastrowid, self.rowcount = self._on_thread(run)
+
+    def _on_thread(self, use: Callable[[sqlite3.Cursor], Used]) -> Used:
+        """``use`` with a sqlite3 cursor of its own, closed after, in one call on the
+        connection's thread; errors as SQLAlchemy's adapter reports them."""
         connection = cast(aiosqlite.Connection, self._connection)
 
-        def run() -> tuple[int | None, int]:
+        def run() -> Used:
             cursor = connection._conn.cursor()
             try:
-                cursor.executemany(operation, seq_of_parameters)
-                return cursor.lastrowid, cursor.rowcount
+                return use(cursor)
             finally:
                 cursor.close()
 
         try:
-            lastrowid, rowcount = self.await_(connection._execute(run))
+            result: Used = self.await_(connection._execute(run))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
-        self.description = None
-        self.lastrowid = lastrowid
-        self.rowcount = rowcount
+        return result
