@@ -8,6 +8,7 @@ liveness reports are read back from the heartbeats topic the workers consume.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -315,3 +316,36 @@ async def test_a_large_catalog_imports_in_one_message_quickly(client: httpx.Asyn
     assert seconds < 30, f"3,000 channels took {seconds:.1f} s"
     total = (await client.get("/v1/feeds", params={"department": URBAN, "limit": 1})).json()
     assert total["total"] == 3_000
+
+
+@SQLITE_ONLY
+async def test_a_catalog_is_parsed_and_checked_off_the_event_loop(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing and checking a platform's thousands of channels is pure CPU: on the event loop
+    it held every other request for up to a second; on a worker thread the loop answers."""
+    from registry_api.catalog import service
+
+    threads: dict[str, set[int]] = {"parse": set(), "classify": set()}
+
+    def watched(name: str, work: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            threads[name].add(threading.get_ident())
+            return work(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(service, "parse_catalog", watched("parse", service.parse_catalog))
+    monkeypatch.setattr(service, "classify_items", watched("classify", service.classify_items))
+    city = await build_city(client)
+    gateway = city.as_(URBAN, "gateway")
+    loop_thread = threading.get_ident()
+    answer = await applied(client, sample_catalog(), gateway)
+    assert answer["channels"]["created"] == 5
+    part = await applied(client, fixture("answer_sn42_part1.xml"), gateway)
+    assert part["state"] == "waiting"
+    assert threads["parse"] and threads["classify"], threads
+    assert loop_thread not in threads["parse"] | threads["classify"], threads
+    # what it refuses is still refused with its reason, and nothing is written
+    refused = await post_catalog(client, fixture("malformed.xml"), headers=gateway)
+    assert (refused.status_code, refused.json()["code"]) == (422, "invalid_xml")
