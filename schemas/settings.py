@@ -43,6 +43,13 @@ class StreamTuning(BaseSettings):
         le=500_000,
         description="Most events in one batch (one ClickHouse block: the engine likes them large)",
     )
+    batch_max_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1024 * 1024 * 1024,
+        description="Most message bytes in one batch: a batch of feed documents (~1.7 KB each) "
+        "is cut here long before it holds batch_size of them",
+    )
     flush_seconds: float = Field(
         0.5, gt=0, le=60, description="Longest an event waits in a batch before it is inserted"
     )

@@ -28,6 +28,7 @@ class Batch:
     alerts: list[RaisedAlert] = field(default_factory=list)
     grant_states: list[dict[str, Any]] = field(default_factory=list)
     feed_status: list[dict[str, Any]] = field(default_factory=list)
+    feed_metadata: list[dict[str, Any]] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
     # Next offset to commit per partition, and events taken per handler.
     offsets: dict[TopicPartition, int] = field(default_factory=dict)

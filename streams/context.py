@@ -2,11 +2,12 @@
 
 Built once per process from the settings (``build_stream_context``). Two paths read Kafka:
 
-* the **batch path** (``streams.pipeline``): access events and heartbeats, nearly every event,
-  read in batches below Faust and stored as column-oriented blocks;
-* **Faust agents** (``streams.agents``): feed metadata (every version into ClickHouse) and the
-  per-requester rules over the ``requester-activity`` topic the batch path feeds; Faust runs
-  the app, its topics, the agents and their lifecycle.
+* the **batch path** (``streams.pipeline``): access events, heartbeats and feed metadata
+  (every version into ClickHouse), nearly every event, read in batches below Faust and stored
+  as blocks;
+* a **Faust agent** (``streams.agents``): the per-requester rules over the
+  ``requester-activity`` topic the batch path feeds; Faust runs the app, its topics, the agent
+  and its lifecycle.
 
 Both publish through one :class:`streams.publisher.Publisher` and store through one
 :class:`streams.sink.ClickHouseSink`. ``streams/README.md`` says which path carries what, and why.
@@ -33,6 +34,7 @@ from schemas.topics import (
 )
 from streams.access import AccessEventsHandler
 from streams.catalog import FeedCatalog
+from streams.feed_metadata import FeedMetadataHandler
 from streams.grants import GrantBook
 from streams.live import LiveSessions
 from streams.liveness import LivenessHandler
@@ -45,7 +47,7 @@ from streams.tuning import StreamTuning, load_tuning
 
 @dataclass
 class StreamTopics:
-    feed_metadata: faust.TopicT
+    feed_metadata: str
     requester_activity: faust.TopicT
     access_events: str
     heartbeats: str
@@ -113,7 +115,7 @@ def build_stream_context(settings: Settings, tuning: StreamTuning | None = None)
     app = _faust_app(settings, tuning)
     prefix = settings.topic_prefix
     topics = StreamTopics(
-        feed_metadata=_raw_topic(app, topic_name(prefix, FEED_METADATA)),
+        feed_metadata=topic_name(prefix, FEED_METADATA),
         requester_activity=_raw_topic(app, topic_name(prefix, REQUESTER_ACTIVITY)),
         access_events=topic_name(prefix, ACCESS_EVENTS),
         heartbeats=topic_name(prefix, HEARTBEATS),
@@ -127,7 +129,7 @@ def build_stream_context(settings: Settings, tuning: StreamTuning | None = None)
         resend_replayed_blocks=not is_embedded(settings.clickhouse_url),
     )
     publisher = Publisher(settings.kafka_bootstrap, tuning.retry_max_seconds)
-    catalog = FeedCatalog(settings.kafka_bootstrap, topic_name(prefix, FEED_METADATA))
+    catalog = FeedCatalog(settings.kafka_bootstrap, topics.feed_metadata)
     grants = GrantBook()
     live = LiveSessions(tuning.session_expiry_seconds)
     access = AccessEventsHandler(
@@ -148,7 +150,11 @@ def build_stream_context(settings: Settings, tuning: StreamTuning | None = None)
     pipeline = BatchPipeline(
         bootstrap=settings.kafka_bootstrap,
         group_id=f"{prefix}worker-batch",
-        handlers={topics.access_events: access, topics.heartbeats: liveness},
+        handlers={
+            topics.access_events: access,
+            topics.heartbeats: liveness,
+            topics.feed_metadata: FeedMetadataHandler(dead_letter_topic=topics.dead_letter),
+        },
         sink=sink,
         publisher=publisher,
         tuning=tuning,

@@ -64,12 +64,7 @@ def decode_heartbeat(raw: object) -> HeartbeatCloudEvent:
     return _decode(HeartbeatCloudEvent, raw, (HEARTBEAT_EVENT_TYPE,), SCHEMA_HEARTBEAT_V1)
 
 
-def decode_feed_event(raw: object) -> CloudEvent:
-    return _decode(CloudEvent, raw, FEED_EVENT_TYPES, SCHEMA_FEED_METADATA_V1)
-
-
 def decode_feed_fields(raw: object) -> FeedFieldsEvent:
-    """A feed-metadata message as :func:`decode_feed_event` and ``snapshot_from_event``
-    accept it (the same checks of the envelope and of the feed fields the streams read), the
-    rest of the feed document skipped rather than kept."""
+    """A feed-metadata message: the envelope and the feed fields the streams read are checked,
+    the rest of the feed document is skipped rather than kept."""
     return _decode(FeedFieldsEvent, raw, FEED_EVENT_TYPES, SCHEMA_FEED_METADATA_V1)

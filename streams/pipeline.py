@@ -1,11 +1,13 @@
-"""The batch path: access events and heartbeats, from Kafka batches to ClickHouse blocks.
+"""The batch path: access events, heartbeats and feed metadata, from Kafka batches to
+ClickHouse blocks.
 
 Why not Faust's per-message streams here: each message costs Faust a conductor hop, a channel
-queue and a ``wait_first`` (about half the worker's time at 5,000 events/s). These two topics
+queue and a ``wait_first`` (about half the worker's time at 5,000 events/s). These three topics
 carry nearly every event, so they are read below it, by one aiokafka consumer in a group of
 its own (``<prefix>worker-batch``), thousands of records per fetch:
 
-1. **cut** a batch when ``batch_size`` records are in, or ``flush_seconds`` after the first;
+1. **cut** a batch when ``batch_size`` records or ``batch_max_bytes`` of messages are in, or
+   ``flush_seconds`` after the first;
 2. **prepare** it (CPU only): each handler validates, enriches and judges its records into a
    :class:`streams.batch.Batch` (columns for ClickHouse, rows, alerts, outgoing messages);
 3. **store** it: ClickHouse first (one column-oriented block per table), then the outgoing
@@ -15,8 +17,9 @@ While batch *n* is stored (the engine works in a thread) batch *n+1* is fetched 
 at most one store is in flight, so blocks are inserted and offsets committed in order. A
 committed offset never passes a row ClickHouse does not hold, exactly as before.
 
-Both topics are keyed by feed id and read with the range assignor, so a worker owns partition
-*p* of both: the heartbeat handler finds a feed's grants in the same worker's grant book.
+The topics are keyed by feed id and read with the range assignor, so a worker owns partition
+*p* of access events and heartbeats alike: the heartbeat handler finds a feed's grants in the
+same worker's grant book. (Feed metadata needs no such pairing: each row stands alone.)
 State the handlers keep (grants, liveness) is read back from ClickHouse whenever partitions are
 assigned; live sessions are soft state and start empty.
 
@@ -109,6 +112,7 @@ class BatchPipeline:
         self._in_flight: asyncio.Task[None] | None = None
         self._buffer: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
         self._count = 0
+        self._bytes = 0
         self._assigned: set[TopicPartition] = set()
         self._committed: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
@@ -169,8 +173,8 @@ class BatchPipeline:
             wait = flush if not self._count else first_at + flush - now
             if self._pending_restore:
                 wait = max(wait, 0.1)  # state comes first: fetch (the lag shows), never spin
-            if self._count >= 2 * self.tuning.batch_size:
-                await asyncio.sleep(0.05)  # held back (restoring): fetch no more meanwhile
+            if self._held_back():
+                await asyncio.sleep(0.05)
                 fetched = {}
             else:
                 fetched = await consumer.getmany(
@@ -184,15 +188,18 @@ class BatchPipeline:
                     first_at = time.monotonic()
                 self._buffer.setdefault(tp, []).extend(records)
                 self._count += len(records)
+                self._bytes += sum(record.serialized_value_size for record in records)
             now = time.monotonic()
             scan_due = self.scan is not None and now >= next_scan
-            full = self._count >= self.tuning.batch_size
+            full = (
+                self._count >= self.tuning.batch_size or self._bytes >= self.tuning.batch_max_bytes
+            )
             due = self._count > 0 and now - first_at >= flush
             if not (full or due or scan_due) or self._pending_restore:
                 await asyncio.sleep(0)  # a fetch that returned at once did not yield
                 continue
             batch = self._prepare(self._buffer)
-            self._buffer, self._count = {}, 0
+            self._buffer, self._count, self._bytes = {}, 0, 0
             if scan_due and self.scan is not None:
                 next_scan = now + self.tuning.liveness_scan_seconds
                 self.scan(self._liveness_clock(), batch)
@@ -201,6 +208,11 @@ class BatchPipeline:
             if batch.events or batch.feed_status or batch.outgoing or batch.alerts:
                 self._in_flight = asyncio.create_task(self._store(batch), name="stream-store")
             await asyncio.sleep(0)
+
+    def _held_back(self) -> bool:
+        """Twice a batch is buffered (state still being restored): fetch no more meanwhile."""
+        tuning = self.tuning
+        return self._count >= 2 * tuning.batch_size or self._bytes >= 2 * tuning.batch_max_bytes
 
     def _liveness_clock(self) -> float:
         """The moment silence is judged at: now, or, while the heartbeats are read behind,
@@ -231,6 +243,7 @@ class BatchPipeline:
         await sink.write("decisions", batch.decisions)
         await sink.write("grant_states", batch.grant_states)
         await sink.write("feed_status", batch.feed_status)
+        await sink.write("feed_metadata", batch.feed_metadata)
         await sink.write("alerts", [alert.to_row() for alert in batch.alerts])
         alerts = alert_messages(self.alerts_topic, batch.alerts)
         await self.publisher.publish([*alerts, *batch.outgoing])
@@ -284,7 +297,7 @@ class BatchPipeline:
                     task.result()
         await _cancel(self._restore_task)
         self._restore_task = None
-        self._buffer, self._count = {}, 0
+        self._buffer, self._count, self._bytes = {}, 0, 0
         self._assigned -= partitions
         self._pending_restore = True
 

@@ -1,7 +1,7 @@
 """The Faust agents, one module each; ``register_agents`` wires them to a stream context.
 
-Access events and heartbeats do not come through here: the batch path reads them
-(``streams.pipeline``).
+Access events, heartbeats and feed metadata do not come through here: the batch path reads
+them (``streams.pipeline``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ if TYPE_CHECKING:
 
 
 def register_agents(context: StreamContext) -> None:
-    from streams.agents import feed_metadata, requester_activity
+    from streams.agents import requester_activity
 
-    feed_metadata.register(context)
     requester_activity.register(context)

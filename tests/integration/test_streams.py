@@ -10,6 +10,7 @@ import pytest
 
 from infra.clickhouse import connect
 from infra.clickhouse_migrations import apply_migrations
+from schemas.events import CloudEvent
 from schemas.settings import Settings
 from schemas.topics import DEAD_LETTER
 from tests.integration.streams_support import (
@@ -166,6 +167,39 @@ async def test_feed_metadata_keeps_versions_and_the_latest_wins(stream_settings:
     assert latest == [(3, "renamed", "offline")]
     # The catalog that enriches events holds the newest version, not the last one read.
     assert facts is not None and facts.version == 3 and facts.owner_department == "lz-psb"
+
+
+async def test_feed_metadata_is_cut_by_bytes_and_a_bad_message_set_aside(
+    stream_settings: Settings,
+) -> None:
+    """Feed documents go the batch path: a batch is cut at ``batch_max_bytes`` (64 KiB here,
+    about 30 documents) long before ``batch_size``; a bad message goes to the dead-letter topic and
+    the rest is stored."""
+    documents = [
+        {**feed_document(f"feed-b{serial:03d}", "lz-psb", serial=serial), "note": "x" * 1_500}
+        for serial in range(300)
+    ]
+    events: list[CloudEvent | tuple[str, bytes]] = [feed_event(document) for document in documents]
+    events.insert(150, ("feed-b150", b'{"specversion": "1.0"}'))
+    tuning = fast_tuning(batch_max_bytes=64 * 1024, flush_seconds=5.0)
+    async with running_worker(stream_settings, tuning) as context:
+        await produce(stream_settings, FEED_TOPIC, events)
+        stored = await wait_for_value(
+            stream_settings, "SELECT count() FROM feed_metadata", len(documents), timeout=60
+        )
+        letters = await read_topic(stream_settings, DEAD_LETTER, at_least=1)
+        batches = context.pipeline.batches_stored
+    assert stored == len(documents)
+    # 300 documents of ~2.2 KB, a batch cut once 64 KiB are in (a fetch is kept whole, so a
+    # batch may hold one fetch more): several batches, where batch_size (2,000) and the flush
+    # (5 s) alone would make one
+    assert batches >= 3, batches
+    (letter,) = letters
+    body = decode_json(letter.value)
+    assert body["topic"] == f"{stream_settings.topic_prefix}{FEED_TOPIC}"
+    assert "schema violation" in body["reason"] and letter.key == b"feed-b150"
+    kept = query(stream_settings, "SELECT document FROM feed_metadata WHERE feed_id = 'feed-b007'")
+    assert decode_json(kept[0][0].encode())["note"] == "x" * 1_500  # the whole document
 
 
 async def test_consumption_pauses_while_clickhouse_refuses_and_resumes_without_loss(

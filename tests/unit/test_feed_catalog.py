@@ -1,5 +1,7 @@
-"""The feed catalog reads feed-metadata messages through a slim decoding of its own: it must
-accept exactly what the agents' full decoding accepts, and know each feed as it would."""
+"""Two readers of every feed-metadata message: each worker's feed catalog (the facts that
+enrich events) and the batch path's feed-metadata handler (a row of ``feed_metadata`` per
+version). They must accept and refuse the same messages, and know each feed alike; the row
+keeps the feed document as it came."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from schemas.events import SCHEMA_FEED_METADATA_V1
+from streams.batch import Batch
 from streams.catalog import FeedCatalog, FeedFacts
-from streams.dead_letter import InvalidMessage
-from streams.decoding import decode_feed_event
-from streams.feeds import snapshot_from_event
+from streams.dead_letter import DeadLetter
+from streams.feed_metadata import FeedMetadataHandler
 
 # A feed document as the registry publishes it (demo city), with the parts the catalog skips.
 DOCUMENT: dict[str, Any] = {
@@ -102,25 +105,38 @@ INVALID = {
 }
 
 
-def full_facts(raw: bytes) -> FeedFacts | None:
-    """What the agents' decoding makes of the message, as catalog facts (None: rejected)."""
-    try:
-        snapshot, _ = snapshot_from_event(decode_feed_event(raw))
-    except InvalidMessage:
+def record(raw: bytes, offset: int = 7) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic="feed-metadata", partition=2, offset=offset, timestamp=1_796_000_000_000,
+        timestamp_type=0, key=b"06H3ZFPX8KZTGEKSM93B0M8F", value=raw, checksum=None,
+        serialized_key_size=24, serialized_value_size=len(raw), headers=(),
+    )  # fmt: skip
+
+
+def stored(*raws: bytes) -> Batch:
+    """What the batch path's feed-metadata handler makes of the messages."""
+    batch = Batch()
+    records = [record(raw, offset) for offset, raw in enumerate(raws)]
+    FeedMetadataHandler(dead_letter_topic="dead-letter").prepare(records, batch)
+    return batch
+
+
+def row_facts(raw: bytes) -> FeedFacts | None:
+    """The message's ``feed_metadata`` row as catalog facts (None: set aside)."""
+    batch = stored(raw)
+    if not batch.feed_metadata:
+        assert batch.rejected == 1 and len(batch.outgoing) == 1
         return None
+    (row,) = batch.feed_metadata
     return FeedFacts(
-        snapshot.version,
-        snapshot.owner_department,
-        snapshot.kind,
-        snapshot.region,
-        snapshot.industry,
-        snapshot.sharing_class,
-    )
+        row["version"], row["owner_department"], row["kind"], row["region"], row["industry"],
+        row["sharing_class"],
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("raw", VALID.values(), ids=VALID.keys())
-def test_the_catalog_knows_a_feed_as_the_full_decoding_does(raw: bytes) -> None:
-    expected = full_facts(raw)
+def test_the_catalog_knows_a_feed_as_its_stored_row_does(raw: bytes) -> None:
+    expected = row_facts(raw)
     assert expected is not None
     catalog = FeedCatalog("unused:9092", "feed-metadata")
     assert catalog.apply(raw) is True
@@ -130,8 +146,8 @@ def test_the_catalog_knows_a_feed_as_the_full_decoding_does(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize("raw", INVALID.values(), ids=INVALID.keys())
-def test_the_catalog_refuses_what_the_full_decoding_refuses(raw: bytes) -> None:
-    assert full_facts(raw) is None
+def test_the_catalog_refuses_what_is_set_aside_from_the_rows(raw: bytes) -> None:
+    assert row_facts(raw) is None
     catalog = FeedCatalog("unused:9092", "feed-metadata")
     assert catalog.apply(raw) is False
     assert len(catalog) == 0
@@ -146,3 +162,27 @@ def test_an_older_state_never_replaces_a_newer_one() -> None:
     assert catalog.apply(message(changed(revision=6, owner="lz-psb")))
     facts = catalog.get(DOCUMENT["id"])
     assert facts is not None and (facts.version, facts.owner_department) == (6, "lz-psb")
+
+
+def test_a_row_keeps_the_feed_document_and_a_bad_message_goes_to_dead_letter() -> None:
+    retired = message(changed(retired=False, revision=9), type="feedgrid.feed.retired")
+    batch = stored(message(DOCUMENT), b"{not json", retired)
+    first, second = batch.feed_metadata
+    assert orjson.loads(first["document"]) == DOCUMENT  # every field, not only those read
+    assert first["feed_id"] == DOCUMENT["id"] and first["version"] == 2  # the revision
+    assert (first["event_type"], first["status"], first["retired"]) == (
+        "feed.status",
+        "online",
+        False,
+    )
+    assert (first["region"], first["industry"], first["sharing_class"]) == (
+        "620122", "00", "unconditional",
+    )  # fmt: skip
+    assert (first["longitude"], first["latitude"]) == (104.025788, 36.079384)
+    assert first["registered_at"].isoformat() == "2026-12-04T06:29:46.842600+00:00"
+    assert second["retired"] is True and second["version"] == 9  # retired by its type
+    (letter,) = batch.outgoing
+    assert batch.rejected == 1 and letter.topic == "dead-letter"
+    body = DeadLetter.model_validate_json(letter.value)
+    assert (body.offset, body.payload) == (1, "{not json")
+    assert body.reason.startswith("schema violation")
