@@ -239,11 +239,13 @@ class BatchPipeline:
     async def _store(self, batch: Batch) -> None:
         started = time.perf_counter()
         sink = self.sink
+        # A feed's new state before the events about it: a reader joining the two never sees
+        # an event of a feed feed_metadata does not know yet (of one batch).
+        await sink.write("feed_metadata", batch.feed_metadata)
         await sink.write_events("access_events", batch.access_columns)
         await sink.write("decisions", batch.decisions)
         await sink.write("grant_states", batch.grant_states)
         await sink.write("feed_status", batch.feed_status)
-        await sink.write("feed_metadata", batch.feed_metadata)
         await sink.write("alerts", [alert.to_row() for alert in batch.alerts])
         alerts = alert_messages(self.alerts_topic, batch.alerts)
         await self.publisher.publish([*alerts, *batch.outgoing])

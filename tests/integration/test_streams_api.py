@@ -165,6 +165,8 @@ async def test_api_events_arrive_enriched_and_silence_reaches_the_registry(
     )
     assert by_type["retrieval.ended"][6] == 7_654_321
     assert "grant.issued" in by_type
+    # the feed's rows come by the batch path too, maybe in a batch of their own
+    await wait_for_value(settings, "SELECT count() FROM feed_metadata FINAL", 1)
     assert query(settings, "SELECT feed_id, owner_department FROM feed_metadata FINAL") == [
         (feed_id, "lz-psb")
     ]
