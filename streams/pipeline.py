@@ -7,7 +7,8 @@ carry nearly every event, so they are read below it, by one aiokafka consumer in
 its own (``<prefix>worker-batch``), thousands of records per fetch:
 
 1. **cut** a batch when ``batch_size`` records or ``batch_max_bytes`` of messages are in, or
-   ``flush_seconds`` after the first;
+   ``flush_seconds`` after the first (a batch holds at most ``batch_max_bytes`` and one record:
+   what passes it waits for the next);
 2. **prepare** it (CPU only): each handler validates, enriches and judges its records into a
    :class:`streams.batch.Batch` (columns for ClickHouse, rows, alerts, outgoing messages);
 3. **store** it: ClickHouse first (one column-oriented block per table), then the outgoing
@@ -198,8 +199,7 @@ class BatchPipeline:
             if not (full or due or scan_due) or self._pending_restore:
                 await asyncio.sleep(0)  # a fetch that returned at once did not yield
                 continue
-            batch = self._prepare(self._buffer)
-            self._buffer, self._count, self._bytes = {}, 0, 0
+            batch = self._prepare(self._cut())
             if scan_due and self.scan is not None:
                 next_scan = now + self.tuning.liveness_scan_seconds
                 self.scan(self._liveness_clock(), batch)
@@ -208,6 +208,31 @@ class BatchPipeline:
             if batch.events or batch.feed_status or batch.outgoing or batch.alerts:
                 self._in_flight = asyncio.create_task(self._store(batch), name="stream-store")
             await asyncio.sleep(0)
+
+    def _cut(self) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        """The records of the next batch, taken from the buffer: all of them, or, when they
+        pass ``batch_max_bytes``, each partition's oldest up to that size (at least one
+        record); the rest waits for the next batch, in order."""
+        buffered, budget = self._buffer, self.tuning.batch_max_bytes
+        if self._bytes <= budget:
+            self._buffer, self._count, self._bytes = {}, 0, 0
+            return buffered
+        taken: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        rest: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        size = 0
+        for tp, records in buffered.items():
+            end = 0
+            while end < len(records) and size < budget:  # budget > 0: the first is taken
+                size += records[end].serialized_value_size
+                end += 1
+            if end:
+                taken[tp] = records[:end]
+            if end < len(records):
+                rest[tp] = records[end:]
+        self._buffer = rest
+        self._count = sum(len(records) for records in rest.values())
+        self._bytes -= size
+        return taken
 
     def _held_back(self) -> bool:
         """Twice a batch is buffered (state still being restored): fetch no more meanwhile."""
