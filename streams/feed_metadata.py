@@ -57,7 +57,7 @@ def metadata_row(event: FeedFieldsEvent, document: str) -> dict[str, Any]:
     }
 
 
-def document_of(raw: bytes) -> str:
+def document_of(raw: bytes | bytearray | memoryview) -> str:
     """The message's feed document as JSON text (the message was checked: it has one)."""
     return orjson.dumps(orjson.loads(raw)["data"]).decode()
 
@@ -80,5 +80,4 @@ class FeedMetadataHandler:
             except InvalidMessage as error:
                 batch.dead_letter(self.dead_letter_topic, record, error.reason)
                 continue
-            raw = record.value if isinstance(record.value, bytes) else bytes(record.value)
-            rows.append(metadata_row(event, document_of(raw)))
+            rows.append(metadata_row(event, document_of(record.value)))
