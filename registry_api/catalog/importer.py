@@ -12,6 +12,7 @@ Nothing here touches another department's rows: every lookup and write is by own
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -291,6 +292,45 @@ async def apply_items(
             }  # fmt: skip
             _plan_node(plan, platform_row, platform_node)
 
+    # Planning thousands of channels is pure CPU over the rows just read (a second for
+    # 10,000 here at worst): done on a worker thread, the loop keeps answering meanwhile.
+    retiring_nodes = await asyncio.to_thread(
+        _plan_items, plan, applied, describing=describing, deleting=deleting,
+        reporting=reporting, node_rows=node_rows, channel_rows=channel_rows,
+        platform_id=platform_id, options=options,
+    )  # fmt: skip
+
+    if complete:
+        listed = {item.device_id for item in items} | set(keep) | {platform_id}
+        absent = await _absent_nodes(session, department, platform_id, listed)
+        retiring_nodes += absent
+        absent_feeds = [row["feed_id"] for row in absent if row["feed_id"]]
+        for live in await _live_feeds(session, department, absent_feeds):
+            plan.feed_retirements.append(_retirement(live, now))
+
+    await write_plan(session, plan, retiring_nodes, now)
+    applied.retired = len(plan.feed_retirements)
+    applied.nodes_written = len(plan.node_inserts) + len(plan.node_updates)
+    applied.nodes_retired = len(retiring_nodes)
+    applied.rows = [*plan.feed_inserts, *plan.feed_updates, *plan.feed_retirements]
+    return applied
+
+
+def _plan_items(
+    plan: WritePlan,
+    applied: Applied,
+    *,
+    describing: Sequence[CatalogEntryItem],
+    deleting: Sequence[CatalogEntryItem],
+    reporting: Sequence[CatalogEntryItem],
+    node_rows: Mapping[str, Mapping[Any, Any]],
+    channel_rows: Mapping[str, Mapping[Any, Any]],
+    platform_id: str,
+    options: ImportOptions,
+) -> list[Mapping[Any, Any]]:
+    """The rows the items write, into ``plan`` and ``applied``; returns the catalog nodes
+    to retire. Touches no session: runs on a worker thread."""
+    department, now = plan.department, plan.now
     new_channels = sum(
         1 for item in describing if item.kind == "channel" and item.device_id not in channel_rows
     )
@@ -337,20 +377,7 @@ async def apply_items(
             continue
         applied.liveness.append((reported, LIVENESS_OF[item.event or ""]))
 
-    if complete:
-        listed = {item.device_id for item in items} | set(keep) | {platform_id}
-        absent = await _absent_nodes(session, department, platform_id, listed)
-        retiring_nodes += absent
-        absent_feeds = [row["feed_id"] for row in absent if row["feed_id"]]
-        for live in await _live_feeds(session, department, absent_feeds):
-            plan.feed_retirements.append(_retirement(live, now))
-
-    await write_plan(session, plan, retiring_nodes, now)
-    applied.retired = len(plan.feed_retirements)
-    applied.nodes_written = len(plan.node_inserts) + len(plan.node_updates)
-    applied.nodes_retired = len(retiring_nodes)
-    applied.rows = [*plan.feed_inserts, *plan.feed_updates, *plan.feed_retirements]
-    return applied
+    return retiring_nodes
 
 
 def _last_of_each(items: list[CatalogEntryItem]) -> list[CatalogEntryItem]:

@@ -3,14 +3,17 @@ retirements, in the caller's transaction (nothing is committed here)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, insert, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry_api.bulk_insert import prepare_insert
+from registry_api.bulk_insert import DriverInsert, prepare_insert
 from registry_api.catalog.models import catalog_nodes_table
 from registry_api.db import rows_matched
 from registry_api.driver_work import execute_insert
@@ -18,8 +21,8 @@ from registry_api.errors import Conflict
 from registry_api.feeds import sqlite_rows as sqlite_fast
 from registry_api.feeds.events import outbox_row
 from registry_api.feeds.models import feeds_table
-from registry_api.outbox.service import enqueue_many
-from schemas.events import EventType
+from registry_api.outbox.service import enqueue_prepared, prepare_enqueue
+from schemas.events import EventType, utcnow
 
 feeds = feeds_table
 nodes = catalog_nodes_table
@@ -39,26 +42,58 @@ class WritePlan:
         self.node_updates: list[dict[str, Any]] = []
 
 
-async def write_plan(
-    session: AsyncSession, plan: WritePlan, retiring_nodes: list[Mapping[Any, Any]], now: datetime
-) -> None:
+@dataclass
+class _Prepared:
+    """The inserts of a plan, encoded for the driver ahead of the writes (CPU only)."""
+
+    outbox: list[DriverInsert]
+    feeds: list[Any]  # chunks: encoded rows (SQLite's fast path) or the rows themselves
+    nodes: list[DriverInsert]
+
+
+def _prepare(plan: WritePlan, dialect: Dialect, created_at: datetime) -> _Prepared:
     events = [outbox_row(EventType.FEED_REGISTERED, row) for row in plan.feed_inserts]
     events += [outbox_row(EventType.FEED_UPDATED, row) for row in plan.feed_updates]
     events += [outbox_row(EventType.FEED_RETIRED, row) for row in plan.feed_retirements]
-    for begin in range(0, len(events), WRITE_CHUNK):
-        await enqueue_many(session, events[begin : begin + WRITE_CHUNK])
-    for begin in range(0, len(plan.feed_inserts), WRITE_CHUNK):
-        chunk = plan.feed_inserts[begin : begin + WRITE_CHUNK]
-        if sqlite_fast.is_sqlite(session):
-            await sqlite_fast.insert_rows(session, sqlite_fast.encode_rows(chunk))
+    feed_chunks = [
+        plan.feed_inserts[begin : begin + WRITE_CHUNK]
+        for begin in range(0, len(plan.feed_inserts), WRITE_CHUNK)
+    ]
+    return _Prepared(
+        outbox=[
+            prepare_enqueue(
+                events[begin : begin + WRITE_CHUNK], created_at=created_at, dialect=dialect
+            )
+            for begin in range(0, len(events), WRITE_CHUNK)
+        ],
+        feeds=[sqlite_fast.encode_rows(chunk) for chunk in feed_chunks]
+        if dialect.name == "sqlite"
+        else feed_chunks,
+        nodes=[
+            prepare_insert(nodes, plan.node_inserts[begin : begin + WRITE_CHUNK], dialect)
+            for begin in range(0, len(plan.node_inserts), WRITE_CHUNK)
+        ],
+    )
+
+
+async def write_plan(
+    session: AsyncSession, plan: WritePlan, retiring_nodes: list[Mapping[Any, Any]], now: datetime
+) -> None:
+    dialect = session.bind.dialect
+    # Encoding thousands of events and rows is pure CPU (a few hundred ms for 10,000
+    # channels): done on a worker thread, the loop keeps answering meanwhile.
+    prepared = await asyncio.to_thread(_prepare, plan, dialect, utcnow())
+    for outbox in prepared.outbox:
+        await enqueue_prepared(session, outbox)
+    for chunk in prepared.feeds:
+        if dialect.name == "sqlite":
+            await sqlite_fast.insert_rows(session, chunk)
         else:
             await session.execute(insert(feeds), chunk)
     await _update_feeds(session, plan.feed_updates)
     await _update_feeds(session, plan.feed_retirements)
-    dialect = session.bind.dialect
-    for begin in range(0, len(plan.node_inserts), WRITE_CHUNK):
-        chunk = plan.node_inserts[begin : begin + WRITE_CHUNK]
-        await execute_insert(session, prepare_insert(nodes, chunk, dialect))
+    for node_insert in prepared.nodes:
+        await execute_insert(session, node_insert)
     if plan.node_updates:
         names = [name for name in plan.node_updates[0] if name not in ("owner", "device_id")]
         statement = (

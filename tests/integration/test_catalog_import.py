@@ -322,11 +322,17 @@ async def test_a_large_catalog_imports_in_one_message_quickly(client: httpx.Asyn
 async def test_a_catalog_is_parsed_and_checked_off_the_event_loop(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Parsing and checking a platform's thousands of channels is pure CPU: on the event loop
-    it held every other request for up to a second; on a worker thread the loop answers."""
-    from registry_api.catalog import service
+    """Parsing, checking and planning a platform's thousands of channels is pure CPU, and so
+    is encoding their events and rows: on the event loop it held every other request for up
+    to a second; on a worker thread the loop answers."""
+    from registry_api.catalog import importer, service, writes
 
-    threads: dict[str, set[int]] = {"parse": set(), "classify": set()}
+    threads: dict[str, set[int]] = {
+        "parse": set(),
+        "classify": set(),
+        "plan": set(),
+        "encode": set(),
+    }
 
     def watched(name: str, work: Any) -> Any:
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -337,6 +343,8 @@ async def test_a_catalog_is_parsed_and_checked_off_the_event_loop(
 
     monkeypatch.setattr(service, "parse_catalog", watched("parse", service.parse_catalog))
     monkeypatch.setattr(service, "classify_items", watched("classify", service.classify_items))
+    monkeypatch.setattr(importer, "_plan_items", watched("plan", importer._plan_items))
+    monkeypatch.setattr(writes, "_prepare", watched("encode", writes._prepare))
     city = await build_city(client)
     gateway = city.as_(URBAN, "gateway")
     loop_thread = threading.get_ident()
@@ -344,8 +352,8 @@ async def test_a_catalog_is_parsed_and_checked_off_the_event_loop(
     assert answer["channels"]["created"] == 5
     part = await applied(client, fixture("answer_sn42_part1.xml"), gateway)
     assert part["state"] == "waiting"
-    assert threads["parse"] and threads["classify"], threads
-    assert loop_thread not in threads["parse"] | threads["classify"], threads
+    assert all(threads.values()), threads
+    assert loop_thread not in set.union(*threads.values()), threads
     # what it refuses is still refused with its reason, and nothing is written
     refused = await post_catalog(client, fixture("malformed.xml"), headers=gateway)
     assert (refused.status_code, refused.json()["code"]) == (422, "invalid_xml")
