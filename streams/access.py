@@ -22,7 +22,6 @@ from aiokafka.structs import ConsumerRecord
 from schemas.events import AccessEventData
 from streams.batch import Batch
 from streams.catalog import FeedCatalog, FeedFacts
-from streams.dead_letter import InvalidMessage
 from streams.decoding import AccessCloudEvent, decode_access_event
 from streams.grants import GrantBook
 from streams.live import LiveSessions, session_key
@@ -204,13 +203,9 @@ class AccessEventsHandler:
         columns = [batch.access_columns[name] for name in ACCESS_COLUMNS]
         appenders = [column.append for column in columns]
         opened: dict[str, list[FeedOpened]] = {}
-        for record in records:
+        for record, event in batch.decoded(records, decode_access_event, self.dead_letter_topic):
             try:
-                event = decode_access_event(record.value)
                 row = self._process(event, record, batch, opened)
-            except InvalidMessage as error:
-                batch.dead_letter(self.dead_letter_topic, record, error.reason)
-                continue
             except Exception as error:  # a bug on one event must not stop the stream
                 log.exception("access event at offset %s could not be processed", record.offset)
                 batch.dead_letter(self.dead_letter_topic, record, f"processing failed: {error!r}")

@@ -8,17 +8,18 @@ offsets it covers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
 
-from streams.dead_letter import DeadLetter
+from streams.dead_letter import DeadLetter, InvalidMessage
 from streams.publisher import Outgoing
 from streams.rules import RaisedAlert
 
 log = logging.getLogger("feedgrid.streams.batch")
+Message = TypeVar("Message")
 
 
 @dataclass
@@ -42,6 +43,22 @@ class Batch:
             Outgoing(topic, key, DeadLetter.from_message(record, reason).to_bytes())
         )
         self.rejected += 1
+
+    def decoded(
+        self,
+        records: Sequence[Any],
+        decode: Callable[[Any], Message],
+        dead_letter_topic: str,
+    ) -> Iterator[tuple[Any, Message]]:
+        """Each record with its decoded message, in order; a record whose message does not
+        decode (:class:`InvalidMessage`) goes to ``dead_letter_topic`` with its reason."""
+        for record in records:
+            try:
+                message = decode(record.value)
+            except InvalidMessage as error:
+                self.dead_letter(dead_letter_topic, record, error.reason)
+                continue
+            yield record, message
 
     @property
     def events(self) -> int:

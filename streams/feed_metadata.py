@@ -22,7 +22,6 @@ import orjson
 from aiokafka.structs import ConsumerRecord
 
 from streams.batch import Batch
-from streams.dead_letter import InvalidMessage
 from streams.decoding import decode_feed_fields
 from streams.feeds import FeedFieldsEvent, point_of, region_and_industry, sharing_class_of
 
@@ -74,10 +73,5 @@ class FeedMetadataHandler:
 
     def prepare(self, records: Sequence[ConsumerRecord[Any, Any]], batch: Batch) -> None:
         rows = batch.feed_metadata
-        for record in records:
-            try:
-                event = decode_feed_fields(record.value)
-            except InvalidMessage as error:
-                batch.dead_letter(self.dead_letter_topic, record, error.reason)
-                continue
+        for record, event in batch.decoded(records, decode_feed_fields, self.dead_letter_topic):
             rows.append(metadata_row(event, document_of(record.value)))

@@ -36,7 +36,6 @@ from schemas.events import (
 )
 from streams.batch import Batch
 from streams.catalog import FeedCatalog
-from streams.dead_letter import InvalidMessage
 from streams.decoding import decode_heartbeat
 from streams.grants import GrantBook
 from streams.publisher import Outgoing
@@ -128,12 +127,7 @@ class LivenessHandler:
         now = time.time()
         if records:
             self.newest_read = max(self.newest_read, max(r.timestamp for r in records) / 1000)
-        for record in records:
-            try:
-                heartbeat = decode_heartbeat(record.value)
-            except InvalidMessage as error:
-                batch.dead_letter(self.dead_letter_topic, record, error.reason)
-                continue
+        for _, heartbeat in batch.decoded(records, decode_heartbeat, self.dead_letter_topic):
             data = heartbeat.data
             self.observe(data.feed_id, data.status, data.seen_at.timestamp(), now, batch)
 
