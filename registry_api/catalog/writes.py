@@ -47,48 +47,44 @@ class _Prepared:
     """The inserts of a plan, encoded for the driver ahead of the writes (CPU only)."""
 
     outbox: list[DriverInsert]
-    feeds: list[Any]  # chunks: encoded rows (SQLite's fast path) or the rows themselves
+    sqlite_feeds: list[list[tuple[Any, ...]]] | None  # SQLite's fast path, else None
     nodes: list[DriverInsert]
+
+
+def _chunks(rows: list[Any]) -> list[list[Any]]:
+    return [rows[begin : begin + WRITE_CHUNK] for begin in range(0, len(rows), WRITE_CHUNK)]
 
 
 def _prepare(plan: WritePlan, dialect: Dialect, created_at: datetime) -> _Prepared:
     events = [outbox_row(EventType.FEED_REGISTERED, row) for row in plan.feed_inserts]
     events += [outbox_row(EventType.FEED_UPDATED, row) for row in plan.feed_updates]
     events += [outbox_row(EventType.FEED_RETIRED, row) for row in plan.feed_retirements]
-    feed_chunks = [
-        plan.feed_inserts[begin : begin + WRITE_CHUNK]
-        for begin in range(0, len(plan.feed_inserts), WRITE_CHUNK)
-    ]
+    sqlite = dialect.name == "sqlite"
     return _Prepared(
         outbox=[
-            prepare_enqueue(
-                events[begin : begin + WRITE_CHUNK], created_at=created_at, dialect=dialect
-            )
-            for begin in range(0, len(events), WRITE_CHUNK)
+            prepare_enqueue(chunk, created_at=created_at, dialect=dialect)
+            for chunk in _chunks(events)
         ],
-        feeds=[sqlite_fast.encode_rows(chunk) for chunk in feed_chunks]
-        if dialect.name == "sqlite"
-        else feed_chunks,
-        nodes=[
-            prepare_insert(nodes, plan.node_inserts[begin : begin + WRITE_CHUNK], dialect)
-            for begin in range(0, len(plan.node_inserts), WRITE_CHUNK)
-        ],
+        sqlite_feeds=[sqlite_fast.encode_rows(chunk) for chunk in _chunks(plan.feed_inserts)]
+        if sqlite
+        else None,
+        nodes=[prepare_insert(nodes, chunk, dialect) for chunk in _chunks(plan.node_inserts)],
     )
 
 
 async def write_plan(
     session: AsyncSession, plan: WritePlan, retiring_nodes: list[Mapping[Any, Any]], now: datetime
 ) -> None:
-    dialect = session.bind.dialect
     # Encoding thousands of events and rows is pure CPU (a few hundred ms for 10,000
     # channels): done on a worker thread, the loop keeps answering meanwhile.
-    prepared = await asyncio.to_thread(_prepare, plan, dialect, utcnow())
+    prepared = await asyncio.to_thread(_prepare, plan, session.bind.dialect, utcnow())
     for outbox in prepared.outbox:
         await enqueue_prepared(session, outbox)
-    for chunk in prepared.feeds:
-        if dialect.name == "sqlite":
-            await sqlite_fast.insert_rows(session, chunk)
-        else:
+    if prepared.sqlite_feeds is not None:
+        for encoded in prepared.sqlite_feeds:
+            await sqlite_fast.insert_rows(session, encoded)
+    else:
+        for chunk in _chunks(plan.feed_inserts):
             await session.execute(insert(feeds), chunk)
     await _update_feeds(session, plan.feed_updates)
     await _update_feeds(session, plan.feed_retirements)
@@ -138,8 +134,7 @@ async def _update_feeds(session: AsyncSession, rows: list[dict[str, Any]]) -> No
         .where(and_(feeds.c.id == bindparam("b_id"), feeds.c.version == bindparam("b_expected")))
         .values({name: bindparam(f"b_{name}") for name in names})
     )
-    for begin in range(0, len(rows), WRITE_CHUNK):
-        chunk = rows[begin : begin + WRITE_CHUNK]
+    for chunk in _chunks(rows):
         parameters = [
             {
                 "b_id": row["id"],
