@@ -27,10 +27,11 @@ from prometheus_client import Counter, Gauge
 
 from infra.kafka_admin import topic_partitions
 from registry_api.feeds.index.adapter import record_from_document
-from registry_api.feeds.index.records import FeedRecord, Vocabulary
+from registry_api.feeds.index.records import FeedRecord
 from registry_api.feeds.liveness import read_liveness
 from registry_api.feeds.rendered import render_documents
 from registry_api.feeds.spatial import FeedIndex
+from schemas.events import EventType
 from schemas.settings import Settings
 from schemas.topics import FEED_METADATA, FEED_STATUS, topic_name
 
@@ -130,7 +131,7 @@ class IndexFollower:
                     _fold_seen(seen, messages)
                     continue
                 for message in messages:
-                    parsed = _parse(message.value, self.index.owners)
+                    parsed = _parse(message.value, self.index)
                     if parsed is None:
                         UNREADABLE.inc()
                         continue
@@ -158,13 +159,20 @@ def _fold_seen(seen: dict[str, datetime], messages: list[Any]) -> None:
             seen[liveness.feed_id] = liveness.last_seen
 
 
-def _parse(value: bytes | None, owners: Vocabulary) -> tuple[FeedRecord, bytes] | None:
-    """The index record and rendering of the feed an event carries, or None if unreadable."""
+def _parse(value: bytes | None, index: FeedIndex) -> tuple[FeedRecord, bytes] | None:
+    """The index record and rendering of the feed an event carries, or None if unreadable. A
+    status change (the storm of a city coming online) is spliced into the rendering of the
+    revision before when the index has it, rather than rendered again."""
     if not value:
         return None
     try:
         envelope: dict[str, Any] = orjson.loads(value)
         document: dict[str, Any] = envelope["data"]
-        return record_from_document(document), render_documents([document], owners)[0]
+        rendering = None
+        if envelope["type"] == EventType.FEED_STATUS:
+            rendering = index.status_rendering(document)
+        if rendering is None:
+            rendering = render_documents([document], index.owners)[0]
+        return record_from_document(document), rendering
     except Exception:  # a malformed event must not stop the replica from following
         return None

@@ -481,7 +481,7 @@ class LivenessApplier:
         # what the UPDATE did to last_seen, then the new revisions of the changed feeds
         self.index.rendered.saw(batch.seen)
         if changed:
-            self.index.apply_documents(changed)
+            self.index.apply_status_changes(changed)
         if changed and self.on_written is not None:
             self.on_written()  # outbox rows to relay
         TRANSITIONS.inc(len(changed))

@@ -58,7 +58,13 @@ from registry_api.feeds.index.queries import (
 )
 from registry_api.feeds.index.records import FeedRecord, Vocabulary
 from registry_api.feeds.index.snapshot import Snapshot, merge_columns, merge_snapshot
-from registry_api.feeds.rendered import RenderedFeeds, Staged, render_documents, render_rows
+from registry_api.feeds.rendered import (
+    RenderedFeeds,
+    Staged,
+    render_documents,
+    render_rows,
+    status_changed,
+)
 
 log = logging.getLogger("feedgrid.feeds.index")
 
@@ -250,6 +256,24 @@ class FeedIndex:
             [record_from_document(document) for document in documents],
             render_documents(documents, self.owners),
         )
+
+    def apply_status_changes(self, documents: Sequence[Mapping[Any, Any]]) -> None:
+        """Applies ``feed.status`` documents (status, revision and ``last_seen`` changed, nothing
+        else): a feed whose stored rendering is of the revision just before gets it spliced
+        (``rendered.status_changed``), the others are rendered in full."""
+        patched = [self.status_rendering(document) for document in documents]
+        unpatched = [documents[i] for i, rendering in enumerate(patched) if rendering is None]
+        rendered = iter(render_documents(unpatched, self.owners))
+        self.apply(
+            [record_from_document(document) for document in documents],
+            [next(rendered) if rendering is None else rendering for rendering in patched],
+        )
+
+    def status_rendering(self, document: Mapping[Any, Any]) -> bytes | None:
+        """A ``feed.status`` document's rendering spliced from the stored one, when that is of
+        the revision just before (``rendered.status_changed``); None otherwise."""
+        stored = self.rendered.get(document["id"])
+        return None if stored is None else status_changed(stored, document)
 
     def apply_event(self, event_data: Mapping[Any, Any]) -> None:
         """Applies one feed-metadata event (the scale-mode follower's entry point)."""
