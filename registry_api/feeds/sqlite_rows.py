@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -31,8 +32,11 @@ def is_sqlite(session: AsyncSession) -> bool:
     return session.bind.dialect.name == "sqlite"
 
 
+@lru_cache(maxsize=4096)
 def sqlite_time(value: datetime) -> str:
-    """The text SQLAlchemy's SQLite DATETIME stores for a UTC time."""
+    """The text SQLAlchemy's SQLite DATETIME stores for a UTC time. Cached: the liveness
+    applier formats every reported feed's ``last_seen``, and the reports of one heartbeat
+    request share its time (a miss costs ~3 us, a hit ~0.1 us)."""
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
