@@ -14,10 +14,18 @@ State lives in memory for the feeds of this worker's heartbeat partitions; after
 rebalance it is read back from ``feed_status`` (the latest transition of each feed), and the
 scan waits one silence period, so feeds are not declared offline before their heartbeats had a
 chance to arrive.
+
+The scan does not read every feed's state: each online feed is filed under the whole second of
+a sighting (when it comes online), and the scan takes the seconds the silence has run out for.
+A feed seen again since is filed anew under its last sighting; the others go offline. A report
+files nothing, and a feed is looked at about once per silence period. (Reading all the states
+every second cost ~6 ms of the GIL a second per 56,000 feeds, beside the API in the all-in-one
+process: a tenth of a core at 1,000,000.)
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 import uuid
@@ -47,8 +55,8 @@ AGENT_NAME = "heartbeats"
 TRANSITION_NAMESPACE = uuid.UUID("0b8f5c43-93a4-4c1e-b2a4-3f5d1f0d2c77")
 LIVENESS_SOURCE = "/feedgrid/streams"
 
-# Per feed: [status, last_seen, changed_at, last_published_seen]
-_STATUS, _SEEN, _CHANGED, _PUBLISHED = range(4)
+# Per feed: [status, last_seen, changed_at, last_published_seen, the second it is filed under]
+_STATUS, _SEEN, _CHANGED, _PUBLISHED, _FILED = range(5)
 
 
 def _moment(epoch: float) -> datetime:
@@ -117,6 +125,10 @@ class LivenessHandler:
         self.status_topic = status_topic
         self.dead_letter_topic = dead_letter_topic
         self.state: dict[str, list[Any]] = {}
+        # Online feeds by the second they are filed under (see the module's doc), and those
+        # seconds in a heap, oldest first.
+        self._due: dict[int, list[str]] = {}
+        self._due_seconds: list[int] = []
         self.started_at = time.time()
         # Broker time of the newest report read: the scan's clock while reading behind.
         self.newest_read = time.time()
@@ -134,7 +146,7 @@ class LivenessHandler:
     def observe(self, feed_id: str, status: str, seen: float, now: float, batch: Batch) -> None:
         state = self.state.get(feed_id)
         if state is None:
-            state = self.state[feed_id] = ["unknown", None, 0.0, 0.0]
+            state = self.state[feed_id] = ["unknown", None, 0.0, 0.0, None]
         last_seen = state[_SEEN]
         if last_seen is not None and seen < last_seen:
             return  # out of order: a newer sighting is known
@@ -169,17 +181,38 @@ class LivenessHandler:
         if now - self.started_at < self.silence:
             return 0
         horizon = now - self.silence
-        silent = [
-            (feed_id, state)
-            for feed_id, state in self.state.items()
-            if state[_STATUS] == "online" and state[_SEEN] is not None and state[_SEEN] <= horizon
-        ]
-        for feed_id, state in silent:
-            last_seen = state[_SEEN]
-            self._transition(
-                feed_id, state, "offline", last_seen + self.silence, last_seen, "silence", batch
-            )
-        return len(silent)
+        silent = 0
+        seen_since: list[tuple[str, list[Any]]] = []
+        seconds = self._due_seconds
+        while seconds and seconds[0] <= horizon:
+            second = heapq.heappop(seconds)
+            for feed_id in self._due.pop(second):
+                state = self.state.get(feed_id)
+                if state is None or state[_FILED] != second:
+                    continue  # gone, or filed anew since (this entry is stale)
+                state[_FILED] = None
+                if state[_STATUS] != "online":
+                    continue
+                last_seen = state[_SEEN]
+                if last_seen > horizon:
+                    seen_since.append((feed_id, state))
+                    continue
+                self._transition(
+                    feed_id, state, "offline", last_seen + self.silence, last_seen, "silence", batch
+                )
+                silent += 1
+        for feed_id, state in seen_since:
+            self._file(feed_id, state)
+        return silent
+
+    def _file(self, feed_id: str, state: list[Any]) -> None:
+        """Files an online feed under the second of its last sighting, for the scan."""
+        second = state[_FILED] = int(state[_SEEN])
+        filed = self._due.get(second)
+        if filed is None:
+            filed = self._due[second] = []
+            heapq.heappush(self._due_seconds, second)
+        filed.append(feed_id)
 
     # ------------------------------------------------------------------ effects
 
@@ -233,6 +266,8 @@ class LivenessHandler:
         state[_SEEN] = last_seen if last_seen is not None else state[_SEEN]
         state[_CHANGED] = changed_at
         state[_PUBLISHED] = last_seen or 0.0
+        if status == "online" and state[_SEEN] is not None:
+            self._file(feed_id, state)
 
     # ------------------------------------------------------------------ restart
 
@@ -248,10 +283,12 @@ class LivenessHandler:
             .result_rows
         )
         state: dict[str, list[Any]] = {}
+        self.state, self._due, self._due_seconds = state, {}, []
         for feed_id, status, changed_at, last_seen in rows:
             if owns(feed_id):
                 seen = float(last_seen) if last_seen is not None else None
-                state[feed_id] = [status, seen, float(changed_at), seen or 0.0]
-        self.state = state
+                state[feed_id] = [status, seen, float(changed_at), seen or 0.0, None]
+                if status == "online" and seen is not None:
+                    self._file(feed_id, state[feed_id])
         self.started_at = self.newest_read = time.time()
         return len(state)
