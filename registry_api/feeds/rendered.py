@@ -204,8 +204,8 @@ def status_changed(stored: bytes, document: Mapping[str, Any]) -> bytes | None:
     seen_end = HEADER_SIZE + entry.seen_end
     status_at = stored.rfind(_STATUS_KEY, HEADER_SIZE, seen_key)
     revision_at = stored.find(_REVISION_KEY, seen_end)
-    if status_at < 0 or revision_at < 0:
-        raise RenderingError(f"cannot locate the status of feed {document['id']!r}")
+    if status_at < 0 or revision_at < 0:  # not where event_data puts them: render it anew
+        return None
     status_value = status_at + len(_STATUS_KEY)
     revision_value = revision_at + len(_REVISION_KEY)
     status = orjson.dumps(document["status"])
