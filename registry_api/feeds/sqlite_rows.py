@@ -49,7 +49,6 @@ def rfc3339_from_sqlite(stored: str) -> str:
 
 def encode_rows(rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """Column values (as ``content_values`` and friends build them) as driver parameters."""
-    times: dict[datetime, str] = {}
     encoded = []
     for values in rows:
         row = list(_values_in_column_order(values))
@@ -57,12 +56,8 @@ def encode_rows(rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
             if row[position] is not None:
                 row[position] = orjson.dumps(row[position]).decode()
         for position in _TIME:
-            moment = row[position]
-            if moment is not None:
-                text = times.get(moment)
-                if text is None:
-                    text = times[moment] = sqlite_time(moment)
-                row[position] = text
+            if row[position] is not None:
+                row[position] = sqlite_time(row[position])  # cached: an import shares its times
         encoded.append(tuple(row))
     return encoded
 
