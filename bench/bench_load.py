@@ -22,7 +22,13 @@ For each kind, in one run:
    p99 latency there;
 3. when that p99 is over the budget: open-loop probes at lower rates (3/4, 1/2, 1/4, 1/8 of
    that throughput; latency counted from when each request was due) until one keeps the p99
-   within budget. The figure is the highest rate that did.
+   within budget. The figure is the highest rate that did. A probe over budget while feeds
+   changed status (the demo's devices going dark or coming back, work that takes the process
+   from the load for a second or two) is measured once more, and the second measure counts.
+
+Every step records what the server did beside the load during it (``background``: feed status
+changes and last_seen updates applied, events relayed, rows sunk), so a figure that moved
+between runs says whether the demo city's own traffic moved it.
 
 Kinds: ``search_near`` (near 500 m, pages of 100, 16 connections), ``search_sees`` (pages of
 20, 16 connections), ``access_request`` (a ``near`` selection of about 100 feeds, 8
@@ -75,6 +81,7 @@ REQUEST_TIMEOUT = 30.0
 PURPOSE_FALLBACK = "city management"
 SERVER_CORE, GENERATOR_CORE = 0, 1
 PROBE_FRACTIONS = (0.75, 0.5, 0.25, 0.125)
+STEP_FIGURES = ("rate", "p50_ms", "p99_ms", "count", "background")  # reported of each step
 HOOK_RATE = 2_000.0
 HEARTBEAT_BATCH = 100
 ACCESS_SELECTION = 100
@@ -275,13 +282,29 @@ class FeedGridUp:
             "feedgrid_hook_events_dropped_total": "hook_events_dropped",
             "feedgrid_sink_errors_total": "sink_insert_errors",
         }
-        totals = dict.fromkeys(wanted.values(), 0.0)
-        text = httpx.get(f"{self.url}/metrics", timeout=30).text
-        for line in text.splitlines():
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in wanted:
-                totals[wanted[name]] += float(line.rsplit(" ", 1)[1])
-        return totals
+        return _metric_totals(httpx.get(f"{self.url}/metrics", timeout=30).text, wanted)
+
+    def background(self) -> dict[str, float]:
+        """Counters of the work the server does beside the load (the demo's gateways and
+        devices): feed status changes applied, last_seen updates, events relayed and rows
+        sunk. Read before and after each step, so each figure says what ran beside it."""
+        wanted = {
+            "feedgrid_liveness_transitions_applied_total": "status_transitions",
+            "feedgrid_liveness_seen_applied_total": "last_seen_updates",
+            "feedgrid_outbox_relayed_total": "outbox_events_relayed",
+            "feedgrid_sink_rows_total": "sink_rows_written",
+        }
+        return _metric_totals(httpx.get(f"{self.url}/metrics", timeout=30).text, wanted)
+
+
+def _metric_totals(text: str, wanted: dict[str, str]) -> dict[str, float]:
+    """Sums of the wanted Prometheus series (every label set), under the wanted names."""
+    totals = dict.fromkeys(wanted.values(), 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in wanted:
+            totals[wanted[name]] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 # ------------------------------------------------------------------------------ the world
@@ -694,13 +717,26 @@ def wait_until_settled(server: FeedGridUp, deadline_s: float = 120.0) -> float |
 
 
 def measure_kind(
-    generator: Generator, kind: Kind, duration: float
+    generator: Generator, server: FeedGridUp, kind: Kind, duration: float
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """(/healthz beside it, the closed loop, the sustained step, every probe) of one kind."""
+    """(/healthz beside it, the closed loop, the sustained step, every probe) of one kind.
+
+    Each step records the server's background work during it (:meth:`FeedGridUp.background`).
+    A probe over budget while feeds changed status (the demo's devices going dark or coming
+    back: a burst of the worker's and the applier's work that takes the process from the
+    load for a second or two) is measured once more, and the second measure counts; both are
+    reported with what ran beside them."""
+
+    def step(requests: str, rate: float | None, expected: int) -> dict[str, Any]:
+        before = server.background()
+        result = generator.step(requests, kind.connections, duration, expected, rate)
+        after = server.background()
+        return {**result, "background": {key: after[key] - before[key] for key in after}}
+
     console.print(f"{kind.name}: /healthz at {kind.connections} connections")
-    healthz = generator.step("healthz", kind.connections, duration, 200, None)
+    healthz = step("healthz", None, 200)
     console.print(f"{kind.name}: closed loop at {kind.connections} connections")
-    closed = generator.step(kind.name, kind.connections, duration, kind.expected_status, None)
+    closed = step(kind.name, None, kind.expected_status)
     probes: list[dict[str, Any]] = []
     sustained = closed
     if closed["p99_ms"] > kind.budget_ms:
@@ -708,14 +744,26 @@ def measure_kind(
         for fraction in PROBE_FRACTIONS:
             rate = max(1.0, closed["rate"] * fraction)
             console.print(f"{kind.name}: open loop at {rate:.0f}/s")
-            probe = generator.step(
-                kind.name, kind.connections, duration, kind.expected_status, rate
-            )
-            probes.append({"offered": round(rate, 1), **probe})
-            if probe["p99_ms"] <= kind.budget_ms and probe["unsent"] == 0:
+            probe = {"offered": round(rate, 1), **step(kind.name, rate, kind.expected_status)}
+            probes.append(probe)
+            if not _within(probe, kind) and probe["background"]["status_transitions"] > 0:
+                console.print(
+                    f"{kind.name}: {probe['background']['status_transitions']:.0f} status "
+                    f"changes beside that probe; measuring it again at {rate:.0f}/s"
+                )
+                probe = {
+                    "offered": round(rate, 1), "repeat": True,
+                    **step(kind.name, rate, kind.expected_status),
+                }  # fmt: skip
+                probes.append(probe)
+            if _within(probe, kind):
                 sustained = probe
                 break
     return healthz, closed, sustained, probes
+
+
+def _within(probe: dict[str, Any], kind: Kind) -> bool:
+    return bool(probe["p99_ms"] <= kind.budget_ms and probe["unsent"] == 0)
 
 
 def report_kind(
@@ -742,10 +790,13 @@ def report_kind(
         target=", ".join(goals) + f" at {kind.connections} connections",
         met=bool(met and errors == 0), note=kind.note,
         p50_ms=sustained["p50_ms"], p99_ms=sustained["p99_ms"], requests=sustained["count"],
-        closed_loop={key: closed[key] for key in ("rate", "p50_ms", "p95_ms", "p99_ms", "count")},
-        healthz={key: healthz[key] for key in ("rate", "p50_ms", "p99_ms", "count")},
+        closed_loop={key: closed[key] for key in (*STEP_FIGURES, "p95_ms")},
+        healthz={key: healthz[key] for key in STEP_FIGURES},
+        background=sustained["background"],
         probes=[
-            {key: probe[key] for key in ("offered", "rate", "p99_ms", "unsent")} for probe in probes
+            {key: probe[key] for key in ("offered", "rate", "p99_ms", "unsent", "background")}
+            | ({"repeat": True} if probe.get("repeat") else {})
+            for probe in probes
         ],
         **context,
     )  # fmt: skip
@@ -832,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"settling (the tokens' access requests): {wait_until_settled(server)} s")
         rss_before = server.memory_mib()[0]
         for kind in kinds:
-            healthz, closed, sustained, probes = measure_kind(generator, kind, duration)
+            healthz, closed, sustained, probes = measure_kind(generator, server, kind, duration)
             report_kind(kind, healthz, closed, sustained, probes, context)
             if kind.name == "hook_check":
                 hook_rate_check(generator, duration, HOOK_RATE)

@@ -53,6 +53,14 @@ def run_quick_report(benchmarks: list[str], out: Path, kafka_bootstrap: str) -> 
     return json.loads((out / "latest.json").read_text())  # type: ignore[no-any-return]
 
 
+BACKGROUND = {
+    "status_transitions",
+    "last_seen_updates",
+    "outbox_events_relayed",
+    "sink_rows_written",
+}
+
+
 def test_quick_load_report_has_every_kind_beside_healthz_and_no_failed_request(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -78,6 +86,13 @@ def test_quick_load_report_has_every_kind_beside_healthz_and_no_failed_request(
         # Not a timing: under load no request may fail (a 5xx, a refused check, a timeout)
         errors = figures[f"load_{kind}_errors"]
         assert errors["value"] == 0 and errors["rate_limited_429"] == 0, errors
+        # each step says what the server did beside the load (the demo's own traffic)
+        for step in [throughput["closed_loop"], throughput["healthz"], *throughput["probes"]]:
+            assert set(step["background"]) == BACKGROUND, step
+            assert min(step["background"].values()) >= 0, step
+    # an access request's events are relayed while the requests run: the counters are read
+    relayed = figures["load_access_request_throughput"]["closed_loop"]["background"]
+    assert relayed["outbox_events_relayed"] > 0, relayed
     memory = figures["load_api_process_rss"]
     assert memory["value"] > 0 and memory["baseline_value"] > 0
     table = (tmp_path / "latest.md").read_text()
