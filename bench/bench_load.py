@@ -81,6 +81,29 @@ REQUEST_TIMEOUT = 30.0
 PURPOSE_FALLBACK = "city management"
 SERVER_CORE, GENERATOR_CORE = 0, 1
 PROBE_FRACTIONS = (0.75, 0.5, 0.25, 0.125)
+# The server's counters read (Prometheus name: name in the report). The pipeline's (the relay,
+# the hook-event writer, the sink) show when the work a kind left behind is done; the
+# background's show what the server did beside a step's load (the demo's gateways and devices).
+COUNTERS = {
+    "feedgrid_outbox_relayed_total": "outbox_events_relayed",
+    "feedgrid_sink_rows_total": "sink_rows_written",
+    "feedgrid_hook_events_dropped_total": "hook_events_dropped",
+    "feedgrid_sink_errors_total": "sink_insert_errors",
+    "feedgrid_liveness_transitions_applied_total": "status_transitions",
+    "feedgrid_liveness_seen_applied_total": "last_seen_updates",
+}
+PIPELINE = (
+    "outbox_events_relayed",
+    "sink_rows_written",
+    "hook_events_dropped",
+    "sink_insert_errors",
+)
+BACKGROUND = (
+    "status_transitions",
+    "last_seen_updates",
+    "outbox_events_relayed",
+    "sink_rows_written",
+)
 STEP_FIGURES = ("rate", "p50_ms", "p99_ms", "count", "background")  # reported of each step
 HOOK_RATE = 2_000.0
 HEARTBEAT_BATCH = 100
@@ -274,37 +297,14 @@ class FeedGridUp:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def pipeline_counters(self) -> dict[str, float]:
-        """Counters of the relay, the hook-event writer and the embedded worker's sink."""
-        wanted = {
-            "feedgrid_outbox_relayed_total": "outbox_events_relayed",
-            "feedgrid_sink_rows_total": "sink_rows_written",
-            "feedgrid_hook_events_dropped_total": "hook_events_dropped",
-            "feedgrid_sink_errors_total": "sink_insert_errors",
-        }
-        return _metric_totals(httpx.get(f"{self.url}/metrics", timeout=30).text, wanted)
-
-    def background(self) -> dict[str, float]:
-        """Counters of the work the server does beside the load (the demo's gateways and
-        devices): feed status changes applied, last_seen updates, events relayed and rows
-        sunk. Read before and after each step, so each figure says what ran beside it."""
-        wanted = {
-            "feedgrid_liveness_transitions_applied_total": "status_transitions",
-            "feedgrid_liveness_seen_applied_total": "last_seen_updates",
-            "feedgrid_outbox_relayed_total": "outbox_events_relayed",
-            "feedgrid_sink_rows_total": "sink_rows_written",
-        }
-        return _metric_totals(httpx.get(f"{self.url}/metrics", timeout=30).text, wanted)
-
-
-def _metric_totals(text: str, wanted: dict[str, str]) -> dict[str, float]:
-    """Sums of the wanted Prometheus series (every label set), under the wanted names."""
-    totals = dict.fromkeys(wanted.values(), 0.0)
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in wanted:
-            totals[wanted[name]] += float(line.rsplit(" ", 1)[1])
-    return totals
+    def counters(self, names: tuple[str, ...]) -> dict[str, float]:
+        """The server's counters of these names (:data:`COUNTERS`), summed over labels."""
+        totals = dict.fromkeys(names, 0.0)
+        for line in httpx.get(f"{self.url}/metrics", timeout=30).text.splitlines():
+            name = COUNTERS.get(line.split("{", 1)[0].split(" ", 1)[0])
+            if name in totals:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+        return totals
 
 
 # ------------------------------------------------------------------------------ the world
@@ -705,10 +705,10 @@ def wait_until_settled(server: FeedGridUp, deadline_s: float = 120.0) -> float |
     """Seconds until the relay and the sink stop moving (3 s unchanged): the work a kind left
     behind must not weigh on the next one."""
     started = time.monotonic()
-    previous, still_since = server.pipeline_counters(), time.monotonic()
+    previous, still_since = server.counters(PIPELINE), time.monotonic()
     while time.monotonic() - started < deadline_s:
         time.sleep(0.5)
-        now = server.pipeline_counters()
+        now = server.counters(PIPELINE)
         if now != previous:
             previous, still_since = now, time.monotonic()
         elif time.monotonic() - still_since >= 3.0:
@@ -721,16 +721,16 @@ def measure_kind(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """(/healthz beside it, the closed loop, the sustained step, every probe) of one kind.
 
-    Each step records the server's background work during it (:meth:`FeedGridUp.background`).
+    Each step records the server's background work during it (:data:`BACKGROUND`).
     A probe over budget while feeds changed status (the demo's devices going dark or coming
     back: a burst of the worker's and the applier's work that takes the process from the
     load for a second or two) is measured once more, and the second measure counts; both are
     reported with what ran beside them."""
 
     def step(requests: str, rate: float | None, expected: int) -> dict[str, Any]:
-        before = server.background()
+        before = server.counters(BACKGROUND)
         result = generator.step(requests, kind.connections, duration, expected, rate)
-        after = server.background()
+        after = server.counters(BACKGROUND)
         return {**result, "background": {key: after[key] - before[key] for key in after}}
 
     console.print(f"{kind.name}: /healthz at {kind.connections} connections")
