@@ -90,6 +90,8 @@ def test_quick_load_report_has_every_kind_beside_healthz_and_no_failed_request(
         for step in [throughput["closed_loop"], throughput["healthz"], *throughput["probes"]]:
             assert set(step["background"]) == BACKGROUND, step
             assert min(step["background"].values()) >= 0, step
+        # each probe started once the pipeline settled (seconds, or None past the deadline)
+        assert all("settled_s" in probe for probe in throughput["probes"]), throughput
     # an access request's events are relayed while the requests run: the counters are read
     relayed = figures["load_access_request_throughput"]["closed_loop"]["background"]
     assert relayed["outbox_events_relayed"] > 0, relayed
