@@ -106,6 +106,8 @@ BACKGROUND = (
     "sink_rows_written",
 )
 STEP_FIGURES = ("rate", "p50_ms", "p99_ms", "count", "background")  # reported of each step
+# and of each probe ("repeat" only on a probe measured again)
+PROBE_FIGURES = ("offered", "repeat", "settled_s", "rate", "p99_ms", "unsent", "background")
 HOOK_RATE = 2_000.0
 HEARTBEAT_BATCH = 100
 ACCESS_SELECTION = 100
@@ -799,13 +801,7 @@ def report_kind(
         healthz={key: healthz[key] for key in STEP_FIGURES},
         background=sustained["background"],
         probes=[
-            {
-                key: probe[key]
-                for key in ("offered", "settled_s", "rate", "p99_ms", "unsent", "background")
-                if key in probe
-            }
-            | ({"repeat": True} if probe.get("repeat") else {})
-            for probe in probes
+            {key: probe[key] for key in PROBE_FIGURES if key in probe} for probe in probes
         ],
         **context,
     )  # fmt: skip
