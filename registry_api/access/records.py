@@ -13,8 +13,8 @@ from registry_api.access.models import AccessRequest, AccessRequestFeed, Grant, 
 from registry_api.access.policy import (
     PolicyDecision,
 )
-from registry_api.audit.service import AccessEvent, EncodedAccessEvent, new_event_id
-from schemas.events import AccessEventData, EventType
+from registry_api.audit.service import AccessEvent, EncodedAccessEvent
+from schemas.events import AccessEventData, EventType, new_event_id
 
 
 class TABLES:

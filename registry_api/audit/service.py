@@ -8,9 +8,6 @@ events with the same ids.
 from __future__ import annotations
 
 import asyncio
-import os
-import random
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,13 +29,14 @@ from registry_api.driver_work import (
     run_driver_work,
     update_statement,
 )
-from registry_api.outbox.service import enqueue_prepared, prepare_encoded
+from registry_api.outbox.service import enqueue_prepared, prepare_enqueue
 from schemas.access import AuditEntryOut, AuditPage, AuditVerification
 from schemas.events import (
     SCHEMA_ACCESS_EVENT_V1,
     AccessEventData,
     EventType,
     encode_cloud_event,
+    new_event_id,
     utcnow,
 )
 from schemas.topics import ACCESS_EVENTS
@@ -48,25 +46,6 @@ VERIFY_BATCH = 5_000
 PREPARE_SLICE = 50
 AUDIT_TABLE = cast(Table, AuditEntry.__table__)
 HEAD_TABLE = cast(Table, AuditChainHead.__table__)
-
-
-_ids = random.Random()
-# A forked child must not repeat its parent's ids (consumers deduplicate on them).
-os.register_at_fork(after_in_child=_ids.seed)
-
-
-def new_event_id() -> uuid.UUID:
-    """A time-ordered (version 7, RFC 9562) UUID: Unix milliseconds, then 74 random bits.
-
-    Event ids must be unique, not unpredictable, and the hooks make thousands a second
-    (uuid4() reads os.urandom each time). Ordered by time, the ids of one commit sit side by
-    side at the end of the audit log's unique index: random ids put each of an access
-    request's ~300 links on a page of its own, each page written again per commit (about
-    0.6 MB of SQLite's WAL per request, measured)."""
-    value = (time.time_ns() // 1_000_000) << 80 | _ids.getrandbits(80)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
-    return uuid.UUID(int=value)
 
 
 @dataclass(frozen=True)
@@ -131,7 +110,7 @@ def audit_fields(event: RecordedEvent, payload: dict[str, Any]) -> dict[str, Any
 
 def encoded_cloud_event(event: RecordedEvent, payload: dict[str, Any]) -> bytes:
     """The event on the access-events topic, with the audit link's id and payload: the bytes
-    of ``CloudEvent.trusted(...).to_bytes()`` without building the envelope (this runs
+    ``CloudEvent(...).to_bytes()`` writes, without building the envelope (this runs
     thousands of times a second for the hooks and hundreds per access request)."""
     return encode_cloud_event(
         id=event.event_id,
@@ -171,7 +150,7 @@ def unchained_events(
     ]
     return UnchainedEvents(
         fields=[audit_fields(event, payload) for event, payload in pairs],
-        outbox=prepare_encoded(outbox, created_at=now, dialect=dialect),
+        outbox=prepare_enqueue(outbox, created_at=now, dialect=dialect),
     )
 
 

@@ -56,9 +56,9 @@ def _chunks(rows: list[Any]) -> list[list[Any]]:
 
 
 def _prepare(plan: WritePlan, dialect: Dialect, created_at: datetime) -> _Prepared:
-    events = [outbox_row(EventType.FEED_REGISTERED, row) for row in plan.feed_inserts]
-    events += [outbox_row(EventType.FEED_UPDATED, row) for row in plan.feed_updates]
-    events += [outbox_row(EventType.FEED_RETIRED, row) for row in plan.feed_retirements]
+    events = [outbox_row(EventType.FEED_REGISTERED, row, created_at) for row in plan.feed_inserts]
+    events += [outbox_row(EventType.FEED_UPDATED, row, created_at) for row in plan.feed_updates]
+    events += [outbox_row(EventType.FEED_RETIRED, row, created_at) for row in plan.feed_retirements]
     sqlite = dialect.name == "sqlite"
     return _Prepared(
         outbox=[

@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -49,8 +50,8 @@ from registry_api.feeds.service import media_path_problem, record_of
 from registry_api.feeds.spatial import DELTA_LIMIT, FeedIndex
 from registry_api.identity.models import Department
 from registry_api.identity.principal import Principal
-from registry_api.outbox.service import enqueue_many
-from schemas.events import CloudEvent, EventType, utcnow
+from registry_api.outbox.service import OutboxEvent, enqueue_many
+from schemas.events import EventType, utcnow
 from schemas.feeds import BulkFlag, BulkReject, BulkResult
 
 log = logging.getLogger("feedgrid.feeds.bulk")
@@ -341,15 +342,18 @@ class ChunkWrites:
 
     inserts: list[dict[str, Any]]
     updates: list[dict[str, Any]]
-    events: list[tuple[str, str, CloudEvent]]
+    events: list[OutboxEvent]
     sqlite_rows: list[tuple[Any, ...]] | None
 
 
 def prepare_writes(
-    session: AsyncSession, inserts: list[dict[str, Any]], updates: list[dict[str, Any]]
+    session: AsyncSession,
+    inserts: list[dict[str, Any]],
+    updates: list[dict[str, Any]],
+    now: datetime,
 ) -> ChunkWrites:
-    events = [outbox_row(EventType.FEED_REGISTERED, values) for values in inserts]
-    events += [outbox_row(EventType.FEED_UPDATED, values) for values in updates]
+    events = [outbox_row(EventType.FEED_REGISTERED, values, now) for values in inserts]
+    events += [outbox_row(EventType.FEED_UPDATED, values, now) for values in updates]
     sqlite_rows = sqlite_fast.encode_rows(inserts) if sqlite_fast.is_sqlite(session) else None
     return ChunkWrites(inserts, updates, events, sqlite_rows)
 
@@ -357,7 +361,7 @@ def prepare_writes(
 async def _write(session: AsyncSession, writes: ChunkWrites) -> None:
     """Core executemany; on SQLite the prepared rows go straight to the driver.
 
-    The events go first: their encoding needs the event loop, the feed rows then only need
+    The events go first: their bundling needs the event loop, the feed rows then only need
     the database thread, which works on them while the loop validates the next chunk.
     """
     await enqueue_many(session, writes.events)
@@ -477,7 +481,7 @@ async def _bulk_upsert(
                 touched_before = len(state.touched)
                 inserts, updates = plan_writes(candidates, found, state, now)
                 timer.lap("lookup")
-                await writer.add(prepare_writes(session, inserts, updates))
+                await writer.add(prepare_writes(session, inserts, updates, now))
                 timer.lap("prepare")
                 # in a worker thread: it overlaps the previous chunks' writes (SQLite lets the
                 # GIL go while it works)

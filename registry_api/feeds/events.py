@@ -1,44 +1,28 @@
-"""Feed-metadata events: the full state of a feed after each write, for the outbox."""
+"""Feed-metadata events: the full state of a feed after each write, for the outbox.
+
+Encoded straight from the feed's document (``encode_cloud_event``), without an envelope model:
+a bulk import writes tens of thousands at once and a city's status changes as many, on the
+API's event loop (8 against 16 us a feed through a model, measured)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from registry_api.feeds.documents import event_data
-from schemas.events import SCHEMA_FEED_METADATA_V1, CloudEvent, EventType, encode_cloud_event
+from registry_api.outbox.service import OutboxEvent
+from schemas.events import SCHEMA_FEED_METADATA_V1, EventType, encode_cloud_event, new_event_id
 from schemas.topics import FEED_METADATA
-
-
-def feed_event(event_type: EventType, row: Mapping[Any, Any]) -> CloudEvent:
-    """A CloudEvent carrying the feed's whole current state (internal fields included).
-
-    A trusted envelope: the data is our own document, and validating a copy of it would cost
-    more than the rest of the event (bulk imports).
-    """
-    return document_event(event_type, event_data(row))
-
-
-def document_event(event_type: EventType, document: dict[str, Any]) -> CloudEvent:
-    """:func:`feed_event` of a row already rendered as its event data (``event_data``)."""
-    return CloudEvent.trusted(
-        type=event_type,
-        subject=document["id"],
-        dataschema=SCHEMA_FEED_METADATA_V1,
-        data=document,
-    )
 
 
 def encoded_document_event(
     event_type: EventType, document: dict[str, Any], time: datetime
 ) -> bytes:
-    """``document_event(event_type, document).to_bytes()`` (a new id, this ``time``) without
-    the envelope model: 8 against 16 us a feed, measured. The status changes of a city's
-    devices (tens of thousands at once) are encoded on the API's event loop."""
+    """The CloudEvent (a new id, this ``time``) carrying a feed's document, rendered already
+    as its event data (``event_data``: internal fields included)."""
     return encode_cloud_event(
-        id=uuid.uuid4(),
+        id=new_event_id(),
         type=event_type,
         time=time,
         subject=document["id"],
@@ -47,6 +31,13 @@ def encoded_document_event(
     )
 
 
-def outbox_row(event_type: EventType, row: Mapping[Any, Any]) -> tuple[str, str, CloudEvent]:
-    """The (topic, key, event) triple ``enqueue_many`` takes; the key keeps per-feed order."""
-    return FEED_METADATA, row["id"], feed_event(event_type, row)
+def document_outbox_row(
+    event_type: EventType, document: dict[str, Any], time: datetime
+) -> OutboxEvent:
+    """The outbox event (topic, key, bytes) of a document; the key keeps per-feed order."""
+    return FEED_METADATA, document["id"], encoded_document_event(event_type, document, time)
+
+
+def outbox_row(event_type: EventType, row: Mapping[Any, Any], time: datetime) -> OutboxEvent:
+    """:func:`document_outbox_row` of a feed row: the event ``enqueue_many`` takes."""
+    return document_outbox_row(event_type, event_data(row), time)

@@ -52,11 +52,11 @@ from registry_api.driver_work import (
 )
 from registry_api.feeds import sqlite_rows
 from registry_api.feeds.documents import event_data
-from registry_api.feeds.events import encoded_document_event, outbox_row
+from registry_api.feeds.events import document_outbox_row, outbox_row
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import load_rows
 from registry_api.feeds.spatial import FeedIndex
-from registry_api.outbox.service import enqueue_many, prepare_encoded
+from registry_api.outbox.service import enqueue_many, prepare_enqueue
 from schemas.events import (
     LIVENESS_EVENT_TYPES,
     SCHEMA_LIVENESS_V1,
@@ -66,8 +66,8 @@ from schemas.events import (
 )
 from schemas.settings import Settings
 from schemas.times import utc_time
-from schemas.topics import FEED_METADATA, topic_name
 from schemas.topics import FEED_STATUS as FEED_STATUS_TOPIC
+from schemas.topics import topic_name
 
 log = logging.getLogger("feedgrid.feeds.liveness")
 
@@ -209,7 +209,10 @@ async def apply_liveness(session: AsyncSession, *, batch: LivenessBatch) -> list
         changing,
     )
     rows = await load_rows(session, [change["b_id"] for change in changing])
-    await enqueue_many(session, [outbox_row(EventType.FEED_STATUS, row) for row in rows.values()])
+    now = utcnow()
+    await enqueue_many(
+        session, [outbox_row(EventType.FEED_STATUS, row, now) for row in rows.values()]
+    )
     return list(rows.values())
 
 
@@ -324,11 +327,8 @@ def _status_events(
     if not documents:
         return DriverInsert("", [])
     status = EventType.FEED_STATUS
-    events = [
-        (FEED_METADATA, document["id"], encoded_document_event(status, document, created_at))
-        for document in documents
-    ]
-    return prepare_encoded(events, created_at=created_at, dialect=dialect)
+    events = [document_outbox_row(status, document, created_at) for document in documents]
+    return prepare_enqueue(events, created_at=created_at, dialect=dialect)
 
 
 def _value_statements(

@@ -222,7 +222,7 @@ async def register_feed(
         session, properties.owner, properties.code, values["stream_url_key"]
     )
     await session.execute(insert(feeds), [row])
-    await enqueue_many(session, [outbox_row(EventType.FEED_REGISTERED, row)])
+    await enqueue_many(session, [outbox_row(EventType.FEED_REGISTERED, row, now)])
     try:
         await session.commit()
     except IntegrityError:
@@ -304,7 +304,7 @@ async def update_feed(
         await session.rollback()
         raise PreconditionFailed(f"feed {feed_id} changed meanwhile; read it again")
     updated = {**row, **changes}
-    await enqueue_many(session, [outbox_row(EventType.FEED_UPDATED, updated)])
+    await enqueue_many(session, [outbox_row(EventType.FEED_UPDATED, updated, now)])
     await session.commit()
     index.apply_rows([updated])
     return feed_document(updated, show_url=True)
@@ -341,7 +341,7 @@ async def retire_feed(
         .values(**changes)
     )
     retired = {**row, **changes}
-    await enqueue_many(session, [outbox_row(EventType.FEED_RETIRED, retired)])
+    await enqueue_many(session, [outbox_row(EventType.FEED_RETIRED, retired, now)])
     await session.commit()
     index.apply_rows([retired])
     return feed_document(retired, show_url=True)

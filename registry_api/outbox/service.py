@@ -1,6 +1,6 @@
 """Writing events to the outbox inside the caller's transaction: the one place outbox rows
-are built. An event is a (topic suffix, key, CloudEvent) triple; the key keeps per-entity order
-on the topic, and the row is published only if the caller's transaction commits.
+are built. An event is a (topic suffix, key, encoded CloudEvent) triple; the key keeps
+per-entity order on the topic, and the row is published only if the caller's transaction commits.
 
 A row holds one message (``messages`` = 1: the payload under ``key``), or a bundle of a
 batch's consecutive messages to one topic (``messages`` > 1: the payload is the messages
@@ -25,16 +25,10 @@ from registry_api.driver_work import execute_insert
 from registry_api.outbox.models import OutboxMessage
 from schemas.events import CloudEvent, utcnow
 
-OutboxEvent = tuple[str, str, CloudEvent]
+OutboxEvent = tuple[str, str, bytes]
+"""(topic suffix, key, the CloudEvent's bytes)"""
 
 OUTBOX_TABLE = cast(Table, OutboxMessage.__table__)
-
-
-def outbox_values(events: Iterable[OutboxEvent], *, created_at: datetime) -> list[dict[str, Any]]:
-    """The outbox rows (column values) of the events, envelopes encoded, in bundles."""
-    return bundled_values(
-        ((topic, key, event.to_bytes()) for topic, key, event in events), created_at=created_at
-    )
 
 
 BUNDLE_MESSAGES = 1_000  # at most this many messages in one row
@@ -76,11 +70,9 @@ def row_messages(key: str, payload: bytes, messages: int) -> Iterator[tuple[byte
         raise ValueError(f"an outbox bundle holds {len(payload) - offset} bytes past its messages")
 
 
-def bundled_values(
-    events: Iterable[tuple[str, str, bytes]], *, created_at: datetime
-) -> list[dict[str, Any]]:
-    """The outbox rows of encoded events (topic suffix, key, bytes): consecutive events to one
-    topic go into bundles of at most ``BUNDLE_MESSAGES`` messages and ``BUNDLE_BYTES``."""
+def bundled_values(events: Iterable[OutboxEvent], *, created_at: datetime) -> list[dict[str, Any]]:
+    """The outbox rows (column values) of the events: consecutive events to one topic go into
+    bundles of at most ``BUNDLE_MESSAGES`` messages and ``BUNDLE_BYTES``."""
     rows: list[dict[str, Any]] = []
     group: list[tuple[str, bytes]] = []
     group_topic = ""
@@ -124,30 +116,22 @@ def _row(
 
 def enqueue(session: AsyncSession, topic_suffix: str, key: str, event: CloudEvent) -> None:
     """Adds the event to the session; it is published only if the transaction commits."""
-    [values] = outbox_values([(topic_suffix, key, event)], created_at=utcnow())
+    [values] = bundled_values([(topic_suffix, key, event.to_bytes())], created_at=utcnow())
     session.add(OutboxMessage(**values))
 
 
 async def enqueue_many(session: AsyncSession, events: list[OutboxEvent]) -> None:
-    """Bulk variant for imports: one INSERT for many events, same transaction."""
+    """Adds encoded events, in bundles, by one INSERT in the caller's transaction."""
     if not events:
         return
-    await session.execute(insert(OutboxMessage), outbox_values(events, created_at=utcnow()))
+    await session.execute(insert(OutboxMessage), bundled_values(events, created_at=utcnow()))
 
 
 def prepare_enqueue(
     events: list[OutboxEvent], *, created_at: datetime, dialect: Dialect
 ) -> DriverInsert:
     """``enqueue_many`` prepared ahead, CPU only (see ``registry_api.bulk_insert``): for
-    writers that must keep the event loop free while they encode thousands of events."""
-    return prepare_insert(OUTBOX_TABLE, outbox_values(events, created_at=created_at), dialect)
-
-
-def prepare_encoded(
-    events: list[tuple[str, str, bytes]], *, created_at: datetime, dialect: Dialect
-) -> DriverInsert:
-    """``prepare_enqueue`` of events whose envelopes are encoded already (topic suffix, key,
-    the CloudEvent's bytes), in bundles (``bundled_values``)."""
+    writers that must keep the event loop free while they write thousands of events."""
     return prepare_insert(OUTBOX_TABLE, bundled_values(events, created_at=created_at), dialect)
 
 

@@ -240,7 +240,7 @@ async def assert_written_as_the_per_feed_path_would(world: World, answer: dict[s
     # The outbox: the same events, encoded exactly as the per-feed path encoded them.
     assert len(stored.outbox) == len(events)
     for message, entry in zip(stored.outbox, stored.audit, strict=True):
-        expected = CloudEvent.trusted(
+        expected = CloudEvent(
             id=uuid.UUID(entry.event_id), type=entry.event_type,
             time=entry.occurred_at, subject=entry.feed_id, dataschema=SCHEMA_ACCESS_EVENT_V1,
             data=entry.data,

@@ -27,7 +27,6 @@ from registry_api.audit.service import (
     CHAIN_HEAD_ID,
     EncodedAccessEvent,
     appending_events,
-    new_event_id,
     unchained_events,
     verify_chain,
 )
@@ -51,7 +50,7 @@ from registry_api.outbox.service import row_messages
 from registry_api.subscriptions.models import WebhookDelivery, WebhookSubscription
 from registry_api.subscriptions.notify import on_access_events
 from registry_api.wal_checkpoints import WalCheckpointer
-from schemas.events import AccessEventData, EventType, utcnow
+from schemas.events import AccessEventData, EventType, new_event_id, utcnow
 
 DEPARTMENT = "lz-test"
 

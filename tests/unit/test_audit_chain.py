@@ -112,7 +112,7 @@ def test_any_single_change_is_detected_at_or_before_the_next_entry(
 
 
 def test_event_ids_are_unique_and_ordered_by_the_time_they_were_made() -> None:
-    from registry_api.audit.service import new_event_id
+    from schemas.events import new_event_id
 
     first = [new_event_id() for _ in range(2_000)]
     time.sleep(0.002)

@@ -1,6 +1,7 @@
-"""A feed.status event encoded straight from its document (registry_api/feeds/events,
-``encoded_document_event``: the liveness applier's hot path) is, byte for byte, the envelope
-the validated ``CloudEvent`` model writes, and each has an id of its own."""
+"""A feed-metadata event encoded straight from the feed's document (registry_api/feeds/events:
+every feed write's outbox event, the bulk imports' and the liveness applier's hot paths) is,
+byte for byte, the envelope the validated ``CloudEvent`` model writes, and each has an id of its
+own, ordered by time."""
 
 from __future__ import annotations
 
@@ -10,21 +11,25 @@ from datetime import UTC, datetime
 import orjson
 
 from registry_api.feeds.documents import event_data
-from registry_api.feeds.events import encoded_document_event
+from registry_api.feeds.events import outbox_row
 from schemas.events import SCHEMA_FEED_METADATA_V1, CloudEvent, EventType
+from schemas.topics import FEED_METADATA
 from tests.unit.test_rendered_spill import rows
 
 AT = datetime(2026, 5, 1, 9, 30, 15, 250000, tzinfo=UTC)
 
 
-def test_an_encoded_status_event_is_the_envelope_of_the_document() -> None:
-    for row in rows(3):
-        document = event_data({**row, "status": "online", "last_seen": AT, "revision": 2})
-        encoded = encoded_document_event(EventType.FEED_STATUS, document, AT)
+def test_an_encoded_feed_event_is_the_envelope_of_the_document() -> None:
+    types = (EventType.FEED_REGISTERED, EventType.FEED_STATUS, EventType.FEED_RETIRED)
+    for event_type, row in zip(types, rows(3), strict=True):
+        row = {**row, "status": "online", "last_seen": AT, "revision": 2}
+        topic, key, encoded = outbox_row(event_type, row, AT)
+        assert (topic, key) == (FEED_METADATA, row["id"])
+        document = event_data(row)
         event_id = uuid.UUID(orjson.loads(encoded)["id"])
         expected = CloudEvent(
             id=event_id,
-            type=EventType.FEED_STATUS,
+            type=event_type,
             time=AT,
             subject=document["id"],
             dataschema=SCHEMA_FEED_METADATA_V1,
@@ -34,18 +39,18 @@ def test_an_encoded_status_event_is_the_envelope_of_the_document() -> None:
         # and the registry's consumers read it as the event it is
         read = CloudEvent.from_bytes(encoded)
         assert (read.type, read.subject, read.time, read.data) == (
-            "feedgrid.feed.status",
+            event_type,
             document["id"],
             AT,
             orjson.loads(orjson.dumps(document, option=orjson.OPT_UTC_Z)),
         )
 
 
-def test_each_encoded_event_has_an_id_of_its_own() -> None:
+def test_each_encoded_event_has_an_id_of_its_own_ordered_by_time() -> None:
     [row] = rows(1)
-    document = event_data(row)
-    ids = {
-        orjson.loads(encoded_document_event(EventType.FEED_STATUS, document, AT))["id"]
+    ids = [
+        uuid.UUID(orjson.loads(outbox_row(EventType.FEED_STATUS, row, AT)[2])["id"])
         for _ in range(100)
-    }
-    assert len(ids) == 100
+    ]
+    assert len(set(ids)) == 100
+    assert {event_id.version for event_id in ids} == {7}
