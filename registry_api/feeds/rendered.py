@@ -468,10 +468,16 @@ class RenderedFeeds:
 
     def document(self, feed_id: str, principal: Principal) -> bytes | None:
         """One feed's document as ``principal`` may see it (None if not stored)."""
+        found = self.versioned_document(feed_id, principal)
+        return None if found is None else found[1]
+
+    def versioned_document(self, feed_id: str, principal: Principal) -> tuple[int, bytes] | None:
+        """The feed's version (its ETag's) and :meth:`document`; None if not stored."""
         stored = self.get(feed_id)
         if stored is None:
             return None
-        return b"".join(self._visible(stored, self._viewer(principal)))
+        version = Entry.of(stored).version
+        return version, b"".join(self._visible(stored, self._viewer(principal)))
 
     def _viewer(self, principal: Principal) -> int | None:
         """The owner code whose URLs the principal sees; -1 for all (city admin)."""

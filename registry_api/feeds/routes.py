@@ -62,7 +62,14 @@ def _with_etag(
     document: dict[str, Any], status_code: int = 200, if_none_match: str | None = None
 ) -> Response:
     body = orjson.dumps(document, option=orjson.OPT_UTC_Z)
-    tag = service.etag(document["version"], body)
+    return _tagged(body, document["version"], status_code, if_none_match)
+
+
+def _tagged(
+    body: bytes, version: int, status_code: int = 200, if_none_match: str | None = None
+) -> Response:
+    """A feed document (JSON bytes) with its ETag, or 304 if ``If-None-Match`` names it."""
+    tag = service.etag(version, body)
     if service.none_match(if_none_match, tag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
     return Response(body, status_code, {"ETag": tag}, media_type="application/json")
@@ -249,15 +256,24 @@ async def bulk_import(
     responses={304: {"description": "If-None-Match names the document the caller would get"}},
 )
 async def get_feed(
+    request: Request,
     feed_id: FeedId,
-    session: SessionDep,
+    index: IndexDep,
     principal: PrincipalDep,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     """Other departments see the public fields: never ``stream.url``. The ETag is
     ``"<version>.<digest of the document>"``: send it as If-None-Match to get a 304 while the
     document is unchanged, or as If-Match to change the feed (only the version counts)."""
-    document = await service.get_feed(session, principal, feed_id)
+    # The document rendered when the feed last changed, as pages serve it (rendered.py); a
+    # feed this process has not indexed (yet: a replica that has not followed its creation,
+    # an index still loading) or no such feed: from the database.
+    found = index.rendered.versioned_document(feed_id, principal)
+    if found is not None:
+        version, body = found
+        return _tagged(body, version, if_none_match=if_none_match)
+    async with request.app.state.runtime.sessions() as session:
+        document = await service.get_feed(session, principal, feed_id)
     return _with_etag(document, if_none_match=if_none_match)
 
 

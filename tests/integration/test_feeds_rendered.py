@@ -1,11 +1,12 @@
 """Pages are joins of documents rendered when feeds change (registry_api/feeds/rendered.py).
 
-The reference is how pages and single feeds were answered before: the rows read from the
-database on every call and rendered for the caller (``feed_documents`` / ``feed_document``).
-After creates, edits, moves, retirements, bulk imports, liveness changes and ``last_seen``
-moves, and on a replica that follows feed-metadata, every stored rendering and every page
-must be byte for byte what that reference answers, for the owner, another department and the
-city admin.
+Single feeds (``GET /v1/feeds/{id}``) are those documents too. The reference is how pages and
+single feeds were answered before: the rows read from the database on every call and rendered
+for the caller (``feed_documents`` / ``feed_document``). After creates, edits, moves,
+retirements, bulk imports, liveness changes and ``last_seen`` moves, and on a replica that
+follows feed-metadata, every stored rendering, every page and every single feed (with its
+ETag) must be byte for byte what that reference answers, for the owner, another department
+and the city admin.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from registry_api.feeds.documents import can_see_internal, feed_document, feed_documents
 from registry_api.feeds.models import feeds_table
-from registry_api.feeds.service import index_query, load_page_rows
+from registry_api.feeds.service import etag, index_query, load_page_rows
 from registry_api.feeds.spatial import DELTA_LIMIT, FeedIndex
 from registry_api.identity.principal import Principal
 from registry_api.runtime import Runtime
@@ -113,6 +114,30 @@ async def assert_every_rendering_matches(runtime: Runtime) -> int:
     return len(rows)
 
 
+async def assert_single_feeds_match(city: City, client: httpx.AsyncClient | None = None) -> None:
+    """``GET /v1/feeds/{id}`` of every feed in the database, for every caller: the document
+    rendered from the row for that caller, byte for byte, with the ETag of those bytes (and a
+    304 for it)."""
+    http = client or city.client
+    runtime: Runtime = http.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.sessions() as session:
+        rows = (await session.execute(feeds_table.select())).mappings().all()
+    for who, caller, principal in CALLERS:
+        headers = headers_of(city, caller)
+        for row in rows:
+            expected = orjson.dumps(
+                feed_document(row, show_url=can_see_internal(principal, row["owner"])),
+                option=orjson.OPT_UTC_Z,
+            )
+            path = f"/v1/feeds/{row['id']}"
+            answer = await http.get(path, headers=headers)
+            assert (answer.status_code, answer.content) == (200, expected), (who, row["id"])
+            tag = answer.headers["etag"]
+            assert tag == etag(row["version"], expected), (who, row["id"])
+            again = await http.get(path, headers={**headers, "If-None-Match": tag})
+            assert again.status_code == 304, (who, row["id"])
+
+
 async def assert_pages_match(city: City, client: httpx.AsyncClient | None = None) -> None:
     """Every query, walked page by page through its cursors, for every caller: the HTTP
     answer is the reference page byte for byte (and gzip holds the same bytes)."""
@@ -189,6 +214,7 @@ async def test_pages_and_documents_equal_what_rendering_the_rows_gives(
     runtime = city.runtime
     assert await assert_every_rendering_matches(runtime) == 11
     await assert_pages_match(city)
+    await assert_single_feeds_match(city)
 
     # liveness: a status change (new revision) and a later last_seen without one
     await go_live(city, ids[0], "online")
@@ -209,6 +235,7 @@ async def test_pages_and_documents_equal_what_rendering_the_rows_gives(
     await asyncio.sleep(0.2)
     assert await assert_every_rendering_matches(runtime) == 11
     await assert_pages_match(city)
+    await assert_single_feeds_match(city)
 
 
 async def test_single_feed_etag_answers_304_until_the_document_changes(
@@ -234,6 +261,24 @@ async def test_single_feed_etag_answers_304_until_the_document_changes(
         path, json={"name": "Still version 1 here"}, headers={**city.as_(POLICE), "If-Match": tag}
     )
     assert edited.status_code == 200 and edited.json()["version"] == 2
+
+
+async def test_a_feed_this_process_has_not_rendered_is_read_from_the_database(
+    client: httpx.AsyncClient,
+) -> None:
+    """As on a replica that has not yet followed the feed's creation: the same document and
+    ETag, read from the database; an unknown feed is still a 404."""
+    city = await build_city(client)
+    created = await city.register(camera(POLICE, 1), POLICE)
+    path = f"/v1/feeds/{created['id']}"
+    rendered = await client.get(path, headers=city.as_(TRANSPORT))
+    city.runtime.feed_index.rendered.drop(created["id"])
+    assert city.runtime.feed_index.rendered.document(created["id"], CALLERS[1][2]) is None
+    from_database = await client.get(path, headers=city.as_(TRANSPORT))
+    assert from_database.status_code == 200 and from_database.content == rendered.content
+    assert from_database.headers["etag"] == rendered.headers["etag"]
+    missing = await client.get("/v1/feeds/no-such-feed", headers=city.as_(TRANSPORT))
+    assert missing.status_code == 404 and missing.json()["code"] == "feed_not_found"
 
 
 async def test_pages_are_gzip_compressed_when_the_client_accepts_it(
@@ -285,6 +330,7 @@ async def test_a_following_replica_renders_what_the_writer_does(settings: Settin
         await eventually(caught_up)
         assert await assert_every_rendering_matches(second_runtime) == 11
         await assert_pages_match(city, second)
+        await assert_single_feeds_match(city, second)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -314,3 +360,4 @@ async def test_documents_spilled_to_the_file_answer_the_same(settings: Settings)
         assert spilled == 11 + len(features)  # every rendering is in the file
         assert await assert_every_rendering_matches(runtime) == 11 + len(features)
         await assert_pages_match(city)
+        await assert_single_feeds_match(city)
