@@ -40,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Histogram
@@ -332,6 +332,8 @@ class BatchPipeline:
         """Notes the assignment; the loop restores the handlers' state before its next batch
         (never here: a rebalance callback that waits on ClickHouse would hold the group)."""
         self._assigned = set(partitions)
+        # Lag counts from where each partition starts (``_restore`` asks), then from commits.
+        self._committed = {}
         self._owned = {}
         for tp in partitions:
             self._owned.setdefault(tp.topic, set()).add(tp.partition)
@@ -350,6 +352,12 @@ class BatchPipeline:
 
     async def _restore(self) -> None:
         consumer = self._consumer
+        if consumer is not None:
+            # Where consumption starts: the lag until the first commit counts from here (a
+            # partition with nothing new since a restart is no lag, not its whole topic).
+            for tp in sorted(self._assigned - self._committed.keys()):
+                with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+                    self._committed.setdefault(tp, await consumer.position(tp))
         for topic, handler in self.handlers.items():
             mine = self._owned.get(topic, set())
             total = len((consumer.partitions_for_topic(topic) if consumer else None) or ())
@@ -393,9 +401,9 @@ class BatchPipeline:
             for tp in self._assigned:
                 if tp.topic != topic or consumer is None:
                     continue
-                end = consumer.highwater(tp)
-                if end is not None:
-                    lag += max(0, end - self._committed.get(tp, 0))
+                end, committed = consumer.highwater(tp), self._committed.get(tp)
+                if end is not None and committed is not None:
+                    lag += max(0, end - committed)
             # Seconds without a commit while there was work: from the later of the last commit
             # and the moment the lag last rose above 0 (a quiet spell is not a stall).
             if lag <= 0:

@@ -202,6 +202,43 @@ async def test_feed_metadata_is_cut_by_bytes_and_a_bad_message_set_aside(
     assert decode_json(kept[0][0].encode())["note"] == "x" * 1_500  # the whole document
 
 
+async def test_a_restarted_worker_counts_no_lag_for_what_it_had_consumed(
+    stream_settings: Settings,
+) -> None:
+    """The lag of a partition counts from where the worker starts on it: after a restart, a
+    partition with nothing new is no lag (it once counted as its whole topic), and records
+    sent since count exactly."""
+    now = datetime.now(UTC)
+    first = Retrieval("feed-r", "lz-jtj", "ann", "g-r", now, 2.0, 10).events()
+    async with running_worker(stream_settings) as context:
+        await produce(stream_settings, ACCESS_TOPIC, first * 20)
+        await wait_for_value(stream_settings, "SELECT count() FROM access_events", len(first))
+        for _ in range(100):
+            if context.pipeline.measure()["access-events"][0] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert context.pipeline.measure()["access-events"][0] == 0
+    async with running_worker(stream_settings, fast_tuning(stall_seconds=2.0)) as context:
+        await asyncio.sleep(3)  # assigned and started: the lag counts from the start
+        assert context.pipeline.measure()["access-events"] == (0, 0.0)
+        assert context.pipeline.health()[0]
+    # records sent while no worker runs are lag, each one
+    later = Retrieval("feed-r", "lz-jtj", "bo", "g-r", now, 2.0, 10).events()
+    await produce(stream_settings, ACCESS_TOPIC, later)
+    client = connect(stream_settings.clickhouse_url)
+    client.command("DETACH TABLE access_events")  # held back: the lag stays to be seen
+    try:
+        async with running_worker(stream_settings) as context:
+            await asyncio.sleep(3)
+            assert context.pipeline.measure()["access-events"][0] == len(later)
+            client.command("ATTACH TABLE access_events")
+            await wait_for_value(
+                stream_settings, "SELECT count() FROM access_events", len(first) + len(later)
+            )
+    finally:
+        client.command("ATTACH TABLE IF NOT EXISTS access_events")
+
+
 async def test_consumption_pauses_while_clickhouse_refuses_and_resumes_without_loss(
     stream_settings: Settings,
 ) -> None:
