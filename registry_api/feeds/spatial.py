@@ -57,7 +57,7 @@ from registry_api.feeds.index.queries import (
     encode_cursor,
 )
 from registry_api.feeds.index.records import FeedRecord, Vocabulary
-from registry_api.feeds.index.snapshot import Snapshot, merge_columns, merge_snapshot
+from registry_api.feeds.index.snapshot import Snapshot, is_sorted, merge_columns, merge_snapshot
 from registry_api.feeds.rendered import (
     RenderedFeeds,
     Staged,
@@ -377,7 +377,10 @@ class FeedIndex:
                 start = np.searchsorted(snapshot.columns.ids, after[0].encode(), side="right")
                 rows = rows[rows >= start]
             if rows.shape[0] > limit + 1:  # the lowest rows are the lowest ids: no full sort
-                rows = np.partition(rows, limit)[: limit + 1]
+                if is_sorted(rows):  # as most matches come (a scan, a group's rows)
+                    rows = rows[: limit + 1]
+                else:
+                    rows = np.partition(rows, limit)[: limit + 1]
             heads.append(snapshot.columns.ids[np.sort(rows)])
         ids = np.sort(np.concatenate(heads)) if len(heads) > 1 else heads[0]
         page = [value.decode() for value in ids[:limit]]

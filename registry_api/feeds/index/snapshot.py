@@ -41,7 +41,7 @@ class Snapshot:
     """Immutable, id-sorted columns with their grids. Built off the event loop for big sets."""
 
     def __init__(self, columns: Columns) -> None:
-        order = np.argsort(columns.ids, kind="stable") if not _is_sorted(columns.ids) else None
+        order = np.argsort(columns.ids, kind="stable") if not is_sorted(columns.ids) else None
         self.columns = columns.take(order) if order is not None else columns
         c = self.columns
         self.size = len(c)
@@ -295,33 +295,29 @@ class Snapshot:
         c = self.columns
         owners, tags = vocabularies
         wanted = _wanted_codes(query, owners, tags)
+        start = None
         if rows is None and wanted and all(name in self._groups for name in wanted):
-            # start from the rarest value asked for instead of scanning every row
-            rows = min((self.rows_with(name, code) for name, code in wanted.items()), key=len)
+            # start from the rarest value asked for instead of scanning every row (its rows
+            # need no test of that value again)
+            start, rows = min(
+                ((name, self.rows_with(name, code)) for name, code in wanted.items()),
+                key=lambda found: found[1].shape[0],
+            )
         view = slice(None) if rows is None else rows
         mask = np.ones(self.size if rows is None else rows.shape[0], dtype=bool)
         if not query.include_retired:
             mask &= ~c.retired[view]
-        if query.owner is not None:
-            mask &= c.owner[view] == wanted["owner"]
-        if query.kind is not None:
-            mask &= c.kind[view] == wanted["kind"]
-        if query.industry is not None:
-            mask &= c.industry[view] == wanted["industry"]
-        if query.type_code is not None:
-            mask &= c.type_code[view] == wanted["type_code"]
+        for name, code in wanted.items():
+            if name not in (start, "tag"):
+                mask &= getattr(c, name)[view] == code
         if query.region is not None:
             scale = 10 ** (8 - len(query.region))
             low = int(query.region) * scale
             region = c.region[view]
             mask &= (region >= low) & (region < low + scale)
-        if query.sharing is not None:
-            mask &= c.sharing[view] == wanted["sharing"]
-        if query.status is not None:
-            mask &= c.status[view] == wanted["status"]
         if query.placed is not None:
             mask &= np.isnan(c.lon[view]) != query.placed
-        if query.tag is not None:
+        if query.tag is not None and start != "tag":
             tagged = np.zeros(self.size, dtype=bool)
             if "tag" in self._groups:
                 tagged[self.rows_with("tag", wanted["tag"])] = True
@@ -361,7 +357,7 @@ def _wanted_codes(query: IndexQuery, owners: Vocabulary, tags: Vocabulary) -> di
     return wanted
 
 
-def _is_sorted(values: np.ndarray) -> bool:
+def is_sorted(values: np.ndarray) -> bool:
     return values.shape[0] < 2 or bool(np.all(values[:-1] <= values[1:]))
 
 
