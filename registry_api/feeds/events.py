@@ -16,12 +16,13 @@ from schemas.events import SCHEMA_FEED_METADATA_V1, EventType, encode_cloud_even
 from schemas.topics import FEED_METADATA
 
 
-def encoded_document_event(
+def document_outbox_row(
     event_type: EventType, document: dict[str, Any], time: datetime
-) -> bytes:
-    """The CloudEvent (a new id, this ``time``) carrying a feed's document, rendered already
-    as its event data (``event_data``: internal fields included)."""
-    return encode_cloud_event(
+) -> OutboxEvent:
+    """The outbox event (topic, key, bytes) of a feed's document, rendered already as its event
+    data (``event_data``: internal fields included): a CloudEvent with a new id and this
+    ``time``. The key keeps per-feed order."""
+    encoded = encode_cloud_event(
         id=new_event_id(),
         type=event_type,
         time=time,
@@ -29,13 +30,7 @@ def encoded_document_event(
         dataschema=SCHEMA_FEED_METADATA_V1,
         data=document,
     )
-
-
-def document_outbox_row(
-    event_type: EventType, document: dict[str, Any], time: datetime
-) -> OutboxEvent:
-    """The outbox event (topic, key, bytes) of a document; the key keeps per-feed order."""
-    return FEED_METADATA, document["id"], encoded_document_event(event_type, document, time)
+    return FEED_METADATA, document["id"], encoded
 
 
 def outbox_row(event_type: EventType, row: Mapping[Any, Any], time: datetime) -> OutboxEvent:
