@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 
 from registry_api.feeds.geodesy import geodesic_distance_m
+from schemas.feeds import FeedFilters
 from tests.integration.feeds_support import (
     POLICE,
     TRANSPORT,
@@ -207,6 +208,28 @@ async def test_invalid_filters_are_422_with_the_reason(client: httpx.AsyncClient
     bowtie = {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}
     refused = await client.post("/v1/feeds/search", json={"geometry": bowtie})
     assert refused.status_code == 422 and "Self-intersection" in refused.text
+
+
+async def test_the_filters_are_documented_as_the_query_parameters_they_are(
+    client: httpx.AsyncClient,
+) -> None:
+    """``FeedFilters`` validates the query string once; the OpenAPI document still lists
+    every filter with its constraints, and its examples are filters the API takes."""
+    city = await build_city(client)
+    await city.register(camera(TRANSPORT, 1))
+    operation = (await client.get("/openapi.json")).json()["paths"]["/v1/feeds"]["get"]
+    documented = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    assert set(documented) == set(FeedFilters.model_fields) | {"limit", "cursor"}
+    assert all(parameter["in"] == "query" for parameter in documented.values())
+    assert documented["kind"]["schema"]["anyOf"][0]["enum"] == ["camera", "sensor"]
+    assert documented["region"]["schema"]["anyOf"][0]["pattern"] == r"^\d{2,8}$"
+    for name in ("bbox", "near", "sees"):
+        example = documented[name]["schema"]["examples"][0]
+        answer = await client.get("/v1/feeds", params={name: example})
+        assert answer.status_code == 200, (name, answer.text)
+    # names that are no filter are left alone, as FastAPI's own parameters left them
+    ignored = await client.get("/v1/feeds", params={"colour": "red", "limit": 1})
+    assert ignored.status_code == 200 and len(ignored.json()["items"]) == 1
 
 
 async def test_listed_documents_equal_the_single_feed_documents(client: httpx.AsyncClient) -> None:
