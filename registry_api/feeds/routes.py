@@ -196,8 +196,7 @@ async def list_feed_points(
     """Ids, positions, kinds, statuses and owners of all matching feeds (retired and unplaced
     ones left out) as compact columns, for maps of the whole city; public fields only.
     Gzip-compressed when the client accepts it."""
-    asked = {"department": department, "kind": kind, "bbox": bbox, "placed": True}
-    filters = feed_filters({name: value for name, value in asked.items() if value is not None})
+    filters = feed_filters({"department": department, "kind": kind, "bbox": bbox, "placed": True})
     # Matching is quick and reads the index's live state: here, on the loop. The rest (a
     # second or two at a million feeds) runs in a worker thread on the unchanging snapshots.
     parts = index.matching_rows(service.index_query(filters))
@@ -273,8 +272,8 @@ async def get_feed(
     ``"<version>.<digest of the document>"``: send it as If-None-Match to get a 304 while the
     document is unchanged, or as If-Match to change the feed (only the version counts)."""
     # The document rendered when the feed last changed, as pages serve it (rendered.py); a
-    # feed this process has not indexed (yet: a replica that has not followed its creation,
-    # an index still loading) or no such feed: from the database.
+    # feed this process has not indexed (a replica that has not yet followed its creation)
+    # or no such feed: from the database.
     found = index.rendered.versioned_document(feed_id, principal)
     if found is not None:
         version, body = found

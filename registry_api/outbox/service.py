@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry_api.bulk_insert import DriverInsert, prepare_insert
 from registry_api.driver_work import execute_insert
 from registry_api.outbox.models import OutboxMessage
-from schemas.events import CloudEvent, utcnow
+from schemas.events import utcnow
 
 OutboxEvent = tuple[str, str, bytes]
 """(topic suffix, key, the CloudEvent's bytes)"""
@@ -112,12 +112,6 @@ def _row(
         "created_at": created_at,
         "messages": messages,
     }
-
-
-def enqueue(session: AsyncSession, topic_suffix: str, key: str, event: CloudEvent) -> None:
-    """Adds the event to the session; it is published only if the transaction commits."""
-    [values] = bundled_values([(topic_suffix, key, event.to_bytes())], created_at=utcnow())
-    session.add(OutboxMessage(**values))
 
 
 async def enqueue_many(session: AsyncSession, events: list[OutboxEvent]) -> None:

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer
 from infra.kafka_admin import ensure_topics
 from registry_api.db import create_engine, session_factory
 from registry_api.outbox.relay import OutboxRelay
-from registry_api.outbox.service import enqueue
+from registry_api.outbox.service import enqueue_many
 from schemas.events import CloudEvent
 from schemas.settings import Settings
 from schemas.topics import FEED_METADATA, topic_name
@@ -37,7 +37,7 @@ async def _write_versions(  # type: ignore[no-untyped-def]
                     subject=f"feed-{feed}",
                     data={"feed_id": f"feed-{feed}", "version": version},
                 )
-                enqueue(session, FEED_METADATA, f"feed-{feed}", event)
+                await enqueue_many(session, [(FEED_METADATA, f"feed-{feed}", event.to_bytes())])
                 written.append(str(event.id))
             await session.commit()
         for relay in relays:
