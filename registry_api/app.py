@@ -125,12 +125,14 @@ def create_app(
         docs_policy=docs_policy(app),
     )
     install_error_handlers(app)
-    # Hooks first: media servers call them thousands of times a second, and routes are
-    # matched in order. Each router documents the refusals its routes can answer.
+    # Routes are matched in order, each included router's routes one by one (a few
+    # microseconds each): the hooks first (media servers call them thousands of times a
+    # second), the probes (three routes), then the feeds (searches, pages, heartbeats).
+    # Each router documents the refusals its routes can answer.
     app.include_router(hooks_router, responses=error_responses(400, 401, 403, 413, 422, 429))
     app.include_router(health_router)
-    app.include_router(identity_router, responses=error_responses(*API_REFUSALS))
     app.include_router(feeds_router, responses=error_responses(*API_REFUSALS, 412, 428))
+    app.include_router(identity_router, responses=error_responses(*API_REFUSALS))
     app.include_router(catalog_router, responses=error_responses(*API_REFUSALS, 415, 429))
     app.include_router(requests_router, responses=error_responses(*API_REFUSALS, 429))
     app.include_router(grants_router, responses=error_responses(*API_REFUSALS, 410))

@@ -560,7 +560,16 @@ class FeedFilters(BaseModel):
         return sees
 
 
-class FeedSearch(FeedFilters):
+class FeedPageQuery(FeedFilters):
+    """The query string of ``GET /v1/feeds``: the filters and the page wanted."""
+
+    limit: int = Field(100, ge=1, le=1000, description="Feeds on a page")
+    cursor: str | None = Field(
+        None, max_length=500, description="``next_cursor`` of the page before"
+    )
+
+
+class FeedSearch(FeedPageQuery):
     """Body of ``POST /v1/feeds/search``: the list filters plus a GeoJSON area."""
 
     geometry: SearchGeometry | None = None
@@ -571,8 +580,6 @@ class FeedSearch(FeedFilters):
             "feed's location, field of view or coverage touches the area"
         ),
     )
-    limit: int = Field(100, ge=1, le=1000)
-    cursor: str | None = Field(None, max_length=500)
 
 
 # ---------------------------------------------------------------------------- duplicates

@@ -44,6 +44,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry_api.feeds.geodesy import (
+    LOCAL_DISTANCE_SLACK_M,
+    LOCAL_DISTANCE_TOLERANCE,
+    geodesic_distance_m,
+    local_distance_error_m,
+)
 from registry_api.feeds.index.adapter import record_from_document
 from registry_api.feeds.index.columns import Columns, gather_columns
 from registry_api.feeds.index.loader import load_snapshot
@@ -78,6 +84,54 @@ REVISIONS_REMEMBERED = 100_000
 class _Delta:
     records: dict[str, FeedRecord] = field(default_factory=dict)
     snapshot: Snapshot | None = None
+
+
+@dataclass
+class _TrueDistances:
+    """Which of a near page's candidate distances are true geodesics, and the positions to
+    compute the others from (``Matches.exact``)."""
+
+    centre: tuple[float, float]
+    exact: np.ndarray
+    lon: np.ndarray | None = None  # of the candidates, when some distances are local
+    lat: np.ndarray | None = None
+
+    @classmethod
+    def of(
+        cls, found: list[tuple[Snapshot, Matches]], centre: tuple[float, float]
+    ) -> _TrueDistances:
+        size = sum(matches.rows.shape[0] for _, matches in found)
+        if all(matches.exact is None or matches.exact.all() for _, matches in found):
+            return cls(centre, np.ones(size, dtype=bool))
+        exact = np.concatenate(
+            [
+                np.ones(matches.rows.shape[0], dtype=bool)
+                if matches.exact is None
+                else matches.exact
+                for _, matches in found
+            ]
+        )
+        lon = np.concatenate([snapshot.columns.lon[matches.rows] for snapshot, matches in found])
+        lat = np.concatenate([snapshot.columns.lat[matches.rows] for snapshot, matches in found])
+        return cls(centre, exact, lon, lat)
+
+    @property
+    def all(self) -> bool:
+        return self.lon is None or bool(self.exact.all())
+
+    def make(self, distances: np.ndarray, wanted: np.ndarray) -> None:
+        """Puts the true distance in ``distances`` wherever ``wanted`` and not yet there."""
+        if self.lon is None or self.lat is None:
+            return
+        todo = np.flatnonzero(wanted & ~self.exact)
+        if todo.size:
+            distances[todo] = geodesic_distance_m(*self.centre, self.lon[todo], self.lat[todo])
+            self.exact[todo] = True
+
+    def only(self, keep: np.ndarray) -> _TrueDistances:
+        if self.lon is None or self.lat is None:
+            return _TrueDistances(self.centre, self.exact[keep])
+        return _TrueDistances(self.centre, self.exact[keep], self.lon[keep], self.lat[keep])
 
 
 class FeedIndex:
@@ -351,11 +405,7 @@ class FeedIndex:
         vocabularies = (self.owners, self.tags)
         base_matches = self._base.match(query, vocabularies=vocabularies)
         if self._superseded.any():
-            live = ~self._superseded[base_matches.rows]
-            base_matches = Matches(
-                base_matches.rows[live],
-                None if base_matches.distances is None else base_matches.distances[live],
-            )
+            base_matches = base_matches.only(~self._superseded[base_matches.rows])
         found = [(self._base, base_matches)]
         delta = self._delta_snapshot()
         if delta is not None:
@@ -368,7 +418,7 @@ class FeedIndex:
         found = self._all_matches(query)
         total = sum(matches.rows.shape[0] for _, matches in found)
         if query.near is not None:
-            return self._nearest_page(found, total, limit, after)
+            return self._nearest_page(found, total, limit, after, query.near[:2])
         # Each snapshot's rows ascend in id order: only the head after the cursor is needed.
         heads = []
         for snapshot, matches in found:
@@ -393,22 +443,44 @@ class FeedIndex:
         total: int,
         limit: int,
         after: tuple[str, float | None] | None,
+        centre: tuple[float, float],
     ) -> IndexPage:
+        """The page after the cursor, nearest first (ties by id). The matches may carry local
+        distances (``Matches.exact``): the rows whose true distance decides the page (those
+        near the cursor's distance, and those that can be among its ``limit`` nearest) get
+        it first, so the page, its order and its cursor are those of true distances."""
         ids = np.concatenate([snapshot.columns.ids[matches.rows] for snapshot, matches in found])
         distances = np.concatenate([matches.distances for _, matches in found])
+        true = _TrueDistances.of(found, centre)
         if after is not None:
             last_id, last_distance = after
             if last_distance is None:
                 raise InvalidCursor("the cursor does not belong to a near search")
+            true.make(
+                distances, np.abs(distances - last_distance) <= local_distance_error_m(distances)
+            )
             later = (distances > last_distance) | (
                 (distances == last_distance) & (ids > last_id.encode())
             )
             ids, distances = ids[later], distances[later]
+            true = true.only(later)
         more = ids.shape[0] > limit
-        if more:  # only the page needs sorting: keep what is no farther than the limit-th
+        if more:  # only the page needs sorting: keep what can be among the limit nearest
+            if not true.all:
+                # the limit nearest by local distance are truly within ``reach``; a row truly
+                # that near has a local distance within ``reach`` plus its error
+                nearest = np.partition(distances, limit - 1)[limit - 1]
+                reach = nearest + local_distance_error_m(nearest)
+                candidates = distances <= (reach + LOCAL_DISTANCE_SLACK_M) / (
+                    1 - LOCAL_DISTANCE_TOLERANCE
+                )
+                true.make(distances, candidates)
+                ids, distances = ids[candidates], distances[candidates]
             kth = np.partition(distances, limit - 1)[limit - 1]
             close = distances <= kth
             ids, distances = ids[close], distances[close]
+        else:
+            true.make(distances, np.ones(distances.shape[0], dtype=bool))
         order = np.lexsort((ids, distances))[:limit]
         page_ids, page_distances = ids[order], distances[order]
         decoded = [value.decode() for value in page_ids]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from registry_api.feeds.geodesy import (
     ARC_POINTS,
     GEOD,
+    LOCAL_DISTANCE_MAX_LAT,
     UNSURE,
     fov_bounds,
     fov_polygon,
@@ -19,6 +20,9 @@ from registry_api.feeds.geodesy import (
     fov_verdicts,
     geodesic_area_m2,
     geodesic_distance_m,
+    local_distance_error_m,
+    local_distance_m,
+    near_distances,
     offset_points,
     radius_box,
 )
@@ -209,3 +213,54 @@ def test_view_verdicts_leave_the_apex_and_the_far_north_to_the_polygon() -> None
     assert at_apex.tolist() == [UNSURE]  # on the polygon's boundary: intersects, by its rule
     assert far_north.tolist() == [UNSURE]
     assert inside.tolist() == [1]
+
+
+def test_local_distances_stay_well_within_their_error_bound() -> None:
+    """Near searches trust a local distance to within ``local_distance_error_m`` of the true
+    geodesic: measured here over the latitudes and distances they use it for (the radius is
+    at most 20 km, a search box's corner about 28 km), with a margin of ten at least."""
+    rng = np.random.default_rng(28181)
+    count = 400_000
+    lat = rng.uniform(-LOCAL_DISTANCE_MAX_LAT, LOCAL_DISTANCE_MAX_LAT, count)
+    lon = rng.uniform(-180, 180, count)  # the antimeridian included
+    distance = rng.uniform(0, 30_000, count) * np.sqrt(rng.uniform(0, 1, count))
+    distance[:1000] = rng.uniform(0, 1, 1000)  # a metre and less
+    far_lon, far_lat, _ = GEOD.fwd(lon, lat, rng.uniform(0, 360, count), distance)
+    true = geodesic_distance_m(lon, lat, far_lon, far_lat)
+    local = local_distance_m(lon, lat, far_lon, far_lat)
+    assert np.all(np.abs(local - true) <= np.asarray(local_distance_error_m(local)) / 10)
+
+
+def test_near_distances_decide_the_radius_as_true_distances_do() -> None:
+    """Points around the radius, closer to it than a local distance can tell: each is within
+    the radius exactly when its true distance is, and those carry their true distance."""
+    rng = np.random.default_rng(7)
+    lon, lat, metres = 103.8343, 36.0611, 1_000.0
+    azimuths = rng.uniform(0, 360, 2_000)
+    offsets = rng.uniform(-2e-6, 2e-6, 2_000)  # metres off the radius: a micrometre or two
+    far_lon, far_lat, _ = GEOD.fwd(
+        np.full(2_000, lon), np.full(2_000, lat), azimuths, metres + offsets
+    )
+    true = geodesic_distance_m(lon, lat, far_lon, far_lat)
+    local = local_distance_m(lon, lat, far_lon, far_lat)
+    # the local distances alone would put some on the wrong side: what this test is about
+    assert np.count_nonzero((local <= metres) != (true <= metres)) > 0
+    distances, exact = near_distances(lon, lat, far_lon, far_lat, metres)
+    assert exact is not None and exact.all()  # all within the error of the radius
+    assert np.array_equal(distances <= metres, true <= metres)
+    assert np.array_equal(distances, true)
+    # far from the radius the local distance stands; near the poles only true ones are used
+    inner_lon, inner_lat, _ = GEOD.fwd(lon, lat, 45.0, 400.0)
+    distances, exact = near_distances(
+        lon, lat, np.array([inner_lon]), np.array([inner_lat]), metres
+    )
+    assert exact is not None and not exact[0] and abs(distances[0] - 400.0) < 0.01
+    polar_lon, polar_lat, _ = GEOD.fwd(10.0, 85.0, 45.0, 400.0)
+    distances, exact = near_distances(
+        10.0, 85.0, np.array([polar_lon]), np.array([polar_lat]), metres
+    )
+    assert (
+        exact is None
+        and distances[0]
+        == geodesic_distance_m(10.0, 85.0, np.array([polar_lon]), np.array([polar_lat]))[0]
+    )

@@ -16,7 +16,7 @@ import pytest
 import shapely
 from shapely.geometry import Point
 
-from registry_api.feeds.geodesy import fov_polygon, geodesic_distance_m
+from registry_api.feeds.geodesy import GEOD, fov_polygon, geodesic_distance_m, local_distance_m
 from registry_api.feeds.index.grid import (
     GRID_COLUMNS,
     cell_key,
@@ -236,6 +236,64 @@ async def test_near_finds_every_feed_within_true_distance_nearest_first(
         got, total = _all_pages(index, query, limit=rng.choice([7, 50, 1000]))
         assert got == expected
         assert total == len(expected)
+
+
+async def test_near_pages_follow_true_distances_where_local_ones_disagree() -> None:
+    """Feeds on rings of one true distance (and a hair's breadth either side of the radius):
+    the index orders its candidates by local distances and must make true the ones a page,
+    its cursor and its radius depend on. Paged in small pages, the answer is the brute force's,
+    which the local distances alone would not give."""
+    rng = random.Random(5)
+    centre = (CENTRE[0] + 0.004, CENTRE[1] - 0.003)
+    metres = 6_000.0
+    # metres: (feeds on the ring, how far off it they are at most, in metres). At 2 and 5 km
+    # local distances err by up to a few millimetres, more than the feeds' spread on a ring;
+    # on the radius they cannot tell in from out.
+    rings = {2_000.0: (60, 1e-5), 5_000.0: (80, 1e-4), metres: (40, 1e-4)}
+    records = {}
+    for ring, (count, spread) in rings.items():
+        azimuths = np.array([rng.uniform(0, 360) for _ in range(count)])
+        offsets = np.array([rng.uniform(-spread, spread) for _ in range(count)])
+        lons, lats, _ = GEOD.fwd(
+            np.full(count, centre[0]), np.full(count, centre[1]), azimuths, ring + offsets
+        )
+        for lon, lat in zip(lons, lats, strict=True):
+            record = replace(
+                _random_record(rng, len(records)), lon=float(lon), lat=float(lat), retired=False
+            )
+            records[record.id] = record
+    ringed = list(records.values())
+    true_order = sorted(
+        (float(geodesic_distance_m(*centre, np.array([r.lon]), np.array([r.lat]))[0]), r.id)
+        for r in ringed[:140]
+    )
+    local_order = sorted(
+        (float(local_distance_m(*centre, np.array([r.lon]), np.array([r.lat]))[0]), r.id)
+        for r in ringed[:140]
+    )
+    # what the test is about: inside the radius, local distances order the rings otherwise
+    assert [feed_id for _, feed_id in local_order] != [feed_id for _, feed_id in true_order]
+    for serial in range(len(records), len(records) + 200):  # and others about
+        record = _random_record(rng, serial)
+        records[record.id] = record
+    index = FeedIndex()
+    everything = list(records.values())
+    await index.apply_and_merge(everything[:250])
+    index.apply(everything[250:])  # some in the delta
+    query = IndexQuery(near=(*centre, metres))
+    expected = _brute_force(records, query)
+    for limit in (7, 33, 1000):
+        got, total = _all_pages(index, query, limit)
+        assert got == expected
+        assert total == len(expected)
+    first = index.search(query, limit=5)
+    true = geodesic_distance_m(
+        *centre,
+        np.array([records[feed_id].lon for feed_id in first.ids]),
+        np.array([records[feed_id].lat for feed_id in first.ids]),
+    )
+    assert first.distances == [float(value) for value in true]
+    await index.settled()
 
 
 async def test_sees_finds_exactly_the_views_and_coverages_holding_the_point(

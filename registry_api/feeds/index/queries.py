@@ -44,6 +44,18 @@ class Matches:
 
     rows: np.ndarray
     distances: np.ndarray | None = None
+    # For ``near``, which distances are true geodesics; the others are local distances
+    # (``geodesy.near_distances``), made true before a page shows or compares them. None:
+    # every one is true.
+    exact: np.ndarray | None = None
+
+    def only(self, keep: np.ndarray) -> Matches:
+        """The matches ``keep`` (a mask or indices of the rows) selects."""
+        return Matches(
+            self.rows[keep],
+            None if self.distances is None else self.distances[keep],
+            None if self.exact is None else self.exact[keep],
+        )
 
 
 @dataclass

@@ -12,7 +12,7 @@ from registry_api.feeds.geodesy import (
     UNSURE,
     fov_polygons,
     fov_verdicts,
-    geodesic_distance_m,
+    near_distances,
     radius_box,
 )
 from registry_api.feeds.index.columns import Columns
@@ -276,15 +276,13 @@ class Snapshot:
             lon, lat, metres = query.near
             rows = narrow(self.points_in_box(radius_box(lon, lat, metres)))
         rows = self._filter_attributes(rows, query, vocabularies)
-        distances = None
-        if query.near is not None:
-            lon, lat, metres = query.near
-            distances = geodesic_distance_m(
-                lon, lat, self.columns.lon[rows], self.columns.lat[rows]
-            )
-            close = distances <= metres
-            rows, distances = rows[close], distances[close]
-        return Matches(rows, distances)
+        if query.near is None:
+            return Matches(rows)
+        lon, lat, metres = query.near
+        distances, exact = near_distances(
+            lon, lat, self.columns.lon[rows], self.columns.lat[rows], metres
+        )
+        return Matches(rows, distances, exact).only(distances <= metres)
 
     def _filter_attributes(
         self,
