@@ -50,6 +50,7 @@ class Snapshot:
         self.point_keys = keys[self.point_order]
         self._build_footprint_grid()
         self._groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.any_retired = bool(c.retired.any())  # no retired row: no row to leave out
 
     def prepare_groups(self) -> None:
         """Sorts every grouped attribute (in a worker thread, after the snapshot went live:
@@ -302,27 +303,37 @@ class Snapshot:
                 key=lambda found: found[1].shape[0],
             )
         view = slice(None) if rows is None else rows
-        mask = np.ones(self.size if rows is None else rows.shape[0], dtype=bool)
-        if not query.include_retired:
-            mask &= ~c.retired[view]
+        # the conditions ANDed, None while there is none: rows a group gave whole are the
+        # answer as they are (no mask of every row, no copy)
+        mask: np.ndarray | None = None
+
+        def keep(condition: np.ndarray) -> None:
+            nonlocal mask
+            mask = condition if mask is None else mask & condition
+
+        if not query.include_retired and self.any_retired:
+            keep(~c.retired[view])
         for name, code in wanted.items():
             if name not in (start, "tag"):
-                mask &= getattr(c, name)[view] == code
+                keep(getattr(c, name)[view] == code)
         if query.region is not None:
             scale = 10 ** (8 - len(query.region))
             low = int(query.region) * scale
             region = c.region[view]
-            mask &= (region >= low) & (region < low + scale)
+            keep((region >= low) & (region < low + scale))
         if query.placed is not None:
-            mask &= np.isnan(c.lon[view]) != query.placed
+            keep(np.isnan(c.lon[view]) != query.placed)
         if query.tag is not None and start != "tag":
             tagged = np.zeros(self.size, dtype=bool)
             if "tag" in self._groups:
                 tagged[self.rows_with("tag", wanted["tag"])] = True
             else:
                 tagged[c.tag_rows[c.tag_codes == wanted["tag"]]] = True
-            mask &= tagged[view]
-        result = np.flatnonzero(mask) if rows is None else rows[mask]
+            keep(tagged[view])
+        if mask is None:
+            result = np.arange(self.size) if rows is None else rows
+        else:
+            result = np.flatnonzero(mask) if rows is None else rows[mask]
         if query.text is not None and result.size:
             needle = query.text.casefold()
             names = c.names[result]
