@@ -169,8 +169,9 @@ async def list_feeds(
     """Filters combine with AND. ``near`` pages nearest first, the rest in registration order.
     Retired feeds only with ``include_retired=true``. Gzip-compressed when the client accepts
     it."""
-    # One dependency for the query, the index read here: each dependency FastAPI solves
-    # costs about ten microseconds, a tenth of a page of twenty.
+    # One dependency for the query, the index read here: FastAPI solves each dependency at
+    # some ten microseconds (with the router order, a sees page of twenty took 485 against
+    # 564 us in process).
     page = await service.search_feeds(
         await get_feed_index(request), principal, query, limit=query.limit,
         cursor=query.cursor, feed_ids=await catalog_node_feeds(request, query),
