@@ -1,9 +1,13 @@
 """Metric geometry on the WGS84 ellipsoid: distances, search boxes and field-of-view polygons.
 
-Distances are true geodesics (pyproj ``Geod.inv``). Field-of-view polygons are built in a
-local frame around the camera: a point ``r`` metres away at bearing ``b`` is offset by
-``(r sin b, r cos b)`` metres east/north, scaled by the ellipsoid's radii of curvature and
-walked on a unit sphere (see :func:`offset_points`). Compared with the exact geodesic
+Distances shown and compared are true geodesics (pyproj ``Geod.inv``); near searches rank
+their candidates by a local distance first, whose error is bounded, and compute the geodesic
+only where it can decide something (:func:`near_distances`).
+
+Field-of-view polygons are built in a local frame around the camera: a point ``r`` metres
+away at bearing ``b`` is offset by ``(r sin b, r cos b)`` metres east/north, scaled by the
+ellipsoid's radii of curvature and walked on a unit sphere (see :func:`offset_points`).
+Compared with the exact geodesic
 (``Geod.fwd``) the vertices are off by under 0.1 mm at 300 m and under 10 cm at 10 km
 (tests/unit/test_spatial_geodesy.py), which is why ranges are capped at 10 km.
 
