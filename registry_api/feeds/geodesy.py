@@ -7,9 +7,9 @@ only where it can decide something (:func:`near_distances`).
 Field-of-view polygons are built in a local frame around the camera: a point ``r`` metres
 away at bearing ``b`` is offset by ``(r sin b, r cos b)`` metres east/north, scaled by the
 ellipsoid's radii of curvature and walked on a unit sphere (see :func:`offset_points`).
-Compared with the exact geodesic
-(``Geod.fwd``) the vertices are off by under 0.1 mm at 300 m and under 10 cm at 10 km
-(tests/unit/test_spatial_geodesy.py), which is why ranges are capped at 10 km.
+Compared with the exact geodesic (``Geod.fwd``) the vertices are off by under 0.1 mm at
+300 m and under 10 cm at 10 km (tests/unit/test_spatial_geodesy.py), which is why ranges
+are capped at 10 km.
 
 Every function is vectorised with numpy; the scalar helpers call the vector ones, so the
 polygons the spatial index tests against are exactly the ones the API shows.
