@@ -10,7 +10,7 @@ import contextlib
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -315,6 +315,15 @@ async def wait_for_value(
         if value == expected:
             return value
         await asyncio.sleep(0.25)
+    return value
+
+
+async def counted(read: Callable[[], int], *, at_least: int, timeout: float = 10) -> int:
+    """Polls a counter of this process until it reaches ``at_least``; returns the last value
+    (lower if it never did: the caller's assertion then fails with it)."""
+    deadline = time.monotonic() + timeout
+    while (value := read()) < at_least and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     return value
 
 
