@@ -262,9 +262,11 @@ def geodesic_distance_m(
 
 
 # Near searches order their candidates by local distances (:func:`local_distance_m`) and
-# compute true geodesics only where the order or the radius needs them: from this latitude
-# on, and for boxes wrapping every longitude, they take true geodesics throughout.
+# compute true geodesics only where the order or the radius needs them: within the range the
+# error bound below was measured over. Beyond this latitude, or this radius (a box's farthest
+# candidates lie about 1.43 radii away: under 30 km), they take true geodesics throughout.
 LOCAL_DISTANCE_MAX_LAT = 80.0
+LOCAL_DISTANCE_MAX_RADIUS_M = 20_000.0
 # What a local distance may be off by, relative and absolute: measured under 1.4e-5 and 3e-9
 # m up to 30 km at |lat| <= 80 (tests/unit/test_spatial_geodesy.py); the bound keeps a margin
 # of seventy.
@@ -299,8 +301,7 @@ def near_distances(
     its error of ``metres``), local distances for the others; and which are true (None: all
     of them, where the local frame is not used). A point is within ``metres`` exactly when
     its distance here is."""
-    box = radius_box(lon, lat, metres)
-    if abs(lat) > LOCAL_DISTANCE_MAX_LAT or box[2] - box[0] >= 360.0 or lons.size == 0:
+    if abs(lat) > LOCAL_DISTANCE_MAX_LAT or metres > LOCAL_DISTANCE_MAX_RADIUS_M or not lons.size:
         return geodesic_distance_m(lon, lat, lons, lats), None
     distances = local_distance_m(lon, lat, lons, lats)
     exact = np.abs(distances - metres) <= local_distance_error_m(distances)

@@ -13,6 +13,7 @@ from registry_api.feeds.geodesy import (
     ARC_POINTS,
     GEOD,
     LOCAL_DISTANCE_MAX_LAT,
+    LOCAL_DISTANCE_MAX_RADIUS_M,
     UNSURE,
     fov_bounds,
     fov_polygon,
@@ -255,6 +256,10 @@ def test_near_distances_decide_the_radius_as_true_distances_do() -> None:
         lon, lat, np.array([inner_lon]), np.array([inner_lat]), metres
     )
     assert exact is not None and not exact[0] and abs(distances[0] - 400.0) < 0.01
+    distances, exact = near_distances(
+        lon, lat, np.array([inner_lon]), np.array([inner_lat]), LOCAL_DISTANCE_MAX_RADIUS_M + 1
+    )  # a radius beyond the range the local distances' bound was measured over
+    assert exact is None
     polar_lon, polar_lat, _ = GEOD.fwd(10.0, 85.0, 45.0, 400.0)
     distances, exact = near_distances(
         10.0, 85.0, np.array([polar_lon]), np.array([polar_lat]), metres
