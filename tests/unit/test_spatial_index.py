@@ -17,6 +17,7 @@ import shapely
 from shapely.geometry import Point
 
 from registry_api.feeds.geodesy import GEOD, fov_polygon, geodesic_distance_m, local_distance_m
+from registry_api.feeds.index.columns import Columns
 from registry_api.feeds.index.grid import (
     GRID_COLUMNS,
     cell_key,
@@ -26,7 +27,8 @@ from registry_api.feeds.index.grid import (
     row_of,
 )
 from registry_api.feeds.index.queries import IndexQuery, InvalidCursor
-from registry_api.feeds.index.records import FeedRecord
+from registry_api.feeds.index.records import FeedRecord, Vocabulary
+from registry_api.feeds.index.snapshot import Snapshot, merge_columns
 from registry_api.feeds.spatial import FeedIndex
 
 CENTRE = (103.80, 36.06)
@@ -469,3 +471,49 @@ def test_positions_of_is_row_of_for_many_ids(
     for ids in (present + odd[:1], present + odd, odd):
         expected = [-1 if (row := base.row_of(feed_id)) is None else row for feed_id in ids]
         assert base.positions_of(ids).tolist() == expected
+
+
+def _column_rows(columns: Columns) -> dict[str, tuple[tuple[object, ...], frozenset[int]]]:
+    """Each row of the columns by id, with its tags as a set (tags have no defined order)."""
+    tags: dict[int, set[int]] = {}
+    for row, code in zip(columns.tag_rows.tolist(), columns.tag_codes.tolist(), strict=True):
+        tags.setdefault(row, set()).add(code)
+    names = [name for name in Columns.__dataclass_fields__ if name not in ("tag_rows", "tag_codes")]
+    rows: dict[str, tuple[tuple[object, ...], frozenset[int]]] = {}
+    for row in range(len(columns)):
+        values = tuple(
+            tuple(np.nan_to_num(getattr(columns, name)[row], nan=-999.0).tolist())
+            if name in ("fov", "footprint")
+            else getattr(columns, name)[row]
+            for name in names
+        )
+        rows[columns.ids[row].decode()] = (values, frozenset(tags.get(row, ())))
+    return rows
+
+
+@pytest.mark.parametrize("replacing", [False, True])
+def test_merging_columns_places_every_row_once_in_id_order(replacing: bool) -> None:
+    """A big import's merge writes each column straight into its place (no concatenated copy
+    to sort): the result is the base with the incoming rows added or, for a newer revision,
+    replacing theirs; an older incoming revision loses; tags follow their rows."""
+    rng = random.Random(606 + replacing)
+    owners, tags = Vocabulary(), Vocabulary()
+    base_records = [_random_record(rng, serial) for serial in range(0, 4_000, 2)]
+    base = Snapshot(Columns.from_records(base_records, owners, tags))
+    incoming = [_random_record(rng, serial) for serial in rng.sample(range(1, 4_001, 2), 700)]
+    expected = {record.id: record for record in base_records}
+    if replacing:
+        for record in rng.sample(base_records, 300):
+            newer = replace(record, revision=2, lon=record.lon + 0.001, tags=("bridge",))
+            incoming.append(newer)
+            expected[record.id] = newer
+        incoming += [replace(record, revision=0, lat=0.0) for record in base_records[:50]]
+    for record in incoming:
+        if record.revision == 1:
+            expected[record.id] = record
+    rng.shuffle(incoming)  # the merge sorts what comes in
+    merged = merge_columns(base, Columns.from_records(incoming, owners, tags))
+    assert merged.columns.ids.tolist() == sorted(feed_id.encode() for feed_id in expected)
+    reference = Columns.from_records([expected[key] for key in sorted(expected)], owners, tags)
+    assert _column_rows(merged.columns) == _column_rows(reference)
+    assert len(merged.columns.tag_rows) == len(reference.tag_rows)

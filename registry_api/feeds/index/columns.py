@@ -147,8 +147,50 @@ class Columns:
         return Columns(**joined)
 
     @staticmethod
-    def concat(first: Columns, second: Columns) -> Columns:
-        return Columns.concat_all([first, second])
+    def interleave(base: Columns, kept: np.ndarray | None, incoming: Columns) -> Columns:
+        """The rows of ``base`` at ``kept`` (every row when None) and the rows of ``incoming``,
+        in id order. Both must be sorted by id and share no id. Each column is written once,
+        straight into its place: concatenating and then sorting made two copies of every
+        column, and at a million feeds the second was the peak of a bulk import."""
+        base_ids = base.ids if kept is None else base.ids[kept]
+        kept_count = base_ids.shape[0]
+        total = kept_count + len(incoming)
+        # each incoming row goes before the kept rows with greater ids
+        inserted_at = np.searchsorted(base_ids, incoming.ids) + np.arange(len(incoming))
+        del base_ids
+        from_incoming = np.zeros(total, dtype=bool)
+        from_incoming[inserted_at] = True
+        kept_at = np.flatnonzero(~from_incoming)
+        del from_incoming
+
+        def place(name: str) -> np.ndarray:
+            old, new = getattr(base, name), getattr(incoming, name)
+            placed = np.empty((total, *old.shape[1:]), dtype=np.result_type(old, new))
+            placed[inserted_at] = new
+            placed[kept_at] = old if kept is None else old[kept]
+            return placed
+
+        placed = {
+            name: place(name)
+            for name in Columns.__dataclass_fields__
+            if name not in ("tag_rows", "tag_codes")
+        }
+        if kept is None:
+            base_tags = np.ones(base.tag_rows.shape[0], dtype=bool)
+            base_tag_rows = kept_at[base.tag_rows]
+        else:
+            ordinal = np.full(len(base), -1, dtype=np.int64)
+            ordinal[kept] = np.arange(kept_count)
+            tag_ordinal = ordinal[base.tag_rows]
+            base_tags = tag_ordinal >= 0
+            base_tag_rows = kept_at[tag_ordinal[base_tags]]
+        placed["tag_rows"] = np.concatenate([base_tag_rows, inserted_at[incoming.tag_rows]]).astype(
+            np.int32
+        )
+        placed["tag_codes"] = np.concatenate(
+            [base.tag_codes[base_tags], incoming.tag_codes]
+        ).astype(np.int32)
+        return Columns(**placed)
 
 
 @dataclass

@@ -398,10 +398,14 @@ def merge_columns(base: Snapshot, incoming: Columns) -> Snapshot:
         if stale.any():
             incoming = incoming.take(np.flatnonzero(~stale))
             replaced = base.rows_of(incoming.ids.astype(str).tolist())
-    keep = np.ones(base.size, dtype=bool)
-    keep[replaced] = False
-    kept = base.columns.take(np.flatnonzero(keep)) if replaced.size else base.columns
-    return Snapshot(Columns.concat(kept, incoming))
+    kept = None
+    if replaced.size:
+        keep = np.ones(base.size, dtype=bool)
+        keep[replaced] = False
+        kept = np.flatnonzero(keep)
+    if not is_sorted(incoming.ids):
+        incoming = incoming.take(np.argsort(incoming.ids, kind="stable"))
+    return Snapshot(Columns.interleave(base.columns, kept, incoming))
 
 
 def merge_snapshot(
