@@ -1,0 +1,137 @@
+"""The outbox relay publishes every committed event once and marks the rows it published
+sent in few writes: one per quarter second of publishing, and before it idles or stops."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiokafka import AIOKafkaConsumer
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from infra.kafka_admin import ensure_topics
+from registry_api.db import create_engine, session_factory
+from registry_api.outbox.models import OutboxMessage
+from registry_api.outbox.relay import MARK_EVERY_SECONDS, OutboxRelay
+from registry_api.outbox.service import enqueue_many
+from schemas.events import CloudEvent
+from schemas.settings import Settings
+from schemas.topics import FEED_METADATA, topic_name
+
+COMMITS = 60
+
+
+async def _commit_events(
+    relay: OutboxRelay, sessions: async_sessionmaker[AsyncSession], pause: float
+) -> list[str]:
+    """COMMITS transactions of one event each, the relay told after each (as the API does)."""
+    written = []
+    for number in range(COMMITS):
+        event = CloudEvent(
+            type="feedgrid.feed.updated", subject=f"feed-{number % 7}", data={"n": number}
+        )
+        async with sessions() as session:
+            await enqueue_many(session, [(FEED_METADATA, f"feed-{number % 7}", event.to_bytes())])
+            await session.commit()
+        relay.notify()
+        written.append(str(event.id))
+        await asyncio.sleep(pause)
+    return written
+
+
+async def _received(settings: Settings, expected: int) -> list[str]:
+    consumer = AIOKafkaConsumer(
+        topic_name(settings.topic_prefix, FEED_METADATA),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"check-{uuid.uuid4().hex[:6]}",
+    )
+    await consumer.start()
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(seen) < expected:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    seen += [str(CloudEvent.from_bytes(record.value).id) for record in records]
+        for records in (await consumer.getmany(timeout_ms=1000)).values():  # any duplicate
+            seen += [str(CloudEvent.from_bytes(record.value).id) for record in records]
+    finally:
+        await consumer.stop()
+    return seen
+
+
+async def _unsent(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with sessions() as session:
+        statement = select(func.count()).where(OutboxMessage.sent_at.is_(None))
+        return int(await session.scalar(statement) or 0)
+
+
+async def test_published_rows_are_marked_sent_together_and_before_the_relay_idles(
+    settings: Settings,
+) -> None:
+    await ensure_topics(settings)
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    relay = OutboxRelay(settings, engine, sessions)
+    batches = 0
+    publish = relay._publish  # noqa: SLF001 (counted, not replaced: Kafka gets every batch)
+
+    async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal batches
+        batches += 1
+        return await publish(*args, **kwargs)
+
+    relay._publish = counted  # type: ignore[method-assign]  # noqa: SLF001
+    marks = 0
+    mark = relay._mark_published  # noqa: SLF001
+
+    async def counted_mark() -> None:
+        nonlocal marks
+        if relay._published:  # noqa: SLF001
+            marks += 1
+        await mark()
+
+    relay._mark_published = counted_mark  # type: ignore[method-assign]  # noqa: SLF001
+    await relay.start()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        written = await _commit_events(relay, sessions, pause=0.01)
+        seen = await _received(settings, len(written))
+        elapsed = loop.time() - started
+        async with asyncio.timeout(10):  # nothing left to publish: the rest is marked
+            while await _unsent(sessions):
+                await asyncio.sleep(0.05)
+    finally:
+        await relay.stop()
+        await engine.dispose()
+    assert sorted(seen) == sorted(written), "each event published exactly once"
+    assert batches >= COMMITS // 4, "the relay published as the commits came"
+    # one write per MARK_EVERY_SECONDS of publishing, plus those before idling
+    assert marks <= elapsed / MARK_EVERY_SECONDS + 3 < batches, (marks, batches, elapsed)
+
+
+async def test_a_stopping_relay_marks_what_it_published(settings: Settings) -> None:
+    """A standby replica (or a restart) takes over from a stopped relay without publishing
+    any event again: stop() marks the rows published and not marked yet."""
+    await ensure_topics(settings)
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    relay = OutboxRelay(settings, engine, sessions)
+    await relay.start()
+    try:
+        commits = asyncio.create_task(_commit_events(relay, sessions, pause=0.005))
+        async with asyncio.timeout(30):
+            while not relay._published:  # noqa: SLF001 (published, not marked yet)
+                await asyncio.sleep(0.002)
+        await relay.stop()
+        relay = OutboxRelay(settings, engine, sessions)
+        await relay.start()
+        written = await commits
+        relay.notify()
+        seen = await _received(settings, len(written))
+    finally:
+        await relay.stop()
+        await engine.dispose()
+    assert sorted(seen) == sorted(written), "each event published exactly once"
