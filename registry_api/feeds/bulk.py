@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
 import gc
 import logging
 import time
@@ -36,6 +35,7 @@ from sqlalchemy import and_, bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from infra import heap
 from registry_api.db import rows_matched
 from registry_api.errors import Conflict, Unprocessable
 from registry_api.feeds import bulk_validation
@@ -444,17 +444,8 @@ async def bulk_upsert(
     with garbage_collector_paused():
         result = await _bulk_upsert(session, index, principal, body, content_type)
     if len(body) > RETURN_MEMORY_ABOVE_BYTES:
-        await asyncio.to_thread(return_freed_memory)
+        await asyncio.to_thread(heap.return_free_memory)
     return result
-
-
-def return_freed_memory() -> None:
-    """Hands the heap pages a big import freed back to the OS: glibc keeps them otherwise,
-    and the API process would carry the import's peak for the rest of its life."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 async def _bulk_upsert(
@@ -553,7 +544,7 @@ async def _bulk_upsert(
         # The chunks' values, statements and events are freed by now: their pages go back
         # before the merge builds the new snapshot beside the old one, or the process's peak
         # is the sum of the two (importing a million feeds: 1,417 MiB without this, 1,237).
-        await asyncio.to_thread(return_freed_memory)
+        await asyncio.to_thread(heap.return_free_memory)
         await index.apply_columns(Columns.concat_all(index_parts), staged)
     else:
         index.apply([record_of(candidate.values) for candidate in state.touched], renderings)
