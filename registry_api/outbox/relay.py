@@ -100,8 +100,7 @@ class OutboxRelay:
         self._lock_connection: AsyncConnection | None = None
         self.is_leader = False
         self._last_purge = 0.0
-        self._published: list[int] = []  # published, not yet marked sent
-        self._published_set: set[int] = set()
+        self._published: set[int] = set()  # ids published, not yet marked sent
         self._first_unmarked_at = 0.0
 
     def notify(self) -> None:
@@ -252,7 +251,7 @@ class OutboxRelay:
                     .order_by(OutboxMessage.id)
                     .limit(self.settings.relay_batch_size + len(self._published))
                 )
-                if row[0] not in self._published_set
+                if row[0] not in self._published
             ]
             if not waiting:
                 return 0
@@ -275,8 +274,7 @@ class OutboxRelay:
             published = await self._publish(producer, rows)
         if not self._published:
             self._first_unmarked_at = time.monotonic()
-        self._published += ids
-        self._published_set.update(ids)
+        self._published.update(ids)
         RELAYED.inc(published)
         LAST_PUBLISHED.set(ids[-1])
         if len(self._published) >= MARK_AT_MOST_IDS or self._mark_wait() <= 0:
@@ -292,17 +290,17 @@ class OutboxRelay:
         out took the turn once per batch, about a third of the turn's time with eight access
         requests at once.
 
-        Until they are marked, the rows are skipped by the next reads (``_published_set``); a
+        Until they are marked, the rows are skipped by the next reads (``_published``); a
         crash in between publishes them again (delivery is at least once)."""
         if not self._published:
             return
-        ids = self._published
+        ids = sorted(self._published)
         async with self.sessions() as session:
             # One call on the connection's thread, the UPDATE and the commit (driver_work).
             await commit_in_turn(
                 session, "outbox_relay", _marking_sent(ids, utcnow(), session.get_bind().dialect)
             )
-        self._published, self._published_set = [], set()
+        self._published = set()
 
     async def _mark_published_or_forget(self) -> None:
         """On stopping or losing leadership: marks what was published if the database lets it,
@@ -312,7 +310,7 @@ class OutboxRelay:
         except Exception as error:
             log.warning("outbox relay could not mark %d published rows sent: %s",
                         len(self._published), error)  # fmt: skip
-        self._published, self._published_set = [], set()
+        self._published = set()
 
     async def _publish(self, producer: AIOKafkaProducer, rows: Sequence[OutboxRow]) -> int:
         """The rows' messages as record batches, one per topic partition at a time, each

@@ -4,11 +4,9 @@ out of order, and the standby takes over when the active relay stops."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from infra.kafka_admin import ensure_topics
 from registry_api.db import create_engine, session_factory
@@ -16,7 +14,8 @@ from registry_api.outbox.relay import OutboxRelay
 from registry_api.outbox.service import enqueue_many
 from schemas.events import CloudEvent
 from schemas.settings import Settings
-from schemas.topics import FEED_METADATA, topic_name
+from schemas.topics import FEED_METADATA
+from tests.integration.feeds_support import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -47,29 +46,11 @@ async def _write_versions(  # type: ignore[no-untyped-def]
 
 
 async def _consume(settings: Settings, expected: int) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
-    consumer = AIOKafkaConsumer(
-        topic_name(settings.topic_prefix, FEED_METADATA),
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=f"check-{uuid.uuid4().hex[:6]}",
+    """(id, data) of every event on the topic, and of anything published twice shortly after."""
+    received = await read_topic(
+        settings.kafka_bootstrap, settings.topic_prefix, FEED_METADATA, until=expected, linger=1.5
     )
-    await consumer.start()
-    seen: list[tuple[str, dict]] = []  # type: ignore[type-arg]
-    try:
-        async with asyncio.timeout(60):
-            while len(seen) < expected:
-                batches = await consumer.getmany(timeout_ms=1000)
-                for records in batches.values():
-                    for record in records:
-                        event = CloudEvent.from_bytes(record.value)
-                        seen.append((str(event.id), event.data))
-        # Anything published twice would arrive shortly after the expected count.
-        extra = await consumer.getmany(timeout_ms=1500)
-        for records in extra.values():
-            seen.extend((str(CloudEvent.from_bytes(r.value).id), {}) for r in records)
-    finally:
-        await consumer.stop()
-    return seen
+    return [(str(event.id), event.data) for _, event in received]
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -186,8 +186,10 @@ async def read_topic(
     *,
     until: int,
     timeout: float = 60.0,
+    linger: float = 0.0,
 ) -> list[tuple[str, CloudEvent]]:
-    """Every message of the topic from the beginning, until ``until`` distinct events arrived."""
+    """Every message of the topic from the beginning, until ``until`` distinct events arrived,
+    and then for ``linger`` seconds more (whatever was published twice arrives then too)."""
     consumer = AIOKafkaConsumer(
         topic_name(prefix, suffix),
         bootstrap_servers=bootstrap,
@@ -207,6 +209,9 @@ async def read_topic(
                     event = CloudEvent.from_bytes(message.value)
                     received.append((message.key.decode(), event))
                     seen.add(str(event.id))
+        if linger:
+            for messages in (await consumer.getmany(timeout_ms=int(linger * 1000))).values():
+                received += [(m.key.decode(), CloudEvent.from_bytes(m.value)) for m in messages]
     finally:
         await consumer.stop()
     return received

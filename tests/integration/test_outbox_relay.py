@@ -4,9 +4,7 @@ sent in few writes: one per quarter second of publishing, and before it idles or
 from __future__ import annotations
 
 import asyncio
-import uuid
 
-from aiokafka import AIOKafkaConsumer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,7 +15,8 @@ from registry_api.outbox.relay import MARK_EVERY_SECONDS, OutboxRelay
 from registry_api.outbox.service import enqueue_many
 from schemas.events import CloudEvent
 from schemas.settings import Settings
-from schemas.topics import FEED_METADATA, topic_name
+from schemas.topics import FEED_METADATA
+from tests.integration.feeds_support import read_topic
 
 COMMITS = 60
 
@@ -41,24 +40,11 @@ async def _commit_events(
 
 
 async def _received(settings: Settings, expected: int) -> list[str]:
-    consumer = AIOKafkaConsumer(
-        topic_name(settings.topic_prefix, FEED_METADATA),
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=f"check-{uuid.uuid4().hex[:6]}",
+    """The ids of the events on the topic, a second after the expected count (duplicates)."""
+    received = await read_topic(
+        settings.kafka_bootstrap, settings.topic_prefix, FEED_METADATA, until=expected, linger=1.0
     )
-    await consumer.start()
-    seen: list[str] = []
-    try:
-        async with asyncio.timeout(60):
-            while len(seen) < expected:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    seen += [str(CloudEvent.from_bytes(record.value).id) for record in records]
-        for records in (await consumer.getmany(timeout_ms=1000)).values():  # any duplicate
-            seen += [str(CloudEvent.from_bytes(record.value).id) for record in records]
-    finally:
-        await consumer.stop()
-    return seen
+    return [str(event.id) for _, event in received]
 
 
 async def _unsent(sessions: async_sessionmaker[AsyncSession]) -> int:
