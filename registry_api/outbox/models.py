@@ -22,5 +22,7 @@ class OutboxMessage(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     # 1: the payload is one message under ``key``; more: a bundle (registry_api.outbox.service)
     messages: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # None: the payload as it is; "zstd": a bundle's frames compressed (outbox.service)
+    codec: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)

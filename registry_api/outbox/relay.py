@@ -47,8 +47,8 @@ MARK_AT_MOST_IDS = 5_000
 STOP_GRACE_SECONDS = 5.0
 
 
-# id, topic suffix, key, messages, payload
-OutboxRow = tuple[int, str, str, int, bytes]
+# id, topic suffix, key, messages, payload, codec
+OutboxRow = tuple[int, str, str, int, bytes, str | None]
 
 
 def _first_messages(waiting: Sequence[Row[Any]], limit: int) -> list[Row[Any]]:
@@ -257,16 +257,18 @@ class OutboxRelay:
                 return 0
             chosen = _first_messages(waiting, self.settings.relay_batch_size)
             bundles = [row[0] for row in chosen if row[3] > 1]
-            payloads: dict[int, bytes] = {}
+            payloads: dict[int, tuple[bytes, str | None]] = {}
             if bundles:
                 read = await session.execute(
-                    select(OutboxMessage.id, OutboxMessage.payload).where(
+                    select(OutboxMessage.id, OutboxMessage.payload, OutboxMessage.codec).where(
                         OutboxMessage.id.in_(bundles)
                     )
                 )
-                payloads = {row_id: payload for row_id, payload in read}
+                payloads = {row_id: (payload, codec) for row_id, payload, codec in read}
             rows: list[OutboxRow] = [
-                (row_id, topic, key, messages, payloads[row_id] if messages > 1 else payload)
+                (row_id, topic, key, messages, *payloads[row_id])
+                if messages > 1
+                else (row_id, topic, key, messages, payload, None)
                 for row_id, topic, key, messages, payload in chosen
             ]
             ids = [row[0] for row in rows]
@@ -319,9 +321,9 @@ class OutboxRelay:
         else the relay does. A key goes to the partition the default partitioner gives it,
         whichever way it was published. Returns how many messages."""
         by_topic: dict[str, list[tuple[bytes | None, bytes]]] = defaultdict(list)
-        for _row_id, suffix, row_key, count, payload in rows:
+        for _row_id, suffix, row_key, count, payload, codec in rows:
             by_topic[topic_name(self.settings.topic_prefix, suffix)] += row_messages(
-                row_key, payload, count
+                row_key, payload, count, codec
             )
         deliveries: list[Delivery] = []
         try:

@@ -7,7 +7,13 @@ batch's consecutive messages to one topic (``messages`` > 1: the payload is the 
 framed one after the other, each its key's length, the key, the value's length, the value).
 An access request writes hundreds of events: as bundles they are a few rows to insert, read
 and mark sent instead of one each, and the relay still publishes every message under its own
-key, in order."""
+key, in order.
+
+A bundle of ``COMPRESS_AT_LEAST`` bytes or more is stored compressed (``codec`` "zstd", level
+1). An access request's events are JSON that repeats itself (the same request, departments and
+grant in every one): 219 KB of them compress to 10 KB in 0.2 ms. Stored as they were, they were
+written to SQLite's log at the commit, to the database at the checkpoint, and again whole when
+the relay marked the row sent (SQLite rewrites a row that grows, its overflow pages too)."""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
+import cramjam
 from sqlalchemy import Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,6 +42,9 @@ BUNDLE_MESSAGES = 1_000  # at most this many messages in one row
 BUNDLE_BYTES = 1024 * 1024  # and about this many bytes (a single larger message: a row alone)
 _FRAME = struct.Struct("<HI")  # key length, value length
 MAX_KEY_BYTES = 0xFFFF
+ZSTD = "zstd"
+COMPRESS_AT_LEAST = 4096  # bytes of a framed bundle: below this compression gains little
+ZSTD_LEVEL = 1  # level 3: 5 % larger than level 1 on access events, and 60 % slower
 
 
 def frame_bundle(messages: Sequence[tuple[str, bytes]]) -> bytes:
@@ -48,11 +58,38 @@ def frame_bundle(messages: Sequence[tuple[str, bytes]]) -> bytes:
     return b"".join(pieces)
 
 
-def row_messages(key: str, payload: bytes, messages: int) -> Iterator[tuple[bytes, bytes]]:
+def compressed_bundle(framed: bytes) -> tuple[bytes, str | None]:
+    """A framed bundle as it is stored, and its codec (None: as it is)."""
+    if len(framed) < COMPRESS_AT_LEAST:
+        return framed, None
+    return bytes(cramjam.zstd.compress(framed, level=ZSTD_LEVEL)), ZSTD
+
+
+def stored_bundle(payload: bytes, codec: str | None) -> bytes:
+    """A bundle row's framed messages, from its payload as stored. A bundle holds at most
+    ``BUNDLE_BYTES``: a payload that would decompress to more is refused, not expanded."""
+    if codec is None:
+        return payload
+    if codec != ZSTD:
+        raise ValueError(f"an outbox bundle stored with an unknown codec {codec!r}")
+    output = bytearray(BUNDLE_BYTES)
+    try:
+        size = cramjam.zstd.decompress_into(payload, output)
+    except cramjam.DecompressionError as error:
+        raise ValueError(
+            f"an outbox bundle does not decompress to at most {BUNDLE_BYTES} bytes: {error}"
+        ) from None
+    return bytes(memoryview(output)[:size])
+
+
+def row_messages(
+    key: str, payload: bytes, messages: int, codec: str | None = None
+) -> Iterator[tuple[bytes, bytes]]:
     """The (key, value) messages an outbox row holds, in order."""
     if messages <= 1:
         yield key.encode(), payload
         return
+    payload = stored_bundle(payload, codec)
     view = memoryview(payload)
     offset = 0
     for _ in range(messages):
@@ -83,11 +120,12 @@ def bundled_values(events: Iterable[OutboxEvent], *, created_at: datetime) -> li
             [(key, value)] = group
             rows.append(_row(group_topic, key, value, 1, created_at))
         elif group:
-            rows.append(_row(group_topic, group[0][0], frame_bundle(group), len(group), created_at))
+            payload, codec = compressed_bundle(frame_bundle(group))
+            rows.append(_row(group_topic, group[0][0], payload, len(group), created_at, codec))
         group.clear()
 
     for topic, key, payload in events:
-        size = _FRAME.size + len(key) + len(payload)
+        size = _FRAME.size + len(key.encode()) + len(payload)
         if group and (
             topic != group_topic
             or len(group) >= BUNDLE_MESSAGES
@@ -103,7 +141,12 @@ def bundled_values(events: Iterable[OutboxEvent], *, created_at: datetime) -> li
 
 
 def _row(
-    topic: str, key: str, payload: bytes, messages: int, created_at: datetime
+    topic: str,
+    key: str,
+    payload: bytes,
+    messages: int,
+    created_at: datetime,
+    codec: str | None = None,
 ) -> dict[str, Any]:
     return {
         "topic": topic,
@@ -111,6 +154,7 @@ def _row(
         "payload": payload,
         "created_at": created_at,
         "messages": messages,
+        "codec": codec,
     }
 
 

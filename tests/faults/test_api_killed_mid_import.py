@@ -74,11 +74,11 @@ def read_registry(database: Path) -> RegistryState:
             feeds[(row[owner], row[code])] = tuple(row[i] for i in kept)
             feed_keys[row[feed_id]] = (row[owner], row[code])
         events = []
-        for key, payload, messages in connection.execute(
-            "SELECT key, payload, messages FROM outbox WHERE topic = ? ORDER BY id",
+        for key, payload, messages, codec in connection.execute(
+            "SELECT key, payload, messages, codec FROM outbox WHERE topic = ? ORDER BY id",
             (FEED_METADATA,),
         ):
-            for _, value in row_messages(key, payload, messages):
+            for _, value in row_messages(key, payload, messages, codec):
                 event = orjson.loads(value)
                 events.append((event["subject"], event["type"], event["data"]["version"]))
     finally:

@@ -191,6 +191,7 @@ async def _outbox(engine: AsyncEngine) -> list[OutboxRow]:
                 OutboxMessage.key,
                 OutboxMessage.payload,
                 OutboxMessage.messages,
+                OutboxMessage.codec,
                 OutboxMessage.sent_at.is_not(None),
             )
             .where(OutboxMessage.topic == FEED_METADATA)
@@ -198,8 +199,8 @@ async def _outbox(engine: AsyncEngine) -> list[OutboxRow]:
         )
         return [
             (row_id, key.decode(), value, sent)
-            for row_id, row_key, payload, messages, sent in rows.all()
-            for key, value in row_messages(row_key, payload, messages)
+            for row_id, row_key, payload, messages, codec, sent in rows.all()
+            for key, value in row_messages(row_key, payload, messages, codec)
         ]
 
 

@@ -116,7 +116,7 @@ async def _stored(world: World, request_id: str) -> Stored:
             (key, value)
             for row in await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
             if row.topic == ACCESS_EVENTS
-            for key, value in row_messages(row.key, row.payload, row.messages)
+            for key, value in row_messages(row.key, row.payload, row.messages, row.codec)
             if orjson.loads(value)["data"].get("request_id") == request_id
         ]
     return Stored(request, items, grants, grant_feeds, audit, outbox)

@@ -170,7 +170,7 @@ async def test_a_change_its_audit_links_and_outbox_rows_commit_together(
         published = [
             orjson.loads(value)["id"]
             for row in await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
-            for _, value in row_messages(row.key, row.payload, row.messages)
+            for _, value in row_messages(row.key, row.payload, row.messages, row.codec)
         ]
         rows = await session.scalar(select(func.count()).select_from(OutboxMessage))
     assert verification.ok, verification.message

@@ -370,7 +370,12 @@ async def _liveness_outcome(
         ).all()
         added = (
             await session.execute(
-                select(OutboxMessage.key, OutboxMessage.payload, OutboxMessage.messages)
+                select(
+                    OutboxMessage.key,
+                    OutboxMessage.payload,
+                    OutboxMessage.messages,
+                    OutboxMessage.codec,
+                )
                 .where(OutboxMessage.id > newest)
                 .order_by(OutboxMessage.id)
             )
@@ -378,8 +383,8 @@ async def _liveness_outcome(
         await session.rollback()
     events = [
         {name: event[name] for name in ("type", "subject", "dataschema", "data")}
-        for key, payload, count in added
-        for _, value in row_messages(key, payload, count)
+        for key, payload, count, codec in added
+        for _, value in row_messages(key, payload, count, codec)
         for event in [orjson.loads(value)]
     ]
     rendered = [orjson.dumps(document, option=orjson.OPT_UTC_Z) for document in changed]

@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 import pytest
 
 from registry_api.outbox import service
-from registry_api.outbox.service import bundled_values, frame_bundle, row_messages
+from registry_api.outbox.service import (
+    BUNDLE_BYTES,
+    COMPRESS_AT_LEAST,
+    ZSTD,
+    bundled_values,
+    compressed_bundle,
+    frame_bundle,
+    row_messages,
+)
 
 NOW = datetime(2026, 12, 3, tzinfo=UTC)
 
@@ -17,7 +25,7 @@ def _messages(rows: list[dict]) -> list[tuple[str, bytes, bytes]]:
     return [
         (row["topic"], key, value)
         for row in rows
-        for key, value in row_messages(row["key"], row["payload"], row["messages"])
+        for key, value in row_messages(row["key"], row["payload"], row["messages"], row["codec"])
     ]
 
 
@@ -55,3 +63,37 @@ def test_a_damaged_bundle_is_refused_not_misread() -> None:
             list(row_messages("a", cut, 2))
     with pytest.raises(ValueError, match="ends before"):  # it says more than it holds
         list(row_messages("a", payload, 3))
+
+
+def test_a_large_bundle_is_stored_compressed_and_a_small_one_as_it_is() -> None:
+    # an access request's events: JSON that repeats itself, one feed's id apart
+    value = b'{"request_id":"01a24a37ae3473c9","owner":"lz-psb","decision":"granted","feed":"%03d"}'
+    events = [("access-events", f"feed-{n}", value % n) for n in range(300)]
+    small = [("access-events", "feed-1", b"{}"), ("access-events", "feed-2", b"{}")]
+    large_row, small_row = bundled_values(events, created_at=NOW) + bundled_values(
+        small, created_at=NOW
+    )
+    framed = frame_bundle([(key, payload) for _, key, payload in events])
+    assert len(framed) >= COMPRESS_AT_LEAST
+    assert large_row["codec"] == ZSTD
+    assert len(large_row["payload"]) * 5 < len(framed)
+    assert small_row["codec"] is None
+    assert small_row["payload"] == frame_bundle([(key, payload) for _, key, payload in small])
+    assert _messages([large_row, small_row]) == [
+        (topic, key.encode(), payload) for topic, key, payload in events + small
+    ]
+
+
+def test_a_compressed_bundle_that_cannot_be_read_within_bounds_is_refused() -> None:
+    payload, codec = compressed_bundle(frame_bundle([("k", b"v" * 5000), ("k", b"w")]))
+    assert codec == ZSTD
+    assert [value for _, value in row_messages("k", payload, 2, codec)] == [b"v" * 5000, b"w"]
+    with pytest.raises(ValueError, match="unknown codec 'brotli'"):
+        list(row_messages("k", payload, 2, "brotli"))
+    with pytest.raises(ValueError, match="does not decompress"):
+        list(row_messages("k", payload[:-8], 2, codec))
+    # A bundle never holds more than BUNDLE_BYTES: a row that would expand past it (a bomb, or
+    # a row from a build with a larger bound) is refused rather than expanded.
+    expanding, _ = compressed_bundle(b"\x00" * (BUNDLE_BYTES + 1))
+    with pytest.raises(ValueError, match=f"at most {BUNDLE_BYTES} bytes"):
+        list(row_messages("k", expanding, 2, codec))
