@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
 
-from streams.dead_letter import DeadLetter, InvalidMessage
+from schemas.dead_letter import DeadLetter
+from streams.dead_letter import InvalidMessage
 from streams.publisher import Outgoing
 from streams.rules import RaisedAlert
 

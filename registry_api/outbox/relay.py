@@ -1,6 +1,8 @@
 """The outbox relay: publishes committed events to Kafka in commit order, then marks them sent.
 
 Kafka being down never fails an API call: rows wait here and the relay retries with backoff.
+A row that cannot be read (a damaged bundle) is set aside instead: its dead-letter record goes
+to the dead-letter topic in its place, and the rows after it are published.
 Delivery is at least once (a crash between publish and mark re-sends a batch); consumers
 deduplicate on the CloudEvents id. On PostgreSQL only the replica holding an advisory lock
 relays, so two API replicas never interleave their publishing.
@@ -27,15 +29,20 @@ from infra.kafka_batches import Delivery, abandon, delivered, send_partitioned
 from registry_api.driver_work import DriverCalls, DriverWork, commit_in_turn, update_statement
 from registry_api.outbox.models import OutboxMessage
 from registry_api.outbox.service import OUTBOX_TABLE, row_messages
+from schemas.dead_letter import DeadLetter
 from schemas.events import utcnow
 from schemas.settings import Settings
-from schemas.topics import topic_name
+from schemas.topics import DEAD_LETTER, topic_name
 
 log = logging.getLogger("feedgrid.relay")
 
 RELAYED = Counter("feedgrid_outbox_relayed_total", "Outbox events published to Kafka")
 LAST_PUBLISHED = Gauge("feedgrid_outbox_last_published_id", "Highest outbox id published to Kafka")
 RELAY_ERRORS = Counter("feedgrid_outbox_errors_total", "Failed attempts to publish outbox events")
+SET_ASIDE = Counter(
+    "feedgrid_outbox_set_aside_total",
+    "Outbox rows the relay could not read, sent to the dead-letter topic in their place",
+)
 
 RELAY_LOCK_KEY = 0x0FEED6D1
 PURGE_EVERY_SECONDS = 300.0
@@ -84,6 +91,17 @@ def _marking_sent(ids: Sequence[int], now: datetime, dialect: Dialect) -> Driver
             calls.execute(statement)
 
     return work
+
+
+def _set_aside(
+    topic: str, row_id: int, key: str, payload: bytes, reason: str
+) -> tuple[bytes | None, bytes]:
+    """The dead-letter message of a row that cannot be read: no retry would read it, and
+    retrying it would hold back every row after it."""
+    SET_ASIDE.inc()
+    log.error("outbox row %d (%s) set aside on the dead-letter topic: %s", row_id, topic, reason)
+    record = DeadLetter.from_outbox_row(topic, row_id, key, payload, f"unreadable: {reason}")
+    return key.encode(), record.to_bytes()
 
 
 class OutboxRelay:
@@ -321,10 +339,14 @@ class OutboxRelay:
         else the relay does. A key goes to the partition the default partitioner gives it,
         whichever way it was published. Returns how many messages."""
         by_topic: dict[str, list[tuple[bytes | None, bytes]]] = defaultdict(list)
-        for _row_id, suffix, row_key, count, payload, codec in rows:
-            by_topic[topic_name(self.settings.topic_prefix, suffix)] += row_messages(
-                row_key, payload, count, codec
-            )
+        for row_id, suffix, row_key, count, payload, codec in rows:
+            topic = topic_name(self.settings.topic_prefix, suffix)
+            try:
+                by_topic[topic] += list(row_messages(row_key, payload, count, codec))
+            except ValueError as error:
+                by_topic[topic_name(self.settings.topic_prefix, DEAD_LETTER)].append(
+                    _set_aside(topic, row_id, row_key, payload, str(error))
+                )
         deliveries: list[Delivery] = []
         try:
             for topic, messages in by_topic.items():

@@ -6,9 +6,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from schemas.dead_letter import DeadLetter
 from streams.batch import alert_messages
 from streams.context import StreamContext
-from streams.dead_letter import DeadLetter
 from streams.publisher import Outgoing
 from streams.rules import RaisedAlert
 

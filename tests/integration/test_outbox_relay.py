@@ -1,10 +1,15 @@
 """The outbox relay publishes every committed event once and marks the rows it published
-sent in few writes: one per quarter second of publishing, and before it idles or stops."""
+sent in few writes: one per quarter second of publishing, and before it idles or stops. A row
+it cannot read is set aside on the dead-letter topic, not retried."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+from typing import Any
 
+import orjson
+from aiokafka import AIOKafkaConsumer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -13,9 +18,9 @@ from registry_api.db import create_engine, session_factory
 from registry_api.outbox.models import OutboxMessage
 from registry_api.outbox.relay import MARK_EVERY_SECONDS, OutboxRelay
 from registry_api.outbox.service import enqueue_many
-from schemas.events import CloudEvent
+from schemas.events import CloudEvent, utcnow
 from schemas.settings import Settings
-from schemas.topics import FEED_METADATA
+from schemas.topics import DEAD_LETTER, FEED_METADATA, topic_name
 from tests.integration.feeds_support import read_topic
 
 COMMITS = 60
@@ -121,3 +126,68 @@ async def test_a_stopping_relay_marks_what_it_published(settings: Settings) -> N
         await relay.stop()
         await engine.dispose()
     assert sorted(seen) == sorted(written), "each event published exactly once"
+
+
+async def test_a_row_that_cannot_be_read_is_set_aside_and_the_rows_after_it_are_published(
+    settings: Settings,
+) -> None:
+    """A damaged bundle can never be published: retried, it would hold back every row after it
+    for good. It goes to the dead-letter topic with its reason, and the relay goes on."""
+    await ensure_topics(settings)
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    before = CloudEvent(type="feedgrid.feed.updated", subject="feed-1", data={"n": 1})
+    after = CloudEvent(type="feedgrid.feed.updated", subject="feed-2", data={"n": 2})
+    damaged = b"\x28\xb5\x2f\xfd not a zstd frame after all"
+    async with sessions() as session:
+        await enqueue_many(session, [(FEED_METADATA, "feed-1", before.to_bytes())])
+        row = OutboxMessage(
+            topic=FEED_METADATA, key="feed-9", payload=damaged, messages=3, codec="zstd",
+            created_at=utcnow(),
+        )  # fmt: skip
+        session.add(row)
+        await session.flush()
+        damaged_id = row.id
+        await enqueue_many(session, [(FEED_METADATA, "feed-2", after.to_bytes())])
+        await session.commit()
+    relay = OutboxRelay(settings, engine, sessions)
+    await relay.start()
+    try:
+        published = await _received(settings, 2)
+        letters = await _dead_letters(settings)
+        async with asyncio.timeout(10):
+            while await _unsent(sessions):
+                await asyncio.sleep(0.05)
+    finally:
+        await relay.stop()
+        await engine.dispose()
+    # (in any order: the two keys may hash to different partitions)
+    assert sorted(published) == sorted([str(before.id), str(after.id)])
+    [(key, letter)] = letters
+    assert key == b"feed-9"
+    assert letter["topic"] == topic_name(settings.topic_prefix, FEED_METADATA)
+    assert letter["outbox_id"] == damaged_id
+    assert "does not decompress" in letter["reason"]
+    assert base64.b64decode(letter["payload_base64"]) == damaged
+
+
+async def _dead_letters(settings: Settings) -> list[tuple[bytes, dict[str, Any]]]:
+    """The dead-letter topic's records, read until one is there and a second after."""
+    consumer = AIOKafkaConsumer(
+        topic_name(settings.topic_prefix, DEAD_LETTER),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    letters: list[tuple[bytes, dict[str, Any]]] = []
+    try:
+        async with asyncio.timeout(30):
+            while not letters:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    letters += [(record.key, orjson.loads(record.value)) for record in records]
+        for records in (await consumer.getmany(timeout_ms=1000)).values():
+            letters += [(record.key, orjson.loads(record.value)) for record in records]
+    finally:
+        await consumer.stop()
+    return letters

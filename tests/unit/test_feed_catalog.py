@@ -12,10 +12,10 @@ import orjson
 import pytest
 from aiokafka.structs import ConsumerRecord
 
+from schemas.dead_letter import DeadLetter
 from schemas.events import SCHEMA_FEED_METADATA_V1
 from streams.batch import Batch
 from streams.catalog import FeedCatalog, FeedFacts
-from streams.dead_letter import DeadLetter
 from streams.feed_metadata import FeedMetadataHandler
 
 # A feed document as the registry publishes it (demo city), with the parts the catalog skips.
