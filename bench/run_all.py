@@ -62,17 +62,20 @@ def run_benchmark(
     return figures, problem
 
 
-def kept_figures(previous: Path, rerun: set[str]) -> list[dict[str, Any]]:
-    """The previous report's figures of benchmarks not run now, each marked with its run."""
+def kept_figures(previous: Path, measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The previous report's figures not measured again now, each marked with its run: those
+    of the benchmarks not run, and of the parts of a benchmark left out (``--pass
+    'bench_pipeline=--only analytics'`` keeps its throughput and lag figures)."""
     if not previous.exists():
         return []
     report = json.loads(previous.read_text())
     stamp = report.get("generated_at")
+    again = {(figure["benchmark"], figure["name"]) for figure in measured}
     return [
         {key: value for key, value in figure.items() if key != "ratio"}
         | {"from_run": figure.get("from_run", stamp)}
         for figure in report.get("figures", [])
-        if figure.get("benchmark") not in rerun
+        if (figure.get("benchmark"), figure.get("name")) not in again
     ]
 
 
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-others",
         action="store_true",
-        help="keep the figures of benchmarks not run now from the previous report (marked)",
+        help="keep the previous report's figures not measured now (marked with their run)",
     )
     args = parser.parse_args(argv)
     selected = args.only or list(BENCHMARKS)
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             progress.advance(task)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.keep_others:
-        figures += kept_figures(args.out / "latest.json", set(selected))
+        figures += kept_figures(args.out / "latest.json", figures)
     report = {
         "generated_at": datetime.now(UTC).isoformat(),
         "quick": args.quick,
