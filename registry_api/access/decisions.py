@@ -147,7 +147,7 @@ async def approve(
             )
             for item in reviewed
         ]  # fmt: skip
-    append = await prepared_appending(session, events, now, dialect)
+    append = await prepared_appending(session, events, now, dialect, compress=True)
 
     def write(calls: DriverCalls) -> None:
         for insert in inserts:
@@ -334,7 +334,7 @@ async def _deny_once(
         )  # fmt: skip
         revocations.append(revocation)
         events += revocation.events
-    append = await prepared_appending(session, events, now, dialect)
+    append = await prepared_appending(session, events, now, dialect, compress=True)
 
     def write(calls: DriverCalls) -> None:
         _claim(calls, claims)

@@ -224,7 +224,7 @@ async def revoke_grant(
         session, grant, EventPayloads(request), principal, reason, now
     )
     dialect = (await session.connection()).dialect
-    append = await prepared_appending(session, revocation.events, now, dialect)
+    append = await prepared_appending(session, revocation.events, now, dialect, compress=True)
 
     def write(calls: DriverCalls) -> None:
         if not revocation.revoked_in(calls):

@@ -176,6 +176,7 @@ async def create_access_request(
         dialect,
         along=_prepared_rows(request, written, dialect),
         pending_due=_pending_due(written.items),
+        compress=True,  # the request's events: one large bundle (outbox.service)
     )
     await commit_in_turn(session, "access_request", write)
     return request_out(request, written.items)

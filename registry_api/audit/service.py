@@ -140,9 +140,10 @@ class UnchainedEvents:
 
 
 def unchained_events(
-    events: Sequence[RecordedEvent], now: datetime, dialect: Dialect
+    events: Sequence[RecordedEvent], now: datetime, dialect: Dialect, *, compress: bool = False
 ) -> UnchainedEvents:
-    """CPU only, no I/O, and nothing that depends on the chain's head."""
+    """CPU only, no I/O, and nothing that depends on the chain's head. ``compress``: the
+    outbox bundles stored compressed (``outbox.service``)."""
     pairs = [(event, event.payload()) for event in events]
     outbox = [
         (ACCESS_EVENTS, payload["feed_id"], encoded_cloud_event(event, payload))
@@ -150,7 +151,7 @@ def unchained_events(
     ]
     return UnchainedEvents(
         fields=[audit_fields(event, payload) for event, payload in pairs],
-        outbox=prepare_enqueue(outbox, created_at=now, dialect=dialect),
+        outbox=prepare_enqueue(outbox, created_at=now, dialect=dialect, compress=compress),
     )
 
 
@@ -250,12 +251,13 @@ async def prepared_appending(
     *,
     along: Sequence[DriverInsert] = (),
     pending_due: PendingDue | None = None,
+    compress: bool = False,
 ) -> DriverWork[PreparedEvents]:
     """All a writer prepares before its turn to record ``events`` with its own rows
     (``along``): the events encoded, the listeners' work read (it may read), and the driver
     work that writes it all (:func:`appending_events`), to run with
     ``driver_work.commit_in_turn``."""
-    unchained = unchained_events(events, now, dialect)
+    unchained = unchained_events(events, now, dialect, compress=compress)
     listened = await listened_work(session, events, pending_due)
     return appending_events(along, unchained, now, dialect, listened)
 

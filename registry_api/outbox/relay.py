@@ -93,13 +93,11 @@ def _marking_sent(ids: Sequence[int], now: datetime, dialect: Dialect) -> Driver
     return work
 
 
-def _set_aside(
+def _dead_letter(
     topic: str, row_id: int, key: str, payload: bytes, reason: str
 ) -> tuple[bytes | None, bytes]:
     """The dead-letter message of a row that cannot be read: no retry would read it, and
     retrying it would hold back every row after it."""
-    SET_ASIDE.inc()
-    log.error("outbox row %d (%s) set aside on the dead-letter topic: %s", row_id, topic, reason)
     record = DeadLetter.from_outbox_row(topic, row_id, key, payload, f"unreadable: {reason}")
     return key.encode(), record.to_bytes()
 
@@ -338,15 +336,12 @@ class OutboxRelay:
         future, a partitioner call and an accumulator lookup each) cost more than everything
         else the relay does. A key goes to the partition the default partitioner gives it,
         whichever way it was published. Returns how many messages."""
-        by_topic: dict[str, list[tuple[bytes | None, bytes]]] = defaultdict(list)
-        for row_id, suffix, row_key, count, payload, codec in rows:
-            topic = topic_name(self.settings.topic_prefix, suffix)
-            try:
-                by_topic[topic] += list(row_messages(row_key, payload, count, codec))
-            except ValueError as error:
-                by_topic[topic_name(self.settings.topic_prefix, DEAD_LETTER)].append(
-                    _set_aside(topic, row_id, row_key, payload, str(error))
-                )
+        if any(row[5] is not None for row in rows):
+            # decompressed in a worker thread: a compressor gives up the GIL, and on the event
+            # loop taking it back waited up to 5 ms per bundle beside a busy thread
+            by_topic, set_aside = await asyncio.to_thread(self._messages, rows)
+        else:
+            by_topic, set_aside = self._messages(rows)
         deliveries: list[Delivery] = []
         try:
             for topic, messages in by_topic.items():
@@ -355,7 +350,30 @@ class OutboxRelay:
             abandon(deliveries)
             raise
         await delivered(deliveries)
+        # told once the dead letters are delivered (a failed round tries them again)
+        for row_id, topic, reason in set_aside:
+            SET_ASIDE.inc()
+            log.error("outbox row %d (%s) set aside on the dead-letter topic: %s",
+                      row_id, topic, reason)  # fmt: skip
         return sum(len(messages) for messages in by_topic.values())
+
+    def _messages(
+        self, rows: Sequence[OutboxRow]
+    ) -> tuple[dict[str, list[tuple[bytes | None, bytes]]], list[tuple[int, str, str]]]:
+        """The rows' messages by topic, and the rows set aside (id, topic, reason): a row that
+        cannot be read is replaced by its dead-letter message."""
+        by_topic: dict[str, list[tuple[bytes | None, bytes]]] = defaultdict(list)
+        set_aside: list[tuple[int, str, str]] = []
+        for row_id, suffix, row_key, count, payload, codec in rows:
+            topic = topic_name(self.settings.topic_prefix, suffix)
+            try:
+                by_topic[topic] += list(row_messages(row_key, payload, count, codec))
+            except ValueError as error:
+                by_topic[topic_name(self.settings.topic_prefix, DEAD_LETTER)].append(
+                    _dead_letter(topic, row_id, row_key, payload, str(error))
+                )
+                set_aside.append((row_id, topic, str(error)))
+        return by_topic, set_aside
 
     async def purge_sent(self) -> None:
         """Sent rows are kept a while for inspection (outbox_retention_hours), then removed."""

@@ -9,11 +9,17 @@ An access request writes hundreds of events: as bundles they are a few rows to i
 and mark sent instead of one each, and the relay still publishes every message under its own
 key, in order.
 
-A bundle of ``COMPRESS_AT_LEAST`` bytes or more is stored compressed (``codec`` "zstd", level
-1). An access request's events are JSON that repeats itself (the same request, departments and
-grant in every one): 219 KB of them compress to 10 KB in 0.2 ms. Stored as they were, they were
+A writer may ask for its bundles of ``COMPRESS_AT_LEAST`` bytes or more to be stored
+compressed (``codec`` "zstd", level 1); the access requests and the owners' decisions do. An
+access request's events are JSON that repeats itself (the same request, departments and grant
+in every one): 219 KB of them compress to 10 KB in 0.2 ms. Stored as they were, they were
 written to SQLite's log at the commit, to the database at the checkpoint, and again whole when
-the relay marked the row sent (SQLite rewrites a row that grows, its overflow pages too)."""
+the relay marked the row sent (SQLite rewrites a row that grows, its overflow pages too).
+
+Compression is asked for, not the default: every compressor gives up the GIL while it works,
+and taking it back waits up to the interpreter's switch interval (5 ms) when another thread is
+busy. A writer calling it on the event loop stalls the loop that long per bundle; the hooks'
+frequent small batches stay as they are. The relay decompresses in a worker thread."""
 
 from __future__ import annotations
 
@@ -107,9 +113,12 @@ def row_messages(
         raise ValueError(f"an outbox bundle holds {len(payload) - offset} bytes past its messages")
 
 
-def bundled_values(events: Iterable[OutboxEvent], *, created_at: datetime) -> list[dict[str, Any]]:
+def bundled_values(
+    events: Iterable[OutboxEvent], *, created_at: datetime, compress: bool = False
+) -> list[dict[str, Any]]:
     """The outbox rows (column values) of the events: consecutive events to one topic go into
-    bundles of at most ``BUNDLE_MESSAGES`` messages and ``BUNDLE_BYTES``."""
+    bundles of at most ``BUNDLE_MESSAGES`` messages and ``BUNDLE_BYTES``, compressed if
+    ``compress`` and large enough (see the module's notes)."""
     rows: list[dict[str, Any]] = []
     group: list[tuple[str, bytes]] = []
     group_topic = ""
@@ -120,7 +129,8 @@ def bundled_values(events: Iterable[OutboxEvent], *, created_at: datetime) -> li
             [(key, value)] = group
             rows.append(_row(group_topic, key, value, 1, created_at))
         elif group:
-            payload, codec = compressed_bundle(frame_bundle(group))
+            framed = frame_bundle(group)
+            payload, codec = compressed_bundle(framed) if compress else (framed, None)
             rows.append(_row(group_topic, group[0][0], payload, len(group), created_at, codec))
         group.clear()
 
@@ -166,11 +176,12 @@ async def enqueue_many(session: AsyncSession, events: list[OutboxEvent]) -> None
 
 
 def prepare_enqueue(
-    events: list[OutboxEvent], *, created_at: datetime, dialect: Dialect
+    events: list[OutboxEvent], *, created_at: datetime, dialect: Dialect, compress: bool = False
 ) -> DriverInsert:
     """``enqueue_many`` prepared ahead, CPU only (see ``registry_api.bulk_insert``): for
     writers that must keep the event loop free while they write thousands of events."""
-    return prepare_insert(OUTBOX_TABLE, bundled_values(events, created_at=created_at), dialect)
+    rows = bundled_values(events, created_at=created_at, compress=compress)
+    return prepare_insert(OUTBOX_TABLE, rows, dialect)
 
 
 async def enqueue_prepared(session: AsyncSession, prepared: DriverInsert) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -150,6 +151,7 @@ async def test_a_row_that_cannot_be_read_is_set_aside_and_the_rows_after_it_are_
         damaged_id = row.id
         await enqueue_many(session, [(FEED_METADATA, "feed-2", after.to_bytes())])
         await session.commit()
+    counted = REGISTRY.get_sample_value("feedgrid_outbox_set_aside_total") or 0.0
     relay = OutboxRelay(settings, engine, sessions)
     await relay.start()
     try:
@@ -169,6 +171,7 @@ async def test_a_row_that_cannot_be_read_is_set_aside_and_the_rows_after_it_are_
     assert letter["outbox_id"] == damaged_id
     assert "does not decompress" in letter["reason"]
     assert base64.b64decode(letter["payload_base64"]) == damaged
+    assert REGISTRY.get_sample_value("feedgrid_outbox_set_aside_total") == counted + 1
 
 
 async def _dead_letters(settings: Settings) -> list[tuple[bytes, dict[str, Any]]]:

@@ -65,13 +65,13 @@ def test_a_damaged_bundle_is_refused_not_misread() -> None:
         list(row_messages("a", payload, 3))
 
 
-def test_a_large_bundle_is_stored_compressed_and_a_small_one_as_it_is() -> None:
+def test_a_large_bundle_asked_compressed_is_stored_so_and_a_small_one_as_it_is() -> None:
     # an access request's events: JSON that repeats itself, one feed's id apart
     value = b'{"request_id":"01a24a37ae3473c9","owner":"lz-psb","decision":"granted","feed":"%03d"}'
     events = [("access-events", f"feed-{n}", value % n) for n in range(300)]
     small = [("access-events", "feed-1", b"{}"), ("access-events", "feed-2", b"{}")]
-    large_row, small_row = bundled_values(events, created_at=NOW) + bundled_values(
-        small, created_at=NOW
+    large_row, small_row = bundled_values(events, created_at=NOW, compress=True) + bundled_values(
+        small, created_at=NOW, compress=True
     )
     framed = frame_bundle([(key, payload) for _, key, payload in events])
     assert len(framed) >= COMPRESS_AT_LEAST
@@ -82,6 +82,9 @@ def test_a_large_bundle_is_stored_compressed_and_a_small_one_as_it_is() -> None:
     assert _messages([large_row, small_row]) == [
         (topic, key.encode(), payload) for topic, key, payload in events + small
     ]
+    # Unasked, a writer's bundles stay as they are (compressing on the event loop can stall it).
+    [unasked] = bundled_values(events, created_at=NOW)
+    assert (unasked["codec"], unasked["payload"]) == (None, framed)
 
 
 def test_a_compressed_bundle_that_cannot_be_read_within_bounds_is_refused() -> None:
