@@ -10,7 +10,8 @@ and mark sent instead of one each, and the relay still publishes every message u
 key, in order.
 
 A writer may ask for its bundles of ``COMPRESS_AT_LEAST`` bytes or more to be stored
-compressed (``codec`` "zstd", level 1); the access requests and the owners' decisions do. An
+compressed (``codec`` "zstd", level 1); the access writers (requests, owners' decisions,
+revocations) do. An
 access request's events are JSON that repeats itself (the same request, departments and grant
 in every one): 219 KB of them compress to 10 KB in 0.2 ms. Stored as they were, they were
 written to SQLite's log at the commit, to the database at the checkpoint, and again whole when
@@ -18,8 +19,9 @@ the relay marked the row sent (SQLite rewrites a row that grows, its overflow pa
 
 Compression is asked for, not the default: every compressor gives up the GIL while it works,
 and taking it back waits up to the interpreter's switch interval (5 ms) when another thread is
-busy. A writer calling it on the event loop stalls the loop that long per bundle; the hooks'
-frequent small batches stay as they are. The relay decompresses in a worker thread."""
+busy. A writer calling it on the event loop stalls the loop that long per bundle: the access
+writers accept that for their one large bundle per call, the hooks' frequent batches stay as
+they are. The relay decompresses in a worker thread."""
 
 from __future__ import annotations
 
