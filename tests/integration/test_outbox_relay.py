@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,7 +20,8 @@ from registry_api.outbox.service import enqueue_many
 from schemas.events import CloudEvent, utcnow
 from schemas.settings import Settings
 from schemas.topics import DEAD_LETTER, FEED_METADATA, topic_name
-from tests.integration.feeds_support import read_topic
+from tests.integration.feeds_support import read_topic as read_events
+from tests.integration.streams_support import read_topic
 
 COMMITS = 60
 
@@ -47,7 +46,7 @@ async def _commit_events(
 
 async def _received(settings: Settings, expected: int) -> list[str]:
     """The ids of the events on the topic, a second after the expected count (duplicates)."""
-    received = await read_topic(
+    received = await read_events(
         settings.kafka_bootstrap, settings.topic_prefix, FEED_METADATA, until=expected, linger=1.0
     )
     return [str(event.id) for _, event in received]
@@ -156,7 +155,10 @@ async def test_a_row_that_cannot_be_read_is_set_aside_and_the_rows_after_it_are_
     await relay.start()
     try:
         published = await _received(settings, 2)
-        letters = await _dead_letters(settings)
+        letters = [
+            (record.key, orjson.loads(record.value))
+            for record in await read_topic(settings, DEAD_LETTER, at_least=1)
+        ]
         async with asyncio.timeout(10):
             while await _unsent(sessions):
                 await asyncio.sleep(0.05)
@@ -172,25 +174,3 @@ async def test_a_row_that_cannot_be_read_is_set_aside_and_the_rows_after_it_are_
     assert "does not decompress" in letter["reason"]
     assert base64.b64decode(letter["payload_base64"]) == damaged
     assert REGISTRY.get_sample_value("feedgrid_outbox_set_aside_total") == counted + 1
-
-
-async def _dead_letters(settings: Settings) -> list[tuple[bytes, dict[str, Any]]]:
-    """The dead-letter topic's records, read until one is there and a second after."""
-    consumer = AIOKafkaConsumer(
-        topic_name(settings.topic_prefix, DEAD_LETTER),
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    letters: list[tuple[bytes, dict[str, Any]]] = []
-    try:
-        async with asyncio.timeout(30):
-            while not letters:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    letters += [(record.key, orjson.loads(record.value)) for record in records]
-        for records in (await consumer.getmany(timeout_ms=1000)).values():
-            letters += [(record.key, orjson.loads(record.value)) for record in records]
-    finally:
-        await consumer.stop()
-    return letters
