@@ -27,6 +27,7 @@ calls, so the same files and seed give the same requests, decisions and plays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -844,7 +845,9 @@ class TrafficReplay:
         With ``first_wave`` > 0 a spread sample of that many requests (the week's rhythm, a
         thinner week) goes first and the rest after it: ``on_wave`` hears of each wave's
         answered requests as soon as its owners have answered, so what is built from them (the
-        recorded week) starts flowing while the rest is replayed.
+        recorded week) starts flowing while the rest is replayed. Each wave's ``on_wave`` runs
+        beside the next wave, after the previous wave's has ended; the replay ends when the
+        last has (its error is the replay's).
         """
         began = time.perf_counter()
         requests = read_requests(self.directory / "access-requests.ndjson")
@@ -867,21 +870,45 @@ class TrafficReplay:
             self.summary.unresolved_codes = len(wanted - {code for _, code in codes})
             latest = max((request.at for request in requests if request.at), default=None)
             replayed: list[ReplayedRequest] = []
-            for number, wave in enumerate(waves(requests, first_wave)):
-                answered = await self.send_requests(wave, codes)
-                await self.decide(answered)
-                replayed += answered
-                if on_wave is not None:
-                    await on_wave(answered, latest, number == 0)
-            replayed.sort(key=lambda item: item.line)
-            tokens = await self.fetch_tokens(replayed)
-            await self.play(self.plan_plays(tokens))
+            told: asyncio.Task[None] | None = None
+            try:
+                for number, wave in enumerate(waves(requests, first_wave)):
+                    answered = await self.send_requests(wave, codes)
+                    await self.decide(answered)
+                    replayed += answered
+                    if on_wave is not None:
+                        told = asyncio.create_task(
+                            _after(told, on_wave, answered, latest, number == 0)
+                        )
+                replayed.sort(key=lambda item: item.line)
+                tokens = await self.fetch_tokens(replayed)
+                await self.play(self.plan_plays(tokens))
+                if told is not None:
+                    await told
+            finally:
+                if told is not None and not told.done():
+                    told.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await told
             self.summary.replayed = replayed
         self.summary.elapsed_seconds = time.perf_counter() - began
         return self.summary
 
 
 WaveDone = Callable[[list["ReplayedRequest"], datetime | None, bool], Awaitable[None]]
+
+
+async def _after(
+    previous: asyncio.Task[None] | None,
+    on_wave: WaveDone,
+    answered: list[ReplayedRequest],
+    latest: datetime | None,
+    first: bool,
+) -> None:
+    """A wave's ``on_wave`` once the previous wave's has ended: the parts go out in order."""
+    if previous is not None:
+        await previous
+    await on_wave(answered, latest, first)
 
 
 def waves(requests: list[DemoRequest], first: int) -> list[list[DemoRequest]]:
