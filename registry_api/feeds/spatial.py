@@ -80,10 +80,59 @@ REVISIONS_REMEMBERED = 100_000
 # ---------------------------------------------------------------------------- the index
 
 
+# Records written since the delta's settled snapshot was built, at most, before a read builds
+# it again from the whole delta.
+FRESH_LIMIT = 256
+
+
 @dataclass
 class _Delta:
+    """The records written since the base was built, and the snapshots reads search them in.
+
+    Reads search two snapshots of the delta: ``settled``, of the whole delta as it was when
+    built (its rows of the records written since masked by ``stale``), and ``fresh``, of the
+    records written since, rebuilt by the next read after each write. Rebuilt whole after every
+    write, as it was, the delta's snapshot cost each read after a write up to ``DELTA_LIMIT``
+    records' columns: while 56,000 feeds came online in batches of 250, a sixth of every access
+    request's time. The fresh part is rebuilt from at most ``FRESH_LIMIT`` records; past that,
+    the next read settles the whole delta again."""
+
     records: dict[str, FeedRecord] = field(default_factory=dict)
-    snapshot: Snapshot | None = None
+    settled: Snapshot | None = None
+    stale: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    fresh: dict[str, FeedRecord] = field(default_factory=dict)
+    fresh_snapshot: Snapshot | None = None
+
+    def __post_init__(self) -> None:
+        self.fresh = dict(self.records)
+
+    def wrote(self, records: Sequence[FeedRecord]) -> None:
+        """``records`` (already in ``records``) were written: they are fresh now."""
+        for record in records:
+            self.fresh[record.id] = record
+        if self.settled is not None:
+            rows = self.settled.rows_of([record.id for record in records])
+            self.stale[rows] = True
+        self.fresh_snapshot = None
+
+    def snapshots(self, owners: Vocabulary, tags: Vocabulary) -> list[tuple[Snapshot, np.ndarray]]:
+        """The delta's snapshots to search, each with its rows to skip (none, or ``stale``)."""
+        if not self.records:
+            return []
+        if len(self.fresh) > FRESH_LIMIT:
+            self.settled = Snapshot(Columns.from_records(list(self.records.values()), owners, tags))
+            self.stale = np.zeros(self.settled.size, dtype=bool)
+            self.fresh, self.fresh_snapshot = {}, None
+        found = []
+        if self.settled is not None:
+            found.append((self.settled, self.stale))
+        if self.fresh:
+            if self.fresh_snapshot is None:
+                self.fresh_snapshot = Snapshot(
+                    Columns.from_records(list(self.fresh.values()), owners, tags)
+                )
+            found.append((self.fresh_snapshot, np.zeros(0, dtype=bool)))
+        return found
 
 
 @dataclass
@@ -278,7 +327,7 @@ class FeedIndex:
         index accepts; a record accepted without one drops the feed's old rendering (pages
         leave it out rather than show an older revision).
         """
-        changed = False
+        written: list[FeedRecord] = []
         records = list(records)
         base_rows = self._base.positions_of([record.id for record in records]).tolist()
         delta = self._delta.records
@@ -293,10 +342,10 @@ class FeedIndex:
                 self.rendered.drop(record.id)
             else:
                 self.rendered.put(record.id, renderings[position])
-            changed = True
-        if changed:
+            written.append(record)
+        if written:
             self.changes += 1
-            self._delta.snapshot = None
+            self._delta.wrote(written)
             if len(self._delta.records) > DELTA_LIMIT:
                 self._schedule_merge()
 
@@ -392,24 +441,17 @@ class FeedIndex:
 
     # ------------------------------------------------------------------ reads
 
-    def _delta_snapshot(self) -> Snapshot | None:
-        if not self._delta.records:
-            return None
-        if self._delta.snapshot is None:
-            self._delta.snapshot = Snapshot(
-                Columns.from_records(list(self._delta.records.values()), self.owners, self.tags)
-            )
-        return self._delta.snapshot
-
     def _all_matches(self, query: IndexQuery) -> list[tuple[Snapshot, Matches]]:
         vocabularies = (self.owners, self.tags)
-        base_matches = self._base.match(query, vocabularies=vocabularies)
-        if self._superseded.any():
-            base_matches = base_matches.only(~self._superseded[base_matches.rows])
-        found = [(self._base, base_matches)]
-        delta = self._delta_snapshot()
-        if delta is not None:
-            found.append((delta, delta.match(query, vocabularies=vocabularies)))
+        found = []
+        for snapshot, skipped in [
+            (self._base, self._superseded),
+            *self._delta.snapshots(self.owners, self.tags),
+        ]:
+            matches = snapshot.match(query, vocabularies=vocabularies)
+            if skipped.any():
+                matches = matches.only(~skipped[matches.rows])
+            found.append((snapshot, matches))
         return found
 
     def search(self, query: IndexQuery, *, limit: int, cursor: str | None = None) -> IndexPage:
