@@ -22,6 +22,12 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+# Every FeedGrid producer's compression. aiokafka compresses lz4 at level 9 (LZ4-HC): on a
+# worker's batch of 2,000 liveness events (646 KB) 2.7 ms and 86 KB, against zstd's (level 3)
+# 1.0 ms and 51 KB; on the relay's access events twenty times the CPU, a sixth of an access
+# request. Consumers read either.
+COMPRESSION = "zstd"
+
 _SEED = 0x9747B28C
 _M = np.uint32(0x5BD1E995)
 # Messages appended between two turns of the event loop.

@@ -15,6 +15,8 @@ import time
 
 from aiokafka import AIOKafkaProducer
 
+from infra.kafka_batches import COMPRESSION
+
 log = logging.getLogger("feedgrid.kafka.producer")
 
 
@@ -55,7 +57,7 @@ class SharedProducer:
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=5,
-                compression_type="lz4",
+                compression_type=COMPRESSION,
                 max_batch_size=1024 * 1024,
                 request_timeout_ms=15_000,
             )

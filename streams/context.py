@@ -21,6 +21,7 @@ from typing import Any
 import faust
 
 from infra.clickhouse import is_embedded
+from infra.kafka_batches import COMPRESSION
 from schemas.settings import Settings
 from schemas.topics import (
     ACCESS_EVENTS,
@@ -98,7 +99,7 @@ def _faust_app(settings: Settings, tuning: StreamTuning) -> faust.App:
         producer_acks=-1,
         producer_linger_ms=5,
         producer_max_batch_size=512 * 1024,
-        producer_compression_type="lz4",
+        producer_compression_type=COMPRESSION,
     )
 
 

@@ -35,7 +35,7 @@ from aiokafka.errors import (
 )
 from prometheus_client import Counter
 
-from infra.kafka_batches import send_partitioned
+from infra.kafka_batches import COMPRESSION, send_partitioned
 
 log = logging.getLogger("feedgrid.streams.publisher")
 
@@ -103,7 +103,7 @@ class Publisher:
                 linger_ms=5,
                 max_batch_size=512 * 1024,
                 max_request_size=self.max_message_bytes,
-                compression_type="lz4",
+                compression_type=COMPRESSION,
                 request_timeout_ms=30_000,
             )
             await producer.start()

@@ -25,7 +25,13 @@ from sqlalchemy import Row, case, delete, func, select, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from infra.kafka_batches import Delivery, abandon, delivered, send_partitioned
+from infra.kafka_batches import (
+    COMPRESSION,
+    Delivery,
+    abandon,
+    delivered,
+    send_partitioned,
+)
 from registry_api.driver_work import DriverCalls, DriverWork, commit_in_turn, update_statement
 from registry_api.outbox.models import OutboxMessage
 from registry_api.outbox.service import OUTBOX_TABLE, row_messages
@@ -226,9 +232,7 @@ class OutboxRelay:
                 enable_idempotence=True,
                 acks="all",
                 linger_ms=5,
-                # zstd: aiokafka compresses lz4 at level 9 (LZ4-HC), twenty times the CPU of
-                # zstd level 3 for a larger result; that was a sixth of an access request.
-                compression_type="zstd",
+                compression_type=COMPRESSION,
                 max_batch_size=1024 * 1024,
                 request_timeout_ms=15_000,
             )
