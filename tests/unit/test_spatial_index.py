@@ -409,23 +409,25 @@ async def test_merging_the_delta_changes_no_answer(
 
 
 async def test_reads_between_writes_see_each_write_once_where_it_now_is() -> None:
-    """Reads search the delta as a settled snapshot (its rows of feeds written since skipped)
-    and the records written since: a feed moved, retired or re-aimed after the delta settled
-    is found where it is now, once, and no longer where it was."""
+    """Reads search the delta in parts, each read after writes adding one (its feeds' rows in
+    the older parts superseded) and merging them past ``DELTA_PARTS``: a feed moved, retired
+    or re-aimed is found where it is now, once, and no longer where it was."""
     rng = random.Random(4021)
     records = {record.id: record for record in (_random_record(rng, n) for n in range(1_400))}
     everything = list(records.values())
     index = FeedIndex()
     await index.apply_and_merge(everything[:1_000])
-    index.apply(everything[1_000:])  # 400 in the delta: the next read settles it
+    index.apply(everything[1_000:])  # 400 in the delta
     near = IndexQuery(near=(CENTRE[0], CENTRE[1], 1500))
     box = IndexQuery(bbox=(CENTRE[0] - 0.01, CENTRE[1] - 0.01, CENTRE[0] + 0.01, CENTRE[1] + 0.01))
-    skipped_some = False
-    for round_number in range(60):
+    superseded_some = merged = False
+    for _ in range(60):
         for query in (near, box):
             assert _all_pages(index, query, limit=50)[0] == _brute_force(records, query)
-        skipped_some |= bool(index._delta.stale.any())
-        # ten writes a round, of the delta's feeds and the base's: past 256 the delta settles
+        parts = index._delta.parts
+        superseded_some |= any(superseded.any() for _, superseded in parts)
+        merged |= len(parts) == 1 and parts[0][0].size > 400
+        # ten writes a round, to feeds of the delta and of the base
         for record in rng.sample(list(records.values()), 10):
             newer = replace(
                 record,
@@ -437,8 +439,8 @@ async def test_reads_between_writes_see_each_write_once_where_it_now_is() -> Non
             )
             records[record.id] = newer
             index.apply([newer])
-        assert round_number < 20 or index._delta.settled is not None
-    assert skipped_some, "no read met a settled delta with feeds written since"
+    assert superseded_some, "no read met a part with feeds written after it"
+    assert merged, "the parts were never merged"
     await index.settled()
 
 
