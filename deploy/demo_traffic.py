@@ -886,9 +886,9 @@ class TrafficReplay:
                 if told is not None:
                     await told
             finally:
-                if told is not None and not told.done():
+                if told is not None:  # ended, and its error (if the replay's is another) read
                     told.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
                         await told
             self.summary.replayed = replayed
         self.summary.elapsed_seconds = time.perf_counter() - began
