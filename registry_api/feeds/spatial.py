@@ -90,8 +90,8 @@ class _Delta:
 
     Each read after writes builds the records written since (``unbuilt``) into a snapshot of
     their own, a part, and marks their rows in the older parts as superseded; past
-    ``DELTA_PARTS`` parts, it merges them into one (``merge_columns``: sorted columns, the
-    newer revision of a feed winning). A record's columns are built once. Rebuilt whole after
+    ``DELTA_PARTS`` parts, it joins their rows not superseded into one snapshot (each feed
+    once, at its newest revision). A record's columns are built once. Rebuilt whole after
     every write, as it was, the delta's snapshot cost the first read after each write up to
     ``DELTA_LIMIT`` records' columns: while 56,000 feeds came online in writes of 250, a sixth
     of every access request's time."""
@@ -118,9 +118,12 @@ class _Delta:
             self.parts.append((part, np.zeros(part.size, dtype=bool)))
             self.unbuilt = {}
             if len(self.parts) > DELTA_PARTS:
-                merged = self.parts[0][0]
-                for snapshot, _ in self.parts[1:]:
-                    merged = merge_columns(merged, snapshot.columns)
+                # every part's rows not superseded: each feed once, at its newest revision
+                live = [
+                    snapshot.columns.take(np.flatnonzero(~superseded))
+                    for snapshot, superseded in self.parts
+                ]
+                merged = Snapshot(Columns.concat_all(live))
                 self.parts = [(merged, np.zeros(merged.size, dtype=bool))]
         return self.parts
 
