@@ -703,7 +703,8 @@ def bench_demo_city(quick: bool, workdir: Path, profile: Path | None) -> None:
             )  # fmt: skip
             loaded_cpu = (cpu_seconds(server.pid) - cpu_before) / max(loaded["requests"], 1)
         progress.advance(task)
-        decisions = owner_decision_times(url, city, requester, owner_keys, 5 if quick else 30)
+        with profiled(server.pid, profile, "owner_decisions"):
+            decisions = owner_decision_times(url, city, requester, owner_keys, 5 if quick else 30)
         progress.advance(task)
         replay_requests = 100 if quick else 0
         with profiled(server.pid, profile, "demo_replay"):

@@ -107,6 +107,7 @@ def _claims(
                 where={"request_id": request_id, **condition},
                 within=("feed_id", chunk),
                 returning=("feed_id",),
+                unindexed=condition.keys(),
             )
             claims.append((statement, len(chunk)))
     return claims

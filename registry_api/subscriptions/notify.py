@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import orjson
 from prometheus_client import Counter
-from sqlalchemy import Table, func, insert, or_, select
+from sqlalchemy import Table, case, func, insert, or_, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -177,21 +177,24 @@ def _writing_deliveries(rows: list[dict[str, Any]], dialect: Dialect) -> DriverW
 async def _due_times(
     session: AsyncSession, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], datetime | None]:
-    """The earliest due time of each (request, owner)'s still pending feeds."""
+    """The earliest due time of each (request, owner)'s still pending feeds.
+
+    The requests' items are found by the primary key and the pending ones counted in the
+    grouping: with ``outcome = 'pending'`` in the WHERE clause SQLite (without statistics)
+    looked them up by the outcome's index instead, every pending item in the registry."""
     wanted = set(keys)
     if not wanted:
         return {}
+    pending = AccessRequestFeed.outcome == Outcome.pending.value
     rows = await session.execute(
         select(
             AccessRequestFeed.request_id,
             AccessRequestFeed.owner_department,
-            func.min(AccessRequestFeed.due_at),
+            func.min(case((pending, AccessRequestFeed.due_at))),
         )
-        .where(
-            AccessRequestFeed.request_id.in_({request for request, _ in wanted}),
-            AccessRequestFeed.outcome == Outcome.pending.value,
-        )
+        .where(AccessRequestFeed.request_id.in_({request for request, _ in wanted}))
         .group_by(AccessRequestFeed.request_id, AccessRequestFeed.owner_department)
+        .having(func.count(case((pending, 1))) > 0)
     )
     return {(request, owner): due for request, owner, due in rows if (request, owner) in wanted}
 
