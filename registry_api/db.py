@@ -21,7 +21,11 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 from registry_api.sqlite_adapter import one_hop_dbapi, sqlite3_connection
@@ -37,6 +41,33 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+class unindexed(FunctionElement[Any]):  # noqa: N801 (used as a SQL function is)
+    """A column SQLite must not look rows up by (its unary ``+``; plain on other databases):
+    a condition on a column of few values, or mostly NULL, that leads an index of its own.
+
+    SQLite without statistics (no ANALYZE has run) guesses ten rows for an equality on an
+    index's first column, so ``outcome = 'pending'`` or ``revoked_at IS NULL`` beat a hundred
+    primary-key lookups or a short range of due times, and the statement read every pending
+    item or every grant never revoked. PostgreSQL plans from its statistics."""
+
+    inherit_cache = True
+    name = "unindexed"
+
+    def __init__(self, column: ColumnElement[Any] | InstrumentedAttribute[Any]) -> None:
+        super().__init__(column)
+        self.type = column.type
+
+
+@compiles(unindexed)
+def _unindexed(element: unindexed, compiler: SQLCompiler, **options: Any) -> str:
+    return compiler.process(element.clauses, **options)
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_on_sqlite(element: unindexed, compiler: SQLCompiler, **options: Any) -> str:
+    return "+" + compiler.process(element.clauses, **options)
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -53,11 +53,9 @@ def update_statement(
     None) and the ``within`` column is one of its values, ``RETURNING`` columns, in the
     driver's own terms: every value converted as the column converts it.
 
-    ``unindexed`` names ``where`` columns SQLite must not look rows up by (its unary ``+``):
-    a guard on a column of few values (an outcome) that leads an index of its own. Without
-    statistics SQLite guesses ten rows for an equality on an index's first column, fewer than
-    the hundred keys of a ``within`` list on the primary key, so it picked the outcome's index
-    and read every pending item in the registry to claim one request's hundred."""
+    ``unindexed`` names ``where`` columns SQLite must not look rows up by, as
+    :class:`registry_api.db.unindexed` does in a SQLAlchemy statement: an owner's claim of a
+    request's hundred items otherwise read every pending item by the outcome's index."""
     quote = dialect.identifier_preparer.quote
     style = dialect.paramstyle
     params: list[Any] = []

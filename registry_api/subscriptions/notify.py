@@ -20,13 +20,14 @@ from typing import Any, cast
 
 import orjson
 from prometheus_client import Counter
-from sqlalchemy import Table, case, func, insert, or_, select
+from sqlalchemy import Table, func, insert, or_, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.access.models import AccessRequestFeed, Grant, GrantFeed
 from registry_api.audit.service import AccessEvent, PendingDue, RecordedEvent
 from registry_api.bulk_insert import placeholders, prepare_insert
+from registry_api.db import unindexed
 from registry_api.driver_work import DriverCalls, DriverStatement, DriverWork
 from registry_api.subscriptions.models import WebhookDelivery, WebhookSubscription
 from schemas.access import Outcome, ReasonCode
@@ -177,24 +178,22 @@ def _writing_deliveries(rows: list[dict[str, Any]], dialect: Dialect) -> DriverW
 async def _due_times(
     session: AsyncSession, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], datetime | None]:
-    """The earliest due time of each (request, owner)'s still pending feeds.
-
-    The requests' items are found by the primary key and the pending ones counted in the
-    grouping: with ``outcome = 'pending'`` in the WHERE clause SQLite (without statistics)
-    looked them up by the outcome's index instead, every pending item in the registry."""
+    """The earliest due time of each (request, owner)'s still pending feeds: the requests'
+    items found by the primary key, not every pending item by the outcome's index."""
     wanted = set(keys)
     if not wanted:
         return {}
-    pending = AccessRequestFeed.outcome == Outcome.pending.value
     rows = await session.execute(
         select(
             AccessRequestFeed.request_id,
             AccessRequestFeed.owner_department,
-            func.min(case((pending, AccessRequestFeed.due_at))),
+            func.min(AccessRequestFeed.due_at),
         )
-        .where(AccessRequestFeed.request_id.in_({request for request, _ in wanted}))
+        .where(
+            AccessRequestFeed.request_id.in_({request for request, _ in wanted}),
+            unindexed(AccessRequestFeed.outcome) == Outcome.pending.value,
+        )
         .group_by(AccessRequestFeed.request_id, AccessRequestFeed.owner_department)
-        .having(func.count(case((pending, 1))) > 0)
     )
     return {(request, owner): due for request, owner, due in rows if (request, owner) in wanted}
 

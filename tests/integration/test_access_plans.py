@@ -1,5 +1,6 @@
 """An owner's decision claims a request's items, and the notifier reads their due times, by the
-primary key: never by the outcome's index, which holds every pending item in the registry.
+primary key: never by the outcome's index, which holds every pending item in the registry. The
+deadline keeper finds grants about to end by their end, not among every grant never revoked.
 
 SQLite without statistics (no ANALYZE has run) guesses ten rows for an equality on an index's
 first column, so ``outcome = 'pending'`` beat a hundred primary-key lookups: a decision on 100
@@ -16,16 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from registry_api.access.decisions import _claims
-from registry_api.access.models import AccessRequest, AccessRequestFeed
+from registry_api.access.models import AccessRequest, AccessRequestFeed, Grant
 from registry_api.db import create_engine, session_factory
 from registry_api.identity.models import Department
+from registry_api.subscriptions.deadlines import DeadlineKeeper
 from registry_api.subscriptions.notify import _due_times
 from schemas.access import Outcome
 from schemas.events import utcnow
+from schemas.settings import NotificationTuning
 
 REQUESTER = "lz-tb"
 OWNERS = ("lz-psb", "lz-um")
@@ -138,3 +141,55 @@ async def test_due_times_are_the_earliest_of_each_owners_pending_feeds(
         plan = _plan(path, sql, params)
         assert any("sqlite_autoindex_access_request_feeds_1 (request_id=?)" in p for p in plan)
         assert not any("outcome" in p for p in plan), plan
+
+
+def _grant(grant_id: str, ends_in: timedelta, *, revoked: bool = False) -> Grant:
+    now = utcnow()
+    return Grant(
+        id=grant_id, request_id="r1", requester="someone", requester_department=REQUESTER,
+        owner_department=OWNERS[0], actions=["live"], valid_from=now - timedelta(days=2),
+        valid_until=now + ends_in, emergency=False, review_required=False, created_at=now,
+        revoked_at=now if revoked else None,
+    )  # fmt: skip
+
+
+async def test_grants_about_to_end_are_found_by_their_end_not_among_all_unrevoked(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    sessions = session_factory(engine)
+    await _seed(sessions, [_item("r1", "a", OWNERS[0], Outcome.granted, None)])
+    async with sessions() as session:
+        session.add_all(
+            [
+                _grant("ending", timedelta(minutes=5)),
+                _grant("ended", -timedelta(days=1)),  # never revoked, long over
+                _grant("later", timedelta(days=1)),
+                _grant("revoked", timedelta(minutes=5), revoked=True),
+            ]
+        )
+        await session.commit()
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
+        statements.append((sql, params))
+
+    keeper = DeadlineKeeper(
+        NotificationTuning(), sessions, postgres=not database_url.startswith("sqlite")
+    )
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    warned = await keeper.warn_expiring_grants(utcnow())
+    event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+    assert warned == 1
+    async with sessions() as session:
+        marked = {
+            grant.id for grant in await session.scalars(select(Grant)) if grant.expiry_warned_at
+        }
+    assert marked == {"ending"}
+    if database_url.startswith("sqlite"):
+        path = Path(database_url.split("///", 1)[1])
+        finding = [(sql, params) for sql, params in statements if "expiry_warned_at IS NULL" in sql]
+        assert len(finding) == 2  # the candidates' SELECT and their claiming UPDATE
+        for sql, params in finding:
+            plan = _plan(path, sql, params)
+            assert not any("revoked_at" in line for line in plan), (sql, plan)
