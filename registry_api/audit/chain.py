@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -127,6 +127,58 @@ def verify_links(links: Iterable[ChainLink]) -> ChainBreak | None:
         if found is not None:
             return found
     return None
+
+
+class LinkBytes(NamedTuple):
+    """An entry's canonical bytes (what :func:`entry_hash` hashes) cut where its place in the
+    chain goes: the previous hash between ``start`` and ``middle``, the sequence number
+    between ``middle`` and ``end``. Made before the chain's head is known, so a writer's turn
+    only joins and hashes (:func:`chain_link_bytes`)."""
+
+    start: bytes
+    middle: bytes
+    end: bytes
+
+
+# Raw control bytes never occur in orjson's output otherwise (it escapes them in strings), so
+# each marks its cut once and unambiguously. Sorted keys put previous_hash before seq.
+_HASH_CUT = b"\x00"
+_SEQ_CUT = b"\x01"
+
+
+def link_bytes(entry: Mapping[str, Any]) -> LinkBytes:
+    """``entry``: every field but ``seq``, ``previous_hash`` and ``entry_hash``."""
+    blob = canonical_bytes(
+        {**entry, "previous_hash": orjson.Fragment(_HASH_CUT), "seq": orjson.Fragment(_SEQ_CUT)}
+    )
+    start, rest = blob.split(_HASH_CUT)
+    middle, end = rest.split(_SEQ_CUT)
+    return LinkBytes(start, middle, end)
+
+
+def chain_link_bytes(
+    previous_hash: str, previous_seq: int, links: Iterable[LinkBytes]
+) -> list[tuple[int, str, str]]:
+    """Each entry's ``(seq, previous_hash, entry_hash)`` after the given head: what
+    :func:`extend_chain` computes, from bytes prepared beforehand."""
+    chained = []
+    sha256 = hashlib.sha256
+    for link in links:
+        previous_seq += 1
+        digest = sha256(
+            b"".join(
+                (
+                    link.start,
+                    orjson.dumps(previous_hash),
+                    link.middle,
+                    b"%d" % previous_seq,
+                    link.end,
+                )
+            )
+        ).hexdigest()
+        chained.append((previous_seq, previous_hash, digest))
+        previous_hash = digest
+    return chained
 
 
 def extend_chain(

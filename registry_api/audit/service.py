@@ -18,7 +18,14 @@ from sqlalchemy import Select, Table, or_, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry_api.audit.chain import ChainLink, ChainVerifier, extend_chain
+from registry_api.audit.chain import (
+    ChainLink,
+    ChainVerifier,
+    LinkBytes,
+    chain_link_bytes,
+    extend_chain,
+    link_bytes,
+)
 from registry_api.audit.models import HASHED_COLUMNS, AuditChainHead, AuditEntry
 from registry_api.bulk_insert import DriverInsert, prepare_insert
 from registry_api.driver_work import (
@@ -132,11 +139,19 @@ class PreparedEvents:
 
 @dataclass(frozen=True)
 class UnchainedEvents:
-    """Events prepared but for their place in the chain: each audit link's fields (all but
-    ``seq``, ``previous_hash`` and ``entry_hash``) and the outbox rows."""
+    """Events prepared but for their place in the chain: each audit link's canonical bytes
+    cut where its place goes, its row ready to insert but for its last three columns
+    (``CHAIN_COLUMNS``), and the outbox rows."""
 
-    fields: list[dict[str, Any]]
+    links: list[LinkBytes]
+    audit: DriverInsert
     outbox: DriverInsert
+
+
+# The audit rows' last columns, filled in the writer's turn once the chain's head is read;
+# the driver takes them as they are (an integer and two strings: no conversion).
+CHAIN_COLUMNS = ("seq", "previous_hash", "entry_hash")
+_UNCHAINED = dict.fromkeys(CHAIN_COLUMNS)
 
 
 def unchained_events(
@@ -149,22 +164,29 @@ def unchained_events(
         (ACCESS_EVENTS, payload["feed_id"], encoded_cloud_event(event, payload))
         for event, payload in pairs
     ]
+    fields = [audit_fields(event, payload) for event, payload in pairs]
     return UnchainedEvents(
-        fields=[audit_fields(event, payload) for event, payload in pairs],
+        links=[link_bytes(entry) for entry in fields],
+        audit=prepare_insert(AUDIT_TABLE, [{**entry, **_UNCHAINED} for entry in fields], dialect),
         outbox=prepare_enqueue(outbox, created_at=now, dialect=dialect, compress=compress),
     )
 
 
-def chain_events(
-    unchained: UnchainedEvents, head_seq: int, head_hash: str, dialect: Dialect
-) -> PreparedEvents:
-    """The chain links of ``unchained`` after the given head: CPU only, no I/O."""
-    rows = extend_chain(head_hash, head_seq, unchained.fields)
+def chain_events(unchained: UnchainedEvents, head_seq: int, head_hash: str) -> PreparedEvents:
+    """The chain links of ``unchained`` after the given head: CPU only, no I/O. It runs in
+    the writer's turn, so all it does is join prepared bytes, hash them and fill the rows'
+    chain columns (an access request's 300 links: the whole audit append took a third of the
+    turn when each link was serialized and converted here)."""
+    chained = chain_link_bytes(head_hash, head_seq, unchained.links)
+    width = len(CHAIN_COLUMNS)
+    rows = [
+        (*row[:-width], *link) for row, link in zip(unchained.audit.params, chained, strict=True)
+    ]
     return PreparedEvents(
-        audit=prepare_insert(AUDIT_TABLE, rows, dialect),
+        audit=DriverInsert(unchained.audit.sql, rows),
         outbox=unchained.outbox,
-        last_seq=rows[-1]["seq"],
-        last_hash=rows[-1]["entry_hash"],
+        last_seq=chained[-1][0],
+        last_hash=chained[-1][2],
     )
 
 
@@ -176,7 +198,7 @@ def prepare_events(
     dialect: Dialect,
 ) -> PreparedEvents:
     """The chain links and outbox rows of ``events`` after the given head: CPU only, no I/O."""
-    return chain_events(unchained_events(events, now, dialect), head_seq, head_hash, dialect)
+    return chain_events(unchained_events(events, now, dialect), head_seq, head_hash)
 
 
 async def _prepare_in_slices(
@@ -279,7 +301,7 @@ def appending_events(
         for insert in along:
             calls.executemany(insert)
         [(head_seq, head_hash)] = calls.execute(lock_head)
-        prepared = chain_events(unchained, int(head_seq), str(head_hash), dialect)
+        prepared = chain_events(unchained, int(head_seq), str(head_hash))
         calls.executemany(prepared.audit)
         calls.execute(
             _head_statement(

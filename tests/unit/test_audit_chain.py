@@ -6,18 +6,32 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import asyncpg
+from sqlalchemy.engine import Dialect
 
 from registry_api.audit.chain import (
     GENESIS_HASH,
     ChainLink,
     ChainVerifier,
     canonical_bytes,
+    chain_link_bytes,
     entry_hash,
     extend_chain,
+    link_bytes,
     verify_links,
 )
+from registry_api.audit.service import (
+    AUDIT_TABLE,
+    EncodedAccessEvent,
+    audit_fields,
+    prepare_events,
+)
+from registry_api.bulk_insert import prepare_insert
+from schemas.events import AccessEventData, EventType, new_event_id
 
 T0 = datetime(2025, 3, 12, 2, 0, tzinfo=UTC)
 
@@ -135,3 +149,54 @@ def test_request_and_grant_ids_are_time_ordered_hex() -> None:
     assert len(set(first)) == len(first)
     assert all(len(made) == 32 and uuid.UUID(hex=made).version == 7 for made in first)
     assert max(first) < later
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)  # control characters, quotes, NUL
+_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | _TEXT
+    | st.datetimes(timezones=st.just(UTC))
+)
+
+
+@given(
+    st.lists(
+        st.dictionaries(
+            _TEXT.filter(lambda key: key not in ("seq", "previous_hash", "entry_hash")),
+            _VALUES | st.dictionaries(_TEXT, _VALUES, max_size=3),
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.integers(min_value=0, max_value=2**62),
+    st.sampled_from([GENESIS_HASH, "ab" * 32, 'not "hex" \x00']),
+)
+def test_links_prepared_before_the_head_hash_as_the_chain_does(
+    entries: list[dict[str, Any]], head_seq: int, head_hash: str
+) -> None:
+    expected = extend_chain(head_hash, head_seq, entries)
+    chained = chain_link_bytes(head_hash, head_seq, [link_bytes(entry) for entry in entries])
+    assert chained == [(row["seq"], row["previous_hash"], row["entry_hash"]) for row in expected]
+
+
+@pytest.mark.parametrize("dialect", [sqlite.dialect(), asyncpg.dialect()], ids=["sqlite", "pg"])
+def test_audit_rows_chained_in_the_turn_equal_the_rows_of_the_whole_entries(
+    dialect: Dialect,
+) -> None:
+    now = datetime.now(UTC)
+    payload = AccessEventData(
+        feed_id="f-1", requester_department="lz-tb", action="live", requested_at=now,
+        request_id="r-1", owner_department="lz-psb", decision="granted", reason="public_feed",
+    ).model_dump(mode="json")  # fmt: skip
+    events = [
+        EncodedAccessEvent(EventType.ACCESS_DECIDED, {**payload, "feed_id": f"f-{n}"}, "policy",
+                           new_event_id(), now)
+        for n in range(4)
+    ]  # fmt: skip
+    prepared = prepare_events(41, "cd" * 32, events, now, dialect)
+    whole = extend_chain("cd" * 32, 41, [audit_fields(event, event.payload()) for event in events])
+    assert prepared.audit == prepare_insert(AUDIT_TABLE, whole, dialect)
+    assert (prepared.last_seq, prepared.last_hash) == (45, whole[-1]["entry_hash"])
