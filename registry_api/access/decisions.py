@@ -4,7 +4,7 @@ grants close with them."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -12,10 +12,11 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry_api.access.grants import RevocationListener, prepare_revocation
-from registry_api.access.inbox import get_access_request, load_visible_request
-from registry_api.access.models import AccessRequestFeed, Grant
+from registry_api.access.inbox import load_visible_request
+from registry_api.access.models import AccessRequest, AccessRequestFeed, Grant
 from registry_api.access.policy import PolicyDecision
 from registry_api.access.records import TABLES, EventPayloads, grant_row
+from registry_api.access.requests import item_values, request_out
 from registry_api.audit.service import EncodedAccessEvent, prepared_appending
 from registry_api.bulk_insert import DriverInsert, bound_value, placeholder, prepare_insert
 from registry_api.driver_work import (
@@ -81,6 +82,8 @@ def _select_items(
 # SQLite builds.
 CLAIM_CHUNK = 500
 Claims = list[tuple[DriverStatement, int]]
+# What a decision wrote over the feeds it claimed: each claimed item's new column values.
+Written = dict[str, Mapping[str, object]]
 
 
 def _claims(
@@ -122,7 +125,7 @@ def _claim(calls: DriverCalls, claims: Claims) -> None:
 async def approve(
     session: AsyncSession, principal: Principal, request_id: str, body: OwnerDecision
 ) -> AccessRequestOut:
-    request, items, _ = await load_visible_request(session, principal, request_id)
+    request, items, visible = await load_visible_request(session, principal, request_id)
     chosen = _select_items(principal, items, body.feed_ids)
     now = utcnow()
     pending = [item for item in chosen if item.outcome == Outcome.pending.value]
@@ -133,11 +136,15 @@ async def approve(
     # As an access request (requests.py): everything but the driver's work is prepared before
     # the turn to write, which then holds one call on the connection's thread (SQLite).
     dialect = (await session.connection()).dialect
-    inserts, claims, events = _granting(payloads, principal, pending, body.comment, now, dialect)
+    written: Written = {}
+    inserts, claims, events = _granting(
+        payloads, principal, pending, body.comment, now, dialect, written
+    )
     finishing = None
     if reviewed:
         values: dict[str, object] = {"review_required": False, "decided_by": principal.subject}
         claims += _claims(request.id, reviewed, values, dialect)
+        written.update(dict.fromkeys((item.feed_id for item in reviewed), values))
         finishing = _finishing_reviews(
             {item.grant_id for item in reviewed if item.grant_id}, dialect
         )
@@ -159,7 +166,18 @@ async def approve(
         append(calls)
 
     await commit_in_turn(session, "approval", write)
-    return await get_access_request(session, principal, request_id)
+    return _decided(request, visible, written)
+
+
+def _decided(
+    request: AccessRequest, visible: Sequence[AccessRequestFeed], written: Written
+) -> AccessRequestOut:
+    """The request as the decision left it, without reading it again: the items the caller may
+    see as read before the turn, with what the decision wrote over those it claimed (each
+    claim took its item only if it was still undecided, so nothing else changed them)."""
+    return request_out(
+        request, [{**item_values(item), **written.get(item.feed_id, {})} for item in visible]
+    )
 
 
 def _granting(
@@ -169,9 +187,11 @@ def _granting(
     comment: str | None,
     now: datetime,
     dialect: Dialect,
+    written: Written,
 ) -> tuple[list[DriverInsert], Claims, list[EncodedAccessEvent]]:
     """A grant per owner department for its approved feeds (its row and its feeds' rows), the
-    claims of those feeds, and their decided and issued events."""
+    claims of those feeds (their new values also in ``written``), and their decided and
+    issued events."""
     request = payloads.request
     by_owner: dict[str, list[AccessRequestFeed]] = defaultdict(list)
     for item in pending:
@@ -201,6 +221,7 @@ def _granting(
             "grant_id": grant["id"],
         }
         claims += _claims(request.id, owner_items, values, dialect)
+        written.update(dict.fromkeys((item.feed_id for item in owner_items), values))
         grant_id = str(grant["id"])
         for item in owner_items:
             events.append(
@@ -288,13 +309,13 @@ async def deny(
     the denial start again from a fresh read, so a revocation is never told twice."""
     for _ in range(DENIAL_ATTEMPTS):
         try:
-            revoked = await _deny_once(session, principal, request_id, body)
+            revoked, answer = await _deny_once(session, principal, request_id, body)
         except _RevokedMeanwhile:
             await session.rollback()
             continue
         for grant in revoked:
             on_revoked(grant.id, grant.valid_until)
-        return await get_access_request(session, principal, request_id)
+        return answer
     raise Conflict(
         "the emergency grants of these feeds kept changing; try again", code="already_decided"
     )
@@ -302,9 +323,10 @@ async def deny(
 
 async def _deny_once(
     session: AsyncSession, principal: Principal, request_id: str, body: OwnerDecision
-) -> list[Grant]:
-    """One attempt of :func:`deny`; returns the grants it revoked."""
-    request, items, _ = await load_visible_request(session, principal, request_id)
+) -> tuple[list[Grant], AccessRequestOut]:
+    """One attempt of :func:`deny`; returns the grants it revoked and the request as it left
+    it."""
+    request, items, visible = await load_visible_request(session, principal, request_id)
     chosen = _select_items(principal, items, body.feed_ids)
     now = utcnow()
     message = body.comment or "denied by the owner"
@@ -345,7 +367,8 @@ async def _deny_once(
         append(calls)
 
     await commit_in_turn(session, "denial", write)
-    return [revocation.grant for revocation in revocations]
+    written: Written = dict.fromkeys((item.feed_id for item in chosen), values)
+    return [revocation.grant for revocation in revocations], _decided(request, visible, written)
 
 
 async def _grants_in_force(session: AsyncSession, grant_ids: Sequence[str]) -> list[Grant]:

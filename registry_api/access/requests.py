@@ -323,7 +323,7 @@ def request_out(
             decided_by=values["decided_by"],
             review_required=values["review_required"],
         )
-        for values in (item if isinstance(item, Mapping) else _item_values(item) for item in items)
+        for values in (item if isinstance(item, Mapping) else item_values(item) for item in items)
     ]
     counts = {outcome.value: 0 for outcome in Outcome}
     for feed in feeds:
@@ -345,7 +345,8 @@ def request_out(
     )
 
 
-def _item_values(item: AccessRequestFeed) -> dict[str, Any]:
+def item_values(item: AccessRequestFeed) -> dict[str, Any]:
+    """The item's stored columns, as ``request_out`` takes them."""
     return {column: getattr(item, column) for column in ITEM_COLUMNS}
 
 

@@ -586,3 +586,36 @@ async def test_window_in_the_past_is_refused(world: World) -> None:
         URBAN, expect=422, feed_ids=[world.feed_id("unconditional")], valid_from=past
     )
     assert refused["code"] == "window_in_the_past"
+
+
+async def test_an_owners_answer_is_the_request_as_a_read_after_it_shows(world: World) -> None:
+    """Approvals and denials answer with the request as they left it, built from their own
+    read and what they wrote (not read again): the same document a read right after gives
+    the same caller, the owner's and the requester's view alike."""
+    feeds = [
+        world.feed_id(name) for name in ("conditional", "unconditional", "not_shared", "sensor")
+    ]
+    owner = world.auth(TRANSPORT, "dept_admin")
+    for verb, outcome in (("approve", "granted"), ("deny", "denied")):
+        asked = await world.request(ENVIRONMENT, feed_ids=feeds)
+        assert _by_feed(asked)[world.feed_id("conditional")]["outcome"] == "pending"
+        path = f"/v1/access-requests/{asked['id']}"
+        answered = await world.client.post(
+            f"{path}/{verb}", json={"comment": f"{verb}: by the duty officer"}, headers=owner
+        )
+        assert answered.status_code == 200, answered.text
+        assert _by_feed(answered.json())[world.feed_id("conditional")]["outcome"] == outcome
+        assert answered.json() == (await world.client.get(path, headers=owner)).json()
+        requester = world.auth(ENVIRONMENT, "requester")
+        seen = (await world.client.get(path, headers=requester)).json()
+        assert (
+            _by_feed(seen)[world.feed_id("conditional")]
+            == _by_feed(answered.json())[world.feed_id("conditional")]
+        )
+    for verb in ("approve", "deny"):  # emergency grants under review: confirmed, refused
+        asked = await _emergency_request(world)
+        path = f"/v1/access-requests/{asked['id']}"
+        answered = await world.client.post(f"{path}/{verb}", json={}, headers=owner)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["feeds"][0]["review_required"] is False
+        assert answered.json() == (await world.client.get(path, headers=owner)).json()
