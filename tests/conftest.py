@@ -21,9 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from registry_api.app import create_app
+from registry_api.db import create_engine
 from registry_api.migrate import upgrade_registry
 from schemas.settings import Settings
 from tests import topic_prefixes
@@ -172,6 +173,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     asyncio.run(_postgres_command(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
     yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     asyncio.run(_postgres_command(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The registry's engine on ``database_url``, disposed after the test."""
+    engine = create_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

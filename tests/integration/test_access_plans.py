@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,15 +38,6 @@ def sqlite_path(sqlite_template: Path, tmp_path: Path) -> Path:
     target = tmp_path / "registry.db"
     shutil.copy(sqlite_template, target)
     return target
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def _request(request_id: str) -> AccessRequest:

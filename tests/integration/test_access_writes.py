@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +33,6 @@ from registry_api.audit.service import (
 from registry_api.bulk_insert import DriverInsert, prepare_insert
 from registry_api.db import (
     SQLITE_AUTOCHECKPOINT_PAGES,
-    create_engine,
     session_factory,
     sqlite_thread,
     writes_in_turn,
@@ -53,15 +52,6 @@ from registry_api.wal_checkpoints import WalCheckpointer
 from schemas.events import AccessEventData, EventType, new_event_id, utcnow
 
 DEPARTMENT = "lz-test"
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture
