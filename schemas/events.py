@@ -140,10 +140,10 @@ def new_event_id() -> uuid.UUID:
 
 def encode_cloud_event(
     *,
-    id: uuid.UUID | str,
+    id: uuid.UUID | str | orjson.Fragment,
     type: str,
     time: datetime,
-    subject: str | None,
+    subject: str | orjson.Fragment | None,
     dataschema: str | None,
     data: dict[str, Any],
     source: str = EVENT_SOURCE_REGISTRY,

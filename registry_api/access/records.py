@@ -147,7 +147,7 @@ class EventPayloads:
         occurred_at: datetime,
     ) -> EncodedAccessEvent:
         return EncodedAccessEvent(
-            event_type, {**shape, "feed_id": feed_id}, actor, new_event_id(), occurred_at
+            event_type, {**shape, "feed_id": feed_id}, actor, new_event_id(), occurred_at, shape
         )
 
     def grant_issued(

@@ -29,6 +29,7 @@ from registry_api.audit.service import (
     EncodedAccessEvent,
     audit_fields,
     prepare_events,
+    unchained_events,
 )
 from registry_api.bulk_insert import prepare_insert
 from schemas.events import AccessEventData, EventType, new_event_id
@@ -200,3 +201,63 @@ def test_audit_rows_chained_in_the_turn_equal_the_rows_of_the_whole_entries(
     whole = extend_chain("cd" * 32, 41, [audit_fields(event, event.payload()) for event in events])
     assert prepared.audit == prepare_insert(AUDIT_TABLE, whole, dialect)
     assert (prepared.last_seq, prepared.last_hash) == (45, whole[-1]["entry_hash"])
+
+
+_SHAPE_VALUES = st.fixed_dictionaries(
+    {
+        "requester_department": _TEXT,
+        "owner_department": st.none() | _TEXT,
+        "request_id": st.none() | _TEXT,
+        "grant_id": st.none() | _TEXT,
+        "purpose": st.none() | _TEXT,
+        "decision": st.sampled_from([None, "granted", "pending", "denied", "revoked"]),
+        "reason": st.none() | _TEXT,
+        "emergency": st.booleans(),
+        "decided_at": st.none() | st.datetimes(timezones=st.just(UTC)),
+    }
+)
+
+
+@given(
+    shapes=st.lists(_SHAPE_VALUES, min_size=1, max_size=3),
+    made=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # which shape (none: an event encoded on its own)
+            st.sampled_from([EventType.ACCESS_REQUESTED, EventType.ACCESS_DECIDED]),
+            st.sampled_from(["policy", None, 'o"wner\x00']),
+            _TEXT,  # the feed id
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    dialect=st.sampled_from([sqlite.dialect(), asyncpg.dialect()]),
+)
+def test_events_of_one_shape_are_encoded_as_each_alone(
+    shapes: list[dict[str, Any]],
+    made: list[tuple[int, EventType, str | None, str]],
+    dialect: Dialect,
+) -> None:
+    """Events made from a shared payload shape (an access request's, an owner's decision)
+    are encoded from templates: their CloudEvents, chain links and audit rows are exactly
+    what each event encoded on its own gives, whatever their text holds."""
+    payloads = [
+        AccessEventData(feed_id="", requested_at=T0, **values).model_dump(mode="json")
+        for values in shapes
+    ]
+    shaped: list[EncodedAccessEvent] = []
+    for which, event_type, actor, feed_id in made:
+        shape = payloads[which] if which < len(payloads) else None
+        data = {**(shape or payloads[0]), "feed_id": feed_id}
+        shaped.append(EncodedAccessEvent(event_type, data, actor, new_event_id(), T0, shape))
+    alone = [EncodedAccessEvent(*event[:5]) for event in shaped]
+    expected = unchained_events(alone, T0, dialect, compress=True)
+    found = unchained_events(shaped, T0, dialect, compress=True)
+    assert found.links == expected.links
+    assert found.audit == expected.audit
+    assert found.outbox == expected.outbox
+    assert chain_link_bytes("ab" * 32, 7, found.links) == [
+        (row["seq"], row["previous_hash"], row["entry_hash"])
+        for row in extend_chain(
+            "ab" * 32, 7, [audit_fields(event, event.payload()) for event in alone]
+        )
+    ]
