@@ -59,6 +59,7 @@ from bench.common import (
     free_port,
     mediamtx_body,
     progress_bar,
+    stop_cleanly_on_sigterm,
 )
 from registry_api.migrate import upgrade_registry
 
@@ -845,6 +846,7 @@ def owner_decision_times(
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_cleanly_on_sigterm()
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["--load-generator"]:
         url, path, key, bodies, seconds, rate, connections = arguments[1:8]

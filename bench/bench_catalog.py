@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 
 from bench.bench_registry import ApiServer, create_departments, demo_city
-from bench.common import console, emit
+from bench.common import console, emit, stop_cleanly_on_sigterm
 from deploy.catalog_samples import synthetic_catalog
 from registry_api.migrate import upgrade_registry
 
@@ -77,6 +77,7 @@ def run(channels: int) -> None:
 
 
 def main() -> None:
+    stop_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="5,000 channels instead of 50,000")
     parser.add_argument("--channels", type=int, default=None, help="how many channels")

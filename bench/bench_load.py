@@ -75,6 +75,7 @@ from bench.common import (
     make_queries,
     mediamtx_body,
     proc_status,
+    stop_cleanly_on_sigterm,
 )
 
 Feature = dict[str, Any]
@@ -834,6 +835,7 @@ def hook_rate_check(generator: Generator, duration: float, rate: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_cleanly_on_sigterm()
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["--load-generator"]:
         asyncio.run(generate_load(Path(arguments[1])))

@@ -55,7 +55,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.common import KAFKA, console, emit, free_port, progress_bar
+from bench.common import KAFKA, console, emit, free_port, progress_bar, stop_cleanly_on_sigterm
 from infra.clickhouse import connect, disconnect
 from infra.clickhouse_migrations import apply_migrations
 from infra.kafka_admin import ensure_topics
@@ -1022,6 +1022,7 @@ PHASES = ("throughput", "lag", "analytics")
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_cleanly_on_sigterm()
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["--produce-at"]:
         bootstrap, prefix, rate, seconds, feeds = arguments[1:6]

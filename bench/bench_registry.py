@@ -54,6 +54,7 @@ from bench.common import (
     proc_status,
     progress_bar,
     require_postgres,
+    stop_cleanly_on_sigterm,
 )
 from deploy.seed.departments import departments
 from deploy.seed.feeds import generate_feeds
@@ -642,6 +643,7 @@ def report_scale(
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--feeds", type=int, help="feeds for the scale part (default 1,000,000)")

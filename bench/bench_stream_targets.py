@@ -76,7 +76,14 @@ from rich.progress import Progress
 from bench.bench_access import profiled
 from bench.bench_load import FeedGridUp, _read_response, build_world, retrieval_tokens
 from bench.bench_registry import NDJSON, create_departments, demo_city, ndjson
-from bench.common import ADMIN_TOKEN, console, emit, mediamtx_body, progress_bar
+from bench.common import (
+    ADMIN_TOKEN,
+    console,
+    emit,
+    mediamtx_body,
+    progress_bar,
+    stop_cleanly_on_sigterm,
+)
 from schemas.settings import load_tuning
 
 HEARTBEAT_BATCH = 1_000
@@ -1091,6 +1098,7 @@ def bench_storm(quick: bool, workdir: Path, feeds: int | None, profile: Path | N
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_cleanly_on_sigterm()
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["--generator"]:
         plan = orjson.loads(Path(arguments[2]).read_bytes())

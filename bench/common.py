@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import signal
 import socket
 import uuid
 from dataclasses import dataclass
@@ -30,6 +31,22 @@ POSTGRES_ADMIN = os.environ.get(
 )
 console = Console(stderr=True)
 Feature = dict[str, Any]
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """A SIGTERM (``run_all``'s timeout, a user's ``kill``) ends the benchmark the way Ctrl-C
+    does: as an exception, so its ``finally`` blocks and context managers stop the servers
+    it started. They run in sessions of their own (a signal to the benchmark's group does not
+    reach them), and a benchmark that died of the default SIGTERM left them running, holding
+    their ports, their data directories and a core. A second SIGTERM during the clean-up is
+    ignored; SIGKILL still ends it at once."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    console.print("terminated: stopping what this benchmark started")
+    raise SystemExit(128 + signum)
 
 
 def emit(name: str, value: float, unit: str, **extra: Any) -> None:

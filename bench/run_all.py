@@ -31,19 +31,42 @@ BENCHMARKS = (
 RESULTS = Path(__file__).parent / "results"
 
 
+# How long a benchmark past its time has, after SIGTERM, to stop the servers it started.
+STOP_GRACE_SECONDS = 60.0
+
+
 def run_benchmark(
     module: str, quick: bool, timeout: float, extra: list[str] | None = None
 ) -> tuple[list[dict[str, Any]], str]:
     command = [sys.executable, "-m", f"bench.{module}"] + (["--quick"] if quick else [])
-    command += extra or []
+    return run_command(command + (extra or []), module, timeout)
+
+
+def run_command(
+    command: list[str], module: str, timeout: float, grace: float = STOP_GRACE_SECONDS
+) -> tuple[list[dict[str, Any]], str]:
+    """The figures the command printed, and what went wrong (empty if nothing). Past its
+    ``timeout`` it is asked to stop (SIGTERM: the benchmarks then stop their servers, see
+    ``common.stop_cleanly_on_sigterm``) and killed only if it has not within ``grace``
+    seconds; the figures it printed before count either way. (``subprocess.run`` killed it
+    at once, and then waited for its output to end, which a server it had started kept open:
+    for ever.)"""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timed_out = False
     try:
-        finished = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        return [], f"{module}: timed out after {timeout:.0f}s"
+        timed_out = True
+        process.terminate()
+        try:
+            stdout, stderr = process.communicate(timeout=grace)
+        except subprocess.TimeoutExpired as still_running:
+            process.kill()
+            process.wait()
+            # what it left running may hold the pipes open: the output so far, no more
+            stdout, stderr = _text(still_running.stdout), _text(still_running.stderr)
     figures = []
-    for line in finished.stdout.splitlines():
+    for line in stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):
             try:
@@ -53,13 +76,20 @@ def run_benchmark(
             if "name" in figure and "value" in figure:
                 figure["benchmark"] = module
                 figures.append(figure)
-    problem = (
-        ""
-        if finished.returncode == 0
-        else f"{module}: exit {finished.returncode}: "
-        + (finished.stderr.strip().splitlines() or ["(no output)"])[-1]
-    )
+    if timed_out:
+        problem = f"{module}: timed out after {timeout:.0f}s (the figures it printed are kept)"
+    elif process.returncode != 0:
+        last = stderr.strip().splitlines() or ["(no output)"]
+        problem = f"{module}: exit {process.returncode}: {last[-1]}"
+    else:
+        problem = ""
     return figures, problem
+
+
+def _text(output: bytes | str | None) -> str:
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
 
 
 def kept_figures(previous: Path, measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
