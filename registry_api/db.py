@@ -28,6 +28,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
+from infra.gil import turn_given, turn_taken
 from registry_api.sqlite_adapter import one_hop_dbapi, sqlite3_connection
 
 NAMING = {
@@ -183,16 +184,21 @@ class WriteTurn:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._shortened = False  # the holder's GIL switch interval (infra.gil), one at a time
 
     def take(self, writer: str, asked: float) -> float:
-        """Blocks until the turn is this writer's (not on the event loop); returns when."""
+        """Blocks until the turn is this writer's (not on the event loop); returns when.
+        While it is, the writer's thread gets the GIL back soon after each statement
+        (``infra.gil``) instead of within the interpreter's 5 ms."""
         self._lock.acquire()
+        self._shortened = turn_taken()
         began = time.perf_counter()
         TURN_WAITED.labels(writer).observe(began - asked)
         return began
 
     def give(self, writer: str, began: float) -> None:
         TURN_HELD.labels(writer).observe(time.perf_counter() - began)
+        turn_given(self._shortened)
         self._lock.release()
 
 

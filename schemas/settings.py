@@ -303,6 +303,13 @@ class Settings(BaseSettings):
         0.2, gt=0, le=10, description="Media-server hook events are written in batches this often"
     )
     hook_event_batch_size: int = Field(1000, ge=1, le=100_000)
+    gil_switch_interval_ms: float = Field(
+        0.5,
+        ge=0.05,
+        le=100,
+        description="While a SQLite writer holds its turn: how long the thread holding the "
+        "GIL may keep it from the writer's (Python's default, 5 ms, between turns; infra/gil.py)",
+    )
 
     media_servers: list[MediaServerControl] = Field(
         default_factory=list,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
+import time
 
 import httpx
 import pytest
 
 from infra.kafka_admin import describe_topic_configs
 from registry_api.app import create_app
+from registry_api.db import WriteTurn
 from schemas.settings import Settings
 from schemas.topics import TOPIC_SPECS, topic_name
 
@@ -176,3 +179,24 @@ async def test_unknown_route_is_a_json_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/nothing-here")
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
+
+
+async def test_a_sqlite_writer_gets_the_gil_back_sooner_while_it_holds_its_turn(
+    settings: Settings,
+) -> None:
+    """While the API runs, a writer holding its turn has the configured switch interval (its
+    thread waits that long at most for the GIL after each statement, infra/gil.py); between
+    turns, and once the API has stopped, the process has its own."""
+    before = sys.getswitchinterval()
+    turn = WriteTurn()
+    tuned = settings.model_copy(update={"gil_switch_interval_ms": 0.25})
+    application = create_app(tuned)
+    async with application.router.lifespan_context(application):
+        assert sys.getswitchinterval() == before
+        began = turn.take("test", time.perf_counter())
+        assert sys.getswitchinterval() == pytest.approx(0.00025)
+        turn.give("test", began)
+        assert sys.getswitchinterval() == before
+    began = turn.take("test", time.perf_counter())
+    assert sys.getswitchinterval() == before
+    turn.give("test", began)
