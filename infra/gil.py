@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _guard = threading.Lock()
-_in_turn: list[float] = []  # the interval while a writer holds its turn (seconds), if set
+# the interval while a writer holds its turn (seconds), if set: the last app started's
+_in_turn: list[float] = []
 _holders = [0]
 _between: list[float] = []  # the interval between turns, while one is held
 
@@ -35,13 +36,14 @@ _between: list[float] = []  # the interval between turns, while one is held
 def short_while_writing(milliseconds: float) -> Iterator[None]:
     """While the block runs, a writer holding its turn (:func:`turn_taken`) has the GIL back
     within ``milliseconds`` of asking for it."""
+    interval = milliseconds / 1000
     with _guard:
-        _in_turn[:] = [milliseconds / 1000]
+        _in_turn.append(interval)
     try:
         yield
     finally:
         with _guard:
-            _in_turn.clear()
+            _in_turn.remove(interval)  # another app of the process may still run
 
 
 def turn_taken() -> bool:
@@ -53,7 +55,7 @@ def turn_taken() -> bool:
         _holders[0] += 1
         if _holders[0] == 1:
             _between[:] = [sys.getswitchinterval()]
-            sys.setswitchinterval(_in_turn[0])
+            sys.setswitchinterval(_in_turn[-1])
         return True
 
 
