@@ -25,11 +25,18 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_guard = threading.Lock()
-# the interval while a writer holds its turn (seconds), if set: the last app started's
-_in_turn: list[float] = []
-_holders = [0]
-_between: list[float] = []  # the interval between turns, while one is held
+
+class _TurnInterval:
+    """The process's one record of who asked for the short interval and who holds it."""
+
+    def __init__(self) -> None:
+        self.guard = threading.Lock()
+        self.asked: list[float] = []  # by each running app (seconds); the last one started's counts
+        self.holders = 0  # writers holding a turn with the short interval
+        self.between = 0.0  # the interval to go back to once none does
+
+
+_state = _TurnInterval()
 
 
 @contextmanager
@@ -37,25 +44,25 @@ def short_while_writing(milliseconds: float) -> Iterator[None]:
     """While the block runs, a writer holding its turn (:func:`turn_taken`) has the GIL back
     within ``milliseconds`` of asking for it."""
     interval = milliseconds / 1000
-    with _guard:
-        _in_turn.append(interval)
+    with _state.guard:
+        _state.asked.append(interval)
     try:
         yield
     finally:
-        with _guard:
-            _in_turn.remove(interval)  # another app of the process may still run
+        with _state.guard:
+            _state.asked.remove(interval)  # another app of the process may still run
 
 
 def turn_taken() -> bool:
     """A writer took its turn (on the connection's thread): the short interval, if one is set
     (:func:`short_while_writing`). Returns whether it was, for :func:`turn_given`."""
-    with _guard:
-        if not _in_turn:
+    with _state.guard:
+        if not _state.asked:
             return False
-        _holders[0] += 1
-        if _holders[0] == 1:
-            _between[:] = [sys.getswitchinterval()]
-            sys.setswitchinterval(_in_turn[-1])
+        _state.holders += 1
+        if _state.holders == 1:
+            _state.between = sys.getswitchinterval()
+            sys.setswitchinterval(_state.asked[-1])
         return True
 
 
@@ -64,7 +71,7 @@ def turn_given(shortened: bool) -> None:
     one."""
     if not shortened:
         return
-    with _guard:
-        _holders[0] -= 1
-        if _holders[0] == 0 and _between:
-            sys.setswitchinterval(_between.pop())
+    with _state.guard:
+        _state.holders -= 1
+        if _state.holders == 0:
+            sys.setswitchinterval(_state.between)

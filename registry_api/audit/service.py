@@ -227,8 +227,10 @@ _FEED_ID = b"\x03"
 _SLOT = re.compile(b"([\x02\x03])")
 
 
-# the places of a template's slots in an audit row (``audit_fields`` order)
-_ROW_EVENT_ID, _ROW_FEED_ID, _ROW_DATA = _ROW_SLOTS = [0, 4, 11]
+# where an audit row (``audit_fields`` order) holds a template's slots: the event id, the
+# feed id and the data column (``_EventTemplate.filled`` writes the row out by hand)
+_ROW_SLOTS = (0, 4, 11)
+_ROW_DATA = _ROW_SLOTS[2]
 
 
 class _Slotted(NamedTuple):
@@ -243,7 +245,7 @@ class _Slotted(NamedTuple):
         pieces = _SLOT.split(blob.replace(b"%", b"%%"))
         order = [0 if piece == _EVENT_ID else 1 for piece in pieces[1::2]]
         if not order:
-            return cls(blob.replace(b"%", b"%%"), lambda _: ())
+            return cls(pieces[0], lambda _: ())
         getter = operator.itemgetter(*order)
         values = getter if len(order) > 1 else lambda pair: (getter(pair),)
         return cls(b"%s".join(pieces[0::2]), values)
@@ -277,7 +279,7 @@ class _EventTemplate:
         if _SLOT.search(link.middle + link.end):
             raise AssertionError("an audit link's slots must come before its place in the chain")
         row = {**entry, "event_id": "", "feed_id": "", **_UNCHAINED}
-        if [list(row).index(name) for name in ("event_id", "feed_id", "data")] != _ROW_SLOTS:
+        if tuple(list(row).index(name) for name in ("event_id", "feed_id", "data")) != _ROW_SLOTS:
             raise AssertionError("the audit row's columns moved: see _ROW_SLOTS")
         insert = prepare_insert(AUDIT_TABLE, [row], dialect)
         [values] = insert.params
@@ -309,7 +311,7 @@ class _EventTemplate:
         return (
             self.message.filled(ids),
             LinkBytes(self.link_start.filled(ids), self.link_middle, self.link_end),
-            # _ROW_EVENT_ID, _ROW_FEED_ID and _ROW_DATA filled in
+            # the _ROW_SLOTS filled in
             (event_id, row[1], row[2], row[3], feed_id, row[5], row[6], row[7], row[8],
              row[9], row[10], feed_json.decode().join(self.data), *row[12:]),
         )  # fmt: skip

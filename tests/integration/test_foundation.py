@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-import time
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ from registry_api.app import create_app
 from registry_api.db import WriteTurn
 from schemas.settings import Settings
 from schemas.topics import TOPIC_SPECS, topic_name
+from tests.switch_intervals import interval_in_a_turn
 
 pytestmark = pytest.mark.kafka
 
@@ -193,10 +193,5 @@ async def test_a_sqlite_writer_gets_the_gil_back_sooner_while_it_holds_its_turn(
     application = create_app(tuned)
     async with application.router.lifespan_context(application):
         assert sys.getswitchinterval() == before
-        began = turn.take("test", time.perf_counter())
-        assert sys.getswitchinterval() == pytest.approx(0.00025)
-        turn.give("test", began)
-        assert sys.getswitchinterval() == before
-    began = turn.take("test", time.perf_counter())
-    assert sys.getswitchinterval() == before
-    turn.give("test", began)
+        assert interval_in_a_turn(turn) == pytest.approx((0.00025, before))
+    assert interval_in_a_turn(turn) == (before, before)

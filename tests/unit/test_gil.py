@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 
 from infra.gil import short_while_writing
 from registry_api.db import WriteTurn
+from tests.switch_intervals import interval_in_a_turn
 
 
 def test_a_turn_keeps_the_running_apps_interval_when_another_app_stops() -> None:
@@ -19,10 +19,5 @@ def test_a_turn_keeps_the_running_apps_interval_when_another_app_stops() -> None
     with short_while_writing(0.25):
         with short_while_writing(0.75):
             pass
-        began = turn.take("test", time.perf_counter())
-        assert sys.getswitchinterval() == pytest.approx(0.00025)
-        turn.give("test", began)
-        assert sys.getswitchinterval() == before
-    began = turn.take("test", time.perf_counter())
-    assert sys.getswitchinterval() == before
-    turn.give("test", began)
+        assert interval_in_a_turn(turn) == pytest.approx((0.00025, before))
+    assert interval_in_a_turn(turn) == (before, before)
