@@ -19,10 +19,12 @@ class OutboxMessage(Base):
     )
     topic: Mapped[str] = mapped_column(String(64))
     key: Mapped[str] = mapped_column(String(128))
-    payload: Mapped[bytes] = mapped_column(LargeBinary)
     # 1: the payload is one message under ``key``; more: a bundle (registry_api.outbox.service)
     messages: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # None: the payload as it is; "zstd": a bundle's frames compressed (outbox.service)
     codec: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)
+    # Last, as SQLite stores it (migration 0009): a bundle's payload spills into overflow pages,
+    # and a column after it is read only by walking them.
+    payload: Mapped[bytes] = mapped_column(LargeBinary)

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
 
 import orjson
 from prometheus_client import REGISTRY
@@ -14,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from infra.kafka_admin import ensure_topics
 from registry_api.db import create_engine, session_factory
+from registry_api.migrate import upgrade_registry
 from registry_api.outbox.models import OutboxMessage
 from registry_api.outbox.relay import MARK_EVERY_SECONDS, OutboxRelay
 from registry_api.outbox.service import enqueue_many
@@ -174,3 +179,44 @@ async def test_a_row_that_cannot_be_read_is_set_aside_and_the_rows_after_it_are_
     assert "does not decompress" in letter["reason"]
     assert base64.b64decode(letter["payload_base64"]) == damaged
     assert REGISTRY.get_sample_value("feedgrid_outbox_set_aside_total") == counted + 1
+
+
+def test_an_upgraded_registry_keeps_its_unsent_rows_with_the_payload_stored_last(
+    tmp_path: Path,
+) -> None:
+    """Migration 0009 rebuilds a SQLite outbox with the payload after every other column,
+    where a bundle's overflow pages no longer lie between a row and its ``messages``,
+    ``codec`` and ``sent_at``; the rows written before (sent or not) come through as they
+    were."""
+    path = tmp_path / "registry.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    upgrade_registry(url, "0008_outbox_codec")
+    bundle = os.urandom(150_000)  # dozens of overflow pages
+    rows = [
+        (1, "feed-metadata", "feed-1", b'{"one": 1}', "2026-12-06 10:00:00.000000", None, 1, None),
+        (2, "access-events", "req-1", bundle, "2026-12-06 10:00:01.000000", None, 300, "zstd"),
+        (3, "access-events", "req-0", b"x", "2026-12-06 09:00:00.000000",
+         "2026-12-06 09:00:02.000000", 2, None),
+    ]  # fmt: skip
+    columns = '(id, topic, "key", payload, created_at, sent_at, messages, codec)'
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        before = [name for _, name, *_ in connection.execute("PRAGMA table_info(outbox)")]
+        connection.executemany(
+            f"INSERT INTO outbox {columns} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+        )
+        connection.commit()
+    assert before[-1] != "payload"  # as 0007 and 0008 left it
+
+    upgrade_registry(url)
+
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        after = [name for _, name, *_ in connection.execute("PRAGMA table_info(outbox)")]
+        kept = connection.execute(
+            'SELECT id, topic, "key", payload, created_at, sent_at, messages, codec FROM outbox '
+            "ORDER BY id"
+        ).fetchall()
+        indexes = {row[1] for row in connection.execute("PRAGMA index_list(outbox)")}
+    assert after[-1] == "payload"
+    assert sorted(after) == sorted(before)
+    assert kept == rows
+    assert "ix_outbox_sent_at" in indexes
