@@ -205,8 +205,14 @@ class TrafficSummary:
             f"denied {self.owner_decisions['denied']}, left {self.owner_decisions['left pending']} "
             f"pending; {self.grants} grants, {self.retrievals} retrievals "
             f"({self.ended} ended, {sum(self.refused_plays.values())} refused plays) "
-            f"in {self.elapsed_seconds:.1f}s"
+            f"in {self.elapsed_seconds:.1f}s{self._phases()}"
         )
+
+    def _phases(self) -> str:
+        """Where the replay's time went, e.g. " (access requests 19.6s, plays 11.7s)"."""
+        if not self.phase_seconds:
+            return ""
+        return " (" + ", ".join(f"{n} {s:.1f}s" for n, s in self.phase_seconds.items()) + ")"
 
 
 def pair_key(owner: str, requester: str) -> str:

@@ -157,6 +157,14 @@ def start_mosquitto(port: int = DEFAULT_PORT, base: Path | None = None) -> Broke
     broker = local_broker(port, base)
     with file_lock(broker.root.parent / "mqtt.lock"):
         if answers(port):
+            if not (broker.root / "admin-password").exists():
+                # Another broker (another clone's, a system one): FeedGrid would not know its
+                # administrator's password, and must not touch it.
+                raise MosquittoLauncherError(
+                    f"something else listens on {HOST}:{port}, not the broker of "
+                    f"{broker.root}: stop it, or point FEEDGRID_MQTT_ADMIN_URL (and its user "
+                    "and password) at it"
+                )
             return broker
         broker = prepare(broker.root, port)
         process = launch(broker, detached=True)
