@@ -157,7 +157,7 @@ def start_mosquitto(port: int = DEFAULT_PORT, base: Path | None = None) -> Broke
     broker = local_broker(port, base)
     with file_lock(broker.root.parent / "mqtt.lock"):
         if answers(port):
-            if not (broker.root / "admin-password").exists():
+            if not _runs(broker):
                 # Another broker (another clone's, a system one): FeedGrid would not know its
                 # administrator's password, and must not touch it.
                 raise MosquittoLauncherError(
@@ -170,6 +170,17 @@ def start_mosquitto(port: int = DEFAULT_PORT, base: Path | None = None) -> Broke
         process = launch(broker, detached=True)
         broker.pid_file.write_text(f"{process.pid}\n")
     return broker
+
+
+def _runs(broker: Broker) -> bool:
+    """Whether this var dir's broker is running: its administrator set up, its process alive."""
+    if not (broker.root / "admin-password").exists():
+        return False
+    try:
+        os.kill(int(broker.pid_file.read_text().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def stop_mosquitto(port: int = DEFAULT_PORT, base: Path | None = None) -> bool:
