@@ -1,9 +1,11 @@
-"""What the local launchers (Kafka, PostgreSQL) share: the var dir, a file lock, a log tail."""
+"""What the local launchers (Kafka, PostgreSQL, Mosquitto) share: the var dir, a file lock, a log
+tail, whether a recorded process still runs."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +36,40 @@ def log_tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether the process runs (an exited child is reaped; a zombie has exited)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def runs_with(pid: int, *arguments: str) -> bool:
+    """Whether the process runs with each of ``arguments`` on its command line: a pid file
+    left by a process that ended may name an unrelated one since."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return pid_alive(pid) and all(argument.encode() in cmdline for argument in arguments)
+
+
+def recorded_pid(pid_file: Path) -> int | None:
+    """The pid a launcher wrote, or None (no file, or not a number)."""
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None

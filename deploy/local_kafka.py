@@ -40,7 +40,14 @@ from typing import Annotated
 
 import typer
 
-from deploy.launcher_common import file_lock, log_tail, var_dir
+from deploy.launcher_common import (
+    file_lock,
+    log_tail,
+    pid_alive,
+    recorded_pid,
+    runs_with,
+    var_dir,
+)
 
 DEFAULT_PORT = 9092
 CONTROLLER_PORT_OFFSET = 1000
@@ -302,39 +309,14 @@ def _pid_alive(pid: int) -> bool:
             return True
         _children.pop(pid, None)
         return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-        if reaped == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie has exited already
-
-
-def _is_our_broker(pid: int, paths: KafkaPaths) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"kafka.Kafka" in cmdline and str(paths.config).encode() in cmdline
+    return pid_alive(pid)
 
 
 def read_pid(paths: KafkaPaths | None = None) -> int | None:
     """Pid of the live broker started from this var dir, or None (stale pid files ignored)."""
     paths = paths or kafka_paths()
-    try:
-        pid = int(paths.pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if _pid_alive(pid) and _is_our_broker(pid, paths):
+    pid = recorded_pid(paths.pid_file)
+    if pid is not None and _pid_alive(pid) and runs_with(pid, "kafka.Kafka", str(paths.config)):
         return pid
     return None
 

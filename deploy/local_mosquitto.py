@@ -30,7 +30,7 @@ from typing import Annotated
 
 import typer
 
-from deploy.launcher_common import file_lock, log_tail, var_dir
+from deploy.launcher_common import file_lock, log_tail, recorded_pid, runs_with, var_dir
 
 DEFAULT_PORT = 1883
 HOST = "127.0.0.1"
@@ -157,7 +157,7 @@ def start_mosquitto(port: int = DEFAULT_PORT, base: Path | None = None) -> Broke
     broker = local_broker(port, base)
     with file_lock(broker.root.parent / "mqtt.lock"):
         if answers(port):
-            if not _runs(broker):
+            if _running_pid(broker) is None or not (broker.root / "admin-password").exists():
                 # Another broker (another clone's, a system one): FeedGrid would not know its
                 # administrator's password, and must not touch it.
                 raise MosquittoLauncherError(
@@ -172,22 +172,20 @@ def start_mosquitto(port: int = DEFAULT_PORT, base: Path | None = None) -> Broke
     return broker
 
 
-def _runs(broker: Broker) -> bool:
-    """Whether this var dir's broker is running: its administrator set up, its process alive."""
-    if not (broker.root / "admin-password").exists():
-        return False
-    try:
-        os.kill(int(broker.pid_file.read_text().strip()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
+def _running_pid(broker: Broker) -> int | None:
+    """The pid of this var dir's mosquitto, if it runs (a stale pid file names no process, or
+    another one by now)."""
+    pid = recorded_pid(broker.pid_file)
+    if pid is None or not runs_with(pid, "mosquitto", str(broker.root / "mosquitto.conf")):
+        return None
+    return pid
 
 
 def stop_mosquitto(port: int = DEFAULT_PORT, base: Path | None = None) -> bool:
     broker = local_broker(port, base)
-    try:
-        pid = int(broker.pid_file.read_text().strip())
-    except (OSError, ValueError):
+    pid = _running_pid(broker)
+    if pid is None:  # not running, or the pid file is stale (the pid may be another's now)
+        broker.pid_file.unlink(missing_ok=True)
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
