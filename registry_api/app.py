@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 
 from fastapi import FastAPI
 
+from infra.foreground import background_share
 from infra.gil import short_while_writing
 from infra.heap import settle, tune_collector
 from infra.loop_watch import watching_loop
@@ -91,6 +92,7 @@ def create_app(
         async with AsyncExitStack() as stack:
             tune_collector()
             stack.enter_context(short_while_writing(settings.gil_switch_interval_ms))
+            stack.enter_context(background_share(settings.background_share))
             await runtime.start()
             stack.push_async_callback(runtime.stop)
             for extension in extensions:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import nullcontext
 
 import orjson
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from infra.foreground import serving
 
 log = logging.getLogger("feedgrid.http")
 
@@ -29,8 +32,15 @@ HTTP_LATENCY = Histogram(
 )
 
 
+# Requests the process's background loops do not give way to (infra/foreground): probes and
+# scrapes, and the devices' liveness reports, which are what those loops work through (a city
+# reports all the time: giving way to its gateways would halve the stream worker for good).
+NOT_FOREGROUND = frozenset({"/healthz", "/readyz", "/metrics", "/v1/heartbeats"})
+
+
 class RequestMetricsMiddleware:
-    """Counts and times every request by its route template (not the raw path)."""
+    """Counts and times every request by its route template (not the raw path), and keeps the
+    process's count of requests in flight (``infra.foreground``), but for ``NOT_FOREGROUND``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -47,8 +57,10 @@ class RequestMetricsMiddleware:
                 status_holder["status"] = message["status"]
             await send(message)
 
+        counted = serving() if scope.get("path") not in NOT_FOREGROUND else nullcontext()
         try:
-            await self.app(scope, receive, send_wrapper)
+            with counted:
+                await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")

@@ -303,6 +303,15 @@ class Settings(BaseSettings):
         0.2, gt=0, le=10, description="Media-server hook events are written in batches this often"
     )
     hook_event_batch_size: int = Field(1000, ge=1, le=100_000)
+    background_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="While API requests are in flight: the share of their own pace the "
+        "process's background loops keep (liveness applier, an embedded stream worker and its "
+        "feed catalog pause as long as each piece of work took x (1/share - 1)); 1 never "
+        "pauses (infra/foreground.py)",
+    )
     gil_switch_interval_ms: float = Field(
         0.5,
         ge=0.05,

@@ -24,6 +24,7 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Gauge
 
+from infra.foreground import give_way
 from streams.dead_letter import InvalidMessage
 from streams.decoding import decode_feed_fields
 from streams.feeds import region_and_industry, sharing_class_of
@@ -136,6 +137,7 @@ class FeedCatalog:
                 log.warning("feed catalog cannot read %s yet: %s", self.topic, error)
                 await asyncio.sleep(1.0)
                 continue
+            started = time.perf_counter()
             for tp, records in batches.items():
                 for record in records:
                     self.apply(record.value)
@@ -151,3 +153,5 @@ class FeedCatalog:
                 )
             if not batches:
                 await asyncio.sleep(0)
+            else:  # embedded in the API's process: its requests first (infra/foreground)
+                await give_way("feed-catalog", time.perf_counter() - started)

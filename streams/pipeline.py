@@ -45,6 +45,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Histogram
 
+from infra.foreground import give_way
 from infra.health import register_check
 from streams.access import empty_columns
 from streams.batch import Batch, alert_messages
@@ -199,6 +200,7 @@ class BatchPipeline:
             if not (full or due or scan_due) or self._pending_restore:
                 await asyncio.sleep(0)  # a fetch that returned at once did not yield
                 continue
+            started = time.perf_counter()
             batch = self._prepare(self._cut())
             if scan_due and self.scan is not None:
                 next_scan = now + self.tuning.liveness_scan_seconds
@@ -208,6 +210,8 @@ class BatchPipeline:
             if batch.events or batch.feed_status or batch.outgoing or batch.alerts:
                 self._in_flight = asyncio.create_task(self._store(batch), name="stream-store")
             await asyncio.sleep(0)
+            # embedded in the API's process: its requests first (infra/foreground)
+            await give_way("stream-batches", time.perf_counter() - started)
 
     def _cut(self) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
         """The records of the next batch, taken from the buffer: all of them, or, when they

@@ -41,6 +41,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from infra.foreground import give_way
 from registry_api.bulk_insert import DriverInsert
 from registry_api.db import writes_in_turn
 from registry_api.driver_work import (
@@ -462,8 +463,9 @@ class LivenessApplier:
 
     async def apply(self, events: Iterable[Liveness]) -> int:
         """Applies the events (folded per feed) a part of APPLY_FEEDS feeds at a time, each
-        part in one transaction and then told to the index, letting the loop run in between;
-        returns how many feeds changed status. Applying a part again changes nothing (a
+        part in one transaction and then told to the index, letting the loop run in between
+        (and giving way to requests in flight: ``infra.foreground``); returns how many feeds
+        changed status. Applying a part again changes nothing (a
         status already set, a last_seen not newer), so a batch retried after a failure in
         its middle ends the same."""
         batch = LivenessBatch()
@@ -471,8 +473,10 @@ class LivenessApplier:
             batch.add(event)
         changed = 0
         for part in batch.parts(APPLY_FEEDS):
+            started = time.perf_counter()
             changed += await self._apply_part(part)
             await asyncio.sleep(0)
+            await give_way("liveness", time.perf_counter() - started)
         return changed
 
     async def _apply_part(self, batch: LivenessBatch) -> int:

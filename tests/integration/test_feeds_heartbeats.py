@@ -16,11 +16,12 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from infra.foreground import serving
 from registry_api.driver_work import run_driver_work
 from registry_api.feeds import liveness
 from registry_api.feeds.documents import event_data
 from registry_api.feeds.heartbeats import YIELD_EVERY, encode_reports
-from registry_api.feeds.liveness import LivenessBatch, write_liveness
+from registry_api.feeds.liveness import Liveness, LivenessApplier, LivenessBatch, write_liveness
 from registry_api.feeds.models import feeds_table
 from registry_api.identity.principal import Principal
 from registry_api.outbox.models import OutboxMessage
@@ -498,3 +499,28 @@ async def test_a_change_foreseen_before_an_edit_is_rendered_again_in_the_turn(
     names = {event["subject"]: event["data"]["name"] for event in events}
     assert names[ids[0]] == "Renamed after the read"
     assert {event["data"]["status"] for event in events} == {"online"}
+
+
+def _paused(loop: str) -> float:
+    sample = REGISTRY.get_sample_value("feedgrid_background_paused_seconds_total", {"loop": loop})
+    return sample or 0.0
+
+
+async def test_the_applier_gives_way_to_requests_in_flight_and_still_applies(
+    client: httpx.AsyncClient,
+) -> None:
+    city = await build_city(client)
+    feed_id = (await city.register(camera(TRANSPORT, 1)))["id"]
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    applier = next(part for part in runtime.components if isinstance(part, LivenessApplier))
+
+    before = _paused("liveness")
+    with serving():  # a request of the process is being answered meanwhile
+        assert await applier.apply([Liveness(feed_id, True, "online", None)]) == 1
+    assert _paused("liveness") > before
+    assert (await _feed(city, feed_id))["status"] == "online"
+
+    paused = _paused("liveness")
+    assert await applier.apply([Liveness(feed_id, True, "offline", None)]) == 1
+    assert _paused("liveness") == paused  # nobody waiting: no pause
+    assert (await _feed(city, feed_id))["status"] == "offline"
