@@ -7,12 +7,15 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from infra.clickhouse import connect
 from infra.clickhouse_migrations import apply_migrations
+from infra.foreground import background_share, serving
 from schemas.events import CloudEvent
 from schemas.settings import Settings
 from schemas.topics import DEAD_LETTER
+from streams.context import StreamContext
 from tests.integration.streams_support import (
     ACCESS_TOPIC,
     FEED_TOPIC,
@@ -279,3 +282,34 @@ async def test_consumption_pauses_while_clickhouse_refuses_and_resumes_without_l
         stream_settings,
         "SELECT sum(retrievals), sum(bytes) FROM usage_feeds_minute WHERE feed_id = 'feed-p'",
     ) == [(100, sum(100 * i for i in range(100)))]
+
+
+def _paused(loop: str) -> float:
+    sample = REGISTRY.get_sample_value("feedgrid_background_paused_seconds_total", {"loop": loop})
+    return sample or 0.0
+
+
+async def test_an_embedded_worker_gives_way_to_requests_in_flight_and_stores_everything(
+    stream_settings: Settings,
+) -> None:
+    documents = [
+        feed_document(f"feed-w{serial:03d}", "lz-psb", serial=serial) for serial in range(40)
+    ]
+    before = {loop: _paused(loop) for loop in ("stream-batches", "feed-catalog")}
+    async with running_worker(stream_settings) as context:
+        # the API of the same process is answering a request all along (infra/foreground)
+        with background_share(0.5), serving():
+            await register_feeds(stream_settings, documents)
+            await wait_until_known(context, [document["id"] for document in documents])
+    assert _paused("stream-batches") > before["stream-batches"]
+    assert _paused("feed-catalog") > before["feed-catalog"]
+    stored = query(stream_settings, "SELECT count() FROM feed_metadata FINAL")
+    assert stored == [(len(documents),)]
+
+
+async def wait_until_known(context: StreamContext, feed_ids: list[str]) -> None:
+    for _ in range(240):
+        if all(context.catalog.get(feed_id) is not None for feed_id in feed_ids):
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError("the worker's catalog did not learn every feed")
