@@ -22,6 +22,12 @@ Prints one JSON line per figure on stdout (``{"name", "value", "unit", "baseline
    ``--quick``) as ``./deploy/up`` does. ``--profile DIR`` samples the server with py-spy
    during these runs (collapsed stacks in DIR, a summary on stderr).
 
+4. ``up-replay``: the same replay where the target puts it, in ``feedgrid up``'s first start
+   with the demo (every role in one process, the demo gateways bringing the city online
+   beside it), with the process's background loops giving way to requests in flight (the
+   default) beside the same start where they never do (``FEEDGRID_BACKGROUND_SHARE=1``),
+   alternated ``--rounds`` times; each start takes about three minutes.
+
 ``--quick`` shortens every run (a few minutes in all); ``--only`` picks parts.
 """
 
@@ -389,7 +395,7 @@ def verify_audit(url: str) -> dict[str, Any]:
 
 
 TARGET_RATE = 2000.0
-PARTS = ("demo-city", "hooks", "requests")
+PARTS = ("demo-city", "hooks", "requests", "up-replay")
 
 
 def bench_hooks(quick: bool, workdir: Path) -> None:
@@ -786,6 +792,77 @@ async def replay(url: str, directory: Path, max_requests: int) -> Any:
         return await TrafficReplay(client, directory, max_requests=max_requests).run()
 
 
+def up_replay(workdir: Path, quick: bool, share: str) -> dict[str, Any]:
+    """One first start of ``feedgrid up`` with the demo, as a new user's ``./deploy/up`` runs
+    it (the broker aside): the city loaded, its gateways bringing it online while the 2,000
+    requests are replayed, every role in the one process; with ``FEEDGRID_BACKGROUND_SHARE``
+    at ``share``. Returns what the replay's marker says and what the process says after."""
+    from bench.bench_load import FeedGridUp
+    from deploy.seed.writer import write_demo_city
+
+    server = FeedGridUp(workdir, 3600, extra_env={"FEEDGRID_BACKGROUND_SHARE": share})
+    if quick:  # otherwise up generates its own city, as on a first ./deploy/up
+        write_demo_city(server.demo_dir, cameras=5_700, sensors=300, requests=120, progress=False)
+    try:
+        server.start(load_deadline_s=900)
+        (marker,) = server.demo_dir.glob(".traffic-*")
+        replay = orjson.loads(marker.read_bytes())
+        ready = httpx.get(f"{server.url}/readyz", timeout=10).json()
+        metrics = httpx.get(
+            f"{server.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
+        ).text
+    finally:
+        server.stop()
+    paused = {
+        line.split('loop="')[1].split('"')[0]: round(float(line.rsplit(" ", 1)[1]), 1)
+        for line in metrics.splitlines()
+        if line.startswith("feedgrid_background_paused_seconds_total{")
+    }
+    return {
+        "seconds": float(replay["elapsed_seconds"]),
+        "errors": int(replay["errors"]),
+        "requests": int(replay["requests"]),
+        "phase_seconds": replay["phase_seconds"],
+        "paused_seconds": paused,
+        "stream_lag_after": ready["checks"]["stream-worker"]["detail"]["lag"],
+    }
+
+
+def bench_up_replay(quick: bool, workdir: Path, rounds: int) -> None:
+    """The replay in ``./deploy/up`` itself, the target's own setting (``demo_replay_seconds``
+    replays against a bare API process): ``rounds`` first starts with the background loops
+    giving way to requests (the default share, 0.5) alternating with as many where they
+    never do (share 1, as before 2026-12-06 late evening), each from an empty directory."""
+    runs: dict[str, list[dict[str, Any]]] = {"0.5": [], "1": []}
+    for round_number in range(rounds):
+        for share in ("1", "0.5") if round_number % 2 == 0 else ("0.5", "1"):
+            console.print(f"feedgrid up, first start, background share {share}")
+            run = up_replay(workdir / f"up-{round_number}-{share}", quick, share)
+            console.print(f"  replayed in {run['seconds']:.1f} s {run['phase_seconds']}")
+            runs[share].append(run)
+    giving, keeping = runs["0.5"], runs["1"]
+    value = statistics.median(run["seconds"] for run in giving)
+    errors = sum(run["errors"] for run in giving + keeping)
+    emit(
+        "demo_replay_seconds_all_in_one", value, "s",
+        baseline="the same first start with the background never giving way "
+        "(FEEDGRID_BACKGROUND_SHARE=1), median, alternated in the same run",
+        baseline_value=round(statistics.median(run["seconds"] for run in keeping), 2),
+        runs=[round(run["seconds"], 2) for run in giving],
+        baseline_runs=[round(run["seconds"], 2) for run in keeping],
+        phase_seconds=[run["phase_seconds"] for run in giving],
+        baseline_phase_seconds=[run["phase_seconds"] for run in keeping],
+        paused_seconds=[run["paused_seconds"] for run in giving],
+        stream_lag_after=[run["stream_lag_after"] for run in giving],
+        requests=giving[0]["requests"], api_errors=errors,
+        target="<= 60 s for all 2,000 requests" if not quick else "smoke run",
+        met=value <= 60 and errors == 0 and not quick,
+        server="feedgrid up --no-kafka, first start from an empty directory (API, relay, "
+        "embedded worker, chdb, the demo gateways' first round beside the replay), not pinned",
+        machine_cores=os.cpu_count(), machine_load_average_1min=round(os.getloadavg()[0], 2),
+    )  # fmt: skip
+
+
 def owner_decision_times(
     url: str, city: DemoCity, requester: str, owner_keys: dict[str, str], runs: int
 ) -> dict[str, list[float]]:
@@ -864,6 +941,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these parts (default: all)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="up-replay: first starts of feedgrid up in each setting, alternated (default 1)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -876,23 +959,27 @@ def main(argv: list[str] | None = None) -> int:
             bench_demo_city(args.quick, workdir, args.profile)
         if "hooks" in args.only:
             bench_hooks(args.quick, workdir)
-        if "requests" not in args.only:
-            return 0
-        bench_access_requests(
-            args.quick, workdir, f"sqlite+aiosqlite:///{workdir / 'requests.db'}", "sqlite"
-        )
-        try:
-            postgres = PostgresDatabase.create("bench_access")
-        except OSError as error:
-            console.print(
-                f"[yellow]PostgreSQL not reachable, its figure is skipped: {error}[/yellow]"
-            )
-            return 0
-        try:
-            bench_access_requests(args.quick, workdir, postgres.sqlalchemy_url, "postgresql")
-        finally:
-            postgres.drop()
+        if "requests" in args.only:
+            bench_requests(args.quick, workdir)
+        if "up-replay" in args.only:
+            bench_up_replay(args.quick, workdir, max(1, args.rounds))
     return 0
+
+
+def bench_requests(quick: bool, workdir: Path) -> None:
+    """Part 2 on SQLite, then on PostgreSQL when its cluster answers."""
+    bench_access_requests(
+        quick, workdir, f"sqlite+aiosqlite:///{workdir / 'requests.db'}", "sqlite"
+    )
+    try:
+        postgres = PostgresDatabase.create("bench_access")
+    except OSError as error:
+        console.print(f"[yellow]PostgreSQL not reachable, its figure is skipped: {error}[/yellow]")
+        return
+    try:
+        bench_access_requests(quick, workdir, postgres.sqlalchemy_url, "postgresql")
+    finally:
+        postgres.drop()
 
 
 if __name__ == "__main__":
