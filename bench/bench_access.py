@@ -800,6 +800,7 @@ def up_replay(workdir: Path, quick: bool, share: str) -> dict[str, Any]:
     from bench.bench_load import FeedGridUp
     from deploy.seed.writer import write_demo_city
 
+    workdir.mkdir(parents=True, exist_ok=True)
     server = FeedGridUp(workdir, 3600, extra_env={"FEEDGRID_BACKGROUND_SHARE": share})
     if quick:  # otherwise up generates its own city, as on a first ./deploy/up
         write_demo_city(server.demo_dir, cameras=5_700, sensors=300, requests=120, progress=False)
