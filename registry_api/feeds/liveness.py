@@ -465,9 +465,8 @@ class LivenessApplier:
         """Applies the events (folded per feed) a part of APPLY_FEEDS feeds at a time, each
         part in one transaction and then told to the index, letting the loop run in between
         (and giving way to requests in flight: ``infra.foreground``); returns how many feeds
-        changed status. Applying a part again changes nothing (a
-        status already set, a last_seen not newer), so a batch retried after a failure in
-        its middle ends the same."""
+        changed status. Applying a part again changes nothing (a status already set, a
+        last_seen not newer), so a batch retried after a failure in its middle ends the same."""
         batch = LivenessBatch()
         for event in events:
             batch.add(event)
