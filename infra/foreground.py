@@ -4,9 +4,10 @@ The all-in-one (``feedgrid up``) serves the API and runs its background loops in
 process, under one GIL: the liveness applier, the stream worker's batches, the worker's feed
 catalog. When a city comes online (the demo gateways' first round: 56,000 feeds going from
 ``unknown`` to ``online``, about 0.5 ms of the process's CPU each, from the report to the
-ClickHouse row) those loops took the GIL from the requests arriving meanwhile: the demo's
-2,000 access requests took 83-105 s to replay beside that round in ``./deploy/up``, against
-52 s with the round held back.
+ClickHouse row) those loops took the GIL from the requests arriving meanwhile: on a slow
+evening the demo's 2,000 access requests took 77-105 s to replay beside that round in
+``./deploy/up``, against 52 s with the round held back; giving way, 56-70 s (the README's
+"Background gives way to requests" has every series, some within the noise).
 
 So a background loop, after each piece of its work, calls :func:`give_way` with how long the
 piece took: while requests are in flight it pauses ``worked * (1 / share - 1)`` seconds (at
