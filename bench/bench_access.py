@@ -798,6 +798,7 @@ def up_replay(workdir: Path, quick: bool, share: str) -> dict[str, Any]:
     requests are replayed, every role in the one process; with ``FEEDGRID_BACKGROUND_SHARE``
     at ``share``. Returns what the replay's marker says and what the process says after."""
     from bench.bench_load import FeedGridUp
+    from bench.bench_stream_targets import scrape
     from deploy.seed.writer import write_demo_city
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -809,15 +810,14 @@ def up_replay(workdir: Path, quick: bool, share: str) -> dict[str, Any]:
         (marker,) = server.demo_dir.glob(".traffic-*")
         replay = orjson.loads(marker.read_bytes())
         ready = httpx.get(f"{server.url}/readyz", timeout=10).json()
-        metrics = httpx.get(
-            f"{server.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
-        ).text
+        samples = scrape(server.url)
     finally:
         server.stop()
+    paused_by_loop = 'feedgrid_background_paused_seconds_total{loop="'
     paused = {
-        line.split('loop="')[1].split('"')[0]: round(float(line.rsplit(" ", 1)[1]), 1)
-        for line in metrics.splitlines()
-        if line.startswith("feedgrid_background_paused_seconds_total{")
+        key[len(paused_by_loop) : -len('"}')]: round(value, 1)
+        for key, value in samples.items()
+        if key.startswith(paused_by_loop)
     }
     return {
         "seconds": float(replay["elapsed_seconds"]),

@@ -25,29 +25,25 @@ A worker in its own process (the scale mode) sees none and never pauses.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge
 
+from infra.asked import AskedByApps
+
 MAX_PAUSE_SECONDS = 0.25  # one pause, however long the piece of work was
 
 
 class _Foreground:
-    """The process's one record of requests in flight and of the share background keeps."""
+    """The process's one record of requests in flight."""
 
     def __init__(self) -> None:
         self.in_flight = 0
-        self.guard = threading.Lock()
-        self.asked: list[float] = []  # by each running app; the last one started's counts
-
-    @property
-    def share(self) -> float:
-        return self.asked[-1] if self.asked else 1.0
 
 
 _state = _Foreground()
+_shares: AskedByApps[float] = AskedByApps()
 
 IN_FLIGHT = Gauge(
     "feedgrid_foreground_requests_in_flight",
@@ -82,18 +78,13 @@ def background_share(share: float) -> Iterator[None]:
     while requests are in flight."""
     if not 0 < share <= 1:
         raise ValueError(f"a background share is in (0, 1], not {share!r}")
-    with _state.guard:
-        _state.asked.append(share)
-    try:
+    with _shares.asking(share):
         yield
-    finally:
-        with _state.guard:
-            _state.asked.remove(share)  # another app of the process may still run
 
 
 def pause_for(worked: float) -> float:
     """How long a loop whose piece of work took ``worked`` seconds pauses now (0: none)."""
-    share = _state.share
+    share = _shares.current() or 1.0  # no app asked: background keeps its pace
     if _state.in_flight <= 0 or share >= 1 or worked <= 0:
         return 0.0
     return min(worked * (1 / share - 1), MAX_PAUSE_SECONDS)

@@ -25,44 +25,41 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from infra.asked import AskedByApps
+
 
 class _TurnInterval:
-    """The process's one record of who asked for the short interval and who holds it."""
+    """The process's one record of who holds the short interval."""
 
     def __init__(self) -> None:
         self.guard = threading.Lock()
-        self.asked: list[float] = []  # by each running app (seconds); the last one started's counts
         self.holders = 0  # writers holding a turn with the short interval
         self.between = 0.0  # the interval to go back to once none does
 
 
 _state = _TurnInterval()
+_asked: AskedByApps[float] = AskedByApps()  # the short interval, in seconds
 
 
 @contextmanager
 def short_while_writing(milliseconds: float) -> Iterator[None]:
     """While the block runs, a writer holding its turn (:func:`turn_taken`) has the GIL back
     within ``milliseconds`` of asking for it."""
-    interval = milliseconds / 1000
-    with _state.guard:
-        _state.asked.append(interval)
-    try:
+    with _asked.asking(milliseconds / 1000):
         yield
-    finally:
-        with _state.guard:
-            _state.asked.remove(interval)  # another app of the process may still run
 
 
 def turn_taken() -> bool:
     """A writer took its turn (on the connection's thread): the short interval, if one is set
     (:func:`short_while_writing`). Returns whether it was, for :func:`turn_given`."""
+    interval = _asked.current()
+    if interval is None:
+        return False
     with _state.guard:
-        if not _state.asked:
-            return False
         _state.holders += 1
         if _state.holders == 1:
             _state.between = sys.getswitchinterval()
-            sys.setswitchinterval(_state.asked[-1])
+            sys.setswitchinterval(interval)
         return True
 
 
