@@ -13,6 +13,13 @@ p99 nobody can explain. Two parts:
   WARNING from a second up. Reports are rate limited per place, so a recurring stall is one
   line per ``quiet_seconds`` with a count.
 
+A loop is also held back by the process's other threads: they share the GIL with it (in
+``feedgrid up`` the stream worker runs its own loop on a thread beside the API's), and a
+stack showing the loop at a line that costs nothing (``select``, a ``write``) means another
+thread had the GIL. So the samples also take the other threads that were busy (not waiting
+on a lock, a queue or a selector), and the report names the one seen most often
+(``beside``, with its thread's name and its samples).
+
 The thread takes the GIL only every ``interval`` seconds, and samples only while a stall
 lasts (``sys._current_frames``, no tracing): cheap enough to stay on in production.
 """
@@ -27,7 +34,7 @@ import sysconfig
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -50,6 +57,16 @@ BLOCKED = MetricCounter(
 )
 
 STACK_DEPTH = 6  # innermost frames kept in a report
+# Where a thread waits without the GIL: innermost (file, function) of an idle thread.
+IDLE_PLACES = frozenset(
+    {
+        ("threading.py", "wait"),
+        ("threading.py", "_wait_for_tstate_lock"),
+        ("queue.py", "get"),
+        ("selectors.py", "select"),
+        ("infra/loop_watch.py", "_watch"),
+    }
+)
 WARN_AFTER_SECONDS = 1.0  # a report is a warning from here on, information below
 MAX_PLACES = 1_000  # places remembered for the rate limit
 
@@ -101,6 +118,29 @@ class Stall:
     began: float  # monotonic time of the last beat before it
     gc_before: float  # the collector's total pause seconds then
     stacks: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    # other threads busy meanwhile: (thread name, stack)
+    beside: Counter[tuple[str, tuple[str, ...]]] = field(default_factory=Counter)
+
+
+def busy_threads(
+    frames: dict[int, FrameType], leave_out: Collection[int]
+) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, stack) of each thread in ``frames`` (``sys._current_frames()``) that is running
+    Python or a call holding the GIL, not waiting (:data:`IDLE_PLACES`); ``leave_out``: idents
+    not to look at."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    busy = []
+    for ident, frame in frames.items():
+        if ident in leave_out:
+            continue
+        place = frame_summary(frame)
+        if not place:
+            continue
+        where, _, function = place[0].partition(" ")
+        if (where.rsplit(":", 1)[0], function) in IDLE_PLACES:
+            continue
+        busy.append((names.get(ident, str(ident)), place))
+    return busy
 
 
 class LoopWatch:
@@ -166,10 +206,13 @@ class LoopWatch:
                 if self._stall is None:
                     self._stall = Stall(self._last_beat, pause_seconds_total())
                 stall = self._stall
-            place = frame_summary(sys._current_frames().get(self._loop_thread))
+            frames = sys._current_frames()
+            place = frame_summary(frames.get(self._loop_thread))
+            beside = busy_threads(frames, (self._loop_thread, threading.get_ident()))
             with self._lock:  # the beat may have taken the stall meanwhile: then it is over
                 if self._stall is stall:
                     stall.stacks[place] += 1
+                    stall.beside.update(beside)
 
     def _report(self, stall: Stall, now: float) -> None:
         blocked = now - stall.began - self.interval
@@ -197,6 +240,10 @@ class LoopWatch:
             "stack": " <- ".join(place) if place else "(not sampled)",
             "since_last_report": unsaid,
         }
+        if stall.beside:
+            (thread, other), seen = stall.beside.most_common(1)[0]
+            report["beside"] = f"{thread}: " + " <- ".join(other)
+            report["beside_samples"] = seen
         self.reports = [*self.reports[-19:], report]
         # A second or more is a fault; shorter holds are what a p99 is made of: worth a line,
         # not an alarm (a demo city loading in the same process makes a few).

@@ -8,13 +8,20 @@ import gc
 import logging
 import sys
 import sysconfig
+import threading
 import time
 
 import pytest
 from prometheus_client import REGISTRY
 
 from infra.heap import pause_seconds_total, tune_collector
-from infra.loop_watch import LoopWatch, _short_path, frame_summary, watching_loop
+from infra.loop_watch import (
+    LoopWatch,
+    _short_path,
+    busy_threads,
+    frame_summary,
+    watching_loop,
+)
 
 
 def _sample(name: str) -> float:
@@ -53,6 +60,48 @@ async def test_a_blocked_loop_is_reported_with_what_held_it(
     assert logged == [("INFO", "event loop blocked")]  # under a second: not an alarm
     assert _sample("feedgrid_event_loop_blocked_total") == blocked_before + 1
     assert _sample("feedgrid_event_loop_lag_seconds_count") > beats_before + 3
+
+
+def spin_beside(stop: threading.Event) -> None:
+    """A thread busy running Python until told to stop."""
+    while not stop.is_set():
+        sum(range(1000))
+
+
+async def test_a_stall_names_the_thread_busy_beside_it_and_not_the_idle_ones() -> None:
+    stop, never = threading.Event(), threading.Event()
+    busy = threading.Thread(target=spin_beside, args=(stop,), name="busy-beside")
+    idle = threading.Thread(target=never.wait, args=(5,), name="idle-beside")
+    busy.start()
+    idle.start()
+    try:
+        watch = LoopWatch(interval=0.01, report_after=0.05)
+        async with watch.running():
+            await asyncio.sleep(0.05)
+            hold_the_loop(0.3)
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        never.set()
+        busy.join()
+        idle.join()
+    [report] = watch.reports
+    assert str(report["beside"]).startswith("busy-beside: tests/unit/test_loop_watch.py:")
+    assert "spin_beside" in str(report["beside"])
+    assert int(str(report["beside_samples"])) >= 3
+
+
+def test_threads_waiting_are_not_busy() -> None:
+    never = threading.Event()
+    idle = threading.Thread(target=never.wait, args=(5,), name="idle-beside")
+    idle.start()
+    try:
+        time.sleep(0.02)
+        busy = busy_threads(sys._current_frames(), {threading.get_ident()})
+    finally:
+        never.set()
+        idle.join()
+    assert [name for name, _ in busy if name == "idle-beside"] == []
 
 
 async def test_a_recurring_stall_is_one_line_per_quiet_period() -> None:
