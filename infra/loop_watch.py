@@ -57,13 +57,18 @@ BLOCKED = MetricCounter(
 )
 
 STACK_DEPTH = 6  # innermost frames kept in a report
-# Where a thread waits without the GIL: innermost (file, function) of an idle thread.
+# Where a thread waits without the GIL: innermost (file, function) of an idle thread. The
+# executors' and aiosqlite's threads wait in a C call (``SimpleQueue.get``) from their loop's
+# own frame; running work, they are deeper in it (aiosqlite's calls into sqlite3 give the GIL
+# up for the statement's step).
 IDLE_PLACES = frozenset(
     {
         ("threading.py", "wait"),
         ("threading.py", "_wait_for_tstate_lock"),
         ("queue.py", "get"),
         ("selectors.py", "select"),
+        ("concurrent/futures/thread.py", "_worker"),
+        ("aiosqlite/core.py", "_connection_worker_thread"),
         ("infra/loop_watch.py", "_watch"),
     }
 )
