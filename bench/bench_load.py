@@ -29,7 +29,10 @@ For each kind, in one run:
 
 Every step records what the server did beside the load during it (``background``: feed status
 changes and last_seen updates applied, events relayed, rows sunk), so a figure that moved
-between runs says whether the demo city's own traffic moved it.
+between runs says whether the demo city's own traffic moved it; and how its event loop fared
+(``loop_beats_over_20ms_late``: the loop watch's 20 ms beats that woke more than 20 ms late;
+``loop_stalls_reported``: holds past ``FEEDGRID_LOOP_BLOCKED_REPORT_MS``) and the CPU seconds
+it used (``server_cpu_s``, every thread), so a p99 says whether the loop was late for all.
 
 Kinds: ``search_near`` (near 500 m, pages of 100, 16 connections), ``search_sees`` (pages of
 20, 16 connections), ``access_request`` (a ``near`` selection of about 100 feeds, 8
@@ -83,9 +86,11 @@ REQUEST_TIMEOUT = 30.0
 PURPOSE_FALLBACK = "city management"
 SERVER_CORE, GENERATOR_CORE = 0, 1
 PROBE_FRACTIONS = (0.75, 0.5, 0.25, 0.125)
-# The server's counters read (Prometheus name: name in the report). The pipeline's (the relay,
-# the hook-event writer, the sink) show when the work a kind left behind is done; the
-# background's show what the server did beside a step's load (the demo's gateways and devices).
+# The server's counters read (Prometheus series: name in the report). The pipeline's (the
+# relay, the hook-event writer, the sink) show when the work a kind left behind is done; the
+# background's show what the server did beside a step's load (the demo's gateways and devices)
+# and how its event loop fared meanwhile (infra/loop_watch: its beat every 20 ms, and the
+# stalls it reported).
 COUNTERS = {
     "feedgrid_outbox_relayed_total": "outbox_events_relayed",
     "feedgrid_sink_rows_total": "sink_rows_written",
@@ -93,6 +98,9 @@ COUNTERS = {
     "feedgrid_sink_errors_total": "sink_insert_errors",
     "feedgrid_liveness_transitions_applied_total": "status_transitions",
     "feedgrid_liveness_seen_applied_total": "last_seen_updates",
+    "feedgrid_event_loop_lag_seconds_count": "loop_beats",
+    'feedgrid_event_loop_lag_seconds_bucket{le="0.02"}': "loop_beats_within_20ms",
+    "feedgrid_event_loop_blocked_total": "loop_stalls_reported",
 }
 PIPELINE = (
     "outbox_events_relayed",
@@ -105,6 +113,9 @@ BACKGROUND = (
     "last_seen_updates",
     "outbox_events_relayed",
     "sink_rows_written",
+    "loop_beats",
+    "loop_beats_within_20ms",
+    "loop_stalls_reported",
 )
 STEP_FIGURES = ("rate", "p50_ms", "p99_ms", "count", "background")  # reported of each step
 # and of each probe ("repeat" only on a probe measured again)
@@ -303,12 +314,19 @@ class FeedGridUp:
 
     def counters(self, names: tuple[str, ...]) -> dict[str, float]:
         """The server's counters of these names (:data:`COUNTERS`), summed over labels."""
-        totals = dict.fromkeys(names, 0.0)
-        for line in httpx.get(f"{self.url}/metrics", timeout=30).text.splitlines():
-            name = COUNTERS.get(line.split("{", 1)[0].split(" ", 1)[0])
-            if name in totals:
-                totals[name] += float(line.rsplit(" ", 1)[1])
-        return totals
+        return read_counters(httpx.get(f"{self.url}/metrics", timeout=30).text, names)
+
+
+def read_counters(metrics: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The counters of these names (:data:`COUNTERS`) in a Prometheus text exposition: a
+    series named with its labels counts alone, one named bare is summed over its labels."""
+    totals = dict.fromkeys(names, 0.0)
+    for line in metrics.splitlines():
+        series, _, value = line.rpartition(" ")
+        name = COUNTERS.get(series) or COUNTERS.get(series.split("{", 1)[0])
+        if name in totals:
+            totals[name] += float(value)
+    return totals
 
 
 # ------------------------------------------------------------------------------ the world
@@ -732,10 +750,10 @@ def measure_kind(
     reported with what ran beside them."""
 
     def step(requests: str, rate: float | None, expected: int) -> dict[str, Any]:
-        before = server.counters(BACKGROUND)
+        before, cpu_before = server.counters(BACKGROUND), server.cpu_seconds()
         result = generator.step(requests, kind.connections, duration, expected, rate)
-        after = server.counters(BACKGROUND)
-        return {**result, "background": {key: after[key] - before[key] for key in after}}
+        after, cpu_after = server.counters(BACKGROUND), server.cpu_seconds()
+        return {**result, "background": step_background(before, after, cpu_after - cpu_before)}
 
     def probe_at(rate: float, **marks: Any) -> dict[str, Any]:
         # the events the step before left (an overloaded one leaves thousands to relay and
@@ -768,6 +786,17 @@ def measure_kind(
                 sustained = probe
                 break
     return healthz, closed, sustained, probes
+
+
+def step_background(
+    before: dict[str, float], after: dict[str, float], cpu_seconds: float
+) -> dict[str, float]:
+    """What the server did during a step, from its counters read before and after it: their
+    increase, the loop's beats that woke more than 20 ms late, and the server's CPU seconds
+    (every thread) during the step."""
+    grew = {key: after[key] - before[key] for key in after}
+    late = grew.pop("loop_beats") - grew.pop("loop_beats_within_20ms")
+    return {**grew, "loop_beats_over_20ms_late": late, "server_cpu_s": round(cpu_seconds, 2)}
 
 
 def _within(probe: dict[str, Any], kind: Kind) -> bool:

@@ -58,6 +58,9 @@ BACKGROUND = {
     "last_seen_updates",
     "outbox_events_relayed",
     "sink_rows_written",
+    "loop_beats_over_20ms_late",
+    "loop_stalls_reported",
+    "server_cpu_s",
 }
 
 
@@ -95,6 +98,7 @@ def test_quick_load_report_has_every_kind_beside_healthz_and_no_failed_request(
     # an access request's events are relayed while the requests run: the counters are read
     relayed = figures["load_access_request_throughput"]["closed_loop"]["background"]
     assert relayed["outbox_events_relayed"] > 0, relayed
+    assert relayed["server_cpu_s"] > 0, relayed  # the server's CPU during the step is read
     memory = figures["load_api_process_rss"]
     assert memory["value"] > 0 and memory["baseline_value"] > 0
     table = (tmp_path / "latest.md").read_text()

@@ -68,3 +68,39 @@ def test_a_benchmark_past_its_time_stops_its_servers_and_keeps_its_figures() -> 
     assert problem.startswith("bench_x: timed out after 3s")
     with pytest.raises(ProcessLookupError):  # the server is gone, not left running
         os.kill(figures[1]["value"], 0)
+
+
+METRICS = """\
+# HELP feedgrid_event_loop_lag_seconds How late the event loop's beat woke up
+# TYPE feedgrid_event_loop_lag_seconds histogram
+feedgrid_event_loop_lag_seconds_bucket{le="0.01"} 90.0
+feedgrid_event_loop_lag_seconds_bucket{le="0.02"} 95.0
+feedgrid_event_loop_lag_seconds_bucket{le="0.05"} 99.0
+feedgrid_event_loop_lag_seconds_bucket{le="+Inf"} 100.0
+feedgrid_event_loop_lag_seconds_count 100.0
+feedgrid_event_loop_lag_seconds_sum 0.9
+feedgrid_sink_rows_total{table="access_events"} 40.0
+feedgrid_sink_rows_total{table="heartbeats"} 2.0
+feedgrid_event_loop_blocked_total 3.0
+"""
+
+
+def test_the_load_benchmark_reads_the_servers_counters_and_its_loops_lateness() -> None:
+    from bench.bench_load import BACKGROUND, read_counters, step_background
+
+    before = read_counters(METRICS, BACKGROUND)
+    # a bucket is read alone, a bare name summed over its labels, a histogram's count kept apart
+    assert before["loop_beats"] == 100 and before["loop_beats_within_20ms"] == 95
+    assert before["sink_rows_written"] == 42 and before["loop_stalls_reported"] == 3
+    assert before["status_transitions"] == 0  # not exposed: nothing
+    after = {
+        **before,
+        "loop_beats": 150.0,
+        "loop_beats_within_20ms": 138.0,
+        "sink_rows_written": 50.0,
+    }
+    step = step_background(before, after, 1.234)
+    assert step["loop_beats_over_20ms_late"] == 7  # 50 beats, 43 of them within 20 ms
+    assert step["sink_rows_written"] == 8 and step["loop_stalls_reported"] == 0
+    assert step["server_cpu_s"] == 1.23
+    assert "loop_beats" not in step and "loop_beats_within_20ms" not in step
