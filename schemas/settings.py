@@ -50,8 +50,14 @@ class StreamTuning(BaseSettings):
         description="Most message bytes in one batch: a batch of feed documents (~1.7 KB each) "
         "is cut here long before it holds batch_size of them",
     )
+    # Every ClickHouse insert costs the same whatever its size (a part per table and rollup
+    # view, and their merges): with chdb in the API's process ~110 ms of CPU for the
+    # access_events block and its 7 views. At 0.5 s, 108 hook checks a second in feedgrid up
+    # took 6.7 s of the engine's CPU in 30 s and left the hooks a p99 of 164 ms; at 2 s,
+    # 2.4 s and 18 ms (2026-12-07, one core, the demo city beside). A busy stream fills its
+    # batches by size long before either.
     flush_seconds: float = Field(
-        0.5, gt=0, le=60, description="Longest an event waits in a batch before it is inserted"
+        2.0, gt=0, le=60, description="Longest an event waits in a batch before it is inserted"
     )
     stream_buffer: int = Field(
         20_000, ge=100, le=1_000_000, description="Messages Faust prefetches per agent"
