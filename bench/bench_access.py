@@ -65,6 +65,7 @@ from bench.common import (
     free_port,
     mediamtx_body,
     progress_bar,
+    scrape,
     stop_cleanly_on_sigterm,
 )
 from registry_api.migrate import upgrade_registry
@@ -798,7 +799,6 @@ def up_replay(workdir: Path, quick: bool, share: str) -> dict[str, Any]:
     requests are replayed, every role in the one process; with ``FEEDGRID_BACKGROUND_SHARE``
     at ``share``. Returns what the replay's marker says and what the process says after."""
     from bench.bench_load import FeedGridUp
-    from bench.bench_stream_targets import scrape
     from deploy.seed.writer import write_demo_city
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -73,11 +73,13 @@ from bench.common import (
     ADMIN_TOKEN,
     KAFKA,
     console,
+    counter_sum,
     emit,
     free_port,
     make_queries,
     mediamtx_body,
     proc_status,
+    scrape,
     stop_cleanly_on_sigterm,
 )
 
@@ -313,19 +315,18 @@ class FeedGridUp:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def counters(self, names: tuple[str, ...]) -> dict[str, float]:
-        """The server's counters of these names (:data:`COUNTERS`), summed over labels."""
-        return read_counters(httpx.get(f"{self.url}/metrics", timeout=30).text, names)
+        """The server's counters of these names (:data:`COUNTERS`)."""
+        return read_counters(scrape(self.url), names)
 
 
-def read_counters(metrics: str, names: tuple[str, ...]) -> dict[str, float]:
-    """The counters of these names (:data:`COUNTERS`) in a Prometheus text exposition: a
-    series named with its labels counts alone, one named bare is summed over its labels."""
+def read_counters(samples: dict[str, float], names: tuple[str, ...]) -> dict[str, float]:
+    """The counters of these names (:data:`COUNTERS`) among a process's samples: a series
+    named with its labels counts alone, one named bare is summed over its labels."""
     totals = dict.fromkeys(names, 0.0)
-    for line in metrics.splitlines():
-        series, _, value = line.rpartition(" ")
-        name = COUNTERS.get(series) or COUNTERS.get(series.split("{", 1)[0])
+    for series, name in COUNTERS.items():
         if name in totals:
-            totals[name] += float(value)
+            found = samples.get(series, 0.0) if "{" in series else counter_sum(samples, series)
+            totals[name] += found
     return totals
 
 

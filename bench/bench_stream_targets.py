@@ -78,10 +78,13 @@ from bench.bench_load import FeedGridUp, _read_response, build_world, retrieval_
 from bench.bench_registry import NDJSON, create_departments, demo_city, ndjson
 from bench.common import (
     ADMIN_TOKEN,
+    agent_figure,
     console,
+    counter_sum,
     emit,
     mediamtx_body,
     progress_bar,
+    scrape,
     stop_cleanly_on_sigterm,
 )
 from schemas.settings import load_tuning
@@ -105,29 +108,6 @@ def load_average() -> float:
 
 
 # ------------------------------------------------------------------------------ /metrics
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Every sample of the process's ``/metrics``: ``name{labels}`` -> value."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        try:
-            samples[key] = float(value)
-        except ValueError:
-            continue
-    return samples
-
-
-def agent_figure(samples: dict[str, float], name: str, agent: str) -> float:
-    return samples.get(f'{name}{{agent="{agent}"}}', 0.0)
-
-
-def counter_sum(samples: dict[str, float], name: str) -> float:
-    return sum(value for key, value in samples.items() if key == name or key.startswith(name + "{"))
 
 
 class MetricsWatch:

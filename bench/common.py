@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import numpy as np
 import orjson
 from rich.console import Console
@@ -78,6 +79,34 @@ def proc_status(pid: int) -> dict[str, str]:
         key, _, value = line.partition(":")
         fields[key] = value.strip()
     return fields
+
+
+def read_exposition(text: str) -> dict[str, float]:
+    """Every sample of a Prometheus text exposition: ``name{labels}`` -> value."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            samples[key] = float(value)
+        except ValueError:
+            continue
+    return samples
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of the process's ``/metrics``: ``name{labels}`` -> value."""
+    return read_exposition(httpx.get(f"{url}/metrics", timeout=30).text)
+
+
+def agent_figure(samples: dict[str, float], name: str, agent: str) -> float:
+    return samples.get(f'{name}{{agent="{agent}"}}', 0.0)
+
+
+def counter_sum(samples: dict[str, float], name: str) -> float:
+    """A metric summed over its labels (or its one sample when it has none)."""
+    return sum(value for key, value in samples.items() if key == name or key.startswith(name + "{"))
 
 
 def mediamtx_body(path: str, token: str) -> str:

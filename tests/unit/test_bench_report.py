@@ -87,8 +87,9 @@ feedgrid_event_loop_blocked_total 3.0
 
 def test_the_load_benchmark_reads_the_servers_counters_and_its_loops_lateness() -> None:
     from bench.bench_load import BACKGROUND, read_counters, step_background
+    from bench.common import read_exposition
 
-    before = read_counters(METRICS, BACKGROUND)
+    before = read_counters(read_exposition(METRICS), BACKGROUND)
     # a bucket is read alone, a bare name summed over its labels, a histogram's count kept apart
     assert before["loop_beats"] == 100 and before["loop_beats_within_20ms"] == 95
     assert before["sink_rows_written"] == 42 and before["loop_stalls_reported"] == 3
