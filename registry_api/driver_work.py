@@ -228,7 +228,10 @@ def _committed_in_turn(
         began = turn.take(writer, asked)
         try:
             result = work(_SqliteCalls(connection))
-            connection.commit()
+            try:
+                connection.commit()
+            except sqlite3.Error as error:  # as SQLAlchemy's, as the work's statements' are
+                raise _as_sqlalchemy(error, "COMMIT", ()) from error
             return result
         except BaseException:
             connection.rollback()

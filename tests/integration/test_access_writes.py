@@ -39,6 +39,8 @@ from registry_api.db import (
 )
 from registry_api.driver_work import (
     ROWS_PER_STATEMENT,
+    DriverCalls,
+    DriverStatement,
     commit_in_turn,
     execute_insert,
     run_driver_work,
@@ -190,6 +192,34 @@ async def test_a_failing_row_leaves_nothing_of_the_change_written(
         assert await session.get(AccessRequest, fresh) is None
         verification = await verify_chain(session)
     assert verification.ok, verification.message
+
+
+async def test_sqlite_a_refusal_at_the_commit_comes_out_as_sqlalchemys_and_writes_nothing(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A constraint checked only at the commit (a deferred foreign key) fails the commit on
+    the connection's thread: it comes out as SQLAlchemy's error, as a statement's does, so a
+    caller tells an invalid change from the database being away (the hook-event writer sets
+    the first aside and retries the second)."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the commit on the connection's thread is SQLite's")
+    fresh = new_id()
+    async with sessions() as session:
+        before = await counts(session)
+        dialect = (await session.connection()).dialect
+        row = {**request_row(fresh), "requester_department": "lz-no-such-department"}
+        insert = prepare_insert(TABLES.requests, [row], dialect)
+
+        def work(calls: DriverCalls) -> None:
+            calls.execute(DriverStatement("PRAGMA defer_foreign_keys = ON", ()))
+            calls.executemany(insert)  # accepted here: the key is checked at the commit
+
+        with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+            await commit_in_turn(session, "test", work)
+        await session.rollback()
+    async with sessions() as session:
+        assert await counts(session) == before
+        assert await session.get(AccessRequest, fresh) is None
 
 
 async def test_sqlite_checkpoints_its_log_in_the_background(
