@@ -195,6 +195,7 @@ def _serve(
 
     from deploy.composition import build_app
     from deploy.http_server import server_config
+    from infra.event_loop import run as run_loop
     from infra.structured_logging import configure_logging
     from registry_api.feeds.bulk_validation import stop_helper
 
@@ -231,7 +232,7 @@ def _serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, note_stop)
     try:
-        asyncio.run(main())
+        run_loop(main(), settings.event_loop)
     finally:
         if on_stop is not None:
             on_stop()

@@ -106,6 +106,7 @@ def _run_demo_clients(
 ) -> None:
     """The demo clients' process: loads the city, replays its traffic, tells the parent, and
     runs the gateways until it is stopped."""
+    from infra.event_loop import run as run_loop
     from infra.structured_logging import configure_logging
 
     # Ctrl-C reaches the terminal's whole process group: FeedGrid stops this process itself.
@@ -119,7 +120,7 @@ def _run_demo_clients(
         loaded.close()
         await watch  # the gateways report until FeedGrid stops this process
 
-    asyncio.run(main())
+    run_loop(main(), settings.event_loop)
 
 
 async def _watch_parent(parent: int) -> None:

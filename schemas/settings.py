@@ -383,6 +383,12 @@ class Settings(BaseSettings):
         True, description="Whether /readyz names the broker address it could not reach"
     )
 
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="The event loop of the processes FeedGrid starts on its own loop (feedgrid "
+        "up and its embedded worker, feedgrid worker): auto is uvloop when installed "
+        "(infra/event_loop.py)",
+    )
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     loop_blocked_report_ms: float = Field(

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from faust.contrib.asgi import faust_app_running
 
 from infra.clickhouse_migrations import apply_migrations
+from infra.event_loop import run as run_loop
 from infra.health import unregister_check
 from infra.heap import settle
 from infra.kafka_admin import ensure_topics
@@ -123,7 +124,7 @@ class EmbeddedWorker:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._main())
+            run_loop(self._main(), self.settings.event_loop)
         except BaseException as error:  # reported to the API's lifespan, then logged
             self.error = error
             log.exception("the embedded stream worker stopped with an error")

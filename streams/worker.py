@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 
+from infra.event_loop import run as run_loop
 from infra.heap import tune_collector
 from infra.loop_watch import watching_loop
 from schemas.settings import Settings, get_settings
@@ -42,7 +43,7 @@ def run_worker(settings: Settings) -> None:
     from infra.structured_logging import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(serve_worker(settings))
+    run_loop(serve_worker(settings), settings.event_loop)
 
 
 def main() -> None:
