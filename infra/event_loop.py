@@ -2,7 +2,8 @@
 
 ``uvicorn registry_api.app:app`` (the API role as deployed) picks uvloop by itself; the
 processes FeedGrid starts on its own loop (``feedgrid up``, its embedded stream worker's
-thread, ``feedgrid worker``) asked asyncio for its pure-Python selector loop. On that loop
+thread, ``feedgrid worker``, the demo's clients) asked asyncio for its pure-Python selector
+loop. On that loop
 every socket read and write is a call that gives up the GIL and must take it back, and in the
 all-in-one the stream worker's thread holds the GIL meanwhile for up to the interpreter's
 switch interval; uvloop's transports read and write in libuv, without giving it up.

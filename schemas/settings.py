@@ -386,8 +386,8 @@ class Settings(BaseSettings):
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto",
         description="The event loop of the processes FeedGrid starts on its own loop (feedgrid "
-        "up and its embedded worker, feedgrid worker): auto is uvloop when installed "
-        "(infra/event_loop.py)",
+        "up and its embedded worker, feedgrid worker, the demo's clients): auto is uvloop when "
+        "installed (infra/event_loop.py)",
     )
     log_format: Literal["json", "console"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
