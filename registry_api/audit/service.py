@@ -335,17 +335,6 @@ def chain_events(unchained: UnchainedEvents, head_seq: int, head_hash: str) -> P
     )
 
 
-def prepare_events(
-    head_seq: int,
-    head_hash: str,
-    events: Sequence[RecordedEvent],
-    now: datetime,
-    dialect: Dialect,
-) -> PreparedEvents:
-    """The chain links and outbox rows of ``events`` after the given head: CPU only, no I/O."""
-    return chain_events(unchained_events(events, now, dialect), head_seq, head_hash)
-
-
 async def _unchained_in_slices(
     events: Sequence[RecordedEvent], now: datetime, dialect: Dialect
 ) -> UnchainedEvents:
