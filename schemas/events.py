@@ -145,13 +145,14 @@ def encode_cloud_event(
     time: datetime,
     subject: str | orjson.Fragment | None,
     dataschema: str | None,
-    data: dict[str, Any],
+    data: dict[str, Any] | orjson.Fragment,
     source: str = EVENT_SOURCE_REGISTRY,
 ) -> bytes:
     """A CloudEvent envelope's JSON straight from its values, as :meth:`CloudEvent.to_bytes`
     writes it (same keys, same order, RFC 3339 UTC times with ``Z``): the encoder of
     the events the registry builds from its own data (feed documents, access events, heartbeat
-    reports), which need no model round trip. ``data`` must hold JSON values (and datetimes)."""
+    reports), which need no model round trip. ``data`` must hold JSON values (and datetimes),
+    or be JSON encoded already (a ``Fragment``, written as it is)."""
     return orjson.dumps(
         {
             "specversion": "1.0",

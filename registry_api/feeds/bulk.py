@@ -42,7 +42,7 @@ from registry_api.feeds import bulk_validation
 from registry_api.feeds import sqlite_rows as sqlite_fast
 from registry_api.feeds.bulk_validation import Checked, check_features
 from registry_api.feeds.documents import new_feed_ids
-from registry_api.feeds.events import outbox_row
+from registry_api.feeds.events import rendered_outbox_row
 from registry_api.feeds.index.columns import Columns
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.rendered import Staged, render_rows
@@ -366,10 +366,20 @@ def prepare_writes(
     session: AsyncSession,
     inserts: list[dict[str, Any]],
     updates: list[dict[str, Any]],
+    renderings: list[bytes],
     now: datetime,
 ) -> ChunkWrites:
-    events = [outbox_row(EventType.FEED_REGISTERED, values, now) for values in inserts]
-    events += [outbox_row(EventType.FEED_UPDATED, values, now) for values in updates]
+    """``renderings``: the documents of ``inserts`` then ``updates``; each feed's event data is
+    cut from its own (the document is encoded once)."""
+    created, changed = renderings[: len(inserts)], renderings[len(inserts) :]
+    events = [
+        rendered_outbox_row(EventType.FEED_REGISTERED, values["id"], rendering, now)
+        for values, rendering in zip(inserts, created, strict=True)
+    ]
+    events += [
+        rendered_outbox_row(EventType.FEED_UPDATED, values["id"], rendering, now)
+        for values, rendering in zip(updates, changed, strict=True)
+    ]
     sqlite_rows = sqlite_fast.encode_rows(inserts) if sqlite_fast.is_sqlite(session) else None
     return ChunkWrites(inserts, updates, events, sqlite_rows)
 
@@ -468,7 +478,8 @@ async def _bulk_upsert(
     now = utcnow()
     big = len(parsed.items) > DELTA_LIMIT
     index_parts: list[Columns] = []
-    renderings: list[bytes] = []  # the touched feeds' documents, in ``state.touched`` order
+    written_values: list[dict[str, Any]] = []  # the feeds written, inserts then updates a chunk
+    renderings: list[bytes] = []  # their documents, in that order
     staged: list[Staged] = []  # big imports: the same, held by the rendered store
     committed = False
     writer = WriteChain(session)
@@ -488,23 +499,21 @@ async def _bulk_upsert(
                 touched_before = len(state.touched)
                 inserts, updates = plan_writes(candidates, found, state, now)
                 timer.lap("lookup")
-                await writer.add(prepare_writes(session, inserts, updates, now))
-                timer.lap("prepare")
+                written = inserts + updates
                 # in a worker thread: it overlaps the previous chunks' writes (SQLite lets the
                 # GIL go while it works)
-                chunk_renderings = await asyncio.to_thread(
-                    render_rows,
-                    [candidate.values for candidate in state.touched[touched_before:]],
-                    index.owners,
-                )
+                chunk_renderings = await asyncio.to_thread(render_rows, written, index.owners)
                 if big:
-                    chunk_ids = [c.values["id"] for c in state.touched[touched_before:]]
+                    chunk_ids = [values["id"] for values in written]
                     staged.append(
                         index.rendered.stage(chunk_ids, chunk_renderings, len(parsed.items))
                     )
                 else:
+                    written_values += written
                     renderings += chunk_renderings
                 timer.lap("render")
+                await writer.add(prepare_writes(session, inserts, updates, chunk_renderings, now))
+                timer.lap("prepare")
                 if big:  # the chunk's index columns (mostly built by the checker)
                     chunk = state.touched[touched_before:]
                     index_parts.append(
@@ -547,7 +556,7 @@ async def _bulk_upsert(
         await asyncio.to_thread(heap.return_free_memory)
         await index.apply_columns(Columns.concat_all(index_parts), staged)
     else:
-        index.apply([record_of(candidate.values) for candidate in state.touched], renderings)
+        index.apply([record_of(values) for values in written_values], renderings)
     timer.lap("index")
     state.rejected.sort(key=lambda reject: reject.index)
     log.info(

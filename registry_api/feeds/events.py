@@ -10,7 +10,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from orjson import Fragment
+
 from registry_api.feeds.documents import event_data
+from registry_api.feeds.rendered import event_data_json
 from registry_api.outbox.service import OutboxEvent
 from schemas.events import SCHEMA_FEED_METADATA_V1, EventType, encode_cloud_event, new_event_id
 from schemas.topics import FEED_METADATA
@@ -22,17 +25,31 @@ def document_outbox_row(
     """The outbox event (topic, key, bytes) of a feed's document, rendered already as its event
     data (``event_data``: internal fields included): a CloudEvent with a new id and this
     ``time``. The key keeps per-feed order."""
-    encoded = encode_cloud_event(
-        id=new_event_id(),
-        type=event_type,
-        time=time,
-        subject=document["id"],
-        dataschema=SCHEMA_FEED_METADATA_V1,
-        data=document,
-    )
-    return FEED_METADATA, document["id"], encoded
+    return _feed_event(event_type, document["id"], document, time)
 
 
 def outbox_row(event_type: EventType, row: Mapping[Any, Any], time: datetime) -> OutboxEvent:
     """:func:`document_outbox_row` of a feed row: the event ``enqueue_many`` takes."""
     return document_outbox_row(event_type, event_data(row), time)
+
+
+def rendered_outbox_row(
+    event_type: EventType, feed_id: str, rendering: bytes, time: datetime
+) -> OutboxEvent:
+    """:func:`outbox_row` of a feed whose stored rendering (``rendered.py``) is made already:
+    the event's data is cut from it, byte for byte what encoding the row would give."""
+    return _feed_event(event_type, feed_id, event_data_json(rendering), time)
+
+
+def _feed_event(
+    event_type: EventType, feed_id: str, data: dict[str, Any] | Fragment, time: datetime
+) -> OutboxEvent:
+    encoded = encode_cloud_event(
+        id=new_event_id(),
+        type=event_type,
+        time=time,
+        subject=feed_id,
+        dataschema=SCHEMA_FEED_METADATA_V1,
+        data=data,
+    )
+    return FEED_METADATA, feed_id, encoded

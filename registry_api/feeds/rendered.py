@@ -49,6 +49,7 @@ _OPTIONS = orjson.OPT_UTC_Z  # as the API's responses (routes.json_response)
 _RENDER_OPTIONS = _OPTIONS | orjson.OPT_SERIALIZE_NUMPY  # polygon rings stay arrays
 _URL_KEY = b',"url":'
 _SEEN_KEY = b',"last_seen":'
+_POLYGON_KEY = b',"fov_polygon":'
 GZIP_FROM_BYTES = 1024
 
 _LENGTH_BITS = 24  # a rendering's length in the low bits of its file location (< 16 MiB)
@@ -124,6 +125,17 @@ def render_documents(documents: Sequence[Mapping[str, Any]], owners: Vocabulary)
 def render_rows(rows: Sequence[Mapping[Any, Any]], owners: Vocabulary) -> list[bytes]:
     """Stored renderings of table rows."""
     return render_documents([event_data(row) for row in rows], owners)
+
+
+def event_data_json(stored: bytes) -> orjson.Fragment:
+    """The feed's event data (:func:`registry_api.feeds.documents.event_data`) as JSON, cut
+    from its stored rendering, which is that document encoded with the same options plus
+    ``fov_polygon`` as its last key: a writer that renders its feeds anyway encodes each
+    document once, not once more for its feed-metadata event."""
+    polygon = stored.rfind(_POLYGON_KEY)
+    if polygon < HEADER_SIZE:
+        raise RenderingError("the rendering has no fov_polygon key")
+    return orjson.Fragment(stored[HEADER_SIZE:polygon] + b"}")
 
 
 def _entry(document: Mapping[str, Any], body: bytes, owners: Vocabulary) -> bytes:
