@@ -168,14 +168,11 @@ def fov_polygons_of(
     if not with_view:
         return polygons
     columns = np.array([views[position] for position in with_view], dtype=np.float64)
-    rings = fov_ring_arrays(*columns.T)
+    rings = fov_ring_arrays(*columns.T, decimals=POLYGON_DECIMALS)
     for position, ring in zip(with_view, rings, strict=True):
         polygons[position] = {
             "type": "Polygon",
-            "coordinates": [
-                rounded if as_arrays else rounded.tolist()
-                for rounded in [np.round(ring, POLYGON_DECIMALS)]
-            ],
+            "coordinates": [ring if as_arrays else ring.tolist()],
         }
     return polygons
 

@@ -105,11 +105,20 @@ def fov_rings(
 
 
 def fov_ring_arrays(
-    lon: FloatArray, lat: FloatArray, heading: FloatArray, angle: FloatArray, range_m: FloatArray
+    lon: FloatArray,
+    lat: FloatArray,
+    heading: FloatArray,
+    angle: FloatArray,
+    range_m: FloatArray,
+    *,
+    decimals: int | None = None,
 ) -> list[FloatArray]:
-    """The closed exterior ring of each field of view, in input order ((k, 2) arrays)."""
+    """The closed exterior ring of each field of view, in input order ((k, 2) arrays),
+    rounded to ``decimals`` if given (all rings in one numpy call, not one call a ring)."""
     angle = np.asarray(angle, dtype=np.float64)
     sectors, circles = fov_rings(lon, lat, heading, angle, range_m)
+    if decimals is not None:
+        sectors, circles = np.round(sectors, decimals), np.round(circles, decimals)
     full = angle >= 360.0
     groups = {False: iter(sectors), True: iter(circles)}
     return [next(groups[bool(is_full)]) for is_full in full]
