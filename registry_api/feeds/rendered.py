@@ -117,7 +117,7 @@ def render_documents(documents: Sequence[Mapping[str, Any]], owners: Vocabulary)
     polygons = fov_polygons_of(views, as_arrays=True)
     for document, polygon in zip(documents, polygons, strict=True):
         full = dict(document)
-        full["fov_polygon"] = polygon
+        full["fov_polygon"] = polygon  # the last key: ``event_data_json`` cuts it off
         rendered.append(_entry(document, orjson.dumps(full, option=_RENDER_OPTIONS), owners))
     return rendered
 
