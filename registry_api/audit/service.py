@@ -39,7 +39,7 @@ from registry_api.driver_work import (
     run_driver_work,
     update_statement,
 )
-from registry_api.outbox.service import OutboxEvent, prepare_enqueue
+from registry_api.outbox.service import OutboxEvent, enqueue_prepared, prepare_enqueue
 from schemas.access import AuditEntryOut, AuditPage, AuditVerification
 from schemas.events import (
     SCHEMA_ACCESS_EVENT_V1,
@@ -335,58 +335,79 @@ def chain_events(unchained: UnchainedEvents, head_seq: int, head_hash: str) -> P
     )
 
 
-async def _unchained_in_slices(
-    events: Sequence[RecordedEvent], now: datetime, dialect: Dialect
-) -> UnchainedEvents:
-    """unchained_events() a slice at a time, letting the event loop run between slices: a batch
+def prepare_events(
+    head_seq: int,
+    head_hash: str,
+    events: Sequence[RecordedEvent],
+    now: datetime,
+    dialect: Dialect,
+) -> PreparedEvents:
+    """The chain links and outbox rows of ``events`` after the given head: CPU only, no I/O."""
+    return chain_events(unchained_events(events, now, dialect), head_seq, head_hash)
+
+
+async def _prepare_in_slices(
+    head_seq: int, head_hash: str, events: Sequence[RecordedEvent], now: datetime, dialect: Dialect
+) -> PreparedEvents:
+    """prepare_events() a slice at a time, letting the event loop run between slices: a batch
     of a thousand events costs tens of milliseconds of CPU, which must not stall the requests
     waiting on the loop. (A worker thread would not help: it holds the GIL in 5 ms turns, and
-    the loop gives the GIL up at every socket call.) None of it depends on the chain's head,
-    so none of it is done in the writers' turn."""
-    slices: list[UnchainedEvents] = []
+    the loop gives the GIL up at every socket call.)"""
+    slices: list[PreparedEvents] = []
     for start in range(0, len(events), PREPARE_SLICE):
-        slices.append(unchained_events(events[start : start + PREPARE_SLICE], now, dialect))
+        prepared = prepare_events(
+            head_seq, head_hash, events[start : start + PREPARE_SLICE], now, dialect
+        )
+        slices.append(prepared)
+        head_seq, head_hash = prepared.last_seq, prepared.last_hash
         await asyncio.sleep(0)
-    return UnchainedEvents(
-        links=[link for part in slices for link in part.links],
+    return PreparedEvents(
         audit=DriverInsert(
             slices[0].audit.sql, [row for part in slices for row in part.audit.params]
         ),
         outbox=DriverInsert(
             slices[0].outbox.sql, [row for part in slices for row in part.outbox.params]
         ),
+        last_seq=head_seq,
+        last_hash=head_hash,
     )
 
 
-async def record_access_events(session: AsyncSession, events: Sequence[RecordedEvent]) -> None:
+async def record_access_events(
+    session: AsyncSession,
+    events: Sequence[RecordedEvent],
+    *,
+    cooperative: bool = False,
+) -> None:
     """Appends the events to the audit chain and the outbox, with what the access-event
     listeners write beside them (webhook deliveries). The caller commits.
 
     Call it last before the commit: on PostgreSQL it holds the chain-head row lock until then.
     The links, the chain head and the listeners' rows are written as one piece of driver work
-    (on SQLite one call on the connection's thread). A writer that can prepare all of its
-    transaction beforehand uses :func:`prepared_appending` (or, for large batches,
-    :func:`appending_in_slices`) with ``driver_work.commit_in_turn`` instead.
+    (on SQLite one call on the connection's thread). ``cooperative`` (large batches of the
+    hooks' events) prepares the links in slices instead, yielding to the event loop in
+    between. A writer that can prepare all of its transaction beforehand uses
+    :func:`appending_events` with ``driver_work.commit_in_turn`` instead.
     """
     if not events:
         return
     now = utcnow()
     dialect = (await session.connection()).dialect
-    await run_driver_work(session, await prepared_appending(session, events, now, dialect))
-
-
-async def appending_in_slices(
-    session: AsyncSession, events: Sequence[RecordedEvent]
-) -> DriverWork[PreparedEvents]:
-    """:func:`prepared_appending` for a large batch (the hooks' events): the events encoded
-    a slice at a time, yielding to the event loop in between, all before the writer's turn;
-    the turn then holds the chaining and the writes alone (a thousand events held it 52 ms
-    when they were encoded in it, beside every access request waiting to commit)."""
-    now = utcnow()
-    dialect = (await session.connection()).dialect
-    unchained = await _unchained_in_slices(events, now, dialect)
-    listened = await listened_work(session, events)
-    return appending_events((), unchained, now, dialect, listened)
+    if cooperative:
+        listened = await listened_work(session, events)
+        head = await _lock_chain_head(session, now)
+        prepared = await _prepare_in_slices(head.last_seq, head.last_hash, events, now, dialect)
+        await execute_insert(session, prepared.audit)
+        await session.execute(
+            update(HEAD_TABLE)
+            .where(HEAD_TABLE.c.id == CHAIN_HEAD_ID)
+            .values(last_seq=prepared.last_seq, last_hash=prepared.last_hash)
+        )
+        await enqueue_prepared(session, prepared.outbox)
+        for work in listened:
+            await run_driver_work(session, work)
+    else:
+        await run_driver_work(session, await prepared_appending(session, events, now, dialect))
 
 
 async def prepared_appending(

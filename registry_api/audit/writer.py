@@ -3,9 +3,7 @@
 A hook must answer in milliseconds, thousands of times a second; one transaction per decision
 would make the registry database the bottleneck (and serialize on the audit chain head). The
 hook hands its event here and answers; every ``hook_event_flush_seconds`` (or sooner when a
-batch fills) one transaction appends the whole batch to the audit chain and the outbox. The
-batch is encoded before the writer takes the registry's turn to write (on SQLite one writer at
-a time): the turn holds only the chaining, the writes and the commit.
+batch fills) one transaction appends the whole batch to the audit chain and the outbox.
 Events waiting here when the process dies are lost: that is the price of the fast path, and
 the window is the flush interval. Stopping the process flushes them.
 
@@ -30,8 +28,8 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from registry_api.audit.service import AccessEvent, appending_in_slices
-from registry_api.driver_work import commit_in_turn
+from registry_api.audit.service import AccessEvent, record_access_events
+from registry_api.db import writes_in_turn
 from schemas.events import utcnow
 
 log = logging.getLogger("feedgrid.audit.writer")
@@ -169,10 +167,9 @@ class BufferedAccessEvents:
         return written
 
     async def _write(self, events: list[AccessEvent]) -> None:
-        async with self.sessions() as session:
-            # encoded before the writers' turn, which then holds the chaining and writes alone
-            work = await appending_in_slices(session, events)
-            await commit_in_turn(session, "hook_events", work)
+        async with self.sessions() as session, writes_in_turn(session, "hook_events"):
+            await record_access_events(session, events, cooperative=True)
+            await session.commit()
 
     def _put_back(self, part: list[AccessEvent], pending: list[list[AccessEvent]]) -> None:
         unwritten = part + [event for later in reversed(pending) for event in later]

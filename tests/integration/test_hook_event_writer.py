@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 
-from registry_api.audit import service as audit_service
 from registry_api.audit.service import AccessEvent
-from registry_api.db import write_turn
 from schemas.events import AccessEventData, CloudEvent, EventType
 from schemas.settings import Settings
 from schemas.topics import ACCESS_EVENTS, topic_name
@@ -150,52 +147,5 @@ async def test_the_writer_sets_a_poison_event_aside_and_writes_the_rest(
     assert world.feed_id("sensor") not in {entry["feed_id"] for entry in entries["entries"]}
     streamed = await _streamed_ids(settings, set(audited))
     assert set(audited) <= streamed
-    verified = (await client.get("/v1/audit/verify")).json()
-    assert verified["ok"], verified
-
-
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-async def test_the_writer_encodes_its_batch_before_taking_the_writers_turn(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch of hook events is encoded a slice at a time before the writer takes the
-    registry's turn to write: every other writer (an access request's commit) would wait for
-    the turn while it is held. The batch is still chained and audited whole."""
-    world = await build_world(client)
-    writer = world.runtime.access.hook_events
-    await writer.flush()
-    async with world.runtime.sessions() as session:
-        turn = write_turn(session)
-    assert turn is not None
-    feed_id = world.feed_id("unconditional")
-    steps: list[str] = []
-
-    encode = audit_service.unchained_events
-
-    def encoding(events: Any, *args: Any, **options: Any) -> Any:
-        if events and events[0].data.feed_id == feed_id:
-            steps.append("encoded")
-        return encode(events, *args, **options)
-
-    take = turn.take
-
-    def taking(name: str, asked: float) -> float:
-        if name == "hook_events":
-            steps.append("turn")
-        return take(name, asked)
-
-    monkeypatch.setattr(audit_service, "unchained_events", encoding)
-    monkeypatch.setattr(turn, "take", taking)
-    for index in range(NORMAL_EVENTS):
-        writer.add(
-            AccessEvent(
-                EventType.RETRIEVAL_ENDED, AccessEventData(feed_id=feed_id, bytes=index), "zlm-1"
-            )
-        )
-    assert await writer.flush() == NORMAL_EVENTS
-
-    slices = -(-NORMAL_EVENTS // audit_service.PREPARE_SLICE)
-    assert steps == ["encoded"] * slices + ["turn"]
-    assert len(await _audited_event_ids(world, "feedgrid.retrieval.ended")) == NORMAL_EVENTS
     verified = (await client.get("/v1/audit/verify")).json()
     assert verified["ok"], verified

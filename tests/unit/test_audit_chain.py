@@ -28,7 +28,7 @@ from registry_api.audit.service import (
     AUDIT_TABLE,
     EncodedAccessEvent,
     audit_fields,
-    chain_events,
+    prepare_events,
     unchained_events,
 )
 from registry_api.bulk_insert import prepare_insert
@@ -197,7 +197,7 @@ def test_audit_rows_chained_in_the_turn_equal_the_rows_of_the_whole_entries(
                            new_event_id(), now)
         for n in range(4)
     ]  # fmt: skip
-    prepared = chain_events(unchained_events(events, now, dialect), 41, "cd" * 32)
+    prepared = prepare_events(41, "cd" * 32, events, now, dialect)
     whole = extend_chain("cd" * 32, 41, [audit_fields(event, event.payload()) for event in events])
     assert prepared.audit == prepare_insert(AUDIT_TABLE, whole, dialect)
     assert (prepared.last_seq, prepared.last_hash) == (45, whole[-1]["entry_hash"])
