@@ -111,8 +111,10 @@ class IndexFollower:
                 await asyncio.sleep(1.0)
             assigned += [TopicPartition(topic, partition) for partition in sorted(partitions)]
         consumer.assign(assigned)
-        found = await consumer.offsets_for_times({tp: self._since_ms for tp in assigned})
+        # The ends first: a partition with no message since ``_since_ms`` starts at its end as
+        # it was before that answer, so a message written between the two is not skipped.
         ends = await consumer.end_offsets(assigned)
+        found = await consumer.offsets_for_times({tp: self._since_ms for tp in assigned})
         for tp in assigned:
             position = found.get(tp)
             consumer.seek(tp, position.offset if position is not None else ends[tp])
