@@ -119,6 +119,18 @@ def settle(reason: str) -> None:
     log.debug("heap settled", extra={"reason": reason, "frozen": frozen})
 
 
+def collect_everything() -> None:
+    """Every object back in the collector's sight and one full collection: for the end of a
+    process that will not run its exit handlers (a server killed by its own signal, see
+    ``deploy.cli``), so that garbage caught in a reference cycle is finalized all the same.
+    What ``settle`` froze is otherwise never looked at again: a process pool's queues, left
+    in a cycle by their stopped threads, kept their named semaphores, and multiprocessing's
+    resource tracker reported them leaked after the process ended. About 0.1 s for half a
+    million objects."""
+    gc.unfreeze()
+    gc.collect()
+
+
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
     try:

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from infra.heap import collect_everything
 from registry_api.feeds.documents import content_values
 from registry_api.feeds.index.columns import IndexPart
 from registry_api.feeds.problems import first_problem, validation_details
@@ -163,14 +164,21 @@ def stop_helper(*, wait: bool = True) -> None:
     process without running exit handlers. The pool's queues hold named semaphores; unless
     they are closed and dropped before then, multiprocessing's resource tracker outlives the
     process, finds them and warns "There appear to be 5 leaked semaphore objects" (it unlinks
-    them itself). Waits for the chunk in hand, or the imports if the helper is still starting.
-    At any other exit it runs without waiting.
+    them itself). A stopped pool's queues are garbage in a reference cycle (with the threads
+    that served them), frozen out of the collector's sight when the pool started before the
+    process settled (``infra.heap``): so waiting also collects everything, or the warning came
+    after most Ctrl-Cs of a ``./deploy/up`` that had imported the demo city. Waits for the
+    chunk in hand, or the imports if the helper is still starting. At any other exit it runs
+    without waiting (and multiprocessing's own exit handler finalizes the queues).
     """
     global _pool, _stopped
     with _pool_lock:
         pool, _pool, _stopped = _pool, None, True
     if pool is not None:
         pool.shutdown(wait=wait, cancel_futures=True)
+        del pool
+        if wait:
+            collect_everything()
 
 
 atexit.register(stop_helper, wait=False)
