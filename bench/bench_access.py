@@ -65,6 +65,7 @@ from bench.common import (
     free_port,
     mediamtx_body,
     progress_bar,
+    require_kafka,
     scrape,
     stop_cleanly_on_sigterm,
 )
@@ -954,6 +955,7 @@ def main(argv: list[str] | None = None) -> int:
         help="sample the server with py-spy during the demo-city runs; collapsed stacks in DIR",
     )
     args = parser.parse_args(arguments)
+    require_kafka()
     with tempfile.TemporaryDirectory(prefix="feedgrid-bench-access-") as directory:
         workdir = Path(directory)
         if "demo-city" in args.only:

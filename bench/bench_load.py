@@ -79,6 +79,7 @@ from bench.common import (
     make_queries,
     mediamtx_body,
     proc_status,
+    require_kafka,
     scrape,
     stop_cleanly_on_sigterm,
 )
@@ -884,6 +885,7 @@ def main(argv: list[str] | None = None) -> int:
         "core 0 and the generator core 1 where there are two)",
     )
     args = parser.parse_args(arguments)
+    require_kafka()
     if args.no_pin:
         global pin
         pin = _no_pin

@@ -55,7 +55,15 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.common import KAFKA, console, emit, free_port, progress_bar, stop_cleanly_on_sigterm
+from bench.common import (
+    KAFKA,
+    console,
+    emit,
+    free_port,
+    progress_bar,
+    require_kafka,
+    stop_cleanly_on_sigterm,
+)
 from infra.clickhouse import connect, disconnect
 from infra.clickhouse_migrations import apply_migrations
 from infra.kafka_admin import ensure_topics
@@ -1048,6 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs of the same size (default: a temporary one)",
     )
     args = parser.parse_args(arguments)
+    require_kafka()
     with workspace() as workdir:
         for phase in args.only or PHASES:
             console.print(f"[bold]pipeline benchmark: {phase}[/bold]")

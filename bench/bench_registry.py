@@ -53,6 +53,7 @@ from bench.common import (
     make_queries,
     proc_status,
     progress_bar,
+    require_kafka,
     require_postgres,
     stop_cleanly_on_sigterm,
 )
@@ -657,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse", action="store_true", help="with --workdir: query the imported database again"
     )
     args = parser.parse_args(argv)
+    require_kafka()
     cameras, sensors = (5_700, 300) if args.quick else (57_000, 3_000)
     total = args.feeds or (60_000 if args.quick else 1_000_000)
     query_count = args.queries or (200 if args.quick else 1_000)
