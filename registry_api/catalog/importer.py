@@ -26,6 +26,7 @@ from registry_api.catalog.items import LIVENESS_OF, CatalogEntryItem, ItemProble
 from registry_api.catalog.models import catalog_nodes_table
 from registry_api.catalog.writes import WritePlan, write_plan
 from registry_api.feeds.documents import content_values, input_document, new_feed_ids
+from registry_api.feeds.index.records import Vocabulary
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.problems import first_problem, validation_details
 from schemas.feeds import (
@@ -67,6 +68,7 @@ class Applied:
     nodes_retired: int = 0
     rejected: list[ItemProblem] = field(default_factory=list)
     rows: list[Mapping[str, Any]] = field(default_factory=list)  # feed rows written
+    renderings: list[bytes] = field(default_factory=list)  # of ``rows`` (feeds/rendered.py)
     liveness: list[tuple[str, str]] = field(default_factory=list)  # (feed id, online|offline)
 
 
@@ -263,6 +265,7 @@ async def apply_items(
     complete: bool,
     options: ImportOptions,
     now: datetime,
+    owners: Vocabulary,
     keep: Iterable[str] = (),
 ) -> Applied:
     """Writes the items (and, for a complete answer, the retirements) without committing.
@@ -308,11 +311,11 @@ async def apply_items(
         for live in await _live_feeds(session, department, absent_feeds):
             plan.feed_retirements.append(_retirement(live, now))
 
-    await write_plan(session, plan, retiring_nodes, now)
+    applied.renderings = await write_plan(session, plan, retiring_nodes, now, owners)
     applied.retired = len(plan.feed_retirements)
     applied.nodes_written = len(plan.node_inserts) + len(plan.node_updates)
     applied.nodes_retired = len(retiring_nodes)
-    applied.rows = [*plan.feed_inserts, *plan.feed_updates, *plan.feed_retirements]
+    applied.rows = plan.feed_rows
     return applied
 
 

@@ -142,13 +142,13 @@ async def receive_catalog(
         )
         applied = await apply_items(
             session, department=department, platform_id=message.device_id, items=accepted,
-            complete=complete, options=options, now=now,
+            complete=complete, options=options, now=now, owners=index.owners,
             keep=[problem.device_id for problem in rejected if problem.device_id],
         )  # fmt: skip
         applied.rejected = sorted([*rejected, *applied.rejected], key=lambda problem: problem.index)
         await session.commit()
         if applied.rows:
-            index.apply_rows(applied.rows)  # rendered here, as every writer's rows are
+            index.apply_rows(applied.rows, applied.renderings)  # rendered before the commit
             if len(applied.rows) > DELTA_LIMIT:
                 await index.merge()  # a big catalog: folded into the base now
         log.info(

@@ -19,8 +19,10 @@ from registry_api.db import rows_matched
 from registry_api.driver_work import execute_insert
 from registry_api.errors import Conflict
 from registry_api.feeds import sqlite_rows as sqlite_fast
-from registry_api.feeds.events import outbox_row
+from registry_api.feeds.events import rendered_outbox_row
+from registry_api.feeds.index.records import Vocabulary
 from registry_api.feeds.models import feeds_table
+from registry_api.feeds.rendered import render_rows
 from registry_api.outbox.service import enqueue_prepared, prepare_enqueue
 from schemas.events import EventType, utcnow
 
@@ -41,6 +43,11 @@ class WritePlan:
         self.node_inserts: list[dict[str, Any]] = []
         self.node_updates: list[dict[str, Any]] = []
 
+    @property
+    def feed_rows(self) -> list[Mapping[str, Any]]:
+        """Every feed row the plan writes: inserts, updates, then retirements."""
+        return [*self.feed_inserts, *self.feed_updates, *self.feed_retirements]
+
 
 @dataclass
 class _Prepared:
@@ -49,16 +56,32 @@ class _Prepared:
     outbox: list[DriverInsert]
     sqlite_feeds: list[list[tuple[Any, ...]]] | None  # SQLite's fast path, else None
     nodes: list[DriverInsert]
+    renderings: list[bytes]  # of ``WritePlan.feed_rows``, in that order
 
 
 def _chunks(rows: list[Any]) -> list[list[Any]]:
     return [rows[begin : begin + WRITE_CHUNK] for begin in range(0, len(rows), WRITE_CHUNK)]
 
 
-def _prepare(plan: WritePlan, dialect: Dialect, created_at: datetime) -> _Prepared:
-    events = [outbox_row(EventType.FEED_REGISTERED, row, created_at) for row in plan.feed_inserts]
-    events += [outbox_row(EventType.FEED_UPDATED, row, created_at) for row in plan.feed_updates]
-    events += [outbox_row(EventType.FEED_RETIRED, row, created_at) for row in plan.feed_retirements]
+def _prepare(
+    plan: WritePlan, dialect: Dialect, created_at: datetime, owners: Vocabulary
+) -> _Prepared:
+    """The feeds' documents are rendered here, once: the feed index stores the renderings
+    after the commit, and each feed-metadata event's data is cut from its feed's rendering
+    (``rendered_outbox_row``), where it was encoded from the row a second time (and the
+    index rendered every row again on the event loop after the commit: 10,000 new channels
+    held the loop for a few hundred milliseconds)."""
+    rows = plan.feed_rows
+    renderings = render_rows(rows, owners)
+    types = (
+        [EventType.FEED_REGISTERED] * len(plan.feed_inserts)
+        + [EventType.FEED_UPDATED] * len(plan.feed_updates)
+        + [EventType.FEED_RETIRED] * len(plan.feed_retirements)
+    )
+    events = [
+        rendered_outbox_row(event_type, row["id"], rendering, created_at)
+        for event_type, row, rendering in zip(types, rows, renderings, strict=True)
+    ]
     sqlite = dialect.name == "sqlite"
     return _Prepared(
         outbox=[
@@ -69,15 +92,22 @@ def _prepare(plan: WritePlan, dialect: Dialect, created_at: datetime) -> _Prepar
         if sqlite
         else None,
         nodes=[prepare_insert(nodes, chunk, dialect) for chunk in _chunks(plan.node_inserts)],
+        renderings=renderings,
     )
 
 
 async def write_plan(
-    session: AsyncSession, plan: WritePlan, retiring_nodes: list[Mapping[Any, Any]], now: datetime
-) -> None:
-    # Encoding thousands of events and rows is pure CPU (a few hundred ms for 10,000
-    # channels): done on a worker thread, the loop keeps answering meanwhile.
-    prepared = await asyncio.to_thread(_prepare, plan, session.bind.dialect, utcnow())
+    session: AsyncSession,
+    plan: WritePlan,
+    retiring_nodes: list[Mapping[Any, Any]],
+    now: datetime,
+    owners: Vocabulary,
+) -> list[bytes]:
+    """Writes the plan (without committing); returns the renderings of its feed rows
+    (``WritePlan.feed_rows``), for the feed index once the transaction commits."""
+    # Rendering and encoding thousands of feeds, events and rows is pure CPU (a few hundred
+    # ms for 10,000 channels): done on a worker thread, the loop keeps answering meanwhile.
+    prepared = await asyncio.to_thread(_prepare, plan, session.bind.dialect, utcnow(), owners)
     for outbox in prepared.outbox:
         await enqueue_prepared(session, outbox)
     if prepared.sqlite_feeds is not None:
@@ -122,6 +152,7 @@ async def write_plan(
             statement,
             [{"k_owner": row["owner"], "k_id": row["device_id"]} for row in retiring_nodes],
         )
+    return prepared.renderings
 
 
 async def _update_feeds(session: AsyncSession, rows: list[dict[str, Any]]) -> None:

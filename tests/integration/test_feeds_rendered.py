@@ -20,6 +20,7 @@ import httpx
 import orjson
 import pytest
 
+from deploy.catalog_samples import sample_catalog
 from registry_api.feeds.documents import can_see_internal, feed_document, feed_documents
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import etag, index_query, load_page_rows
@@ -30,6 +31,7 @@ from schemas.feeds import FeedFilters, FeedSearch
 from schemas.identity import Role
 from schemas.settings import Settings
 from tests.conftest import running_client
+from tests.integration.catalog_support import applied, fixture
 from tests.integration.feeds_support import (
     CENTRE,
     POLICE,
@@ -166,6 +168,9 @@ async def assert_pages_match(city: City, client: httpx.AsyncClient | None = None
         assert answer.content == await reference_page(runtime, principal, search, 50, None), who
 
 
+FEEDS = 17  # what build_history writes: 11 through the feeds API, 6 through a catalog
+
+
 async def build_history(city: City) -> list[str]:
     """Feeds of three departments written every way a feed changes; returns their ids."""
     client = city.client
@@ -203,6 +208,14 @@ async def build_history(city: City) -> list[str]:
     )
     assert imported.status_code == 200, imported.text
     assert imported.json()["created"] == 5 and imported.json()["updated"] == 1
+    # a platform's catalog: channels become feeds (one without a place), then Notify events
+    # add one, change one and delete one (the catalog renders its feeds before its commit)
+    gateway = city.as_(URBAN, "gateway")
+    first = await applied(client, sample_catalog(), gateway)
+    assert first["channels"]["created"] == 5, first
+    notified = await applied(client, fixture("notify_events_gb2312.xml"), gateway)
+    assert notified["channels"]["created"] == 1 and notified["channels"]["updated"] == 1
+    assert notified["channels"]["retired"] == 1, notified
     return ids
 
 
@@ -212,7 +225,7 @@ async def test_pages_and_documents_equal_what_rendering_the_rows_gives(
     city = await build_city(client)
     ids = await build_history(city)
     runtime = city.runtime
-    assert await assert_every_rendering_matches(runtime) == 11
+    assert await assert_every_rendering_matches(runtime) == FEEDS
     await assert_pages_match(city)
     await assert_single_feeds_match(city)
 
@@ -233,7 +246,7 @@ async def test_pages_and_documents_equal_what_rendering_the_rows_gives(
 
     await eventually(last_seen_shown)
     await asyncio.sleep(0.2)
-    assert await assert_every_rendering_matches(runtime) == 11
+    assert await assert_every_rendering_matches(runtime) == FEEDS
     await assert_pages_match(city)
     await assert_single_feeds_match(city)
 
@@ -328,7 +341,7 @@ async def test_a_following_replica_renders_what_the_writer_does(settings: Settin
 
         await eventually(applied)
         await eventually(caught_up)
-        assert await assert_every_rendering_matches(second_runtime) == 11
+        assert await assert_every_rendering_matches(second_runtime) == FEEDS
         await assert_pages_match(city, second)
         await assert_single_feeds_match(city, second)
 
@@ -357,7 +370,7 @@ async def test_documents_spilled_to_the_file_answer_the_same(settings: Settings)
         assert imported.status_code == 200 and imported.json()["created"] == len(features)
         runtime = city.runtime
         spilled, _ = runtime.feed_index.rendered.spilled()
-        assert spilled == 11 + len(features)  # every rendering is in the file
-        assert await assert_every_rendering_matches(runtime) == 11 + len(features)
+        assert spilled == FEEDS + len(features)  # every rendering is in the file
+        assert await assert_every_rendering_matches(runtime) == FEEDS + len(features)
         await assert_pages_match(city)
         await assert_single_feeds_match(city)
