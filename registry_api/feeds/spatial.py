@@ -63,7 +63,12 @@ from registry_api.feeds.index.queries import (
     encode_cursor,
 )
 from registry_api.feeds.index.records import FeedRecord, Vocabulary
-from registry_api.feeds.index.snapshot import Snapshot, is_sorted, merge_columns, merge_snapshot
+from registry_api.feeds.index.snapshot import (
+    Snapshot,
+    is_sorted,
+    merge_columns_dropping,
+    merge_snapshot,
+)
 from registry_api.feeds.rendered import (
     RenderedFeeds,
     Staged,
@@ -400,10 +405,13 @@ class FeedIndex:
         follows the commit.
         """
         async with self._merge_lock:
-            merged = await asyncio.to_thread(merge_columns, self._base, incoming)
+            merged, dropped = await asyncio.to_thread(merge_columns_dropping, self._base, incoming)
             self._install_base(merged, self._delta.records)
-            # feeds changed again while merging keep their newer renderings
-            self.rendered.adopt(renderings, except_ids=self._delta.records)
+            # Feeds changed again meanwhile keep their newer renderings: those in the delta,
+            # and those whose newer write a merge folded into the base before this one (the
+            # merge dropped their rows here, and their renderings must not replace the newer).
+            newer = self._delta.records.keys() | set(dropped) if dropped else self._delta.records
+            self.rendered.adopt(renderings, except_ids=newer)
             self.changes += 1
 
     def _schedule_merge(self) -> None:

@@ -396,6 +396,25 @@ async def test_a_stale_revision_never_replaces_a_newer_one(
     assert nowhere.total == 0
 
 
+async def test_a_big_batch_older_than_the_base_keeps_the_newer_rendering() -> None:
+    """A big import's columns and renderings come in after its commit: a newer write of one
+    of its feeds, folded into the base meanwhile, keeps both its revision and its rendering,
+    while the batch's other feeds take theirs."""
+    rng = random.Random(77)
+    changed, fresh = _random_record(rng, 1), _random_record(rng, 2)
+    newer = replace(changed, revision=changed.revision + 1)
+    index = FeedIndex()
+    index.apply([newer], [b"newer"])
+    await index.merge()  # the newer write is in the base, not in the delta
+    assert not index._delta.records
+    staged = index.rendered.stage([changed.id, fresh.id], [b"older", b"fresh"], coming=2)
+    await index.apply_columns(index.columns_of([changed, fresh]), [staged])
+    assert index.revision_of(changed.id) == newer.revision
+    assert index.rendered.get(changed.id) == b"newer"
+    assert index.rendered.get(fresh.id) == b"fresh"
+    assert index.revision_of(fresh.id) == fresh.revision
+
+
 async def test_merging_the_delta_changes_no_answer(
     world: tuple[FeedIndex, dict[str, FeedRecord]],
 ) -> None:

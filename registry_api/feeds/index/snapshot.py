@@ -372,8 +372,15 @@ def is_sorted(values: np.ndarray) -> bool:
 
 def merge_columns(base: Snapshot, incoming: Columns) -> Snapshot:
     """A new snapshot: ``base`` plus ``incoming``; for an id in both, the higher revision wins."""
+    return merge_columns_dropping(base, incoming)[0]
+
+
+def merge_columns_dropping(base: Snapshot, incoming: Columns) -> tuple[Snapshot, list[str]]:
+    """:func:`merge_columns`, and the ids of the incoming rows it dropped because the base
+    holds a newer revision of their feeds (whatever came with those rows is stale too)."""
+    dropped: list[str] = []
     if base.size == 0:
-        return Snapshot(incoming)
+        return Snapshot(incoming), dropped
     incoming_ids = incoming.ids.astype(str).tolist()
     replaced = base.rows_of(incoming_ids)
     if replaced.size:
@@ -396,6 +403,7 @@ def merge_columns(base: Snapshot, incoming: Columns) -> Snapshot:
             len(incoming),
         )
         if stale.any():
+            dropped = incoming.ids[stale].astype(str).tolist()
             incoming = incoming.take(np.flatnonzero(~stale))
             replaced = base.rows_of(incoming.ids.astype(str).tolist())
     kept = None
@@ -405,7 +413,7 @@ def merge_columns(base: Snapshot, incoming: Columns) -> Snapshot:
         kept = np.flatnonzero(keep)
     if not is_sorted(incoming.ids):
         incoming = incoming.take(np.argsort(incoming.ids, kind="stable"))
-    return Snapshot(Columns.interleave(base.columns, kept, incoming))
+    return Snapshot(Columns.interleave(base.columns, kept, incoming)), dropped
 
 
 def merge_snapshot(
