@@ -42,7 +42,7 @@ from registry_api.feeds import bulk_validation
 from registry_api.feeds import sqlite_rows as sqlite_fast
 from registry_api.feeds.bulk_validation import Checked, check_features
 from registry_api.feeds.documents import new_feed_ids
-from registry_api.feeds.events import rendered_outbox_row
+from registry_api.feeds.events import rendered_outbox_rows
 from registry_api.feeds.index.columns import Columns
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.rendered import Staged, render_rows
@@ -371,15 +371,9 @@ def prepare_writes(
 ) -> ChunkWrites:
     """``renderings``: the documents of ``inserts`` then ``updates``; each feed's event data is
     cut from its own (the document is encoded once)."""
-    created, changed = renderings[: len(inserts)], renderings[len(inserts) :]
-    events = [
-        rendered_outbox_row(EventType.FEED_REGISTERED, values["id"], rendering, now)
-        for values, rendering in zip(inserts, created, strict=True)
-    ]
-    events += [
-        rendered_outbox_row(EventType.FEED_UPDATED, values["id"], rendering, now)
-        for values, rendering in zip(updates, changed, strict=True)
-    ]
+    events = rendered_outbox_rows(
+        [(EventType.FEED_REGISTERED, inserts), (EventType.FEED_UPDATED, updates)], renderings, now
+    )
     sqlite_rows = sqlite_fast.encode_rows(inserts) if sqlite_fast.is_sqlite(session) else None
     return ChunkWrites(inserts, updates, events, sqlite_rows)
 

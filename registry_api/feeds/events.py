@@ -7,7 +7,7 @@ feeds anyway (a bulk import) cuts each event's data from the feed's rendering in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +40,28 @@ def rendered_outbox_row(
     """:func:`outbox_row` of a feed whose stored rendering (``rendered.py``) is made already:
     the event's data is cut from it, byte for byte what encoding the row would give."""
     return _feed_event(event_type, feed_id, event_data_json(rendering), time)
+
+
+def rendered_outbox_rows(
+    written: Sequence[tuple[EventType, Sequence[Mapping[Any, Any]]]],
+    renderings: Sequence[bytes],
+    time: datetime,
+) -> list[OutboxEvent]:
+    """:func:`rendered_outbox_row` of every row written, in groups by event type (inserts,
+    updates, ...): ``renderings`` holds the rows' renderings in the same order, groups one
+    after the other."""
+    events: list[OutboxEvent] = []
+    start = 0
+    for event_type, rows in written:
+        end = start + len(rows)
+        events += [
+            rendered_outbox_row(event_type, row["id"], rendering, time)
+            for row, rendering in zip(rows, renderings[start:end], strict=True)
+        ]
+        start = end
+    if start != len(renderings):
+        raise ValueError(f"{len(renderings)} renderings for {start} rows")
+    return events
 
 
 def _feed_event(
