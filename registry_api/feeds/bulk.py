@@ -64,7 +64,6 @@ RETURN_MEMORY_ABOVE_BYTES = 8 * 1024 * 1024
 HELPER_MIN_FEATURES = 8_000  # below this, starting on the helper costs more than it saves
 LOOKAHEAD_CHUNKS = 3  # chunks submitted to the helper ahead of the one being written
 FLAG_FIELDS = ("id", "code", "owner", "kind")
-SQLITE_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
 
 NDJSON_TYPES = (
     "application/x-ndjson",
@@ -98,21 +97,24 @@ def garbage_collector_paused() -> Iterator[None]:
 
 
 @asynccontextmanager
-async def _checkpoint_deferred(session: AsyncSession) -> AsyncIterator[None]:
+async def checkpoint_deferred(session: AsyncSession) -> AsyncIterator[None]:
     """On SQLite, commit without running the WAL checkpoint inline.
 
     A big import leaves a WAL of hundreds of megabytes; copying it back into the database file
-    is maintenance, not part of the import. With automatic checkpoints off on this connection
-    for the commit, the next ordinary commit (the outbox relay's, typically) performs it.
+    is maintenance, not part of the import: the background checkpointer
+    (``registry_api.wal_checkpoints``) does it. The connection goes back to the pool with the
+    threshold it came with, for the next sessions: restoring SQLite's default of 1,000 pages
+    here once left it checkpointing in commits twenty times sooner than its pool mates.
     """
     if not sqlite_fast.is_sqlite(session):
         yield
         return
+    pages = int((await session.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one())
     await session.execute(text("PRAGMA wal_autocheckpoint=0"))
     try:
         yield
     finally:
-        await session.execute(text(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}"))
+        await session.execute(text(f"PRAGMA wal_autocheckpoint={pages}"))
         await session.commit()
 
 
@@ -526,7 +528,7 @@ async def _bulk_upsert(
                     timer.lap("index")
         await writer.wait()
         timer.lap("write")
-        async with _checkpoint_deferred(session):
+        async with checkpoint_deferred(session):
             await session.commit()
         committed = True
         timer.lap("commit")

@@ -6,9 +6,14 @@ import copy
 
 import httpx
 import orjson
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from deploy.seed.departments import departments
 from deploy.seed.feeds import generate_feeds
+from registry_api.db import SQLITE_AUTOCHECKPOINT_PAGES
+from registry_api.feeds.bulk import checkpoint_deferred
 from schemas.topics import FEED_METADATA
 from tests.integration.feeds_support import (
     POLICE,
@@ -71,6 +76,35 @@ async def test_bulk_upsert_creates_then_updates_then_leaves_unchanged(
     assert third.json()["updated"] == 1  # registered again: the retired feed comes back
     revived = (await client.get(f"/v1/feeds/{retired_id}")).json()
     assert revived["retired"] is False and revived["version"] == 4
+
+
+async def _pooled_autocheckpoints(engine: AsyncEngine) -> list[int]:
+    """``PRAGMA wal_autocheckpoint`` of every connection the pool keeps, all held at once."""
+    pooled = engine.sync_engine.pool.checkedin()  # type: ignore[attr-defined]
+    connections = [await engine.connect() for _ in range(pooled)]
+    try:
+        return [
+            int((await c.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar_one())
+            for c in connections
+        ]
+    finally:
+        for connection in connections:
+            await connection.close()
+
+
+async def test_an_import_leaves_the_pool_checkpointing_as_before(engine: AsyncEngine) -> None:
+    """An import commits with the commit-time checkpoint off; its connection goes back to the
+    pool with the registry's threshold, not SQLite's default of 1,000 pages."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("a write-ahead log of SQLite's")
+    async with AsyncSession(engine) as session:
+        async with checkpoint_deferred(session):
+            off = await session.execute(text("PRAGMA wal_autocheckpoint"))
+            assert off.scalar_one() == 0
+            await session.execute(text("CREATE TABLE imported (id INTEGER PRIMARY KEY)"))
+            await session.commit()
+    thresholds = await _pooled_autocheckpoints(engine)
+    assert thresholds and set(thresholds) == {SQLITE_AUTOCHECKPOINT_PAGES}
 
 
 async def test_bad_features_are_rejected_one_by_one_without_sinking_the_batch(
