@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from infra import heap
+from infra.heap import garbage_collector_paused
 from registry_api.db import rows_matched
 from registry_api.errors import Conflict, Unprocessable
 from registry_api.feeds import bulk_validation
@@ -75,25 +75,6 @@ EXISTING_COLUMNS = (
     feeds.c.id, feeds.c.owner, feeds.c.code, feeds.c.content_hash, feeds.c.version,
     feeds.c.revision, feeds.c.status, feeds.c.last_seen, feeds.c.created_at, feeds.c.retired_at,
 )  # fmt: skip
-
-_gc_pauses = 0
-
-
-@contextmanager
-def garbage_collector_paused() -> Iterator[None]:
-    """Pauses the cyclic GC (reference counting still frees memory); nests across imports."""
-    global _gc_pauses
-    if _gc_pauses == 0 and not gc.isenabled():
-        yield  # someone else disabled it: leave it as found
-        return
-    _gc_pauses += 1
-    gc.disable()
-    try:
-        yield
-    finally:
-        _gc_pauses -= 1
-        if _gc_pauses == 0:
-            gc.enable()
 
 
 @asynccontextmanager

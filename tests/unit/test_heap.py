@@ -16,8 +16,10 @@ from infra.heap import (
     DEFAULT_THRESHOLDS,
     YOUNG_THRESHOLD,
     eager_collection,
+    garbage_collector_paused,
     return_free_memory,
     settle,
+    settle_when_resumed,
     tune_collector,
 )
 
@@ -74,6 +76,44 @@ def test_eager_collection_uses_the_defaults_inside_and_collects_when_the_last_on
     with pytest.raises(RuntimeError), eager_collection():
         raise RuntimeError("the import failed")
     assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+
+
+def _seen_by_the_collector(probe: object) -> bool:
+    return any(seen is probe for seen in gc.get_objects())
+
+
+def test_a_pause_nests_and_the_last_block_out_resumes_the_collector(collector: None) -> None:
+    assert gc.isenabled()
+    with garbage_collector_paused():
+        with garbage_collector_paused():  # a catalog inside a bulk import
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        kept = [0]
+    assert gc.isenabled()
+    assert _seen_by_the_collector(kept)  # nothing frozen unless asked
+    with pytest.raises(RuntimeError), garbage_collector_paused():
+        raise RuntimeError("the catalog failed")
+    assert gc.isenabled()
+
+
+def test_work_that_built_what_lives_on_is_frozen_when_the_collector_resumes(
+    collector: None,
+) -> None:
+    with garbage_collector_paused():
+        with garbage_collector_paused():
+            built = [[index] for index in range(1_000)]
+            settle_when_resumed("test")
+        assert _seen_by_the_collector(built)  # not yet: the outer block still runs
+    assert gc.isenabled()
+    assert not _seen_by_the_collector(built)  # frozen, never traversed
+    assert not _seen_by_the_collector(built[-1])
+    with garbage_collector_paused():
+        later = [1]
+    assert _seen_by_the_collector(later)  # the request was for that pause only
+    settle_when_resumed("no pause")  # outside a pause: nothing to do, nothing kept for later
+    with garbage_collector_paused():
+        after = [2]
+    assert _seen_by_the_collector(after)
 
 
 def _resident() -> int:
