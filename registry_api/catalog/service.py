@@ -147,11 +147,11 @@ async def receive_catalog(
         )  # fmt: skip
         applied.rejected = sorted([*rejected, *applied.rejected], key=lambda problem: problem.index)
         await session.commit()
-        if applied.rows:
+        if len(applied.rows) > DELTA_LIMIT:  # a big catalog: folded into the base now
+            await index.apply_many_rows(applied.rows, applied.renderings)
+            settle_when_resumed("big catalog")  # what it built lives on (infra/heap)
+        elif applied.rows:
             index.apply_rows(applied.rows, applied.renderings)  # rendered before the commit
-            if len(applied.rows) > DELTA_LIMIT:
-                await index.merge()  # a big catalog: folded into the base now
-                settle_when_resumed("big catalog")  # what it built lives on (infra/heap)
         log.info(
             "catalog applied",
             extra={

@@ -388,6 +388,23 @@ class FeedIndex:
         """Applies one feed-metadata event (the scale-mode follower's entry point)."""
         self.apply_documents([event_data])
 
+    async def apply_many_rows(
+        self, rows: Sequence[Mapping[Any, Any]], renderings: Sequence[bytes]
+    ) -> None:
+        """Applies a big batch of committed rows rendered by their writer (a catalog of
+        thousands of channels) as the bulk import does (:meth:`apply_columns`): their records
+        and columns are built in a worker thread, and only the new base is installed here.
+        Through :meth:`apply_rows` a 50,000-channel catalog held the event loop ~150 ms."""
+        ids = [row["id"] for row in rows]
+        if len(set(ids)) < len(ids):  # a feed twice: applied in order, as written
+            self.apply_rows(rows, renderings)
+            await self.merge()
+            return
+        columns = await asyncio.to_thread(
+            lambda: self.columns_of([FeedRecord.from_row(row) for row in rows])
+        )
+        await self.apply_columns(columns, [self.rendered.stage(ids, list(renderings), len(ids))])
+
     async def apply_and_merge(self, records: Sequence[FeedRecord]) -> None:
         """For big batches: apply, then fold everything into a new base now."""
         self.apply(records)

@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from deploy.catalog_samples import sample_catalog
+from registry_api.catalog import service as catalog_service
 from registry_api.feeds.documents import can_see_internal, feed_document, feed_documents
 from registry_api.feeds.models import feeds_table
 from registry_api.feeds.service import etag, index_query, load_page_rows
@@ -219,11 +220,25 @@ async def build_history(city: City) -> list[str]:
     return ids
 
 
+@pytest.mark.parametrize("catalog_fold", ["rows", "columns"])
 async def test_pages_and_documents_equal_what_rendering_the_rows_gives(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, catalog_fold: str
 ) -> None:
+    """``columns``: the history's first catalog (5 channels) is folded into the index as a
+    big catalog is (``FeedIndex.apply_many_rows``); its Notify as a small one."""
+    folded: list[int] = []
+    if catalog_fold == "columns":
+        monkeypatch.setattr(catalog_service, "DELTA_LIMIT", 4)
+        fold = FeedIndex.apply_many_rows
+
+        async def counted(index: FeedIndex, rows: Any, renderings: Any) -> None:
+            folded.append(len(rows))
+            await fold(index, rows, renderings)
+
+        monkeypatch.setattr(FeedIndex, "apply_many_rows", counted)
     city = await build_city(client)
     ids = await build_history(city)
+    assert folded == ([5] if catalog_fold == "columns" else [])
     runtime = city.runtime
     assert await assert_every_rendering_matches(runtime) == FEEDS
     await assert_pages_match(city)

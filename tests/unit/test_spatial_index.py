@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 import shapely
-from shapely.geometry import Point
+from shapely.geometry import Point, mapping
 
 from registry_api.feeds.geodesy import GEOD, fov_polygon, geodesic_distance_m, local_distance_m
 from registry_api.feeds.index.columns import Columns
@@ -413,6 +414,50 @@ async def test_a_big_batch_older_than_the_base_keeps_the_newer_rendering() -> No
     assert index.rendered.get(changed.id) == b"newer"
     assert index.rendered.get(fresh.id) == b"fresh"
     assert index.revision_of(fresh.id) == fresh.revision
+
+
+def _table_row(record: FeedRecord) -> dict[str, Any]:
+    """The feeds-table row ``FeedRecord.from_row`` reads back as ``record``."""
+    fov = record.fov or (None, None, None)
+    return {
+        "id": record.id, "revision": record.revision, "owner": record.owner,
+        "kind": record.kind, "gb_industry": record.industry, "gb_type": record.type_code,
+        "gb_region": record.region, "sharing_class": record.sharing, "status": record.status,
+        "retired_at": "2026-12-07T00:00:00Z" if record.retired else None,
+        "tags": list(record.tags), "name": record.name, "lon": record.lon, "lat": record.lat,
+        "fov_heading": fov[0], "fov_angle": fov[1], "fov_range_m": fov[2],
+        "coverage": None if record.coverage is None else mapping(record.coverage),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("twice", [False, True])
+async def test_many_rows_folded_in_as_columns_answer_as_rows_applied_one_by_one(
+    twice: bool,
+) -> None:
+    """A big catalog's rows (``apply_many_rows``: records and columns built in a worker
+    thread) leave the index as applying them row by row does; a feed written twice in the
+    batch (``twice``) takes the row-by-row path, in order."""
+    rng = random.Random(5150)
+    existing = [_random_record(rng, n) for n in range(300)]
+    written = [replace(record, revision=2, name=f"renamed {n}") for n, record in
+               enumerate(existing[:100])]  # fmt: skip
+    written += [_random_record(rng, 1_000 + n) for n in range(200)]
+    if twice:
+        written.append(replace(written[0], revision=3, status="offline"))
+    rows = [_table_row(record) for record in written]
+    renderings = [f"{record.id}:{record.revision}".encode() for record in written]
+    one_by_one, as_columns = FeedIndex(), FeedIndex()
+    for index in (one_by_one, as_columns):
+        await index.apply_and_merge(existing)
+    one_by_one.apply_rows(rows, renderings)
+    await one_by_one.merge()
+    await as_columns.apply_many_rows(rows, renderings)
+    query = IndexQuery(near=(CENTRE[0], CENTRE[1], 5000))
+    assert _all_pages(as_columns, query, limit=100) == _all_pages(one_by_one, query, limit=100)
+    for record in [*existing, *written]:
+        assert as_columns.revision_of(record.id) == one_by_one.revision_of(record.id)
+        assert as_columns.rendered.get(record.id) == one_by_one.rendered.get(record.id)
+    assert as_columns.revision_of(written[0].id) == (3 if twice else 2)
 
 
 async def test_merging_the_delta_changes_no_answer(
