@@ -275,16 +275,11 @@ async def apply_items(
     """
     applied = Applied()
     plan = WritePlan(department, now)
-    describing = _last_of_each([item for item in items if item.event in DESCRIBING])
-    deleting = _last_of_each([item for item in items if item.event == "DEL"])
-    reporting = [item for item in items if item.event in LIVENESS_OF]
-    ids = sorted({item.device_id for item in items} | {platform_id})
-    node_rows = await existing_nodes(session, department, ids)
-    channel_codes = sorted(
-        {item.device_id for item in (*describing, *deleting) if item.kind == "channel"}
-    )
-    channel_rows = await existing_channels(session, department, channel_codes)
-    if platform_id not in {item.device_id for item in describing}:
+    # sorting tens of thousands of items: a worker thread's (~75 ms for 50,000 channels)
+    sorted_items = await asyncio.to_thread(_sorted_items, items, platform_id)
+    node_rows = await existing_nodes(session, department, sorted_items.ids)
+    channel_rows = await existing_channels(session, department, sorted_items.channel_codes)
+    if not sorted_items.platform_described:
         platform_node = node_rows.get(platform_id)
         if platform_node is None or platform_node["retired_at"] is not None:
             platform_row: dict[str, Any] = {
@@ -298,13 +293,14 @@ async def apply_items(
     # Planning thousands of channels is pure CPU over the rows just read (a second for
     # 10,000 here at worst): done on a worker thread, the loop keeps answering meanwhile.
     retiring_nodes = await asyncio.to_thread(
-        _plan_items, plan, applied, describing=describing, deleting=deleting,
-        reporting=reporting, node_rows=node_rows, channel_rows=channel_rows,
+        _plan_items, plan, applied, describing=sorted_items.describing,
+        deleting=sorted_items.deleting, reporting=sorted_items.reporting,
+        node_rows=node_rows, channel_rows=channel_rows,
         platform_id=platform_id, options=options,
     )  # fmt: skip
 
     if complete:
-        listed = {item.device_id for item in items} | set(keep) | {platform_id}
+        listed = sorted_items.listed | set(keep)
         absent = await _absent_nodes(session, department, platform_id, listed)
         retiring_nodes += absent
         absent_feeds = [row["feed_id"] for row in absent if row["feed_id"]]
@@ -381,6 +377,34 @@ def _plan_items(
         applied.liveness.append((reported, LIVENESS_OF[item.event or ""]))
 
     return retiring_nodes
+
+
+@dataclass
+class _SortedItems:
+    describing: list[CatalogEntryItem]  # the last of each id's describing events
+    deleting: list[CatalogEntryItem]  # the last DEL of each id
+    reporting: list[CatalogEntryItem]  # items that tell a status
+    listed: set[str]  # every id the message names, and the platform's
+    ids: list[str]  # the same, sorted
+    channel_codes: list[str]  # channels described or deleted, sorted
+    platform_described: bool  # the platform is one of the described items
+
+
+def _sorted_items(items: Sequence[CatalogEntryItem], platform_id: str) -> _SortedItems:
+    describing = _last_of_each([item for item in items if item.event in DESCRIBING])
+    deleting = _last_of_each([item for item in items if item.event == "DEL"])
+    listed = {item.device_id for item in items} | {platform_id}
+    return _SortedItems(
+        describing=describing,
+        deleting=deleting,
+        reporting=[item for item in items if item.event in LIVENESS_OF],
+        listed=listed,
+        ids=sorted(listed),
+        channel_codes=sorted(
+            {item.device_id for item in (*describing, *deleting) if item.kind == "channel"}
+        ),
+        platform_described=any(item.device_id == platform_id for item in describing),
+    )
 
 
 def _last_of_each(items: list[CatalogEntryItem]) -> list[CatalogEntryItem]:
