@@ -19,6 +19,7 @@ collection's pause is measured (``feedgrid_gc_pause_seconds``, by generation).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import gc
@@ -164,6 +165,16 @@ def settle_when_resumed(reason: str) -> None:
     after such an import), so this is for rare, big work only."""
     if _pause.blocks > 0:
         _pause.settle_reason = reason
+
+
+async def let_go(*lists: list[Any], chunk: int = 2_000) -> None:
+    """Empties each list a chunk at a time, the event loop free between chunks: a list that
+    holds the last references to tens of thousands of objects frees them all at once when it
+    goes, with the GIL held throughout (a 50,000-channel catalog's parsed items: ~100 ms)."""
+    for items in lists:
+        while items:
+            del items[-chunk:]
+            await asyncio.sleep(0)
 
 
 def collect_everything() -> None:

@@ -19,7 +19,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from infra.heap import garbage_collector_paused, settle_when_resumed
+from infra.heap import garbage_collector_paused, let_go, settle_when_resumed
 from infra.kafka_producer import SharedProducer
 from registry_api.catalog import parts
 from registry_api.catalog.importer import Applied, ImportOptions, apply_items
@@ -170,6 +170,8 @@ async def receive_catalog(
             ("rejected", len(applied.rejected)), ("skipped", len(skipped)),
         ):  # fmt: skip
             ITEMS.labels(outcome).inc(count)
+        if received > DELTA_LIMIT:  # the parsed and checked items, freed a chunk at a time
+            await let_go(raw_items, accepted)
         SECONDS.observe(time.perf_counter() - started)
         return result, applied
 

@@ -3,6 +3,7 @@ objects frozen out of the full passes, freed memory handed back to the system.""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import platform
@@ -17,6 +18,7 @@ from infra.heap import (
     YOUNG_THRESHOLD,
     eager_collection,
     garbage_collector_paused,
+    let_go,
     return_free_memory,
     settle,
     settle_when_resumed,
@@ -114,6 +116,24 @@ def test_work_that_built_what_lives_on_is_frozen_when_the_collector_resumes(
     with garbage_collector_paused():
         after = [2]
     assert _seen_by_the_collector(after)
+
+
+async def test_letting_go_empties_the_lists_with_the_loop_free_between_chunks() -> None:
+    rows = [{"row": n} for n in range(10_000)]
+    pairs = [(n, [n]) for n in range(3_000)]
+    turns = 0
+
+    async def beside() -> None:
+        nonlocal turns
+        while rows or pairs:
+            turns += 1
+            await asyncio.sleep(0)
+
+    watching = asyncio.create_task(beside())
+    await let_go(rows, pairs, chunk=1_000)
+    await watching
+    assert rows == [] and pairs == []
+    assert turns >= 10 + 3 - 1  # the other task ran after every chunk but the last
 
 
 def _resident() -> int:
