@@ -6,6 +6,7 @@ import pytest
 
 from deploy.catalog_samples import NVR, PLATFORM, sample_catalog, sample_items
 from deploy.catalog_samples import channel_code as code
+from registry_api.catalog import manscdp
 from registry_api.catalog.importer import ImportOptions, new_channel
 from registry_api.catalog.items import classify_items, parent_of
 from registry_api.catalog.manscdp import parse_catalog, render_catalog
@@ -49,6 +50,22 @@ def test_hostile_or_broken_bodies_are_refused_with_a_reason(body: bytes, code_: 
     with pytest.raises(ApiError) as refused:
         parse_catalog(body)
     assert refused.value.code == code_ and 400 <= refused.value.status_code < 500
+
+
+def test_a_body_longer_than_a_piece_reads_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bodies are decoded and parsed a piece at a time: characters cut by a piece's end,
+    in either encoding, read whole, and a bad byte is placed in the whole body."""
+    whole = parse_catalog(sample_catalog(encoding="GB2312"))
+    monkeypatch.setattr(manscdp, "PIECE_BYTES", 7)  # odd: two-byte characters are cut
+    for encoding in ("GB2312", "UTF-8"):
+        assert parse_catalog(sample_catalog(encoding=encoding)) == whole
+    body = '<?xml version="1.0" encoding="GBK"?><Response>兰州兰州</Response>'.encode("gbk")
+    bad = body.index("州".encode("gbk")) + 1  # the second byte of a character
+    body = body[:bad] + b"\xff" + body[bad + 1 :]
+    with pytest.raises(ApiError) as refused:
+        parse_catalog(body)
+    declaration = body.index(b"?>") + 2
+    assert f"(byte {bad - 1 - declaration})" in refused.value.message
 
 
 def test_items_are_sorted_by_their_type_digits() -> None:
@@ -132,3 +149,15 @@ def test_an_unplaced_feed_is_in_no_spatial_answer_but_in_every_other() -> None:
     assert ids(IndexQuery(sees=(103.8303, 36.06))) == {"A" * 24}
     assert ids(IndexQuery(placed=False)) == {"B" * 24}
     assert ids(IndexQuery(feed_ids=("B" * 24,))) == {"B" * 24}
+
+
+def test_written_chunks_are_let_go_of_as_they_are_handed_out() -> None:
+    """The catalog writer's chunks leave their list as each is written (freed then, not all
+    together when the writer returns), in order."""
+    from registry_api.catalog.writes import _handed_out
+
+    chunks = [[1, 2], [3], [4, 5]]
+    seen = []
+    for chunk in _handed_out(chunks):
+        seen.append((chunk, len(chunks)))
+    assert seen == [([1, 2], 2), ([3], 1), ([4, 5], 0)]
