@@ -27,7 +27,7 @@ from schemas.gb28181 import InvalidGbCode, decode_gb28181
 MEDIA_TYPE = "application/manscdp+xml"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # A body is decoded and parsed a piece at a time, each piece one call into C: one call for
-# the whole of a 50,000-channel catalog (15 MB) held the GIL, and so the event loop, ~80 ms.
+# the whole of a 50,000-channel catalog (20 MB) held the GIL, and so the event loop, ~80 ms.
 PIECE_BYTES = 1024 * 1024
 MAX_ITEMS = 250_000
 MAX_VALUE_CHARS = 1_000
