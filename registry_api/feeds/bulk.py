@@ -532,9 +532,6 @@ async def _bulk_upsert(
         # is the sum of the two (importing a million feeds: 1,417 MiB without this, 1,237).
         await asyncio.to_thread(heap.return_free_memory)
         await index.apply_columns(Columns.concat_all(index_parts), staged)
-        # What stays alive is the index's (and the flags'): frozen, not traversed, when the
-        # collector resumes (infra/heap; ~100 ms of the loop's after 50,000 features)
-        heap.settle_when_resumed("big bulk import")
     else:
         index.apply([record_of(values) for values in written_values], renderings)
     timer.lap("index")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import gc
 
 import httpx
 import orjson
@@ -202,7 +201,6 @@ async def test_the_demo_city_imports_in_one_call(
         created = await client.post("/v1/departments", json=department)
         assert created.status_code == 201
     generated = generate_feeds(cameras=cameras, sensors=sensors)
-    frozen = gc.get_freeze_count()
     response = await client.post(
         "/v1/feeds/bulk", content=_ndjson(generated.features), headers=NDJSON
     )
@@ -216,8 +214,6 @@ async def test_the_demo_city_imports_in_one_call(
     assert listed["total"] == cameras + sensors
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     assert len(runtime.feed_index) == cameras + sensors
-    # what a big import leaves alive is frozen out of the collector's sight (infra/heap)
-    assert gc.get_freeze_count() >= frozen + cameras + sensors
 
 
 async def test_a_large_import_checked_by_the_helper_process_rejects_the_same_way(
