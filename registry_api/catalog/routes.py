@@ -9,7 +9,6 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response
 
-from infra.heap import let_go
 from registry_api.catalog import export, resolutions, service, tree
 from registry_api.catalog.importer import ImportOptions
 from registry_api.catalog.manscdp import OUTPUT_ENCODINGS, render_catalog
@@ -17,7 +16,6 @@ from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep
 from registry_api.errors import Forbidden
 from registry_api.feeds.routes import IndexDep, json_response
 from registry_api.feeds.service import require_department
-from registry_api.feeds.spatial import DELTA_LIMIT
 from schemas.catalog import (
     CatalogImportResult,
     CatalogSharing,
@@ -97,8 +95,6 @@ async def post_catalog(
             topic=topic_name(runtime.settings.topic_prefix, HEARTBEATS),
             topics_ready=runtime.topics_ready, principal=principal,
         )  # fmt: skip
-    if len(applied.rows) > DELTA_LIMIT:  # the feed rows, freed a chunk at a time
-        await let_go(applied.rows, applied.liveness)
     return json_response(result.model_dump())
 
 

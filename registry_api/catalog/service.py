@@ -170,8 +170,8 @@ async def receive_catalog(
             ("rejected", len(applied.rejected)), ("skipped", len(skipped)),
         ):  # fmt: skip
             ITEMS.labels(outcome).inc(count)
-        if received > DELTA_LIMIT:  # the parsed and checked items, freed a chunk at a time
-            await let_go(raw_items, accepted)
+        if received > DELTA_LIMIT:  # items and feed rows (in the index now), a chunk at a time
+            await let_go(raw_items, accepted, applied.rows)
         SECONDS.observe(time.perf_counter() - started)
         return result, applied
 

@@ -35,7 +35,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from infra import heap
-from infra.heap import garbage_collector_paused
 from registry_api.db import rows_matched
 from registry_api.errors import Conflict, Unprocessable
 from registry_api.feeds import bulk_validation
@@ -428,7 +427,7 @@ async def bulk_upsert(
     body: bytes,
     content_type: str | None,
 ) -> BulkResult:
-    with garbage_collector_paused():
+    with heap.garbage_collector_paused():
         result = await _bulk_upsert(session, index, principal, body, content_type)
     if len(body) > RETURN_MEMORY_ABOVE_BYTES:
         await asyncio.to_thread(heap.return_free_memory)
