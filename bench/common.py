@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,19 @@ def read_exposition(text: str) -> dict[str, float]:
 def scrape(url: str) -> dict[str, float]:
     """Every sample of the process's ``/metrics``: ``name{labels}`` -> value."""
     return read_exposition(httpx.get(f"{url}/metrics", timeout=30).text)
+
+
+def relay_caught_up(url: str, timeout: float = 300.0) -> float:
+    """Waits until the server's outbox relay has published every committed event (its
+    ``feedgrid_outbox_backlog_messages`` is 0): a figure measured right after a bulk import
+    would otherwise share the process with the relay publishing the import's feed documents.
+    Returns the seconds waited."""
+    began = time.monotonic()
+    while scrape(url).get("feedgrid_outbox_backlog_messages", 0.0) != 0.0:
+        if time.monotonic() - began > timeout:
+            raise RuntimeError(f"the outbox relay did not catch up within {timeout:.0f} s")
+        time.sleep(0.2)
+    return time.monotonic() - began
 
 
 def agent_figure(samples: dict[str, float], name: str, agent: str) -> float:

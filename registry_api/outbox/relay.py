@@ -45,6 +45,10 @@ log = logging.getLogger("feedgrid.relay")
 RELAYED = Counter("feedgrid_outbox_relayed_total", "Outbox events published to Kafka")
 LAST_PUBLISHED = Gauge("feedgrid_outbox_last_published_id", "Highest outbox id published to Kafka")
 RELAY_ERRORS = Counter("feedgrid_outbox_errors_total", "Failed attempts to publish outbox events")
+BACKLOG = Gauge(
+    "feedgrid_outbox_backlog_messages",
+    "Outbox messages committed and not yet published to Kafka, counted when /metrics is read",
+)
 SET_ASIDE = Counter(
     "feedgrid_outbox_set_aside_total",
     "Outbox rows the relay could not read, sent to the dead-letter topic in their place",
@@ -122,7 +126,8 @@ class OutboxRelay:
         self._lock_connection: AsyncConnection | None = None
         self.is_leader = False
         self._last_purge = 0.0
-        self._published: set[int] = set()  # ids published, not yet marked sent
+        # ids published, not yet marked sent, with how many messages each row holds
+        self._published: dict[int, int] = {}
         self._first_unmarked_at = 0.0
 
     def notify(self) -> None:
@@ -296,7 +301,7 @@ class OutboxRelay:
             published = await self._publish(producer, rows)
         if not self._published:
             self._first_unmarked_at = time.monotonic()
-        self._published.update(ids)
+        self._published.update((row[0], row[3]) for row in rows)
         RELAYED.inc(published)
         LAST_PUBLISHED.set(ids[-1])
         if len(self._published) >= MARK_AT_MOST_IDS or self._mark_wait() <= 0:
@@ -322,7 +327,7 @@ class OutboxRelay:
             await commit_in_turn(
                 session, "outbox_relay", _marking_sent(ids, utcnow(), session.get_bind().dialect)
             )
-        self._published = set()
+        self._published = {}
 
     async def _mark_published_or_forget(self) -> None:
         """On stopping or losing leadership: marks what was published if the database lets it,
@@ -332,7 +337,7 @@ class OutboxRelay:
         except Exception as error:
             log.warning("outbox relay could not mark %d published rows sent: %s",
                         len(self._published), error)  # fmt: skip
-        self._published = set()
+        self._published = {}
 
     async def _publish(self, producer: AIOKafkaProducer, rows: Sequence[OutboxRow]) -> int:
         """The rows' messages as record batches, one per topic partition at a time, each
@@ -388,11 +393,11 @@ class OutboxRelay:
         self._last_purge = time.monotonic()
 
     async def backlog(self) -> int:
-        """Messages waiting to be published."""
+        """Messages waiting to be published: those of the unsent rows but the ones this relay
+        has published and not yet marked sent. (Counted while a marking commits, the rows it
+        marks could be subtracted twice: never below zero.)"""
         async with self.sessions() as session:
-            return int(
-                await session.scalar(
-                    select(func.sum(OutboxMessage.messages)).where(OutboxMessage.sent_at.is_(None))
-                )
-                or 0
+            unsent = await session.scalar(
+                select(func.sum(OutboxMessage.messages)).where(OutboxMessage.sent_at.is_(None))
             )
+        return max(0, int(unsent or 0) - sum(self._published.values()))

@@ -25,6 +25,8 @@ from registry_api.outbox.service import enqueue_many
 from schemas.events import CloudEvent, utcnow
 from schemas.settings import Settings
 from schemas.topics import DEAD_LETTER, FEED_METADATA, topic_name
+from tests.conftest import running_client
+from tests.integration.feeds_support import POLICE, build_city, camera, outbox_messages
 from tests.integration.feeds_support import read_topic as read_events
 from tests.integration.streams_support import read_topic
 
@@ -106,6 +108,59 @@ async def test_published_rows_are_marked_sent_together_and_before_the_relay_idle
     assert batches >= COMMITS // 4, "the relay published as the commits came"
     # one write per MARK_EVERY_SECONDS of publishing, plus those before idling
     assert marks <= elapsed / MARK_EVERY_SECONDS + 3 < batches, (marks, batches, elapsed)
+
+
+async def test_the_backlog_counts_the_messages_not_yet_published(settings: Settings) -> None:
+    """What /metrics reports as feedgrid_outbox_backlog_messages: the messages of the unsent
+    rows, less those this relay published and has not marked sent yet."""
+    await ensure_topics(settings)
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    relay = OutboxRelay(settings, engine, sessions)
+    messages = [
+        (FEED_METADATA, f"feed-{number}", CloudEvent(type="t", data={"n": number}).to_bytes())
+        for number in range(5)
+    ]
+    try:
+        async with sessions() as session:
+            await enqueue_many(session, messages[:2])
+            await session.commit()
+        async with sessions() as session:
+            await enqueue_many(session, messages[2:])
+            await session.commit()
+        assert await relay.backlog() == 5
+        assert await relay.publish_pending() == 5
+        assert await _unsent(sessions), "published, not marked sent yet"
+        assert await relay.backlog() == 0
+        async with sessions() as session:
+            await enqueue_many(session, messages[:3])
+            await session.commit()
+        assert await relay.backlog() == 3
+        await relay._mark_published()  # noqa: SLF001
+        assert await relay.backlog() == 3
+    finally:
+        await relay.stop()
+        await engine.dispose()
+
+
+async def test_metrics_report_the_outbox_backlog(settings: Settings) -> None:
+    """With no relay running, a registered feed's event waits in the outbox: /metrics says
+    how many messages wait."""
+    async with running_client(settings.model_copy(update={"relay_enabled": False})) as http:
+        city = await build_city(http)
+        before = (await http.get("/metrics")).text.splitlines()
+        registered = await http.post(
+            "/v1/feeds",
+            json=camera(POLICE, 1),
+            headers={"Authorization": f"Bearer {city.keys[(POLICE, 'dept_admin')]}"},
+        )
+        assert registered.status_code == 201, registered.text
+        runtime = http.app.state.runtime  # type: ignore[attr-defined]
+        waiting = await outbox_messages(runtime, unsent_only=True)
+        after = (await http.get("/metrics")).text.splitlines()
+    assert waiting > 0
+    assert f"feedgrid_outbox_backlog_messages {float(waiting)}" in after
+    assert f"feedgrid_outbox_backlog_messages {float(waiting - 1)}" in before
 
 
 async def test_a_stopping_relay_marks_what_it_published(settings: Settings) -> None:
