@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from registry_api.access import decisions, grants, inbox, requests
 from registry_api.dependencies import PrincipalDep, RuntimeDep, SessionDep, require_roles
 from registry_api.enforcement.credentials import with_broker_credentials
+from registry_api.feeds.routes import json_response
 from registry_api.feeds.spatial import FeedIndex
 from registry_api.identity.principal import Principal
 from registry_api.ratelimit import limit
@@ -46,7 +47,7 @@ GrantId = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$
 )
 async def request_access(
     payload: AccessRequestCreate, session: SessionDep, runtime: RuntimeDep, principal: Requester
-) -> AccessRequestOut:
+) -> Response:
     """Ask for feeds by id or by a spatial selection. Each feed is answered at once: granted,
     pending (the owner decides by ``due_at``) or denied, always with a reason code."""
     created = await requests.create_access_request(
@@ -59,7 +60,7 @@ async def request_access(
         known=runtime.access.departments,
     )
     runtime.relay.notify()
-    return created
+    return json_response(created, status.HTTP_201_CREATED)
 
 
 @requests_router.get("", response_model=list[AccessRequestOut])
