@@ -45,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +68,7 @@ from bench.common import (
     require_kafka,
     scrape,
     stop_cleanly_on_sigterm,
+    topic_prefix,
 )
 from registry_api.migrate import upgrade_registry
 
@@ -110,7 +110,7 @@ def api_server(database_url: str, workdir: Path) -> Iterator[ApiServer]:
         FEEDGRID_DATABASE_URL=database_url,
         FEEDGRID_ADMIN_TOKEN=ADMIN_TOKEN,
         FEEDGRID_KAFKA_BOOTSTRAP=KAFKA,
-        FEEDGRID_TOPIC_PREFIX=f"bench{uuid.uuid4().hex[:8]}.",
+        FEEDGRID_TOPIC_PREFIX=topic_prefix(),
         FEEDGRID_EMBEDDED_WORKER="false",
         FEEDGRID_CLICKHOUSE_URL=f"chdb://{workdir / 'analytics'}",
         FEEDGRID_VAR_DIR=str(workdir / "var"),

@@ -57,7 +57,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +81,7 @@ from bench.common import (
     require_kafka,
     scrape,
     stop_cleanly_on_sigterm,
+    topic_prefix,
 )
 
 Feature = dict[str, Any]
@@ -218,7 +218,7 @@ class FeedGridUp:
             FEEDGRID_DATABASE_URL=f"sqlite+aiosqlite:///{workdir / 'registry.db'}",
             FEEDGRID_ADMIN_TOKEN=ADMIN_TOKEN,
             FEEDGRID_KAFKA_BOOTSTRAP=KAFKA,
-            FEEDGRID_TOPIC_PREFIX=f"bench{uuid.uuid4().hex[:8]}.",
+            FEEDGRID_TOPIC_PREFIX=topic_prefix(),
             FEEDGRID_CLICKHOUSE_URL=f"chdb://{workdir / 'analytics'}",
             FEEDGRID_VAR_DIR=str(self.var_dir),
             FEEDGRID_SIGNING_KEY_DIR=str(workdir / "keys"),

@@ -63,6 +63,7 @@ from bench.common import (
     progress_bar,
     require_kafka,
     stop_cleanly_on_sigterm,
+    topic_prefix,
 )
 from infra.clickhouse import connect, disconnect
 from infra.clickhouse_migrations import apply_migrations
@@ -230,7 +231,7 @@ def bench_settings(workdir: Path, name: str) -> Settings:
         kafka_bootstrap=KAFKA,
         clickhouse_url=f"chdb://{workdir / f'{name}-analytics'}",
         admin_token=ADMIN_TOKEN,
-        topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
+        topic_prefix=topic_prefix(),
         topic_partitions=PARTITIONS,
         var_dir=workdir / "var",
         signing_key_dir=workdir / "keys",

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ from bench.common import (
     require_kafka,
     require_postgres,
     stop_cleanly_on_sigterm,
+    topic_prefix,
 )
 from deploy.seed.departments import departments
 from deploy.seed.feeds import generate_feeds
@@ -84,7 +84,7 @@ class ApiServer:
             FEEDGRID_DATABASE_URL=database_url,
             FEEDGRID_ADMIN_TOKEN=ADMIN_TOKEN,
             FEEDGRID_KAFKA_BOOTSTRAP=KAFKA,
-            FEEDGRID_TOPIC_PREFIX=f"bench{uuid.uuid4().hex[:8]}.",
+            FEEDGRID_TOPIC_PREFIX=topic_prefix(),
             FEEDGRID_RELAY_ENABLED="true" if relay else "false",
             FEEDGRID_EMBEDDED_WORKER="false",
             FEEDGRID_CLICKHOUSE_URL=f"chdb://{workdir / 'analytics'}",

@@ -5,6 +5,7 @@ hook body. Each ``bench_*.py`` imports from here, never from another benchmark."
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from infra.kafka_admin import delete_topics_under
 from registry_api.feeds.geodesy import offset_points
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"
@@ -33,6 +35,31 @@ POSTGRES_ADMIN = os.environ.get(
 )
 console = Console(stderr=True)
 Feature = dict[str, Any]
+
+
+# The topic prefixes this benchmark process handed to its servers: their topics are deleted
+# when it exits, as the test suite deletes its own, or every run would leave its topics (six
+# partitions each) on the developer's broker (a day of runs left 8,500 partitions).
+_TOPIC_PREFIXES: list[str] = []
+
+
+def topic_prefix() -> str:
+    """A topic prefix of its own for a server this benchmark starts, its topics deleted from
+    the local broker when the benchmark ends."""
+    prefix = f"bench{uuid.uuid4().hex[:8]}."
+    if not _TOPIC_PREFIXES:
+        atexit.register(_delete_topics)
+    _TOPIC_PREFIXES.append(prefix)
+    return prefix
+
+
+def _delete_topics() -> None:
+    try:
+        deleted = asyncio.run(delete_topics_under(KAFKA, _TOPIC_PREFIXES))
+    except Exception as error:  # the broker gone first: nothing left to tidy
+        console.print(f"[yellow]the benchmark's topics were not deleted: {error}[/yellow]")
+        return
+    console.print(f"deleted the {deleted} topics the benchmark made")
 
 
 def stop_cleanly_on_sigterm() -> None:

@@ -230,3 +230,47 @@ async def test_the_topics_under_a_prefix_are_deleted_and_no_other(shared_broker:
         assert await delete_topics_under(shared_broker, []) == 0
     finally:
         await admin.close()
+
+
+async def _create_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=1, replication_factor=1) for name in names]
+        )
+        deadline = time.monotonic() + 15
+        while not set(names) <= set(await admin.list_topics()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+def test_a_benchmark_deletes_its_servers_topics_when_it_ends(
+    shared_broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each server a benchmark starts gets a topic prefix of its own (bench.common); the
+    benchmark's exit deletes their topics and no other."""
+    from bench import common
+
+    monkeypatch.setattr(common, "KAFKA", shared_broker)
+    monkeypatch.setattr(common, "_TOPIC_PREFIXES", [])
+    at_exit: list[object] = []
+    monkeypatch.setattr(common.atexit, "register", at_exit.append)
+    first, second, other = common.topic_prefix(), common.topic_prefix(), new_topic_prefix()
+    assert first != second
+    assert at_exit == [common._delete_topics]  # noqa: SLF001 (once, for every prefix)
+    names = [f"{first}feed-metadata", f"{second}access-events", f"{other}access-events"]
+    asyncio.run(_create_topics(shared_broker, names))
+    common._delete_topics()  # noqa: SLF001 (what the exit runs)
+    left = {name for name in asyncio.run(_topics(shared_broker)) if name in names}
+    assert left == {f"{other}access-events"}
