@@ -293,7 +293,9 @@ def _prepared_rows(
     return rows
 
 
-def _status(outcomes: set[str]) -> RequestStatus:
+def _status(counts: Mapping[str, int]) -> RequestStatus:
+    """The request's state from how many of its feeds are in each outcome."""
+    outcomes = {outcome for outcome, count in counts.items() if count}
     if not outcomes:
         return RequestStatus.denied
     if Outcome.pending.value in outcomes:
@@ -333,7 +335,7 @@ def request_document(
         "valid_until": request.valid_until,
         "emergency": request.emergency,
         "emergency_reason": request.emergency_reason,
-        "status": _status({feed["outcome"] for feed in feeds}).value,
+        "status": _status(counts).value,
         "created_at": request.created_at,
         "counts": counts,
         "feeds": feeds,

@@ -210,28 +210,6 @@ def test_second_broker_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         stop_kafka()
 
 
-async def test_the_topics_under_a_prefix_are_deleted_and_no_other(shared_broker: str) -> None:
-    """What the suite does with its tests' topics when it ends (conftest)."""
-    gone, kept = new_topic_prefix(), new_topic_prefix()
-    names = [f"{gone}a", f"{gone}b", f"{kept}a"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=shared_broker)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(name, num_partitions=1, replication_factor=1) for name in names]
-        )
-        # A broker started moments ago may list a topic a little after creating it.
-        deadline = time.monotonic() + 15
-        while not set(names) <= set(await admin.list_topics()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert await delete_topics_under(shared_broker, [gone, ""]) == 2
-        left = {name for name in await admin.list_topics() if name.startswith((gone, kept))}
-        assert left == {f"{kept}a"}
-        assert await delete_topics_under(shared_broker, []) == 0
-    finally:
-        await admin.close()
-
-
 async def _create_topics(bootstrap: str, names: list[str]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -239,6 +217,7 @@ async def _create_topics(bootstrap: str, names: list[str]) -> None:
         await admin.create_topics(
             [NewTopic(name, num_partitions=1, replication_factor=1) for name in names]
         )
+        # A broker started moments ago may list a topic a little after creating it.
         deadline = time.monotonic() + 15
         while not set(names) <= set(await admin.list_topics()) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -253,6 +232,16 @@ async def _topics(bootstrap: str) -> set[str]:
         return set(await admin.list_topics())
     finally:
         await admin.close()
+
+
+async def test_the_topics_under_a_prefix_are_deleted_and_no_other(shared_broker: str) -> None:
+    """What the suite does with its tests' topics when it ends (conftest)."""
+    gone, kept = new_topic_prefix(), new_topic_prefix()
+    await _create_topics(shared_broker, [f"{gone}a", f"{gone}b", f"{kept}a"])
+    assert await delete_topics_under(shared_broker, [gone, ""]) == 2
+    left = {name for name in await _topics(shared_broker) if name.startswith((gone, kept))}
+    assert left == {f"{kept}a"}
+    assert await delete_topics_under(shared_broker, []) == 0
 
 
 def test_a_benchmark_deletes_its_servers_topics_when_it_ends(
