@@ -3,6 +3,7 @@ payload of access events."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
@@ -145,9 +146,17 @@ class EventPayloads:
         feed_id: str,
         actor: str | None,
         occurred_at: datetime,
+        event_id: uuid.UUID | str | None = None,
     ) -> EncodedAccessEvent:
+        """The event of this shape about ``feed_id``; ``event_id``: one made beforehand
+        (``schemas.events.new_event_ids``, for many events at once), else a new one."""
         return EncodedAccessEvent(
-            event_type, {**shape, "feed_id": feed_id}, actor, new_event_id(), occurred_at, shape
+            event_type,
+            {**shape, "feed_id": feed_id},
+            actor,
+            new_event_id() if event_id is None else event_id,
+            occurred_at,
+            shape,
         )
 
     def grant_issued(

@@ -86,7 +86,7 @@ class EncodedAccessEvent(NamedTuple):
     event_type: EventType
     data: dict[str, Any]
     actor: str | None
-    event_id: uuid.UUID
+    event_id: uuid.UUID | str  # text: made many at once (``schemas.events.new_event_ids``)
     occurred_at: datetime
     # The payload ``data`` copies but for its feed id, shared by every event made from it
     # (``EventPayloads.of_shape``): events of one shape, type, actor and time are encoded
