@@ -65,7 +65,7 @@ class AccessEvent:
     event_type: EventType
     data: AccessEventData
     actor: str | None = None
-    event_id: uuid.UUID = field(default_factory=new_event_id)
+    event_id: uuid.UUID | str = field(default_factory=new_event_id)  # as EncodedAccessEvent's
     occurred_at: datetime = field(default_factory=utcnow)
 
     @property
