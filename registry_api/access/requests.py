@@ -35,7 +35,7 @@ from schemas.access import (
     Outcome,
     RequestStatus,
 )
-from schemas.events import EventType, new_event_ids, utcnow
+from schemas.events import EventType, utcnow
 from schemas.identity import Role
 from schemas.settings import Settings
 
@@ -215,7 +215,6 @@ def decided_rows(
     """Rows and events in the order the per-feed path wrote them: for each feed its
     access.requested, access.decided and (if granted) grant.issued event."""
     payloads = EventPayloads(request)
-    of_shape = payloads.of_shape
     grants: dict[str, dict[str, object]] = {}  # one per owner: made by its first granted feed
     items: list[dict[str, Any]] = []
     grant_feeds: list[dict[str, object]] = []
@@ -223,8 +222,6 @@ def decided_rows(
     actions_of: dict[int, list[AccessAction]] = {}
     shapes: dict[object, dict[str, Any]] = {}
     owners = feeds.owner.tolist()
-    # ids for the most events the feeds can have (requested, decided, issued), made at once
-    event_ids = iter(new_event_ids(3 * len(feeds.ids)))
     for row, feed_id in enumerate(feeds.ids):
         decision = decisions.templates[row]
         owner = owners[row] if feeds.found[row] else None
@@ -270,21 +267,15 @@ def decided_rows(
                 grant_id=grant_id,
             )
         events.append(
-            of_shape(
-                asked, EventType.ACCESS_REQUESTED, feed_id, request.requester, now, next(event_ids)
-            )
+            payloads.of_shape(asked, EventType.ACCESS_REQUESTED, feed_id, request.requester, now)
         )
-        events.append(
-            of_shape(decided, EventType.ACCESS_DECIDED, feed_id, "policy", now, next(event_ids))
-        )
+        events.append(payloads.of_shape(decided, EventType.ACCESS_DECIDED, feed_id, "policy", now))
         if grant is not None:
             grant_feeds.append({"grant_id": grant_id, "feed_id": feed_id})
             issued = shapes.get(grant_id)
             if issued is None:
                 issued = shapes[grant_id] = payloads.grant_issued_shape(grant, now)
-            events.append(
-                of_shape(issued, EventType.GRANT_ISSUED, feed_id, "policy", now, next(event_ids))
-            )
+            events.append(payloads.of_shape(issued, EventType.GRANT_ISSUED, feed_id, "policy", now))
     return DecidedRows(items, list(grants.values()), grant_feeds, events)
 
 

@@ -164,6 +164,32 @@ def test_ids_made_at_once_are_the_text_of_version_7_uuids_ordered_by_time() -> N
     assert len({text[15:18] for text in first}) > 2_700
 
 
+def test_a_requests_events_take_ids_from_batches_each_once() -> None:
+    """``EventPayloads`` makes its events' ids in growing batches: every event of a request
+    (a single one, or 1,000 over several batches) has an id of its own, a version 7 UUID."""
+    import uuid
+
+    from registry_api.access.models import AccessRequest
+    from registry_api.access.records import EventPayloads, new_id
+
+    request = AccessRequest(
+        id=new_id(), requester="key:x", requester_department="lz-tb", purpose="public safety",
+        actions=["live"], valid_from=T0, valid_until=T0 + timedelta(hours=1), emergency=False,
+        emergency_reason=None, created_at=T0,
+    )  # fmt: skip
+    for count in (1, 1_000):
+        payloads = EventPayloads(request)
+        shape = payloads.shape("lz-psb", ["live"])
+        events = [
+            payloads.of_shape(shape, EventType.ACCESS_REQUESTED, f"f-{n}", "key:x", T0)
+            for n in range(count)
+        ]
+        ids = [str(event.event_id) for event in events]
+        assert len(set(ids)) == count
+        assert {uuid.UUID(text).version for text in ids} == {7}
+        assert [event.feed_id for event in events] == [f"f-{n}" for n in range(count)]
+
+
 def test_request_and_grant_ids_are_time_ordered_hex() -> None:
     """Indexes are keyed by them: made later, they sort later (taken on the indexes' last
     pages instead of landing on a random page each)."""
