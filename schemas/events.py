@@ -148,7 +148,7 @@ def new_event_ids(count: int) -> list[str]:
     request's 300 events against 0.08 ms."""
     if count <= 0:
         return []
-    stamp = f"{time_ns() // 1_000_000:012x}"[-12:]
+    stamp = f"{time_ns() // 1_000_000:012x}"  # 48 bits, as in new_event_id
     start = f"{stamp[:8]}-{stamp[8:]}-7"
     # 20 random hex digits an id: 3 after the version, 1 for the variant's, 16 more of which 15
     # are used (74 random bits, as in new_event_id)
