@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, String
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from registry_api.db import Base, UtcDateTime
@@ -28,14 +28,27 @@ class AccessRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
 
+# The deadline keeper's two scans (registry_api.subscriptions.deadlines): pending items not
+# escalated yet, and pending items not reminded of yet, by due time. Partial indexes hold only
+# those items: a feed granted or denied at once never enters them, and a decision or a claim
+# takes an item out, so they stay as small as the work waiting instead of growing with every
+# item ever requested (0010_pending_deadline_indexes).
+TO_ESCALATE = "outcome = 'pending' AND escalated_at IS NULL"
+TO_REMIND = "outcome = 'pending' AND due_soon_at IS NULL"
+
+
+def _partial(name: str, where: str) -> Index:
+    return Index(name, "due_at", sqlite_where=text(where), postgresql_where=text(where))
+
+
 class AccessRequestFeed(Base):
     """The decision on one feed of a request: granted, pending (with a due time) or denied."""
 
     __tablename__ = "access_request_feeds"
     __table_args__ = (
         Index("ix_access_request_feeds_owner_outcome", "owner_department", "outcome"),
-        Index("ix_access_request_feeds_escalation", "outcome", "escalated_at", "due_at"),
-        Index("ix_access_request_feeds_due_soon", "outcome", "due_soon_at", "due_at"),
+        _partial("ix_access_request_feeds_to_escalate", TO_ESCALATE),
+        _partial("ix_access_request_feeds_to_remind", TO_REMIND),
     )
 
     request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id"), primary_key=True)

@@ -27,15 +27,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from registry_api.access.models import AccessRequest, AccessRequestFeed, Grant, GrantFeed
+from registry_api.access.models import (
+    TO_ESCALATE,
+    TO_REMIND,
+    AccessRequest,
+    AccessRequestFeed,
+    Grant,
+    GrantFeed,
+)
 from registry_api.access.records import event_data
 from registry_api.audit.service import AccessEvent, record_access_events
 from registry_api.db import unindexed
 from registry_api.subscriptions.notify import Notification, listed, write_notifications
-from schemas.access import Outcome
 from schemas.events import EventType, utcnow
 from schemas.settings import NotificationTuning
 from schemas.subscriptions import NotificationKind
@@ -107,11 +113,13 @@ class DeadlineKeeper:
         return query.with_for_update(skip_locked=True) if self.postgres else query
 
     async def _claim_items(
-        self, session: AsyncSession, column: Any, due: Any, now: datetime
+        self, session: AsyncSession, column: Any, waiting: str, due: Any, now: datetime
     ) -> list[tuple[str, str]]:
-        """Pending (request, feed) pairs matching ``due`` whose ``column`` is still empty,
-        claimed by setting it to ``now``."""
-        pending = (AccessRequestFeed.outcome == Outcome.pending.value, column.is_(None), *due)
+        """Items ``waiting`` (a partial index's condition: pending, ``column`` still empty)
+        that match ``due``, claimed by setting ``column`` to ``now``. The condition is written
+        as the index's own text, not with a bound ``'pending'``: PostgreSQL's generic plan
+        of a prepared statement cannot tell a parameter meets a partial index's condition."""
+        pending = (text(waiting), *due)
         candidates = (
             await session.execute(
                 self._locked(
@@ -166,6 +174,7 @@ class DeadlineKeeper:
             pairs = await self._claim_items(
                 session,
                 AccessRequestFeed.escalated_at,
+                TO_ESCALATE,
                 (AccessRequestFeed.due_at <= now,),
                 now,
             )
@@ -201,6 +210,7 @@ class DeadlineKeeper:
             pairs = await self._claim_items(
                 session,
                 AccessRequestFeed.due_soon_at,
+                TO_REMIND,
                 (AccessRequestFeed.due_at > now, AccessRequestFeed.due_at <= now + window),
                 now,
             )

@@ -183,3 +183,88 @@ async def test_grants_about_to_end_are_found_by_their_end_not_among_all_unrevoke
         for sql, params in finding:
             plan = _plan(path, sql, params)
             assert not any("revoked_at" in line for line in plan), (sql, plan)
+
+
+def _index_entries(path: Path, index: str) -> int:
+    """How many entries an index holds, counted from its pages (SQLite's dbstat)."""
+    with sqlite3.connect(path) as connection:
+        (count,) = connection.execute(
+            "SELECT coalesce(sum(ncell), 0) FROM dbstat WHERE name = ? AND pagetype = 'leaf'",
+            (index,),
+        ).fetchone()
+    return int(count)
+
+
+async def test_the_deadline_keepers_indexes_hold_only_the_items_it_may_claim(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    sessions = session_factory(engine)
+    psb, um = OWNERS
+    await _seed(
+        sessions,
+        [
+            _item("r1", "overdue", psb, Outcome.pending, -1),
+            _item("r1", "soon", psb, Outcome.pending, 2),
+            _item("r1", "undated", um, Outcome.pending, None),
+            _item("r1", "granted", psb, Outcome.granted, 2),
+            _item("r1", "denied", um, Outcome.denied, -1),
+            *(_item("r2", f"auto-{n}", um, Outcome.granted, None) for n in range(20)),
+        ],
+    )
+    sqlite = database_url.startswith("sqlite")
+    path = Path(database_url.split("///", 1)[1]) if sqlite else None
+    escalate, remind = "ix_access_request_feeds_to_escalate", "ix_access_request_feeds_to_remind"
+    if path is not None:
+        # only the three pending items; none of the 22 decided ones
+        assert (_index_entries(path, escalate), _index_entries(path, remind)) == (3, 3)
+
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
+        statements.append((sql, params))
+
+    keeper = DeadlineKeeper(NotificationTuning(), sessions, postgres=not sqlite)
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    done = await keeper.run_once(utcnow())
+    event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+    assert (done["escalated"], done["due_soon"]) == (1, 1)
+    async with sessions() as session:
+        items = {item.feed_id: item for item in await session.scalars(select(AccessRequestFeed))}
+    assert {feed for feed, item in items.items() if item.escalated_at} == {"overdue"}
+    assert {feed for feed, item in items.items() if item.due_soon_at} == {"soon"}
+    # a second round finds nothing more to claim
+    assert await keeper.run_once(utcnow()) == {"escalated": 0, "due_soon": 0, "expiring": 0}
+    claims = [(sql, params) for sql, params in statements if "access_request_feeds" in sql]
+    scans = [(sql, params) for sql, params in claims if sql.lstrip().startswith("SELECT")]
+    if path is None:
+        # PostgreSQL plans these few rows as a scan; told not to, it must be able to take
+        # each scan's index
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql("SET enable_seqscan = off")
+            for index, column in ((escalate, "escalated_at"), (remind, "due_soon_at")):
+                ((sql, params),) = [
+                    (s, p) for s, p in scans if f"{column} IS NULL" in s and "IN (" not in s
+                ]
+                explained = (await connection.exec_driver_sql(f"EXPLAIN {sql}", params)).all()
+                assert any(index in line for (line,) in explained), explained
+        return
+    # a claimed item leaves its scan's index: what is left is the work still waiting
+    assert (_index_entries(path, escalate), _index_entries(path, remind)) == (2, 2)
+    for index, column in ((escalate, "escalated_at"), (remind, "due_soon_at")):
+        ((sql, params),) = [
+            (s, p) for s, p in scans if f"{column} IS NULL" in s and "IN (" not in s
+        ]
+        assert any(f"USING INDEX {index} (due_at" in line for line in _plan(path, sql, params))
+    for sql, params in claims:
+        if sql.lstrip().startswith("UPDATE"):  # each claim by the primary key, not by a scan
+            plan = _plan(path, sql, params)
+            assert any("sqlite_autoindex_access_request_feeds_1" in line for line in plan), plan
+
+    # a decision takes an item out of both
+    async with sessions() as session:
+        undated = await session.get(AccessRequestFeed, ("r1", "undated"))
+        assert undated is not None
+        undated.outcome = Outcome.granted.value
+        await session.commit()
+    assert (_index_entries(path, escalate), _index_entries(path, remind)) == (1, 1)
