@@ -46,7 +46,10 @@ class AccessRequestFeed(Base):
 
     __tablename__ = "access_request_feeds"
     __table_args__ = (
-        Index("ix_access_request_feeds_owner_outcome", "owner_department", "outcome"),
+        # An owner's inbox: does this request hold an item of mine (in this state)? and
+        # which of these requests' items are mine? One seek per request either way
+        # (0011_owner_request_index).
+        Index("ix_access_request_feeds_owner_request", "owner_department", "request_id", "outcome"),
         _partial("ix_access_request_feeds_to_escalate", TO_ESCALATE),
         _partial("ix_access_request_feeds_to_remind", TO_REMIND),
     )

@@ -20,13 +20,16 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from registry_api.access.decisions import _claims
+from registry_api.access.inbox import list_access_requests
 from registry_api.access.models import AccessRequest, AccessRequestFeed, Grant
 from registry_api.db import create_engine, session_factory
 from registry_api.identity.models import Department
+from registry_api.identity.principal import Principal
 from registry_api.subscriptions.deadlines import DeadlineKeeper
 from registry_api.subscriptions.notify import _due_times
 from schemas.access import Outcome
 from schemas.events import utcnow
+from schemas.identity import Role
 from schemas.settings import NotificationTuning
 
 REQUESTER = "lz-tb"
@@ -55,7 +58,7 @@ def _item(
     due = utcnow() + timedelta(hours=due_hours) if due_hours is not None else None
     return AccessRequestFeed(
         request_id=request_id, feed_id=feed_id, owner_department=owner, outcome=outcome.value,
-        reason="conditions_unmet", message="", actions=["live"], due_at=due,
+        reason="department_not_in_conditions", message="", actions=["live"], due_at=due,
         review_required=False,
     )  # fmt: skip
 
@@ -268,3 +271,52 @@ async def test_the_deadline_keepers_indexes_hold_only_the_items_it_may_claim(
         undated.outcome = Outcome.granted.value
         await session.commit()
     assert (_index_entries(path, escalate), _index_entries(path, remind)) == (1, 1)
+
+
+async def test_an_owners_inbox_seeks_its_items_request_by_request(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """Not every item of the owner's department in that state, once per request walked."""
+    sessions = session_factory(engine)
+    psb, um = OWNERS
+    await _seed(
+        sessions,
+        [
+            _item("r1", "a", psb, Outcome.pending, 24),
+            _item("r1", "b", um, Outcome.granted, None),
+            _item("r2", "c", psb, Outcome.granted, None),
+            _item("r3", "d", um, Outcome.pending, 24),
+            _item("r4", "e", psb, Outcome.pending, 24),
+            _item("r4", "f", psb, Outcome.denied, None),
+        ],
+    )
+    owner = Principal("owner", psb, frozenset({Role.dept_admin}))
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
+        statements.append((sql, params))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    async with sessions() as session:
+        pending = await list_access_requests(
+            session, owner, status="pending", as_owner=True, before=None, limit=50
+        )
+        every = await list_access_requests(
+            session, owner, status=None, as_owner=True, before=None, limit=50
+        )
+    event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+    def items(page: list[Any]) -> dict[str, list[str]]:
+        return {answer.id: sorted(item.feed_id for item in answer.feeds) for answer in page}
+
+    assert items(pending) == {"r1": ["a"], "r4": ["e", "f"]}
+    assert items(every) == {"r1": ["a"], "r2": ["c"], "r4": ["e", "f"]}
+    if not database_url.startswith("sqlite"):
+        return
+    path = Path(database_url.split("///", 1)[1])
+    asked = [(sql, params) for sql, params in statements if "FROM access_request_feeds" in sql]
+    assert len(asked) == 4  # each page: which requests, then their items of this owner
+    for sql, params in asked:
+        plan = _plan(path, sql, params)
+        seeks = "ix_access_request_feeds_owner_request (owner_department=? AND request_id=?"
+        assert any(seeks in line for line in plan), (sql, plan)
