@@ -13,10 +13,14 @@ class AccessRequest(Base):
     """A department asking for feeds, for one purpose, some actions and a time window."""
 
     __tablename__ = "access_requests"
+    # A department's own requests, newest first, a page at a time (0012_department_lists)
+    __table_args__ = (
+        Index("ix_access_requests_requester_created", "requester_department", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     requester: Mapped[str] = mapped_column(String(200))
-    requester_department: Mapped[str] = mapped_column(ForeignKey("departments.code"), index=True)
+    requester_department: Mapped[str] = mapped_column(ForeignKey("departments.code"))
     purpose: Mapped[str] = mapped_column(String(200))
     actions: Mapped[list[str]] = mapped_column(JSON)
     valid_from: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -76,13 +80,18 @@ class Grant(Base):
     """Feeds of one owner granted to one department for a window and actions; revocable."""
 
     __tablename__ = "grants"
-    __table_args__ = (Index("ix_grants_expiry_warning", "valid_until"),)
+    __table_args__ = (
+        Index("ix_grants_expiry_warning", "valid_until"),
+        # the grants a department holds, and those on its feeds, newest first (0012)
+        Index("ix_grants_requester_created", "requester_department", "created_at"),
+        Index("ix_grants_owner_created", "owner_department", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id"), index=True)
     requester: Mapped[str] = mapped_column(String(200))
-    requester_department: Mapped[str] = mapped_column(String(32), index=True)
-    owner_department: Mapped[str] = mapped_column(String(32), index=True)
+    requester_department: Mapped[str] = mapped_column(String(32))
+    owner_department: Mapped[str] = mapped_column(String(32))
     actions: Mapped[list[str]] = mapped_column(JSON)
     valid_from: Mapped[datetime] = mapped_column(UtcDateTime())
     valid_until: Mapped[datetime] = mapped_column(UtcDateTime())

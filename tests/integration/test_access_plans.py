@@ -20,6 +20,7 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from registry_api.access.decisions import _claims
+from registry_api.access.grants import list_grants
 from registry_api.access.inbox import list_access_requests
 from registry_api.access.models import AccessRequest, AccessRequestFeed, Grant
 from registry_api.db import create_engine, session_factory
@@ -320,3 +321,66 @@ async def test_an_owners_inbox_seeks_its_items_request_by_request(
         plan = _plan(path, sql, params)
         seeks = "ix_access_request_feeds_owner_request (owner_department=? AND request_id=?"
         assert any(seeks in line for line in plan), (sql, plan)
+
+
+async def test_a_departments_requests_and_grants_are_read_newest_first_by_their_index(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """A page of a department's requests or grants, in order from the index: not all of the
+    department's history read and sorted for each page."""
+    sessions = session_factory(engine)
+    psb, um = OWNERS
+    await _seed(sessions, [_item("r0", "a", psb, Outcome.granted, None)])
+    now = utcnow()
+    async with sessions() as session:
+        for n in range(1, 7):
+            request = _request(f"r{n}")
+            request.created_at = now - timedelta(minutes=n)
+            session.add(request)
+        await session.flush()
+        for n in range(1, 7):
+            grant = _grant(f"g{n}", timedelta(hours=1))
+            grant.request_id, grant.created_at = f"r{n}", now - timedelta(minutes=n)
+            grant.owner_department = psb if n % 2 else um
+            session.add(grant)
+        await session.commit()
+    requester = Principal("someone", REQUESTER, frozenset({Role.requester}))
+    owner = Principal("owner", psb, frozenset({Role.dept_admin}))
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
+        statements.append((sql, params))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    async with sessions() as session:
+        requests = await list_access_requests(
+            session, requester, status=None, as_owner=False, before=None, limit=3
+        )
+        held = await list_grants(session, requester, active_only=True, as_owner=False, limit=4)
+        given = await list_grants(session, owner, active_only=False, as_owner=True, limit=2)
+    event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+    assert [request.id for request in requests] == ["r0", "r1", "r2"]
+    assert [grant.id for grant in held] == ["g1", "g2", "g3", "g4"]
+    assert [grant.id for grant in given] == ["g1", "g3"]
+    if not database_url.startswith("sqlite"):
+        return
+    path = Path(database_url.split("///", 1)[1])
+    pages = [
+        (sql, params)
+        for sql, params in statements
+        if "ORDER BY access_requests.created_at" in sql or "ORDER BY grants.created_at" in sql
+    ]
+    assert len(pages) == 3
+    for (sql, params), index in zip(
+        pages,
+        (
+            "ix_access_requests_requester_created",
+            "ix_grants_requester_created",
+            "ix_grants_owner_created",
+        ),
+        strict=True,
+    ):
+        plan = _plan(path, sql, params)
+        assert any(f"USING INDEX {index}" in line for line in plan), plan
+        assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan  # a tie's order only
