@@ -6,10 +6,11 @@ Revises: 0009_outbox_payload_last
 The keeper's two scans (pending items not escalated yet, pending items not reminded of yet, by
 due time) were indexes over every item ever requested: ``(outcome, escalated_at, due_at)`` and
 ``(outcome, due_soon_at, due_at)``. Most items are granted or denied the moment they are
-requested, and every one of them took an entry in both, written with the request (two of the
-registry's fastest-growing indexes, in the same transaction as the request's answer). They are
-now partial indexes on ``due_at`` of the items each scan may claim: an item leaves them when
-it is decided or claimed, so they are as large as the work waiting.
+requested, and every one of them took an entry in both, written in the request's own
+transaction: 22 of the 305 pages an access request for 100 feeds wrote to SQLite's log, on a
+copy of the demo city. They are now partial indexes on ``due_at`` of the items each scan may
+claim: an item leaves them when it is decided or claimed, so they are as large as the work
+waiting.
 """
 
 from __future__ import annotations

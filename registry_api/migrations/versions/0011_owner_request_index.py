@@ -3,7 +3,7 @@
 Revision ID: 0011_owner_request_index
 Revises: 0010_pending_deadline_indexes
 
-The inbox (``GET /v1/access-requests?as_owner=true``) walks the newest requests and asks of
+The inbox (``GET /v1/access-requests?scope=owner``) walks the newest requests and asks of
 each whether it holds an item of the caller's department (in the state asked for), then reads
 those requests' items of that department. With the index on ``(owner_department, outcome)``
 SQLite answered each question by reading every item of the department in that state: on a
