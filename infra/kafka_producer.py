@@ -12,12 +12,59 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 
 from infra.kafka_batches import COMPRESSION
 
 log = logging.getLogger("feedgrid.kafka.producer")
+
+# How long a stopping producer waits for the broker to take what it still holds
+STOP_DELIVERY_SECONDS = 5.0
+
+
+async def stop_producer(producer: AIOKafkaProducer, within: float = STOP_DELIVERY_SECONDS) -> bool:
+    """Stops ``producer``, giving the batches it still holds ``within`` seconds to be delivered.
+
+    aiokafka's ``stop()`` waits for every batch the producer holds, and with the broker down
+    it did not return: ``feedgrid up`` told to stop (Ctrl-C) after its broker had stopped was
+    still waiting ten minutes later. Past ``within`` the batches fail (their senders get
+    :class:`KafkaTimeoutError`) and the stop completes. Returns whether everything held was
+    delivered."""
+    stopping = asyncio.ensure_future(producer.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=within)
+    if done:
+        stopping.result()
+        return True
+    # aiokafka has no public way to give up on held batches. Its stop() waits for the
+    # accumulator or the sender task, whichever ends first: the sender is cancelled (its
+    # requests in flight end, their batches go back to the queue) and stop() closes the client.
+    accumulator = producer._message_accumulator
+    producer._sender.sender_task.cancel()
+    async with asyncio.timeout(within):
+        await stopping
+    # Nothing sends any more: the held batches fail. A batch sent before is expected in the
+    # pending set by the callback that takes it out when it ends. Nobody awaits the failed
+    # futures (the accumulator's own wait does not read them): their outcome is read here, or
+    # asyncio logs each as an exception never retrieved.
+    held = [batch for batches in accumulator._batches.values() for batch in batches]
+    accumulator._pending_batches.update(batch for batch in held if batch._retry_count)
+    accumulator.fail_all(
+        KafkaTimeoutError(f"not delivered within {within:g} s of the producer's stop")
+    )
+    for batch in held:
+        for future in (batch.future, *(future for future, _ in batch._msg_futures)):
+            future.add_done_callback(_outcome_read)
+    log.warning("kafka producer stopped with %d undelivered batches: the broker did not take "
+                "them within %.1f s", len(held), within)  # fmt: skip
+    return False
+
+
+def _outcome_read(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class KafkaUnavailable(Exception):
@@ -80,4 +127,4 @@ class SharedProducer:
         producer, self._producer = self._producer, None
         if producer is not None:
             with contextlib.suppress(Exception):
-                await producer.stop()
+                await stop_producer(producer)

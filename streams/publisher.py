@@ -36,6 +36,7 @@ from aiokafka.errors import (
 from prometheus_client import Counter
 
 from infra.kafka_batches import COMPRESSION, send_partitioned
+from infra.kafka_producer import stop_producer
 
 log = logging.getLogger("feedgrid.streams.publisher")
 
@@ -112,7 +113,7 @@ class Publisher:
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            await stop_producer(producer)
 
     async def publish(self, messages: Sequence[Outgoing]) -> int:
         """Sends every message that can be sent; returns once the broker acknowledged them.

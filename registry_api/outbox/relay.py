@@ -32,6 +32,7 @@ from infra.kafka_batches import (
     delivered,
     send_partitioned,
 )
+from infra.kafka_producer import stop_producer
 from registry_api.driver_work import DriverCalls, DriverWork, commit_in_turn, update_statement
 from registry_api.outbox.models import OutboxMessage
 from registry_api.outbox.service import OUTBOX_TABLE, row_messages
@@ -250,10 +251,12 @@ class OutboxRelay:
         return self._producer
 
     async def _close_producer(self) -> None:
+        """Batches the broker has not taken are given up after a while: their rows are not
+        marked sent, so they are published again (at least once)."""
         if self._producer is not None:
             producer, self._producer = self._producer, None
             with contextlib.suppress(Exception):
-                await producer.stop()
+                await stop_producer(producer)
 
     async def publish_pending(self) -> int:
         """Publishes one batch of unsent rows in id order: rows up to ``relay_batch_size``

@@ -13,6 +13,7 @@ and each feed's events in the order of its versions.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from collections import Counter
@@ -24,16 +25,19 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from deploy.local_kafka import kafka_is_up
 from infra.kafka_admin import ensure_topics
+from infra.kafka_producer import stop_producer
 from registry_api.db import create_engine, session_factory
 from registry_api.outbox.models import OutboxMessage
 from registry_api.outbox.service import row_messages
 from schemas.settings import Settings
-from schemas.topics import FEED_METADATA
+from schemas.topics import FEED_METADATA, topic_name
 from tests.conftest import ADMIN_TOKEN
 from tests.faults.fault_support import ApiProcess, OwnBroker
 from tests.integration.feeds_support import (
@@ -290,3 +294,43 @@ async def test_broker_down_a_minute_while_departments_register_loses_no_event(
         f"broker down ({outage:.0f}s outage); the outbox drained {drained_in:.0f}s after the "
         f"restart; {len(ids)} events on the topic, each once, in order per feed"
     )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no database in it
+async def test_a_producer_holding_batches_stops_in_its_grace_while_the_broker_is_down(
+    settings: Settings, own_broker: OwnBroker
+) -> None:
+    """aiokafka's own stop waits for the broker to take every batch the producer holds: with
+    the broker gone it did not return, and neither did the process stopping it."""
+    settings = settings.model_copy(update={"kafka_bootstrap": own_broker.bootstrap})
+    await ensure_topics(settings)
+    topic = topic_name(settings.topic_prefix, FEED_METADATA)
+    unread: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unread.append(context))
+
+    healthy = AIOKafkaProducer(bootstrap_servers=own_broker.bootstrap, enable_idempotence=True)
+    await healthy.start()
+    sent = await healthy.send(topic, b"delivered", key=b"a")
+    assert await stop_producer(healthy, within=5.0)  # the broker answers: all delivered
+    assert (await sent).offset >= 0
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=own_broker.bootstrap, enable_idempotence=True, acks="all"
+    )
+    await producer.start()
+    await producer.send_and_wait(topic, b"before", key=b"a")
+    await asyncio.to_thread(own_broker.stop)
+    held = [await producer.send(topic, f"held {n}".encode(), key=b"a") for n in range(3)]
+    asked = time.monotonic()
+    async with asyncio.timeout(60):  # failing, not hanging, if the stop waits for the broker
+        delivered = await stop_producer(producer, within=2.0)
+    took = time.monotonic() - asked
+
+    assert not delivered
+    assert took < 2.0 + 5.0, f"the stop took {took:.1f} s"
+    for future in held:
+        with pytest.raises(KafkaTimeoutError):
+            await future
+    gc.collect()
+    await asyncio.sleep(0)
+    assert unread == []  # no failed future left for asyncio to report as never read
