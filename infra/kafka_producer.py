@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
@@ -49,22 +48,19 @@ async def stop_producer(producer: AIOKafkaProducer, within: float = STOP_DELIVER
     # pending set by the callback that takes it out when it ends. Nobody awaits the failed
     # futures (the accumulator's own wait does not read them): their outcome is read here, or
     # asyncio logs each as an exception never retrieved.
-    held = [batch for batches in accumulator._batches.values() for batch in batches]
-    accumulator._pending_batches.update(batch for batch in held if batch._retry_count)
+    queued = [batch for batches in accumulator._batches.values() for batch in batches]
+    accumulator._pending_batches.update(batch for batch in queued if batch._retry_count)
+    held = {*queued, *accumulator._pending_batches}
     accumulator.fail_all(
         KafkaTimeoutError(f"not delivered within {within:g} s of the producer's stop")
     )
     for batch in held:
         for future in (batch.future, *(future for future, _ in batch._msg_futures)):
-            future.add_done_callback(_outcome_read)
+            if future.done() and not future.cancelled():
+                future.exception()
     log.warning("kafka producer stopped with %d undelivered batches: the broker did not take "
                 "them within %.1f s", len(held), within)  # fmt: skip
     return False
-
-
-def _outcome_read(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class KafkaUnavailable(Exception):

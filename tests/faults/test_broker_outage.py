@@ -320,7 +320,10 @@ async def test_a_producer_holding_batches_stops_in_its_grace_while_the_broker_is
     await producer.start()
     await producer.send_and_wait(topic, b"before", key=b"a")
     await asyncio.to_thread(own_broker.stop)
-    held = [await producer.send(topic, f"held {n}".encode(), key=b"a") for n in range(3)]
+    # batches on every partition, some of them sent (and refused) before the stop
+    held = [await producer.send(topic, b"held", key=f"{n}".encode()) for n in range(24)]
+    await asyncio.sleep(1.0)
+    held += [await producer.send(topic, b"held later", key=f"{n}".encode()) for n in range(24)]
     asked = time.monotonic()
     async with asyncio.timeout(60):  # failing, not hanging, if the stop waits for the broker
         delivered = await stop_producer(producer, within=2.0)
