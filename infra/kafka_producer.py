@@ -45,9 +45,10 @@ async def stop_producer(producer: AIOKafkaProducer, within: float = STOP_DELIVER
     async with asyncio.timeout(within):
         await stopping
     # Nothing sends any more: the held batches fail. A batch sent before is expected in the
-    # pending set by the callback that takes it out when it ends. Nobody awaits the failed
-    # futures (the accumulator's own wait does not read them): their outcome is read here, or
-    # asyncio logs each as an exception never retrieved.
+    # pending set by the callback that takes it out when it ends. The batches' own futures
+    # and those of send() have no reader left (the accumulator's wait does not read them):
+    # read here, or asyncio logs each as an exception never retrieved. What send_batch handed
+    # out (a shield of the batch's future) is its holder's to read.
     queued = [batch for batches in accumulator._batches.values() for batch in batches]
     accumulator._pending_batches.update(batch for batch in queued if batch._retry_count)
     held = {*queued, *accumulator._pending_batches}
