@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from registry_api.access.decisions import _claims
@@ -32,6 +32,7 @@ from schemas.access import Outcome
 from schemas.events import utcnow
 from schemas.identity import Role
 from schemas.settings import NotificationTuning
+from tests.integration.plan_support import sqlite_file, sqlite_plan, statements_run
 
 REQUESTER = "lz-tb"
 OWNERS = ("lz-psb", "lz-um")
@@ -80,11 +81,6 @@ async def _seed(sessions: async_sessionmaker[AsyncSession], items: list[AccessRe
         await session.commit()
 
 
-def _plan(path: Path, sql: str, params: Any) -> list[str]:
-    with sqlite3.connect(path) as connection:
-        return [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
-
-
 def test_a_decisions_claims_take_its_items_by_the_primary_key(sqlite_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{sqlite_path}")
     chosen = [_item("r1", f"feed-{n:03d}", OWNERS[0], Outcome.pending, 24) for n in range(100)]
@@ -93,7 +89,7 @@ def test_a_decisions_claims_take_its_items_by_the_primary_key(sqlite_path: Path)
     claims = _claims("r1", [*chosen, reviewed], values, engine.dialect)
     assert [wanted for _, wanted in claims] == [100, 1]
     for statement, _ in claims:
-        plan = _plan(sqlite_path, statement.sql, statement.params)
+        plan = sqlite_plan(sqlite_path, statement.sql, statement.params)
         assert plan == [
             "SEARCH access_request_feeds USING INDEX sqlite_autoindex_access_request_feeds_1 "
             "(request_id=? AND feed_id=?)"
@@ -114,25 +110,18 @@ async def test_due_times_are_the_earliest_of_each_owners_pending_feeds(
         _item("r3", "a", um, Outcome.pending, 2),  # not asked about
     ]
     await _seed(sessions, items)
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
-        statements.append((sql, params))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", seen)
-    async with sessions() as session:
-        due = await _due_times(session, [("r1", psb), ("r1", um), ("r2", psb)])
-    event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    with statements_run(engine) as statements:
+        async with sessions() as session:
+            due = await _due_times(session, [("r1", psb), ("r1", um), ("r2", psb)])
 
     assert set(due) == {("r1", psb), ("r2", psb)}
     assert due[("r2", psb)] is None
     earliest, expected = due[("r1", psb)], items[1].due_at
     assert earliest is not None and expected is not None
     assert abs((earliest - expected).total_seconds()) < 0.001
-    if database_url.startswith("sqlite"):
-        path = Path(database_url.split("///", 1)[1])
+    if (path := sqlite_file(database_url)) is not None:
         ((sql, params),) = [(s, p) for s, p in statements if "access_request_feeds" in s]
-        plan = _plan(path, sql, params)
+        plan = sqlite_plan(path, sql, params)
         assert any("sqlite_autoindex_access_request_feeds_1 (request_id=?)" in p for p in plan)
         assert not any("outcome" in p for p in plan), plan
 
@@ -162,17 +151,11 @@ async def test_grants_about_to_end_are_found_by_their_end_not_among_all_unrevoke
             ]
         )
         await session.commit()
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
-        statements.append((sql, params))
-
     keeper = DeadlineKeeper(
         NotificationTuning(), sessions, postgres=not database_url.startswith("sqlite")
     )
-    event.listen(engine.sync_engine, "before_cursor_execute", seen)
-    warned = await keeper.warn_expiring_grants(utcnow())
-    event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    with statements_run(engine) as statements:
+        warned = await keeper.warn_expiring_grants(utcnow())
 
     assert warned == 1
     async with sessions() as session:
@@ -180,12 +163,11 @@ async def test_grants_about_to_end_are_found_by_their_end_not_among_all_unrevoke
             grant.id for grant in await session.scalars(select(Grant)) if grant.expiry_warned_at
         }
     assert marked == {"ending"}
-    if database_url.startswith("sqlite"):
-        path = Path(database_url.split("///", 1)[1])
+    if (path := sqlite_file(database_url)) is not None:
         finding = [(sql, params) for sql, params in statements if "expiry_warned_at IS NULL" in sql]
         assert len(finding) == 2  # the candidates' SELECT and their claiming UPDATE
         for sql, params in finding:
-            plan = _plan(path, sql, params)
+            plan = sqlite_plan(path, sql, params)
             assert not any("revoked_at" in line for line in plan), (sql, plan)
 
 
@@ -215,22 +197,15 @@ async def test_the_deadline_keepers_indexes_hold_only_the_items_it_may_claim(
             *(_item("r2", f"auto-{n}", um, Outcome.granted, None) for n in range(20)),
         ],
     )
-    sqlite = database_url.startswith("sqlite")
-    path = Path(database_url.split("///", 1)[1]) if sqlite else None
+    path = sqlite_file(database_url)
     escalate, remind = "ix_access_request_feeds_to_escalate", "ix_access_request_feeds_to_remind"
     if path is not None:
         # only the three pending items; none of the 22 decided ones
         assert (_index_entries(path, escalate), _index_entries(path, remind)) == (3, 3)
 
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
-        statements.append((sql, params))
-
-    keeper = DeadlineKeeper(NotificationTuning(), sessions, postgres=not sqlite)
-    event.listen(engine.sync_engine, "before_cursor_execute", seen)
-    done = await keeper.run_once(utcnow())
-    event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    keeper = DeadlineKeeper(NotificationTuning(), sessions, postgres=path is None)
+    with statements_run(engine) as statements:
+        done = await keeper.run_once(utcnow())
 
     assert (done["escalated"], done["due_soon"]) == (1, 1)
     async with sessions() as session:
@@ -259,10 +234,12 @@ async def test_the_deadline_keepers_indexes_hold_only_the_items_it_may_claim(
         ((sql, params),) = [
             (s, p) for s, p in scans if f"{column} IS NULL" in s and "IN (" not in s
         ]
-        assert any(f"USING INDEX {index} (due_at" in line for line in _plan(path, sql, params))
+        assert any(
+            f"USING INDEX {index} (due_at" in line for line in sqlite_plan(path, sql, params)
+        )
     for sql, params in claims:
         if sql.lstrip().startswith("UPDATE"):  # each claim by the primary key, not by a scan
-            plan = _plan(path, sql, params)
+            plan = sqlite_plan(path, sql, params)
             assert any("sqlite_autoindex_access_request_feeds_1" in line for line in plan), plan
 
     # a decision takes an item out of both
@@ -292,33 +269,27 @@ async def test_an_owners_inbox_seeks_its_items_request_by_request(
         ],
     )
     owner = Principal("owner", psb, frozenset({Role.dept_admin}))
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
-        statements.append((sql, params))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", seen)
-    async with sessions() as session:
-        pending = await list_access_requests(
-            session, owner, status="pending", as_owner=True, before=None, limit=50
-        )
-        every = await list_access_requests(
-            session, owner, status=None, as_owner=True, before=None, limit=50
-        )
-    event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    with statements_run(engine) as statements:
+        async with sessions() as session:
+            pending = await list_access_requests(
+                session, owner, status="pending", as_owner=True, before=None, limit=50
+            )
+            every = await list_access_requests(
+                session, owner, status=None, as_owner=True, before=None, limit=50
+            )
 
     def items(page: list[Any]) -> dict[str, list[str]]:
         return {answer.id: sorted(item.feed_id for item in answer.feeds) for answer in page}
 
     assert items(pending) == {"r1": ["a"], "r4": ["e", "f"]}
     assert items(every) == {"r1": ["a"], "r2": ["c"], "r4": ["e", "f"]}
-    if not database_url.startswith("sqlite"):
+    path = sqlite_file(database_url)
+    if path is None:
         return
-    path = Path(database_url.split("///", 1)[1])
     asked = [(sql, params) for sql, params in statements if "FROM access_request_feeds" in sql]
     assert len(asked) == 4  # each page: which requests, then their items of this owner
     for sql, params in asked:
-        plan = _plan(path, sql, params)
+        plan = sqlite_plan(path, sql, params)
         seeks = "ix_access_request_feeds_owner_request (owner_department=? AND request_id=?"
         assert any(seeks in line for line in plan), (sql, plan)
 
@@ -346,26 +317,20 @@ async def test_a_departments_requests_and_grants_are_read_newest_first_by_their_
         await session.commit()
     requester = Principal("someone", REQUESTER, frozenset({Role.requester}))
     owner = Principal("owner", psb, frozenset({Role.dept_admin}))
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
-        statements.append((sql, params))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", seen)
-    async with sessions() as session:
-        requests = await list_access_requests(
-            session, requester, status=None, as_owner=False, before=None, limit=3
-        )
-        held = await list_grants(session, requester, active_only=True, as_owner=False, limit=4)
-        given = await list_grants(session, owner, active_only=False, as_owner=True, limit=2)
-    event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    with statements_run(engine) as statements:
+        async with sessions() as session:
+            requests = await list_access_requests(
+                session, requester, status=None, as_owner=False, before=None, limit=3
+            )
+            held = await list_grants(session, requester, active_only=True, as_owner=False, limit=4)
+            given = await list_grants(session, owner, active_only=False, as_owner=True, limit=2)
 
     assert [request.id for request in requests] == ["r0", "r1", "r2"]
     assert [grant.id for grant in held] == ["g1", "g2", "g3", "g4"]
     assert [grant.id for grant in given] == ["g1", "g3"]
-    if not database_url.startswith("sqlite"):
+    path = sqlite_file(database_url)
+    if path is None:
         return
-    path = Path(database_url.split("///", 1)[1])
     pages = [
         (sql, params)
         for sql, params in statements
@@ -381,6 +346,6 @@ async def test_a_departments_requests_and_grants_are_read_newest_first_by_their_
         ),
         strict=True,
     ):
-        plan = _plan(path, sql, params)
+        plan = sqlite_plan(path, sql, params)
         assert any(f"USING INDEX {index}" in line for line in plan), plan
         assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan  # a tie's order only
